@@ -1,0 +1,33 @@
+# One entry point for users and CI. Every target installs first when needed.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+TRACERL := $(VENV)/bin/tracerl
+RUN_CONFIG ?= configs/default.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast bench lint clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install:  ## create .venv and install (CPU or GPU build chosen automatically)
+	@bash scripts/install.sh
+
+run: install  ## train the embedded agent with TRACE and show the result
+	$(TRACERL) up --config $(RUN_CONFIG)
+
+test: install  ## run the whole test suite (real NATS and real vLLM included)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## only the pure-function tests
+	$(PY) -m pytest -m "not nats and not vllm and not slow" $(PYTEST_ARGS)
+
+bench: install  ## run the benchmark suite; results land in bench/results/
+	$(TRACERL) bench all
+
+lint: install  ## static checks
+	$(PY) -m compileall -q actors allocator bench bus environments learner modelkit protocol tracerl tests
+
+clean:  ## remove the virtualenv and caches (keeps runs/)
+	rm -rf $(VENV) .pytest_cache .cache

@@ -1,0 +1,241 @@
+"""Typed, versioned messages exchanged over the bus.
+
+Every message is a frozen dataclass. On the wire it is a msgpack map
+``{"schema": <name>, "version": <int>, "body": {...}}``; see ``protocol.codec``.
+Bump a message's ``SCHEMA_VERSION`` whenever a field is added, removed or changes meaning:
+receivers refuse versions they do not know instead of guessing.
+
+Token ids and logprobs are packed arrays (``Int32List``/``Float64List``) because they are
+most of every payload.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from tracerl.typed import Float64List, Int32List
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Per-turn sampling parameters that the allocator chooses and the actor obeys."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens_per_turn: int = 64
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.max_tokens_per_turn < 1:
+            raise ValueError("max_tokens_per_turn must be >= 1")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which environment and which task instance; ``params`` is the environment's own spec."""
+
+    env: str
+    task_id: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TurnNode:
+    """One ReAct turn: the policy's thought+action tokens and the environment's reply.
+
+    ``node_id`` is derived deterministically from the work item and turn index, so a
+    redelivered work item regenerates the same ids and the allocator can deduplicate.
+    ``parent_id`` is ``None`` for the first turn under the root (the prompt).
+    ``prompt_token_ids`` is filled only on first turns: it is the root's context.
+    ``env_snapshot`` is the environment state *after* this turn, enough to branch from it.
+    """
+
+    SCHEMA: ClassVar[str] = "turn_node"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    tree_id: str
+    node_id: str
+    parent_id: str | None
+    work_id: str
+    actor_id: str
+    task: TaskSpec
+    depth: int
+    policy_version: int
+    prompt_token_ids: Int32List
+    action_token_ids: Int32List
+    action_logprobs: Float64List
+    observation_token_ids: Int32List
+    action_text: str
+    observation_text: str
+    env_snapshot: bytes
+    env_score: float
+    done: bool
+    reward: float | None
+    created_at: float
+
+    def __post_init__(self) -> None:
+        if len(self.action_token_ids) != len(self.action_logprobs):
+            raise ValueError(
+                f"action_token_ids ({len(self.action_token_ids)}) and action_logprobs "
+                f"({len(self.action_logprobs)}) must have the same length"
+            )
+        if self.depth < 1:
+            raise ValueError("depth must be >= 1")
+        if self.policy_version < 0:
+            raise ValueError("policy_version must be >= 0")
+        if self.done and self.reward is None:
+            raise ValueError("a terminal node must carry a reward")
+        if (self.depth == 1) != (self.parent_id is None):
+            raise ValueError("exactly the depth-1 nodes have no parent")
+        if any(lp != lp or lp > 1e-6 for lp in self.action_logprobs):  # NaN or positive
+            raise ValueError("action_logprobs must be finite and <= 0")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A unit of sampling work for an actor.
+
+    ``kind == "root"``: roll out ``task`` from scratch ``num_samples`` times, each a new
+    chain under the root of ``tree_id``.
+    ``kind == "branch"``: continue from node ``parent_id`` ``num_samples`` times. The actor
+    feeds ``prefix_token_ids`` verbatim (never re-tokenised) and restores
+    ``env_snapshot``; ``prefix_depth`` is that node's depth.
+    """
+
+    SCHEMA: ClassVar[str] = "work_item"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    work_id: str
+    tree_id: str
+    kind: Literal["root", "branch"]
+    task: TaskSpec
+    num_samples: int
+    parent_id: str | None
+    prefix_depth: int
+    prefix_token_ids: Int32List
+    env_snapshot: bytes
+    sampling: SamplingSpec
+    max_turns: int
+    min_policy_version: int
+    issued_at: float
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ValueError("num_samples must be >= 1")
+        if self.kind == "root" and (self.parent_id is not None or self.prefix_depth != 0):
+            raise ValueError("a root work item has no parent and prefix_depth 0")
+        if self.kind == "branch" and (self.parent_id is None or self.prefix_depth < 1 or not self.prefix_token_ids):
+            raise ValueError("a branch work item needs parent_id, prefix_depth >= 1 and prefix tokens")
+        if self.max_turns < 1:
+            raise ValueError("max_turns must be >= 1")
+
+
+@dataclass(frozen=True)
+class TreeNodeRecord:
+    """A node as the learner needs it: tokens, behaviour logprobs, version and backup value."""
+
+    node_id: str
+    parent_id: str | None
+    depth: int
+    policy_version: int
+    action_token_ids: Int32List
+    action_logprobs: Float64List
+    observation_token_ids: Int32List
+    done: bool
+    reward: float | None
+    value: float
+    visits: int
+    env_score: float
+
+    def __post_init__(self) -> None:
+        if len(self.action_token_ids) != len(self.action_logprobs):
+            raise ValueError("action_token_ids and action_logprobs must have the same length")
+        if not 0.0 <= self.value <= 1.0:
+            raise ValueError("value must lie in [0, 1]")
+        if self.visits < 1:
+            raise ValueError("visits must be >= 1")
+        if any(lp != lp for lp in self.action_logprobs):
+            raise ValueError("action_logprobs contain NaN")
+
+
+@dataclass(frozen=True)
+class CompletedTree:
+    """A finished rollout tree for one prompt, ready for the learner.
+
+    ``status`` is ``"partial"`` when the allocator gave up waiting for missing branches;
+    the learner still trains on the complete root-to-leaf paths it contains.
+    """
+
+    SCHEMA: ClassVar[str] = "completed_tree"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    tree_id: str
+    task: TaskSpec
+    strategy: str
+    allocator_step: int
+    prompt_token_ids: Int32List
+    nodes: list[TreeNodeRecord]
+    status: Literal["complete", "partial"]
+    budget_turns: int
+    created_at: float
+
+    def __post_init__(self) -> None:
+        ids = {n.node_id for n in self.nodes}
+        if len(ids) != len(self.nodes):
+            raise ValueError("duplicate node ids in tree")
+        for n in self.nodes:
+            if n.parent_id is not None and n.parent_id not in ids:
+                raise ValueError(f"node {n.node_id} has unknown parent {n.parent_id}")
+
+
+@dataclass(frozen=True)
+class WeightsAnnouncement:
+    """A new policy version is in the object store under ``object_name``."""
+
+    SCHEMA: ClassVar[str] = "weights_announcement"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    policy_version: int
+    object_name: str
+    sha256: str
+    num_bytes: int
+    format: Literal["safetensors"]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """An actor's liveness and load, written to the run-state KV bucket."""
+
+    SCHEMA: ClassVar[str] = "heartbeat"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    actor_id: str
+    policy_version: int
+    inflight: int
+    capacity: int
+    tokens_generated: int
+    turns_generated: int
+    started_at: float
+    sent_at: float
+
+
+MESSAGE_TYPES: dict[str, type] = {
+    cls.SCHEMA: cls for cls in (TurnNode, WorkItem, CompletedTree, WeightsAnnouncement, Heartbeat)
+}
+
+
+def replace(message: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported so callers do not mutate frozen messages by hand."""
+    return dataclasses.replace(message, **changes)

@@ -1,0 +1,108 @@
+"""Subject, stream and bucket names, all scoped by run id.
+
+Scoping by run id lets several runs share one NATS deployment, and lets per-role
+permissions be written as exact subjects (NATS wildcards match whole tokens only).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id):
+        raise ValueError(f"run id {run_id!r} must be 1-64 characters of [A-Za-z0-9_-]")
+    return run_id
+
+
+@dataclass(frozen=True)
+class Subjects:
+    run_id: str
+
+    def __post_init__(self) -> None:
+        check_run_id(self.run_id)
+
+    @property
+    def prefix(self) -> str:
+        return f"tracerl.{self.run_id}"
+
+    # Streams (JetStream names cannot contain dots).
+    @property
+    def nodes_stream(self) -> str:
+        return f"TRACERL_{self.run_id}_NODES"
+
+    @property
+    def work_stream(self) -> str:
+        return f"TRACERL_{self.run_id}_WORK"
+
+    @property
+    def trees_stream(self) -> str:
+        return f"TRACERL_{self.run_id}_TREES"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"TRACERL_{self.run_id}_DLQ"
+
+    # Subjects.
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}.nodes"
+
+    @property
+    def work_shared(self) -> str:
+        return f"{self.prefix}.work.shared"
+
+    def work_for_actor(self, actor_id: str) -> str:
+        check_run_id(actor_id)
+        return f"{self.prefix}.work.actor.{actor_id}"
+
+    @property
+    def work_all(self) -> str:
+        return f"{self.prefix}.work.>"
+
+    @property
+    def trees(self) -> str:
+        return f"{self.prefix}.trees"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}.dlq"
+
+    @property
+    def weights_announce(self) -> str:
+        return f"{self.prefix}.weights"
+
+    # Object store and KV buckets.
+    @property
+    def weights_bucket(self) -> str:
+        return f"tracerl_{self.run_id}_weights"
+
+    @property
+    def state_bucket(self) -> str:
+        return f"tracerl_{self.run_id}_state"
+
+    # Durable consumer names.
+    @property
+    def allocator_consumer(self) -> str:
+        return "allocator"
+
+    @property
+    def learner_consumer(self) -> str:
+        return "learner"
+
+    @property
+    def shared_work_consumer(self) -> str:
+        return "actors"
+
+    def actor_work_consumer(self, actor_id: str) -> str:
+        return f"actor_{check_run_id(actor_id)}"
+
+    # KV keys.
+    POLICY_VERSION_KEY = "policy_version"
+
+    @staticmethod
+    def actor_key(actor_id: str) -> str:
+        return f"actors.{check_run_id(actor_id)}"

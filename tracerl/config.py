@@ -1,0 +1,146 @@
+"""Shared configuration parts and the one loader every role uses.
+
+Each role owns one typed config (``actors.config.ActorConfig`` and so on) built from the
+shared parts below. A config is loaded from a YAML or TOML file and then overridden on
+the command line with ``--set section.field=value`` (values are parsed as YAML scalars,
+so ``--set learner.lr=1e-5`` gives a float and ``--set bus.servers=[a,b]`` a list).
+Validation is strict: an unknown or mistyped field is an error naming the file and field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from tracerl.typed import SchemaError, from_plain, to_plain
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used. The message is one line naming the source and field."""
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """How a role reaches NATS."""
+
+    servers: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    # Credentials file written by `tracerl bus` into the run directory; empty means
+    # "<run_dir>/credentials/<role>.json".
+    credentials: str = ""
+    connect_timeout_s: float = 5.0
+    # Bounded, because nats-py's defaults retry for minutes before reporting an outage.
+    max_reconnect_attempts: int = 60
+    reconnect_wait_s: float = 1.0
+    request_timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Identity and location of a training run, shared by every role."""
+
+    run_id: str = "default"
+    run_dir: str = "runs/default"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    json_file: bool = True
+
+    def __post_init__(self) -> None:
+        if self.level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"level must be debug, info, warning or error, not {self.level!r}")
+
+
+def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, type, default) for every leaf field: the basis of ``--help`` text."""
+    rows: list[tuple[str, str, str]] = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            rows.extend(field_docs(tp, name + "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "<required>"
+        rows.append((name, _type_label(tp), repr(to_plain(default))))
+    return rows
+
+
+def _type_label(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is None:
+        return getattr(tp, "__name__", str(tp))
+    args = ", ".join(_type_label(a) for a in get_args(tp))
+    return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` from defaults, then the file at ``path``, then ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        data = _read_file(path)
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+        _assign(data, key.split("."), value)
+        source = f"{source} + --set"
+    try:
+        return from_plain(cls, data, allow_missing_defaults=True)
+    except SchemaError as err:
+        raise ConfigError(f"{source}: field {err.path}: {err.reason}") from None
+
+
+def dump_config(config: Any) -> str:
+    """The resolved config as YAML, written into each run directory for reproducibility."""
+    return yaml.safe_dump(to_plain(config), sort_keys=False)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{path}: config must be .yaml, .yml or .toml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {first_line}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _assign(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
