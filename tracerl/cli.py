@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
 )
 
 ConfigOption = Annotated[
@@ -50,8 +51,8 @@ def config_epilog(config_cls: type) -> str:
     rows = field_docs(config_cls)
     width = max(len(name) for name, _, _ in rows)
     lines = [f"{name.ljust(width)}  {tp} = {default}" for name, tp, default in rows]
-    # Typer collapses single newlines in epilogs; a blank line between rows keeps one per line.
-    return "Config fields (file keys or --set):\n\n" + "\n\n".join(lines)
+    # Rich markup mode "rich" keeps single newlines, so the table stays one field per line.
+    return "Config fields (file keys or --set):\n" + "\n".join(lines)
 
 
 def load_role_config(config_cls: type, config: Path | None, overrides: list[str] | None) -> Any:
@@ -87,3 +88,42 @@ def main() -> None:  # pragma: no cover - console entry
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+role_command(
+    "bus",
+    "bus.config:BusServerConfig",
+    "bus.entry:run",
+    "Start a real nats-server with JetStream for a run: writes per-role credentials (mode 0600) into "
+    "<run_dir>/credentials, provisions the run's streams, object store and KV bucket, and serves until "
+    "SIGINT/SIGTERM.",
+)
+role_command(
+    "allocator",
+    "allocator.config:AllocatorConfig",
+    "allocator.service:run",
+    "Run the allocator: builds rollout trees from the actors' TurnNodes, spends each step's turn budget "
+    "with the configured strategy (core.strategy: trace, grpo, tree-random, entropy, gps, dps, tsr-bon, "
+    "tsr-beam, tsr-lookahead), routes branch work to the actor holding the prefix, and emits CompletedTrees.",
+)
+role_command(
+    "learner",
+    "learner.config:LearnerConfig",
+    "learner.service:run",
+    "Run the learner: consumes CompletedTrees, computes tree-aware advantages, takes off-policy-corrected "
+    "optimiser steps with Accelerate (also under `torchrun`/`accelerate launch`), checkpoints, and publishes "
+    "each new policy version's weights to the bus.",
+)
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tracerl up` or the roles.")],
+) -> None:
+    """Redraw <run_dir>/report.png (reward, effective ratio and held-out success against samples spent)."""
+    from tracerl.report import plot_report
+
+    if not run_dir.is_dir():
+        typer.echo(f"tracerl: no run directory at {run_dir}", err=True)
+        raise typer.Exit(2)
+    typer.echo(plot_report(run_dir))

@@ -117,6 +117,15 @@ def dump_config(config: Any) -> str:
     return yaml.safe_dump(to_plain(config), sort_keys=False)
 
 
+def write_resolved_config(config: Any, role: str) -> Path:
+    """Record the config a role actually ran with, next to its logs and metrics."""
+    run_dir = Path(config.run.run_dir)
+    path = run_dir / "config" / f"{role}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_config(config))
+    return path
+
+
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")

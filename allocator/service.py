@@ -1,0 +1,194 @@
+"""`tracerl allocator`: the NATS shell around ``AllocatorCore``.
+
+It moves data only: TurnNodes from the nodes stream into the core, the learner's policy
+version from the KV bucket into the core, the core's routed WorkItems onto the work
+subjects, and finished trees onto the trees stream. Held-out probes ride the same actors
+and are tallied by ``allocator.heldout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+from allocator.config import AllocatorConfig
+from allocator.core import ActorLoad, AllocatorCore, RoutedWork
+from allocator.heldout import HeldoutProbes, is_probe_tree
+from bus.client import BusClient, Delivery
+from environments.registry import make_env, make_tasks
+from protocol import Heartbeat, TaskSpec, TurnNode
+from tracerl.config import write_resolved_config
+from tracerl.logs import configure_logging, get_logger
+from tracerl.metrics import MetricsWriter
+
+log = get_logger(__name__)
+
+
+def live_actor_loads(actors: dict[str, Heartbeat], now: float, timeout_s: float) -> list[ActorLoad]:
+    return [
+        ActorLoad(actor_id=beat.actor_id, inflight=beat.inflight, capacity=beat.capacity)
+        for beat in actors.values()
+        if now - beat.sent_at <= timeout_s
+    ]
+
+
+class PromptTexts:
+    """Prompt text per task for the predictor's features, computed once per task."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, str], str] = {}
+
+    def __call__(self, task: TaskSpec) -> str:
+        key = (task.env, task.task_id)
+        text = self._cache.get(key)
+        if text is None:
+            text = make_env(task.env).reset(task)
+            self._cache[key] = text
+        return text
+
+
+class AllocatorService:
+    def __init__(self, config: AllocatorConfig, bus: BusClient) -> None:
+        self.config = config
+        self.bus = bus
+        pool = make_tasks(config.tasks.env, "train", config.tasks.train_tasks, config.tasks.seed)
+        heldout = make_tasks(config.tasks.env, "heldout", config.tasks.heldout_tasks, config.tasks.seed)
+        self.core = AllocatorCore(config.core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts())
+        self.probes = HeldoutProbes(config.heldout, heldout, config.run.run_id)
+        self.metrics = MetricsWriter(config.run.run_dir, "allocator")
+        self.actors: list[ActorLoad] = []
+        self.steps_emitted = 0
+        self.trees_emitted = 0
+        self.work_published = 0
+        self.stop = asyncio.Event()
+
+    async def on_node(self, node: TurnNode, delivery: Delivery) -> None:
+        now = time.time()
+        if is_probe_tree(node.tree_id):
+            self.probes.on_node(node, now)
+            return
+        outcome = self.core.on_node(node, now)
+        if outcome != "accepted":
+            log.debug("node_not_accepted", node_id=node.node_id, tree_id=node.tree_id, outcome=outcome)
+
+    async def publish_work(self, routed: list[RoutedWork]) -> None:
+        subjects = self.bus.subjects
+        items = [
+            (subjects.work_for_actor(r.target) if r.target else subjects.work_shared, r.item) for r in routed
+        ]
+        if items:
+            await self.bus.publish_batch(items, msg_ids=[r.item.work_id for r in routed])
+            self.work_published += len(items)
+
+    async def publish_trees(self, now: float) -> None:
+        trees = self.core.pop_completed(now)
+        if not trees:
+            return
+        await self.bus.publish_batch(
+            [(self.bus.subjects.trees, tree) for tree in trees], msg_ids=[tree.tree_id for tree in trees]
+        )
+        self.trees_emitted += len(trees)
+        steps = {tree.allocator_step for tree in trees}
+        self.steps_emitted += len(steps)
+        log.info("trees_emitted", trees=len(trees), steps=sorted(steps), total=self.trees_emitted)
+
+    async def watch_policy(self) -> None:
+        async for announcement in self.bus.watch_weights():
+            self.core.on_policy_version(announcement.policy_version)
+            if self.probes.due(announcement.policy_version):
+                await self.publish_probe(announcement.policy_version)
+            if self.stop.is_set():
+                return
+
+    async def publish_probe(self, version: int) -> None:
+        items = self.probes.plan(version, time.time())
+        if items:
+            subject = self.bus.subjects.work_shared
+            await self.bus.publish_batch([(subject, item) for item in items], msg_ids=[i.work_id for i in items])
+            log.info("heldout_probe_issued", policy_version=version, work_items=len(items))
+
+    async def refresh_actors(self) -> None:
+        while not self.stop.is_set():
+            with contextlib.suppress(Exception):
+                beats = await self.bus.get_actors()
+                self.actors = live_actor_loads(beats, time.time(), self.config.actor_timeout_s)
+            await _sleep_or_stop(self.stop, self.config.registry_interval_s)
+
+    async def schedule_loop(self) -> None:
+        while not self.stop.is_set():
+            now = time.time()
+            await self.publish_work(self.core.schedule(now, self.actors))
+            await self.publish_trees(now)
+            if self.config.max_steps and self.steps_emitted >= self.config.max_steps:
+                log.info("max_steps_reached", steps=self.steps_emitted)
+                self.stop.set()
+            await _sleep_or_stop(self.stop, self.config.schedule_interval_s)
+
+    async def metrics_loop(self) -> None:
+        while not self.stop.is_set():
+            await _sleep_or_stop(self.stop, self.config.metrics_interval_s)
+            self.write_metrics()
+
+    def write_metrics(self) -> None:
+        now = time.time()
+        record = {f"core.{k}": v for k, v in self.core.metrics().items()}
+        record.update({f"bus.{k}": v for k, v in self.bus.counters.items()})
+        record.update(
+            policy_version=self.core.policy_version,
+            live_actors=len(self.actors),
+            trees_emitted=self.trees_emitted,
+            work_published=self.work_published,
+        )
+        self.metrics.write(record, now)
+        for result in self.probes.pop_results():
+            self.metrics.write(
+                {
+                    "heldout.policy_version": result.policy_version,
+                    "heldout.greedy_success": result.greedy_success,
+                    "heldout.sampled_success": result.sampled_success,
+                    "heldout.tasks": result.tasks,
+                    "heldout.seconds": result.seconds,
+                },
+                now,
+            )
+            log.info("heldout_success", **{k: v for k, v in result.__dict__.items()})
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def serve(config: AllocatorConfig) -> None:
+    bus = await BusClient.connect("allocator", config.bus, config.run)
+    service = AllocatorService(config, bus)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, service.stop.set)
+    nodes = await bus.pull_consumer(bus.subjects.nodes_stream, bus.subjects.allocator_consumer, TurnNode)
+    log.info("allocator_started", strategy=config.core.strategy, env=config.tasks.env, pool=len(service.core.task_pool))
+    tasks = [
+        asyncio.create_task(nodes.run(service.on_node, service.stop, batch=256, timeout=0.2)),
+        asyncio.create_task(service.watch_policy()),
+        asyncio.create_task(service.refresh_actors()),
+        asyncio.create_task(service.schedule_loop()),
+        asyncio.create_task(service.metrics_loop()),
+    ]
+    await service.stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    service.write_metrics()
+    service.metrics.close()
+    await nodes.close()
+    await bus.close()
+    log.info("allocator_stopped", trees=service.trees_emitted, steps=service.steps_emitted)
+
+
+def run(config: AllocatorConfig) -> int:
+    configure_logging("allocator", config.run.run_dir, config.log.level, config.log.json_file)
+    write_resolved_config(config, "allocator")
+    asyncio.run(serve(config))
+    return 0

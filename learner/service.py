@@ -1,0 +1,232 @@
+"""`tracerl learner`: the NATS shell around ``Trainer``.
+
+Rank 0 pulls CompletedTrees, and every ``training.trees_per_step`` trees it takes one
+optimiser step (all ranks join through ``Trainer.share_batch``), publishes the new weights
+to the object store and announces the version in the KV bucket. Checkpoints are written
+every ``training.checkpoint_every_steps`` steps, and a restarted learner resumes from the
+newest one.
+
+Trees are acked when they enter the batch buffer: a learner killed mid-batch loses at most
+that partial batch, which the allocator has already counted as emitted. The lost count is
+visible as ``trees_received - trees_trained`` in the metrics of the dead process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import shutil
+import signal
+import time
+from pathlib import Path
+from statistics import fmean
+
+from bus.client import BusClient, Delivery
+from learner.config import LearnerConfig
+from learner.trainer import Trainer
+from protocol import CompletedTree, WeightsAnnouncement
+from tracerl.config import write_resolved_config
+from tracerl.logs import configure_logging, get_logger
+from tracerl.metrics import MetricsWriter
+
+log = get_logger(__name__)
+
+# Weights rotate through a few object names so that an actor still fetching version v is
+# not cut off by v+1; its sha256 check catches the rare overwrite of a slow fetch.
+WEIGHT_SLOTS = 3
+
+
+def weights_object_name(version: int) -> str:
+    return f"policy-slot{version % WEIGHT_SLOTS}"
+
+
+def checkpoint_dir(config: LearnerConfig) -> Path:
+    return Path(config.training.checkpoint_dir or Path(config.run.run_dir) / "checkpoints")
+
+
+def checkpoints(root: Path) -> list[Path]:
+    """Committed checkpoints, oldest first (temp dirs of an interrupted save start with '.')."""
+    return sorted(
+        (p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = checkpoints(root)
+    return found[-1] if found else None
+
+
+def save_and_prune(trainer: Trainer) -> None:
+    """Every rank calls this at the same step (the save synchronises them)."""
+    root = checkpoint_dir(trainer.config)
+    trainer.save_checkpoint(root / f"step-{trainer.steps_done}")
+    if trainer.rank == 0:
+        for path in checkpoints(root)[: -trainer.config.training.keep_checkpoints]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def checkpoint_due(steps_done: int, config: LearnerConfig) -> bool:
+    return steps_done > 0 and steps_done % config.training.checkpoint_every_steps == 0
+
+
+def tree_batch_stats(trees: list[CompletedTree]) -> dict[str, float]:
+    """Reward and effective ratio of a training batch, from its leaves."""
+    leaf_rewards = []
+    mixed = 0
+    for tree in trees:
+        rewards = [float(n.reward or 0.0) for n in tree.nodes if n.done]
+        leaf_rewards.extend(rewards)
+        if rewards and min(rewards) < 0.5 <= max(rewards):
+            mixed += 1
+    return {
+        "batch.reward_mean": fmean(leaf_rewards) if leaf_rewards else 0.0,
+        "batch.leaves": float(len(leaf_rewards)),
+        "batch.turns": float(sum(len(t.nodes) for t in trees)),
+        "batch.effective_ratio": mixed / len(trees) if trees else 0.0,
+        "batch.generated_tokens": float(sum(len(n.action_token_ids) for t in trees for n in t.nodes)),
+    }
+
+
+class LearnerService:
+    def __init__(self, config: LearnerConfig, trainer: Trainer, bus: BusClient) -> None:
+        self.config = config
+        self.trainer = trainer
+        self.bus = bus
+        self.buffer: list[CompletedTree] = []
+        self.metrics = MetricsWriter(config.run.run_dir, "learner")
+        self.stop = asyncio.Event()
+        self.trees_received = 0
+        self.trees_trained = 0
+        self.started_at = time.time()
+
+    async def on_tree(self, tree: CompletedTree, delivery: Delivery) -> None:
+        self.buffer.append(tree)
+        self.trees_received += 1
+
+    async def publish_weights(self) -> WeightsAnnouncement:
+        version = self.trainer.policy_version
+        blob = await asyncio.to_thread(self.trainer.export_weights)
+        name = weights_object_name(version)
+        await self.bus.put_object(name, blob)
+        announcement = WeightsAnnouncement(
+            run_id=self.config.run.run_id,
+            policy_version=version,
+            object_name=name,
+            sha256=hashlib.sha256(blob).hexdigest(),
+            num_bytes=len(blob),
+            format="safetensors",
+            created_at=time.time(),
+        )
+        await self.bus.announce_weights(announcement)
+        log.info("weights_published", policy_version=version, bytes=len(blob), object=name)
+        return announcement
+
+    async def train_ready_batches(self) -> None:
+        per_step = self.config.training.trees_per_step
+        while len(self.buffer) >= per_step and not self.stop.is_set():
+            batch, self.buffer = self.buffer[:per_step], self.buffer[per_step:]
+            started = time.time()
+            trees = self.trainer.share_batch(batch)
+            metrics = await asyncio.to_thread(self.trainer.train_step, trees)
+            self.trees_trained += len(batch)
+            seconds = time.time() - started
+            record = {f"train.{k}": v for k, v in metrics.items() if isinstance(v, (int, float, bool))}
+            record.update(tree_batch_stats(batch))
+            record.update(
+                policy_version=self.trainer.policy_version,
+                step=self.trainer.steps_done,
+                step_seconds=seconds,
+                trees_received=self.trees_received,
+                trees_trained=self.trees_trained,
+                batch_versions_min=min(n.policy_version for t in batch for n in t.nodes),
+            )
+            self.metrics.write(record)
+            log.info(
+                "train_step",
+                step=self.trainer.steps_done,
+                version=self.trainer.policy_version,
+                reward=round(record["batch.reward_mean"], 3),
+                effective_ratio=round(record["batch.effective_ratio"], 3),
+                seconds=round(seconds, 2),
+            )
+            await self.publish_weights()
+            if checkpoint_due(self.trainer.steps_done, self.config):
+                await asyncio.to_thread(save_and_prune, self.trainer)
+            if self.config.training.max_steps and self.trainer.steps_done >= self.config.training.max_steps:
+                log.info("max_steps_reached", steps=self.trainer.steps_done)
+                self.stop.set()
+
+    async def train_loop(self) -> None:
+        while not self.stop.is_set():
+            await self.train_ready_batches()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=0.05)
+
+
+def build_trainer(config: LearnerConfig) -> Trainer:
+    trainer = Trainer(config)
+    checkpoint = latest_checkpoint(checkpoint_dir(config))
+    if checkpoint is not None:
+        trainer.load_checkpoint(checkpoint)
+        log.info("resumed", checkpoint=str(checkpoint), policy_version=trainer.policy_version)
+    return trainer
+
+
+async def serve(config: LearnerConfig, trainer: Trainer) -> None:
+    bus = await BusClient.connect("learner", config.bus, config.run)
+    service = LearnerService(config, trainer, bus)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, service.stop.set)
+    # Announce the starting point so actors and the allocator agree on the version.
+    await service.publish_weights()
+    trees = await bus.pull_consumer(bus.subjects.trees_stream, bus.subjects.learner_consumer, CompletedTree)
+    log.info("learner_started", policy_version=trainer.policy_version, world_size=trainer.world_size)
+    tasks = [
+        asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5)),
+        asyncio.create_task(service.train_loop()),
+    ]
+    await service.stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if trainer.world_size > 1:
+        trainer.share_batch([])  # tells the other ranks to stop
+    if trainer.steps_done:
+        await asyncio.to_thread(save_and_prune, trainer)
+    final_dir = Path(config.run.run_dir) / "final_model"
+    await asyncio.to_thread(trainer.export_model_dir, final_dir)
+    service.metrics.close()
+    await trees.close()
+    await bus.close()
+    log.info("learner_stopped", steps=trainer.steps_done, final_model=str(final_dir))
+
+
+def follow_rank_zero(trainer: Trainer) -> None:
+    """Ranks > 0 take every step rank 0 takes, on the batch rank 0 broadcasts."""
+    while True:
+        trees = trainer.share_batch(None)
+        if not trees:
+            if trainer.steps_done:
+                save_and_prune(trainer)
+            return
+        trainer.train_step(trees)
+        if checkpoint_due(trainer.steps_done, trainer.config):
+            save_and_prune(trainer)
+
+
+def run(config: LearnerConfig) -> int:
+    configure_logging("learner", config.run.run_dir, config.log.level, config.log.json_file)
+    if not (Path(config.model.model_dir) / "config.json").is_file():
+        log.error("model_dir_invalid", model_dir=config.model.model_dir)
+        print(f"tracerl learner: model.model_dir {config.model.model_dir!r} is not a model directory (no config.json)")
+        return 2
+    trainer = build_trainer(config)
+    if trainer.rank == 0:
+        write_resolved_config(config, "learner")
+        asyncio.run(serve(config, trainer))
+    else:
+        follow_rank_zero(trainer)
+    return 0

@@ -1,0 +1,249 @@
+"""`tracerl up`: every role as its own process on this machine, with live progress.
+
+It does exactly what a user would do by hand in separate terminals — `tracerl bus`,
+`tracerl learner`, `tracerl allocator`, N x `tracerl actor` — from one config, and then
+writes the run's report. The per-role configs it writes to ``<run_dir>/config/`` are the
+ones to copy when running the roles on separate hosts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors.config import ActorConfig
+from allocator.config import AllocatorConfig
+from bus.config import BusServerConfig
+from learner.config import LearnerConfig
+from modelkit.build import ModelBuildConfig
+from tracerl.config import BusConfig, LogConfig, RunConfig, dump_config, write_resolved_config
+from tracerl.logs import configure_logging, get_logger
+from tracerl.metrics import metrics_path, read_metrics
+from tracerl.report import plot_report
+from tracerl.supervisor import Supervisor, parse_cpu_list, wait_for
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class CpuPinning:
+    """Core lists per role ('0', '0-1', '' = unpinned). Separate cores for the learner and
+    the actors stand in for dedicated GPUs on a CPU-only machine."""
+
+    learner: str = ""
+    actors: str = ""
+    allocator: str = ""
+    bus: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("learner", "actors", "allocator", "bus"):
+            parse_cpu_list(getattr(self, name))
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    run: RunConfig = field(default_factory=lambda: RunConfig(run_id="default", run_dir="runs/default"))
+    log: LogConfig = field(default_factory=LogConfig)
+    bus: BusServerConfig = field(default_factory=lambda: BusServerConfig(port=0, monitor_port=0))
+    # An HF-format model directory; empty means "build (or reuse) the embedded tiny model".
+    model_dir: str = ""
+    model: ModelBuildConfig = field(default_factory=ModelBuildConfig)
+    num_actors: int = 1
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    cpus: CpuPinning = field(default_factory=CpuPinning)
+    # Held-out tasks for the before/after `tracerl eval` (0 skips both evaluations).
+    eval_tasks: int = 100
+    # The run stops when the learner has taken learner.training.max_steps steps, or after this.
+    timeout_s: float = 900.0
+    progress_interval_s: float = 5.0
+    startup_timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        if self.num_actors < 0:
+            raise ValueError("num_actors must be >= 0")
+        if self.timeout_s <= 0 or self.progress_interval_s <= 0:
+            raise ValueError("timeout_s and progress_interval_s must be > 0")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> dict[str, Any]:
+    """Each role's config with the shared parts (run, log, bus address, model) made consistent."""
+    client_bus = dataclasses.replace(up.actor.bus, servers=[f"nats://127.0.0.1:{port}"], credentials="")
+    shared = dict(run=up.run, log=up.log)
+    configs: dict[str, Any] = {
+        "bus": dataclasses.replace(up.bus, port=port, monitor_port=monitor_port, **shared),
+        "learner": dataclasses.replace(
+            up.learner, bus=client_bus, model=dataclasses.replace(up.learner.model, model_dir=model_dir), **shared
+        ),
+        "allocator": dataclasses.replace(up.allocator, bus=client_bus, **shared),
+    }
+    for index in range(up.num_actors):
+        configs[f"actor-{index}"] = dataclasses.replace(
+            up.actor, bus=client_bus, model_dir=model_dir, actor_id=f"actor-{index}", **shared
+        )
+    return configs
+
+
+def progress_line(run_dir: Path, started_at: float) -> str:
+    learner = list(read_metrics(metrics_path(run_dir, "learner")))
+    allocator = list(read_metrics(metrics_path(run_dir, "allocator")))
+    heldout = [r for r in allocator if "heldout.policy_version" in r]
+    parts = [f"{time.time() - started_at:5.0f}s"]
+    if learner:
+        last = learner[-1]
+        tokens = sum(float(r.get("batch.generated_tokens", 0)) for r in learner)
+        elapsed = max(1e-6, last["time"] - learner[0]["time"] + float(learner[0].get("step_seconds", 0)))
+        lag = last.get("policy_version", 0) - last.get("batch_versions_min", last.get("policy_version", 0))
+        parts += [
+            f"step {last.get('step', 0)}",
+            f"reward {last.get('batch.reward_mean', 0):.2f}",
+            f"eff.ratio {last.get('batch.effective_ratio', 0):.2f}",
+            f"tok/s {tokens / elapsed:,.0f}",
+            f"version lag {lag}",
+        ]
+    else:
+        parts.append("waiting for the first training step")
+    if heldout:
+        h = heldout[-1]
+        parts.append(
+            f"held-out@v{h['heldout.policy_version']} greedy {h['heldout.greedy_success']:.2f} "
+            f"sampled {h['heldout.sampled_success']:.2f}"
+        )
+    return " | ".join(parts)
+
+
+def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -> dict | None:
+    """`tracerl eval --json` in a child process, so its vLLM engine is gone when it returns."""
+    argv = [sys.executable, "-m", "tracerl", "eval", "--model", model_dir, "--env", env, "--tasks", str(tasks), "--json"]
+    if cpus:
+        argv = ["taskset", "-c", ",".join(map(str, cpus)), *argv]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        log.error("eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:])
+        return None
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    out.write_text(json.dumps(data, indent=2))
+    return data
+
+
+def resolve_model_dir(up: UpConfig) -> str:
+    if up.model_dir:
+        if not (Path(up.model_dir) / "config.json").is_file():
+            raise SystemExit(f"tracerl up: model_dir {up.model_dir!r} is not an HF model directory (no config.json)")
+        return up.model_dir
+    from modelkit.build import build_embedded_model
+
+    return str(build_embedded_model(up.model))
+
+
+def run(up: UpConfig) -> int:
+    run_dir = Path(up.run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging("up", run_dir, up.log.level, up.log.json_file)
+    write_resolved_config(up, "up")
+    model_dir = resolve_model_dir(up)
+    env = up.allocator.tasks.env
+    all_cpus = sorted(set(parse_cpu_list(up.cpus.actors)) | set(parse_cpu_list(up.cpus.learner)))
+
+    before = None
+    if up.eval_tasks:
+        print(f"[up] evaluating the initial policy on {up.eval_tasks} held-out {env} tasks ...", flush=True)
+        before = run_eval(model_dir, env, up.eval_tasks, run_dir / "eval_before.json", all_cpus)
+        if before:
+            print(f"[up] before: greedy {before['greedy_success']:.3f}  sampled {before['sampled_success']:.3f}")
+
+    configs = role_configs(up, model_dir, free_port(), free_port())
+    config_dir = run_dir / "config"
+    config_dir.mkdir(exist_ok=True)
+    for name, cfg in configs.items():
+        (config_dir / f"{name}.yaml").write_text(dump_config(cfg))
+
+    supervisor = Supervisor(run_dir)
+    interrupted = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started_at = time.time()
+    try:
+        supervisor.start("bus", ["bus", "--config", str(config_dir / "bus.yaml")], parse_cpu_list(up.cpus.bus))
+        credentials = run_dir / "credentials" / "learner.json"
+        wait_for(lambda: credentials.exists() or not supervisor.processes["bus"].alive, 30, what="the bus")
+        _check_alive(supervisor)
+        supervisor.start("learner", ["learner", "--config", str(config_dir / "learner.yaml")], parse_cpu_list(up.cpus.learner))
+        supervisor.start(
+            "allocator", ["allocator", "--config", str(config_dir / "allocator.yaml")], parse_cpu_list(up.cpus.allocator)
+        )
+        for name in (n for n in configs if n.startswith("actor-")):
+            supervisor.start(name, ["actor", "--config", str(config_dir / f"{name}.yaml")], parse_cpu_list(up.cpus.actors))
+        print(f"[up] run {up.run.run_id}: bus, learner, allocator and {up.num_actors} actor(s) started; logs in {run_dir / 'logs'}")
+        next_progress = time.time() + up.progress_interval_s
+        while not interrupted:
+            learner = supervisor.processes["learner"]
+            if not learner.alive:
+                break
+            _check_alive(supervisor)
+            if time.time() - started_at > up.timeout_s:
+                print("[up] timeout reached, stopping", flush=True)
+                break
+            if time.time() >= next_progress:
+                print("[up] " + progress_line(run_dir, started_at), flush=True)
+                next_progress = time.time() + up.progress_interval_s
+            time.sleep(0.5)
+    finally:
+        order = ["learner", "allocator", *[n for n in supervisor.processes if n.startswith("actor-")], "bus"]
+        supervisor.stop_all(order=[n for n in order if n in supervisor.processes], timeout_s=60.0)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("[up] " + progress_line(run_dir, started_at), flush=True)
+
+    final_model = run_dir / "final_model"
+    after = None
+    if up.eval_tasks and (final_model / "config.json").is_file():
+        print(f"[up] evaluating the trained policy on {up.eval_tasks} held-out {env} tasks ...", flush=True)
+        after = run_eval(str(final_model), env, up.eval_tasks, run_dir / "eval_after.json", all_cpus)
+    report = plot_report(run_dir, title=f"{up.run.run_id}: {up.allocator.core.strategy} on {env}")
+    summary = {
+        "run_id": up.run.run_id,
+        "strategy": up.allocator.core.strategy,
+        "env": env,
+        "seconds": round(time.time() - started_at, 1),
+        "before": before,
+        "after": after,
+        "report": str(report),
+        "interrupted": interrupted,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"[up] report: {report}")
+    if before and after:
+        for mode in ("greedy", "sampled"):
+            b, a = before[f"{mode}_success"], after[f"{mode}_success"]
+            print(f"[up] held-out {mode:8s} success: {b:.3f} -> {a:.3f} ({100 * (a - b):+.1f} points)")
+    return 130 if interrupted else 0
+
+
+def _check_alive(supervisor: Supervisor) -> None:
+    failed = supervisor.failed()
+    if failed:
+        proc = failed[0]
+        raise SystemExit(
+            f"tracerl up: {proc.name} exited with code {proc.popen.returncode}; last lines of {proc.log_path}:\n"
+            + supervisor.tail(proc.name)
+        )
