@@ -1,0 +1,59 @@
+"""Environment names -> constructors and task generators.
+
+A ``TaskSpec`` plus the environment name is all an actor needs: ``make_env(task.env)``
+followed by ``reset(task)`` rebuilds the task anywhere (knowledge bases and levels are
+regenerated from seeds carried in ``task.params``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protocol import TaskSpec
+
+from . import frozenlake, multihop, searchqa_jsonl, sokoban
+from .base import Environment, EnvironmentError_
+from .splits import check_split
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    factory: Callable[[], Environment]
+    generate_tasks: Callable[..., list[TaskSpec]]
+
+
+_REGISTRY: dict[str, EnvEntry] = {
+    multihop.NAME: EnvEntry(multihop.MultihopEnvironment, multihop.generate_tasks),
+    frozenlake.NAME: EnvEntry(frozenlake.FrozenLakeEnvironment, frozenlake.generate_tasks),
+    sokoban.NAME: EnvEntry(sokoban.SokobanEnvironment, sokoban.generate_tasks),
+    searchqa_jsonl.NAME: EnvEntry(searchqa_jsonl.SearchQAJsonlEnvironment, searchqa_jsonl.generate_tasks),
+}
+
+
+def env_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> EnvEntry:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise EnvironmentError_(f"unknown environment {name!r}; valid names: {', '.join(env_names())}")
+    return entry
+
+
+def make_env(name: str) -> Environment:
+    return _entry(name).factory()
+
+
+def make_tasks(name: str, split: str, count: int, seed: int, **difficulty: object) -> list[TaskSpec]:
+    """``count`` distinct tasks of env ``name``; train and held-out tasks never coincide.
+
+    ``difficulty`` holds the env's own knobs (see each module's ``generate_tasks``); an
+    unknown knob raises ``TypeError`` naming it.
+    """
+    entry = _entry(name)
+    check_split(split)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    return entry.generate_tasks(split, count, seed, **difficulty)

@@ -1,0 +1,90 @@
+"""The tag vocabulary shared by every environment, and the one parser of action texts.
+
+All environments speak the same Search-R1 style format so that one tokenizer and one model
+cover them: the policy writes ``<think> ... </think>`` followed by ``<search> ... </search>``
+or ``<answer> ... </answer>``; environments reply inside ``<information> ... </information>``.
+
+A space always follows an opening tag and precedes a closing tag: a byte-level BPE tokenizer
+gives "Omar" and " Omar" different ids, and the fixed spacing makes an entity name tokenise
+identically wherever it appears (prompt, observation, action).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+INFO_OPEN, INFO_CLOSE = "<information>", "</information>"
+
+ALL_TAGS: tuple[str, ...] = (
+    THINK_OPEN,
+    THINK_CLOSE,
+    SEARCH_OPEN,
+    SEARCH_CLOSE,
+    ANSWER_OPEN,
+    ANSWER_CLOSE,
+    INFO_OPEN,
+    INFO_CLOSE,
+)
+
+#: Every action ends with one of these; generation stops on them.
+ACTION_STOP_STRINGS: tuple[str, ...] = (SEARCH_CLOSE, ANSWER_CLOSE)
+
+ActionKind = Literal["search", "answer"]
+
+_ACTION_TAGS: dict[ActionKind, tuple[str, str]] = {
+    "search": (SEARCH_OPEN, SEARCH_CLOSE),
+    "answer": (ANSWER_OPEN, ANSWER_CLOSE),
+}
+
+
+@dataclass(frozen=True)
+class ParsedAction:
+    kind: ActionKind
+    content: str
+
+
+def wrap(open_tag: str, close_tag: str, content: str) -> str:
+    return f"{open_tag} {content} {close_tag}"
+
+
+def think(text: str) -> str:
+    return wrap(THINK_OPEN, THINK_CLOSE, text)
+
+
+def search(query: str) -> str:
+    return wrap(SEARCH_OPEN, SEARCH_CLOSE, query)
+
+
+def answer(text: str) -> str:
+    return wrap(ANSWER_OPEN, ANSWER_CLOSE, text)
+
+
+def information(text: str) -> str:
+    return wrap(INFO_OPEN, INFO_CLOSE, text)
+
+
+def parse_action(text: str) -> ParsedAction | None:
+    """The first complete ``<search>``/``<answer>`` block of ``text``, or ``None``.
+
+    Uses ``str.find`` rather than a regular expression so the cost stays linear in the text
+    length even for adversarial input (many opening tags and no closing one).
+    The content is whitespace-stripped; an empty block counts as no action.
+    """
+    starts = {kind: text.find(tags[0]) for kind, tags in _ACTION_TAGS.items()}
+    found = [(pos, kind) for kind, pos in starts.items() if pos >= 0]
+    if not found:
+        return None
+    pos, kind = min(found)
+    open_tag, close_tag = _ACTION_TAGS[kind]
+    body_start = pos + len(open_tag)
+    end = text.find(close_tag, body_start)
+    if end < 0:
+        return None
+    content = " ".join(text[body_start:end].split())
+    if not content:
+        return None
+    return ParsedAction(kind=kind, content=content)

@@ -1,0 +1,71 @@
+import random
+from collections import defaultdict
+
+import pytest
+
+from environments import make_env, make_tasks
+from environments.demos import DEFAULT_PROFILE, MistakeProfile, demo_episode, demo_trajectory
+from environments.tags import parse_action
+
+GENERATED = ["multihop", "frozenlake", "sokoban"]
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_expert_profile_always_succeeds(name):
+    rng = random.Random(0)
+    for task in make_tasks(name, "train", 60, seed=4):
+        assert demo_episode(name, task, rng, MistakeProfile.none()).reward == 1.0
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_default_profile_fails_on_a_measurable_fraction(name):
+    rng = random.Random(1)
+    tasks = make_tasks(name, "train", 150, seed=4)
+    rewards = [demo_episode(name, task, rng).reward for task in tasks]
+    success = sum(rewards) / len(rewards)
+    assert 0.2 <= success <= 0.8, success
+
+
+def test_multihop_mistakes_are_systematic_per_context():
+    """Whole families of prompts fail consistently: questions whose first hop is the confused
+    relation almost always fail, one-hop questions on other relations always pass."""
+    rng = random.Random(2)
+    outcome = defaultdict(list)
+    for task in make_tasks("multihop", "train", 200, seed=6, min_hops=1, max_hops=1):
+        relation = task.params["path"][0]
+        outcome[relation].append(demo_episode("multihop", task, rng).reward)
+    assert sum(outcome["manager"]) / len(outcome["manager"]) < 0.35
+    assert 0 < sum(outcome["manager"])  # the right action keeps some probability mass
+    assert all(r == 1.0 for rel in ("mentor", "friend", "coach") for r in outcome[rel])
+
+
+def test_premature_answers_depend_on_hops_and_name():
+    profile = MistakeProfile(relation_confusion=(), premature_consistency=1.0)
+    rng = random.Random(3)
+    per_name = defaultdict(set)
+    for task in make_tasks("multihop", "train", 120, seed=7, min_hops=4, max_hops=4):
+        demo = demo_episode("multihop", task, rng, profile)
+        searches = sum(parse_action(a).kind == "search" for a, _ in demo.turns)
+        assert searches in (3, 4)
+        assert demo.reward == (1.0 if searches == 4 else 0.0)
+        per_name[task.params["start"].split()[0]].add(searches)
+    assert all(len(counts) == 1 for counts in per_name.values())  # same first name, same behaviour
+    assert {3, 4} == set().union(*per_name.values())
+
+
+def test_demo_trajectory_matches_a_replay_and_is_seeded():
+    task = make_tasks("sokoban", "train", 1, seed=5)[0]
+    turns = demo_trajectory("sokoban", task, random.Random(9), DEFAULT_PROFILE)
+    assert turns == demo_trajectory("sokoban", task, random.Random(9), DEFAULT_PROFILE)
+    env = make_env("sokoban")
+    env.reset(task)
+    for action, observation in turns:
+        assert env.step(action).observation == observation
+        assert action.startswith("<think> ") and action.endswith(" </answer>")
+
+
+def test_profile_validation():
+    with pytest.raises(ValueError, match="confusion_rate"):
+        MistakeProfile(confusion_rate=1.5)
+    with pytest.raises(ValueError, match="grid_move_confusion"):
+        MistakeProfile(grid_move_confusion=(("Down", "Jump"),))

@@ -1,0 +1,144 @@
+"""Snapshot/restore equivalence and robustness to arbitrary action text, for every env."""
+
+import random
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from environments import EnvironmentError_, make_env, make_tasks
+
+GENERATED = ["multihop", "frozenlake", "sokoban"]
+GARBAGE = [
+    "",
+    "<search>",
+    "</answer>",
+    "<answer> </answer>",
+    "<search> <answer> x </answer>",
+    "<think> " * 50,
+    "\x00\n\t ünïcode ☃ " * 3,
+    "<information> fake </information>",
+    "x" * 5000,
+]
+
+
+def random_action(env, rng: random.Random) -> str:
+    roll = rng.random()
+    if roll < 0.4:
+        return env.expert_action()
+    if roll < 0.6:
+        return rng.choice(GARBAGE)
+    if env.name == "multihop":
+        kb = env.question.kb
+        who = rng.choice(kb.people)
+        if roll < 0.85:
+            return f"<search> {rng.choice(kb.config.relations)} of {who} </search>"
+        return f"<answer> {who} </answer>"
+    return f"<answer> {rng.choice(['Up', 'Down', 'Left', 'Right', 'u', 'D'])} </answer>"
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_restore_into_fresh_instance_continues_identically(name):
+    rng = random.Random(f"snapshots:{name}")
+    tasks = make_tasks(name, "train", 30, seed=2)
+    for episode in range(120):
+        task = rng.choice(tasks)
+        env = make_env(name)
+        env.reset(task)
+        actions = [random_action(env, rng) for _ in range(10)]
+        cut = rng.randrange(0, 4)
+        for action in actions[:cut]:
+            env.step(action)
+        wire = msgpack.packb(env.snapshot())
+        clone = make_env(name)
+        clone.restore(msgpack.unpackb(wire))
+        assert clone.snapshot() == env.snapshot()
+        assert clone.score() == env.score()
+        assert clone.expert_action() == env.expert_action()
+        for action in actions[cut:]:
+            original, copied = env.step(action), clone.step(action)
+            assert original == copied, (episode, action)
+            assert env.score() == clone.score()
+
+
+@pytest.mark.parametrize("name", GENERATED)
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(st.text(max_size=300) | st.sampled_from(GARBAGE), min_size=1, max_size=4))
+def test_arbitrary_text_never_raises_and_leaves_a_valid_state(name, texts):
+    task = make_tasks(name, "train", 1, seed=9)[0]
+    env = make_env(name)
+    env.reset(task)
+    turns = 0
+    for text in texts:
+        result = env.step(text)
+        turns += 1
+        assert isinstance(result.observation, str) and result.reward in (0.0, 1.0)
+        assert 0.0 <= env.score() <= 1.0
+        if result.done:
+            break
+    clone = make_env(name)
+    clone.restore(msgpack.unpackb(msgpack.packb(env.snapshot())))
+    assert clone.snapshot() == env.snapshot()
+    assert clone.snapshot()["turn"] == turns
+
+
+def test_step_and_snapshot_are_fast():
+    import time
+
+    for name in GENERATED:
+        env = make_env(name)
+        task = make_tasks(name, "train", 1, seed=0)[0]
+        env.reset(task)
+        state = env.snapshot()
+        action = env.expert_action()
+        env.step(action)  # warm caches (index, solver)
+        start = time.perf_counter()
+        for _ in range(200):
+            env.restore(state)
+            env.step(action)
+            env.snapshot()
+        per_cycle = (time.perf_counter() - start) / 200
+        assert per_cycle < 2e-3, (name, per_cycle)
+
+
+def _snapshot(name):
+    env = make_env(name)
+    env.reset(make_tasks(name, "train", 1, seed=0)[0])
+    env.step(env.expert_action())
+    return env.snapshot()
+
+
+CORRUPTIONS = [
+    ("not a mapping", lambda s: [1, 2, 3], "must be a mapping"),
+    ("other env", lambda s: {**s, "env": "chess"}, "snapshot is for env 'chess'"),
+    ("missing task", lambda s: {k: v for k, v in s.items() if k != "task"}, "task"),
+    ("task without id", lambda s: {**s, "task": {"env": s["task"]["env"], "params": {}}}, "task_id"),
+    ("negative turn", lambda s: {**s, "turn": -1}, "turn"),
+    ("turn past cap", lambda s: {**s, "turn": 99}, "exceeds max_turns"),
+    ("done as string", lambda s: {**s, "done": "yes"}, "done"),
+    ("reward 0.5", lambda s: {**s, "reward": 0.5}, "reward"),
+]
+
+
+@pytest.mark.parametrize("name", GENERATED)
+@pytest.mark.parametrize("label, corrupt, message", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_corrupt_snapshots_raise_clear_errors(name, label, corrupt, message):
+    state = _snapshot(name)
+    with pytest.raises(EnvironmentError_, match=message):
+        make_env(name).restore(corrupt(state))
+
+
+@pytest.mark.parametrize(
+    "name, corrupt, message",
+    [
+        ("multihop", lambda s: {**s, "retrieved": [10**9]}, "out of range"),
+        ("multihop", lambda s: {**s, "retrieved": "abc"}, "retrieved"),
+        ("frozenlake", lambda s: {**s, "state": [999]}, "impossible"),
+        ("sokoban", lambda s: {**s, "state": [0] * len(s["state"])}, "impossible"),
+        ("sokoban", lambda s: {**s, "state": None}, "list of ints"),
+    ],
+)
+def test_env_specific_corruption(name, corrupt, message):
+    with pytest.raises(EnvironmentError_, match=message):
+        make_env(name).restore(corrupt(_snapshot(name)))
