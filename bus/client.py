@@ -1,0 +1,422 @@
+"""`BusClient`: the thin NATS/JetStream client every role uses.
+
+It only moves bytes: protocol messages are encoded/decoded with ``protocol.codec``,
+subjects come from ``protocol.Subjects``. What it adds over nats-py:
+
+- connection from the role's credentials file, bounded reconnects, and an ``error_cb``
+  that counts permission violations (nats-py reports a denied publish only there);
+- a pull consumer that never crashes on a bad message: the reason is counted and logged,
+  the raw bytes go to the run's dead-letter subject and the message is terminated;
+  a message is acked only after its handler succeeded (a failing handler naks it, and
+  after ``max_deliver`` attempts the bus's sweeper moves it to the DLQ);
+- weights in the Object Store with 1 MiB chunks and a linear-time get;
+- KV helpers for the current weights announcement (policy version) and the actor
+  registry (one ``Heartbeat`` per ``actors.<id>`` key);
+- ``counters``: a flat dict of counts for metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+
+from protocol import Heartbeat, ProtocolError, Subjects, WeightsAnnouncement, decode, encode
+from protocol.codec import DEFAULT_MAX_BYTES
+from tracerl.config import BusConfig, RunConfig
+from tracerl.logs import get_logger
+
+from . import deadletter
+from .config import StreamLimits
+from .permissions import ACTOR_KEY_PATTERN
+from .provision import actor_consumer_config
+from .server import RoleCredentials, credentials_path
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+
+OBJECT_CHUNK_BYTES = 1024 * 1024
+_ERRORS_NOT_FATAL = (nats.errors.Error, asyncio.TimeoutError)
+
+
+@dataclass
+class Delivery:
+    """What a handler may do with the message it is handling besides returning."""
+
+    msg: Msg
+
+    @property
+    def subject(self) -> str:
+        return self.msg.subject
+
+    @property
+    def num_delivered(self) -> int:
+        return self.msg.metadata.num_delivered
+
+    @property
+    def stream_sequence(self) -> int:
+        return self.msg.metadata.sequence.stream
+
+    async def in_progress(self) -> None:
+        """Restart the ack timer during long work so the message is not redelivered."""
+        await self.msg.in_progress()
+
+
+Handler = Callable[[T, Delivery], Awaitable[None]]
+
+
+class BusClient:
+    def __init__(self, role: str, subjects: Subjects, credentials: RoleCredentials, bus: BusConfig) -> None:
+        self.role = role
+        self.subjects = subjects
+        self.bus = bus
+        self._credentials = credentials
+        self._counters: Counter[str] = Counter()
+        self.last_error: Exception | None = None
+        self.nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._closing = False
+
+    # Connection ---------------------------------------------------------------------
+
+    @classmethod
+    async def connect(
+        cls,
+        role: str,
+        bus: BusConfig,
+        run: RunConfig,
+        *,
+        credentials: RoleCredentials | None = None,
+        allow_reconnect: bool = True,
+        publish_async_max_pending: int = 4000,
+    ) -> BusClient:
+        """Connect as ``role`` with ``bus.credentials`` (default ``<run_dir>/credentials/<role>.json``)."""
+        if credentials is None:
+            path = Path(bus.credentials) if bus.credentials else credentials_path(run.run_dir, role)
+            credentials = RoleCredentials.read(path)
+        if credentials.role != role:
+            raise ValueError(f"credentials are for role {credentials.role!r}, not {role!r}")
+        client = cls(role, Subjects(run.run_id), credentials, bus)
+        await client._open(allow_reconnect, publish_async_max_pending)
+        return client
+
+    async def _open(self, allow_reconnect: bool, publish_async_max_pending: int) -> None:
+        self.nc = await nats.connect(
+            servers=self.bus.servers or self._credentials.servers,
+            user=self._credentials.user,
+            password=self._credentials.password,
+            name=f"tracerl-{self.role}-{self.subjects.run_id}",
+            inbox_prefix=self._credentials.inbox_prefix,
+            connect_timeout=self.bus.connect_timeout_s,
+            allow_reconnect=allow_reconnect,
+            max_reconnect_attempts=self.bus.max_reconnect_attempts,
+            reconnect_time_wait=self.bus.reconnect_wait_s,
+            # nats-py's default waits 30 s for a drain; closing must stay prompt.
+            drain_timeout=max(1.0, self.bus.request_timeout_s),
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self._js = self.nc.jetstream(timeout=self.bus.request_timeout_s, publish_async_max_pending=publish_async_max_pending)
+        log.info("bus_connected", role=self.role, run_id=self.subjects.run_id, server=self.nc.connected_url.netloc)
+
+    async def _on_error(self, err: Exception) -> None:
+        self.last_error = err
+        if "permissions violation" in str(err).lower():
+            self._counters["permission_violations"] += 1
+            log.error("bus_permission_violation", role=self.role, error=str(err))
+        else:
+            self._counters["connection_errors"] += 1
+            log.warning("bus_error", role=self.role, error=repr(err))
+
+    async def _on_disconnected(self) -> None:
+        if self._closing:
+            return
+        self._counters["disconnects"] += 1
+        log.warning("bus_disconnected", role=self.role)
+
+    async def _on_reconnected(self) -> None:
+        self._counters["reconnects"] += 1
+        log.info("bus_reconnected", role=self.role)
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("BusClient is not connected")
+        return self._js
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self._counters[name] += amount
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()
+        self.nc, self._js = None, None
+
+    async def __aenter__(self) -> BusClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # Publishing ---------------------------------------------------------------------
+
+    async def publish(
+        self, subject: str, message: Any, *, msg_id: str | None = None, timeout: float | None = None
+    ) -> api.PubAck:
+        """Publish one protocol message through JetStream and wait for the stream's ack.
+
+        ``msg_id`` (e.g. a node id) lets the stream drop a duplicate within its window.
+        """
+        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        ack = await self.js.publish(subject, encode(message), timeout=timeout, headers=headers)
+        self._counters["published"] += 1
+        return ack
+
+    async def publish_batch(
+        self, items: Iterable[tuple[str, Any]], *, msg_ids: Iterable[str | None] | None = None
+    ) -> list[api.PubAck]:
+        """Publish many messages pipelined (publish_async) and wait until all are acked."""
+        futures = []
+        ids = iter(msg_ids) if msg_ids is not None else None
+        for subject, message in items:
+            msg_id = next(ids) if ids is not None else None
+            headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+            futures.append(await self.js.publish_async(subject, encode(message), headers=headers))
+        acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.bus.request_timeout_s + 0.001 * len(futures))
+        self._counters["published"] += len(acks)
+        return list(acks)
+
+    async def publish_raw(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> api.PubAck:
+        """Publish bytes as they are (dead letters, fault-injection tests); awaits the stream's ack."""
+        return await self.js.publish(subject, payload, headers=headers)
+
+    # Consuming ----------------------------------------------------------------------
+
+    async def pull_consumer(
+        self, stream: str, durable: str, expected: type[T], *, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> PullConsumer[T]:
+        """Bind to an existing durable (provisioned by the bus, or by ensure_actor_consumer).
+
+        Messages larger than ``max_bytes`` are rejected as ``oversized`` without decoding.
+        """
+        sub = await self.js.pull_subscribe_bind(durable, stream=stream)
+        return PullConsumer(self, sub, stream, durable, expected, max_bytes)
+
+    async def ensure_actor_consumer(self, actor_id: str, limits: StreamLimits | None = None) -> str:
+        """Create (or re-bind to) this actor's own durable on its work subject; returns its name."""
+        config = actor_consumer_config(self.subjects, actor_id, limits or StreamLimits())
+        await self.js.add_consumer(self.subjects.work_stream, config=config)
+        assert config.durable_name is not None
+        return config.durable_name
+
+    async def dead_letter(self, msg: Msg, *, reason: str, detail: str, consumer: str) -> None:
+        """Copy a message's raw bytes and reason to the DLQ; failures are counted, not raised."""
+        meta_stream, meta_seq = "", None
+        try:
+            meta_stream, meta_seq = msg.metadata.stream, msg.metadata.sequence.stream
+        except (nats.errors.Error, AttributeError, ValueError, IndexError):
+            pass
+        headers = deadletter.dead_letter_headers(
+            reason=reason,
+            detail=detail,
+            source_subject=msg.subject,
+            source_stream=meta_stream,
+            source_sequence=meta_seq,
+            consumer=consumer,
+            role=self.role,
+        )
+        try:
+            await self.js.publish(self.subjects.dead_letter, msg.data, headers=headers)
+            self._counters["dead_lettered"] += 1
+        except _ERRORS_NOT_FATAL as err:
+            self._counters["dead_letter_failed"] += 1
+            log.error("dead_letter_failed", reason=reason, error=repr(err))
+
+    # Weights (Object Store) ---------------------------------------------------------
+
+    async def put_object(self, name: str, data: bytes) -> api.ObjectInfo:
+        store = await self.js.object_store(self.subjects.weights_bucket)
+        meta = api.ObjectMeta(name=name, options=api.ObjectMetaOptions(max_chunk_size=OBJECT_CHUNK_BYTES))
+        return await store.put(name, data, meta=meta)
+
+    async def get_object(self, name: str) -> bytes:
+        store = await self.js.object_store(self.subjects.weights_bucket)
+        # The default get concatenates chunk by chunk (quadratic); writeinto is linear.
+        sink = io.BytesIO()
+        await store.get(name, writeinto=sink)
+        return sink.getvalue()
+
+    # Run state (KV) -----------------------------------------------------------------
+
+    async def _state(self):  # -> nats.js.kv.KeyValue
+        return await self.js.key_value(self.subjects.state_bucket)
+
+    async def announce_weights(self, announcement: WeightsAnnouncement) -> int:
+        """Learner only: make ``announcement`` the current policy, then notify subscribers.
+
+        The KV key ``policy_version`` holds the whole announcement (version, object name,
+        sha256), so a late joiner learns everything from one read; the core-NATS publish
+        on the announce subject is only a low-latency nudge. Returns the KV revision.
+        """
+        kv = await self._state()
+        revision = await kv.put(Subjects.POLICY_VERSION_KEY, encode(announcement))
+        assert self.nc is not None
+        await self.nc.publish(self.subjects.weights_announce, encode(announcement))
+        return revision
+
+    async def get_weights_announcement(self) -> WeightsAnnouncement | None:
+        kv = await self._state()
+        try:
+            entry = await kv.get(Subjects.POLICY_VERSION_KEY)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return self._decode_entry(entry.value, WeightsAnnouncement, Subjects.POLICY_VERSION_KEY)
+
+    async def get_policy_version(self) -> int | None:
+        announcement = await self.get_weights_announcement()
+        return None if announcement is None else announcement.policy_version
+
+    async def watch_weights(self) -> AsyncIterator[WeightsAnnouncement]:
+        """Yield the current announcement (if any), then every new one, until the caller stops."""
+        kv = await self._state()
+        watcher = await kv.watch(Subjects.POLICY_VERSION_KEY, ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # end of the initial state
+                    continue
+                announcement = self._decode_entry(entry.value, WeightsAnnouncement, entry.key)
+                if announcement is not None:
+                    yield announcement
+        finally:
+            await watcher.stop()
+
+    def _decode_entry(self, raw: bytes | None, expected: type[T], key: str) -> T | None:
+        try:
+            return decode(raw or b"", expected)
+        except ProtocolError as err:
+            self._counters[f"rejected.{err.reason}"] += 1
+            log.warning("kv_entry_rejected", key=key, reason=err.reason, detail=err.detail[:200])
+            return None
+
+    async def put_actor(self, heartbeat: Heartbeat) -> int:
+        """Register or refresh an actor in the registry (key ``actors.<id>``)."""
+        kv = await self._state()
+        return await kv.put(Subjects.actor_key(heartbeat.actor_id), encode(heartbeat))
+
+    async def get_actors(self) -> dict[str, Heartbeat]:
+        """Every registered actor's latest heartbeat; unreadable entries are counted and skipped."""
+        kv = await self._state()
+        watcher = await kv.watch(ACTOR_KEY_PATTERN, ignore_deletes=True)
+        actors: dict[str, Heartbeat] = {}
+        try:
+            while True:
+                entry = await watcher.updates(timeout=self.bus.request_timeout_s)
+                if entry is None:  # end of the current state
+                    break
+                beat = self._decode_entry(entry.value, Heartbeat, entry.key)
+                if beat is not None:
+                    actors[beat.actor_id] = beat
+        finally:
+            await watcher.stop()
+        return actors
+
+
+class PullConsumer(Generic[T]):
+    """Fetch batches from a durable, decode each message, run the handler, ack or reject."""
+
+    def __init__(
+        self,
+        client: BusClient,
+        sub: JetStreamContext.PullSubscription,
+        stream: str,
+        durable: str,
+        expected: type[T],
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.client = client
+        self.sub = sub
+        self.stream = stream
+        self.durable = durable
+        self.expected = expected
+
+    async def process_batch(self, handler: Handler[T], *, batch: int = 64, timeout: float = 1.0) -> int:
+        """Fetch up to ``batch`` messages (waiting at most ``timeout``); returns how many were handled."""
+        try:
+            msgs = await self.sub.fetch(batch, timeout=timeout)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):  # fetch raises either
+            return 0
+        handled = 0
+        for msg in msgs:
+            if await self._handle(msg, handler):
+                handled += 1
+        return handled
+
+    async def _handle(self, msg: Msg, handler: Handler[T]) -> bool:
+        counters = self.client._counters
+        try:
+            message = decode(msg.data, self.expected, max_bytes=self.max_bytes)
+        except ProtocolError as err:
+            counters[f"rejected.{err.reason}"] += 1
+            log.warning("message_rejected", consumer=self.durable, subject=msg.subject, reason=err.reason,
+                        detail=err.detail[:200])
+            await self.client.dead_letter(msg, reason=err.reason, detail=err.detail, consumer=self.durable)
+            await self._settle(msg.term)
+            return False
+        try:
+            await handler(message, Delivery(msg))
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # a handler bug must not stop the consumer; redelivery decides
+            counters["handler_errors"] += 1
+            log.exception("handler_failed", consumer=self.durable, subject=msg.subject, error=repr(err))
+            await self._settle(msg.nak)
+            return False
+        await self._settle(msg.ack)
+        counters["handled"] += 1
+        return True
+
+    async def _settle(self, action: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await action()
+        except _ERRORS_NOT_FATAL as err:
+            # The server will redeliver after ack_wait; ids are idempotent downstream.
+            self.client._counters["settle_failed"] += 1
+            log.warning("settle_failed", consumer=self.durable, error=repr(err))
+
+    async def run(self, handler: Handler[T], stop: asyncio.Event, *, batch: int = 64, timeout: float = 1.0) -> None:
+        """Serve until ``stop`` is set. Connection trouble is logged and retried, never raised."""
+        while not stop.is_set():
+            try:
+                await self.process_batch(handler, batch=batch, timeout=timeout)
+            except _ERRORS_NOT_FATAL as err:
+                self.client._counters["fetch_errors"] += 1
+                log.warning("fetch_failed", consumer=self.durable, error=repr(err))
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=timeout)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def close(self) -> None:
+        try:
+            await self.sub.unsubscribe()
+        except _ERRORS_NOT_FATAL:
+            pass
