@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from statistics import fmean
 
 from bus.client import BusClient, Delivery
 from learner.config import LearnerConfig
-from learner.trainer import Trainer
+from learner.trainer import Trainer, checkpoint_root, latest_checkpoint
 from protocol import CompletedTree, WeightsAnnouncement
 from tracerl.config import write_resolved_config
 from tracerl.logs import configure_logging, get_logger
@@ -39,36 +38,6 @@ WEIGHT_SLOTS = 3
 
 def weights_object_name(version: int) -> str:
     return f"policy-slot{version % WEIGHT_SLOTS}"
-
-
-def checkpoint_dir(config: LearnerConfig) -> Path:
-    return Path(config.training.checkpoint_dir or Path(config.run.run_dir) / "checkpoints")
-
-
-def checkpoints(root: Path) -> list[Path]:
-    """Committed checkpoints, oldest first (temp dirs of an interrupted save start with '.')."""
-    return sorted(
-        (p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    found = checkpoints(root)
-    return found[-1] if found else None
-
-
-def save_and_prune(trainer: Trainer) -> None:
-    """Every rank calls this at the same step (the save synchronises them)."""
-    root = checkpoint_dir(trainer.config)
-    trainer.save_checkpoint(root / f"step-{trainer.steps_done}")
-    if trainer.rank == 0:
-        for path in checkpoints(root)[: -trainer.config.training.keep_checkpoints]:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def checkpoint_due(steps_done: int, config: LearnerConfig) -> bool:
-    return steps_done > 0 and steps_done % config.training.checkpoint_every_steps == 0
 
 
 def tree_batch_stats(trees: list[CompletedTree]) -> dict[str, float]:
@@ -152,8 +121,7 @@ class LearnerService:
                 seconds=round(seconds, 2),
             )
             await self.publish_weights()
-            if checkpoint_due(self.trainer.steps_done, self.config):
-                await asyncio.to_thread(save_and_prune, self.trainer)
+            await asyncio.to_thread(self.trainer.save_rolling_checkpoint)
             if self.config.training.max_steps and self.trainer.steps_done >= self.config.training.max_steps:
                 log.info("max_steps_reached", steps=self.trainer.steps_done)
                 self.stop.set()
@@ -165,9 +133,16 @@ class LearnerService:
                 await asyncio.wait_for(self.stop.wait(), timeout=0.05)
 
 
+def save_final_checkpoint(trainer: Trainer) -> None:
+    """On shutdown, unless the rolling checkpoint already holds this version (all ranks call it)."""
+    target = checkpoint_root(trainer.config) / f"v{trainer.policy_version:08d}"
+    if target != latest_checkpoint(checkpoint_root(trainer.config)):
+        trainer.save_checkpoint(target)
+
+
 def build_trainer(config: LearnerConfig) -> Trainer:
     trainer = Trainer(config)
-    checkpoint = latest_checkpoint(checkpoint_dir(config))
+    checkpoint = latest_checkpoint(checkpoint_root(config))
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint)
         log.info("resumed", checkpoint=str(checkpoint), policy_version=trainer.policy_version)
@@ -195,7 +170,7 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> None:
     if trainer.world_size > 1:
         trainer.share_batch([])  # tells the other ranks to stop
     if trainer.steps_done:
-        await asyncio.to_thread(save_and_prune, trainer)
+        await asyncio.to_thread(save_final_checkpoint, trainer)
     final_dir = Path(config.run.run_dir) / "final_model"
     await asyncio.to_thread(trainer.export_model_dir, final_dir)
     service.metrics.close()
@@ -210,11 +185,10 @@ def follow_rank_zero(trainer: Trainer) -> None:
         trees = trainer.share_batch(None)
         if not trees:
             if trainer.steps_done:
-                save_and_prune(trainer)
+                save_final_checkpoint(trainer)
             return
         trainer.train_step(trees)
-        if checkpoint_due(trainer.steps_done, trainer.config):
-            save_and_prune(trainer)
+        trainer.save_rolling_checkpoint()
 
 
 def run(config: LearnerConfig) -> int:

@@ -10,6 +10,7 @@ Validation is strict: an unknown or mistyped field is an error naming the file a
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,16 +101,35 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+        value = parse_override_value(raw, key)
         _assign(data, key.split("."), value)
         source = f"{source} + --set"
     try:
         return from_plain(cls, data, allow_missing_defaults=True)
     except SchemaError as err:
         raise ConfigError(f"{source}: field {err.path}: {err.reason}") from None
+
+
+_FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """Safe YAML that also reads 1e-5 as a float (YAML 1.1 wants a dot in the mantissa)."""
+
+
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_LITERAL, list("+-0123456789."))
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_override_value(raw: str, key: str = "") -> Any:
+    """YAML scalars, plus exponent floats such as 1e-5 that YAML 1.1 would leave as strings."""
+    try:
+        return _yaml_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
 
 
 def dump_config(config: Any) -> str:
@@ -134,7 +154,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text) or {}
+            data = _yaml_load(text) or {}
         else:
             raise ConfigError(f"{path}: config must be .yaml, .yml or .toml")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:

@@ -1,0 +1,438 @@
+"""The learner's training shell around Accelerate: forward, loss, update, checkpoints, export.
+
+Everything numerical is delegated to the pure modules (``sequences``, ``advantages``,
+``packing``, ``losses``); this class owns the model, the optimiser, the policy version and
+the files.
+
+Several processes. Every rank calls ``train_step`` with the same batch (``share_batch``
+broadcasts rank 0's); rank r trains on trees r, r + W, r + 2W, ... and Accelerate's DDP
+averages gradients over the W ranks. Each rank's loss is scaled by W / (global token
+weight), so the average of the ranks' gradients is the gradient of the one-process
+token mean. The same code runs with NCCL on GPUs. Next step there: send new weights to
+actors by an NCCL broadcast from the learner's rank 0 into a process group that includes
+the vLLM workers, instead of the safetensors round trip through the object store; the
+bytes produced by ``export_weights`` stay the fallback and the checkpoint format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, set_seed
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from learner.advantages import node_advantages
+from learner.config import LearnerConfig
+from learner.losses import (
+    decoupled_ppo_token_loss,
+    k3_kl,
+    lpo_group_loss,
+    mismatch_kl,
+    ppo_clip_token_loss,
+    truncated_importance_weight,
+)
+from learner.packing import ForwardBatch, forward_batch, path_logprob_sums, target_logprobs, to_device
+from learner.sequences import TrainingTree, TreeRejected, prepare_tree
+from protocol.messages import CompletedTree
+from tracerl.logs import get_logger
+
+log = get_logger("learner.trainer")
+
+WEIGHTS_FILE = "model.safetensors"
+OPTIMISER_FILE = "optimiser.pt"
+STATE_FILE = "trainer_state.json"
+# Tokenizer and generation files travel with an exported model dir so that vLLM can load it.
+_SIDECAR_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+
+
+@dataclass(frozen=True)
+class _PreparedTree:
+    tree: TrainingTree
+    batch: ForwardBatch
+    target_advantage: torch.Tensor
+    path_advantage: torch.Tensor
+
+
+def _untie_embeddings(model: torch.nn.Module) -> bool:
+    """Give lm_head its own copy: vLLM's in-place reload mishandles tied parameters."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None or head.weight.data_ptr() != embed.weight.data_ptr():
+        model.config.tie_word_embeddings = False
+        return False
+    head.weight = torch.nn.Parameter(embed.weight.detach().clone())
+    model.config.tie_word_embeddings = False
+    return True
+
+
+def _atomic_dir(target: Path) -> Path:
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _commit_dir(tmp: Path, target: Path) -> None:
+    """Swap ``tmp`` into place; a reader sees the old or the new directory, never a mix."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def checkpoint_root(config: LearnerConfig) -> Path:
+    return Path(config.training.checkpoint_dir or Path(config.run.run_dir) / "checkpoints")
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under ``root`` (temp and swap dirs start with a dot)."""
+    found = sorted(p for p in Path(root).glob("v*") if (p / STATE_FILE).is_file())
+    return found[-1] if found else None
+
+
+class Trainer:
+    def __init__(self, config: LearnerConfig, accelerator: Accelerator | None = None) -> None:
+        self.config = config
+        if not config.model.model_dir or not Path(config.model.model_dir).is_dir():
+            raise ValueError(f"model.model_dir {config.model.model_dir!r} is not a directory")
+        set_seed(config.run.seed)
+        self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+        dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(config.model.model_dir, dtype=dtype, attn_implementation="sdpa")
+        if _untie_embeddings(model):
+            log.info("untied_embeddings", model_dir=config.model.model_dir)
+        self.vocab_size = int(model.config.vocab_size)
+        self.reference = None
+        if config.loss.kl_coef > 0:
+            self.reference = AutoModelForCausalLM.from_pretrained(
+                config.model.model_dir, dtype=dtype, attn_implementation="sdpa"
+            )
+            self.reference.requires_grad_(False).eval().to(self.accelerator.device)
+        opt = config.optimiser
+        optimiser = torch.optim.AdamW(
+            model.parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay
+        )
+        self.model, self.optimiser = self.accelerator.prepare(model, optimiser)
+        self.model.train()
+        self.policy_version = 0
+        self.steps_done = 0
+
+    # ------------------------------------------------------------------ batches
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    def share_batch(self, trees: list[CompletedTree] | None) -> list[CompletedTree]:
+        """Rank 0's trees on every rank (the others pass None)."""
+        if self.world_size == 1:
+            return list(trees or [])
+        box = [trees if self.accelerator.is_main_process else None]
+        broadcast_object_list(box, from_process=0)
+        return list(box[0] or [])
+
+    def _prepare(self, tree: CompletedTree) -> _PreparedTree:
+        cfg = self.config
+        training_tree = prepare_tree(tree, self.policy_version, cfg.training.staleness_eta, self.vocab_size)
+        adv = node_advantages(
+            cfg.advantage.kind,
+            training_tree.parent,
+            training_tree.reward,
+            cfg.advantage.normalize_std,
+            cfg.advantage.eps,
+        )
+        node_adv = torch.tensor(adv, dtype=torch.float32)
+        batch = forward_batch(training_tree, cfg.model.packing)
+        return _PreparedTree(training_tree, batch, node_adv[batch.target_node], node_adv[batch.path_leaf])
+
+    # ------------------------------------------------------------------ update
+
+    def train_step(self, trees: list[CompletedTree]) -> dict[str, Any]:
+        """``updates_per_batch`` optimiser updates on ``trees`` (the same list on every rank),
+        then the policy version goes up by one; returns metrics.
+
+        Rejected trees are counted and skipped. A non-finite loss or gradient on any rank
+        skips the update on all ranks: if it is the first, weights, optimiser state and
+        version stay as they were; a later one ends the step early.
+        """
+        cfg = self.config
+        device = self.accelerator.device
+        mine = trees[self.rank :: self.world_size]
+        rejected: Counter[str] = Counter()
+        prepared: list[_PreparedTree] = []
+        stale_tokens = unpacked_action_tokens = 0
+        for tree in mine:
+            try:
+                p = self._prepare(tree)
+            except TreeRejected as err:
+                rejected[err.reason] += 1
+                log.warning("tree_rejected", tree_id=err.tree_id, reason=err.reason, detail=err.detail)
+                continue
+            action, stale, _ = p.tree.path_token_counts()
+            unpacked_action_tokens += action
+            stale_tokens += stale
+            if p.batch.num_targets or cfg.loss.kind == "lpo":
+                prepared.append(p)
+
+        local = torch.tensor(
+            [
+                sum(float(p.batch.target_weight.sum()) for p in prepared),
+                float(len(prepared)),
+                float(stale_tokens),
+                float(unpacked_action_tokens),
+                float(sum(rejected.values())),
+                sum(float(p.batch.target_weight[p.target_advantage.abs() > 1e-12].sum()) for p in prepared),
+            ],
+            dtype=torch.float64,
+            device=device,
+        )
+        reduced = self.accelerator.reduce(local, "sum").tolist()
+        token_weight, groups, stale_total, action_total, rejected_total, informative = reduced
+        metrics: dict[str, Any] = {
+            "policy_version": self.policy_version,
+            "trees": len(trees),
+            "rejected_trees": int(rejected_total),
+            "rejected_reasons_local": dict(rejected),
+            # Counted once per path through a node, as an unpacked run would see them.
+            "trained_tokens": token_weight,
+            "nonzero_advantage_token_share": informative / token_weight if token_weight else 0.0,
+            "stale_tokens": stale_total,
+            "stale_token_share": stale_total / action_total if action_total else 0.0,
+        }
+        if token_weight == 0 or groups == 0:
+            log.warning("step_skipped", reason="nothing_to_train", **metrics)
+            return {**metrics, "skipped": True, "skip_reason": "nothing_to_train"}
+
+        updates = cfg.training.updates_per_batch
+        proximal: list[torch.Tensor | None] = [None] * len(prepared)
+        if updates > 1:
+            # Frozen before the first update, so later updates clip against the policy
+            # the batch started from (with one update it is the current policy, detached).
+            with torch.no_grad():
+                proximal = [target_logprobs(self.model, to_device(p.batch, device)) for p in prepared]
+        for update in range(updates):
+            totals = self._accumulate_gradients(prepared, proximal, token_weight, groups)
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optimiser.max_grad_norm))
+            diagnostics = {
+                "loss": totals[0],
+                "grad_norm": grad_norm,
+                "clip_fraction": totals[1] / token_weight,
+                "mismatch_kl": totals[2] / token_weight,
+                "importance_weight_mean": totals[3] / token_weight,
+                "reference_kl": totals[4] / token_weight,
+                "input_tokens": totals[5],
+            }
+            if update == 0:
+                metrics.update(diagnostics)  # measured before any update of this step
+            else:
+                metrics.update(loss_last_update=totals[0], clip_fraction_last_update=diagnostics["clip_fraction"])
+            if not (np.isfinite(totals[0]) and np.isfinite(grad_norm)):
+                self.optimiser.zero_grad(set_to_none=True)
+                log.error("update_skipped", reason="non_finite", update=update, loss=totals[0], grad_norm=grad_norm)
+                if update == 0:
+                    return {**metrics, "skipped": True, "skip_reason": "non_finite", "updates_applied": 0}
+                break
+            self.optimiser.step()
+            self.optimiser.zero_grad(set_to_none=True)
+            metrics["updates_applied"] = update + 1
+        self.policy_version += 1
+        self.steps_done += 1
+        metrics["policy_version"] = self.policy_version
+        log.info("train_step", **{k: v for k, v in metrics.items() if k != "rejected_reasons_local"})
+        return {**metrics, "skipped": False}
+
+    def _accumulate_gradients(
+        self,
+        prepared: list[_PreparedTree],
+        proximal: list[torch.Tensor | None],
+        token_weight: float,
+        groups: float,
+    ) -> list[float]:
+        """Backward over this rank's trees, all-reduced once; returns the global diagnostic sums."""
+        sums = torch.zeros(6, dtype=torch.float64, device=self.accelerator.device)
+        scale = float(self.world_size)
+        self.optimiser.zero_grad(set_to_none=True)
+        work = list(zip(prepared, proximal)) or [None]  # a rank without trees still joins the all-reduce
+        for i, item in enumerate(work):
+            last = i == len(work) - 1
+            context = self.accelerator.no_sync(self.model) if not last else contextlib.nullcontext()
+            with context:
+                if item is None:
+                    loss = self._idle_loss()
+                else:
+                    loss, stats = self._tree_loss(item[0], item[1], token_weight, groups)
+                    sums += stats
+                    loss = loss * scale
+                self.accelerator.backward(loss)
+        return self.accelerator.reduce(sums, "sum").tolist()
+
+    def _tree_loss(
+        self, item: _PreparedTree, proximal: torch.Tensor | None, token_weight: float, groups: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This tree's share of the global loss, plus diagnostic sums (weighted by tokens)."""
+        cfg = self.config.loss
+        batch = to_device(item.batch, self.accelerator.device)
+        adv = item.target_advantage.to(batch.input_ids.device)
+        weight = batch.target_weight
+        current = target_logprobs(self.model, batch)
+        behaviour = batch.behaviour_logprobs
+        if proximal is None:
+            proximal = current.detach()
+        clipped = torch.zeros_like(current, dtype=torch.bool)
+        is_weight = torch.ones_like(current)
+        if cfg.kind == "ppo_clip":
+            token_loss, clipped = ppo_clip_token_loss(current, behaviour, adv, cfg.clip_eps)
+            loss = (token_loss * weight).sum() / token_weight
+            is_weight = torch.exp(proximal - behaviour)
+        elif cfg.kind == "decoupled_ppo":
+            token_loss, clipped = decoupled_ppo_token_loss(
+                current, proximal, behaviour, adv, cfg.clip_eps, cfg.importance_cap
+            )
+            loss = (token_loss * weight).sum() / token_weight
+            is_weight = truncated_importance_weight(proximal, behaviour, cfg.importance_cap)
+        else:
+            path_lp = path_logprob_sums(current, batch)
+            group = lpo_group_loss(path_lp, item.path_advantage.to(path_lp.device), cfg.lpo_beta, cfg.lpo_divergence)
+            loss = group / groups
+        ref_kl = torch.zeros_like(current)
+        if self.reference is not None:
+            with torch.no_grad():
+                reference = target_logprobs(self.reference, batch)
+            ref_kl = k3_kl(current, reference)
+            loss = loss + cfg.kl_coef * (ref_kl * weight).sum() / token_weight
+        stats = torch.stack(
+            [
+                loss.detach().double(),
+                (clipped.double() * weight).sum(),
+                (mismatch_kl(current, behaviour) * weight).sum().double(),
+                (is_weight.detach() * weight).sum().double(),
+                (ref_kl.detach() * weight).sum().double(),
+                torch.tensor(float(batch.input_tokens), dtype=torch.float64, device=weight.device),
+            ]
+        )
+        return loss, stats
+
+    def _idle_loss(self) -> torch.Tensor:
+        ids = torch.zeros(1, 1, dtype=torch.long, device=self.accelerator.device)
+        return self.model(input_ids=ids, use_cache=False).logits.sum() * 0.0
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        state = self.accelerator.unwrap_model(self.model).state_dict()
+        # Cloned so that no two entries share storage (safetensors refuses shared tensors).
+        return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """Model, optimiser, version and every rank's RNG states; all ranks must call it."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        if self.accelerator.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        self.accelerator.wait_for_everyone()
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        torch.save(rng, tmp / f"rng_rank{self.rank}.pt")
+        if self.accelerator.is_main_process:
+            safetensors.torch.save_file(self._model_state(), str(tmp / WEIGHTS_FILE))
+            torch.save(self.optimiser.state_dict(), tmp / OPTIMISER_FILE)
+            state = {
+                "policy_version": self.policy_version,
+                "steps_done": self.steps_done,
+                "world_size": self.world_size,
+                "seed": self.config.run.seed,
+            }
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            _commit_dir(tmp, target)
+            log.info("checkpoint_saved", path=str(target), policy_version=self.policy_version)
+        self.accelerator.wait_for_everyone()
+        return target
+
+    def save_rolling_checkpoint(self) -> Path | None:
+        """Every ``checkpoint_every_steps`` updates: save ``<root>/v<version>``, keep the newest few."""
+        training = self.config.training
+        if self.steps_done == 0 or self.steps_done % training.checkpoint_every_steps:
+            return None
+        root = checkpoint_root(self.config)
+        path = self.save_checkpoint(root / f"v{self.policy_version:08d}")
+        if self.accelerator.is_main_process:
+            complete = sorted(p for p in root.glob("v*") if (p / STATE_FILE).is_file())
+            for old in complete[: -training.keep_checkpoints]:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        source = Path(directory)
+        state = json.loads((source / STATE_FILE).read_text())
+        weights = safetensors.torch.load_file(str(source / WEIGHTS_FILE))
+        self.accelerator.unwrap_model(self.model).load_state_dict(weights, strict=True)
+        self.optimiser.load_state_dict(torch.load(source / OPTIMISER_FILE, weights_only=False))
+        rng_file = source / f"rng_rank{self.rank}.pt"
+        if rng_file.exists():  # absent when resuming on more ranks than were saved
+            rng = torch.load(rng_file, weights_only=False)
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        self.policy_version = int(state["policy_version"])
+        self.steps_done = int(state["steps_done"])
+        log.info("checkpoint_loaded", path=str(source), policy_version=self.policy_version)
+
+    # ------------------------------------------------------------------ export
+
+    def export_weights(self) -> bytes:
+        """The full state dict as safetensors bytes, lm_head and embeddings as separate tensors."""
+        return safetensors.torch.save(self._model_state(), metadata={"format": "pt"})
+
+    def export_model_dir(self, path: str | Path) -> Path:
+        """A loadable HF dir (config.json, model.safetensors, tokenizer files), written atomically."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _atomic_dir(target)
+        config = AutoConfig.from_pretrained(self.config.model.model_dir)
+        config.tie_word_embeddings = False
+        config.save_pretrained(tmp)
+        (tmp / WEIGHTS_FILE).write_bytes(self.export_weights())
+        source = Path(self.config.model.model_dir)
+        for name in _SIDECAR_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, tmp / name)
+        _commit_dir(tmp, target)
+        return target

@@ -1,0 +1,29 @@
+"""Config and batch builders shared by the trainer tests and the two-process worker."""
+
+from __future__ import annotations
+
+import random
+
+from learner.config import LearnerConfig, LossSection, ModelSection, OptimiserSection, TrainingSection
+from protocol.messages import CompletedTree
+from tests.learner.trees import random_tree
+
+VOCAB = 600
+
+
+def learner_config(model_dir, packing: bool = True, loss_kind: str = "decoupled_ppo", **loss) -> LearnerConfig:
+    return LearnerConfig(
+        model=ModelSection(model_dir=str(model_dir), packing=packing),
+        optimiser=OptimiserSection(lr=1e-3, max_grad_norm=1.0),
+        loss=LossSection(kind=loss_kind, **loss),
+        training=TrainingSection(staleness_eta=2),
+    )
+
+
+def batches(seed: int, steps: int, trees_per_step: int = 4) -> list[list[CompletedTree]]:
+    """Deterministic batches; every node's version is 0 so they are fresh for 2 steps."""
+    rng = random.Random(seed)
+    return [
+        [random_tree(rng, f"s{s}t{i}", VOCAB, chains=2, max_turns=3) for i in range(trees_per_step)]
+        for s in range(steps)
+    ]

@@ -1,0 +1,35 @@
+"""Run by torchrun from test_two_processes: one train_step on a fixed batch, then save."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from learner.trainer import Trainer
+from tests.learner.helpers import batches, learner_config
+
+
+def main(model_dir: str, out_dir: str, packing: str) -> None:
+    torch.set_num_threads(1)
+    trainer = Trainer(learner_config(model_dir, packing=packing == "packed"))
+    losses, trees = [], []
+    # Step 1: five trees split 3 / 2. Step 2: one tree, so rank 1 idles but must still
+    # join the gradient all-reduce.
+    for size in (5, 1):
+        mine = batches(seed=9 + size, steps=1, trees_per_step=size)[0] if trainer.rank == 0 else None
+        batch = trainer.share_batch(mine)
+        metrics = trainer.train_step(batch)
+        losses.append(metrics["loss"])
+        trees.append(metrics["trees"])
+    out = Path(out_dir)
+    (out / f"rank{trainer.rank}.json").write_text(
+        json.dumps({"world_size": trainer.world_size, "losses": losses, "trees": trees})
+    )
+    trainer.save_checkpoint(out / "ckpt")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
