@@ -1,0 +1,272 @@
+"""Rollout trees built from the TurnNode stream, with backup values and completion.
+
+A tree is one prompt (its root) and every turn generated under it. Nodes can arrive in
+any order and more than once (work is redelivered after an actor dies and node ids are
+deterministic), so adding a node is idempotent and a node whose parent is not here yet
+waits in an orphan buffer until the parent comes or its timeout passes.
+
+Backup: a terminal node is a leaf with value = reward clipped to [0, 1] and one visit.
+A node's visits n_y is the number of terminal leaves below it and its value
+V̂(y) = (1/n_y) sum_c n_c V̂(c), which is the mean leaf reward of its subtree (the
+fraction of successful leaves when rewards are 0/1). Rewards stay real-valued in the
+value; the binary *outcome* used for mixedness and V_pref is ``reward >= 0.5``.
+Both are maintained incrementally: a leaf updates its ancestors' sums on arrival.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from dataclasses import dataclass, field
+
+from protocol import CompletedTree, TaskSpec, TreeNodeRecord, TurnNode
+
+SUCCESS_THRESHOLD = 0.5
+
+
+def is_success(reward: float) -> bool:
+    return reward >= SUCCESS_THRESHOLD
+
+
+@dataclass
+class NodeState:
+    """A received node plus the incremental statistics of its subtree."""
+
+    node: TurnNode
+    children: list[str] = field(default_factory=list)
+    leaves: int = 0
+    reward_sum: float = 0.0
+    successes: int = 0
+    # Continuations scheduled from this node that have not finished yet.
+    pending_children: int = 0
+    # Continuations ever scheduled from this node (stage-2 expansions).
+    expansions: int = 0
+    # The predictor's features of the prefix ending here, set by the allocator core.
+    features: Any = None
+    # Hashed text counts of the prefix ending here, so a child's features cost one turn.
+    text_counts: Any = None
+    # Turns with a non-empty observation (tool calls) along the path.
+    tool_calls: int = 0
+    # The oldest policy version among the turns of the prefix ending here.
+    oldest_version: int = 0
+    # Cached predicted success and the predictor revision that produced it.
+    prediction: float = 0.5
+    prediction_revision: int = -1
+
+    @property
+    def value(self) -> float:
+        return self.reward_sum / self.leaves if self.leaves else 0.0
+
+    @property
+    def failures(self) -> int:
+        return self.leaves - self.successes
+
+
+@dataclass
+class WorkRecord:
+    """A work item issued for this tree, and what has come back for it."""
+
+    work_id: str
+    parent_id: str | None
+    prefix_depth: int
+    num_samples: int
+    max_turns: int
+    reserved_turns: int
+    finished_chains: int = 0
+    turns_used: int = 0
+    tokens_used: int = 0
+    settled: bool = False
+    # Rebuilt from replayed nodes after a restart: num_samples counts the chains seen.
+    synthesized: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_chains >= self.num_samples
+
+
+@dataclass
+class RolloutTree:
+    tree_id: str
+    task: TaskSpec
+    step: int
+    opened_at: float
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    first_turns: list[str] = field(default_factory=list)
+    work: dict[str, WorkRecord] = field(default_factory=dict)
+    # parent id -> [(node, arrived_at)] for nodes whose parent has not arrived
+    orphans: dict[str, list[tuple[TurnNode, float]]] = field(default_factory=dict)
+    orphan_ids: set[str] = field(default_factory=set)
+    prompt_token_ids: list[int] = field(default_factory=list)
+
+    # --- building -----------------------------------------------------------------------
+
+    def add_work(self, record: WorkRecord) -> None:
+        self.work[record.work_id] = record
+        if record.parent_id is not None and record.parent_id in self.nodes:
+            parent = self.nodes[record.parent_id]
+            parent.pending_children += record.num_samples
+            parent.expansions += record.num_samples
+
+    def add(self, node: TurnNode, now: float) -> tuple[str, list[TurnNode]]:
+        """Insert ``node``; returns its outcome and every node attached as a result (in order)."""
+        if node.node_id in self.nodes or node.node_id in self.orphan_ids:
+            return "duplicate", []
+        if node.parent_id is not None and node.parent_id not in self.nodes:
+            self.orphans.setdefault(node.parent_id, []).append((node, now))
+            self.orphan_ids.add(node.node_id)
+            return "buffered_orphan", []
+        attached: list[TurnNode] = []
+        ready = [node]
+        while ready:
+            current = ready.pop()
+            self._attach(current)
+            attached.append(current)
+            released = [n for n, _ in self.orphans.pop(current.node_id, [])]
+            self.orphan_ids.difference_update(n.node_id for n in released)
+            ready.extend(released)
+        return "accepted", attached
+
+    def _attach(self, node: TurnNode) -> None:
+        state = NodeState(node, oldest_version=node.policy_version)
+        self.nodes[node.node_id] = state
+        if node.parent_id is not None:
+            state.oldest_version = min(node.policy_version, self.nodes[node.parent_id].oldest_version)
+        if node.parent_id is None:
+            self.first_turns.append(node.node_id)
+            if not self.prompt_token_ids:
+                self.prompt_token_ids = list(node.prompt_token_ids)
+        else:
+            self.nodes[node.parent_id].children.append(node.node_id)
+        if node.done:
+            reward = min(1.0, max(0.0, float(node.reward if node.reward is not None else 0.0)))
+            success = is_success(reward)
+            for state in self.path_states(node.node_id):
+                state.leaves += 1
+                state.reward_sum += reward
+                state.successes += int(success)
+        record = self.work.get(node.work_id)
+        if record is not None:
+            record.turns_used += 1
+            record.tokens_used += len(node.action_token_ids)
+            if self.ends_chain(node, record):
+                record.finished_chains += 1
+                origin = record.parent_id
+                if origin is not None and origin in self.nodes:
+                    self.nodes[origin].pending_children = max(0, self.nodes[origin].pending_children - 1)
+
+    @staticmethod
+    def ends_chain(node: TurnNode, record: WorkRecord | None) -> bool:
+        if node.done:
+            return True
+        return record is not None and node.depth >= record.prefix_depth + record.max_turns
+
+    def expire_orphans(self, now: float, timeout_s: float) -> int:
+        dropped = 0
+        for parent_id in list(self.orphans):
+            kept = [(n, t) for n, t in self.orphans[parent_id] if now - t <= timeout_s]
+            dropped += len(self.orphans[parent_id]) - len(kept)
+            self.orphan_ids.difference_update(n.node_id for n, t in self.orphans[parent_id] if now - t > timeout_s)
+            if kept:
+                self.orphans[parent_id] = kept
+            else:
+                del self.orphans[parent_id]
+        return dropped
+
+    # --- queries ------------------------------------------------------------------------
+
+    def path_states(self, node_id: str) -> Iterator[NodeState]:
+        """The node and its ancestors, deepest first."""
+        current: str | None = node_id
+        while current is not None:
+            state = self.nodes[current]
+            yield state
+            current = state.node.parent_id
+
+    def prefix_token_ids(self, node_id: str) -> list[int]:
+        """Prompt ids, then action and observation ids of every turn down to ``node_id``."""
+        path = list(self.path_states(node_id))[::-1]
+        ids = list(self.prompt_token_ids)
+        for state in path:
+            ids.extend(state.node.action_token_ids)
+            ids.extend(state.node.observation_token_ids)
+        return ids
+
+    def prefix_texts(self, node_id: str) -> list[tuple[str, str]]:
+        """(action text, observation text) of every turn down to ``node_id``."""
+        return [(s.node.action_text, s.node.observation_text) for s in list(self.path_states(node_id))[::-1]]
+
+    @property
+    def outstanding_work(self) -> int:
+        return sum(1 for r in self.work.values() if not r.finished)
+
+    @property
+    def leaves(self) -> int:
+        return sum(self.nodes[i].leaves for i in self.first_turns)
+
+    @property
+    def successes(self) -> int:
+        return sum(self.nodes[i].successes for i in self.first_turns)
+
+    @property
+    def mixed(self) -> bool:
+        """Both a successful and a failed leaf under the root: the group carries a gradient."""
+        s, n = self.successes, self.leaves
+        return 0 < s < n
+
+    def leaf_rewards(self) -> list[float]:
+        return [
+            min(1.0, max(0.0, float(s.node.reward or 0.0))) for s in self.nodes.values() if s.node.done
+        ]
+
+    # --- emission -----------------------------------------------------------------------
+
+    def to_completed(
+        self, *, run_id: str, strategy: str, status: str, now: float
+    ) -> tuple[CompletedTree | None, int]:
+        """The tree as the learner sees it, and the number of nodes left out.
+
+        Only nodes on complete root-to-leaf paths (visits >= 1) are kept: a chain that never
+        reached a terminal turn (a lost branch, a pruned search candidate) has no reward to
+        learn from. Returns ``None`` when no complete path exists.
+        """
+        records = [
+            TreeNodeRecord(
+                node_id=s.node.node_id,
+                parent_id=s.node.parent_id,
+                depth=s.node.depth,
+                policy_version=s.node.policy_version,
+                action_token_ids=list(s.node.action_token_ids),
+                action_logprobs=list(s.node.action_logprobs),
+                observation_token_ids=list(s.node.observation_token_ids),
+                done=s.node.done,
+                reward=s.node.reward,
+                value=min(1.0, max(0.0, s.value)),
+                visits=s.leaves,
+                env_score=s.node.env_score,
+            )
+            for s in self._topological()
+            if s.leaves >= 1
+        ]
+        left_out = len(self.nodes) - len(records)
+        if not records:
+            return None, left_out
+        tree = CompletedTree(
+            run_id=run_id,
+            tree_id=self.tree_id,
+            task=self.task,
+            strategy=strategy,
+            allocator_step=self.step,
+            prompt_token_ids=list(self.prompt_token_ids),
+            nodes=records,
+            status=status,  # type: ignore[arg-type]
+            budget_turns=sum(r.turns_used for r in self.work.values()) or len(self.nodes),
+            created_at=now,
+        )
+        return tree, left_out
+
+    def _topological(self) -> Iterator[NodeState]:
+        stack = list(reversed(self.first_turns))
+        while stack:
+            state = self.nodes[stack.pop()]
+            yield state
+            stack.extend(reversed(state.children))

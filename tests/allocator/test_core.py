@@ -1,0 +1,250 @@
+import numpy as np
+import pytest
+
+from allocator.core import STRATEGIES, ActorLoad, AllocatorCore, AllocatorCoreConfig
+from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
+
+ACTORS = [ActorLoad("a0", 0, 1000), ActorLoad("a1", 0, 1000)]
+
+
+def _setup(strategy="trace", seed=0, sim=SimulatorConfig(num_prompts=64), **overrides):
+    rng = np.random.default_rng(seed)
+    prompts = make_prompts(sim, rng)
+    cfg = AllocatorCoreConfig(strategy=strategy, step_budget_turns=96, batch_prompts=4, **overrides)
+    return AllocatorCore(cfg, [p.task for p in prompts], seed=seed, run_id="test"), SimulatedActor(sim, prompts), rng
+
+
+def _round(core, actor, rng, now, actors=ACTORS, version=None):
+    routed = core.schedule(now, actors)
+    nodes = []
+    for r in routed:
+        nodes += actor.rollout(
+            r.item, actor_id=r.target or "a0", policy_version=core.policy_version if version is None else version,
+            rng=rng, now=now,
+        )
+    return routed, nodes
+
+
+def test_config_rejects_unknown_strategy_and_bad_ranges():
+    with pytest.raises(ValueError, match="strategy"):
+        AllocatorCoreConfig(strategy="greedy")
+    with pytest.raises(ValueError, match="group_size"):
+        AllocatorCoreConfig(group_size=1)
+    with pytest.raises(ValueError, match="root_fraction"):
+        AllocatorCoreConfig(root_fraction=0.0)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_stays_within_the_step_budget(strategy):
+    sim = SimulatorConfig(num_prompts=64, early_stop=0.25)  # variable length: refunds happen
+    core, actor, rng = _setup(strategy, sim=sim, stage2="trace")
+    budget = core.config.step_budget_turns
+    emitted = []
+    for t in range(200):
+        _, nodes = _round(core, actor, rng, float(t))
+        for i in rng.permutation(len(nodes)):
+            core.on_node(nodes[i], float(t))
+            for step in core.steps.values():
+                assert step.budget.committed <= budget
+                assert step.budget.used_turns <= step.budget.committed
+        emitted += core.pop_completed(float(t))
+        if core.counters["steps_closed"] >= 3:
+            break
+        core.on_policy_version(core.counters["steps_closed"])
+    m = core.metrics()
+    assert core.counters["steps_closed"] >= 3
+    assert m["budget_overspent_turns"] == 0
+    assert 0 < m["budget_turns_used"] <= budget * core.counters["steps_closed"]
+    assert emitted and all(t.strategy == strategy for t in emitted)
+    # every emitted node is on a complete root-to-leaf path with a value in [0, 1]
+    for tree in emitted:
+        assert all(n.visits >= 1 for n in tree.nodes)
+
+
+def test_stage1_only_strategies_spend_refunds_on_more_groups():
+    sim = SimulatorConfig(num_prompts=64, early_stop=0.5)
+    core, actor, rng = _setup("grpo", sim=sim)
+    for t in range(50):
+        _, nodes = _round(core, actor, rng, float(t))
+        for n in nodes:
+            core.on_node(n, float(t))
+        core.pop_completed(float(t))
+        if core.counters["steps_closed"]:
+            break
+    # 96 turns reserve 6 groups of 4 x 4 turns; short chains refund and buy more groups
+    assert core.counters["groups"] > 6
+    assert core.metrics()["budget_turns_used"] <= 96
+
+
+def test_node_outcomes_duplicate_unknown_late():
+    core, actor, rng = _setup("grpo")
+    routed, nodes = _round(core, actor, rng, 0.0)
+    assert core.on_node(nodes[0], 0.0) == "accepted"
+    assert core.on_node(nodes[0], 0.0) == "duplicate"
+    foreign = type(nodes[0])(**{**nodes[0].__dict__, "tree_id": "s99-0"})
+    assert core.on_node(foreign, 0.0) == "unknown_tree"
+    for n in nodes[1:]:
+        core.on_node(n, 0.0)
+    for t in range(1, 30):
+        _, more = _round(core, actor, rng, float(t))
+        for n in more:
+            core.on_node(n, float(t))
+        if core.counters["steps_closed"]:
+            break
+    assert core.on_node(nodes[0], 3.0) == "late"
+    assert core.counters["nodes_duplicate"] == 1 and core.counters["nodes_unknown_tree"] == 1
+
+
+def _finish_roots(core, actor, rng, version=None, actors=ACTORS):
+    routed, nodes = _round(core, actor, rng, 0.0, actors=actors, version=version)
+    assert all(r.item.kind == "root" and r.target is None for r in routed)
+    for n in nodes:
+        core.on_node(n, 0.0)
+    return nodes
+
+
+def test_branches_route_to_the_prefix_owner_when_it_has_room():
+    core, actor, rng = _setup("tree-random")
+    _finish_roots(core, actor, rng)
+    routed = core.schedule(1.0, [ActorLoad("a0", 0, 3)])
+    branches = [r for r in routed if r.item.kind == "branch"]
+    assert branches
+    assert [r.target for r in branches[:3]] == ["a0"] * 3
+    assert all(r.target is None for r in branches[3:])
+    assert core.counters["affinity_hits"] == 3
+    assert core.counters["affinity_misses"] == len(branches) - 3
+    b = branches[0].item
+    tree = core.trees[b.tree_id]
+    parent = tree.nodes[b.parent_id].node
+    assert b.prefix_depth == parent.depth and b.env_snapshot == parent.env_snapshot
+    assert b.prefix_token_ids == tree.prefix_token_ids(b.parent_id)
+    assert b.max_turns == core.config.max_turns - parent.depth
+
+
+def test_never_branches_from_stale_prefixes():
+    core, actor, rng = _setup("tree-random", staleness_eta=1)
+    _finish_roots(core, actor, rng, version=0)
+    core.on_policy_version(2)  # every prefix now lags by 2 > eta
+    routed = core.schedule(1.0, ACTORS)
+    assert not [r for r in routed if r.item.kind == "branch"]
+    assert core.counters["branch_skipped_stale"] > 0
+
+
+def test_does_not_run_more_than_eta_versions_ahead_of_the_learner():
+    core, actor, rng = _setup("grpo", staleness_eta=1, max_open_steps=5)
+    opened = []
+    for t in range(40):
+        _, nodes = _round(core, actor, rng, float(t))
+        for n in nodes:
+            core.on_node(n, float(t))
+        core.pop_completed(float(t))
+        opened.append(core.counters["steps_opened"])
+    # learner never moves from version 0: steps 0 and 1 only (expected versions 0 and 1)
+    assert opened[-1] == 2
+    assert core.counters["steps_held_for_learner"] > 0
+
+
+def test_timed_out_step_emits_partial_trees():
+    core, actor, rng = _setup("grpo", step_timeout_s=10.0)
+    routed, nodes = _round(core, actor, rng, 0.0)
+    tree_id = routed[0].item.tree_id
+    # deliver one complete chain of the first tree only
+    chain = [n for n in nodes if n.tree_id == tree_id and n.node_id.split(".")[-2] == "0"]
+    for n in chain:
+        core.on_node(n, 0.0)
+    assert core.pop_completed(5.0) == []
+    out = core.pop_completed(11.0)
+    assert [t.tree_id for t in out] == [tree_id]
+    assert out[0].status == "partial" and len(out[0].nodes) == len(chain)
+    assert core.counters["trees_dropped"] == len(routed) - 1
+
+
+def _replay_case(strategy):
+    core, actor, rng = _setup(strategy)
+    node_log = []
+    for t in range(2):
+        routed, nodes = _round(core, actor, rng, float(t))
+        node_log += nodes
+        for n in nodes:
+            core.on_node(n, float(t))
+    return core, actor, rng, node_log
+
+
+def test_replaying_the_node_stream_rebuilds_the_state():
+    core, actor, rng, node_log = _replay_case("trace")
+    fresh = AllocatorCore(core.config, core.task_pool, seed=123, run_id="test")
+    fresh.on_policy_version(core.policy_version)
+    for n in node_log:
+        fresh.restore_node(n, 2.0)
+    fresh.finish_replay()
+    assert set(fresh.trees) == set(core.trees)
+    for tree_id, tree in core.trees.items():
+        other = fresh.trees[tree_id]
+        assert {k: (s.leaves, s.successes, s.expansions) for k, s in tree.nodes.items()} == {
+            k: (s.leaves, s.successes, s.expansions) for k, s in other.nodes.items()
+        }
+    for index, step in core.steps.items():
+        restored = fresh.steps[index]
+        assert restored.budget.used_turns == step.budget.used_turns
+        # fixed-length chains: every finished item used exactly what it reserved
+        assert restored.budget.committed == step.budget.committed
+        assert restored.outstanding_items == step.outstanding_items == 0
+    # the restored core carries on with fresh work ids and closes the step
+    issued = set()
+    for t in range(3, 30):
+        routed, nodes = _round(fresh, actor, rng, float(t))
+        issued |= {r.item.work_id for r in routed}
+        for n in nodes:
+            fresh.on_node(n, float(t))
+        if fresh.pop_completed(float(t)):
+            break
+    assert fresh.counters["steps_closed"] == 1
+    assert not issued & {n.work_id for n in node_log}
+
+
+def test_replay_keeps_an_unfinished_chain_outstanding_until_it_arrives():
+    core, actor, rng, node_log = _replay_case("grpo")
+    last_chain = node_log[-1]
+    fresh = AllocatorCore(core.config, core.task_pool, seed=1, run_id="test")
+    for n in node_log[:-1]:
+        fresh.restore_node(n, 2.0)
+    fresh.finish_replay()
+    step = fresh.steps[fresh.trees[last_chain.tree_id].step]
+    assert step.outstanding_items == 1
+    assert all(r.item.tree_id.split("-")[0] != f"s{step.index}" for r in fresh.schedule(3.0, []))
+    fresh.on_node(last_chain, 4.0)
+    assert step.outstanding_items == 0
+
+
+def test_restore_work_registers_pending_items():
+    core, actor, rng = _setup("grpo")
+    routed = core.schedule(0.0, ACTORS)
+    fresh = AllocatorCore(core.config, core.task_pool, seed=1, run_id="test")
+    for r in routed:
+        fresh.restore_work(r.item, 1.0)
+    assert fresh.steps[0].budget.committed == core.steps[0].budget.committed
+    assert fresh.steps[0].outstanding_items == len(routed)
+
+
+def test_next_step_opens_while_branches_run_when_actors_have_room():
+    core, actor, rng = _setup("trace", max_open_steps=2)
+    _finish_roots(core, actor, rng)
+    routed = core.schedule(1.0, [ActorLoad("a0", 0, 10_000)])
+    kinds = {(r.item.tree_id.split("-")[0], r.item.kind) for r in routed}
+    assert ("s0", "branch") in kinds and ("s1", "root") in kinds
+    # no free capacity: no overlap
+    core2, actor2, rng2 = _setup("trace", max_open_steps=2)
+    _finish_roots(core2, actor2, rng2)
+    routed = core2.schedule(1.0, [ActorLoad("a0", 10, 10)])
+    assert all(r.item.tree_id.startswith("s0-") for r in routed)
+
+
+def test_tree_ids_carry_the_step_and_an_optional_prefix():
+    from allocator.core import step_of_tree, tree_id_for
+
+    assert step_of_tree(tree_id_for(12, 3, "r2-")) == 12
+    assert step_of_tree("heldout-7") is None
+    core, _, _ = _setup("grpo")
+    prefixed = AllocatorCore(core.config, core.task_pool, seed=0, id_prefix="inc1-")
+    routed = prefixed.schedule(0.0, ACTORS)
+    assert routed and all(r.item.tree_id.startswith("inc1-s0-") for r in routed)

@@ -1,0 +1,103 @@
+import pytest
+
+from allocator.tree import RolloutTree, WorkRecord
+from protocol import TaskSpec
+
+from .helpers import make_node
+
+
+def _tree() -> RolloutTree:
+    tree = RolloutTree("s0-0", TaskSpec("sim", "task-0"), step=0, opened_at=0.0)
+    tree.add_work(WorkRecord("s0-0.w1", None, 0, num_samples=3, max_turns=2, reserved_turns=6))
+    return tree
+
+
+def _build(tree: RolloutTree) -> None:
+    # a -> a.b (success), a -> a.c (fail); d -> d.e (success)
+    for node in [
+        make_node("a", None),
+        make_node("a.b", "a", done=True, reward=1.0),
+        make_node("a.c", "a", done=True, reward=0.0),
+        make_node("d", None),
+        make_node("d.e", "d", done=True, reward=1.0),
+    ]:
+        assert tree.add(node, now=0.0)[0] == "accepted"
+
+
+def test_backup_values_and_visits_match_hand_computation():
+    tree = _tree()
+    _build(tree)
+    a, d = tree.nodes["a"], tree.nodes["d"]
+    assert (a.leaves, a.value) == (2, 0.5)
+    assert (d.leaves, d.value) == (1, 1.0)
+    # root: (1/3) * (2 * 0.5 + 1 * 1.0) = 2/3, the fraction of successful leaves
+    assert tree.leaves == 3 and tree.successes == 2 and tree.mixed
+    assert tree.work["s0-0.w1"].finished_chains == 3 and tree.work["s0-0.w1"].turns_used == 5
+
+
+def test_real_valued_rewards_are_clipped_and_averaged():
+    tree = _tree()
+    tree.add(make_node("a", None), 0.0)
+    tree.add(make_node("a.b", "a", done=True, reward=0.3), 0.0)
+    tree.add(make_node("a.c", "a", done=True, reward=1.7), 0.0)
+    assert tree.nodes["a"].value == pytest.approx((0.3 + 1.0) / 2)
+    assert tree.nodes["a"].successes == 1  # 0.3 < 0.5 counts as a failure outcome
+
+
+def test_duplicates_are_idempotent():
+    tree = _tree()
+    _build(tree)
+    assert tree.add(make_node("a.b", "a", done=True, reward=1.0), 0.0)[0] == "duplicate"
+    assert tree.leaves == 3 and tree.work["s0-0.w1"].turns_used == 5
+
+
+def test_orphans_wait_for_parent_and_are_released_in_order():
+    tree = _tree()
+    assert tree.add(make_node("a.b.c", "a.b", done=True, reward=1.0), 0.0)[0] == "buffered_orphan"
+    assert tree.add(make_node("a.b.c", "a.b", done=True, reward=1.0), 0.5)[0] == "duplicate"
+    assert tree.add(make_node("a.b", "a"), 1.0)[0] == "buffered_orphan"
+    outcome, attached = tree.add(make_node("a", None), 2.0)
+    assert outcome == "accepted"
+    assert [n.node_id for n in attached] == ["a", "a.b", "a.b.c"]
+    assert tree.nodes["a"].leaves == 1 and not tree.orphans and not tree.orphan_ids
+
+
+def test_orphans_expire_after_timeout():
+    tree = _tree()
+    tree.add(make_node("x.y", "x"), now=0.0)
+    assert tree.expire_orphans(now=5.0, timeout_s=10.0) == 0
+    assert tree.expire_orphans(now=11.0, timeout_s=10.0) == 1
+    assert not tree.orphans and not tree.orphan_ids
+
+
+def test_prefix_tokens_concatenate_prompt_actions_and_observations():
+    tree = _tree()
+    _build(tree)
+    assert tree.prefix_token_ids("a.b") == [1, 2, 7, 7, 8, 9, 7, 7, 8, 9]
+
+
+def test_completed_tree_keeps_only_complete_paths():
+    tree = _tree()
+    _build(tree)
+    tree.add(make_node("f", None), 0.0)  # a chain that never finished
+    completed, left_out = tree.to_completed(run_id="test", strategy="trace", status="partial", now=1.0)
+    assert left_out == 1
+    ids = [n.node_id for n in completed.nodes]
+    assert ids == ["a", "a.b", "a.c", "d", "d.e"]  # parents before children
+    assert completed.prompt_token_ids == [1, 2]
+    values = {n.node_id: (n.value, n.visits) for n in completed.nodes}
+    assert values["a"] == (0.5, 2) and values["d.e"] == (1.0, 1)
+
+
+def test_tree_without_complete_path_is_not_emitted():
+    tree = _tree()
+    tree.add(make_node("a", None), 0.0)
+    completed, left_out = tree.to_completed(run_id="test", strategy="grpo", status="partial", now=1.0)
+    assert completed is None and left_out == 1
+
+
+def test_chain_ends_at_item_turn_cap_without_done():
+    tree = _tree()
+    tree.add(make_node("a", None), 0.0)
+    tree.add(make_node("a.b", "a"), 0.0)  # depth 2 = prefix 0 + max_turns 2
+    assert tree.work["s0-0.w1"].finished_chains == 1
