@@ -29,6 +29,7 @@ step with the work already issued).
 from __future__ import annotations
 
 import functools
+import dataclasses
 import math
 import re
 from collections import Counter, deque
@@ -853,6 +854,7 @@ class AllocatorCore:
         samples: list[SparseFeatures] = []
         targets: list[float] = []
         weights: list[float] = []
+        emitted: list[CompletedTree] = []
         for tree_id in step.tree_ids:
             tree = self.trees.pop(tree_id, None)
             if tree is None:
@@ -867,9 +869,11 @@ class AllocatorCore:
                 self._root_features.pop(tree_id, None)
                 continue
             self.counters[f"trees_{status}"] += 1
-            self._completed.append(completed)
+            emitted.append(completed)
             self._account_tree(tree)
             self._learn_from_tree(tree, samples, targets, weights)
+        # The learner trains one allocator step per update, so it must know when a step is whole.
+        self._completed.extend(dataclasses.replace(tree, step_tree_count=len(emitted)) for tree in emitted)
         self._evaluate_then_train(samples, targets, weights)
         self._closed_budget["turns"] += step.budget.used_turns
         self._closed_budget["tokens"] += step.budget.used_tokens

@@ -260,6 +260,7 @@ class RolloutTree:
             nodes=records,
             status=status,  # type: ignore[arg-type]
             budget_turns=sum(r.turns_used for r in self.work.values()) or len(self.nodes),
+            step_tree_count=1,
             created_at=now,
         )
         return tree, left_out

@@ -82,7 +82,12 @@ class LossSection:
 class TrainingSection:
     # Staleness bound eta: tokens with learner_version - token_version > eta get no loss.
     staleness_eta: int = 4
-    trees_per_step: int = 8
+    # 0: one update per allocator step (all trees the allocator emitted for it), which keeps
+    # the allocator's step counter and the policy version in lockstep. N > 0: every N trees.
+    trees_per_step: int = 0
+    # A step still missing trees (lost with a crashed process) is trained without them
+    # once a later step's trees have waited this long.
+    step_wait_s: float = 30.0
     # The learner process exits (after a final checkpoint and export) after this many
     # optimiser steps; 0 means run until stopped.
     max_steps: int = 0
@@ -98,8 +103,10 @@ class TrainingSection:
             raise ValueError(f"staleness_eta must be >= 0, got {self.staleness_eta}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
-        if self.trees_per_step < 1:
-            raise ValueError(f"trees_per_step must be >= 1, got {self.trees_per_step}")
+        if self.trees_per_step < 0:
+            raise ValueError(f"trees_per_step must be >= 0, got {self.trees_per_step}")
+        if self.step_wait_s <= 0:
+            raise ValueError(f"step_wait_s must be > 0, got {self.step_wait_s}")
         if self.updates_per_batch < 1:
             raise ValueError(f"updates_per_batch must be >= 1, got {self.updates_per_batch}")
         if self.checkpoint_every_steps < 1:

@@ -1,7 +1,7 @@
 """`tracerl learner`: the NATS shell around ``Trainer``.
 
-Rank 0 pulls CompletedTrees, and every ``training.trees_per_step`` trees it takes one
-optimiser step (all ranks join through ``Trainer.share_batch``), publishes the new weights
+Rank 0 pulls CompletedTrees, and for every whole allocator step (see ``learner.batching``)
+it takes one optimiser step (all ranks join through ``Trainer.share_batch``), publishes the new weights
 to the object store and announces the version in the KV bucket. Checkpoints are written
 every ``training.checkpoint_every_steps`` steps, and a restarted learner resumes from the
 newest one.
@@ -22,6 +22,7 @@ from pathlib import Path
 from statistics import fmean
 
 from bus.client import BusClient, Delivery
+from learner.batching import StepBatcher
 from learner.config import LearnerConfig
 from learner.trainer import Trainer, checkpoint_root, latest_checkpoint
 from protocol import CompletedTree, WeightsAnnouncement
@@ -63,7 +64,7 @@ class LearnerService:
         self.config = config
         self.trainer = trainer
         self.bus = bus
-        self.buffer: list[CompletedTree] = []
+        self.batcher = StepBatcher(config.training.trees_per_step, config.training.step_wait_s)
         self.metrics = MetricsWriter(config.run.run_dir, "learner")
         self.stop = asyncio.Event()
         self.trees_received = 0
@@ -71,7 +72,7 @@ class LearnerService:
         self.started_at = time.time()
 
     async def on_tree(self, tree: CompletedTree, delivery: Delivery) -> None:
-        self.buffer.append(tree)
+        self.batcher.add(tree, time.time())
         self.trees_received += 1
 
     async def publish_weights(self) -> WeightsAnnouncement:
@@ -93,9 +94,10 @@ class LearnerService:
         return announcement
 
     async def train_ready_batches(self) -> None:
-        per_step = self.config.training.trees_per_step
-        while len(self.buffer) >= per_step and not self.stop.is_set():
-            batch, self.buffer = self.buffer[:per_step], self.buffer[per_step:]
+        while not self.stop.is_set():
+            batch = self.batcher.next_batch(time.time())
+            if batch is None:
+                return
             started = time.time()
             trees = self.trainer.share_batch(batch)
             metrics = await asyncio.to_thread(self.trainer.train_step, trees)

@@ -189,9 +189,13 @@ class CompletedTree:
     nodes: list[TreeNodeRecord]
     status: Literal["complete", "partial"]
     budget_turns: int
+    # How many trees the allocator emitted for this step: the learner's batch boundary.
+    step_tree_count: int
     created_at: float
 
     def __post_init__(self) -> None:
+        if self.step_tree_count < 1:
+            raise ValueError("step_tree_count must be >= 1")
         ids = {n.node_id for n in self.nodes}
         if len(ids) != len(self.nodes):
             raise ValueError("duplicate node ids in tree")

@@ -44,6 +44,7 @@ def tree(prompt: list[int], nodes: list[TreeNodeRecord], tree_id: str = "t0") ->
         nodes=nodes,
         status="complete",
         budget_turns=len(nodes),
+        step_tree_count=1,
         created_at=0.0,
     )
 

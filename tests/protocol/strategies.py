@@ -101,7 +101,7 @@ def completed_trees(draw: st.DrawFn) -> CompletedTree:
     return CompletedTree(
         run_id=draw(IDS), tree_id=draw(IDS), task=draw(task_specs), strategy=draw(IDS),
         allocator_step=draw(st.integers(0, 10**6)), prompt_token_ids=draw(TOKENS), nodes=nodes,
-        status=draw(st.sampled_from(["complete", "partial"])), budget_turns=draw(st.integers(0, 1000)),
+        status=draw(st.sampled_from(["complete", "partial"])), budget_turns=draw(st.integers(0, 1000)), step_tree_count=draw(st.integers(1, 64)),
         created_at=draw(FINITE),
     )
 
@@ -160,7 +160,7 @@ def sample_messages(run_id: str) -> list:
                     visits=1, env_score=1.0,
                 ),
             ],
-            status="complete", budget_turns=2, created_at=2.0,
+            status="complete", budget_turns=2, step_tree_count=1, created_at=2.0,
         ),
         WeightsAnnouncement(
             run_id=run_id, policy_version=3, object_name="policy-3", sha256="ab" * 32, num_bytes=1024,

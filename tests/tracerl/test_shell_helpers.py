@@ -74,12 +74,12 @@ def test_tree_batch_stats_counts_mixed_groups_and_turns():
     mixed = CompletedTree(
         run_id="r", tree_id="t1", task=TaskSpec("multihop", "a"), strategy="trace", allocator_step=0,
         prompt_token_ids=[1], nodes=[_record("x", None, None, done=False), _record("y", "x", 1.0), _record("z", "x", 0.0)],
-        status="complete", budget_turns=3, created_at=0.0,
+        status="complete", budget_turns=3, step_tree_count=2, created_at=0.0,
     )
     all_fail = CompletedTree(
         run_id="r", tree_id="t2", task=TaskSpec("multihop", "b"), strategy="trace", allocator_step=0,
         prompt_token_ids=[1], nodes=[_record("u", None, 0.0), _record("v", None, 0.0)],
-        status="complete", budget_turns=2, created_at=0.0,
+        status="complete", budget_turns=2, step_tree_count=2, created_at=0.0,
     )
     stats = tree_batch_stats([mixed, all_fail])
     assert stats["batch.effective_ratio"] == 0.5

@@ -1,0 +1,142 @@
+"""The rollout loop against a scripted engine and a test-double environment (no vLLM)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+from transformers import AutoTokenizer
+
+from actors.episode import (
+    EpisodeContext,
+    EpisodeError,
+    collect_work_item,
+    node_id_for,
+    parent_id_for,
+    turn_outcome,
+)
+from environments.base import StepResult
+from tests.actors.doubles import CountingEnvironment, ScriptedEngine, make_item
+
+CTX = EpisodeContext(actor_id="a1", max_model_len=512)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(random_model_dir):
+    return AutoTokenizer.from_pretrained(random_model_dir)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_turn_outcome_routes_terminal_truncated_and_open_turns():
+    assert turn_outcome(StepResult("o", True, 1.0), 2, 4, 10, 100) == turn_outcome(StepResult("o", True, 1.0), 4, 4, 10, 100)
+    assert turn_outcome(StepResult("o", True, 1.0), 2, 4, 10, 100).reward == 1.0
+    last = turn_outcome(StepResult("o", False, 0.0), 4, 4, 10, 100)
+    assert (last.done, last.reward, last.truncated) == (True, 0.0, True)
+    full = turn_outcome(StepResult("o", False, 0.0), 1, 4, 100, 100)
+    assert (full.done, full.reward, full.truncated) == (True, 0.0, True)
+    open_turn = turn_outcome(StepResult("o", False, 0.0), 1, 4, 99, 100)
+    assert (open_turn.done, open_turn.reward) == (False, None)
+
+
+def test_parent_ids_chain_from_the_item_parent():
+    root = make_item()
+    assert parent_id_for(root, 0, 1) is None
+    assert parent_id_for(root, 2, 3) == node_id_for("w1", 2, 2)
+    branch = make_item("branch", parent_id="p", prefix_depth=2, prefix_token_ids=[1, 2], env_snapshot=b"\x80")
+    assert parent_id_for(branch, 1, 3) == "p"
+    assert parent_id_for(branch, 1, 4) == node_id_for("w1", 1, 3)
+
+
+def test_root_item_runs_k_concurrent_chains_with_valid_nodes(tokenizer):
+    engine = ScriptedEngine(tokenizer, answer_after=2)
+    nodes = run(collect_work_item(engine, CountingEnvironment, make_item(num_samples=3), CTX))
+    assert engine.max_concurrent == 3
+    assert len(nodes) == 9  # 3 chains x (2 searches + 1 answer)
+    by_id = {n.node_id: n for n in nodes}
+    assert len(by_id) == 9
+    for n in nodes:
+        assert n.actor_id == "a1" and n.tree_id == "tree1" and n.policy_version == 0
+        assert len(n.action_token_ids) == len(n.action_logprobs) > 0
+        assert n.observation_token_ids == tokenizer.encode(n.observation_text, add_special_tokens=False)
+        if n.depth == 1:
+            assert n.parent_id is None and n.prompt_token_ids
+        else:
+            assert by_id[n.parent_id].depth == n.depth - 1 and n.prompt_token_ids == []
+        assert msgpack.unpackb(n.env_snapshot)["actions"][-1] == n.action_text
+    leaves = [n for n in nodes if n.done]
+    assert len(leaves) == 3 and all(n.reward == 1.0 and n.depth == 3 for n in leaves)
+    # Distinct chains get distinct seeds, so k samples do not collapse into one continuation.
+    assert len({seed for _, seed in engine.calls}) == len(engine.calls)
+
+
+def test_node_ids_are_deterministic_across_redelivery(tokenizer):
+    first = run(collect_work_item(ScriptedEngine(tokenizer), CountingEnvironment, make_item(), CTX))
+    again = run(collect_work_item(ScriptedEngine(tokenizer), CountingEnvironment, make_item(), CTX))
+    assert sorted(n.node_id for n in first) == sorted(n.node_id for n in again)
+    assert {n.node_id: n.parent_id for n in first} == {n.node_id: n.parent_id for n in again}
+
+
+def test_max_turns_ends_the_episode_with_reward_zero(tokenizer):
+    nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, make_item(max_turns=2, num_samples=1), CTX))
+    assert [n.depth for n in nodes] == [1, 2]
+    assert nodes[-1].done and nodes[-1].reward == 0.0 and not nodes[0].done
+
+
+def test_branch_continues_from_snapshot_and_prefix(tokenizer):
+    engine = ScriptedEngine(tokenizer, answer_after=2)
+    root_nodes = run(collect_work_item(engine, CountingEnvironment, make_item(num_samples=1), CTX))
+    first = root_nodes[0]
+    prefix = first.prompt_token_ids + first.action_token_ids + first.observation_token_ids
+    branch = make_item(
+        "branch", work_id="w2", num_samples=2, parent_id=first.node_id, prefix_depth=1,
+        prefix_token_ids=prefix, env_snapshot=first.env_snapshot,
+    )
+    engine = ScriptedEngine(tokenizer, answer_after=2)
+    nodes = run(collect_work_item(engine, CountingEnvironment, branch, CTX))
+    assert sorted((n.depth, n.parent_id) for n in nodes) == sorted(
+        [(2, first.node_id), (2, first.node_id), (3, node_id_for("w2", 0, 2)), (3, node_id_for("w2", 1, 2))]
+    )
+    assert all(call[0][: len(prefix)] == prefix for call in engine.calls)
+    leaves = [n for n in nodes if n.done]
+    # The restored env remembers the first search: the answer is its third action, as on the root chain.
+    assert [len(msgpack.unpackb(n.env_snapshot)["actions"]) for n in leaves] == [3, 3]
+    assert all(n.reward == 1.0 and n.prompt_token_ids == [] for n in nodes if n.done)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        (dict(env_snapshot=b"\xc1garbage"), "corrupt_snapshot"),
+        (dict(env_snapshot=msgpack.packb({"actions": 5})), "corrupt_snapshot"),
+        (dict(env_snapshot=msgpack.packb([1, 2])), "corrupt_snapshot"),
+        (dict(prefix_depth=4, env_snapshot=msgpack.packb({"actions": []})), "no_turns_left"),
+    ],
+)
+def test_bad_branch_items_are_rejected_before_any_generation(tokenizer, overrides, reason):
+    fields = dict(parent_id="p", prefix_depth=1, prefix_token_ids=[1])
+    fields.update(overrides)
+    engine = ScriptedEngine(tokenizer)
+    with pytest.raises(EpisodeError) as err:
+        run(collect_work_item(engine, CountingEnvironment, make_item("branch", **fields), CTX))
+    assert err.value.reason == reason and engine.calls == []
+
+
+def test_unknown_task_is_rejected(tokenizer):
+    from protocol.messages import TaskSpec
+
+    with pytest.raises(EpisodeError) as err:
+        run(collect_work_item(ScriptedEngine(tokenizer), CountingEnvironment, make_item(task=TaskSpec("counting", "missing-1")), CTX))
+    assert err.value.reason == "unknown_task"
+
+
+def test_a_prefix_longer_than_the_context_is_rejected(tokenizer):
+    branch = make_item("branch", parent_id="p", prefix_depth=1, prefix_token_ids=[1] * 600,
+                       env_snapshot=msgpack.packb({"actions": ["<search> x </search>"]}))
+    engine = ScriptedEngine(tokenizer)
+    with pytest.raises(EpisodeError) as err:
+        run(collect_work_item(engine, CountingEnvironment, branch, CTX))
+    assert err.value.reason == "context_too_long" and engine.calls == []
