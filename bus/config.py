@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from protocol.subjects import check_run_id
 from tracerl.config import LogConfig, RunConfig
 
 MIB = 1024 * 1024
+MAX_REPLICAS = 5
+DEFAULT_CLUSTER_REPLICAS = 3
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,9 @@ class StreamLimits:
     # Per-actor work consumers that see no actor for this long are removed by the server.
     actor_consumer_inactive_s: float = 3600.0
     duplicate_window_s: float = 120.0
+    # Copies of every stream and bucket (JetStream allows 1 to 5). 0 means "decided by the
+    # bus": 3 on a cluster of at least 3 nodes, so losing any one node loses nothing, else 1.
+    replicas: int = 0
 
     def __post_init__(self) -> None:
         if self.ack_wait_s <= 0:
@@ -36,11 +43,90 @@ class StreamLimits:
             raise ValueError("streams.actor_consumer_inactive_s must be > 0")
         if self.duplicate_window_s < 0:
             raise ValueError("streams.duplicate_window_s must be >= 0")
+        if not 0 <= self.replicas <= MAX_REPLICAS:
+            raise ValueError(f"streams.replicas must be in [0, {MAX_REPLICAS}], got {self.replicas}")
+
+    @property
+    def num_replicas(self) -> int:
+        """The replica count provisioning asks for; an undecided 0 provisions one copy."""
+        return self.replicas or 1
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Routes between nats-servers, so that JetStream replicates and clients can fail over.
+
+    Two ways to use it:
+
+    - ``local_nodes: 3`` (dev and tests): one ``tracerl bus`` starts three nodes on this
+      host, on consecutive client, monitor and route ports (or free ones when a port is 0).
+    - one node per host: ``name`` the same everywhere, a distinct ``node_name``, and
+      ``routes`` listing the peers' route URLs. The first node generates the credentials;
+      every other node sets ``join: true`` and needs a copy of ``<run_dir>/credentials``.
+    """
+
+    # Empty means "not clustered": a single nats-server, as without this section.
+    name: str = ""
+    # This node's JetStream server name, unique in the cluster (required with routes;
+    # local nodes are named "<name>-n0", "<name>-n1", ...).
+    node_name: str = ""
+    # Address this node's route listener binds, which its peers dial; empty means the bus's host.
+    route_host: str = ""
+    route_port: int = 6222
+    # The other nodes' route URLs, e.g. nats-route://10.0.0.2:6222; their count sizes the cluster.
+    routes: list[str] = field(default_factory=list)
+    # Start this many nodes in this process (0: just this one node).
+    local_nodes: int = 0
+    # A joining node reuses the run's credentials and leaves provisioning to the first node.
+    join: bool = False
+    # How long the first node waits for enough peers to place replicated streams (time
+    # enough to copy its credentials to the other hosts and start them there).
+    form_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.name and not _NAME.match(self.name):
+            raise ValueError(f"cluster.name {self.name!r} must be 1-64 characters of [A-Za-z0-9_-]")
+        if self.node_name and not _NAME.match(self.node_name):
+            raise ValueError(f"cluster.node_name {self.node_name!r} must be 1-64 characters of [A-Za-z0-9_-]")
+        if not 0 <= self.route_port <= 65535:
+            raise ValueError(f"cluster.route_port must be in [0, 65535], got {self.route_port}")
+        if self.local_nodes < 0:
+            raise ValueError("cluster.local_nodes must be >= 0")
+        if self.form_timeout_s <= 0:
+            raise ValueError("cluster.form_timeout_s must be > 0")
+        for route in self.routes:
+            if not route.startswith("nats-route://") or "@" in route:
+                raise ValueError(
+                    f"cluster.routes entry {route!r} must look like nats-route://HOST:PORT "
+                    "(route credentials are added by the bus)"
+                )
+        if not self.name and (self.routes or self.local_nodes or self.node_name or self.join):
+            raise ValueError("cluster.name is required when cluster.routes, local_nodes, node_name or join is set")
+        if self.local_nodes and (self.routes or self.node_name or self.join):
+            raise ValueError("cluster.local_nodes starts a whole cluster; it excludes routes, node_name and join")
+        if self.name and not self.local_nodes and not (self.routes and self.node_name):
+            raise ValueError(
+                "a clustered node needs cluster.routes and a cluster.node_name unique in the cluster "
+                "(or cluster.local_nodes to run the whole cluster on this host)"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.name)
+
+    @property
+    def size(self) -> int:
+        """Nodes this config knows of: the local ones, or this node plus its distinct peers."""
+        if not self.enabled:
+            return 1
+        if self.local_nodes:
+            return self.local_nodes
+        return 1 + len(set(self.routes))
 
 
 @dataclass(frozen=True)
 class BusServerConfig:
-    """One nats-server with JetStream for a run, plus the credentials and streams of that run."""
+    """The nats-server (or cluster nodes) with JetStream for a run, plus its credentials and streams."""
 
     run: RunConfig = field(default_factory=RunConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -58,6 +144,7 @@ class BusServerConfig:
     # Empty means "<venv>/bin/nats-server next to this Python, else nats-server on PATH".
     server_binary: str = ""
     startup_timeout_s: float = 15.0
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -72,6 +159,23 @@ class BusServerConfig:
         check_run_id(self.run.run_id)
         for run_id in self.extra_run_ids:
             check_run_id(run_id)
+        if self.streams.replicas > self.cluster.size:
+            raise ValueError(
+                f"streams.replicas={self.streams.replicas} needs at least that many nodes; "
+                f"the cluster has {self.cluster.size}"
+            )
+
+    @property
+    def replicas(self) -> int:
+        """Copies provisioned per stream and bucket, with ``streams.replicas: 0`` decided here."""
+        if self.streams.replicas:
+            return self.streams.replicas
+        return DEFAULT_CLUSTER_REPLICAS if self.cluster.size >= DEFAULT_CLUSTER_REPLICAS else 1
+
+    @property
+    def stream_limits(self) -> StreamLimits:
+        """``streams`` with the replica count resolved; what provisioning must use."""
+        return replace(self.streams, replicas=self.replicas)
 
     @property
     def run_ids(self) -> list[str]:

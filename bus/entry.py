@@ -1,11 +1,16 @@
-"""`tracerl bus`: start nats-server, write credentials, provision the run, serve until a signal."""
+"""`tracerl bus`: start nats-server (or cluster nodes), write credentials, provision the run,
+serve until a signal."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
+
+import nats.errors
+import nats.js.errors
 
 from protocol.subjects import Subjects
 from tracerl.config import BusConfig, dump_config
@@ -34,24 +39,72 @@ def run(config: BusServerConfig) -> int:
 
 
 async def serve(config: BusServerConfig, server: BusServer, stop: asyncio.Event | None = None) -> None:
-    """Provision every run, announce where to connect, sweep dead letters until ``stop``."""
+    """Provision every run, announce where to connect, sweep dead letters until ``stop``.
+
+    A node joining a cluster only serves: the first node provisions the replicated
+    streams and sweeps the dead letters for the whole cluster.
+    """
     stop = stop or _stop_on_signals()
+    if config.cluster.join:
+        _announce(server, joined=True)
+        await stop.wait()
+        log.info("bus_stopping")
+        return
+    if config.cluster.enabled:
+        print(
+            f"tracerl bus: cluster {config.cluster.name!r}: waiting for {config.replicas} JetStream nodes "
+            f"(up to {config.cluster.form_timeout_s:g} s); other hosts join with a copy of "
+            f"{server.credentials_file('admin').parent}",
+            flush=True,
+        )
+    await asyncio.to_thread(server.wait_jetstream_ready, config.replicas, config.cluster.form_timeout_s)
     admin = await BusClient.connect(
-        "admin", BusConfig(servers=[server.url]), config.run, credentials=server.credentials["admin"]
+        "admin", BusConfig(servers=server.urls), config.run, credentials=server.credentials["admin"]
     )
     try:
         runs = [Subjects(run_id) for run_id in server.run_ids]
-        for subjects in runs:
-            await provision_run(admin.js, subjects, config.streams)
-        print(f"tracerl bus: listening on {server.url} (runs: {', '.join(server.run_ids)})", flush=True)
-        for role in server.credentials:
-            print(f"  {role:<9} credentials: {server.credentials_file(role)}", flush=True)
+        await provision_runs(admin, config, server.run_ids)
+        _announce(server, joined=False)
         sweepers = [asyncio.create_task(run_dead_letter_sweeper(admin.js, subjects, stop)) for subjects in runs]
         await stop.wait()
         log.info("bus_stopping")
         await asyncio.gather(*sweepers)
     finally:
         await admin.close()
+
+
+async def provision_runs(admin: BusClient, config: BusServerConfig, run_ids: list[str]) -> None:
+    """Provision each run with ``config.stream_limits`` (replicas resolved for the cluster).
+
+    Right after a cluster forms, the meta leader may still refuse to place replicas on
+    peers it has not heard from; that passes within seconds, so a cluster retries until
+    ``cluster.form_timeout_s``. A single server has nothing to wait for and fails at once.
+    """
+    deadline = time.monotonic() + config.cluster.form_timeout_s
+    for run_id in run_ids:
+        subjects = Subjects(run_id)
+        while True:
+            try:
+                await provision_run(admin.js, subjects, config.stream_limits)
+                break
+            except (nats.js.errors.APIError, nats.errors.TimeoutError) as err:
+                if not config.cluster.enabled or time.monotonic() > deadline:
+                    raise
+                log.info("provision_retry", run_id=run_id, replicas=config.replicas, error=repr(err))
+                await asyncio.sleep(0.5)
+
+
+def _announce(server: BusServer, *, joined: bool) -> None:
+    cluster = server.config.cluster
+    where = ", ".join(server.urls)
+    if cluster.enabled:
+        names = ", ".join(node.name for node in server.nodes)
+        what = "joined" if joined else "serving"
+        print(f"tracerl bus: cluster {cluster.name!r} {what} as {names}, "
+              f"replicas={server.config.replicas}", flush=True)
+    print(f"tracerl bus: listening on {where} (runs: {', '.join(server.run_ids)})", flush=True)
+    for role in server.credentials:
+        print(f"  {role:<9} credentials: {server.credentials_file(role)}", flush=True)
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -1,7 +1,8 @@
 """Admin-side, idempotent provisioning of one run's streams, consumers and buckets,
 and the sweeper that moves poisoned messages to the dead-letter stream.
 
-Stream layout per run (all file storage):
+Stream layout per run (all file storage, each stream and bucket with ``limits.num_replicas``
+copies; the consumers inherit their stream's replica count):
 
 - NODES  ``tracerl.<run>.nodes``  limits retention; durable ``allocator``.
 - WORK   ``tracerl.<run>.work.shared`` and ``…work.actor.*``  work-queue retention;
@@ -55,7 +56,9 @@ class Layout:
 
 def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
     s = subjects
-    common = dict(storage=api.StorageType.FILE, duplicate_window=limits.duplicate_window_s, num_replicas=1)
+    common = dict(
+        storage=api.StorageType.FILE, duplicate_window=limits.duplicate_window_s, num_replicas=limits.num_replicas
+    )
     watched = (s.nodes_stream, s.work_stream, s.trees_stream)
     streams = (
         api.StreamConfig(
@@ -140,8 +143,11 @@ async def provision_run(js: JetStreamContext, subjects: Subjects, limits: Stream
         await _ensure_stream(js, stream)
     for stream_name, consumer in layout.consumers:
         await js.add_consumer(stream_name, config=consumer)
-    await js.create_key_value(bucket=subjects.state_bucket, history=1, storage=api.StorageType.FILE)
-    await js.create_object_store(subjects.weights_bucket, config=api.ObjectStoreConfig(storage=api.StorageType.FILE))
+    replicas = limits.num_replicas
+    await js.create_key_value(bucket=subjects.state_bucket, history=1, storage=api.StorageType.FILE, replicas=replicas)
+    await js.create_object_store(
+        subjects.weights_bucket, config=api.ObjectStoreConfig(storage=api.StorageType.FILE, replicas=replicas)
+    )
     log.info("run_provisioned", run_id=subjects.run_id)
 
 

@@ -127,3 +127,47 @@ def report_command(
         typer.echo(f"tracerl: no run directory at {run_dir}", err=True)
         raise typer.Exit(2)
     typer.echo(plot_report(run_dir))
+role_command(
+    "actor",
+    "actors.config:ActorConfig",
+    "actors.service:run",
+    "Run one actor: owns a vLLM engine and the environments it steps, pulls WorkItems (shared queue and its "
+    "own prefix-affinity subject), streams every finished turn as a TurnNode, and reloads new policy weights "
+    "in place between turns. Start as many as you like, at any time; a killed actor's work is redelivered.",
+)
+role_command(
+    "up",
+    "tracerl.up:UpConfig",
+    "tracerl.up:run",
+    "Run a whole training job on this machine: builds (or reuses) the embedded model, evaluates it, starts "
+    "the bus, the learner, the allocator and N actors as separate processes (optionally pinned to cores), "
+    "shows live progress, stops everything cleanly on Ctrl-C or when the learner is done, evaluates the "
+    "trained policy and writes <run_dir>/report.png.",
+)
+
+model_app = typer.Typer(help="The embedded tiny model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("build")
+def model_build_command(config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Build (or find in the cache) the embedded model: tokenizer trained on the environments' text, a small
+    untied Qwen3, and a supervised warm start on demonstrations with systematic mistakes. Prints the
+    model directory."""
+    from modelkit.build import build_command
+
+    raise typer.Exit(build_command(str(config) if config else None, list(set_ or [])))
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="An HF-format model directory (config.json + weights + tokenizer).")],
+    env: Annotated[str, typer.Option("--env", "-e", help="Environment: multihop, frozenlake, sokoban or searchqa.")],
+    tasks: Annotated[int, typer.Option("--tasks", "-n", help="Held-out tasks per decoding mode.")] = 100,
+    json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out task draw and of sampling.")] = 0,
+) -> None:
+    """Held-out success with vLLM, greedy and sampled (temperature 1) side by side."""
+    from modelkit.eval import eval_command as run_eval
+
+    raise typer.Exit(run_eval(model, env, tasks, json_output, seed))
