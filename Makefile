@@ -24,7 +24,9 @@ test-fast: install  ## only the pure-function tests
 	$(PY) -m pytest -m "not nats and not vllm and not slow" $(PYTEST_ARGS)
 
 bench: install  ## run the benchmark suite; results land in bench/results/
-	$(TRACERL) bench all
+	$(TRACERL) bench components
+	$(TRACERL) bench throughput
+	$(TRACERL) bench learning
 
 lint: install  ## static checks
 	$(PY) -m compileall -q actors allocator bench bus environments learner modelkit protocol tracerl tests

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import signal
 import time
+from typing import Any
 
 from allocator.config import AllocatorConfig
 from allocator.core import ActorLoad, AllocatorCore, RoutedWork
 from allocator.heldout import HeldoutProbes, is_probe_tree
 from bus.client import BusClient, Delivery
 from environments.registry import make_env, make_tasks
-from protocol import Heartbeat, TaskSpec, TurnNode
+from protocol import Heartbeat, TaskSpec, TurnNode, WorkItem
 from tracerl.config import write_resolved_config
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter
@@ -62,6 +63,9 @@ class AllocatorService:
         self.steps_emitted = 0
         self.trees_emitted = 0
         self.work_published = 0
+        self.publish_failures = 0
+        # (subject, message, msg id) decided by the core or the probes, not yet acked by the bus.
+        self.outbox: list[tuple[str, Any, str]] = []
         self.stop = asyncio.Event()
 
     async def on_node(self, node: TurnNode, delivery: Delivery) -> None:
@@ -73,41 +77,53 @@ class AllocatorService:
         if outcome != "accepted":
             log.debug("node_not_accepted", node_id=node.node_id, tree_id=node.tree_id, outcome=outcome)
 
-    async def publish_work(self, routed: list[RoutedWork]) -> None:
+    def queue_work(self, routed: list[RoutedWork]) -> None:
         subjects = self.bus.subjects
-        items = [
-            (subjects.work_for_actor(r.target) if r.target else subjects.work_shared, r.item) for r in routed
-        ]
-        if items:
-            await self.bus.publish_batch(items, msg_ids=[r.item.work_id for r in routed])
-            self.work_published += len(items)
+        for r in routed:
+            subject = subjects.work_for_actor(r.target) if r.target else subjects.work_shared
+            self.outbox.append((subject, r.item, r.item.work_id))
 
-    async def publish_trees(self, now: float) -> None:
+    def queue_trees(self, now: float) -> None:
         trees = self.core.pop_completed(now)
-        if not trees:
+        for tree in trees:
+            self.outbox.append((self.bus.subjects.trees, tree, tree.tree_id))
+        if trees:
+            steps = sorted({tree.allocator_step for tree in trees})
+            self.steps_emitted += len(steps)
+            self.trees_emitted += len(trees)
+            log.info("trees_emitted", trees=len(trees), steps=steps, total=self.trees_emitted)
+
+    async def flush_outbox(self) -> None:
+        """Publish what the core decided; on a bus outage keep it and retry with the same ids.
+
+        The core's state already assumes these messages went out, so they must never be
+        dropped; the stream's duplicate window makes a retry of a half-acked batch safe.
+        """
+        if not self.outbox:
             return
-        await self.bus.publish_batch(
-            [(self.bus.subjects.trees, tree) for tree in trees], msg_ids=[tree.tree_id for tree in trees]
-        )
-        self.trees_emitted += len(trees)
-        steps = {tree.allocator_step for tree in trees}
-        self.steps_emitted += len(steps)
-        log.info("trees_emitted", trees=len(trees), steps=sorted(steps), total=self.trees_emitted)
+        batch = self.outbox[:256]
+        try:
+            await self.bus.publish_batch([(subject, msg) for subject, msg, _ in batch], msg_ids=[i for _, _, i in batch])
+        except Exception as err:  # noqa: BLE001 - any bus failure is retried on the next tick
+            self.publish_failures += 1
+            log.warning("publish_failed_will_retry", pending=len(self.outbox), error=repr(err))
+            return
+        del self.outbox[: len(batch)]
+        self.work_published += sum(1 for _, msg, _ in batch if isinstance(msg, WorkItem))
 
     async def watch_policy(self) -> None:
         async for announcement in self.bus.watch_weights():
             self.core.on_policy_version(announcement.policy_version)
             if self.probes.due(announcement.policy_version):
-                await self.publish_probe(announcement.policy_version)
+                self.queue_probe(announcement.policy_version)
             if self.stop.is_set():
                 return
 
-    async def publish_probe(self, version: int) -> None:
+    def queue_probe(self, version: int) -> None:
         items = self.probes.plan(version, time.time())
-        if items:
-            subject = self.bus.subjects.work_shared
-            await self.bus.publish_batch([(subject, item) for item in items], msg_ids=[i.work_id for i in items])
-            log.info("heldout_probe_issued", policy_version=version, work_items=len(items))
+        subject = self.bus.subjects.work_shared
+        self.outbox.extend((subject, item, item.work_id) for item in items)
+        log.info("heldout_probe_issued", policy_version=version, work_items=len(items))
 
     async def refresh_actors(self) -> None:
         while not self.stop.is_set():
@@ -119,8 +135,13 @@ class AllocatorService:
     async def schedule_loop(self) -> None:
         while not self.stop.is_set():
             now = time.time()
-            await self.publish_work(self.core.schedule(now, self.actors))
-            await self.publish_trees(now)
+            self.queue_work(self.core.schedule(now, self.actors))
+            self.queue_trees(now)
+            while self.outbox and not self.stop.is_set():
+                pending = len(self.outbox)
+                await self.flush_outbox()
+                if len(self.outbox) >= pending:  # failed: back off a little
+                    break
             if self.config.max_steps and self.steps_emitted >= self.config.max_steps:
                 log.info("max_steps_reached", steps=self.steps_emitted)
                 self.stop.set()
@@ -140,6 +161,8 @@ class AllocatorService:
             live_actors=len(self.actors),
             trees_emitted=self.trees_emitted,
             work_published=self.work_published,
+            publish_failures=self.publish_failures,
+            outbox=len(self.outbox),
         )
         self.metrics.write(record, now)
         for result in self.probes.pop_results():
@@ -180,6 +203,8 @@ async def serve(config: AllocatorConfig) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(service.flush_outbox(), timeout=config.bus.request_timeout_s)
     service.write_metrics()
     service.metrics.close()
     await nodes.close()

@@ -79,7 +79,6 @@ class LearnerService:
         version = self.trainer.policy_version
         blob = await asyncio.to_thread(self.trainer.export_weights)
         name = weights_object_name(version)
-        await self.bus.put_object(name, blob)
         announcement = WeightsAnnouncement(
             run_id=self.config.run.run_id,
             policy_version=version,
@@ -89,7 +88,18 @@ class LearnerService:
             format="safetensors",
             created_at=time.time(),
         )
-        await self.bus.announce_weights(announcement)
+        delay = 0.5
+        while True:  # a bus failover takes seconds; the actors must not miss a version
+            try:
+                await self.bus.put_object(name, blob)
+                await self.bus.announce_weights(announcement)
+                break
+            except Exception as err:  # noqa: BLE001 - retried until it lands or we stop
+                if self.stop.is_set():
+                    raise
+                log.warning("weights_publish_failed_will_retry", policy_version=version, error=repr(err))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
         log.info("weights_published", policy_version=version, bytes=len(blob), object=name)
         return announcement
 

@@ -110,6 +110,10 @@ class WorkItem:
     ``kind == "branch"``: continue from node ``parent_id`` ``num_samples`` times. The actor
     feeds ``prefix_token_ids`` verbatim (never re-tokenised) and restores
     ``env_snapshot``; ``prefix_depth`` is that node's depth.
+    ``max_turns`` counts the turns each sample may generate *in this item*, on top of the
+    prefix (search strategies advance one turn at a time); the environment's own turn cap
+    still ends an episode earlier. A chain that stops at ``max_turns`` without being done
+    is a finished chain for the allocator, not a failure.
     """
 
     SCHEMA: ClassVar[str] = "work_item"

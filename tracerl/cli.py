@@ -137,7 +137,7 @@ role_command(
 )
 role_command(
     "up",
-    "tracerl.up:UpConfig",
+    "tracerl.upconfig:UpConfig",
     "tracerl.up:run",
     "Run a whole training job on this machine: builds (or reuses) the embedded model, evaluates it, starts "
     "the bus, the learner, the allocator and N actors as separate processes (optionally pinned to cores), "
@@ -171,3 +171,87 @@ def eval_command(
     from modelkit.eval import eval_command as run_eval
 
     raise typer.Exit(run_eval(model, env, tasks, json_output, seed))
+
+bench_app = typer.Typer(help="Benchmarks; each prints its numbers and records them under bench/results/.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+BenchSetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a `tracerl up` config field for every run (repeatable).", show_default=False),
+]
+
+
+def _bench_overrides(config: Path | None, set_: list[str] | None, steps: int) -> dict[str, Any]:
+    from tracerl.config import parse_override_value
+    from tracerl.upconfig import UpConfig
+
+    load_role_config(UpConfig, config, set_)  # fail fast on a bad override, before any run starts
+    overrides: dict[str, Any] = {"learner.training.max_steps": steps}
+    if config is not None:
+        import yaml
+
+        overrides = {**_flatten(yaml.safe_load(config.read_text()) or {}), **overrides}
+    for item in set_ or []:
+        key, _, raw = item.partition("=")
+        overrides[key] = parse_override_value(raw, key)
+    return overrides
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@bench_app.command("learning")
+def bench_learning(
+    strategies: Annotated[str, typer.Option(help="Comma-separated allocator strategies to compare.")] = "trace,grpo,tree-random,entropy,gps,dps,tsr-bon",
+    seeds: Annotated[int, typer.Option(help="Runs per strategy, with run.seed = 0..seeds-1.")] = 3,
+    steps: Annotated[int, typer.Option(help="Learner steps per run (the equal sampling cost, with the step budget).")] = 40,
+    config: ConfigOption = Path("configs/default.yaml"),
+    set_: BenchSetOption = None,
+    work_dir: Annotated[Path, typer.Option(help="Where the runs' directories go.")] = Path("runs/bench-learning"),
+    timeout_s: Annotated[float, typer.Option(help="Per-run limit in seconds.")] = 3600.0,
+) -> None:
+    """Equal-cost comparison of strategies: held-out success (mean ± std over seeds), effective ratio,
+    informative-token share, generated tokens and wall time; writes bench/results/learning.{md,json,png}."""
+    from bench.learning import run_learning_bench
+
+    overrides = _bench_overrides(config, set_, steps)
+    run_learning_bench([s.strip() for s in strategies.split(",") if s.strip()], seeds, overrides, work_dir, timeout_s)
+
+
+@bench_app.command("throughput")
+def bench_throughput(
+    steps: Annotated[int, typer.Option(help="Learner steps per run.")] = 20,
+    eta: Annotated[int, typer.Option(help="Staleness bound of the asynchronous runs.")] = 2,
+    config: ConfigOption = Path("configs/default.yaml"),
+    set_: BenchSetOption = None,
+    work_dir: Annotated[Path, typer.Option(help="Where the runs' directories go.")] = Path("runs/bench-throughput"),
+    timeout_s: Annotated[float, typer.Option(help="Per-run limit in seconds.")] = 3600.0,
+) -> None:
+    """Tokens/s and trees/s; asynchronous against synchronous wall time for the same learner steps (learner and
+    actors pinned to separate cores); 1 against 2 actors. Writes bench/results/throughput.{md,json}."""
+    from bench.throughput import run_throughput_bench
+
+    run_throughput_bench(_bench_overrides(config, set_, steps), work_dir, eta, timeout_s)
+
+
+@bench_app.command("components")
+def bench_components() -> None:
+    """The component benchmarks: bus throughput, allocator latency, learner packed vs unpacked, actor over NATS
+    vs in-process."""
+    import subprocess
+
+    failed = []
+    for module in ("bench.bus_throughput", "bench.allocator_latency", "bench.learner_throughput", "bench.actor_throughput"):
+        typer.echo(f"== {module}")
+        if subprocess.run([sys.executable, "-m", module]).returncode != 0:
+            failed.append(module)
+    if failed:
+        typer.echo(f"failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)

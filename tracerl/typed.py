@@ -246,6 +246,9 @@ def _scalar_converter(tp: Any) -> Converter:
         # The common valid case inline; _convert_scalar owns conversions and error messages.
         if type(value) is tp:
             return value
+        # Configs (lenient): `--set cpus.actors=0` parses as YAML 0 but names a string field.
+        if lenient and tp is str and type(value) in (int, float):
+            return str(value)
         return _convert_scalar(tp, value, path)
 
     return convert_scalar

@@ -15,64 +15,17 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.config import ActorConfig
-from allocator.config import AllocatorConfig
-from bus.config import BusServerConfig
-from learner.config import LearnerConfig
-from modelkit.build import ModelBuildConfig
-from tracerl.config import BusConfig, LogConfig, RunConfig, dump_config, write_resolved_config
+from tracerl.config import dump_config, write_resolved_config
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import metrics_path, read_metrics
 from tracerl.report import plot_report
 from tracerl.supervisor import Supervisor, parse_cpu_list, wait_for
+from tracerl.upconfig import UpConfig
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class CpuPinning:
-    """Core lists per role ('0', '0-1', '' = unpinned). Separate cores for the learner and
-    the actors stand in for dedicated GPUs on a CPU-only machine."""
-
-    learner: str = ""
-    actors: str = ""
-    allocator: str = ""
-    bus: str = ""
-
-    def __post_init__(self) -> None:
-        for name in ("learner", "actors", "allocator", "bus"):
-            parse_cpu_list(getattr(self, name))
-
-
-@dataclass(frozen=True)
-class UpConfig:
-    run: RunConfig = field(default_factory=lambda: RunConfig(run_id="default", run_dir="runs/default"))
-    log: LogConfig = field(default_factory=LogConfig)
-    bus: BusServerConfig = field(default_factory=lambda: BusServerConfig(port=0, monitor_port=0))
-    # An HF-format model directory; empty means "build (or reuse) the embedded tiny model".
-    model_dir: str = ""
-    model: ModelBuildConfig = field(default_factory=ModelBuildConfig)
-    num_actors: int = 1
-    actor: ActorConfig = field(default_factory=ActorConfig)
-    allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    cpus: CpuPinning = field(default_factory=CpuPinning)
-    # Held-out tasks for the before/after `tracerl eval` (0 skips both evaluations).
-    eval_tasks: int = 100
-    # The run stops when the learner has taken learner.training.max_steps steps, or after this.
-    timeout_s: float = 900.0
-    progress_interval_s: float = 5.0
-    startup_timeout_s: float = 180.0
-
-    def __post_init__(self) -> None:
-        if self.num_actors < 0:
-            raise ValueError("num_actors must be >= 0")
-        if self.timeout_s <= 0 or self.progress_interval_s <= 0:
-            raise ValueError("timeout_s and progress_interval_s must be > 0")
 
 
 def free_port() -> int:
@@ -136,7 +89,9 @@ def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -
     if result.returncode != 0:
         log.error("eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:])
         return None
-    data = json.loads(result.stdout.strip().splitlines()[-1])
+    results = json.loads(result.stdout)
+    data = {f"{r['mode']}_success": r["success_rate"] for r in results}
+    data.update(env=env, tasks=tasks, model_dir=model_dir, results=results)
     out.write_text(json.dumps(data, indent=2))
     return data
 

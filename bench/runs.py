@@ -1,0 +1,126 @@
+"""Whole training runs as benchmark samples: start `tracerl up`, then read its artefacts.
+
+The learning and throughput benchmarks compare runs that differ in one setting (strategy,
+seed, synchrony, actor count) and are otherwise identical, so every number comes from the
+same code path a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import yaml
+
+from tracerl.metrics import metrics_path, read_metrics
+
+RESULTS_DIR = Path(__file__).parent / "results"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    name: str
+    run_dir: Path
+    returncode: int
+    wall_seconds: float
+    learner_steps: int
+    heldout_greedy_before: float | None
+    heldout_greedy_after: float | None
+    heldout_sampled_before: float | None
+    heldout_sampled_after: float | None
+    effective_ratio: float
+    informative_token_share: float
+    mixed_groups_per_100_turns: float
+    generated_turns: float
+    generated_tokens: float
+    first_step_at: float | None
+    last_step_at: float | None
+
+    @property
+    def training_seconds(self) -> float | None:
+        """Wall time from the learner's first to its last step: excludes start-up and eval."""
+        if self.first_step_at is None or self.last_step_at is None:
+            return None
+        return self.last_step_at - self.first_step_at
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        out["training_seconds"] = self.training_seconds
+        return out
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"a.b": 1} -> {"a": {"b": 1}}: flat overrides become one config file."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def run_up(name: str, run_dir: Path, overrides: dict[str, Any], timeout_s: float = 3600) -> RunOutcome:
+    """One `tracerl up` run; settings go through a YAML file so values keep their types."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    settings = {**overrides, "run.run_id": name, "run.run_dir": str(run_dir)}
+    config_path = run_dir.parent / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(nest(settings), sort_keys=False))
+    argv = [sys.executable, "-m", "tracerl", "up", "--config", str(config_path)]
+    started = time.time()
+    log_path = run_dir.parent / f"{name}.up.log"
+    with log_path.open("w") as log:
+        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+    return summarise_run(name, run_dir, code, time.time() - started)
+
+
+def summarise_run(name: str, run_dir: Path, returncode: int, wall_seconds: float) -> RunOutcome:
+    steps = [r for r in read_metrics(metrics_path(run_dir, "learner")) if "step" in r]
+    allocator = [r for r in read_metrics(metrics_path(run_dir, "allocator")) if "core.effective_ratio" in r]
+    summary = _json(run_dir / "summary.json") or {}
+    before, after = summary.get("before") or {}, summary.get("after") or {}
+    core = allocator[-1] if allocator else {}
+    return RunOutcome(
+        name=name,
+        run_dir=run_dir,
+        returncode=returncode,
+        wall_seconds=wall_seconds,
+        learner_steps=len(steps),
+        heldout_greedy_before=before.get("greedy_success"),
+        heldout_greedy_after=after.get("greedy_success"),
+        heldout_sampled_before=before.get("sampled_success"),
+        heldout_sampled_after=after.get("sampled_success"),
+        effective_ratio=float(core.get("core.effective_ratio") or 0.0),
+        # The learner's view: share of trained tokens whose advantage is non-zero.
+        informative_token_share=fmean(float(r.get("train.nonzero_advantage_token_share") or 0) for r in steps)
+        if steps
+        else 0.0,
+        mixed_groups_per_100_turns=float(core.get("core.mixed_groups_per_100_turns") or 0.0),
+        generated_turns=float(core.get("core.budget_turns_used") or 0.0),
+        generated_tokens=float(core.get("core.budget_tokens_used") or 0.0),
+        first_step_at=steps[0]["time"] - float(steps[0].get("step_seconds", 0)) if steps else None,
+        last_step_at=steps[-1]["time"] if steps else None,
+    )
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS_DIR / f"{name}.json"
+    md_path = RESULTS_DIR / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=2, default=str))
+    md_path.write_text(markdown)
+    return json_path, md_path
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
