@@ -1,0 +1,55 @@
+"""Pure parts of `tracerl up` and the bench drivers."""
+
+import math
+
+import pytest
+
+from bench.learning import aggregate, markdown_table
+from bench.runs import RunOutcome, nest
+from tracerl.config import load_config
+from tracerl.up import role_configs
+from tracerl.upconfig import UpConfig
+
+
+def test_role_configs_share_run_bus_address_and_model():
+    up = load_config(UpConfig, None, ["num_actors=2", "run.run_id=exp", "run.run_dir=/tmp/exp"])
+    configs = role_configs(up, "/models/m", port=4555, monitor_port=8555)
+    assert sorted(configs) == ["actor-0", "actor-1", "allocator", "bus", "learner"]
+    assert configs["bus"].port == 4555 and configs["bus"].monitor_port == 8555
+    for name in ("learner", "allocator", "actor-0", "actor-1"):
+        assert configs[name].run.run_id == "exp"
+        assert configs[name].bus.servers == ["nats://127.0.0.1:4555"]
+    assert configs["learner"].model.model_dir == "/models/m"
+    assert configs["actor-1"].model_dir == "/models/m" and configs["actor-1"].actor_id == "actor-1"
+
+
+def test_up_config_rejects_bad_pinning():
+    with pytest.raises(Exception, match="bad cpu"):
+        load_config(UpConfig, None, ["cpus.actors=x"])
+
+
+def test_nest_turns_flat_overrides_into_a_config_tree():
+    assert nest({"a.b": 1, "a.c": "0", "d": 2}) == {"a": {"b": 1, "c": "0"}, "d": 2}
+
+
+def _outcome(name, greedy_after, ratio):
+    return RunOutcome(
+        name=name, run_dir=None, returncode=0, wall_seconds=10.0, learner_steps=3,
+        heldout_greedy_before=0.3, heldout_greedy_after=greedy_after, heldout_sampled_before=0.2,
+        heldout_sampled_after=greedy_after - 0.1, effective_ratio=ratio, informative_token_share=0.5,
+        mixed_groups_per_100_turns=4.0, generated_turns=100.0, generated_tokens=2000.0,
+        first_step_at=1.0, last_step_at=5.0,
+    )
+
+
+def test_aggregate_reports_mean_and_spread_per_strategy():
+    rows = aggregate({"trace": [_outcome("a", 0.5, 0.8), _outcome("b", 0.7, 0.6)], "grpo": [_outcome("c", 0.4, 0.5)]})
+    trace = next(r for r in rows if r["strategy"] == "trace")
+    assert trace["heldout_greedy_after"][0] == pytest.approx(0.6)
+    assert trace["heldout_greedy_after"][1] == pytest.approx(math.sqrt(0.02))
+    assert trace["effective_ratio"][0] == pytest.approx(0.7)
+    grpo = next(r for r in rows if r["strategy"] == "grpo")
+    assert grpo["effective_ratio"] == (0.5, 0.0)
+    table = markdown_table(rows, {"seeds": 2})
+    assert "| trace | 0.600 ± 0.141 |" in table and "| grpo |" in table
+    assert _outcome("x", 0.5, 0.5).training_seconds == 4.0
