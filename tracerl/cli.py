@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from tracerl.config import ConfigError, field_docs, load_config
 
@@ -63,23 +64,43 @@ def load_role_config(config_cls: type, config: Path | None, overrides: list[str]
         raise typer.Exit(2) from None
 
 
+def _import(path: str) -> Any:
+    module_name, attr = path.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+class _LazyEpilogCommand(TyperCommand):
+    """Renders the config-field table only when --help asks for it.
+
+    Importing every role's config at start-up would pull torch, transformers and numba into
+    every process, and vLLM's spawned workers re-import the parent's main module.
+    """
+
+    config_path = ""
+
+    @property  # type: ignore[override]
+    def epilog(self) -> str | None:
+        return config_epilog(_import(self.config_path)) if self.config_path else self._static_epilog
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        self._static_epilog = value
+
+
 def role_command(name: str, config_path: str, runner_path: str, help_text: str) -> None:
     """Register ``tracerl NAME`` running ``runner(config)`` for a role's config class.
 
-    Paths are "module:attribute" so that the role's heavy modules load only when run.
+    Paths are "module:attribute" so that a role imports only its own modules, and only when run.
     """
-    module_name, attr = config_path.split(":")
-    config_cls = getattr(importlib.import_module(module_name), attr)
 
     def command(config: ConfigOption = None, set_: SetOption = None) -> None:
-        cfg = load_role_config(config_cls, config, set_)
-        runner_module, runner_attr = runner_path.split(":")
-        runner: Callable[[Any], int | None] = getattr(importlib.import_module(runner_module), runner_attr)
-        code = runner(cfg)
-        raise typer.Exit(code or 0)
+        cfg = load_role_config(_import(config_path), config, set_)
+        runner: Callable[[Any], int | None] = _import(runner_path)
+        raise typer.Exit(runner(cfg) or 0)
 
     command.__doc__ = help_text
-    app.command(name, help=help_text, epilog=config_epilog(config_cls))(command)
+    command_class = type(f"{name.title()}Command", (_LazyEpilogCommand,), {"config_path": config_path})
+    app.command(name, help=help_text, cls=command_class)(command)
 
 
 def main() -> None:  # pragma: no cover - console entry
@@ -183,9 +204,8 @@ BenchSetOption = Annotated[
 
 def _bench_overrides(config: Path | None, set_: list[str] | None, steps: int) -> dict[str, Any]:
     from tracerl.config import parse_override_value
-    from tracerl.upconfig import UpConfig
 
-    load_role_config(UpConfig, config, set_)  # fail fast on a bad override, before any run starts
+    load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast on a bad override, before any run starts
     overrides: dict[str, Any] = {"learner.training.max_steps": steps}
     if config is not None:
         import yaml

@@ -86,6 +86,13 @@ def test_max_turns_ends_the_episode_with_reward_zero(tokenizer):
     assert nodes[-1].done and nodes[-1].reward == 0.0 and not nodes[0].done
 
 
+def test_branch_max_turns_counts_turns_of_this_item_not_depth(tokenizer):
+    branch = make_item("branch", parent_id="p", prefix_depth=2, prefix_token_ids=[1, 2], max_turns=1, num_samples=2,
+                       env_snapshot=msgpack.packb({"actions": ["<search> x </search>"] * 2}))
+    nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, branch, CTX))
+    assert sorted((n.depth, n.done, n.reward) for n in nodes) == [(3, True, 0.0), (3, True, 0.0)]
+
+
 def test_branch_continues_from_snapshot_and_prefix(tokenizer):
     engine = ScriptedEngine(tokenizer, answer_after=2)
     root_nodes = run(collect_work_item(engine, CountingEnvironment, make_item(num_samples=1), CTX))
