@@ -49,3 +49,28 @@ def stop_token_ids(tokenizer: Any, stop_strings: tuple[str, ...] | list[str]) ->
     if any(i is None for i in ids):
         return None
     return [i for i in ids if i is not None]
+
+
+def action_token_ids(tokenizer: Any, action_text: str) -> list[int]:
+    """The ids of an action written by a demonstrator (a policy's own actions keep their generated ids)."""
+    return tokenizer.encode(action_text, add_special_tokens=False)
+
+
+def episode_token_ids(
+    tokenizer: Any, prompt_text: str, turns: list[tuple[str, str]] | tuple[tuple[str, str], ...]
+) -> tuple[list[int], list[bool]]:
+    """A whole episode as a rollout would hold it, plus which positions are policy actions.
+
+    ``turns`` are (action_text, observation_text) pairs. The mask is True exactly on action
+    tokens: those are what the policy generates, so only they carry a training loss.
+    """
+    ids = prompt_token_ids(tokenizer, prompt_text)
+    is_action = [False] * len(ids)
+    for action_text, observation_text in turns:
+        action = action_token_ids(tokenizer, action_text)
+        observation = observation_token_ids(tokenizer, observation_text)
+        ids.extend(action)
+        is_action.extend([True] * len(action))
+        ids.extend(observation)
+        is_action.extend([False] * len(observation))
+    return ids, is_action

@@ -187,11 +187,14 @@ def eval_command(
     tasks: Annotated[int, typer.Option("--tasks", "-n", help="Held-out tasks per decoding mode.")] = 100,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out task draw and of sampling.")] = 0,
+    json_file: Annotated[
+        Path | None, typer.Option("--json-file", help="Also write the JSON results to this file.", show_default=False)
+    ] = None,
 ) -> None:
     """Held-out success with vLLM, greedy and sampled (temperature 1) side by side."""
     from modelkit.eval import eval_command as run_eval
 
-    raise typer.Exit(run_eval(model, env, tasks, json_output, seed))
+    raise typer.Exit(run_eval(model, env, tasks, json_output, seed, str(json_file) if json_file else None))
 
 bench_app = typer.Typer(help="Benchmarks; each prints its numbers and records them under bench/results/.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")

@@ -82,14 +82,17 @@ def progress_line(run_dir: Path, started_at: float) -> str:
 
 def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -> dict | None:
     """`tracerl eval --json` in a child process, so its vLLM engine is gone when it returns."""
-    argv = [sys.executable, "-m", "tracerl", "eval", "--model", model_dir, "--env", env, "--tasks", str(tasks), "--json"]
+    raw = out.with_suffix(".raw.json")
+    argv = [sys.executable, "-m", "tracerl", "eval", "--model", model_dir, "--env", env, "--tasks", str(tasks),
+            "--json-file", str(raw)]
     if cpus:
         argv = ["taskset", "-c", ",".join(map(str, cpus)), *argv]
     result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
+    if result.returncode != 0 or not raw.is_file():
         log.error("eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:])
         return None
-    results = json.loads(result.stdout)
+    results = json.loads(raw.read_text())
+    raw.unlink()
     data = {f"{r['mode']}_success": r["success_rate"] for r in results}
     data.update(env=env, tasks=tasks, model_dir=model_dir, results=results)
     out.write_text(json.dumps(data, indent=2))

@@ -21,7 +21,9 @@ def test_missing_config_file_is_reported(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_embedded_model_is_untied_and_reused_from_the_cache(embedded_model_dir, capsys):
+def test_embedded_model_is_untied_and_reused_from_the_cache(embedded_model_dir, capsys, monkeypatch):
+    # build_command routes logs to the real stderr; pytest closes its capture stream later.
+    monkeypatch.setattr("tracerl.logs.configure_logging", lambda *args, **kwargs: None)
     config = json.loads((embedded_model_dir / "config.json").read_text())
     assert config["tie_word_embeddings"] is False and config["architectures"] == ["Qwen3ForCausalLM"]
     for name in ("model.safetensors", "tokenizer.json", "generation_config.json"):

@@ -1,0 +1,73 @@
+"""On-disk cache of built model directories, keyed by a content hash of everything that shapes them.
+
+A build writes into a temporary sibling directory and renames it into place, so a reader
+never sees a half-written model and two concurrent builders of the same key both end up
+with one complete directory (the loser discards its copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tracerl.typed import to_plain
+
+CACHE_DIR_ENV = "TRACERL_CACHE_DIR"
+#: Written last inside a build; its presence marks a directory as complete.
+COMPLETE_MARKER = "build-info.json"
+
+
+def cache_root(override: str = "") -> Path:
+    """``override`` if given, else ``$TRACERL_CACHE_DIR``, else ``~/.cache/tracerl/models``."""
+    if override:
+        return Path(override).expanduser()
+    from_env = os.environ.get(CACHE_DIR_ENV, "")
+    if from_env:
+        return Path(from_env).expanduser()
+    return Path.home() / ".cache" / "tracerl" / "models"
+
+
+def content_key(payload: Any) -> str:
+    """A short stable hash of plain data or dataclasses (key order does not matter)."""
+    canonical = json.dumps(to_plain(payload), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def cached_directory(
+    root: Path, name: str, key: str, build: Callable[[Path], dict[str, Any]]
+) -> tuple[Path, bool]:
+    """Return ``(root/name-key, built_now)``, running ``build(tmp_dir)`` only on a miss.
+
+    ``build`` fills the directory and returns facts about the build, stored in the marker.
+    """
+    target = root / f"{name}-{key}"
+    if (target / COMPLETE_MARKER).is_file():
+        return target, False
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{key}-", dir=root))
+    try:
+        info = build(tmp)
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"key": key, **to_plain(info)}, indent=2, sort_keys=True))
+        if target.exists() and not (target / COMPLETE_MARKER).is_file():
+            shutil.rmtree(target)  # debris of an interrupted build from an older layout
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / COMPLETE_MARKER).is_file():
+                raise
+            return target, False  # another process finished the same build first
+        return target, True
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_info(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / COMPLETE_MARKER
+    return json.loads(path.read_text()) if path.is_file() else {}

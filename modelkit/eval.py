@@ -1,0 +1,281 @@
+"""Held-out success of a model on an environment, greedy and sampled, through the one episode loop.
+
+Episodes run through ``actors.episode`` exactly as actors run them, on either the vLLM
+``PolicyEngine`` (the default, and what `tracerl eval` uses) or the transformers generator
+(no engine start-up; used to score a build right after its warm start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from protocol.messages import SamplingSpec, TaskSpec, WorkItem
+from tracerl.logs import get_logger
+
+log = get_logger(__name__)
+
+Backend = Literal["vllm", "transformers"]
+EVAL_MAX_MODEL_LEN = 2048
+MAX_TOKENS_PER_TURN = 64
+#: Episodes in flight at once; vLLM batches them, the transformers generator takes them in turn.
+CONCURRENT_EPISODES = 64
+
+
+@dataclass(frozen=True)
+class DifficultyStats:
+    episodes: int
+    success_rate: float
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    env: str
+    split: str
+    mode: Literal["greedy", "sampled"]
+    num_tasks: int
+    success_rate: float
+    by_difficulty: dict[str, DifficultyStats]
+    mean_turns: float
+    mean_generated_tokens: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EpisodeSummary:
+    difficulty: str
+    reward: float
+    turns: int
+    generated_tokens: int
+
+
+class EvalInputError(ValueError):
+    """A bad model directory or environment name; the message is one line."""
+
+
+def check_env_name(env_name: str) -> str:
+    from environments import env_names
+
+    if env_name not in env_names():
+        raise EvalInputError(f"unknown environment {env_name!r}; valid names: {', '.join(env_names())}")
+    return env_name
+
+
+def check_inputs(model_dir: str | Path, env_name: str, num_tasks: int) -> Path:
+    """The model directory, or an ``EvalInputError`` for a bad directory, environment or count."""
+    from modelkit.export import ModelDirError, check_model_dir
+
+    try:
+        directory = check_model_dir(model_dir)
+    except ModelDirError as err:
+        raise EvalInputError(str(err)) from None
+    check_env_name(env_name)
+    if num_tasks < 1:
+        raise EvalInputError(f"number of tasks must be >= 1, got {num_tasks}")
+    return directory
+
+
+def difficulty_label(task: TaskSpec) -> str:
+    """Hops for question answering; the turn cap (optimal moves + slack) for grid puzzles."""
+    if "path" in task.params:
+        return f"hops={len(task.params['path'])}"
+    if "max_turns" in task.params:
+        return f"max_turns={task.params['max_turns']}"
+    return "all"
+
+
+def summarise(
+    env_name: str, split: str, greedy: bool, episodes: Sequence[EpisodeSummary], seconds: float
+) -> EvalResult:
+    n = len(episodes)
+    groups: dict[str, list[float]] = {}
+    for episode in episodes:
+        groups.setdefault(episode.difficulty, []).append(episode.reward)
+    return EvalResult(
+        env=env_name,
+        split=split,
+        mode="greedy" if greedy else "sampled",
+        num_tasks=n,
+        success_rate=sum(e.reward >= 1.0 for e in episodes) / n if n else 0.0,
+        by_difficulty={
+            label: DifficultyStats(len(rewards), sum(r >= 1.0 for r in rewards) / len(rewards))
+            for label, rewards in sorted(groups.items())
+        },
+        mean_turns=sum(e.turns for e in episodes) / n if n else 0.0,
+        mean_generated_tokens=sum(e.generated_tokens for e in episodes) / n if n else 0.0,
+        seconds=round(seconds, 2),
+    )
+
+
+def eval_work_item(task: TaskSpec, index: int, greedy: bool, seed: int, max_turns: int) -> WorkItem:
+    """A root item for one episode; sampled episodes get distinct, reproducible seeds."""
+    mode = "greedy" if greedy else "sampled"
+    return WorkItem(
+        run_id="eval",
+        work_id=f"eval-{mode}-{index}",
+        tree_id=f"eval-{mode}-{index}",
+        kind="root",
+        task=task,
+        num_samples=1,
+        parent_id=None,
+        prefix_depth=0,
+        prefix_token_ids=[],
+        env_snapshot=b"",
+        sampling=SamplingSpec(
+            temperature=0.0 if greedy else 1.0, max_tokens_per_turn=MAX_TOKENS_PER_TURN, seed=seed * 100_003 + index
+        ),
+        max_turns=max_turns,
+        min_policy_version=0,
+        issued_at=time.time(),
+    )
+
+
+async def run_episodes(
+    generator: Any,
+    env_name: str,
+    tasks: Sequence[TaskSpec],
+    greedy: bool,
+    seed: int,
+    on_episode: Callable[[], None] | None = None,
+) -> list[EpisodeSummary]:
+    from actors.episode import EpisodeContext, collect_work_item
+    from environments import make_env
+
+    ctx = EpisodeContext(actor_id="eval", max_model_len=EVAL_MAX_MODEL_LEN)
+    limit = asyncio.Semaphore(CONCURRENT_EPISODES)
+
+    async def one(index: int, task: TaskSpec) -> EpisodeSummary:
+        probe = make_env(env_name)
+        probe.reset(task)
+        item = eval_work_item(task, index, greedy, seed, probe.max_turns)
+        async with limit:
+            nodes = await collect_work_item(generator, lambda: make_env(env_name), item, ctx)
+        if on_episode is not None:
+            on_episode()
+        last = max(nodes, key=lambda node: node.depth)
+        return EpisodeSummary(
+            difficulty=difficulty_label(task),
+            reward=float(last.reward or 0.0),
+            turns=len(nodes),
+            generated_tokens=sum(len(node.action_token_ids) for node in nodes),
+        )
+
+    return list(await asyncio.gather(*(one(i, task) for i, task in enumerate(tasks))))
+
+
+async def evaluate_modes_async(
+    generator: Any,
+    env_name: str,
+    num_tasks: int,
+    split: str,
+    modes: Sequence[bool],
+    seed: int,
+    on_episode: Callable[[], None] | None = None,
+) -> list[EvalResult]:
+    """One result per entry of ``modes`` (True = greedy), all on the same held-out tasks."""
+    from environments import make_tasks
+
+    tasks = make_tasks(env_name, split, num_tasks, seed)
+    results = []
+    for greedy in modes:
+        started = time.monotonic()
+        episodes = await run_episodes(generator, env_name, tasks, greedy, seed, on_episode)
+        results.append(summarise(env_name, split, greedy, episodes, time.monotonic() - started))
+    return results
+
+
+async def _with_backend(model_dir: Path, backend: Backend, work: Callable[[Any], Any]) -> Any:
+    if backend == "transformers":
+        from modelkit.hf_generator import TransformersTurnGenerator
+
+        return await work(TransformersTurnGenerator.from_dir(model_dir, EVAL_MAX_MODEL_LEN))
+    from actors.config import EngineSettings
+    from actors.engine import PolicyEngine
+
+    engine = await PolicyEngine.start(model_dir, EngineSettings(max_model_len=EVAL_MAX_MODEL_LEN))
+    try:
+        return await work(engine)
+    finally:
+        engine.shutdown()
+
+
+def evaluate_modes(
+    model_dir: str | Path,
+    env_name: str,
+    num_tasks: int,
+    split: str = "heldout",
+    modes: Sequence[bool] = (True, False),
+    seed: int = 0,
+    backend: Backend = "vllm",
+    on_episode: Callable[[], None] | None = None,
+) -> list[EvalResult]:
+    """Several decoding modes with one engine start-up."""
+    directory = check_inputs(model_dir, env_name, num_tasks)
+    return asyncio.run(
+        _with_backend(
+            directory,
+            backend,
+            lambda generator: evaluate_modes_async(generator, env_name, num_tasks, split, modes, seed, on_episode),
+        )
+    )
+
+
+def evaluate(
+    model_dir: str | Path,
+    env_name: str,
+    num_tasks: int,
+    split: str = "heldout",
+    greedy: bool = True,
+    seed: int = 0,
+    backend: Backend = "vllm",
+) -> EvalResult:
+    return evaluate_modes(model_dir, env_name, num_tasks, split, (greedy,), seed, backend)[0]
+
+
+def format_table(results: Sequence[EvalResult]) -> str:
+    """Greedy and sampled side by side, overall and per difficulty."""
+    by_mode = {r.mode: r for r in results}
+    modes = [m for m in ("greedy", "sampled") if m in by_mode]
+    labels = sorted({label for r in results for label in r.by_difficulty})
+    first = results[0]
+    lines = [f"{first.env} ({first.split}, {first.num_tasks} tasks)", f"{'':<14}" + "".join(f"{m:>10}" for m in modes)]
+    lines.append(f"{'success':<14}" + "".join(f"{by_mode[m].success_rate:>10.1%}" for m in modes))
+    for label in labels:
+        cells = []
+        for m in modes:
+            stats = by_mode[m].by_difficulty.get(label)
+            cells.append(f"{stats.success_rate:>10.1%}" if stats else f"{'-':>10}")
+        count = next(r.by_difficulty[label].episodes for r in results if label in r.by_difficulty)
+        lines.append(f"{label + f' (n={count})':<14}" + "".join(cells))
+    lines.append(f"{'mean turns':<14}" + "".join(f"{by_mode[m].mean_turns:>10.2f}" for m in modes))
+    lines.append(f"{'gen tokens':<14}" + "".join(f"{by_mode[m].mean_generated_tokens:>10.1f}" for m in modes))
+    return "\n".join(lines)
+
+
+def eval_command(model: str, env: str, tasks: int, json_output: bool, seed: int, json_file: str | None = None) -> int:
+    """`tracerl eval`: greedy and sampled held-out success side by side; exit code 2 on bad input."""
+    from tqdm import tqdm
+
+    try:
+        check_inputs(model, env, tasks)
+        bar = tqdm(total=2 * tasks, desc=f"eval {env}", unit="episode", file=sys.stderr, disable=json_output)
+        with bar:
+            results = evaluate_modes(model, env, tasks, "heldout", (True, False), seed, "vllm", lambda: bar.update(1))
+    except EvalInputError as err:
+        print(f"tracerl eval: {err}", file=sys.stderr)
+        return 2
+    records = [asdict(r) for r in results]
+    if json_file:
+        # A file, because vLLM's engine logs share this process's stdout.
+        Path(json_file).write_text(json.dumps(records, indent=2))
+    if json_output:
+        print(json.dumps(records, indent=2))
+    else:
+        print(format_table(results))
+    return 0
