@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from statistics import fmean
 
-from protocol import SamplingSpec, TaskSpec, TurnNode, WorkItem
+from protocol import TaskSpec, TurnNode, WorkItem
 
 PROBE_PREFIX = "heldout-"
 MODES = {"greedy": 0.0, "sampled": 1.0}
@@ -76,22 +76,13 @@ class HeldoutProbes:
                 outstanding[tree_id] = mode
                 self._tree_to_version[tree_id] = version
                 items.append(
-                    WorkItem(
+                    WorkItem.single_episode(
                         run_id=self.run_id,
-                        work_id=f"{tree_id}-w",
                         tree_id=tree_id,
-                        kind="root",
                         task=task,
-                        num_samples=1,
-                        parent_id=None,
-                        prefix_depth=0,
-                        prefix_token_ids=[],
-                        env_snapshot=b"",
-                        sampling=SamplingSpec(
-                            temperature=temperature,
-                            max_tokens_per_turn=self.config.max_tokens_per_turn,
-                            seed=index,
-                        ),
+                        temperature=temperature,
+                        seed=index,
+                        max_tokens_per_turn=self.config.max_tokens_per_turn,
                         max_turns=self.config.max_turns,
                         min_policy_version=version,
                         issued_at=now,

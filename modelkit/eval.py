@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from protocol.messages import SamplingSpec, TaskSpec, WorkItem
+from protocol.messages import TaskSpec, WorkItem
 from tracerl.logs import get_logger
 
 log = get_logger(__name__)
@@ -116,20 +116,13 @@ def summarise(
 def eval_work_item(task: TaskSpec, index: int, greedy: bool, seed: int, max_turns: int) -> WorkItem:
     """A root item for one episode; sampled episodes get distinct, reproducible seeds."""
     mode = "greedy" if greedy else "sampled"
-    return WorkItem(
+    return WorkItem.single_episode(
         run_id="eval",
-        work_id=f"eval-{mode}-{index}",
         tree_id=f"eval-{mode}-{index}",
-        kind="root",
         task=task,
-        num_samples=1,
-        parent_id=None,
-        prefix_depth=0,
-        prefix_token_ids=[],
-        env_snapshot=b"",
-        sampling=SamplingSpec(
-            temperature=0.0 if greedy else 1.0, max_tokens_per_turn=MAX_TOKENS_PER_TURN, seed=seed * 100_003 + index
-        ),
+        temperature=0.0 if greedy else 1.0,
+        seed=seed * 100_003 + index,
+        max_tokens_per_turn=MAX_TOKENS_PER_TURN,
         max_turns=max_turns,
         min_policy_version=0,
         issued_at=time.time(),

@@ -144,6 +144,38 @@ class WorkItem:
         if self.max_turns < 1:
             raise ValueError("max_turns must be >= 1")
 
+    @classmethod
+    def single_episode(
+        cls,
+        *,
+        run_id: str,
+        tree_id: str,
+        task: TaskSpec,
+        temperature: float,
+        seed: int,
+        max_tokens_per_turn: int,
+        max_turns: int,
+        min_policy_version: int,
+        issued_at: float,
+    ) -> WorkItem:
+        """One rollout of ``task`` from scratch: what evaluations and held-out probes ask for."""
+        return cls(
+            run_id=run_id,
+            work_id=f"{tree_id}-w",
+            tree_id=tree_id,
+            kind="root",
+            task=task,
+            num_samples=1,
+            parent_id=None,
+            prefix_depth=0,
+            prefix_token_ids=[],
+            env_snapshot=b"",
+            sampling=SamplingSpec(temperature=temperature, max_tokens_per_turn=max_tokens_per_turn, seed=seed),
+            max_turns=max_turns,
+            min_policy_version=min_policy_version,
+            issued_at=issued_at,
+        )
+
 
 @dataclass(frozen=True)
 class TreeNodeRecord:
