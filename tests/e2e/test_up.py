@@ -12,7 +12,9 @@ from tracerl.metrics import metrics_path, read_metrics
 
 pytestmark = [pytest.mark.nats, pytest.mark.vllm, pytest.mark.slow]
 
-LEARNER_STEPS = 3
+# With the allocator allowed 2 steps ahead, steps from the fourth on are issued after the
+# learner published version 1, so they must come back from reloaded actors.
+LEARNER_STEPS = 5
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +33,7 @@ def finished_run(tmp_path_factory, embedded_model_dir):
         "allocator.core.batch_prompts": 2,
         "allocator.core.group_size": 2,
         "allocator.core.step_budget_turns": 24,
+        "allocator.core.staleness_eta": 2,
         "allocator.heldout.tasks": 2,
         "allocator.heldout.every_versions": 2,
     }
@@ -62,6 +65,7 @@ def test_learner_trained_on_trees_from_updated_actors(finished_run):
     assert all(r["batch.turns"] > 0 and r["train.trained_tokens"] > 0 for r in steps)
     # Actors reloaded weights in place: later batches hold turns sampled by version >= 1.
     assert steps[-1]["batch_versions_min"] >= 1
+    assert all(r["batch_versions_min"] >= r["policy_version"] - 1 - 2 for r in steps)  # never staler than eta
     assert (run_dir / "final_model" / "config.json").is_file()
     assert any(Path(run_dir, "checkpoints").glob("v*"))
 
