@@ -145,6 +145,10 @@ class PolicyEngine:
         self.turns_generated = 0
         self.prompt_tokens = 0
         self.cached_tokens = 0
+        # vLLM 0.32 on the CPU crashes the engine when a seeded request's prefill is chunked
+        # ("CPU Generator does not use offset"), so per-request seeds are a GPU-only feature;
+        # the engine-wide seed still makes CPU runs start from a fixed RNG state.
+        self.request_seeds = on_gpu()
 
     @classmethod
     async def start(cls, model_dir: str | Path, settings: EngineSettings | None = None, policy_version: int = 0) -> PolicyEngine:
@@ -206,7 +210,7 @@ class PolicyEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_tokens=max_tokens,
-            seed=seed if seed is not None else sampling.seed,
+            seed=(seed if seed is not None else sampling.seed) if self.request_seeds else None,
             logprobs=0,
             stop_token_ids=list(stop_token_ids or []),
             stop=list(stop_strings) if use_strings else None,
