@@ -21,7 +21,7 @@ from protocol import TaskSpec
 
 from . import tags
 from .base import Environment, EnvironmentError_, StepResult
-from .snapshots import require, task_from_plain, task_to_plain
+from .snapshots import episode_snapshot, read_episode_snapshot, require
 
 MOVES: tuple[str, ...] = ("Up", "Down", "Left", "Right")
 DELTAS: dict[str, tuple[int, int]] = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}
@@ -161,23 +161,11 @@ class GridEnvironment(Environment, abc.ABC):
     def snapshot(self) -> dict[str, Any]:
         if self._task is None:
             raise EnvironmentError_(f"{self.name}: snapshot() before reset()")
-        return {
-            "env": self.name,
-            "task": task_to_plain(self._task),
-            "turn": self._turn,
-            "done": self._done,
-            "reward": self._reward,
-            "state": list(self._state),
-        }
+        return episode_snapshot(self.name, self._task, self._turn, self._done, self._reward, state=list(self._state))
 
     def restore(self, state: dict[str, Any]) -> None:
-        require(isinstance(state, dict), f"{self.name} snapshot must be a mapping, got {type(state).__name__}")
-        require(state.get("env") == self.name, f"snapshot is for env {state.get('env')!r}, not {self.name!r}")
-        task = task_from_plain(state.get("task"))
-        turn, done, reward, cells = state.get("turn"), state.get("done"), state.get("reward"), state.get("state")
-        require(type(turn) is int and turn >= 0, f"snapshot turn must be a non-negative int, got {turn!r}")
-        require(type(done) is bool, f"snapshot done must be a bool, got {done!r}")
-        require(type(reward) in (int, float) and reward in (0, 1), f"snapshot reward must be 0 or 1, got {reward!r}")
+        task, turn, done, reward = read_episode_snapshot(state, self.name)
+        cells = state.get("state")
         require(isinstance(cells, list) and all(type(v) is int for v in cells), "snapshot state must be a list of ints")
         self._begin(task)
         require(turn <= self.max_turns, f"snapshot turn {turn} exceeds max_turns {self.max_turns}")

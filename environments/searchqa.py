@@ -21,7 +21,7 @@ from protocol import TaskSpec
 from . import tags
 from .base import EnvironmentError_, Environment, StepResult
 from .retrieval import SearchIndex
-from .snapshots import require, task_from_plain, task_to_plain
+from .snapshots import episode_snapshot, read_episode_snapshot, require
 
 INVALID_ACTION_OBSERVATION = tags.information("invalid action")
 NO_RESULTS_OBSERVATION = tags.information("no results")
@@ -106,23 +106,13 @@ class SearchQAEnvironment(Environment, abc.ABC):
     def snapshot(self) -> dict[str, Any]:
         if self._task is None:
             raise EnvironmentError_(f"{self.name}: snapshot() before reset()")
-        return {
-            "env": self.name,
-            "task": task_to_plain(self._task),
-            "turn": self._turn,
-            "done": self._done,
-            "reward": self._reward,
-            "retrieved": sorted(self._retrieved),
-        }
+        return episode_snapshot(
+            self.name, self._task, self._turn, self._done, self._reward, retrieved=sorted(self._retrieved)
+        )
 
     def restore(self, state: dict[str, Any]) -> None:
-        require(isinstance(state, dict), f"{self.name} snapshot must be a mapping, got {type(state).__name__}")
-        require(state.get("env") == self.name, f"snapshot is for env {state.get('env')!r}, not {self.name!r}")
-        task = task_from_plain(state.get("task"))
-        turn, done, reward, retrieved = state.get("turn"), state.get("done"), state.get("reward"), state.get("retrieved")
-        require(type(turn) is int and turn >= 0, f"snapshot turn must be a non-negative int, got {turn!r}")
-        require(type(done) is bool, f"snapshot done must be a bool, got {done!r}")
-        require(type(reward) in (int, float) and reward in (0, 1), f"snapshot reward must be 0 or 1, got {reward!r}")
+        task, turn, done, reward = read_episode_snapshot(state, self.name)
+        retrieved = state.get("retrieved")
         require(isinstance(retrieved, list) and all(type(i) is int for i in retrieved), "snapshot retrieved must be a list of ints")
         self._begin(task)
         episode = self.episode
