@@ -118,7 +118,8 @@ def run_learning_bench(
                 flush=True,
             )
     rows = aggregate(outcomes)
-    settings = {"seeds": seeds, **overrides}
+    # The strategy is what varies; the base config's own choice would only mislead here.
+    settings = {"seeds": seeds, **{k: v for k, v in overrides.items() if k != "allocator.core.strategy"}}
     payload = {"settings": settings, "rows": rows, "runs": {s: [r.as_dict() for r in rs] for s, rs in outcomes.items()}}
     json_path, md_path = write_results("learning", payload, markdown_table(rows, settings))
     plot(rows, RESULTS_DIR / "learning.png")
