@@ -11,17 +11,17 @@ and "." for frozen ice, one row per line, cells separated by spaces.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
+from collections.abc import Callable
 from typing import Any
 
 from protocol import TaskSpec
 
 from .base import EnvironmentError_
-from .grid import DELTAS, MAX_TURNS_CAP, GridEnvironment, State, Status, bfs_solve
-from .splits import check_split, split_of_content
+from .grid import DELTAS, MAX_TURNS_CAP, generate_levels, GridEnvironment, State, Status, bfs_solve
+from .splits import check_split
 
 NAME = "frozenlake"
 INSTRUCTION = "frozenlake : move P to G , do not step on H ."
@@ -149,21 +149,8 @@ def generate_tasks(
         raise ValueError(f"need 2 <= min_size <= max_size <= 8, got {min_size}, {max_size}")
     if not 1 <= min_path <= MAX_TURNS_CAP:
         raise ValueError(f"min_path must be in [1, {MAX_TURNS_CAP}], got {min_path}")
-    rng = random.Random(f"{NAME}:{split}:{seed}")
-    tasks: dict[str, TaskSpec] = {}
-    attempts = 0
-    while len(tasks) < count:
-        attempts += 1
-        if attempts > 200 * count + 1000:
-            raise ValueError(f"could not generate {count} distinct frozenlake levels; loosen the knobs")
+    def draw(rng: random.Random) -> tuple[list[str], Callable[[], list | None]]:
         lake = random_lake(rng, rng.randint(min_size, max_size), hole_rate)
-        content = "/".join(lake.rows)
-        if split_of_content(content) != split:
-            continue
-        solution = solve(lake, (lake.start,), MAX_TURNS_CAP)
-        if solution is None or len(solution) < min_path:
-            continue
-        task_id = f"{NAME}-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
-        params = {"rows": list(lake.rows), "max_turns": min(MAX_TURNS_CAP, len(solution) + slack)}
-        tasks.setdefault(task_id, TaskSpec(env=NAME, task_id=task_id, params=params))
-    return list(tasks.values())
+        return list(lake.rows), lambda: solve(lake, (lake.start,), MAX_TURNS_CAP)
+
+    return generate_levels(NAME, split, count, seed, min_solution=min_path, slack=slack, draw=draw)

@@ -12,6 +12,8 @@ Bare words are accepted too ("down", "D"), case-insensitively.
 from __future__ import annotations
 
 import abc
+import hashlib
+import random
 import string
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -22,6 +24,7 @@ from protocol import TaskSpec
 from . import tags
 from .base import Environment, EnvironmentError_, StepResult
 from .snapshots import episode_snapshot, read_episode_snapshot, require
+from .splits import split_of_content
 
 MOVES: tuple[str, ...] = ("Up", "Down", "Left", "Right")
 DELTAS: dict[str, tuple[int, int]] = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}
@@ -219,3 +222,38 @@ class GridEnvironment(Environment, abc.ABC):
         if not solution:
             raise EnvironmentError_(f"{self.name} task {task.task_id!r} has no solution")
         self._initial_solution_length = len(solution)
+
+
+def generate_levels(
+    name: str,
+    split: str,
+    count: int,
+    seed: int,
+    *,
+    min_solution: int,
+    slack: int,
+    draw: Callable[[random.Random], tuple[list[str], Callable[[], list | None]]],
+) -> list[TaskSpec]:
+    """Distinct solvable levels of ``split``: ``draw(rng)`` gives a level's rows and a solver.
+
+    The split is decided by the level's content before solving, since solving costs more.
+    The turn cap is the optimal solution length plus ``slack`` (at most ``MAX_TURNS_CAP``).
+    """
+    rng = random.Random(f"{name}:{split}:{seed}")
+    tasks: dict[str, TaskSpec] = {}
+    attempts = 0
+    while len(tasks) < count:
+        attempts += 1
+        if attempts > 200 * count + 1000:
+            raise ValueError(f"could not generate {count} distinct {name} levels; loosen the knobs")
+        rows, solve_level = draw(rng)
+        content = "/".join(rows)
+        if split_of_content(content) != split:
+            continue
+        solution = solve_level()
+        if solution is None or len(solution) < min_solution:
+            continue
+        task_id = f"{name}-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
+        params = {"rows": list(rows), "max_turns": min(MAX_TURNS_CAP, len(solution) + slack)}
+        tasks.setdefault(task_id, TaskSpec(env=name, task_id=task_id, params=params))
+    return list(tasks.values())

@@ -12,17 +12,17 @@ Observations use the same characters, one row per line, cells separated by space
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
+from collections.abc import Callable
 from typing import Any
 
 from protocol import TaskSpec
 
 from .base import EnvironmentError_
-from .grid import DELTAS, MAX_TURNS_CAP, MOVES, GridEnvironment, State, Status, bfs_solve
-from .splits import check_split, split_of_content
+from .grid import DELTAS, MAX_TURNS_CAP, generate_levels, MOVES, GridEnvironment, State, Status, bfs_solve
+from .splits import check_split
 
 NAME = "sokoban"
 INSTRUCTION = "sokoban : push every B onto a T ."
@@ -209,25 +209,11 @@ def generate_tasks(
         raise ValueError(f"need 1 <= min_boxes <= max_boxes <= {MAX_BOXES} and room for them, got {min_boxes}, {max_boxes}")
     if not 1 <= min_moves <= MAX_TURNS_CAP:
         raise ValueError(f"min_moves must be in [1, {MAX_TURNS_CAP}], got {min_moves}")
-    rng = random.Random(f"{NAME}:{split}:{seed}")
-    tasks: dict[str, TaskSpec] = {}
-    attempts = 0
-    while len(tasks) < count:
-        attempts += 1
-        if attempts > 200 * count + 1000:
-            raise ValueError(f"could not generate {count} distinct sokoban levels; loosen the knobs")
+    def draw(rng: random.Random) -> tuple[list[str], Callable[[], list | None]]:
         size = rng.randint(min_size, max_size)
         room, state = reverse_play_level(
             rng, size, rng.randint(min_boxes, max_boxes), inner_walls, pull_steps=rng.randint(4, 24)
         )
-        rows = level_rows(room, state)
-        content = "/".join(rows)
-        if split_of_content(content) != split:
-            continue
-        solution = solve(room, state, MAX_TURNS_CAP)
-        if solution is None or len(solution) < min_moves:
-            continue
-        task_id = f"{NAME}-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
-        params = {"rows": rows, "max_turns": min(MAX_TURNS_CAP, len(solution) + slack)}
-        tasks.setdefault(task_id, TaskSpec(env=NAME, task_id=task_id, params=params))
-    return list(tasks.values())
+        return level_rows(room, state), lambda: solve(room, state, MAX_TURNS_CAP)
+
+    return generate_levels(NAME, split, count, seed, min_solution=min_moves, slack=slack, draw=draw)
