@@ -15,7 +15,6 @@ class TaskPoolConfig:
 
     env: str = "multihop"
     train_tasks: int = 2048
-    heldout_tasks: int = 64
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -55,7 +55,7 @@ class AllocatorService:
         self.config = config
         self.bus = bus
         pool = make_tasks(config.tasks.env, "train", config.tasks.train_tasks, config.tasks.seed)
-        heldout = make_tasks(config.tasks.env, "heldout", config.tasks.heldout_tasks, config.tasks.seed)
+        heldout = make_tasks(config.tasks.env, "heldout", config.heldout.tasks, config.tasks.seed)
         self.core = AllocatorCore(config.core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts())
         self.probes = HeldoutProbes(config.heldout, heldout, config.run.run_id)
         self.metrics = MetricsWriter(config.run.run_dir, "allocator")
