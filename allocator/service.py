@@ -127,9 +127,11 @@ class AllocatorService:
 
     async def refresh_actors(self) -> None:
         while not self.stop.is_set():
-            with contextlib.suppress(Exception):
+            try:
                 beats = await self.bus.get_actors()
                 self.actors = live_actor_loads(beats, time.time(), self.config.actor_timeout_s)
+            except Exception as err:  # noqa: BLE001 - keep the last known registry and retry
+                log.warning("actor_registry_read_failed", error=repr(err))
             await _sleep_or_stop(self.stop, self.config.registry_interval_s)
 
     async def schedule_loop(self) -> None:
