@@ -1,3 +1,102 @@
-"""Session-wide fixtures: a real nats-server and the tiny models, each built once per session."""
+"""Session-wide fixtures: a real nats-server and the tiny models, each built once per session.
+
+The exit guard below exists because a pytest process that has printed its summary can still
+hang at interpreter shutdown: Python joins non-daemon threads and multiprocessing children
+there, and a vLLM engine-core child or a library thread that never ends keeps CI waiting until
+its wall clock runs out. The guard names what was left behind (so the leak can be fixed), kills
+leftover children, and leaves with pytest's own exit status if shutdown does not finish.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import sys
+import threading
+
+import pytest
 
 pytest_plugins = ["tests.fixtures.nats", "tests.fixtures.models"]
+
+#: Seconds the normal interpreter shutdown gets before the guard ends the process.
+SHUTDOWN_GRACE_S = 30.0
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _adopt_orphans() -> None:
+    """Orphaned descendants (an engine core whose parent died, a server started in its own
+    session) re-parent to this process instead of init, so the guard can still see them."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
+_adopt_orphans()
+
+
+def _leftover_children() -> list:
+    import psutil
+
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _describe_leftovers(children: list) -> list[str]:
+    lines = []
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon and thread.is_alive():
+            lines.append(f"non-daemon thread still alive: {thread.name}")
+    for child in children:
+        try:
+            lines.append(f"child process still alive: pid={child.pid} {' '.join(child.cmdline())[:160]}")
+        except Exception:  # the child may exit while we look at it
+            lines.append(f"child process still alive: pid={child.pid}")
+    return lines
+
+
+def _kill(children: list) -> None:
+    import psutil
+
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(children, timeout=5)
+
+
+def _exit_after_grace(status: int) -> None:
+    def watchdog() -> None:
+        # Runs only if shutdown outlives the grace period; daemon threads keep running while
+        # the interpreter joins the threads and children that block it.
+        sys.stderr.write(f"\ntest session: shutdown still blocked after {SHUTDOWN_GRACE_S:.0f}s; stacks:\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(status)
+
+    timer = threading.Timer(SHUTDOWN_GRACE_S, watchdog)
+    timer.daemon = True
+    timer.start()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    children = _leftover_children()
+    leftovers = _describe_leftovers(children)
+    if leftovers:
+        sys.stderr.write("\ntest session left these behind (a teardown leak to fix):\n  "
+                         + "\n  ".join(leftovers) + "\n")
+        sys.stderr.flush()
+    _kill(children)
+    status = getattr(config, "_tracerl_exit_status", 0)
+    _exit_after_grace(int(status))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config._tracerl_exit_status = exitstatus  # type: ignore[attr-defined]
