@@ -1,4 +1,4 @@
-"""The allocation mathematics of TRACE: pure functions, no state, no I/O.
+"""The allocation mathematics of TRACE: pure functions and two resumable computations, no I/O.
 
 Stage 1 splits a root budget of rollouts over a candidate pool of prompts so that the
 expected number of mixed groups, sum_i V_root(v_i, m_i), is maximal. Stage 2 spends the
@@ -13,7 +13,7 @@ concave at the start. A marginal-gain greedy never sees the value of opening a p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,11 +29,12 @@ def v_root(v: float, m: int) -> float:
     return 1.0 - v**m - (1.0 - v) ** m
 
 
-def v_root_table(v: float, max_m: int) -> np.ndarray:
-    """``[V_root(v, 0), ..., V_root(v, max_m)]`` as one vector."""
+def v_root_table(v: float | np.ndarray, max_m: int) -> np.ndarray:
+    """``[V_root(v, 0), ..., V_root(v, max_m)]`` as one vector; an array of ``v`` gives one row each."""
     m = np.arange(max_m + 1, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)[..., None]
     table = 1.0 - np.power(v, m) - np.power(1.0 - v, m)
-    table[: min(2, max_m + 1)] = 0.0
+    table[..., : min(2, max_m + 1)] = 0.0
     return table
 
 
@@ -55,40 +56,103 @@ def expected_mixed(values: Sequence[float], counts: Sequence[int]) -> float:
 
 
 def allocate_roots_dp(values: Sequence[float], budget: int, max_per_prompt: int | None = None) -> list[int]:
-    """Exact maximiser of sum_i V_root(v_i, m_i) subject to sum_i m_i <= budget.
+    """Exact maximiser of sum_i V_root(v_i, m_i) subject to sum_i m_i <= budget (see RootsDP)."""
+    dp = RootsDP.start(values, budget, max_per_prompt)
+    dp.add(len(values))
+    dp.trace(len(values))
+    return dp.allocation()
 
-    A knapsack over prompts: best[b] is the best value with b units over the prompts seen so
-    far. Each prompt is one vectorised max over its allowed counts, O(n * budget * cap).
-    Ties keep fewer rollouts on earlier prompts, so results are deterministic.
+
+@dataclass
+class RootsDP:
+    """A knapsack over prompts: ``rows[i][b]`` is the best value with ``b`` units over prompts
+    0..i. Adding a prompt is a max over its allowed counts of shifted copies of the previous
+    row, O(n * budget * cap) in all; tracing back takes one prompt at a time from the last.
+
+    Both passes are resumable (``add`` and ``trace`` a few prompts at a time) because with
+    thousands of candidates and a budget of thousands of rollouts the table is too big for
+    one scheduler tick.
+
+    The trace starts at the smallest total reaching the optimum and gives each prompt, from
+    the last, the fewest rollouts that reach its row's value: ties leave the later prompts
+    out (values [0.5, 0.5] with 2 units give [2, 0]) and results are deterministic.
     """
-    if budget < 0:
-        raise ValueError("budget must be >= 0")
-    n = len(values)
-    cap = budget if max_per_prompt is None else min(budget, max_per_prompt)
-    if n == 0 or budget < 2 or cap < 2:
-        return [0] * n
-    best = np.zeros(budget + 1)
-    choices = np.zeros((n, budget + 1), dtype=np.int64)
-    units = np.arange(budget + 1)
-    counts = np.arange(cap + 1)
-    # Gather index [b, m] -> b - m; entries with m > b are invalid and masked to -inf.
-    source = units[:, None] - counts[None, :]
-    invalid = source < 0
-    source = np.where(invalid, 0, source)
-    for i, v in enumerate(values):
-        gains = v_root_table(float(v), cap)
-        candidates = best[source] + gains[None, :]
-        candidates[invalid] = -np.inf
-        choice = np.argmax(candidates, axis=1)
-        choices[i] = choice
-        best = candidates[units, choice]
-    allocation = [0] * n
-    b = int(np.argmax(best))  # best is non-decreasing in b; argmax takes the smallest budget reaching it
-    for i in range(n - 1, -1, -1):
-        m = int(choices[i, b])
-        allocation[i] = m
-        b -= m
-    return allocation
+
+    gains: np.ndarray  # gains[i, m] = V_root(v_i, m)
+    budget: int
+    counts: list[int]
+    # One array per prompt rather than one n x budget table: a fresh table of tens of MB
+    # is advised for huge pages, and faulting those in can stall for milliseconds.
+    rows: list[np.ndarray] = field(default_factory=list)
+    added: int = 0
+    traced: int = 0
+    cursor: int = 0  # the units left for the prompts not yet traced
+
+    @classmethod
+    def start(cls, values: Sequence[float], budget: int, max_per_prompt: int | None = None) -> RootsDP:
+        if budget < 0:
+            raise ValueError("budget must be >= 0")
+        cap = budget if max_per_prompt is None else min(budget, max_per_prompt)
+        n = len(values)
+        if n == 0 or budget < 2 or cap < 2:
+            # Nothing can be mixed: already finished with all-zero counts.
+            return cls(np.zeros((n, 1)), budget, [0] * n, added=n, traced=n)
+        return cls(v_root_table(np.asarray(values, dtype=np.float64), cap), budget, [0] * n)
+
+    @property
+    def size(self) -> int:
+        return len(self.counts)
+
+    @property
+    def cells_per_prompt(self) -> int:
+        """Table cells one ``add`` of a prompt computes: what a slice of work is sized by."""
+        return (self.budget + 1) * max(1, self.gains.shape[1] - 2)
+
+    @property
+    def all_added(self) -> bool:
+        return self.added >= self.size
+
+    @property
+    def finished(self) -> bool:
+        return self.traced >= self.size
+
+    def _previous(self, i: int) -> np.ndarray:
+        return self.rows[i - 1] if i else np.zeros(self.budget + 1)
+
+    def add(self, prompts: int) -> None:
+        """Add the next ``prompts`` prompts to the table."""
+        cap = self.gains.shape[1] - 1
+        for i in range(self.added, min(self.size, self.added + max(0, prompts))):
+            previous, gains = self._previous(i), self.gains[i]
+            row = previous.copy()
+            # m = 1 never wins: rows are non-decreasing in b and V_root(v, 1) = 0.
+            for m in range(2, cap + 1):
+                np.maximum(row[m:], previous[:-m] + gains[m], out=row[m:])
+            self.rows.append(row)
+            self.added = i + 1
+
+    def trace(self, prompts: int) -> None:
+        """Fix the counts of the next ``prompts`` prompts, from the last one back."""
+        if not self.all_added:
+            raise RuntimeError("the root DP has prompts left to add")
+        if not self.traced and not self.finished:
+            self.cursor = int(np.argmax(self.rows[-1]))  # rows are non-decreasing: the smallest total
+        b = self.cursor
+        for t in range(self.traced, min(self.size, self.traced + max(0, prompts))):
+            i = self.size - 1 - t
+            previous, target, gains = self._previous(i), self.rows[i][b], self.gains[i]
+            # The same float sums as in add(), so the maximiser compares exactly equal.
+            m = next(m for m in range(min(len(gains) - 1, b) + 1) if previous[b - m] + gains[m] == target)
+            self.counts[i] = m
+            b -= m
+            self.rows.pop()  # rows[i], no longer needed: the table shrinks as it is traced
+            self.traced = t + 1
+        self.cursor = b
+
+    def allocation(self) -> list[int]:
+        if not self.finished:
+            raise RuntimeError("the root DP has prompts left to trace")
+        return list(self.counts)
 
 
 def allocate_roots_plain_greedy(values: Sequence[float], budget: int, max_per_prompt: int | None = None) -> list[int]:
@@ -212,7 +276,15 @@ def allocate_prefixes_greedy(candidates: Sequence[PrefixCandidate], budget_turns
 def allocate_prefixes_arrays(
     outcome: np.ndarray, value: np.ndarray, cost: np.ndarray, limit: np.ndarray, already: np.ndarray, budget_turns: int
 ) -> np.ndarray:
-    """The stage-2 greedy on arrays, one entry per candidate prefix.
+    """The stage-2 greedy on arrays, one entry per candidate prefix: continuations each."""
+    greedy = PrefixGreedy()
+    greedy.add(outcome, value, cost, limit, already)
+    return greedy.allocate(budget_turns)
+
+
+@dataclass
+class PrefixGreedy:
+    """The stage-2 greedy over candidates fed in chunks (``add``), then ``allocate``.
 
     The marginal gain of a candidate's j-th new continuation is q^(a+j-1) (1 - q), with q the
     probability that a new leaf agrees with the existing outcome and a the continuations it
@@ -220,33 +292,57 @@ def allocate_prefixes_arrays(
     per turn, and taking each one that still fits, is the greedy: a move skipped for cost
     is followed only by same-cost moves of that candidate, which cannot fit either.
     Ties go to the lower candidate index, then the lower j.
+
+    Why chunks: each chunk's moves are sorted when it is added, so ``allocate`` only merges
+    sorted runs; the core adds a chunk per scheduler tick as it scores the candidates.
     """
-    n = len(value)
-    counts = np.zeros(n, dtype=np.int64)
-    if n == 0 or budget_turns <= 0:
-        return counts
-    if np.any(cost < 1):
-        raise ValueError("every continuation costs >= 1 turn")
-    width = int(limit.max(initial=0))
-    if width < 1:
-        return counts
-    agree = outcome * value + (1.0 - outcome) * (1.0 - value)
-    j = np.arange(1, width + 1)
-    gains = np.power(agree[:, None], already[:, None] + j[None, :] - 1) * (1.0 - agree[:, None])
-    valid = (j[None, :] <= limit[:, None]) & (gains > 0) & (cost[:, None] <= budget_turns)
-    rows, cols = np.nonzero(valid)
-    if not len(rows):
-        return counts
-    ratio = gains[rows, cols] / cost[rows]
-    order = np.lexsort((cols, rows, -ratio))
-    remaining = budget_turns
-    smallest = int(cost[rows].min())
-    for index in order:
-        if remaining < smallest:
-            break
-        r = rows[index]
-        c = int(cost[r])
-        if c <= remaining:
-            counts[r] += 1
-            remaining -= c
-    return counts
+
+    size: int = 0
+    keys: list[np.ndarray] = field(default_factory=list)  # -gain per turn, each chunk sorted
+    rows: list[np.ndarray] = field(default_factory=list)  # the move's candidate, same order
+    costs: list[np.ndarray] = field(default_factory=list)
+
+    def add(
+        self, outcome: np.ndarray, value: np.ndarray, cost: np.ndarray, limit: np.ndarray, already: np.ndarray
+    ) -> None:
+        n = len(value)
+        offset, self.size = self.size, self.size + n
+        if np.any(cost < 1):
+            raise ValueError("every continuation costs >= 1 turn")
+        width = int(limit.max(initial=0))
+        if n == 0 or width < 1:
+            return
+        agree = outcome * value + (1.0 - outcome) * (1.0 - value)
+        j = np.arange(1, width + 1)
+        gains = np.power(agree[:, None], already[:, None] + j[None, :] - 1) * (1.0 - agree[:, None])
+        rows, cols = np.nonzero((j[None, :] <= limit[:, None]) & (gains > 0))
+        # np.nonzero lists moves row by row, so a stable sort breaks ties as documented.
+        keys = -(gains[rows, cols] / cost[rows])
+        order = np.argsort(keys, kind="stable")
+        self.keys.append(keys[order])
+        self.rows.append(rows[order] + offset)
+        self.costs.append(cost[rows[order]])
+
+    def allocate(self, budget_turns: int) -> np.ndarray:
+        if budget_turns <= 0 or not self.keys:
+            return np.zeros(self.size, dtype=np.int64)
+        # Merging the chunks' sorted runs stably keeps ties in candidate order (timsort
+        # merges runs, so this costs little more than a pass).
+        merge = np.argsort(np.concatenate(self.keys), kind="stable")
+        rows = np.concatenate(self.rows)[merge]
+        move_cost = np.concatenate(self.costs)[merge]
+        # Every move before the first one that overflows the budget is taken; after it, the few
+        # units left go, in order, to the moves cheap enough to fit (fewer than max cost of them).
+        taken = int(np.searchsorted(np.cumsum(move_cost), budget_turns, side="right"))
+        picks = [rows[:taken]]
+        remaining = budget_turns - int(move_cost[:taken].sum())
+        position = taken
+        while remaining > 0:
+            fits = np.flatnonzero(move_cost[position:] <= remaining)
+            if not len(fits):
+                break
+            position += int(fits[0])
+            picks.append(rows[position : position + 1])
+            remaining -= int(move_cost[position])
+            position += 1
+        return np.bincount(np.concatenate(picks), minlength=self.size).astype(np.int64)

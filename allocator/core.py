@@ -9,7 +9,9 @@ Step life cycle (one allocator step = one batch for the learner):
   1. open: a candidate pool is drawn and stage 1 issues root work (kind "root").
   2. rounds: whenever the step has no outstanding work, the strategy plans the next
      round (stage-2 branches, the next search turn, or more root groups for stage-1-only
-     strategies) within the remaining budget. An empty plan closes the step.
+     strategies) within the remaining budget. An empty plan closes the step. TRACE plans
+     its rounds a slice per ``schedule`` call (RootsJob, BranchesJob), so that no call
+     takes long however many nodes are open; ``busy`` tells the shell to call again soon.
   3. close: every tree of the step becomes a CompletedTree ("complete", or "partial" when
      the step timed out with work outstanding); the predictor and prompt statistics learn
      from it. Steps overlap: step s+1 may open while s is in its last rounds, as long as
@@ -42,7 +44,7 @@ import numpy as np
 from protocol import CompletedTree, SamplingSpec, TaskSpec, TurnNode, WorkItem
 from tracerl.logs import get_logger
 
-from .allocation import allocate_prefixes_arrays, allocate_roots_dp
+from .allocation import PrefixGreedy, RootsDP
 from .budget import BudgetLedger
 from .predictor import BetaBaseline, PredictorConfig, PromptStats, SharedPredictor, SparseFeatures
 from .predictor import auc as auc_score
@@ -109,7 +111,12 @@ class AllocatorCoreConfig:
     tsr_width: int = 4
     tsr_lookahead_turns: int = 1
     # Bounds the work one schedule() call builds, so a large round is spread over calls.
-    max_items_per_call: int = 64
+    # With plan_units_per_call it keeps a call to about a millisecond on a small core
+    # (bench/allocator_latency.py), so the shell's event loop is never held for long.
+    max_items_per_call: int = 32
+    # Bounds the planning one schedule() call does, in units of about a microsecond (see
+    # RootsJob), so planning a round over 10^4 open nodes is spread over calls too.
+    plan_units_per_call: int = 300
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
 
@@ -119,7 +126,14 @@ class AllocatorCoreConfig:
         if self.stage2 not in STAGE2_CHOICES:
             raise ValueError(f"allocator.stage2 must be one of {', '.join(STAGE2_CHOICES)}; got {self.stage2!r}")
         for name in (
-            "batch_prompts", "pool_factor", "max_turns", "branch_k", "max_open_steps", "tsr_width", "max_items_per_call"
+            "batch_prompts",
+            "pool_factor",
+            "max_turns",
+            "branch_k",
+            "max_open_steps",
+            "tsr_width",
+            "max_items_per_call",
+            "plan_units_per_call",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"allocator.{name} must be >= 1")
@@ -192,6 +206,61 @@ class StepState:
     outstanding_samples: int = 0
     # Planned work not yet handed out; a call issues at most max_items_per_call of it.
     queue: deque[Issue] = field(default_factory=deque)
+    # The round being planned, when planning it takes more than one call.
+    job: RootsJob | BranchesJob | None = None
+
+
+# What planning work costs, in units of about a microsecond on a small x86 core. A call
+# spends at most AllocatorCoreConfig.plan_units_per_call of them (plus one piece that
+# cannot be split), so these only need to be right to within a factor of about two.
+_UNITS_DRAW_PER_TASK = 0.1  # a pool draw, per task in the task pool
+_UNITS_FEATURIZE = 50  # a prompt's features built from scratch (cached afterwards)
+_UNITS_SCORE = 4.5  # a prefix or prompt through the batched predictor
+_UNITS_SCAN = 1.5  # a node checked for branchability
+_UNITS_ALLOCATE = 0.3  # a candidate in the stage-2 greedy's final merge
+_UNITS_EMIT = 2.5  # a planned item wrapped for the queue
+_UNITS_TRACE = 4  # a prompt of the root DP's trace-back
+_DP_CELLS_PER_UNIT = 450  # root-DP table cells computed per unit
+
+
+@dataclass
+class RootsJob:
+    """TRACE stage 1 being planned: draw the pool, score it, run the DP, wrap the items.
+
+    Why in slices: with a pool of thousands of prompts and a budget of thousands of
+    rollouts, scoring and the exact DP take tens of milliseconds, and the scheduler tick
+    that does them must stay within a few milliseconds (``schedule`` is also where
+    timeouts, step opening and hand-out happen). Each slice is sized by the units left in
+    the call, and the round planned does not depend on how the work was sliced.
+    """
+
+    rollouts: int
+    pool: list[TaskSpec] | None = None
+    values: list[float] = field(default_factory=list)
+    revision: int = -1
+    dp: RootsDP | None = None
+    counts: list[int] | None = None
+    plan: list[Issue] = field(default_factory=list)
+    emitted: int = 0
+
+
+@dataclass
+class BranchesJob:
+    """A TRACE stage-2 round being planned: gather candidates tree by tree, score the ones
+    whose cached prediction is stale, run the vectorised greedy, wrap the items. Sliced for
+    the same reason as RootsJob."""
+
+    trees_scanned: int = 0
+    candidates: list[tuple[RolloutTree, NodeState]] = field(default_factory=list)
+    outcome: list[float] = field(default_factory=list)
+    cost: list[int] = field(default_factory=list)
+    already: list[int] = field(default_factory=list)
+    scored: int = 0
+    revision: int = -1
+    greedy: PrefixGreedy = field(default_factory=PrefixGreedy)
+    chosen: list[int] | None = None  # candidates given continuations, and how many each
+    continuations: list[int] = field(default_factory=list)
+    plan: list[Issue] = field(default_factory=list)
 
 
 def default_prompt_text(task: TaskSpec) -> str:
@@ -262,6 +331,8 @@ class AllocatorCore:
         self.dps_belief: dict[str, np.ndarray] = {}
         self._root_features: dict[str, SparseFeatures] = {}
         self._prompt_count_cache: dict[str, dict[int, float]] = {}
+        # A prompt's root features and the statistics they were built with.
+        self._root_feature_cache: dict[str, tuple[PromptStats, SparseFeatures]] = {}
         self._trees_with_orphans: set[str] = set()
         self._replaying = False
         self.counters: Counter[str] = Counter()
@@ -431,19 +502,23 @@ class AllocatorCore:
 
     def schedule(self, now: float, actors: Sequence[ActorLoad]) -> list[RoutedWork]:
         """Work to send now. Cheap when nothing changed: planning runs only for steps whose
-        previous round has fully come back."""
+        previous round has fully come back, and at most ``plan_units_per_call`` of it per
+        call (see ``busy``)."""
         self._expire(now)
         routed: list[RoutedWork] = []
         assigned: Counter[str] = Counter()
         load = {a.actor_id: a for a in actors}
         self._maybe_open_step(now, actors)
         cap = self.config.max_items_per_call
+        units = float(self.config.plan_units_per_call)
         for index in sorted(self.steps):
             step = self.steps[index]
             if not step.queue:
-                if step.outstanding_items:
+                if step.outstanding_items or units <= 0:
                     continue
-                plan = self._plan_round(step, now)
+                plan, units = self._advance_plan(step, now, units)
+                if plan is None:
+                    continue
                 if not plan:
                     self._close_step(step, now, forced=False)
                     continue
@@ -467,6 +542,12 @@ class AllocatorCore:
                 routed.append(RoutedWork(item, target))
         self.counters["work_items_issued"] += len(routed)
         return routed
+
+    @property
+    def busy(self) -> bool:
+        """A round is part-planned or planned work waits: the shell should call ``schedule``
+        again right away (after serving its other tasks) instead of a tick later."""
+        return any(step.job is not None or step.queue for step in self.steps.values())
 
     def pop_completed(self, now: float) -> list[CompletedTree]:
         self._expire(now)
@@ -499,7 +580,7 @@ class AllocatorCore:
             return
         if self.steps:
             newest = self.steps[max(self.steps)]
-            if not newest.roots_issued or newest.queue:
+            if not newest.roots_issued or newest.job is not None or newest.queue:
                 return
             # Overlap steps only to fill actors that would otherwise idle.
             free = sum(max(0, a.capacity - a.inflight) for a in actors)
@@ -515,7 +596,32 @@ class AllocatorCore:
 
     # ------------------------------------------------------------------ planning
 
-    def _plan_round(self, step: StepState, now: float) -> list[Issue]:
+    def _advance_plan(self, step: StepState, now: float, units: float) -> tuple[list[Issue] | None, float]:
+        """Plan ``step``'s next round with about ``units`` of work at most: the round (empty
+        to close the step) once whole, else None, and the units left in this call."""
+        if step.job is None:
+            started = self._start_round(step, now)
+            if not isinstance(started, (RootsJob, BranchesJob)):
+                return started, units
+            step.job = started
+        job = step.job
+        while units > 0:
+            if isinstance(job, RootsJob):
+                plan, units = self._advance_roots(step, job, units)
+            else:
+                plan, units = self._advance_branches(step, job, units)
+            if plan is not None:
+                step.job = None
+                return plan, units
+        return None, units
+
+    def _starts_or_fits(self, cost: float, units: float) -> bool:
+        """Whether a piece of planning that cannot be split runs now: when it fits in the
+        units left, or first thing in a call (else it waits for the next call)."""
+        return cost <= units or units >= self.config.plan_units_per_call
+
+    def _start_round(self, step: StepState, now: float) -> list[Issue] | RootsJob | BranchesJob:
+        """The next round of ``step``: TRACE's as a job planned in slices, the others whole."""
         kind = self.config.stage2_kind
         if kind == "search":
             return self._plan_search(step, now)
@@ -524,44 +630,44 @@ class AllocatorCore:
             turns = step.budget.available
             if kind != "none":
                 turns = int(self.config.root_fraction * self.config.step_budget_turns)
-            return self._plan_roots(step, now, turns // self.config.max_turns)
+            return self._plan_roots(step, turns // self.config.max_turns)
         if kind == "none":
             # Stage-1-only strategies spend refunds on further root groups: equal cost.
-            return self._plan_roots(step, now, step.budget.available // self.config.max_turns)
-        candidates = self._branch_candidates(step)
+            return self._plan_roots(step, step.budget.available // self.config.max_turns)
         if kind == "trace":
-            plan = self._plan_trace_branches(candidates, step.budget.available)
-        elif kind == "tree-random":
+            return BranchesJob()
+        candidates = self._branch_candidates(step)
+        if kind == "tree-random":
             plan = self._plan_random_branches(candidates, step.budget.available)
         else:
             plan = self._plan_entropy_branches(candidates, step.budget.available)
-        return [
-            functools.partial(self._issue_branch, step, tree, state, k, self.config.max_turns - state.node.depth)
-            for tree, state, k in plan
-        ]
+        return [self._branch_issue(step, tree, state, k) for tree, state, k in plan]
+
+    def _branch_issue(self, step: StepState, tree: RolloutTree, state: NodeState, samples: int) -> Issue:
+        turns = self.config.max_turns - state.node.depth
+        return functools.partial(self._issue_branch, step, tree, state, samples, turns)
 
     def _draw_pool(self, step: StepState, size: int) -> list[TaskSpec]:
-        fresh = [t for t in self.task_pool if t.task_id not in step.tasks]
+        fresh = [t for t in self.task_pool if t.task_id not in step.tasks] if step.tasks else self.task_pool
         if not fresh:
             return []
         picks = self.rng.choice(len(fresh), size=min(size, len(fresh)), replace=False)
         return [fresh[i] for i in sorted(picks.tolist())]
 
-    def _plan_roots(self, step: StepState, now: float, rollouts: int) -> list[Issue]:
+    def _plan_roots(self, step: StepState, rollouts: int) -> list[Issue] | RootsJob:
         cfg = self.config
         groups = rollouts // cfg.group_size
         if rollouts < 2:
             return []
         stage1 = cfg.stage1
+        if stage1 == "trace":
+            return RootsJob(rollouts)
         if stage1 == "uniform":
             pool = self._draw_pool(step, max(1, groups))
             counts = [cfg.group_size] * len(pool) if groups else []
         else:
             pool = self._draw_pool(step, max(1, groups) * cfg.pool_factor)
-            if stage1 == "trace":
-                values = self._predict_roots(pool)
-                counts = allocate_roots_dp(values, rollouts, cfg.max_per_prompt)
-            elif stage1 == "gps":
+            if stage1 == "gps":
                 values = self._predict_roots(pool)
                 embeddings = self._prompt_embeddings(pool)
                 chosen = set(select_gps(values, embeddings, groups, cfg.gps_diversity))
@@ -571,8 +677,59 @@ class AllocatorCore:
                 mixed = [dps_predict(self.dps_belief.get(t.task_id, dps_prior()), transition)[1] for t in pool]
                 chosen = set(select_dps(mixed, groups, self.rng))
                 counts = [cfg.group_size if i in chosen else 0 for i in range(len(pool))]
-        self.stage1_log.append((step.index, tuple(t.task_id for t in pool), tuple(int(m) for m in counts)))
-        return [functools.partial(self._issue_root, step, task, m, cfg.max_turns) for task, m in zip(pool, counts) if m >= 1]
+        self.stage1_log.append((step.index, tuple(t.task_id for t in pool), tuple(counts)))
+        return [self._root_issue(step, task, m) for task, m in zip(pool, counts) if m >= 1]
+
+    def _root_issue(self, step: StepState, task: TaskSpec, samples: int) -> Issue:
+        return functools.partial(self._issue_root, step, task, samples, self.config.max_turns)
+
+    def _advance_roots(self, step: StepState, job: RootsJob, units: float) -> tuple[list[Issue] | None, float]:
+        """One slice of TRACE stage 1 (draw, score, DP, trace back, wrap) within ``units``."""
+        cfg = self.config
+        if job.pool is None:
+            cost = _UNITS_DRAW_PER_TASK * len(self.task_pool)
+            if not self._starts_or_fits(cost, units):
+                return None, 0.0
+            groups = job.rollouts // cfg.group_size
+            job.pool = self._draw_pool(step, max(1, groups) * cfg.pool_factor)
+            return None, units - cost
+        if job.dp is None and job.revision != self.predictor.revision:
+            # Every score of a round comes from one model: a step closing mid-plan retrains it.
+            job.revision, job.values = self.predictor.revision, []
+        if len(job.values) < len(job.pool):
+            batch: list[SparseFeatures] = []
+            for task in job.pool[len(job.values) :]:
+                if units <= 0:
+                    break
+                units -= _UNITS_SCORE if self._root_features_cached(task) else _UNITS_FEATURIZE
+                batch.append(self._featurize_root(task))
+            job.values.extend(self.predictor.predict_many(batch)[0].tolist())
+            return None, units
+        if job.dp is None:
+            job.dp = RootsDP.start(job.values, job.rollouts, cfg.max_per_prompt)
+        dp = job.dp
+        if not dp.all_added:
+            row_units = dp.cells_per_prompt / _DP_CELLS_PER_UNIT
+            before = dp.added
+            dp.add(max(1, int(units / row_units)))
+            return None, units - (dp.added - before) * row_units
+        if not dp.finished:
+            before = dp.traced
+            dp.trace(max(1, int(units / _UNITS_TRACE)))
+            return None, units - (dp.traced - before) * _UNITS_TRACE
+        if job.counts is None:
+            job.counts = dp.allocation()
+            self.stage1_log.append((step.index, tuple(t.task_id for t in job.pool), tuple(job.counts)))
+        start, end = job.emitted, min(len(job.pool), job.emitted + max(1, int(units / _UNITS_EMIT)))
+        for task, m in zip(job.pool[start:end], job.counts[start:end]):
+            if m >= 1:
+                job.plan.append(self._root_issue(step, task, m))
+        job.emitted = end
+        return (job.plan if end == len(job.pool) else None), units - _UNITS_EMIT * (end - start)
+
+    def _root_features_cached(self, task: TaskSpec) -> bool:
+        cached = self._root_feature_cache.get(task.task_id)
+        return cached is not None and cached[0] == self.prompt_stats.get(task.task_id, PromptStats())
 
     def _predict_roots(self, pool: Sequence[TaskSpec]) -> list[float]:
         features = [self._featurize_root(t) for t in pool]
@@ -669,42 +826,85 @@ class AllocatorCore:
         # Never branch from a prefix any of whose turns lags the learner by more than eta.
         return self.policy_version - state.oldest_version <= self.config.staleness_eta
 
-    def _branch_candidates(self, step: StepState) -> list[tuple[RolloutTree, NodeState]]:
+    def _tree_candidates(self, tree: RolloutTree) -> list[NodeState]:
         out = []
-        for tree_id in step.tree_ids:
-            tree = self.trees.get(tree_id)
-            if tree is None:
-                continue
-            for state in tree.nodes.values():
-                if self._branchable(tree, state):
-                    out.append((tree, state))
-                elif not state.node.done and state.leaves >= 1 and state.node.depth < self.config.max_turns:
-                    self.counters["branch_skipped_stale"] += 1
+        for state in tree.nodes.values():
+            if self._branchable(tree, state):
+                out.append(state)
+            elif not state.node.done and state.leaves >= 1 and state.node.depth < self.config.max_turns:
+                self.counters["branch_skipped_stale"] += 1
         return out
 
-    def _predict_nodes(self, states: Sequence[NodeState]) -> np.ndarray:
-        """Predicted success of each prefix, cached on the node until the model changes."""
-        revision = self.predictor.revision
-        missing = [i for i, state in enumerate(states) if state.prediction_revision != revision]
-        if missing:
-            probs, _ = self.predictor.predict_many([states[i].features for i in missing])
-            for i, p in zip(missing, probs.tolist()):
-                states[i].prediction = p
-                states[i].prediction_revision = revision
-        return np.fromiter((state.prediction for state in states), dtype=np.float64, count=len(states))
+    def _branch_candidates(self, step: StepState) -> list[tuple[RolloutTree, NodeState]]:
+        return [
+            (tree, state)
+            for tree in (self.trees.get(tree_id) for tree_id in step.tree_ids)
+            if tree is not None
+            for state in self._tree_candidates(tree)
+        ]
 
-    def _plan_trace_branches(self, candidates, budget: int):
-        unanimous = [(t, s) for t, s in candidates if s.successes in (0, s.leaves)]
-        states = [s for _, s in unanimous]
-        counts = allocate_prefixes_arrays(
-            np.fromiter((1.0 if s.successes == s.leaves else 0.0 for s in states), dtype=np.float64, count=len(states)),
-            self._predict_nodes(states),
-            np.fromiter((self.config.max_turns - s.node.depth for s in states), dtype=np.int64, count=len(states)),
-            np.full(len(states), self.config.branch_k, dtype=np.int64),
-            np.fromiter((s.expansions for s in states), dtype=np.int64, count=len(states)),
-            budget,
-        )
-        return [(unanimous[i][0], unanimous[i][1], int(counts[i])) for i in np.flatnonzero(counts)]
+    def _advance_branches(
+        self, step: StepState, job: BranchesJob, units: float
+    ) -> tuple[list[Issue] | None, float]:
+        """One slice of a TRACE stage-2 round (scan, score, allocate, wrap) within ``units``.
+
+        Candidates are the branchable prefixes whose leaves are unanimous; each gets at most
+        branch_k continuations this round by the greedy on V_pref per turn.
+        """
+        cfg = self.config
+        if job.trees_scanned < len(step.tree_ids):
+            for tree_id in step.tree_ids[job.trees_scanned :]:
+                if units <= 0:
+                    break
+                job.trees_scanned += 1
+                tree = self.trees.get(tree_id)
+                if tree is None:
+                    continue
+                units -= _UNITS_SCAN * len(tree.nodes)
+                for state in self._tree_candidates(tree):
+                    if state.successes in (0, state.leaves):
+                        job.candidates.append((tree, state))
+                        job.outcome.append(1.0 if state.successes == state.leaves else 0.0)
+                        job.cost.append(cfg.max_turns - state.node.depth)
+                        job.already.append(state.expansions)
+            return None, units
+        n = len(job.candidates)
+        revision = self.predictor.revision
+        if job.chosen is None and job.revision != revision:
+            # As in _advance_roots; predictions cached on the nodes at this revision are kept.
+            job.revision, job.scored, job.greedy = revision, 0, PrefixGreedy()
+        if job.scored < n:
+            start, end = job.scored, min(n, job.scored + max(1, int(units / _UNITS_SCORE)))
+            states = [state for _, state in job.candidates[start:end]]
+            stale = [state for state in states if state.prediction_revision != revision]
+            if stale:
+                probs, _ = self.predictor.predict_many([state.features for state in stale])
+                for state, p in zip(stale, probs.tolist()):
+                    state.prediction, state.prediction_revision = p, revision
+            job.greedy.add(
+                np.asarray(job.outcome[start:end], dtype=np.float64),
+                np.fromiter((state.prediction for state in states), dtype=np.float64, count=len(states)),
+                np.asarray(job.cost[start:end], dtype=np.int64),
+                np.full(len(states), cfg.branch_k, dtype=np.int64),
+                np.asarray(job.already[start:end], dtype=np.int64),
+            )
+            job.scored = end
+            return None, units - _UNITS_SCORE * len(stale) - _UNITS_SCAN * len(states)
+        if job.chosen is None:
+            cost = _UNITS_ALLOCATE * n
+            if not self._starts_or_fits(cost, units):
+                return None, 0.0
+            counts = job.greedy.allocate(step.budget.available)
+            chosen = np.flatnonzero(counts)
+            job.chosen, job.continuations = chosen.tolist(), counts[chosen].tolist()
+            return None, units - cost
+        start = len(job.plan)
+        end = min(len(job.chosen), start + max(1, int(units / _UNITS_EMIT)))
+        for i, k in zip(job.chosen[start:end], job.continuations[start:end]):
+            tree, state = job.candidates[i]
+            job.plan.append(self._branch_issue(step, tree, state, k))
+        units -= _UNITS_EMIT * (end - start)
+        return (job.plan if end == len(job.chosen) else None), units
 
     def _fill(self, ordered, budget: int):
         plan = []
@@ -956,15 +1156,21 @@ class AllocatorCore:
         return counts
 
     def _featurize_root(self, task: TaskSpec) -> SparseFeatures:
-        return features_from_counts(
+        stats = self.prompt_stats.get(task.task_id, PromptStats())
+        cached = self._root_feature_cache.get(task.task_id)
+        if cached is not None and cached[0] == stats:
+            return cached[1]
+        features = features_from_counts(
             self._prompt_counts(task),
             depth=0,
             max_turns=self.config.max_turns,
             tool_calls=0,
             last_observation="",
-            prompt_stats=self.prompt_stats.get(task.task_id, PromptStats()),
+            prompt_stats=stats,
             config=self.config.predictor,
         )
+        self._root_feature_cache[task.task_id] = (stats, features)
+        return features
 
     def _featurize_node(self, tree: RolloutTree, state: NodeState) -> SparseFeatures:
         """Built from the parent's cached counts plus this turn, so each node costs one turn."""

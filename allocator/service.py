@@ -147,7 +147,9 @@ class AllocatorService:
             if self.config.max_steps and self.steps_emitted >= self.config.max_steps:
                 log.info("max_steps_reached", steps=self.steps_emitted)
                 self.stop.set()
-            await _sleep_or_stop(self.stop, self.config.schedule_interval_s)
+            # A round planned or handed out over several calls goes on as soon as the loop
+            # has served its other tasks: each call is short, the round need not wait ticks.
+            await _sleep_or_stop(self.stop, 0.0 if self.core.busy else self.config.schedule_interval_s)
 
     async def metrics_loop(self) -> None:
         while not self.stop.is_set():

@@ -3,6 +3,9 @@ import pytest
 
 from allocator.allocation import (
     PrefixCandidate,
+    PrefixGreedy,
+    RootsDP,
+    allocate_prefixes_arrays,
     allocate_prefixes_greedy,
     allocate_roots_dp,
     allocate_roots_open_or_add,
@@ -52,6 +55,27 @@ def test_dp_matches_brute_force_on_larger_pools():
         budget = int(rng.integers(0, 10))
         best, _ = brute_force_roots(values, budget)
         assert expected_mixed(values, allocate_roots_dp(values, budget)) == pytest.approx(best, abs=1e-12)
+
+
+def test_dp_in_slices_matches_one_pass_and_brute_force():
+    rng = np.random.default_rng(3)
+    for case in range(300):
+        n = int(rng.integers(0, 6))
+        # Repeated values make ties, where the trace-back rule decides.
+        values = list(rng.choice([0.1, 0.5, 0.5, 0.8], size=n) if case % 2 else rng.uniform(0, 1, size=n))
+        budget = int(rng.integers(0, 10))
+        cap = None if case % 3 else int(rng.integers(1, 5))
+        dp = RootsDP.start(values, budget, cap)
+        while not dp.all_added:
+            dp.add(int(rng.integers(1, 3)))
+        while not dp.finished:
+            dp.trace(int(rng.integers(1, 3)))
+        counts = dp.allocation()
+        assert counts == allocate_roots_dp(values, budget, cap)
+        assert sum(counts) <= budget and all(m != 1 for m in counts)
+        if cap is None:
+            assert expected_mixed(values, counts) == pytest.approx(brute_force_roots(values, budget)[0], abs=1e-12)
+    assert allocate_roots_dp([0.5, 0.5], 2) == [2, 0]  # ties leave the later prompts out
 
 
 def test_dp_respects_cap_and_leaves_out_hopeless_prompts():
@@ -104,3 +128,45 @@ def test_prefix_greedy_matches_brute_force_on_unit_costs():
             if sum(ks) <= budget
         )
         assert got == pytest.approx(best, abs=1e-12)
+
+
+def _greedy_by_definition(outcome, value, cost, limit, already, budget):
+    """The stage-2 greedy as defined, one continuation at a time: the highest marginal V_pref
+    per turn among the continuations that still fit, ties to the lower candidate index."""
+    counts = [0] * len(value)
+    remaining = budget
+    while True:
+        best, best_ratio = None, 0.0
+        for i in range(len(value)):
+            if counts[i] >= limit[i] or cost[i] > remaining:
+                continue
+            agree = outcome[i] * value[i] + (1.0 - outcome[i]) * (1.0 - value[i])
+            gain = agree ** (already[i] + counts[i]) * (1.0 - agree)
+            if gain > 0 and gain / cost[i] > best_ratio:
+                best, best_ratio = i, gain / cost[i]
+        if best is None:
+            return counts
+        counts[best] += 1
+        remaining -= cost[best]
+
+
+def test_vectorised_prefix_greedy_matches_its_definition_on_random_cases():
+    rng = np.random.default_rng(4)
+    for case in range(400):
+        n = int(rng.integers(0, 25))
+        outcome = rng.integers(0, 2, size=n).astype(np.float64)
+        # Few distinct values give many equal gains, so the tie rule is exercised.
+        value = rng.choice([0.0, 0.25, 0.5, 1.0], size=n) if case % 2 else rng.uniform(0, 1, size=n)
+        cost = rng.integers(1, 5, size=n)
+        limit = rng.integers(0, 4, size=n)
+        already = rng.integers(0, 3, size=n)
+        # Budgets well below the total cost, so moves get skipped for not fitting.
+        budget = int(rng.integers(-1, 20))
+        expected = _greedy_by_definition(outcome, value, cost, limit, already, budget)
+        assert allocate_prefixes_arrays(outcome, value, cost, limit, already, budget).tolist() == expected
+        # Fed in chunks, as the core does over several scheduler calls: the same answer.
+        greedy = PrefixGreedy()
+        cuts = sorted({0, n, *rng.integers(0, n + 1, size=3).tolist()})
+        for a, b in zip(cuts, cuts[1:]):
+            greedy.add(outcome[a:b], value[a:b], cost[a:b], limit[a:b], already[a:b])
+        assert greedy.allocate(budget).tolist() == expected

@@ -10,6 +10,8 @@ ACTORS = [ActorLoad("a0", 0, 1000), ActorLoad("a1", 0, 1000)]
 def _setup(strategy="trace", seed=0, sim=SimulatorConfig(num_prompts=64), **overrides):
     rng = np.random.default_rng(seed)
     prompts = make_prompts(sim, rng)
+    # One call plans a whole round: these tests look at what a round hands out.
+    overrides.setdefault("plan_units_per_call", 10**9)
     cfg = AllocatorCoreConfig(strategy=strategy, step_budget_turns=96, batch_prompts=4, **overrides)
     return AllocatorCore(cfg, [p.task for p in prompts], seed=seed, run_id="test"), SimulatedActor(sim, prompts), rng
 
@@ -248,3 +250,27 @@ def test_tree_ids_carry_the_step_and_an_optional_prefix():
     prefixed = AllocatorCore(core.config, core.task_pool, seed=0, id_prefix="inc1-")
     routed = prefixed.schedule(0.0, ACTORS)
     assert routed and all(r.item.tree_id.startswith("inc1-s0-") for r in routed)
+
+
+def test_a_round_planned_over_many_calls_hands_out_the_same_work():
+    # A tiny per-call planning budget spreads every TRACE round (roots and branches) over
+    # many schedule() calls; what is handed out, in order, must not depend on that.
+    def run(units):
+        core, actor, rng = _setup("trace", plan_units_per_call=units, max_open_steps=1)
+        issued, planning_calls = [], 0
+        for t in range(5000):
+            routed, nodes = _round(core, actor, rng, t * 0.01)
+            planning_calls += not routed and core.busy
+            issued += [(r.item.work_id, r.item.parent_id, r.item.num_samples, r.item.sampling.seed) for r in routed]
+            for n in nodes:
+                core.on_node(n, t * 0.01)
+            if core.pop_completed(t * 0.01):
+                core.on_policy_version(core.policy_version + 1)  # retrains the predictor between steps
+            if core.counters["steps_closed"] >= 3:
+                return issued, planning_calls
+        raise AssertionError("three steps did not close")
+
+    sliced, planning_calls = run(20)
+    whole, no_slicing = run(10**9)
+    assert planning_calls > 50 and no_slicing == 0
+    assert sliced == whole

@@ -12,7 +12,15 @@ def _after_first_round(strategy, **overrides):
     sim = SimulatorConfig(num_prompts=64)
     rng = np.random.default_rng(4)
     prompts = make_prompts(sim, rng)
-    cfg = AllocatorCoreConfig(strategy=strategy, step_budget_turns=128, max_items_per_call=1000, max_open_steps=1, **overrides)
+    # One call plans and hands out a whole round: the tests look at that round.
+    cfg = AllocatorCoreConfig(
+        strategy=strategy,
+        step_budget_turns=128,
+        max_items_per_call=1000,
+        plan_units_per_call=10**9,
+        max_open_steps=1,
+        **overrides,
+    )
     core = AllocatorCore(cfg, [p.task for p in prompts], seed=4)
     actor = SimulatedActor(sim, prompts)
     routed = core.schedule(0.0, ACTORS)
