@@ -38,12 +38,23 @@ _adopt_orphans()
 
 
 def _leftover_children() -> list:
+    """Live descendants; adopted orphans that already exited are only reaped."""
     import psutil
 
     try:
-        return psutil.Process().children(recursive=True)
+        children = psutil.Process().children(recursive=True)
     except psutil.Error:
         return []
+    alive = []
+    for child in children:
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+                continue
+        except (psutil.Error, ChildProcessError):
+            continue
+        alive.append(child)
+    return alive
 
 
 def _describe_leftovers(children: list) -> list[str]:
