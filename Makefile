@@ -27,6 +27,7 @@ bench: install  ## run the benchmark suite; results land in bench/results/
 	$(TRACERL) bench components
 	$(TRACERL) bench throughput
 	$(TRACERL) bench learning
+	$(TRACERL) bench chaos
 
 lint: install  ## static checks
 	$(PY) -m compileall -q actors allocator bench bus environments learner modelkit protocol tracerl tests

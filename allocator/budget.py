@@ -39,6 +39,17 @@ class BudgetLedger:
         self.committed += turns
         self.issued_samples += samples
 
+    def restore(self, turns: int, samples: int) -> None:
+        """Re-commit a reservation found while replaying a step after a restart.
+
+        Unchecked: the replay sees each finished item at its full reservation before
+        ``settle`` brings it down to its use, so a step that was within its budget may pass
+        it in the middle of the replay. Refusing there would leave the rebuilt step with
+        less committed than it used, and free budget it does not have.
+        """
+        self.committed += turns
+        self.issued_samples += samples
+
     def record_turn(self, tokens: int) -> None:
         self.used_turns += 1
         self.used_tokens += tokens

@@ -19,13 +19,17 @@ Step life cycle (one allocator step = one batch for the learner):
 
 Rebuilding after a restart: make a fresh core with the same config and pool, call
 ``on_policy_version`` with the learner's current version, then replay the durable streams:
-``restore_emitted`` for each tree id on the trees stream, ``restore_work`` for each
-WorkItem still pending on the work stream (optional: acked items are gone from it),
-``restore_node`` for each TurnNode on the nodes stream, and ``finish_replay`` once.
+``restore_emitted`` for each tree on the trees stream (its id and node ids; its step is
+closed), ``restore_work`` for each WorkItem still pending on the work stream (optional:
+acked items are gone from it), ``restore_node`` for each TurnNode on the nodes stream, and
+``finish_replay`` once. A node id seen again (replayed, then redelivered) changes nothing.
 Trees, backup statistics, used turns and turn-level work items are rebuilt from the nodes;
 reservations of finished items are settled to their actual use. A replayed step resumes at
 stage 2 (search strategies, whose frontier is not in the streams, finish the restored
 step with the work already issued).
+
+Every node the core will not pass on (late, unknown tree, expired or left-over orphan, not
+on a complete path) is listed by ``pop_dropped``, so that the shell can record it by id.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import dataclasses
 import math
 import re
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,6 +80,9 @@ _STAGE1 = {
     "trace": "trace",
 }
 _FIXED_STAGE2 = {"grpo": "none", "tree-random": "tree-random", "entropy": "entropy", "trace": "trace"}
+
+# Why a received node will never reach the learner; see ``AllocatorCore.pop_dropped``.
+DropReason = Literal["late", "unknown_tree", "orphan_expired", "orphan_at_close", "left_out"]
 
 Issued = tuple[WorkItem, str | None]  # the item and the actor holding its prefix, if any
 Issue = Callable[[float], Issued | None]  # builds, reserves and registers one item at time `now`
@@ -335,6 +342,12 @@ class AllocatorCore:
         self._root_feature_cache: dict[str, tuple[PromptStats, SparseFeatures]] = {}
         self._trees_with_orphans: set[str] = set()
         self._replaying = False
+        # Every node this core decided not to pass on, by id: (reason, tree id, node id).
+        self._dropped: list[tuple[DropReason, str, str]] = []
+        # Replay only: steps with a tree already on the trees stream, and those trees' node
+        # ids (a replayed node of an emitted tree that is not in it was dropped as late).
+        self._emitted_steps: set[int] = set()
+        self._emitted_node_ids: set[str] = set()
         self.counters: Counter[str] = Counter()
         self._closed_budget = Counter()
         # Prequential predictor scores over a sliding window of the most recent samples.
@@ -360,10 +373,12 @@ class AllocatorCore:
     def on_node(self, node: TurnNode, now: float) -> NodeOutcome:
         if node.tree_id in self.emitted:
             self.counters["nodes_late"] += 1
+            self._drop("late", node.tree_id, [node.node_id])
             return "late"
         tree = self.trees.get(node.tree_id)
         if tree is None:
             self.counters["nodes_unknown_tree"] += 1
+            self._drop("unknown_tree", node.tree_id, [node.node_id])
             return "unknown_tree"
         outcome, attached = tree.add(node, now)
         self.counters[f"nodes_{outcome}"] += 1
@@ -389,8 +404,19 @@ class AllocatorCore:
                     record.settled = True
         return outcome
 
-    def restore_emitted(self, tree_id: str) -> None:
+    def restore_emitted(self, tree_id: str, node_ids: Sequence[str] = ()) -> None:
+        """Replay one CompletedTree from the trees stream: its id and the node ids it holds.
+
+        Its step counts as closed (steps emit all their trees at once), so new steps get new
+        indices and hence new tree ids, and a replayed node of that step outside these trees
+        is recorded as dropped ("late").
+        """
         self.emitted.add(tree_id)
+        self._emitted_node_ids.update(node_ids)
+        step_index = step_of_tree(tree_id)
+        if step_index is not None:
+            self._emitted_steps.add(step_index)
+            self._next_step = max(self._next_step, step_index + 1)
 
     def _restored_tree(self, tree_id: str, task: TaskSpec, now: float) -> RolloutTree | None:
         """The tree (and step) of a replayed message, created on first sight."""
@@ -400,6 +426,10 @@ class AllocatorCore:
         step_index = step_of_tree(tree_id)
         if step_index is None:
             self.counters["restore_foreign_tree_ids"] += 1
+            return None
+        if step_index in self._emitted_steps:
+            # A tree its step closed without (no complete path): reopening the step would
+            # emit a second batch for a step the learner has already taken.
             return None
         step = self.steps.get(step_index)
         if step is None:
@@ -432,10 +462,7 @@ class AllocatorCore:
             return
         step = self.steps[tree.step]
         reserved = item.num_samples * item.max_turns
-        if step.budget.can_reserve(reserved):
-            step.budget.reserve(reserved, item.num_samples)
-        else:
-            self.counters["restore_over_budget"] += 1
+        step.budget.restore(reserved, item.num_samples)
         self._register_work(
             step, tree, WorkRecord(item.work_id, item.parent_id, item.prefix_depth, item.num_samples, item.max_turns, reserved)
         )
@@ -449,12 +476,15 @@ class AllocatorCore:
         ``finish_replay`` once every chain seen has ended. A chain that was still running
         keeps its item outstanding until its nodes arrive or the step times out.
         """
-        if node.tree_id in self.emitted:
+        if node.tree_id in self.emitted or step_of_tree(node.tree_id) in self._emitted_steps:
             self.counters["nodes_late"] += 1
+            if node.node_id not in self._emitted_node_ids:
+                self._drop("late", node.tree_id, [node.node_id])
             return "late"
         tree = self._restored_tree(node.tree_id, node.task, now)
         if tree is None:
             self.counters["nodes_unknown_tree"] += 1
+            self._drop("unknown_tree", node.tree_id, [node.node_id])
             return "unknown_tree"
         step = self.steps[tree.step]
         record = tree.work.get(node.work_id)
@@ -474,10 +504,7 @@ class AllocatorCore:
                 origin.expansions += 1
                 origin.pending_children += 1
             step.outstanding_samples += 1
-            if step.budget.can_reserve(record.max_turns):
-                step.budget.reserve(record.max_turns, 1)
-            else:
-                self.counters["restore_over_budget"] += 1
+            step.budget.restore(record.max_turns, 1)
         self._replaying = True
         try:
             return self.on_node(node, now)
@@ -486,11 +513,19 @@ class AllocatorCore:
 
     def finish_replay(self) -> None:
         """Settle rebuilt work items whose chains have all ended; call once after replay."""
+        self._emitted_node_ids.clear()
+        if self._base_version is None and self._next_step:
+            # Only closed steps were replayed: take the learner as caught up with them, so the
+            # next step opens now. Assuming it had trained none of them instead would hold new
+            # steps for versions that only those steps' updates would bring.
+            self._base_version = self.policy_version - self._next_step
         for step in self.steps.values():
             for tree_id in step.tree_ids:
                 for record in self.trees[tree_id].work.values():
                     if record.synthesized and record.finished and not record.settled:
                         self._settle(step, record)
+            if step.budget.committed > step.budget.total_turns:
+                self.counters["restore_over_budget"] += 1
 
     def _settle(self, step: StepState, record: WorkRecord) -> None:
         record.settled = True
@@ -549,10 +584,34 @@ class AllocatorCore:
         again right away (after serving its other tasks) instead of a tick later."""
         return any(step.job is not None or step.queue for step in self.steps.values())
 
+    def is_outstanding(self, tree_id: str, work_id: str) -> bool:
+        """Whether a work item issued for an open tree still has chains to come back."""
+        tree = self.trees.get(tree_id)
+        record = tree.work.get(work_id) if tree is not None else None
+        return record is not None and not record.finished
+
     def pop_completed(self, now: float) -> list[CompletedTree]:
         self._expire(now)
         out, self._completed = self._completed, []
         return out
+
+    def pop_dropped(self) -> list[tuple[DropReason, str, str]]:
+        """(reason, tree id, node id) of every received node dropped since the last call.
+
+        The shell records them durably before publishing the trees that closed with them,
+        so a run can be reconciled node by node: every node on the nodes stream is in a
+        CompletedTree or here (counters alone cannot say which, nor survive a crash).
+        """
+        out, self._dropped = self._dropped, []
+        return out
+
+    def held_nodes(self) -> list[tuple[str, list[str]]]:
+        """(tree id, node ids) of every open tree, orphans included: what a stop leaves in
+        the streams for the next incarnation's replay."""
+        return [(tree_id, [*tree.nodes, *sorted(tree.orphan_ids)]) for tree_id, tree in self.trees.items()]
+
+    def _drop(self, reason: DropReason, tree_id: str, node_ids: Iterable[str]) -> None:
+        self._dropped.extend((reason, tree_id, node_id) for node_id in node_ids)
 
     def _expire(self, now: float) -> None:
         for tree_id in list(self._trees_with_orphans):
@@ -560,7 +619,8 @@ class AllocatorCore:
             if tree is not None:
                 dropped = tree.expire_orphans(now, self.config.orphan_timeout_s)
                 if dropped:
-                    self.counters["orphans_dropped"] += dropped
+                    self.counters["orphans_dropped"] += len(dropped)
+                    self._drop("orphan_expired", tree_id, dropped)
             if tree is None or not tree.orphans:
                 self._trees_with_orphans.discard(tree_id)
         for index in sorted(self.steps):
@@ -1061,9 +1121,13 @@ class AllocatorCore:
                 continue
             self.emitted.add(tree_id)
             self.counters["orphans_dropped"] += len(tree.orphan_ids)
+            self._drop("orphan_at_close", tree_id, sorted(tree.orphan_ids))
             status = "partial" if tree.outstanding_work else "complete"
             completed, left_out = tree.to_completed(run_id=self.run_id, strategy=self.config.strategy, status=status, now=now)
             self.counters["nodes_left_out"] += left_out
+            if left_out:
+                kept = {n.node_id for n in completed.nodes} if completed is not None else set()
+                self._drop("left_out", tree_id, [i for i in tree.nodes if i not in kept])
             if completed is None:
                 self.counters["trees_dropped"] += 1
                 self._root_features.pop(tree_id, None)

@@ -4,6 +4,21 @@ It moves data only: TurnNodes from the nodes stream into the core, the learner's
 version from the KV bucket into the core, the core's routed WorkItems onto the work
 subjects, and finished trees onto the trees stream. Held-out probes ride the same actors
 and are tallied by ``allocator.heldout``.
+
+A restarted allocator first rebuilds its core from the run's streams (``rebuild_from_streams``:
+the trees already emitted, the work still queued, every node received), then consumes
+live. Nodes the replay has applied are acked without a second pass through the core when
+the durable consumer redelivers them.
+
+Work routed to an actor's own subject (its prefix is in that actor's KV cache) waits there
+for that actor. When the actor is gone (no heartbeat within ``actor_timeout_s``, or
+deregistered), the allocator sends the unfinished items to the shared queue again; if the
+actor comes back and runs its copy too, the nodes carry the same ids and are stored once.
+
+Every node the core drops is recorded by id in ``metrics/allocator_drops.jsonl`` before
+the trees of its step are published, and a clean stop records the nodes its open trees
+hold in ``metrics/allocator_held.jsonl``, so a run can be reconciled node by node
+(``bench.chaos``).
 """
 
 from __future__ import annotations
@@ -12,19 +27,26 @@ import asyncio
 import contextlib
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from allocator.config import AllocatorConfig
 from allocator.core import ActorLoad, AllocatorCore, RoutedWork
 from allocator.heldout import HeldoutProbes, is_probe_tree
 from bus.client import BusClient, Delivery
+from bus.streams import read_stream, read_work_queue, stream_extent
 from environments.registry import make_env, make_tasks
-from protocol import Heartbeat, TaskSpec, TurnNode, WorkItem
+from protocol import CompletedTree, Heartbeat, ProtocolError, TaskSpec, TurnNode, WorkItem
 from tracerl.config import write_resolved_config
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter
 
 log = get_logger(__name__)
+
+DROPS_METRICS = "allocator_drops"
+# Written once at a clean stop: the node ids held in open trees, which a restarted allocator
+# would replay. Only the last incarnation's record describes the end of a run.
+HELD_METRICS = "allocator_held"
 
 
 def live_actor_loads(actors: dict[str, Heartbeat], now: float, timeout_s: float) -> list[ActorLoad]:
@@ -50,6 +72,82 @@ class PromptTexts:
         return text
 
 
+@dataclass(frozen=True)
+class ReplaySummary:
+    """What a restarted allocator rebuilt its core from."""
+
+    policy_version: int
+    trees: int
+    work_items: int
+    nodes: int
+    # The last nodes-stream sequence applied: the durable's redeliveries up to it are skipped.
+    nodes_until_seq: int
+    # Node outcomes in the replay (accepted, duplicate, late, ...) and undecodable messages.
+    node_outcomes: dict[str, int]
+    rejected: int
+    open_steps: int
+    open_trees: int
+    seconds: float
+
+
+async def rebuild_from_streams(
+    core: AllocatorCore, bus: BusClient, now: float
+) -> tuple[ReplaySummary, dict[str, tuple[str, WorkItem]]]:
+    """Replay the run's streams into a fresh ``core`` (see ``allocator.core``'s docstring).
+
+    The nodes stream is read up to its last sequence at the start: nodes stored later come
+    through the durable consumer like any live node. Held-out probe messages are skipped;
+    an interrupted probe is simply not tallied. Also returns the queued items that wait on
+    an actor's own subject, by work id, with that actor's id.
+    """
+    started = time.monotonic()
+    s = bus.subjects
+    version = await bus.get_policy_version() or 0
+    core.on_policy_version(version)
+    nodes_until = (await stream_extent(bus.js, s.nodes_stream)).last_seq
+    rejected = trees = work_items = nodes = 0
+    async for _, tree in read_stream(bus.js, s.trees_stream, s.trees, CompletedTree):
+        if isinstance(tree, ProtocolError):
+            rejected += 1
+            continue
+        core.restore_emitted(tree.tree_id, [n.node_id for n in tree.nodes])
+        trees += 1
+    routed: dict[str, tuple[str, WorkItem]] = {}
+    actor_prefix = s.work_for_actor("x")[:-1]
+    async for _, subject, item in read_work_queue(bus.js, s.work_stream, s.work_all, WorkItem):
+        if isinstance(item, ProtocolError):
+            rejected += 1
+            continue
+        if not is_probe_tree(item.tree_id):
+            core.restore_work(item, now)
+            work_items += 1
+            if subject.startswith(actor_prefix):
+                routed[item.work_id] = (subject[len(actor_prefix) :], item)
+    outcomes: dict[str, int] = {}
+    async for _, node in read_stream(bus.js, s.nodes_stream, s.nodes, TurnNode, until_seq=nodes_until):
+        if isinstance(node, ProtocolError):
+            rejected += 1
+            continue
+        if not is_probe_tree(node.tree_id):
+            outcome = core.restore_node(node, now)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            nodes += 1
+    core.finish_replay()
+    summary = ReplaySummary(
+        policy_version=version,
+        trees=trees,
+        work_items=work_items,
+        nodes=nodes,
+        nodes_until_seq=nodes_until,
+        node_outcomes=outcomes,
+        rejected=rejected,
+        open_steps=len(core.steps),
+        open_trees=len(core.trees),
+        seconds=time.monotonic() - started,
+    )
+    return summary, routed
+
+
 class AllocatorService:
     def __init__(self, config: AllocatorConfig, bus: BusClient) -> None:
         self.config = config
@@ -59,6 +157,12 @@ class AllocatorService:
         self.core = AllocatorCore(config.core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts())
         self.probes = HeldoutProbes(config.heldout, heldout, config.run.run_id)
         self.metrics = MetricsWriter(config.run.run_dir, "allocator")
+        self.drops = MetricsWriter(config.run.run_dir, DROPS_METRICS)
+        self.nodes_dropped = 0
+        # Nodes up to this stream sequence were applied by the replay at start.
+        self.replayed_until_seq = 0
+        self.replay_skipped = 0
+        self.incarnation = time.time()
         self.actors: list[ActorLoad] = []
         self.steps_emitted = 0
         self.trees_emitted = 0
@@ -66,6 +170,10 @@ class AllocatorService:
         self.publish_failures = 0
         # (subject, message, msg id) decided by the core or the probes, not yet acked by the bus.
         self.outbox: list[tuple[str, Any, str]] = []
+        # Work id -> (actor id, item) of items sent to an actor's own subject, until finished.
+        self.routed: dict[str, tuple[str, WorkItem]] = {}
+        self.rerouted = 0
+        self.registry_read = False
         self.stop = asyncio.Event()
 
     async def on_node(self, node: TurnNode, delivery: Delivery) -> None:
@@ -73,18 +181,71 @@ class AllocatorService:
         if is_probe_tree(node.tree_id):
             self.probes.on_node(node, now)
             return
+        if delivery.stream_sequence <= self.replayed_until_seq:
+            # Unacked by the previous incarnation, already applied by the replay.
+            self.replay_skipped += 1
+            return
         outcome = self.core.on_node(node, now)
         if outcome != "accepted":
             log.debug("node_not_accepted", node_id=node.node_id, tree_id=node.tree_id, outcome=outcome)
+            # Written before the ack, so a crash cannot lose the record of a late node.
+            self.record_drops(now)
+
+    def record_drops(self, now: float) -> None:
+        """Append the core's dropped node ids, one line per (reason, tree), flushed at once."""
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for reason, tree_id, node_id in self.core.pop_dropped():
+            grouped.setdefault((reason, tree_id), []).append(node_id)
+        for (reason, tree_id), node_ids in grouped.items():
+            self.drops.write({"reason": reason, "tree_id": tree_id, "node_ids": node_ids}, now)
+            self.nodes_dropped += len(node_ids)
+
+    def record_held(self, now: float) -> None:
+        # Trees still in the outbox were never published: a replay closes their steps again.
+        unpublished = [
+            (m.tree_id, [n.node_id for n in m.nodes]) for _, m, _ in self.outbox if isinstance(m, CompletedTree)
+        ]
+        held = self.core.held_nodes() + unpublished
+        writer = MetricsWriter(self.config.run.run_dir, HELD_METRICS)
+        try:
+            for tree_id, node_ids in held:
+                writer.write({"incarnation": self.incarnation, "tree_id": tree_id, "node_ids": node_ids}, now)
+            # An empty stop is recorded too, so a reader can tell "nothing held" from "no record".
+            writer.write({"incarnation": self.incarnation, "stopped": True, "trees": len(held)}, now)
+        finally:
+            writer.close()
+        log.info("allocator_held_nodes", trees=len(held), nodes=sum(len(ids) for _, ids in held))
 
     def queue_work(self, routed: list[RoutedWork]) -> None:
         subjects = self.bus.subjects
         for r in routed:
             subject = subjects.work_for_actor(r.target) if r.target else subjects.work_shared
             self.outbox.append((subject, r.item, r.item.work_id))
+            if r.target:
+                self.routed[r.item.work_id] = (r.target, r.item)
+
+    def reroute_stranded(self) -> None:
+        """Send unfinished work routed to actors that are gone to the shared queue."""
+        if not self.registry_read:  # before the first read every actor would look gone
+            return
+        live = {a.actor_id for a in self.actors}
+        moved: dict[str, int] = {}
+        for work_id, (actor_id, item) in list(self.routed.items()):
+            if not self.core.is_outstanding(item.tree_id, work_id):
+                del self.routed[work_id]
+            elif actor_id not in live:
+                # A new message id: the stream would drop the item's own id as a duplicate.
+                self.outbox.append((self.bus.subjects.work_shared, item, f"{work_id}.rerouted"))
+                del self.routed[work_id]
+                moved[actor_id] = moved.get(actor_id, 0) + 1
+        if moved:
+            self.rerouted += sum(moved.values())
+            log.warning("work_rerouted_from_gone_actors", items=moved)
 
     def queue_trees(self, now: float) -> None:
         trees = self.core.pop_completed(now)
+        # Before the trees go out: after a crash in between, the replay closes the step again.
+        self.record_drops(now)
         for tree in trees:
             self.outbox.append((self.bus.subjects.trees, tree, tree.tree_id))
         if trees:
@@ -112,12 +273,19 @@ class AllocatorService:
         self.work_published += sum(1 for _, msg, _ in batch if isinstance(msg, WorkItem))
 
     async def watch_policy(self) -> None:
-        async for announcement in self.bus.watch_weights():
-            self.core.on_policy_version(announcement.policy_version)
-            if self.probes.due(announcement.policy_version):
-                self.queue_probe(announcement.policy_version)
-            if self.stop.is_set():
-                return
+        while not self.stop.is_set():
+            try:
+                async for announcement in self.bus.watch_weights():
+                    self.core.on_policy_version(announcement.policy_version)
+                    if self.probes.due(announcement.policy_version):
+                        self.queue_probe(announcement.policy_version)
+                    if self.stop.is_set():
+                        return
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - a lost watch is re-established
+                log.warning("weights_watch_failed", error=repr(err))
+                await _sleep_or_stop(self.stop, 1.0)
 
     def queue_probe(self, version: int) -> None:
         items = self.probes.plan(version, time.time())
@@ -130,6 +298,8 @@ class AllocatorService:
             try:
                 beats = await self.bus.get_actors()
                 self.actors = live_actor_loads(beats, time.time(), self.config.actor_timeout_s)
+                self.registry_read = True
+                self.reroute_stranded()
             except Exception as err:  # noqa: BLE001 - keep the last known registry and retry
                 log.warning("actor_registry_read_failed", error=repr(err))
             await _sleep_or_stop(self.stop, self.config.registry_interval_s)
@@ -167,6 +337,9 @@ class AllocatorService:
             work_published=self.work_published,
             publish_failures=self.publish_failures,
             outbox=len(self.outbox),
+            nodes_dropped=self.nodes_dropped,
+            work_rerouted=self.rerouted,
+            replay_skipped=self.replay_skipped,
         )
         self.metrics.write(record, now)
         for result in self.probes.pop_results():
@@ -195,6 +368,10 @@ async def serve(config: AllocatorConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, service.stop.set)
     nodes = await bus.pull_consumer(bus.subjects.nodes_stream, bus.subjects.allocator_consumer, TurnNode)
+    replay, service.routed = await rebuild_from_streams(service.core, bus, time.time())
+    service.replayed_until_seq = replay.nodes_until_seq
+    service.record_drops(time.time())
+    log.info("allocator_rebuilt", **replay.__dict__)
     log.info("allocator_started", strategy=config.core.strategy, env=config.tasks.env, pool=len(service.core.task_pool))
     tasks = [
         asyncio.create_task(nodes.run(service.on_node, service.stop, batch=256, timeout=0.2)),
@@ -210,7 +387,10 @@ async def serve(config: AllocatorConfig) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(service.flush_outbox(), timeout=config.bus.request_timeout_s)
     service.write_metrics()
+    service.record_drops(time.time())
+    service.record_held(time.time())
     service.metrics.close()
+    service.drops.close()
     await nodes.close()
     await bus.close()
     log.info("allocator_stopped", trees=service.trees_emitted, steps=service.steps_emitted)

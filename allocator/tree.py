@@ -160,12 +160,14 @@ class RolloutTree:
             return True
         return record is not None and node.depth >= record.prefix_depth + record.max_turns
 
-    def expire_orphans(self, now: float, timeout_s: float) -> int:
-        dropped = 0
+    def expire_orphans(self, now: float, timeout_s: float) -> list[str]:
+        """Drop orphans older than ``timeout_s``; returns their node ids."""
+        dropped: list[str] = []
         for parent_id in list(self.orphans):
             kept = [(n, t) for n, t in self.orphans[parent_id] if now - t <= timeout_s]
-            dropped += len(self.orphans[parent_id]) - len(kept)
-            self.orphan_ids.difference_update(n.node_id for n, t in self.orphans[parent_id] if now - t > timeout_s)
+            expired = [n.node_id for n, t in self.orphans[parent_id] if now - t > timeout_s]
+            dropped.extend(expired)
+            self.orphan_ids.difference_update(expired)
             if kept:
                 self.orphans[parent_id] = kept
             else:

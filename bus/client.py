@@ -167,7 +167,12 @@ class BusClient:
     async def close(self) -> None:
         self._closing = True
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+            try:
+                await self.nc.drain()
+            except nats.errors.Error:
+                # Reconnecting (the server is restarting) or a drain that timed out: nothing
+                # more can be flushed, and a role stopping then must still exit cleanly.
+                await self.nc.close()
         self.nc, self._js = None, None
 
     async def __aenter__(self) -> BusClient:
@@ -294,19 +299,44 @@ class BusClient:
         announcement = await self.get_weights_announcement()
         return None if announcement is None else announcement.policy_version
 
-    async def watch_weights(self) -> AsyncIterator[WeightsAnnouncement]:
-        """Yield the current announcement (if any), then every new one, until the caller stops."""
-        kv = await self._state()
-        watcher = await kv.watch(Subjects.POLICY_VERSION_KEY, ignore_deletes=True)
+    async def watch_weights(self, poll_interval_s: float = 2.0) -> AsyncIterator[WeightsAnnouncement]:
+        """Yield the current announcement (if any), then each one with a higher version.
+
+        The key is re-read on every announce nudge and at least every ``poll_interval_s``.
+        Not a KV watch: that is an ephemeral consumer which a restarted nats-server forgets
+        without telling the client, and the watch then waits forever. The nudge is a core
+        subscription, which nats-py restores on reconnect; the poll covers nudges sent
+        while this client was disconnected. Read failures are counted and retried.
+        """
+        assert self.nc is not None
+        nudged = asyncio.Event()
+
+        async def on_nudge(msg: Msg) -> None:
+            nudged.set()
+
+        sub = await self.nc.subscribe(self.subjects.weights_announce, cb=on_nudge)
+        last: WeightsAnnouncement | None = None
         try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial state
-                    continue
-                announcement = self._decode_entry(entry.value, WeightsAnnouncement, entry.key)
-                if announcement is not None:
-                    yield announcement
+            while True:
+                nudged.clear()
+                try:
+                    current = await self.get_weights_announcement()
+                except _ERRORS_NOT_FATAL as err:
+                    self._counters["weights_read_failed"] += 1
+                    log.debug("weights_read_failed", error=repr(err))
+                    current = None
+                if current is not None and (last is None or current.policy_version > last.policy_version):
+                    last = current
+                    yield current
+                try:
+                    await asyncio.wait_for(nudged.wait(), timeout=poll_interval_s)
+                except asyncio.TimeoutError:
+                    pass
         finally:
-            await watcher.stop()
+            try:
+                await sub.unsubscribe()
+            except _ERRORS_NOT_FATAL:
+                pass
 
     def _decode_entry(self, raw: bytes | None, expected: type[T], key: str) -> T | None:
         try:

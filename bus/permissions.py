@@ -10,7 +10,8 @@ Policy (see PLATFORM-NOTES "NATS roles, permissions"):
 - ``actor`` publishes TurnNodes and dead letters, pulls from the shared work consumer,
   reads the weights object store and the state KV bucket, and writes only registry keys
   ``actors.<id>`` (never ``policy_version``, never the weights bucket).
-- ``allocator`` consumes nodes, publishes work and trees, reads the state KV bucket.
+- ``allocator`` consumes nodes, publishes work and trees, reads the state KV bucket, and
+  may read (never consume) the nodes, trees and work streams to rebuild after a restart.
 - ``learner`` consumes trees, writes the weights object store, the ``policy_version`` key
   and the weights announcement.
 
@@ -80,6 +81,18 @@ def _read_via_ordered_consumer(stream: str) -> list[str]:
     ]
 
 
+def _replay_stream(stream: str) -> list[str]:
+    # Only the unnamed create of an ephemeral ordered consumer: no named consumer (such as
+    # the learner's durable on the trees stream) can be created, changed or deleted.
+    return [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.FC.{stream}.>", f"$JS.API.STREAM.INFO.{stream}"]
+
+
+def _read_work_queue(stream: str) -> list[str]:
+    # A work-queue stream refuses consumers overlapping the actors' durables, so a replay
+    # reads its pending items by sequence; MSG.GET never acknowledges or removes them.
+    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.STREAM.MSG.GET.{stream}"]
+
+
 def _read_state(s: Subjects) -> list[str]:
     return _read_via_ordered_consumer(kv_stream(s.state_bucket))
 
@@ -110,6 +123,10 @@ def _role_publish(role: str, s: Subjects) -> list[str]:
             s.trees,
             s.dead_letter,
             *_pull_consumer(s.nodes_stream, s.allocator_consumer),
+            # Rebuilding after a restart (allocator.service.rebuild_from_streams).
+            *_replay_stream(s.nodes_stream),
+            *_replay_stream(s.trees_stream),
+            *_read_work_queue(s.work_stream),
             *_read_state(s),
         ]
     if role == "learner":

@@ -32,6 +32,8 @@ from tracerl.metrics import MetricsWriter
 
 log = get_logger(__name__)
 
+WEIGHTS_METRICS = "learner_weights"
+
 # Weights rotate through a few object names so that an actor still fetching version v is
 # not cut off by v+1; its sha256 check catches the rare overwrite of a slow fetch.
 WEIGHT_SLOTS = 3
@@ -66,6 +68,8 @@ class LearnerService:
         self.bus = bus
         self.batcher = StepBatcher(config.training.trees_per_step, config.training.step_wait_s)
         self.metrics = MetricsWriter(config.run.run_dir, "learner")
+        # Every announcement in order, across restarts: versions must only go up.
+        self.announcements = MetricsWriter(config.run.run_dir, WEIGHTS_METRICS)
         self.stop = asyncio.Event()
         self.trees_received = 0
         self.trees_trained = 0
@@ -100,11 +104,19 @@ class LearnerService:
                 log.warning("weights_publish_failed_will_retry", policy_version=version, error=repr(err))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+        self.announcements.write(
+            {"policy_version": version, "sha256": announcement.sha256, "steps_done": self.trainer.steps_done}
+        )
         log.info("weights_published", policy_version=version, bytes=len(blob), object=name)
         return announcement
 
     async def train_ready_batches(self) -> None:
         while not self.stop.is_set():
+            if self.config.training.max_steps and self.trainer.steps_done >= self.config.training.max_steps:
+                # Also after a restart from the checkpoint of the last step: no step past the limit.
+                log.info("max_steps_reached", steps=self.trainer.steps_done)
+                self.stop.set()
+                return
             batch = self.batcher.next_batch(time.time())
             if batch is None:
                 return
@@ -132,11 +144,10 @@ class LearnerService:
                 effective_ratio=round(record["batch.effective_ratio"], 3),
                 seconds=round(seconds, 2),
             )
-            await self.publish_weights()
+            # Checkpoint first: a version announced and then lost in a crash would be announced
+            # again, with other weights, by the restarted learner (versions must only go up).
             await asyncio.to_thread(self.trainer.save_rolling_checkpoint)
-            if self.config.training.max_steps and self.trainer.steps_done >= self.config.training.max_steps:
-                log.info("max_steps_reached", steps=self.trainer.steps_done)
-                self.stop.set()
+            await self.publish_weights()
 
     async def train_loop(self) -> None:
         while not self.stop.is_set():
@@ -171,14 +182,14 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> None:
     await service.publish_weights()
     trees = await bus.pull_consumer(bus.subjects.trees_stream, bus.subjects.learner_consumer, CompletedTree)
     log.info("learner_started", policy_version=trainer.policy_version, world_size=trainer.world_size)
-    tasks = [
-        asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5)),
-        asyncio.create_task(service.train_loop()),
-    ]
+    consume = asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5))
+    train = asyncio.create_task(service.train_loop())
     await service.stop.wait()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    consume.cancel()
+    # The train loop is not cancelled: it ends after the step it is in. Its update and its
+    # checkpoint run in a thread that a cancel would not stop, and that half-written
+    # checkpoint would collide with the final one below.
+    await asyncio.gather(consume, train, return_exceptions=True)
     if trainer.world_size > 1:
         trainer.share_batch([])  # tells the other ranks to stop
     if trainer.steps_done:
@@ -186,6 +197,7 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> None:
     final_dir = Path(config.run.run_dir) / "final_model"
     await asyncio.to_thread(trainer.export_model_dir, final_dir)
     service.metrics.close()
+    service.announcements.close()
     await trees.close()
     await bus.close()
     log.info("learner_stopped", steps=trainer.steps_done, final_model=str(final_dir))

@@ -208,12 +208,13 @@ class Trainer:
                 float(unpacked_action_tokens),
                 float(sum(rejected.values())),
                 sum(float(p.batch.target_weight[p.target_advantage.abs() > 1e-12].sum()) for p in prepared),
+                sum(self._weight_past_bound(p) for p in prepared),
             ],
             dtype=torch.float64,
             device=device,
         )
         reduced = self.accelerator.reduce(local, "sum").tolist()
-        token_weight, groups, stale_total, action_total, rejected_total, informative = reduced
+        token_weight, groups, stale_total, action_total, rejected_total, informative, past_bound = reduced
         metrics: dict[str, Any] = {
             "policy_version": self.policy_version,
             "trees": len(trees),
@@ -224,6 +225,8 @@ class Trainer:
             "nonzero_advantage_token_share": informative / token_weight if token_weight else 0.0,
             "stale_tokens": stale_total,
             "stale_token_share": stale_total / action_total if action_total else 0.0,
+            # Checked on what reaches the loss, independently of how staleness is masked: must be 0.
+            "trained_tokens_past_bound": past_bound,
         }
         if token_weight == 0 or groups == 0:
             log.warning("step_skipped", reason="nothing_to_train", **metrics)
@@ -266,6 +269,12 @@ class Trainer:
         metrics["policy_version"] = self.policy_version
         log.info("train_step", **{k: v for k, v in metrics.items() if k != "rejected_reasons_local"})
         return {**metrics, "skipped": False}
+
+    def _weight_past_bound(self, item: _PreparedTree) -> float:
+        """Loss weight on tokens sampled more than ``staleness_eta`` versions before this one."""
+        versions = torch.tensor(item.tree.policy_version, dtype=torch.long)[item.batch.target_node]
+        past = (self.policy_version - versions) > self.config.training.staleness_eta
+        return float(item.batch.target_weight[past].sum())
 
     def _accumulate_gradients(
         self,

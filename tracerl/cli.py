@@ -278,3 +278,58 @@ def bench_components() -> None:
     if failed:
         typer.echo(f"failed: {', '.join(failed)}", err=True)
         raise typer.Exit(1)
+
+
+@bench_app.command("chaos")
+def bench_chaos(
+    seed: Annotated[int, typer.Option(help="Seeds the order and timing of the faults and which actor dies.")] = 0,
+    actions: Annotated[str, typer.Option(help="Comma-separated faults, each once.")] = (
+        "kill_actor,kill_learner,kill_allocator,restart_bus"
+    ),
+    first_step: Annotated[int, typer.Option(help="Learner steps before the first fault.")] = 2,
+    steps_between: Annotated[int, typer.Option(help="Learner steps between faults.")] = 2,
+    steps_after: Annotated[int, typer.Option(help="Learner steps after the last fault.")] = 2,
+    max_delay_s: Annotated[float, typer.Option(help="Longest random delay of a fault after its learner step.")] = 4.0,
+    config: ConfigOption = None,
+    set_: BenchSetOption = None,
+    work_dir: Annotated[Path, typer.Option(help="Where the run directory goes (<work_dir>/chaos-s<seed>).")] = Path(
+        "runs/bench-chaos"
+    ),
+    timeout_s: Annotated[float, typer.Option(help="Limit for the whole run in seconds.")] = 1800.0,
+    results_dir: Annotated[
+        Path | None, typer.Option(help="Where chaos.json and chaos.md go (default bench/results).", show_default=False)
+    ] = None,
+) -> None:
+    """A real run (bus, allocator, 2 actors, learner) under a seeded schedule of SIGKILLs (an actor, replaced
+    by a new one; the learner; the allocator) and a nats-server restart; then every accepted TurnNode is
+    reconciled against the CompletedTrees and the allocator's recorded drops. Writes bench/results/chaos.{md,json};
+    exits 1 if anything was lost or duplicated, a token was trained past the staleness bound, or a policy
+    version went down."""
+    import json
+
+    from bench.chaos import ChaosOptions, chaos_markdown, run_chaos
+
+    load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast on a bad override
+    overrides = [f"run.run_id=chaos-s{seed}", f"run.run_dir={work_dir / f'chaos-s{seed}'}"]
+    if config is not None:
+        import yaml
+
+        overrides += [f"{k}={json.dumps(v)}" for k, v in _flatten(yaml.safe_load(config.read_text()) or {}).items()]
+    overrides += list(set_ or [])
+    try:
+        options = ChaosOptions(
+            seed=seed,
+            actions=tuple(a.strip() for a in actions.split(",") if a.strip()),
+            first_step=first_step,
+            steps_between=steps_between,
+            steps_after=steps_after,
+            max_delay_s=max_delay_s,
+            timeout_s=timeout_s,
+            results_dir=str(results_dir) if results_dir else None,
+        )
+    except ValueError as err:
+        typer.echo(f"tracerl bench chaos: {err}", err=True)
+        raise typer.Exit(2) from None
+    result = run_chaos(options, overrides)
+    typer.echo(chaos_markdown(result))
+    raise typer.Exit(0 if result.ok else 1)

@@ -6,6 +6,7 @@ by hand on separate hosts; this module only adds the bookkeeping of doing that f
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -41,10 +42,18 @@ class ManagedProcess:
     popen: subprocess.Popen
     log_path: Path
     cpus: list[int] = field(default_factory=list)
+    # What start() was given, so restart() can run the same role again.
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    # Killed on purpose (kill/restart): its exit is not a failure.
+    killed: bool = False
 
     @property
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 class Supervisor:
@@ -52,6 +61,40 @@ class Supervisor:
         self.log_dir = Path(run_dir) / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, ManagedProcess] = {}
+
+    def adopt_orphans(self) -> None:
+        """Become the parent of every role's descendants whose parent dies (Linux).
+
+        A role killed with its process group leaves its helpers (vLLM's engine core,
+        nats-server) as zombies of whichever ancestor reaps orphans; after this call that
+        is this process, and ``reap_orphans`` collects them.
+        """
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+    def reap_orphans(self, kill: bool = False) -> int:
+        """Collect adopted children that have exited (with ``kill``, SIGKILL the living ones
+        first); the roles' own processes are left to their Popen."""
+        import psutil
+
+        own = {p.popen.pid for p in self.processes.values()}
+        reaped = 0
+        for child in psutil.Process().children():
+            if child.pid in own:
+                continue
+            try:
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    # Blocking only when cleaning up for good: a big process's leader shows as
+                    # a zombie while its other threads still tear down, which takes seconds.
+                    pid, _ = os.waitpid(child.pid, 0 if kill else os.WNOHANG)
+                    reaped += int(pid != 0)
+                elif kill:
+                    child.kill()
+                    child.wait(timeout=5)  # psutil reaps a child it waits for
+                    reaped += 1
+            except (psutil.Error, ChildProcessError):
+                pass
+        return reaped
 
     def start(self, name: str, args: list[str], cpus: list[int] | None = None, env: dict[str, str] | None = None) -> ManagedProcess:
         """Run ``tracerl ARGS`` (the same CLI a user types) as process ``name``."""
@@ -73,17 +116,28 @@ class Supervisor:
             popen = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, preexec_fn=pin
             )
-        proc = ManagedProcess(name, argv, popen, log_path, cores)
+        proc = ManagedProcess(name, argv, popen, log_path, cores, list(args), dict(env or {}))
         self.processes[name] = proc
         log.info("process_started", name=name, pid=popen.pid, cpus=cores or "any")
         return proc
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.processes[name]
+        proc.killed = True
         if proc.alive:
             os.killpg(proc.popen.pid, sig)
             proc.popen.wait()
         log.info("process_killed", name=name, signal=signal.Signals(sig).name)
+
+    def restart(self, name: str, sig: int = signal.SIGKILL) -> ManagedProcess:
+        """Kill ``name`` (with its whole process group) and start it again, same arguments.
+
+        The one way a role is crashed and brought back (``tracerl bench chaos``): a role
+        must recover from its own durable state, exactly as after a crash of its host.
+        """
+        old = self.processes[name]
+        self.kill(name, sig)
+        return self.start(name, old.args, old.cpus, old.env)
 
     def stop(self, name: str, timeout_s: float = 20.0) -> int | None:
         proc = self.processes[name]
@@ -112,7 +166,9 @@ class Supervisor:
                 self.stop(name, timeout_s)
 
     def failed(self) -> list[ManagedProcess]:
-        return [p for p in self.processes.values() if not p.alive and p.popen.returncode not in (0, None)]
+        return [
+            p for p in self.processes.values() if not p.alive and not p.killed and p.popen.returncode not in (0, None)
+        ]
 
     def tail(self, name: str, lines: int = 20) -> str:
         path = self.processes[name].log_path

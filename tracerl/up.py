@@ -52,6 +52,45 @@ def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> 
     return configs
 
 
+def write_role_configs(up: UpConfig, model_dir: str) -> tuple[dict[str, Any], Path]:
+    """Every role's config on fresh ports, written to ``<run_dir>/config/<name>.yaml``."""
+    configs = role_configs(up, model_dir, free_port(), free_port())
+    config_dir = Path(up.run.run_dir) / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    for name, cfg in configs.items():
+        write_role_config(config_dir, name, cfg)
+    return configs, config_dir
+
+
+def write_role_config(config_dir: Path, name: str, config: Any) -> Path:
+    path = config_dir / f"{name}.yaml"
+    path.write_text(dump_config(config))
+    return path
+
+
+def start_role(supervisor: Supervisor, up: UpConfig, name: str, config_dir: Path) -> None:
+    """``tracerl ROLE --config <config_dir>/<name>.yaml`` on the role's cores; actors are ``actor-*``."""
+    role = "actor" if name.startswith("actor-") else name
+    cpus = getattr(up.cpus, "actors" if role == "actor" else role)
+    supervisor.start(name, [role, "--config", str(config_dir / f"{name}.yaml")], parse_cpu_list(cpus))
+
+
+def start_roles(supervisor: Supervisor, up: UpConfig, names: list[str], config_dir: Path) -> None:
+    """The bus first (and wait until it wrote the credentials), then the other roles."""
+    start_role(supervisor, up, "bus", config_dir)
+    credentials = Path(up.run.run_dir) / "credentials" / "learner.json"
+    wait_for(lambda: credentials.exists() or not supervisor.processes["bus"].alive, 30, what="the bus")
+    check_alive(supervisor)
+    for name in ("learner", "allocator", *(n for n in names if n.startswith("actor-"))):
+        start_role(supervisor, up, name, config_dir)
+
+
+def stop_roles(supervisor: Supervisor, timeout_s: float = 60.0) -> None:
+    """Learner, allocator, actors, then the bus they all need to shut down cleanly."""
+    order = ["learner", "allocator", *[n for n in supervisor.processes if n.startswith("actor-")], "bus"]
+    supervisor.stop_all(order=[n for n in order if n in supervisor.processes], timeout_s=timeout_s)
+
+
 def progress_line(run_dir: Path, started_at: float) -> str:
     learner = list(read_metrics(metrics_path(run_dir, "learner")))
     allocator = list(read_metrics(metrics_path(run_dir, "allocator")))
@@ -117,21 +156,21 @@ def run(up: UpConfig) -> int:
     model_dir = resolve_model_dir(up)
     env = up.allocator.tasks.env
     all_cpus = sorted(set(parse_cpu_list(up.cpus.actors)) | set(parse_cpu_list(up.cpus.learner)))
+    supervisor = Supervisor(run_dir)
+    # What a child leaves of its process tree (an engine core, a server) is reaped here
+    # after each phase instead of outliving `tracerl up`.
+    supervisor.adopt_orphans()
 
     before = None
     if up.eval_tasks:
         print(f"[up] evaluating the initial policy on {up.eval_tasks} held-out {env} tasks ...", flush=True)
         before = run_eval(model_dir, env, up.eval_tasks, run_dir / "eval_before.json", all_cpus)
+        supervisor.reap_orphans(kill=True)
         if before:
             print(f"[up] before: greedy {before['greedy_success']:.3f}  sampled {before['sampled_success']:.3f}")
 
-    configs = role_configs(up, model_dir, free_port(), free_port())
-    config_dir = run_dir / "config"
-    config_dir.mkdir(exist_ok=True)
-    for name, cfg in configs.items():
-        (config_dir / f"{name}.yaml").write_text(dump_config(cfg))
+    configs, config_dir = write_role_configs(up, model_dir)
 
-    supervisor = Supervisor(run_dir)
     interrupted = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -141,23 +180,14 @@ def run(up: UpConfig) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     started_at = time.time()
     try:
-        supervisor.start("bus", ["bus", "--config", str(config_dir / "bus.yaml")], parse_cpu_list(up.cpus.bus))
-        credentials = run_dir / "credentials" / "learner.json"
-        wait_for(lambda: credentials.exists() or not supervisor.processes["bus"].alive, 30, what="the bus")
-        _check_alive(supervisor)
-        supervisor.start("learner", ["learner", "--config", str(config_dir / "learner.yaml")], parse_cpu_list(up.cpus.learner))
-        supervisor.start(
-            "allocator", ["allocator", "--config", str(config_dir / "allocator.yaml")], parse_cpu_list(up.cpus.allocator)
-        )
-        for name in (n for n in configs if n.startswith("actor-")):
-            supervisor.start(name, ["actor", "--config", str(config_dir / f"{name}.yaml")], parse_cpu_list(up.cpus.actors))
+        start_roles(supervisor, up, list(configs), config_dir)
         print(f"[up] run {up.run.run_id}: bus, learner, allocator and {up.num_actors} actor(s) started; logs in {run_dir / 'logs'}")
         next_progress = time.time() + up.progress_interval_s
         while not interrupted:
             learner = supervisor.processes["learner"]
             if not learner.alive:
                 break
-            _check_alive(supervisor)
+            check_alive(supervisor)
             if time.time() - started_at > up.timeout_s:
                 print("[up] timeout reached, stopping", flush=True)
                 break
@@ -166,8 +196,8 @@ def run(up: UpConfig) -> int:
                 next_progress = time.time() + up.progress_interval_s
             time.sleep(0.5)
     finally:
-        order = ["learner", "allocator", *[n for n in supervisor.processes if n.startswith("actor-")], "bus"]
-        supervisor.stop_all(order=[n for n in order if n in supervisor.processes], timeout_s=60.0)
+        stop_roles(supervisor)
+        supervisor.reap_orphans(kill=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print("[up] " + progress_line(run_dir, started_at), flush=True)
@@ -177,6 +207,7 @@ def run(up: UpConfig) -> int:
     if up.eval_tasks and (final_model / "config.json").is_file():
         print(f"[up] evaluating the trained policy on {up.eval_tasks} held-out {env} tasks ...", flush=True)
         after = run_eval(str(final_model), env, up.eval_tasks, run_dir / "eval_after.json", all_cpus)
+        supervisor.reap_orphans(kill=True)
     report = plot_report(run_dir, title=f"{up.run.run_id}: {up.allocator.core.strategy} on {env}")
     summary = {
         "run_id": up.run.run_id,
@@ -197,7 +228,7 @@ def run(up: UpConfig) -> int:
     return 130 if interrupted else 0
 
 
-def _check_alive(supervisor: Supervisor) -> None:
+def check_alive(supervisor: Supervisor) -> None:
     failed = supervisor.failed()
     if failed:
         proc = failed[0]

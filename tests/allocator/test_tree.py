@@ -65,8 +65,8 @@ def test_orphans_wait_for_parent_and_are_released_in_order():
 def test_orphans_expire_after_timeout():
     tree = _tree()
     tree.add(make_node("x.y", "x"), now=0.0)
-    assert tree.expire_orphans(now=5.0, timeout_s=10.0) == 0
-    assert tree.expire_orphans(now=11.0, timeout_s=10.0) == 1
+    assert tree.expire_orphans(now=5.0, timeout_s=10.0) == []
+    assert tree.expire_orphans(now=11.0, timeout_s=10.0) == ["x.y"]
     assert not tree.orphans and not tree.orphan_ids
 
 

@@ -79,6 +79,21 @@ def test_rejected_and_stale_trees_are_counted_not_trained(tiny_model_dir):
     assert metrics["stale_token_share"] == 1.0 and trainer.policy_version == 3
 
 
+def test_no_loss_weight_reaches_tokens_past_the_staleness_bound(tiny_model_dir):
+    trainer = Trainer(learner_config(tiny_model_dir))  # staleness_eta = 2
+    rng = random.Random(7)
+    old, fresh = random_tree(rng, "old", 400, version=0), random_tree(rng, "fresh", 400, version=3)
+    trainer.policy_version = 3
+    metrics = trainer.train_step([old, fresh])
+    assert metrics["stale_tokens"] > 0 and metrics["trained_tokens"] > 0
+    assert metrics["trained_tokens_past_bound"] == 0
+    # The check itself sees such tokens when a batch built before masking reaches the loss.
+    trainer.policy_version = 0
+    unmasked = trainer._prepare(old)
+    trainer.policy_version = 3
+    assert trainer._weight_past_bound(unmasked) == float(unmasked.batch.target_weight.sum()) > 0
+
+
 def test_non_finite_loss_skips_the_step_and_leaves_weights_untouched(tiny_model_dir):
     trainer = Trainer(learner_config(tiny_model_dir, loss_kind="ppo_clip"))
     # A behaviour logprob of -1e4 makes the ratio overflow to inf: the negative-advantage
