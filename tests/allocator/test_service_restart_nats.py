@@ -35,6 +35,13 @@ STEPS_BEFORE_KILL = 2
 STEPS_TOTAL = 5
 
 
+def _written(config: AllocatorConfig, tmp_path: Path) -> tuple[Path, Path]:
+    """The config file the allocator process reads, and where its output goes."""
+    config_path = tmp_path / "allocator.yaml"
+    config_path.write_text(dump_config(config))
+    return config_path, tmp_path / "allocator.out"
+
+
 def _allocator_config(bus_run, run_dir: Path, **overrides) -> AllocatorConfig:
     credentials = Path(bus_run.run.run_dir) / "credentials" / "allocator.json"
     return AllocatorConfig(
@@ -159,9 +166,7 @@ class FakeFleet:
 def test_a_killed_allocator_is_rebuilt_from_the_streams_without_losing_or_repeating_nodes(bus_run, tmp_path):
     run_dir = tmp_path / "run"
     config = _allocator_config(bus_run, run_dir)
-    config_path = tmp_path / "allocator.yaml"
-    config_path.write_text(dump_config(config))
-    log_path = tmp_path / "allocator.out"
+    config_path, log_path = _written(config, tmp_path)
 
     async def main() -> dict:
         fleet = FakeFleet(bus_run, config)
@@ -222,9 +227,7 @@ def test_work_routed_to_an_actor_that_is_gone_goes_back_to_the_shared_queue(bus_
     run_dir = tmp_path / "run"
     config = _allocator_config(bus_run, run_dir, actor_timeout_s=2.0)
     config = dataclasses.replace(config, core=dataclasses.replace(config.core, step_timeout_s=600.0))
-    config_path = tmp_path / "allocator.yaml"
-    config_path.write_text(dump_config(config))
-    log_path = tmp_path / "allocator.out"
+    config_path, log_path = _written(config, tmp_path)
 
     async def main() -> dict:
         fleet = FakeFleet(bus_run, config)
