@@ -1,15 +1,22 @@
 """TurnNodes through JetStream on a real nats-server: throughput and publish→ack latency.
 
-    python -m bench.bus_throughput [--nodes 20000] [--rate 1000] [--seconds 5]
+    python -m bench.bus_throughput [--nodes 20000] [--rate 1000] [--seconds 5] [--publishers 2]
 
 Nodes are production-sized (300 generated tokens with logprobs, 50 observation tokens).
 Measured, each through the project's own launcher, permissions and BusClient:
 
 - codec cost per node (encode, decode);
-- max publish rate with publish_async pipelining, as the actor role: encode included, and
-  with payloads encoded beforehand (the bus alone);
-- publish→ack latency percentiles at a paced rate (default 1,000 nodes/s);
+- max publish rate of BusClient.publish_batch as the actor role, every node with its
+  Nats-Msg-Id (duplicate detection on) and acked by the stream: encode included, and with
+  payloads encoded beforehand (the bus alone);
+- publish→ack latency percentiles at a paced rate (default 1,000 nodes/s), encode included;
+- the aggregate publish rate of several actor processes at once (default 2), as in a run
+  with several actors (the 20,000 nodes/s target is compared with one publisher's rate);
 - consume rate of the allocator's PullConsumer (fetch, decode, handler, ack).
+
+Rates are measured after a warm-up of 10,000 nodes, with the nodes built beforehand and kept
+out of the garbage collector (``build_nodes``). The machine's load average is recorded
+before and after: on 2 cores anything else running (a test suite) costs this bench directly.
 
 Results are printed and written to bench/results/bus_throughput.json.
 """
@@ -18,13 +25,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import multiprocessing
 import os
 import platform
+import queue
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bus.client import BusClient, Delivery
 from bus.config import BusServerConfig
@@ -35,6 +46,12 @@ from tracerl.config import BusConfig, LogConfig, RunConfig
 from tracerl.logs import configure_logging
 
 RESULTS = Path(__file__).parent / "results" / "bus_throughput.json"
+TARGET_NODES_PER_S = 20_000
+TARGET_P99_MS = 10.0
+# A fresh nats-server spends about twice the CPU per message on its first ~10k messages
+# (measured); a run's bus is long past that, so the figures start after it.
+WARM_UP = 10_000
+AGGREGATE_WARM_UP = 200  # per aggregate publisher, for its own connection: the server is warm by then
 
 
 def make_node(run_id: str, index: int) -> TurnNode:
@@ -44,7 +61,7 @@ def make_node(run_id: str, index: int) -> TurnNode:
         actor_id="actor-0", task=TaskSpec(env="search_qa", task_id=f"q{index % 97}", params={"hops": 2}),
         depth=index % 4 + 1, policy_version=3, prompt_token_ids=[],
         action_token_ids=[(index * 31 + k) % 32000 for k in range(300)],
-        action_logprobs=[-0.001 * ((index + k) % 997) for k in range(300)],
+        action_logprobs=[-((index + k) % 997) / 1024 for k in range(300)],
         observation_token_ids=[(index * 17 + k) % 32000 for k in range(50)],
         action_text="<think> the film was directed by someone </think> <search> director of the film </search>",
         observation_text="<information> Doc 1: ... Doc 2: ... </information>",
@@ -73,35 +90,42 @@ def codec_cost(nodes: list[TurnNode]) -> dict[str, float]:
     }
 
 
-async def max_publish_rate(actor: BusClient, subjects: Subjects, nodes: list[TurnNode]) -> float:
+def msg_ids(phase: str, nodes: list[TurnNode]) -> list[str]:
+    """Each phase re-sends the same nodes; its own ids keep the stream from dropping them as duplicates."""
+    return [f"{phase}:{n.node_id}" for n in nodes]
+
+
+async def max_publish_rate(actor: BusClient, subjects: Subjects, nodes: list[TurnNode], phase: str) -> float:
     started = time.perf_counter()
-    await actor.publish_batch((subjects.nodes, n) for n in nodes)
+    await actor.publish_batch(((subjects.nodes, n) for n in nodes), msg_ids=msg_ids(phase, nodes))
     return len(nodes) / (time.perf_counter() - started)
 
 
 async def max_transport_rate(actor: BusClient, subjects: Subjects, nodes: list[TurnNode]) -> float:
     """The same, with payloads encoded beforehand: what the bus alone sustains."""
-    payloads = [encode(n) for n in nodes]
+    messages = [(subjects.nodes, encode(n), i) for n, i in zip(nodes, msg_ids("pre", nodes))]
     started = time.perf_counter()
-    futures = [await actor.js.publish_async(subjects.nodes, p) for p in payloads]
-    await asyncio.gather(*futures)
+    await actor.publish_encoded(messages)
     return len(nodes) / (time.perf_counter() - started)
 
 
 async def paced_latency(actor: BusClient, subjects: Subjects, nodes: list[TurnNode], rate: float) -> dict:
     latencies: list[float] = []
-    futures = []
+
+    async def publish_one(node: TurnNode, msg_id: str) -> None:
+        sent = time.perf_counter()
+        await actor.publish_batch([(subjects.nodes, node)], msg_ids=[msg_id])
+        latencies.append(time.perf_counter() - sent)
+
+    tasks = []
     started = time.perf_counter()
-    for i, node in enumerate(nodes):
+    for i, (node, msg_id) in enumerate(zip(nodes, msg_ids("paced", nodes))):
         due = started + i / rate
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        sent = time.perf_counter()
-        future = await actor.js.publish_async(subjects.nodes, encode(node))
-        future.add_done_callback(lambda _f, sent=sent: latencies.append(time.perf_counter() - sent))
-        futures.append(future)
-    await asyncio.gather(*futures)
+        tasks.append(asyncio.create_task(publish_one(node, msg_id)))
+    await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - started
     ms = [1000 * x for x in latencies]
     return {
@@ -110,6 +134,72 @@ async def paced_latency(actor: BusClient, subjects: Subjects, nodes: list[TurnNo
         "p50_ms": percentile(ms, 0.50),
         "p99_ms": percentile(ms, 0.99),
         "max_ms": max(ms),
+    }
+
+
+def build_nodes(run_id: str, count: int) -> list[TurnNode]:
+    """The nodes to send, made before any clock starts and kept out of the garbage collector.
+
+    An actor holds a handful of nodes; this bench holds tens of thousands (millions of list
+    slots), and a full collection over them took 0.2 s, which is the bench's cost, not the
+    bus's. Frozen, they are skipped by every collection.
+    """
+    nodes = [make_node(run_id, i) for i in range(count)]
+    gc.freeze()
+    return nodes
+
+
+def publisher_process(bus: BusConfig, run: RunConfig, worker: int, count: int, start: Any, out: Any) -> None:
+    """One actor process of several: publish ``count`` nodes at full speed, report when it ran."""
+    subjects = Subjects(run.run_id)
+    nodes = build_nodes(run.run_id, count)
+
+    async def publish() -> tuple[float, float]:
+        actor = await BusClient.connect("actor", bus, run)
+        try:
+            await max_publish_rate(actor, subjects, nodes[:AGGREGATE_WARM_UP], f"warm-up-{worker}")
+            start.wait(timeout=300)  # every publisher connected and warm: go together
+            started = time.perf_counter()
+            await max_publish_rate(actor, subjects, nodes, f"aggregate-{worker}")
+            return started, time.perf_counter()
+        finally:
+            await actor.close()
+
+    configure_logging("bench", None, "warning", json_file=False)
+    out.put(asyncio.run(publish()))
+
+
+def aggregate_rate(bus: BusConfig, run: RunConfig, publishers: int, count: int) -> dict:
+    """Several publisher processes at once, as several actors in a run: the bus's total rate.
+
+    perf_counter is CLOCK_MONOTONIC, one clock for every process on the machine.
+    """
+    ctx = multiprocessing.get_context("spawn")  # the parent runs an event loop and sockets
+    start, out = ctx.Barrier(publishers), ctx.Queue()
+    procs = [
+        ctx.Process(target=publisher_process, args=(bus, run, w, count, start, out)) for w in range(publishers)
+    ]
+    for proc in procs:
+        proc.start()
+    spans: list[tuple[float, float]] = []
+    try:
+        while len(spans) < publishers:
+            try:
+                spans.append(out.get(timeout=1.0))
+            except queue.Empty:
+                failed = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
+                if failed:
+                    raise RuntimeError(f"publisher process exited with {failed[0]}") from None
+    finally:
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+    first, last = min(s for s, _ in spans), max(e for _, e in spans)
+    return {
+        "publishers": publishers,
+        "nodes_per_s": publishers * count / (last - first),
+        "per_publisher_nodes_per_s": [count / (e - s) for s, e in spans],
     }
 
 
@@ -137,17 +227,20 @@ async def run_bench(server: BusServer, args: argparse.Namespace) -> dict:
     await provision_run(admin.js, subjects, server.config.streams)
     await admin.close()
 
-    nodes = [make_node(run.run_id, i) for i in range(args.nodes)]
+    nodes = build_nodes(run.run_id, args.nodes)
     results: dict = {"codec": codec_cost(nodes[:2000])}
     actor = await BusClient.connect("actor", bus, run)
     allocator = await BusClient.connect("allocator", bus, run)
     try:
-        await max_publish_rate(actor, subjects, nodes[:1000])  # warm-up
-        results["publish_async_nodes_per_s"] = await max_publish_rate(actor, subjects, nodes)
-        results["publish_async_preencoded_nodes_per_s"] = await max_transport_rate(actor, subjects, nodes)
+        await max_publish_rate(actor, subjects, nodes[:WARM_UP], "warm-up")
+        results["publish_nodes_per_s"] = await max_publish_rate(actor, subjects, nodes, "publish")
+        results["publish_preencoded_nodes_per_s"] = await max_transport_rate(actor, subjects, nodes)
         paced = nodes[: int(args.rate * args.seconds)]
         results["paced"] = await paced_latency(actor, subjects, paced, args.rate)
-        total = 1000 + 2 * len(nodes) + len(paced)
+        total = len(nodes[:WARM_UP]) + 2 * len(nodes) + len(paced)
+        if args.publishers > 1:
+            results["aggregate"] = await asyncio.to_thread(aggregate_rate, bus, run, args.publishers, len(nodes))
+            total += args.publishers * (AGGREGATE_WARM_UP + len(nodes))
         results["consume_nodes_per_s"] = await consume_rate(allocator, subjects, total)
         results["permission_violations"] = actor.counters.get("permission_violations", 0)
     finally:
@@ -161,22 +254,29 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--publishers", type=int, default=2, help="processes for the aggregate rate (<2: skip)")
     args = parser.parse_args()
     configure_logging("bench", None, "warning", json_file=False)
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bus-bench-") as tmp:
         config = BusServerConfig(
             run=RunConfig(run_id="bench", run_dir=tmp), log=LogConfig(level="warning"), port=0, monitor_port=0
         )
         with BusServer(config) as server:
             results = asyncio.run(run_bench(server, args))
-    results["targets"] = {"publish_async_nodes_per_s": 20_000, "paced_p99_ms": 10.0}
+    results["targets"] = {
+        "nodes_per_s": TARGET_NODES_PER_S,
+        "paced_p99_ms": TARGET_P99_MS,
+        "compared": "publish_nodes_per_s: one publisher process, encode included (aggregate is reported, not compared)",
+    }
     results["meets_targets"] = (
-        results["publish_async_nodes_per_s"] >= 20_000 and results["paced"]["p99_ms"] < 10.0
+        results["publish_nodes_per_s"] >= TARGET_NODES_PER_S and results["paced"]["p99_ms"] < TARGET_P99_MS
     )
     results["machine"] = {
         "python": platform.python_version(),
         "processor": platform.machine(),
-        "load_average_1m": os.getloadavg()[0],
+        "load_average_1m_before": load_before,
+        "load_average_1m_after": os.getloadavg()[0],
         "cpus": os.cpu_count(),
     }
     results["args"] = vars(args)

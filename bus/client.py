@@ -5,6 +5,7 @@ subjects come from ``protocol.Subjects``. What it adds over nats-py:
 
 - connection from the role's credentials file, bounded reconnects, and an ``error_cb``
   that counts permission violations (nats-py reports a denied publish only there);
+- pipelined batch publishing with every ack checked (``bus.acks``);
 - a pull consumer that never crashes on a bad message: the reason is counted and logged,
   the raw bytes go to the run's dead-letter subject and the message is terminated;
   a message is acked only after its handler succeeded (a failing handler naks it, and
@@ -38,6 +39,7 @@ from tracerl.config import BusConfig, RunConfig
 from tracerl.logs import get_logger
 
 from . import deadletter
+from .acks import AckWindow, PublishError
 from .config import StreamLimits
 from .permissions import ACTOR_KEY_PATTERN
 from .provision import actor_consumer_config
@@ -87,6 +89,7 @@ class BusClient:
         self.last_error: Exception | None = None
         self.nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        self._acks: AckWindow | None = None
         self._closing = False
 
     # Connection ---------------------------------------------------------------------
@@ -100,19 +103,22 @@ class BusClient:
         *,
         credentials: RoleCredentials | None = None,
         allow_reconnect: bool = True,
-        publish_async_max_pending: int = 4000,
+        max_inflight_publishes: int = 2000,
     ) -> BusClient:
-        """Connect as ``role`` with ``bus.credentials`` (default ``<run_dir>/credentials/<role>.json``)."""
+        """Connect as ``role`` with ``bus.credentials`` (default ``<run_dir>/credentials/<role>.json``).
+
+        ``max_inflight_publishes`` bounds the messages ``publish_batch`` leaves unacked.
+        """
         if credentials is None:
             path = Path(bus.credentials) if bus.credentials else credentials_path(run.run_dir, role)
             credentials = RoleCredentials.read(path)
         if credentials.role != role:
             raise ValueError(f"credentials are for role {credentials.role!r}, not {role!r}")
         client = cls(role, Subjects(run.run_id), credentials, bus)
-        await client._open(allow_reconnect, publish_async_max_pending)
+        await client._open(allow_reconnect, max_inflight_publishes)
         return client
 
-    async def _open(self, allow_reconnect: bool, publish_async_max_pending: int) -> None:
+    async def _open(self, allow_reconnect: bool, max_inflight_publishes: int) -> None:
         self.nc = await nats.connect(
             servers=self.bus.servers or self._credentials.servers,
             user=self._credentials.user,
@@ -129,7 +135,8 @@ class BusClient:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
         )
-        self._js = self.nc.jetstream(timeout=self.bus.request_timeout_s, publish_async_max_pending=publish_async_max_pending)
+        self._js = self.nc.jetstream(timeout=self.bus.request_timeout_s)
+        self._acks = AckWindow(self.nc, max_inflight=max_inflight_publishes, ack_timeout=self.bus.request_timeout_s)
         log.info("bus_connected", role=self.role, run_id=self.subjects.run_id, server=self.nc.connected_url.netloc)
 
     async def _on_error(self, err: Exception) -> None:
@@ -173,7 +180,7 @@ class BusClient:
                 # Reconnecting (the server is restarting) or a drain that timed out: nothing
                 # more can be flushed, and a role stopping then must still exit cleanly.
                 await self.nc.close()
-        self.nc, self._js = None, None
+        self.nc, self._js, self._acks = None, None, None
 
     async def __aenter__(self) -> BusClient:
         return self
@@ -198,16 +205,32 @@ class BusClient:
     async def publish_batch(
         self, items: Iterable[tuple[str, Any]], *, msg_ids: Iterable[str | None] | None = None
     ) -> list[api.PubAck]:
-        """Publish many messages pipelined (publish_async) and wait until all are acked."""
-        futures = []
-        ids = iter(msg_ids) if msg_ids is not None else None
-        for subject, message in items:
-            msg_id = next(ids) if ids is not None else None
-            headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-            futures.append(await self.js.publish_async(subject, encode(message), headers=headers))
-        acks = await asyncio.wait_for(asyncio.gather(*futures), timeout=self.bus.request_timeout_s + 0.001 * len(futures))
+        """Publish many messages pipelined and wait until the stream acked every one.
+
+        Raises ``PublishError`` if any was not acked; resending the batch with the same
+        ``msg_ids`` is then safe (the stream drops what it already holds).
+        """
+        # Encoded lazily, one message ahead of the socket, so a batch never sits in memory twice.
+        if msg_ids is None:
+            messages = ((subject, encode(message), None) for subject, message in items)
+        else:
+            messages = (
+                (subject, encode(message), msg_id) for (subject, message), msg_id in zip(items, msg_ids, strict=True)
+            )
+        return await self.publish_encoded(messages)
+
+    async def publish_encoded(self, messages: Iterable[tuple[str, bytes, str | None]]) -> list[api.PubAck]:
+        """``publish_batch`` for payloads already encoded: ``(subject, payload, msg_id)``."""
+        if self._acks is None:
+            raise RuntimeError("BusClient is not connected")
+        try:
+            acks = await self._acks.publish_all(messages)
+        except PublishError as err:
+            self._counters["publish_failed"] += err.unacked
+            log.warning("publish_not_acked", role=self.role, unacked=err.unacked, sent=err.sent, reason=err.reason)
+            raise
         self._counters["published"] += len(acks)
-        return list(acks)
+        return acks
 
     async def publish_raw(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> api.PubAck:
         """Publish bytes as they are (dead letters, fault-injection tests); awaits the stream's ack."""

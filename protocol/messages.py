@@ -5,8 +5,8 @@ Every message is a frozen dataclass. On the wire it is a msgpack map
 Bump a message's ``SCHEMA_VERSION`` whenever a field is added, removed or changes meaning:
 receivers refuse versions they do not know instead of guessing.
 
-Token ids and logprobs are packed arrays (``Int32List``/``Float64List``) because they are
-most of every payload.
+Token ids and logprobs are packed arrays (``Int32List``/``Float32List``/``Float64List``)
+because they are most of every payload.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from tracerl.typed import Float64List, Int32List
+from tracerl.typed import Float32List, Float64List, Int32List
 
 
 @dataclass(frozen=True)
@@ -55,10 +55,13 @@ class TurnNode:
     ``parent_id`` is ``None`` for the first turn under the root (the prompt).
     ``prompt_token_ids`` is filled only on first turns: it is the root's context.
     ``env_snapshot`` is the environment state *after* this turn, enough to branch from it.
+    ``action_logprobs`` travel as float32 (version 2; version 1 sent float64): the engine
+    computes them in float32, so the wire loses nothing and the node is a quarter smaller.
+    A value with more precision arrives rounded to the nearest float32.
     """
 
     SCHEMA: ClassVar[str] = "turn_node"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     run_id: str
     tree_id: str
@@ -71,7 +74,7 @@ class TurnNode:
     policy_version: int
     prompt_token_ids: Int32List
     action_token_ids: Int32List
-    action_logprobs: Float64List
+    action_logprobs: Float32List
     observation_token_ids: Int32List
     action_text: str
     observation_text: str
@@ -95,9 +98,10 @@ class TurnNode:
             raise ValueError("a terminal node must carry a reward")
         if (self.depth == 1) != (self.parent_id is None):
             raise ValueError("exactly the depth-1 nodes have no parent")
-        # NaN or positive; map/max run in C, which matters at 300 tokens per node.
+        # NaN or positive. Any NaN makes the sum NaN (+inf - inf too, and +inf fails max anyway):
+        # sum's float loop is several times cheaper than isnan per value, at 300 per node.
         logprobs = self.action_logprobs
-        if any(map(math.isnan, logprobs)) or (logprobs and max(logprobs) > 1e-6):
+        if logprobs and (math.isnan(sum(logprobs)) or max(logprobs) > 1e-6):
             raise ValueError("action_logprobs must be finite and <= 0")
 
 

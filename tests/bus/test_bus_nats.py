@@ -13,6 +13,7 @@ import nats.errors
 import pytest
 
 from bus import deadletter
+from bus.acks import PublishError
 from bus.client import BusClient, Delivery
 from bus.provision import sweep_dead_letters
 from protocol import CompletedTree, Heartbeat, TurnNode, WeightsAnnouncement, WorkItem, encode
@@ -89,12 +90,12 @@ def test_bad_messages_are_rejected_counted_and_dead_lettered_while_valid_traffic
     valid = [realistic_turn_node(s.run_id, i, action_tokens=20, observation_tokens=5) for i in range(200)]
     body = msgpack.unpackb(encode(valid[0]), raw=False)["body"]
 
-    def envelope(version: int = 1, **changes) -> bytes:
+    def envelope(version: int = TurnNode.SCHEMA_VERSION, **changes) -> bytes:
         new_body = {k: v for k, v in {**body, **changes}.items() if v is not _DROP}
         return msgpack.packb({"schema": "turn_node", "version": version, "body": new_body}, use_bin_type=True)
 
     crafted = {
-        "unsupported_version": envelope(version=2),
+        "unsupported_version": envelope(version=TurnNode.SCHEMA_VERSION + 1),
         "schema_violation": envelope(depth=_DROP),  # missing field
         "schema_violation/extra": envelope(extra_field=1),
         "schema_violation/type": envelope(depth="one"),
@@ -303,6 +304,42 @@ def test_each_actor_pulls_its_own_work_subject(bus_run: BusRun) -> None:
             assert got == ["for-a1"]
             assert actor.counters.get("fetch_errors", 0) == 0
             await consumer.close()
+
+    asyncio.run(main())
+
+
+def test_pipelined_publish_acks_every_message_or_fails_the_batch(bus_run: BusRun) -> None:
+    s = bus_run.subjects
+    nodes = [realistic_turn_node(s.run_id, i, action_tokens=20, observation_tokens=5) for i in range(50)]
+    batch = [(s.nodes, n) for n in nodes]
+    ids = [n.node_id for n in nodes]
+    quick = dataclasses.replace(bus_run.bus, request_timeout_s=0.5)
+
+    async def main() -> None:
+        # A window much smaller than the batch.
+        async with await BusClient.connect("actor", quick, bus_run.run, max_inflight_publishes=8) as actor, \
+                await bus_run.connect("admin") as admin:
+            acks = await actor.publish_batch(batch, msg_ids=ids)
+            assert [a.seq for a in acks] == list(range(1, 51)) and not any(a.duplicate for a in acks)
+            # A resent batch (say its acks were lost) is stored once: every ack is a duplicate.
+            again = await actor.publish_batch(batch, msg_ids=ids)
+            assert all(a.duplicate for a in again)
+
+            # No stream listens: the server's no-responders status fails the batch at once.
+            started = time.monotonic()
+            with pytest.raises(PublishError) as err:
+                await admin.publish_batch([(f"{s.prefix}.nowhere", nodes[0])] * 2)
+            assert err.value.unacked == 2 and "NoStreamResponse" in str(err.value)
+            assert time.monotonic() - started < 0.5
+
+            # A denied publish is never acked: the batch fails after the ack timeout, even
+            # with more messages than the window, and leaves the window free.
+            with pytest.raises(PublishError) as err:
+                await actor.publish_batch([(s.work_shared, nodes[0])] * 20)
+            assert err.value.unacked == 8 and "no ack" in str(err.value)
+            assert actor.counters["publish_failed"] == 8
+            assert (await actor.publish_batch([(s.nodes, nodes[0])], msg_ids=["after"]))[0].seq == 51
+            assert actor.counters["published"] == 101
 
     asyncio.run(main())
 

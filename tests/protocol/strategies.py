@@ -22,7 +22,8 @@ from protocol import (
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
-LOGPROB = st.floats(max_value=0.0, allow_nan=False)
+# Logprobs come from the engine as float32, which is what TurnNode carries on the wire.
+LOGPROB = st.floats(max_value=0.0, allow_nan=False, width=32)
 IDS = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=16)
 TEXT = st.text(max_size=40)
 TOKENS = st.lists(INT32, max_size=40)
@@ -128,7 +129,7 @@ def realistic_turn_node(run_id: str, index: int, *, action_tokens: int = 300, ob
         actor_id="actor-0", task=TaskSpec(env="search_qa", task_id=f"q{index % 97}", params={"hops": 2}),
         depth=index % 4 + 1, policy_version=7, prompt_token_ids=list(range(120)) if index % 4 == 0 else [],
         action_token_ids=[(index * 31 + k) % 32000 for k in range(action_tokens)],
-        action_logprobs=[-0.001 * ((index + k) % 997) for k in range(action_tokens)],
+        action_logprobs=[-((index + k) % 997) / 1024 for k in range(action_tokens)],  # float32-exact, as from vLLM
         observation_token_ids=[(index * 17 + k) % 32000 for k in range(observation_tokens)],
         action_text="<search> who directed the film </search>", observation_text="Doc 1: ... Doc 2: ...",
         env_snapshot=b"\x00" * 64, env_score=0.0, done=index % 4 == 3,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import struct
 
 import msgpack
 import pytest
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 
 from protocol import MESSAGE_TYPES, ProtocolError, decode, encode
 
-from .strategies import PLAIN, any_message, sample_messages
+from .strategies import PLAIN, any_message, realistic_turn_node, sample_messages
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -97,3 +99,23 @@ def test_fixed_examples_round_trip_and_size_limit(message: object) -> None:
 def test_sample_messages_cover_every_type() -> None:
     assert {type(m) for m in sample_messages("r1")} == set(MESSAGE_TYPES.values())
     assert all(dataclasses.is_dataclass(m) for m in sample_messages("r1"))
+
+
+def test_turn_node_logprobs_travel_as_float32() -> None:
+    node = realistic_turn_node("r1", 1, action_tokens=3)
+    body = _body(node)
+    assert body["action_logprobs"] == struct.pack("3f", *node.action_logprobs)
+
+    # A value finer than float32 arrives rounded, never rejected: the engine's are float32 already.
+    fine = dataclasses.replace(node, action_logprobs=[-0.1, -1e-3, -1e300])
+    assert decode(encode(fine)).action_logprobs == [*struct.unpack("2f", struct.pack("2f", -0.1, -1e-3)), -math.inf]
+
+    # Version 1 packed float64: the same bytes would read as twice as many float32 values.
+    v1 = {**body, "action_logprobs": struct.pack("3d", *node.action_logprobs)}
+    with pytest.raises(ProtocolError) as err:
+        decode(_envelope(node, v1, version=1))
+    assert err.value.reason == "unsupported_version"
+
+    with pytest.raises(ProtocolError) as err:
+        decode(_envelope(node, {**body, "action_logprobs": body["action_logprobs"][:-1]}))
+    assert err.value.reason == "schema_violation" and "multiple of 4" in err.value.detail
