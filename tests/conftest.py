@@ -21,6 +21,8 @@ pytest_plugins = ["tests.fixtures.nats", "tests.fixtures.models"]
 
 #: Seconds the normal interpreter shutdown gets before the guard ends the process.
 SHUTDOWN_GRACE_S = 30.0
+#: Seconds from the last test's end to the process's exit (summary and unconfigure included).
+SESSION_END_GRACE_S = 120.0
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -81,16 +83,19 @@ def _kill(children: list) -> None:
     psutil.wait_procs(children, timeout=5)
 
 
-def _exit_after_grace(status: int) -> None:
+def _exit_after_grace(config: pytest.Config, grace_s: float) -> None:
     def watchdog() -> None:
-        # Runs only if shutdown outlives the grace period; daemon threads keep running while
-        # the interpreter joins the threads and children that block it.
-        sys.stderr.write(f"\ntest session: shutdown still blocked after {SHUTDOWN_GRACE_S:.0f}s; stacks:\n")
+        # Runs only if the end of the session outlives the grace period; daemon threads keep
+        # running while the main thread is blocked (a zmq context waiting on a dead engine's
+        # sockets has been seen there, before pytest_unconfigure is ever reached).
+        sys.stderr.write(f"\ntest session: end still blocked after {grace_s:.0f}s; stacks:\n")
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        _kill(_leftover_children())
         sys.stderr.flush()
-        os._exit(status)
+        sys.stdout.flush()
+        os._exit(int(getattr(config, "_tracerl_exit_status", 0)))
 
-    timer = threading.Timer(SHUTDOWN_GRACE_S, watchdog)
+    timer = threading.Timer(grace_s, watchdog)
     timer.daemon = True
     timer.start()
 
@@ -104,10 +109,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
                          + "\n  ".join(leftovers) + "\n")
         sys.stderr.flush()
     _kill(children)
-    status = getattr(config, "_tracerl_exit_status", 0)
-    _exit_after_grace(int(status))
+    _exit_after_grace(config, SHUTDOWN_GRACE_S)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config._tracerl_exit_status = exitstatus  # type: ignore[attr-defined]
+    # Armed here, before the summary is printed: the end of a session can block before
+    # pytest_unconfigure runs, and then only an earlier watchdog still ends the process.
+    _exit_after_grace(session.config, SESSION_END_GRACE_S)
