@@ -35,6 +35,14 @@ STEPS_BEFORE_KILL = 2
 STEPS_TOTAL = 5
 
 
+def _kill_groups(*processes: subprocess.Popen | None) -> None:
+    """SIGKILL each still-running allocator's process group (its children go with it)."""
+    for proc in processes:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _written(config: AllocatorConfig, tmp_path: Path) -> tuple[Path, Path]:
     """The config file the allocator process reads, and where its output goes."""
     config_path = tmp_path / "allocator.yaml"
@@ -200,10 +208,7 @@ def test_a_killed_allocator_is_rebuilt_from_the_streams_without_losing_or_repeat
             assert killed_at is not None and second is not None and second.poll() is None
             await _drain_then_stop(bus_run, second, log_path)
         finally:
-            for proc in (first, second):
-                if proc is not None and proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            _kill_groups(first, second)
             await fleet.close()
         nodes, trees = await read_stream_ids(Path(bus_run.run.run_dir), bus_run.run.run_id, bus_run.bus.servers)
         return {"nodes": nodes, "trees": trees}
@@ -249,9 +254,7 @@ def test_work_routed_to_an_actor_that_is_gone_goes_back_to_the_shared_queue(bus_
             assert fleet.actor_id == "a1"
             await _drain_then_stop(bus_run, allocator, log_path)
         finally:
-            if allocator.poll() is None:
-                os.killpg(allocator.pid, signal.SIGKILL)
-                allocator.wait()
+            _kill_groups(allocator)
             await fleet.close()
         nodes, trees = await read_stream_ids(Path(bus_run.run.run_dir), bus_run.run.run_id, bus_run.bus.servers)
         return {"nodes": nodes, "trees": trees}
