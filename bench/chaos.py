@@ -15,7 +15,7 @@ what its open trees hold), and the harness reads the run's streams. Every accept
 TurnNode id on the nodes stream must be in a CompletedTree on the trees stream, or in the
 allocator's record of deliberate drops, or held in an open tree at the clean stop; and no
 node may appear in two trees. The learner's records must show no token trained past its
-staleness bound and policy versions that only go up. ``reconcile`` is the pure check;
+staleness bound and policy versions that go strictly up. ``reconcile`` is the pure check;
 the rest of this module starts, breaks and reads the run.
 """
 
@@ -36,6 +36,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from learner.versions import Publication, read_publications
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import metrics_path, read_metrics
 
@@ -108,14 +109,6 @@ class DropRecord:
 
 
 @dataclass(frozen=True)
-class Publication:
-    """One line of the learner's ``metrics/learner_weights.jsonl``: an announced version."""
-
-    policy_version: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class Reconciliation:
     accepted_nodes: int  # distinct training TurnNode ids on the nodes stream
     node_messages: int
@@ -132,8 +125,6 @@ class Reconciliation:
     trees_emitted_twice: list[str]
     trained_tokens_past_bound: float
     versions: list[int]
-    # Re-announcements of the version a restarted learner resumed at (same weights).
-    reannounced: int
     version_violations: list[tuple[int, int]]
 
     @property
@@ -151,27 +142,21 @@ class Reconciliation:
         if self.trained_tokens_past_bound > 0:
             out.append(f"{self.trained_tokens_past_bound:g} token(s) trained past the staleness bound")
         if self.version_violations:
-            out.append(f"policy versions went {self.version_violations} (must only go up)")
+            out.append(f"policy versions went {self.version_violations} (must go strictly up)")
         return out
 
 
-def version_violations(publications: Sequence[Publication]) -> tuple[list[tuple[int, int]], int]:
-    """Consecutive announcements that do not go up, and the count of harmless repeats.
+def version_violations(publications: Sequence[Publication]) -> list[tuple[int, int]]:
+    """Consecutive announcements that do not go strictly up.
 
-    A restarted learner announces the version it resumed at; with the same weights (same
-    sha256) that is the same policy again, not a new one. Anything else that does not go
-    up would give two policies one version number.
+    A restarted learner does not announce again the version the run already has, so even
+    a repeat with the same weights is a violation: it means a restart was not recognised.
     """
-    bad: list[tuple[int, int]] = []
-    repeats = 0
-    for prev, cur in pairwise(publications):
-        if cur.policy_version > prev.policy_version:
-            continue
-        if cur == prev:
-            repeats += 1
-            continue
-        bad.append((prev.policy_version, cur.policy_version))
-    return bad, repeats
+    return [
+        (prev.policy_version, cur.policy_version)
+        for prev, cur in pairwise(publications)
+        if cur.policy_version <= prev.policy_version
+    ]
 
 
 def reconcile(
@@ -210,7 +195,6 @@ def reconcile(
     dropped = Counter(reasons[i] for i in outside if i in reasons)
     held_at_stop = sum(1 for i in outside if i not in reasons and i in held_ids)
     lost = sorted(i for i in outside if i not in reasons and i not in held_ids)
-    bad_versions, repeats = version_violations(publications)
     return Reconciliation(
         accepted_nodes=len(accepted),
         node_messages=messages,
@@ -225,8 +209,7 @@ def reconcile(
         trees_emitted_twice=sorted(t for t, n in tree_counts.items() if n > 1),
         trained_tokens_past_bound=trained_tokens_past_bound,
         versions=[p.policy_version for p in publications],
-        reannounced=repeats,
-        version_violations=bad_versions,
+        version_violations=version_violations(publications),
     )
 
 
@@ -253,16 +236,6 @@ def read_held(run_dir: Path) -> tuple[list[str], bool]:
         return [], False
     last = max(stops)
     return [i for r in records if r.get("incarnation") == last and "node_ids" in r for i in r["node_ids"]], True
-
-
-def read_publications(run_dir: Path) -> list[Publication]:
-    from learner.service import WEIGHTS_METRICS
-
-    return [
-        Publication(int(r["policy_version"]), str(r["sha256"]))
-        for r in read_metrics(metrics_path(run_dir, WEIGHTS_METRICS))
-        if "policy_version" in r
-    ]
 
 
 def learner_steps(run_dir: Path) -> list[dict[str, Any]]:
@@ -623,8 +596,7 @@ def chaos_markdown(result: ChaosResult) -> str:
         past = r.trained_tokens_past_bound
         row("tokens trained past the staleness bound", f"{past:g}", past == 0)
         versions = " ".join(map(str, r.versions))
-        row(f"policy versions announced ({r.reannounced} re-announced on restart)", versions,
-            r.versions_strictly_increasing)
+        row("policy versions announced", versions, r.versions_strictly_increasing)
     row("roles that exited on their own", ", ".join(result.crashed_roles) or "none", not result.crashed_roles)
     row("run finished", result.finished, result.finished)
     for note in result.notes:

@@ -4,7 +4,8 @@ Rank 0 pulls CompletedTrees, and for every whole allocator step (see ``learner.b
 it takes one optimiser step (all ranks join through ``Trainer.share_batch``), publishes the new weights
 to the object store and announces the version in the KV bucket. Checkpoints are written
 every ``training.checkpoint_every_steps`` steps, and a restarted learner resumes from the
-newest one.
+newest one; it announces that version only if the run does not have it yet
+(``learner.versions``).
 
 Trees are acked when they enter the batch buffer: a learner killed mid-batch loses at most
 that partial batch, which the allocator has already counted as emitted. The lost count is
@@ -18,13 +19,16 @@ import contextlib
 import hashlib
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from statistics import fmean
+from typing import TypeVar
 
 from bus.client import BusClient, Delivery
 from learner.batching import StepBatcher
 from learner.config import LearnerConfig
 from learner.trainer import Trainer, checkpoint_root, latest_checkpoint
+from learner.versions import WEIGHTS_METRICS, Publication, VersionConflict, read_publications, resume_plan
 from protocol import CompletedTree, WeightsAnnouncement
 from tracerl.config import write_resolved_config
 from tracerl.logs import configure_logging, get_logger
@@ -32,7 +36,7 @@ from tracerl.metrics import MetricsWriter
 
 log = get_logger(__name__)
 
-WEIGHTS_METRICS = "learner_weights"
+T = TypeVar("T")
 
 # Weights rotate through a few object names so that an actor still fetching version v is
 # not cut off by v+1; its sha256 check catches the rare overwrite of a slow fetch.
@@ -68,7 +72,7 @@ class LearnerService:
         self.bus = bus
         self.batcher = StepBatcher(config.training.trees_per_step, config.training.step_wait_s)
         self.metrics = MetricsWriter(config.run.run_dir, "learner")
-        # Every announcement in order, across restarts: versions must only go up.
+        # Every announcement in order, across restarts: versions must go strictly up.
         self.announcements = MetricsWriter(config.run.run_dir, WEIGHTS_METRICS)
         self.stop = asyncio.Event()
         self.trees_received = 0
@@ -79,36 +83,73 @@ class LearnerService:
         self.batcher.add(tree, time.time())
         self.trees_received += 1
 
-    async def publish_weights(self) -> WeightsAnnouncement:
+    def announcement_for(self, blob: bytes) -> WeightsAnnouncement:
         version = self.trainer.policy_version
-        blob = await asyncio.to_thread(self.trainer.export_weights)
-        name = weights_object_name(version)
-        announcement = WeightsAnnouncement(
+        return WeightsAnnouncement(
             run_id=self.config.run.run_id,
             policy_version=version,
-            object_name=name,
+            object_name=weights_object_name(version),
             sha256=hashlib.sha256(blob).hexdigest(),
             num_bytes=len(blob),
             format="safetensors",
             created_at=time.time(),
         )
+
+    async def _until_done(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
+        """Retry ``action`` with backoff until it succeeds or the learner stops."""
         delay = 0.5
         while True:  # a bus failover takes seconds; the actors must not miss a version
             try:
-                await self.bus.put_object(name, blob)
-                await self.bus.announce_weights(announcement)
-                break
+                return await action()
             except Exception as err:  # noqa: BLE001 - retried until it lands or we stop
                 if self.stop.is_set():
                     raise
-                log.warning("weights_publish_failed_will_retry", policy_version=version, error=repr(err))
+                log.warning(f"{what}_failed_will_retry", policy_version=self.trainer.policy_version, error=repr(err))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def announce(self, blob: bytes, announcement: WeightsAnnouncement) -> None:
+        async def put_then_announce() -> None:
+            await self.bus.put_object(announcement.object_name, blob)
+            await self.bus.announce_weights(announcement)
+
+        await self._until_done("weights_publish", put_then_announce)
+        log.info("weights_published", policy_version=announcement.policy_version, bytes=len(blob),
+                 object=announcement.object_name)
+
+    def record(self, announcement: WeightsAnnouncement) -> None:
         self.announcements.write(
-            {"policy_version": version, "sha256": announcement.sha256, "steps_done": self.trainer.steps_done}
+            {"policy_version": announcement.policy_version, "sha256": announcement.sha256,
+             "steps_done": self.trainer.steps_done}
         )
-        log.info("weights_published", policy_version=version, bytes=len(blob), object=name)
+
+    async def publish_weights(self) -> WeightsAnnouncement:
+        blob = await asyncio.to_thread(self.trainer.export_weights)
+        announcement = self.announcement_for(blob)
+        await self.announce(blob, announcement)
+        self.record(announcement)
         return announcement
+
+    async def announce_resumed(self) -> None:
+        """Announce the version the learner starts from, unless the run already has it.
+
+        Raises ``VersionConflict`` if the run has announced past this learner's checkpoint.
+        """
+        blob = await asyncio.to_thread(self.trainer.export_weights)
+        announcement = self.announcement_for(blob)
+        current = await self._until_done("weights_read", self.bus.get_weights_announcement)
+        recorded = read_publications(self.config.run.run_dir)
+        plan = resume_plan(
+            Publication(announcement.policy_version, announcement.sha256),
+            None if current is None else Publication(current.policy_version, current.sha256),
+            recorded[-1] if recorded else None,
+        )
+        log.info("weights_resume_plan", policy_version=announcement.policy_version, announce=plan.announce,
+                 record=plan.record, announced=None if current is None else current.policy_version)
+        if plan.announce:
+            await self.announce(blob, announcement)
+        if plan.record:
+            self.record(announcement)
 
     async def train_ready_batches(self) -> None:
         while not self.stop.is_set():
@@ -145,7 +186,7 @@ class LearnerService:
                 seconds=round(seconds, 2),
             )
             # Checkpoint first: a version announced and then lost in a crash would be announced
-            # again, with other weights, by the restarted learner (versions must only go up).
+            # again, with other weights, by the restarted learner (versions must go strictly up).
             await asyncio.to_thread(self.trainer.save_rolling_checkpoint)
             await self.publish_weights()
 
@@ -179,7 +220,12 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, service.stop.set)
     # Announce the starting point so actors and the allocator agree on the version.
-    await service.publish_weights()
+    try:
+        await service.announce_resumed()
+    except VersionConflict:
+        service.announcements.close()
+        await bus.close()
+        raise
     trees = await bus.pull_consumer(bus.subjects.trees_stream, bus.subjects.learner_consumer, CompletedTree)
     log.info("learner_started", policy_version=trainer.policy_version, world_size=trainer.world_size)
     consume = asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5))
@@ -224,7 +270,12 @@ def run(config: LearnerConfig) -> int:
     trainer = build_trainer(config)
     if trainer.rank == 0:
         write_resolved_config(config, "learner")
-        asyncio.run(serve(config, trainer))
+        try:
+            asyncio.run(serve(config, trainer))
+        except VersionConflict as err:
+            log.error("resume_version_conflict", policy_version=trainer.policy_version, detail=str(err))
+            print(f"tracerl learner: cannot resume: {err}", flush=True)
+            return 2
     else:
         follow_rank_zero(trainer)
     return 0

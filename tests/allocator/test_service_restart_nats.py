@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,28 +25,14 @@ from allocator.simulator import SimPrompt, SimulatedActor, SimulatorConfig
 from bench.chaos import read_drop_records, read_held, read_stream_ids, reconcile, wait_consumer_drained
 from environments.registry import make_tasks
 from protocol import CompletedTree, Heartbeat, WeightsAnnouncement, WorkItem, decode
-from tracerl.config import LogConfig, RunConfig, dump_config
+from tests.processes import kill_groups, start_role, written
+from tracerl.config import LogConfig, RunConfig
 
 pytestmark = [pytest.mark.nats]
 
 ACTOR = "a0"
 STEPS_BEFORE_KILL = 2
 STEPS_TOTAL = 5
-
-
-def _kill_groups(*processes: subprocess.Popen | None) -> None:
-    """SIGKILL each still-running allocator's process group (its children go with it)."""
-    for proc in processes:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _written(config: AllocatorConfig, tmp_path: Path) -> tuple[Path, Path]:
-    """The config file the allocator process reads, and where its output goes."""
-    config_path = tmp_path / "allocator.yaml"
-    config_path.write_text(dump_config(config))
-    return config_path, tmp_path / "allocator.out"
 
 
 def _allocator_config(bus_run, run_dir: Path, **overrides) -> AllocatorConfig:
@@ -66,14 +51,6 @@ def _allocator_config(bus_run, run_dir: Path, **overrides) -> AllocatorConfig:
         metrics_interval_s=1.0,
         **overrides,
     )
-
-
-def _start(config_path: Path, log_path: Path) -> subprocess.Popen:
-    with log_path.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tracerl", "allocator", "--config", str(config_path)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
 
 
 async def _drain_then_stop(bus_run, allocator: subprocess.Popen, log_path: Path) -> None:
@@ -174,12 +151,12 @@ class FakeFleet:
 def test_a_killed_allocator_is_rebuilt_from_the_streams_without_losing_or_repeating_nodes(bus_run, tmp_path):
     run_dir = tmp_path / "run"
     config = _allocator_config(bus_run, run_dir)
-    config_path, log_path = _written(config, tmp_path)
+    config_path, log_path = written(config, "allocator", tmp_path)
 
     async def main() -> dict:
         fleet = FakeFleet(bus_run, config)
         await fleet.open()
-        first = _start(config_path, log_path)
+        first = start_role("allocator", config_path, log_path)
         second = None
         try:
             killed_at = None
@@ -195,7 +172,7 @@ def test_a_killed_allocator_is_rebuilt_from_the_streams_without_losing_or_repeat
                         os.killpg(first.pid, signal.SIGKILL)
                         first.wait()
                         killed_at = time.monotonic()
-                        second = _start(config_path, log_path)
+                        second = start_role("allocator", config_path, log_path)
                         # This batch stays unacked on the work stream until the new one has rebuilt.
                         while log_path.read_text().count("allocator_rebuilt") < 2:
                             assert second.poll() is None, log_path.read_text()[-3000:]
@@ -208,7 +185,7 @@ def test_a_killed_allocator_is_rebuilt_from_the_streams_without_losing_or_repeat
             assert killed_at is not None and second is not None and second.poll() is None
             await _drain_then_stop(bus_run, second, log_path)
         finally:
-            _kill_groups(first, second)
+            kill_groups(first, second)
             await fleet.close()
         nodes, trees = await read_stream_ids(Path(bus_run.run.run_dir), bus_run.run.run_id, bus_run.bus.servers)
         return {"nodes": nodes, "trees": trees}
@@ -232,12 +209,12 @@ def test_work_routed_to_an_actor_that_is_gone_goes_back_to_the_shared_queue(bus_
     run_dir = tmp_path / "run"
     config = _allocator_config(bus_run, run_dir, actor_timeout_s=2.0)
     config = dataclasses.replace(config, core=dataclasses.replace(config.core, step_timeout_s=600.0))
-    config_path, log_path = _written(config, tmp_path)
+    config_path, log_path = written(config, "allocator", tmp_path)
 
     async def main() -> dict:
         fleet = FakeFleet(bus_run, config)
         await fleet.open()
-        allocator = _start(config_path, log_path)
+        allocator = start_role("allocator", config_path, log_path)
         try:
             deadline = time.monotonic() + 90
             while len(fleet.steps_trained) < 3:
@@ -254,7 +231,7 @@ def test_work_routed_to_an_actor_that_is_gone_goes_back_to_the_shared_queue(bus_
             assert fleet.actor_id == "a1"
             await _drain_then_stop(bus_run, allocator, log_path)
         finally:
-            _kill_groups(allocator)
+            kill_groups(allocator)
             await fleet.close()
         nodes, trees = await read_stream_ids(Path(bus_run.run.run_dir), bus_run.run.run_id, bus_run.bus.servers)
         return {"nodes": nodes, "trees": trees}

@@ -1,7 +1,7 @@
 """`tracerl bench chaos`, short: a real run (bus, allocator, two vLLM actors, learner) with one
 SIGKILL of an actor (replaced by a new one), of the learner and of the allocator, and a
 nats-server restart, each a learner step apart. Nothing accepted may be lost or put in two
-trees, no token trained past the staleness bound, and policy versions only go up."""
+trees, no token trained past the staleness bound, and policy versions go strictly up."""
 
 import json
 import subprocess

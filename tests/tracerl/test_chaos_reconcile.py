@@ -64,13 +64,16 @@ def test_held_nodes_do_not_hide_lost_ones_and_staleness_fails():
     assert any("staleness" in f for f in r.failures())
 
 
-def test_versions_must_only_go_up_except_an_identical_reannouncement():
-    assert version_violations(_pubs((0, "a"), (1, "b"), (1, "b"), (2, "c"))) == ([], 1)
+def test_versions_must_go_strictly_up():
+    assert version_violations(_pubs((0, "a"), (1, "b"), (2, "c"))) == []
+    # A restart that announces its version again, even with the same weights, was not recognised.
+    assert version_violations(_pubs((0, "a"), (1, "b"), (1, "b"), (2, "c"))) == [(1, 1)]
     # A restart that takes back a version, or names other weights with an old number, fails.
-    assert version_violations(_pubs((0, "a"), (3, "d"), (2, "c"))) == ([(3, 2)], 0)
-    assert version_violations(_pubs((0, "a"), (1, "b"), (1, "e"))) == ([(1, 1)], 0)
+    assert version_violations(_pubs((0, "a"), (3, "d"), (2, "c"))) == [(3, 2)]
+    assert version_violations(_pubs((0, "a"), (1, "b"), (1, "e"))) == [(1, 1)]
     r = reconcile([], [], [], [], _pubs((0, "a"), (2, "c"), (1, "b")), 0.0)
     assert not r.versions_strictly_increasing and r.versions == [0, 2, 1]
+    assert r.failures() == ["policy versions went [(2, 1)] (must go strictly up)"]
 
 
 def test_markdown_names_every_check_and_the_verdict():

@@ -1,0 +1,143 @@
+"""A real `tracerl learner` process against a real nats-server, SIGKILLed after it announced a
+version and started again from its checkpoint: the run's announced versions go strictly up
+(the restarted learner does not announce its resume version a second time), training goes
+on to the next version, and a learner whose checkpoint is behind the announced version
+refuses to start instead of announcing versions that go back."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.chaos import version_violations
+from learner.config import LearnerConfig, ModelSection, OptimiserSection, TrainingSection
+from learner.versions import Publication, read_publications
+from protocol import Subjects, WeightsAnnouncement
+from protocol.messages import replace
+from tests.learner.models import TINY_VOCAB
+from tests.learner.trees import random_tree
+from tests.processes import kill_groups, start_role, written
+from tracerl.config import LogConfig, RunConfig
+
+pytestmark = [pytest.mark.nats]
+
+TREES_PER_STEP = 2
+START_TIMEOUT_S = 180.0
+
+
+def _learner_config(bus_run, run_dir: Path, model_dir: Path) -> LearnerConfig:
+    credentials = Path(bus_run.run.run_dir) / "credentials" / "learner.json"
+    return LearnerConfig(
+        run=RunConfig(run_id=bus_run.run.run_id, run_dir=str(run_dir)),
+        bus=dataclasses.replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
+        log=LogConfig(level="info"),
+        model=ModelSection(model_dir=str(model_dir)),
+        optimiser=OptimiserSection(lr=1e-3),
+        # Every version is checkpointed before it is announced: the supported restart set-up.
+        training=TrainingSection(checkpoint_every_steps=1, staleness_eta=4),
+    )
+
+
+async def _announced(client) -> WeightsAnnouncement | None:
+    return await client.get_weights_announcement()
+
+
+async def _kv_revision(admin) -> int:
+    kv = await admin.js.key_value(admin.subjects.state_bucket)
+    return (await kv.get(Subjects.POLICY_VERSION_KEY)).revision
+
+
+async def _wait_version(admin, version: int, learner: subprocess.Popen, out: Path) -> WeightsAnnouncement:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert learner.poll() is None, out.read_text()[-3000:]
+        current = await _announced(admin)
+        if current is not None and current.policy_version >= version:
+            assert current.policy_version == version, (current, out.read_text()[-3000:])
+            return current
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"version {version} never announced: " + out.read_text()[-3000:])
+
+
+async def _publish_step(allocator, run_id: str, step: int) -> None:
+    """One allocator step's worth of trees, sampled by the policy of version ``step``."""
+    rng = random.Random(step)
+    for i in range(TREES_PER_STEP):
+        tree = random_tree(rng, f"s{step}-{i}", TINY_VOCAB, version=step)
+        tree = replace(tree, run_id=run_id, allocator_step=step, step_tree_count=TREES_PER_STEP)
+        await allocator.publish(allocator.subjects.trees, tree, msg_id=tree.tree_id)
+
+
+def _log_has(run_dir: Path, event: str) -> int:
+    path = run_dir / "logs" / "learner.jsonl"
+    return path.read_text().count(f'"event": "{event}"') if path.exists() else 0
+
+
+async def _wait_started(run_dir: Path, count: int, learner: subprocess.Popen, out: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while _log_has(run_dir, "learner_started") < count:
+        assert learner.poll() is None, out.read_text()[-3000:]
+        assert time.monotonic() < deadline, out.read_text()[-3000:]
+        await asyncio.sleep(0.2)
+
+
+def test_a_restarted_learner_does_not_announce_its_version_again_and_refuses_to_go_back(
+    bus_run, tiny_model_dir, tmp_path
+):
+    run_dir = tmp_path / "run"
+    config_path, out = written(_learner_config(bus_run, run_dir, tiny_model_dir), "learner", tmp_path)
+    run_id = bus_run.run.run_id
+
+    async def main() -> None:
+        admin = await bus_run.connect("admin")
+        allocator = await bus_run.connect("allocator")
+        first = start_role("learner", config_path, out)
+        second = third = None
+        try:
+            await _wait_version(admin, 0, first, out)
+            for step in (0, 1):
+                await _publish_step(allocator, run_id, step)
+                await _wait_version(admin, step + 1, first, out)
+            before_kill = await _announced(admin)
+            revision = await _kv_revision(admin)
+            kill_groups(first)
+
+            second = start_role("learner", config_path, out)
+            await _wait_started(run_dir, 2, second, out)
+            # Resumed at version 2, which the run already has: the KV entry was not rewritten.
+            assert await _kv_revision(admin) == revision
+            assert await _announced(admin) == before_kill
+            await _publish_step(allocator, run_id, 2)
+            after = await _wait_version(admin, 3, second, out)
+            assert after.sha256 != before_kill.sha256
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=120) == 0, out.read_text()[-3000:]
+
+            # A run that has announced past the newest checkpoint (here: version 7 from elsewhere).
+            async with await bus_run.connect("learner") as rogue:
+                ahead = replace(after, policy_version=7, created_at=time.time())
+                await rogue.announce_weights(ahead)
+            third = start_role("learner", config_path, out)
+            assert third.wait(timeout=START_TIMEOUT_S) == 2, out.read_text()[-3000:]
+            assert await _announced(admin) == ahead
+        finally:
+            kill_groups(first, second, third)
+            await allocator.close()
+            await admin.close()
+        publications = read_publications(run_dir)
+        assert [p.policy_version for p in publications] == [0, 1, 2, 3]
+        assert version_violations(publications) == []
+        assert publications[2] == Publication(2, before_kill.sha256)
+        assert publications[3] == Publication(3, after.sha256)
+
+    asyncio.run(main())
+    text = out.read_text()
+    assert "tracerl learner: cannot resume: the weights KV already holds policy version 7" in text
+    assert _log_has(run_dir, "resume_version_conflict") == 1
