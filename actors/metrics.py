@@ -51,3 +51,34 @@ def version_lag(latest_announced: int | None, serving: int) -> int:
 def queue_wait_s(issued_at: float, received_at: float) -> float:
     """Time a work item spent queued; clock skew between hosts can make it negative, so clamp."""
     return max(0.0, received_at - issued_at)
+
+
+def interval_record(
+    rates: Rates,
+    *,
+    latest_announced: int | None,
+    policy_version: int,
+    inflight_items: int,
+    inflight_turns: int,
+    items_completed: int,
+    items_rejected: int,
+    nodes_published: int,
+    bus_counters: dict[str, int],
+) -> dict[str, float | int]:
+    """One metrics record: the interval's rates, the running totals, and the bus client's
+    counters under ``bus.`` (``bus.rejected.<reason>`` counts messages refused unread)."""
+    record: dict[str, float | int] = {
+        "tokens_per_s": round(rates.tokens_per_s, 1),
+        "turns_per_s": round(rates.turns_per_s, 2),
+        "prefix_cache_hit_rate": round(rates.prefix_cache_hit_rate, 3),
+        "queue_wait_s": round(rates.mean_queue_wait_s, 3),
+        "version_lag": version_lag(latest_announced, policy_version),
+        "policy_version": policy_version,
+        "inflight_items": inflight_items,
+        "inflight_turns": inflight_turns,
+        "items_completed": items_completed,
+        "items_rejected": items_rejected,
+        "nodes_published": nodes_published,
+    }
+    record.update({f"bus.{name}": count for name, count in sorted(bus_counters.items())})
+    return record

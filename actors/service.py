@@ -9,7 +9,9 @@ The shell around the episode loop:
   the node id as the message id; the item is acked only after its last node is stored, so a
   crash leaves it for redelivery and the regenerated nodes carry the same ids;
 - a watcher on the policy-version key downloads, verifies and reloads new weights between
-  turns; heartbeats register the actor and its load in the KV bucket.
+  turns; heartbeats register the actor and its load in the KV bucket;
+- every ``metrics_interval_s`` and once at stop, a record of rates and counters (the bus's
+  rejected messages by reason among them) goes to ``metrics/actor-<id>.jsonl``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from typing import Any
 from actors.config import ActorConfig
 from actors.engine import PolicyEngine
 from actors.episode import EpisodeContext, EpisodeError, run_work_item
-from actors.metrics import Counters, queue_wait_s, rates_between, version_lag
+from actors.metrics import Counters, Rates, interval_record, queue_wait_s, rates_between
 from actors.weights import WeightsError, model_dir_signature, prune_versions, verify_blob, write_version_dir
 from environments.base import Environment
 from protocol import Heartbeat, Subjects, WeightsAnnouncement, WorkItem
 from tracerl.logs import configure_logging, get_logger
+from tracerl.metrics import MetricsWriter
 
 log = get_logger(__name__)
 
@@ -72,6 +75,8 @@ class ActorService:
         self.weights_root = Path(config.weights_dir or Path(config.run.run_dir) / "actors" / actor_id / "weights")
         self.ctx = EpisodeContext(actor_id=actor_id, max_model_len=engine.settings.max_model_len)
         self._version_changed = asyncio.Condition()
+        self.metrics = MetricsWriter(config.run.run_dir, f"{ROLE}-{actor_id}")
+        self._metrics_base = self.counters()
 
     # Lifecycle ----------------------------------------------------------------------
 
@@ -104,6 +109,9 @@ class ActorService:
         for consumer in (own, shared):
             await consumer.close()
         await self.deregister()
+        # Totals at the stop, so a short run (or the tail of a long one) is not missing from the file.
+        self.write_metrics(rates_between(self._metrics_base, self.counters()), final=True)
+        self.metrics.close()
         return self.exit_code
 
     async def _work_limits(self):
@@ -151,9 +159,6 @@ class ActorService:
         """Run one work item to completion; raising leaves it for redelivery, returning acks it."""
         self.items_started += 1
         self.queue_wait_s_total += queue_wait_s(item.issued_at, time.time())
-        if item.run_id != self.config.run.run_id:
-            await self._reject(item, delivery, "wrong_run", f"item is for run {item.run_id!r}")
-            return
         try:
             self.make_env(item.task.env)
         except Exception as err:  # the registry signals unknown names with EnvironmentError_
@@ -166,6 +171,8 @@ class ActorService:
                 async for node in run_work_item(self.engine, lambda: self.make_env(item.task.env), item, self.ctx):
                     await self.bus.publish(self.subjects.nodes, node, msg_id=node.node_id)
                     self.nodes_published += 1
+                    if self.nodes_published == 1:  # the end of joining a run (`tracerl bench join`)
+                        log.info("first_node_published", node_id=node.node_id, policy_version=node.policy_version)
             except EpisodeError as err:
                 await self._reject(item, delivery, err.reason, err.detail)
                 return
@@ -296,26 +303,27 @@ class ActorService:
         )
 
     async def _metrics_loop(self) -> None:
-        before = self.counters()
         while True:
             await asyncio.sleep(self.config.metrics_interval_s)
             after = self.counters()
-            rates = rates_between(before, after)
-            before = after
-            log.info(
-                "actor_metrics",
-                tokens_per_s=round(rates.tokens_per_s, 1),
-                turns_per_s=round(rates.turns_per_s, 2),
-                prefix_cache_hit_rate=round(rates.prefix_cache_hit_rate, 3),
-                queue_wait_s=round(rates.mean_queue_wait_s, 3),
-                version_lag=version_lag(self.latest_announced, self.engine.policy_version),
-                policy_version=self.engine.policy_version,
-                inflight_items=len(self.inflight),
-                inflight_turns=self.engine.inflight_turns,
-                items_completed=self.items_completed,
-                items_rejected=self.items_rejected,
-                nodes_published=self.nodes_published,
-            )
+            rates = rates_between(self._metrics_base, after)
+            self._metrics_base = after
+            self.write_metrics(rates)
+
+    def write_metrics(self, rates: Rates, final: bool = False) -> None:
+        record = interval_record(
+            rates,
+            latest_announced=self.latest_announced,
+            policy_version=self.engine.policy_version,
+            inflight_items=len(self.inflight),
+            inflight_turns=self.engine.inflight_turns,
+            items_completed=self.items_completed,
+            items_rejected=self.items_rejected,
+            nodes_published=self.nodes_published,
+            bus_counters=self.bus.counters,
+        )
+        log.info("actor_metrics", **record)
+        self.metrics.write({**record, "actor_id": self.actor_id, **({"final": True} if final else {})})
 
 
 def _is_timeout(err: Exception) -> bool:

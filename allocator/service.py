@@ -106,7 +106,7 @@ async def rebuild_from_streams(
     core.on_policy_version(version)
     nodes_until = (await stream_extent(bus.js, s.nodes_stream)).last_seq
     rejected = trees = work_items = nodes = 0
-    async for _, tree in read_stream(bus.js, s.trees_stream, s.trees, CompletedTree):
+    async for _, tree in read_stream(bus.js, s.trees_stream, s.trees, CompletedTree, run_id=s.run_id):
         if isinstance(tree, ProtocolError):
             rejected += 1
             continue
@@ -114,7 +114,7 @@ async def rebuild_from_streams(
         trees += 1
     routed: dict[str, tuple[str, WorkItem]] = {}
     actor_prefix = s.work_for_actor("x")[:-1]
-    async for _, subject, item in read_work_queue(bus.js, s.work_stream, s.work_all, WorkItem):
+    async for _, subject, item in read_work_queue(bus.js, s.work_stream, s.work_all, WorkItem, run_id=s.run_id):
         if isinstance(item, ProtocolError):
             rejected += 1
             continue
@@ -124,7 +124,7 @@ async def rebuild_from_streams(
             if subject.startswith(actor_prefix):
                 routed[item.work_id] = (subject[len(actor_prefix) :], item)
     outcomes: dict[str, int] = {}
-    async for _, node in read_stream(bus.js, s.nodes_stream, s.nodes, TurnNode, until_seq=nodes_until):
+    async for _, node in read_stream(bus.js, s.nodes_stream, s.nodes, TurnNode, until_seq=nodes_until, run_id=s.run_id):
         if isinstance(node, ProtocolError):
             rejected += 1
             continue

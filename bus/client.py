@@ -239,14 +239,16 @@ class BusClient:
     # Consuming ----------------------------------------------------------------------
 
     async def pull_consumer(
-        self, stream: str, durable: str, expected: type[T], *, max_bytes: int = DEFAULT_MAX_BYTES
+        self, stream: str, durable: str, expected: type[T], *, max_bytes: int | None = None
     ) -> PullConsumer[T]:
         """Bind to an existing durable (provisioned by the bus, or by ensure_actor_consumer).
 
-        Messages larger than ``max_bytes`` are rejected as ``oversized`` without decoding.
+        Messages larger than ``max_bytes`` (default ``bus.max_message_bytes``) are rejected
+        as ``oversized`` without decoding.
         """
         sub = await self.js.pull_subscribe_bind(durable, stream=stream)
-        return PullConsumer(self, sub, stream, durable, expected, max_bytes)
+        limit = self.bus.max_message_bytes if max_bytes is None else max_bytes
+        return PullConsumer(self, sub, stream, durable, expected, limit)
 
     async def ensure_actor_consumer(self, actor_id: str, limits: StreamLimits | None = None) -> str:
         """Create (or re-bind to) this actor's own durable on its work subject; returns its name."""
@@ -363,7 +365,7 @@ class BusClient:
 
     def _decode_entry(self, raw: bytes | None, expected: type[T], key: str) -> T | None:
         try:
-            return decode(raw or b"", expected)
+            return decode(raw or b"", expected, run_id=self.subjects.run_id)
         except ProtocolError as err:
             self._counters[f"rejected.{err.reason}"] += 1
             log.warning("kv_entry_rejected", key=key, reason=err.reason, detail=err.detail[:200])
@@ -426,7 +428,7 @@ class PullConsumer(Generic[T]):
     async def _handle(self, msg: Msg, handler: Handler[T]) -> bool:
         counters = self.client._counters
         try:
-            message = decode(msg.data, self.expected, max_bytes=self.max_bytes)
+            message = decode(msg.data, self.expected, max_bytes=self.max_bytes, run_id=self.client.subjects.run_id)
         except ProtocolError as err:
             counters[f"rejected.{err.reason}"] += 1
             log.warning("message_rejected", consumer=self.durable, subject=msg.subject, reason=err.reason,

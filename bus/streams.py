@@ -12,8 +12,8 @@ Two readers, because the two retention policies allow different things:
   still pending; acknowledged items are gone and cost nothing.
 
 Both yield the stream sequence and the message (the work-queue reader its subject too). A
-message that does not decode as ``expected`` is yielded as its ``ProtocolError`` so the
-caller decides how to count it (replay must not stop on a poisoned message, which the
+message that does not decode as ``expected`` (or, given ``run_id``, belongs to another run)
+is yielded as its ``ProtocolError`` so the caller decides how to count it (replay must not stop on a poisoned message, which the
 bus's dead-letter sweeper handles on its own).
 """
 
@@ -48,9 +48,9 @@ async def stream_extent(js: JetStreamContext, stream: str) -> StreamExtent:
     return StreamExtent(int(state.first_seq or 0), int(state.last_seq or 0), int(state.messages or 0))
 
 
-def _decoded(data: bytes, expected: type[T]) -> T | ProtocolError:
+def _decoded(data: bytes, expected: type[T], run_id: str | None) -> T | ProtocolError:
     try:
-        return decode(data, expected)
+        return decode(data, expected, run_id=run_id)
     except ProtocolError as err:
         return err
 
@@ -63,6 +63,7 @@ async def read_stream(
     *,
     until_seq: int | None = None,
     idle_timeout_s: float = 5.0,
+    run_id: str | None = None,
 ) -> AsyncIterator[tuple[int, T | ProtocolError]]:
     """Every stored message on ``subject`` up to ``until_seq`` (default: the last one now).
 
@@ -104,7 +105,7 @@ async def read_stream(
                 seq = meta.sequence.stream
                 if seq > until_seq:
                     return
-                yield seq, _decoded(msg.data, expected)
+                yield seq, _decoded(msg.data, expected, run_id)
                 if seq >= until_seq or meta.num_pending == 0:
                     return
     finally:
@@ -115,7 +116,7 @@ async def read_stream(
 
 
 async def read_work_queue(
-    js: JetStreamContext, stream: str, subject_filter: str, expected: type[T]
+    js: JetStreamContext, stream: str, subject_filter: str, expected: type[T], *, run_id: str | None = None
 ) -> AsyncIterator[tuple[int, str, T | ProtocolError]]:
     """Every message still stored in a work-queue stream (pending or held by a consumer),
     as ``(sequence, subject, message)``: the subject says which queue holds it."""
@@ -130,5 +131,5 @@ async def read_work_queue(
             return
         if raw.seq is None or raw.seq > extent.last_seq:
             return
-        yield raw.seq, raw.subject or "", _decoded(raw.data or b"", expected)
+        yield raw.seq, raw.subject or "", _decoded(raw.data or b"", expected, run_id)
         seq = raw.seq + 1

@@ -1,8 +1,9 @@
 """msgpack encoding with a schema name and version, and validation on decode.
 
 Any failure to decode — truncated bytes, wrong schema, unknown version, missing or extra
-field, wrong type, oversized payload — raises ``ProtocolError`` and nothing else, so a
-consumer needs exactly one ``except`` to reject a bad message and keep serving.
+field, wrong type, oversized payload, a message of another run — raises ``ProtocolError``
+and nothing else, so a consumer needs exactly one ``except`` to reject a bad message and
+keep serving.
 """
 
 from __future__ import annotations
@@ -37,8 +38,14 @@ def encode(message: Any) -> bytes:
     return msgpack.packb(envelope, use_bin_type=True)
 
 
-def decode(payload: bytes, expected: type[T] | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> T:
-    """Decode and validate one message; ``expected`` pins the message type for a subject."""
+def decode(
+    payload: bytes, expected: type[T] | None = None, *, max_bytes: int = DEFAULT_MAX_BYTES, run_id: str | None = None
+) -> T:
+    """Decode and validate one message; ``expected`` pins the message type for a subject.
+
+    ``run_id`` pins the run: subjects are scoped by run id, but a client allowed on them
+    can still publish a well-formed message of another run, which must not be mixed in.
+    """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise ProtocolError("not_bytes", f"payload is {type(payload).__name__}")
     if len(payload) > max_bytes:
@@ -60,6 +67,9 @@ def decode(payload: bytes, expected: type[T] | None = None, *, max_bytes: int = 
             "unsupported_version", f"{schema} version {version!r} (this build speaks {cls.SCHEMA_VERSION})"
         )
     try:
-        return from_plain(cls, envelope["body"])
+        message = from_plain(cls, envelope["body"])
     except SchemaError as err:
         raise ProtocolError("schema_violation", f"{schema}.{err}") from None
+    if run_id is not None and message.run_id != run_id:
+        raise ProtocolError("wrong_run", f"{schema} of run {message.run_id!r}, expected {run_id!r}")
+    return message

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
+from protocol.codec import DEFAULT_MAX_BYTES
 from tracerl.typed import SchemaError, from_plain, to_plain
 
 T = TypeVar("T")
@@ -40,6 +41,14 @@ class BusConfig:
     max_reconnect_attempts: int = 60
     reconnect_wait_s: float = 1.0
     request_timeout_s: float = 5.0
+    # Larger messages on a consumed subject are rejected unread ("oversized"). The server's
+    # own limit (the bus's max_payload, 8 MiB by default) is the ceiling; a role can be
+    # stricter, so a client allowed on its subjects cannot make it decode huge payloads.
+    max_message_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes < 1:
+            raise ValueError("max_message_bytes must be >= 1")
 
 
 @dataclass(frozen=True)

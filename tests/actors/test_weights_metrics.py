@@ -10,7 +10,7 @@ from safetensors.torch import save, save_file
 
 from actors.config import ActorConfig, EngineSettings
 from actors.engine import derive_turn_seed, engine_kwargs, sampled_logprobs, turn_token_budget
-from actors.metrics import Counters, queue_wait_s, rates_between, version_lag
+from actors.metrics import Counters, Rates, interval_record, queue_wait_s, rates_between, version_lag
 from actors.weights import (
     WeightsError,
     model_dir_signature,
@@ -90,6 +90,20 @@ def test_rates_between_two_samples():
 def test_version_lag_and_queue_wait():
     assert version_lag(None, 3) == 0 and version_lag(5, 3) == 2 and version_lag(2, 3) == 0
     assert queue_wait_s(10.0, 12.5) == 2.5 and queue_wait_s(12.0, 10.0) == 0.0
+
+
+def test_interval_record_rounds_rates_and_carries_the_bus_counters():
+    rates = Rates(interval_s=5.0, tokens_per_s=123.456, turns_per_s=1.2345, prefix_cache_hit_rate=0.12345,
+                  mean_queue_wait_s=0.98765)
+    record = interval_record(
+        rates, latest_announced=7, policy_version=5, inflight_items=2, inflight_turns=3, items_completed=10,
+        items_rejected=1, nodes_published=40, bus_counters={"rejected.malformed": 3, "handled": 9},
+    )
+    assert record == {
+        "tokens_per_s": 123.5, "turns_per_s": 1.23, "prefix_cache_hit_rate": 0.123, "queue_wait_s": 0.988,
+        "version_lag": 2, "policy_version": 5, "inflight_items": 2, "inflight_turns": 3, "items_completed": 10,
+        "items_rejected": 1, "nodes_published": 40, "bus.handled": 9, "bus.rejected.malformed": 3,
+    }
 
 
 def test_engine_kwargs_pick_cpu_and_gpu_defaults():

@@ -96,6 +96,16 @@ def test_fixed_examples_round_trip_and_size_limit(message: object) -> None:
     assert err.value.reason == "wrong_schema"
 
 
+@pytest.mark.parametrize("message", sample_messages("r1"), ids=lambda m: type(m).__name__)
+def test_a_message_of_another_run_is_refused_only_when_the_run_is_pinned(message: object) -> None:
+    payload = encode(dataclasses.replace(message, run_id="r2"))
+    assert decode(payload, type(message)).run_id == "r2"
+    assert decode(payload, type(message), run_id="r2").run_id == "r2"
+    with pytest.raises(ProtocolError) as err:
+        decode(payload, type(message), run_id="r1")
+    assert err.value.reason == "wrong_run" and "'r2'" in err.value.detail
+
+
 def test_sample_messages_cover_every_type() -> None:
     assert {type(m) for m in sample_messages("r1")} == set(MESSAGE_TYPES.values())
     assert all(dataclasses.is_dataclass(m) for m in sample_messages("r1"))
