@@ -176,6 +176,7 @@ class LearnerService:
                 trees_trained=self.trees_trained,
                 batch_versions_min=min(n.policy_version for t in batch for n in t.nodes),
             )
+            record.update(self.bus_counters())
             self.metrics.write(record)
             log.info(
                 "train_step",
@@ -189,6 +190,17 @@ class LearnerService:
             # again, with other weights, by the restarted learner (versions must go strictly up).
             await asyncio.to_thread(self.trainer.save_rolling_checkpoint)
             await self.publish_weights()
+
+    def bus_counters(self) -> dict[str, int]:
+        """The bus client's counts (``bus.rejected.<reason>``: trees refused unread, ...)."""
+        return {f"bus.{name}": count for name, count in sorted(self.bus.counters.items())}
+
+    def write_final_metrics(self) -> None:
+        # Trees refused after the last step would otherwise be in no record.
+        self.metrics.write(
+            {"final": True, "trees_received": self.trees_received, "trees_trained": self.trees_trained,
+             "policy_version": self.trainer.policy_version, **self.bus_counters()}
+        )
 
     async def train_loop(self) -> None:
         while not self.stop.is_set():
@@ -242,6 +254,7 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> None:
         await asyncio.to_thread(save_final_checkpoint, trainer)
     final_dir = Path(config.run.run_dir) / "final_model"
     await asyncio.to_thread(trainer.export_model_dir, final_dir)
+    service.write_final_metrics()
     service.metrics.close()
     service.announcements.close()
     await trees.close()

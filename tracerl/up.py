@@ -35,11 +35,21 @@ def free_port() -> int:
 
 
 def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> dict[str, Any]:
-    """Each role's config with the shared parts (run, log, bus address, model) made consistent."""
-    client_bus = dataclasses.replace(up.actor.bus, servers=[f"nats://127.0.0.1:{port}"], credentials="")
+    """Each role's config with the shared parts (run, log, bus address, model) made consistent.
+
+    With ``bus.cluster.local_nodes``, node i listens on ``port + i`` (bus.server.plan_nodes)
+    and every role lists all nodes, so that it fails over.
+    """
+    nodes = up.bus.cluster.local_nodes or 1
+    servers = [f"nats://127.0.0.1:{port + i}" for i in range(nodes)]
+    client_bus = dataclasses.replace(up.actor.bus, servers=servers, credentials="")
     shared = dict(run=up.run, log=up.log)
+    bus = dataclasses.replace(up.bus, port=port, monitor_port=monitor_port, **shared)
+    if up.bus.cluster.local_nodes:
+        # Free route ports: the fixed default would collide with another local cluster.
+        bus = dataclasses.replace(bus, cluster=dataclasses.replace(up.bus.cluster, route_port=0))
     configs: dict[str, Any] = {
-        "bus": dataclasses.replace(up.bus, port=port, monitor_port=monitor_port, **shared),
+        "bus": bus,
         "learner": dataclasses.replace(
             up.learner, bus=client_bus, model=dataclasses.replace(up.learner.model, model_dir=model_dir), **shared
         ),
@@ -75,11 +85,26 @@ def start_role(supervisor: Supervisor, up: UpConfig, name: str, config_dir: Path
     supervisor.start(name, [role, "--config", str(config_dir / f"{name}.yaml")], parse_cpu_list(cpus))
 
 
+# What `tracerl bus` prints once the run's streams and buckets exist (bus.entry._announce).
+BUS_READY_LINE = "tracerl bus: listening on"
+
+
 def start_roles(supervisor: Supervisor, up: UpConfig, names: list[str], config_dir: Path) -> None:
-    """The bus first (and wait until it wrote the credentials), then the other roles."""
+    """The bus first (and wait until it has provisioned the run), then the other roles.
+
+    A role started before provisioning would find no stream or bucket; a cluster takes
+    seconds to elect the leaders its replicated streams need.
+    """
+    out = supervisor.log_dir / "bus.out"
+    offset = out.stat().st_size if out.exists() else 0  # the lines of an earlier run in this directory
+
+    def ready() -> bool:
+        with out.open("rb") as handle:
+            handle.seek(offset)
+            return BUS_READY_LINE.encode() in handle.read()
+
     start_role(supervisor, up, "bus", config_dir)
-    credentials = Path(up.run.run_dir) / "credentials" / "learner.json"
-    wait_for(lambda: credentials.exists() or not supervisor.processes["bus"].alive, 30, what="the bus")
+    wait_for(lambda: ready() or not supervisor.processes["bus"].alive, up.startup_timeout_s, what="the bus")
     check_alive(supervisor)
     for name in ("learner", "allocator", *(n for n in names if n.startswith("actor-"))):
         start_role(supervisor, up, name, config_dir)
@@ -92,7 +117,7 @@ def stop_roles(supervisor: Supervisor, timeout_s: float = 60.0) -> None:
 
 
 def progress_line(run_dir: Path, started_at: float) -> str:
-    learner = list(read_metrics(metrics_path(run_dir, "learner")))
+    learner = [r for r in read_metrics(metrics_path(run_dir, "learner")) if "step" in r]
     allocator = list(read_metrics(metrics_path(run_dir, "allocator")))
     heldout = [r for r in allocator if "heldout.policy_version" in r]
     parts = [f"{time.time() - started_at:5.0f}s"]

@@ -23,6 +23,14 @@ def test_role_configs_share_run_bus_address_and_model():
     assert configs["actor-1"].model_dir == "/models/m" and configs["actor-1"].actor_id == "actor-1"
 
 
+def test_role_configs_list_every_node_of_a_local_cluster():
+    up = load_config(UpConfig, None, ["bus.cluster.name=c", "bus.cluster.local_nodes=3"])
+    configs = role_configs(up, "/models/m", port=4555, monitor_port=8555)
+    assert configs["learner"].bus.servers == ["nats://127.0.0.1:4555", "nats://127.0.0.1:4556", "nats://127.0.0.1:4557"]
+    assert configs["bus"].cluster.local_nodes == 3 and configs["bus"].cluster.route_port == 0
+    assert configs["bus"].replicas == 3
+
+
 def test_up_config_rejects_bad_pinning():
     with pytest.raises(Exception, match="bad cpu"):
         load_config(UpConfig, None, ["cpus.actors=x"])
