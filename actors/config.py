@@ -74,6 +74,10 @@ class ActorConfig:
     # An item demanding a policy version this actor has not loaded waits this long for it,
     # then goes back to the queue for an actor that has it.
     version_wait_s: float = 60.0
+    # Longest wait for one weights blob from the object store. A slower fetch is abandoned
+    # (counted as ``fetch_timeout``) and the actor keeps serving its version; the next
+    # announcement is fetched afresh. Large models over a slow link need more.
+    weights_fetch_timeout_s: float = 300.0
     # Downloaded weight versions are written here; empty means "<run_dir>/actors/<actor_id>/weights".
     weights_dir: str = ""
 
@@ -84,7 +88,8 @@ class ActorConfig:
         if self.max_inflight_items < 1:
             raise ValueError("max_inflight_items must be >= 1")
         for name in (
-            "heartbeat_interval_s", "metrics_interval_s", "pull_timeout_s", "progress_interval_s", "version_wait_s"
+            "heartbeat_interval_s", "metrics_interval_s", "pull_timeout_s", "progress_interval_s", "version_wait_s",
+            "weights_fetch_timeout_s",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

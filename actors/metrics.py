@@ -63,10 +63,13 @@ def interval_record(
     items_completed: int,
     items_rejected: int,
     nodes_published: int,
+    weights_loaded: int,
+    weights_failures: dict[str, int],
     bus_counters: dict[str, int],
 ) -> dict[str, float | int]:
-    """One metrics record: the interval's rates, the running totals, and the bus client's
-    counters under ``bus.`` (``bus.rejected.<reason>`` counts messages refused unread)."""
+    """One metrics record: the interval's rates, the running totals, announced versions not
+    loaded under ``weights_failed.<reason>``, and the bus client's counters under ``bus.``
+    (``bus.rejected.<reason>`` counts messages refused unread)."""
     record: dict[str, float | int] = {
         "tokens_per_s": round(rates.tokens_per_s, 1),
         "turns_per_s": round(rates.turns_per_s, 2),
@@ -79,6 +82,8 @@ def interval_record(
         "items_completed": items_completed,
         "items_rejected": items_rejected,
         "nodes_published": nodes_published,
+        "weights_loaded": weights_loaded,
     }
+    record.update({f"weights_failed.{reason}": count for reason, count in sorted(weights_failures.items())})
     record.update({f"bus.{name}": count for name, count in sorted(bus_counters.items())})
     return record

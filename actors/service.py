@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -28,7 +29,7 @@ from actors.config import ActorConfig
 from actors.engine import PolicyEngine
 from actors.episode import EpisodeContext, EpisodeError, run_work_item
 from actors.metrics import Counters, Rates, interval_record, queue_wait_s, rates_between
-from actors.weights import WeightsError, model_dir_signature, prune_versions, verify_blob, write_version_dir
+from actors.weights import WeightsError, fetch_verified, model_dir_signature, prune_versions, write_version_dir
 from environments.base import Environment
 from protocol import Heartbeat, Subjects, WeightsAnnouncement, WorkItem
 from tracerl.logs import configure_logging, get_logger
@@ -71,6 +72,9 @@ class ActorService:
         self.items_rejected = 0
         self.nodes_published = 0
         self.queue_wait_s_total = 0.0
+        # Versions loaded, and announced versions not loaded by reason (WeightsError reasons).
+        self.weights_loaded = 0
+        self.weights_failures: Counter[str] = Counter()
         self.reference_signature = model_dir_signature(config.model_dir)
         self.weights_root = Path(config.weights_dir or Path(config.run.run_dir) / "actors" / actor_id / "weights")
         self.ctx = EpisodeContext(actor_id=actor_id, max_model_len=engine.settings.max_model_len)
@@ -239,20 +243,24 @@ class ActorService:
         if announcement.policy_version <= self.engine.policy_version:
             return False
         try:
-            blob = await self.bus.get_object(announcement.object_name)
-            verify_blob(blob, announcement, self.reference_signature)
+            blob = await fetch_verified(
+                self.bus.get_object, announcement, self.reference_signature, self.config.weights_fetch_timeout_s
+            )
             directory = await asyncio.to_thread(
                 write_version_dir, blob, self.config.model_dir, self.weights_root, announcement.policy_version
             )
             await self.engine.reload_weights(directory, announcement.policy_version)
         except WeightsError as err:
+            self.weights_failures[err.reason] += 1
             log.error("weights_rejected", policy_version=announcement.policy_version, reason=err.reason,
                       detail=err.detail, serving=self.engine.policy_version)
             return False
-        except Exception as err:  # missing object, I/O or engine failure: keep serving the old version
+        except Exception as err:  # I/O or engine failure: the engine has put its last good weights back
+            self.weights_failures["load_failed"] += 1
             log.error("weights_update_failed", policy_version=announcement.policy_version, error=repr(err),
                       serving=self.engine.policy_version)
             return False
+        self.weights_loaded += 1
         prune_versions(self.weights_root, keep={announcement.policy_version})
         async with self._version_changed:
             self._version_changed.notify_all()
@@ -320,6 +328,8 @@ class ActorService:
             items_completed=self.items_completed,
             items_rejected=self.items_rejected,
             nodes_published=self.nodes_published,
+            weights_loaded=self.weights_loaded,
+            weights_failures=self.weights_failures,
             bus_counters=self.bus.counters,
         )
         log.info("actor_metrics", **record)

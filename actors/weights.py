@@ -7,10 +7,12 @@ reload of a mismatched checkpoint would leave a half-updated or broken policy.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
 import struct
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from protocol.messages import WeightsAnnouncement
@@ -99,6 +101,24 @@ def verify_blob(blob: bytes, announcement: WeightsAnnouncement, reference: Tenso
     mismatch = signature_mismatch(reference, safetensors_signature(blob))
     if mismatch:
         raise WeightsError("shape_mismatch", mismatch)
+
+
+async def fetch_verified(
+    get_object: Callable[[str], Awaitable[bytes]],
+    announcement: WeightsAnnouncement,
+    reference: TensorSignature,
+    timeout_s: float,
+) -> bytes:
+    """The announced blob, read within ``timeout_s`` and verified; every failure is a
+    ``WeightsError`` (``fetch_timeout``, ``fetch_failed`` or a ``verify_blob`` reason)."""
+    try:
+        blob = await asyncio.wait_for(get_object(announcement.object_name), timeout_s)
+    except TimeoutError:
+        raise WeightsError("fetch_timeout", f"{announcement.object_name} not read within {timeout_s:g} s") from None
+    except Exception as err:  # a missing object, a dropped connection, a purged chunk
+        raise WeightsError("fetch_failed", f"{announcement.object_name}: {err!r}") from None
+    verify_blob(blob, announcement, reference)
+    return blob
 
 
 def write_version_dir(blob: bytes, model_dir: str | Path, weights_root: str | Path, policy_version: int) -> Path:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from actors.config import EngineSettings
 from actors.engine import Generation
+from actors.weights import WEIGHTS_FILE
 from environments.base import Environment, EnvironmentError_, StepResult
 from protocol.messages import SamplingSpec, TaskSpec, WorkItem
 
@@ -89,6 +93,26 @@ class ScriptedEngine:
     def _turns_in(self, prompt_ids: Sequence[int]) -> int:
         close_search = self.tokenizer.encode("</search>", add_special_tokens=False)
         return sum(1 for t in prompt_ids if [t] == close_search)
+
+
+class ReloadingEngine(ScriptedEngine):
+    """A ScriptedEngine with the rest of the interface ``ActorService`` drives, whose reload
+    reads the weights file it is handed the way vLLM would, and records what it read."""
+
+    def __init__(self, tokenizer: Any, max_model_len: int = 1024) -> None:
+        super().__init__(tokenizer)
+        self.settings = EngineSettings(max_model_len=max_model_len)
+        self.is_dead = False
+        self.tokens_generated = self.turns_generated = self.prompt_tokens = self.cached_tokens = 0
+        self.inflight_turns = 0
+        # (policy version, sha256 of the weights file read) for every reload, in order.
+        self.loaded: list[tuple[int, str]] = []
+
+    async def reload_weights(self, weights_dir: str | Path, policy_version: int) -> float:
+        blob = (Path(weights_dir) / WEIGHTS_FILE).read_bytes()
+        self.loaded.append((policy_version, hashlib.sha256(blob).hexdigest()))
+        self.policy_version = policy_version
+        return 0.0
 
 
 def make_item(kind: str = "root", **overrides: Any) -> WorkItem:

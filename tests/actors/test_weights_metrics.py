@@ -92,17 +92,19 @@ def test_version_lag_and_queue_wait():
     assert queue_wait_s(10.0, 12.5) == 2.5 and queue_wait_s(12.0, 10.0) == 0.0
 
 
-def test_interval_record_rounds_rates_and_carries_the_bus_counters():
+def test_interval_record_rounds_rates_and_carries_the_weights_and_bus_counters():
     rates = Rates(interval_s=5.0, tokens_per_s=123.456, turns_per_s=1.2345, prefix_cache_hit_rate=0.12345,
                   mean_queue_wait_s=0.98765)
     record = interval_record(
         rates, latest_announced=7, policy_version=5, inflight_items=2, inflight_turns=3, items_completed=10,
-        items_rejected=1, nodes_published=40, bus_counters={"rejected.malformed": 3, "handled": 9},
+        items_rejected=1, nodes_published=40, weights_loaded=4,
+        weights_failures={"sha256_mismatch": 1, "fetch_timeout": 2}, bus_counters={"rejected.malformed": 3, "handled": 9},
     )
     assert record == {
         "tokens_per_s": 123.5, "turns_per_s": 1.23, "prefix_cache_hit_rate": 0.123, "queue_wait_s": 0.988,
         "version_lag": 2, "policy_version": 5, "inflight_items": 2, "inflight_turns": 3, "items_completed": 10,
-        "items_rejected": 1, "nodes_published": 40, "bus.handled": 9, "bus.rejected.malformed": 3,
+        "items_rejected": 1, "nodes_published": 40, "weights_loaded": 4, "weights_failed.fetch_timeout": 2,
+        "weights_failed.sha256_mismatch": 1, "bus.handled": 9, "bus.rejected.malformed": 3,
     }
 
 
@@ -135,6 +137,7 @@ def test_actor_config_loads_with_overrides_and_checks_ranges():
     config = load_config(ActorConfig, None, ["actor_id=a1", "engine.block_size=64", "max_inflight_items=4"])
     assert config.actor_id == "a1" and config.engine.block_size == 64 and config.resolved_actor_id() == "a1"
     assert load_config(ActorConfig).resolved_actor_id().startswith("actor-")
-    for bad in ("max_inflight_items=0", "engine.block_size=20", "actor_id=a.b", "heartbeat_interval_s=0"):
+    for bad in ("max_inflight_items=0", "engine.block_size=20", "actor_id=a.b", "heartbeat_interval_s=0",
+                "weights_fetch_timeout_s=0"):
         with pytest.raises(ConfigError):
             load_config(ActorConfig, None, [bad])

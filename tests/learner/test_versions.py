@@ -3,7 +3,14 @@ checkpoint, the weights KV and its own weights log."""
 
 import pytest
 
-from learner.versions import Publication, ResumePlan, VersionConflict, read_publications, resume_plan
+from learner.versions import (
+    WEIGHTS_METRICS,
+    Publication,
+    ResumePlan,
+    VersionConflict,
+    read_publications,
+    resume_plan,
+)
 from tracerl.metrics import MetricsWriter
 
 OURS = Publication(6, "aa" * 32)
@@ -50,7 +57,7 @@ def test_a_run_ahead_of_the_checkpoint_or_with_other_weights_under_its_version_i
 
 
 def test_the_weights_log_is_read_back_in_order_and_skips_other_records(tmp_path):
-    writer = MetricsWriter(tmp_path, "learner_weights")
+    writer = MetricsWriter(tmp_path, WEIGHTS_METRICS)
     writer.write({"policy_version": 0, "sha256": "x", "steps_done": 0})
     writer.write({"note": "not a publication"})
     writer.write({"policy_version": 1, "sha256": "y", "steps_done": 1})
