@@ -109,7 +109,8 @@ def test_a_failed_weights_fetch_keeps_the_old_version_within_the_bound_until_the
         allocator = await bus_run.connect("allocator")
         actor_bus = await bus_run.connect("actor")
         config = ActorConfig(
-            run=dataclasses.replace(bus_run.run, run_dir=str(run_dir)), bus=bus_run.bus, model_dir=str(random_model_dir), actor_id="fetch",
+            run=dataclasses.replace(bus_run.run, run_dir=str(run_dir)), bus=bus_run.bus,
+            model_dir=str(random_model_dir), actor_id="fetch",
             heartbeat_interval_s=0.2, metrics_interval_s=60.0, weights_fetch_timeout_s=FETCH_TIMEOUT_S,
             weights_dir=str(weights_root),
         )

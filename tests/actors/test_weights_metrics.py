@@ -98,7 +98,8 @@ def test_interval_record_rounds_rates_and_carries_the_weights_and_bus_counters()
     record = interval_record(
         rates, latest_announced=7, policy_version=5, inflight_items=2, inflight_turns=3, items_completed=10,
         items_rejected=1, nodes_published=40, weights_loaded=4,
-        weights_failures={"sha256_mismatch": 1, "fetch_timeout": 2}, bus_counters={"rejected.malformed": 3, "handled": 9},
+        weights_failures={"sha256_mismatch": 1, "fetch_timeout": 2},
+        bus_counters={"rejected.malformed": 3, "handled": 9},
     )
     assert record == {
         "tokens_per_s": 123.5, "turns_per_s": 1.23, "prefix_cache_hit_rate": 0.123, "queue_wait_s": 0.988,
