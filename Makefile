@@ -28,6 +28,8 @@ bench: install  ## run the benchmark suite; results land in bench/results/
 	$(TRACERL) bench throughput
 	$(TRACERL) bench learning
 	$(TRACERL) bench chaos
+	$(TRACERL) bench flood
+	$(TRACERL) bench join
 
 lint: install  ## static checks
 	$(PY) -m compileall -q actors allocator bench bus environments learner modelkit protocol tracerl tests

@@ -102,11 +102,13 @@ async def rebuild_from_streams(
     """
     started = time.monotonic()
     s = bus.subjects
+    # The live consumer's rules: a message it would refuse must not enter the core by replay.
+    rules = {"run_id": s.run_id, "max_bytes": bus.bus.max_message_bytes}
     version = await bus.get_policy_version() or 0
     core.on_policy_version(version)
     nodes_until = (await stream_extent(bus.js, s.nodes_stream)).last_seq
     rejected = trees = work_items = nodes = 0
-    async for _, tree in read_stream(bus.js, s.trees_stream, s.trees, CompletedTree, run_id=s.run_id):
+    async for _, tree in read_stream(bus.js, s.trees_stream, s.trees, CompletedTree, **rules):
         if isinstance(tree, ProtocolError):
             rejected += 1
             continue
@@ -114,7 +116,7 @@ async def rebuild_from_streams(
         trees += 1
     routed: dict[str, tuple[str, WorkItem]] = {}
     actor_prefix = s.work_for_actor("x")[:-1]
-    async for _, subject, item in read_work_queue(bus.js, s.work_stream, s.work_all, WorkItem, run_id=s.run_id):
+    async for _, subject, item in read_work_queue(bus.js, s.work_stream, s.work_all, WorkItem, **rules):
         if isinstance(item, ProtocolError):
             rejected += 1
             continue
@@ -124,7 +126,7 @@ async def rebuild_from_streams(
             if subject.startswith(actor_prefix):
                 routed[item.work_id] = (subject[len(actor_prefix) :], item)
     outcomes: dict[str, int] = {}
-    async for _, node in read_stream(bus.js, s.nodes_stream, s.nodes, TurnNode, until_seq=nodes_until, run_id=s.run_id):
+    async for _, node in read_stream(bus.js, s.nodes_stream, s.nodes, TurnNode, until_seq=nodes_until, **rules):
         if isinstance(node, ProtocolError):
             rejected += 1
             continue

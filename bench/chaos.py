@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import random
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -37,36 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from learner.versions import Publication, read_publications
-from tracerl.logs import configure_logging, get_logger
+from bench.harness import SMALL_RUN, BenchRun, bench_up_config, count_log_events, fresh_run_dir, learner_steps
+from tracerl.logs import get_logger
 from tracerl.metrics import metrics_path, read_metrics
 
 log = get_logger(__name__)
 
 ACTIONS = ("kill_actor", "kill_learner", "kill_allocator", "restart_bus")
 
-# The run every chaos sample uses unless overridden: the small e2e run (two prompts of two
-# rollouts per step) with two actors. The learner checkpoints every step so that a restart
-# never takes back a version it announced; a killed actor's work returns after 10 s.
-CHAOS_RUN: dict[str, Any] = {
-    "run.run_id": "chaos",
-    "run.run_dir": "runs/bench-chaos/chaos",
-    "num_actors": 2,
-    "eval_tasks": 0,
-    "progress_interval_s": 10.0,
-    "learner.training.checkpoint_every_steps": 1,
-    "learner.training.step_wait_s": 10.0,
-    "allocator.core.strategy": "trace",
-    "allocator.core.batch_prompts": 2,
-    "allocator.core.group_size": 2,
-    "allocator.core.step_budget_turns": 24,
-    "allocator.core.staleness_eta": 2,
-    "allocator.core.step_timeout_s": 120.0,
-    "allocator.heldout.every_versions": 0,
-    "bus.streams.ack_wait_s": 10.0,
-    # The warm start the test suite builds (tests/fixtures/models.py), so both share its cache.
-    "model.demos.demos_per_env": 500,
-    "model.training.steps": 200,
-}
+CHAOS_RUN: dict[str, Any] = {**SMALL_RUN, "run.run_id": "chaos", "run.run_dir": "runs/bench-chaos/chaos"}
 
 
 # ---------------------------------------------------------------------------- schedule
@@ -238,10 +215,6 @@ def read_held(run_dir: Path) -> tuple[list[str], bool]:
     return [i for r in records if r.get("incarnation") == last and "node_ids" in r for i in r["node_ids"]], True
 
 
-def learner_steps(run_dir: Path) -> list[dict[str, Any]]:
-    return [r for r in read_metrics(metrics_path(run_dir, "learner")) if "step" in r]
-
-
 def trained_tokens_past_bound(run_dir: Path) -> float:
     return float(sum(r.get("train.trained_tokens_past_bound") or 0.0 for r in learner_steps(run_dir)))
 
@@ -366,15 +339,6 @@ class ChaosResult:
         return not self.failures()
 
 
-def _log_events(run_dir: Path, log_name: str, event: str) -> int:
-    path = run_dir / "logs" / f"{log_name}.jsonl"
-    if not path.exists():
-        return 0
-    needle = f'"event": "{event}"'
-    with path.open(errors="replace") as handle:
-        return sum(1 for line in handle if needle in line)
-
-
 # The log event that says a restarted role serves again; the next fault waits for it, so
 # each fault meets a system that had recovered from the one before. A replacement actor is
 # not waited for (its engine takes a minute to start; the other actor carries on).
@@ -391,30 +355,17 @@ def _bus_healthy(monitor_port: int) -> bool:
 
 def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
     """One chaos sample: the run, the faults, the reconciliation, and the result files."""
-    from tracerl.config import load_config, write_resolved_config
-    from tracerl.supervisor import Supervisor, wait_for
-    from tracerl.up import check_alive, progress_line, resolve_model_dir, start_role, start_roles, stop_roles
-    from tracerl.up import write_role_config, write_role_configs
-    from tracerl.upconfig import UpConfig
+    from tracerl.supervisor import wait_for
 
-    defaults = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in CHAOS_RUN.items()]
     # The harness ends the run, after the last fault: a learner that stopped at a fixed step
     # could finish before the faults have all fired.
-    unbounded = ["learner.training.max_steps=0"]
-    up = load_config(UpConfig, None, [*defaults, *up_overrides, *unbounded])
+    up = bench_up_config(CHAOS_RUN, up_overrides, ["learner.training.max_steps=0"])
     run_dir = Path(up.run.run_dir)
-    if run_dir.exists():
-        if not (run_dir / RUN_MARKER).exists():
-            raise SystemExit(f"tracerl bench chaos: {run_dir} exists and is not a chaos run directory; choose another")
-        shutil.rmtree(run_dir)  # a checkpoint left from an earlier sample would be resumed
-    run_dir.mkdir(parents=True)
-    (run_dir / RUN_MARKER).touch()
-    configure_logging("chaos", run_dir, up.log.level, up.log.json_file)
-    write_resolved_config(up, "up")
-    model_dir = resolve_model_dir(up)
-    configs, config_dir = write_role_configs(up, model_dir)
-    servers = configs["learner"].bus.servers
-    monitor_port = configs["bus"].monitor_port
+    fresh_run_dir(run_dir, RUN_MARKER, "chaos")
+    run = BenchRun(up, "chaos")
+    supervisor = run.supervisor
+    servers = run.servers
+    monitor_port = run.configs["bus"].monitor_port
     schedule = chaos_schedule(
         options.seed, options.actions, options.first_step, options.steps_between, options.max_delay_s
     )
@@ -423,8 +374,6 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
     print(f"[chaos] run {up.run.run_id} in {run_dir}; schedule: "
           + ", ".join(f"{e.action}@step{e.after_step}+{e.delay_s}s" for e in schedule), flush=True)
 
-    supervisor = Supervisor(run_dir)
-    supervisor.adopt_orphans()  # SIGKILLed roles leave helpers behind; they are reaped below
     events: list[EventRecord] = []
     crashed: list[str] = []
     notes: list[str] = []
@@ -432,8 +381,7 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
     next_actor = up.num_actors
     started = time.time()
 
-    def step_now() -> int:
-        return max((int(r["step"]) for r in learner_steps(run_dir)), default=0)
+    step_now = run.step
 
     def fire(event: ChaosEvent) -> EventRecord:
         nonlocal next_actor
@@ -444,8 +392,7 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
             new = f"actor-{next_actor}"
             next_actor += 1
             supervisor.kill(victim)
-            write_role_config(config_dir, new, dataclasses.replace(configs[victim], actor_id=new))
-            start_role(supervisor, up, new, config_dir)
+            run.start_actor(new, like=victim)
             record.target, record.replacement = victim, new
         elif event.action == "kill_learner":
             supervisor.restart("learner")
@@ -463,12 +410,11 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
         return record
 
     try:
-        start_roles(supervisor, up, list(configs), config_dir)
+        run.start()
         pending = list(schedule)
         due_at: float | None = None
         ready: tuple[str, str, int] | None = None  # (log, event, count) the last fault waits for
         last_step: int | None = None  # the run ends once the learner reaches it
-        next_progress = time.time() + up.progress_interval_s
         while True:
             learner = supervisor.processes["learner"]
             if not learner.alive:
@@ -480,15 +426,14 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
                 if not finished:
                     crashed.append(f"learner (exit {code} on its clean stop)")
                 break
-            try:
-                check_alive(supervisor)
-            except SystemExit as err:
-                crashed.append(str(err).splitlines()[0])
+            failure = run.failure()
+            if failure:
+                crashed.append(failure.splitlines()[0])
                 break
             if time.time() - started > options.timeout_s:
                 notes.append(f"timed out after {options.timeout_s:.0f} s")
                 break
-            if ready is not None and _log_events(run_dir, ready[0], ready[1]) >= ready[2]:
+            if ready is not None and count_log_events(run_dir, ready[0], ready[1]) >= ready[2]:
                 ready = None
             if pending and due_at is None and ready is None and step_now() >= pending[0].after_step:
                 due_at = time.time() + pending[0].delay_s
@@ -497,7 +442,7 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
                     action = pending[0].action
                     if action in READY_EVENTS:
                         name, event = READY_EVENTS[action]
-                        ready = (name, event, _log_events(run_dir, name, event) + 1)
+                        ready = (name, event, count_log_events(run_dir, name, event) + 1)
                     events.append(fire(pending.pop(0)))
                 except TimeoutError as err:
                     crashed.append(str(err))
@@ -505,10 +450,7 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
                 due_at = None
                 if not pending:
                     last_step = events[-1].learner_step + options.steps_after
-            supervisor.reap_orphans()
-            if time.time() >= next_progress:
-                print("[chaos] " + progress_line(run_dir, started), flush=True)
-                next_progress = time.time() + up.progress_interval_s
+            run.tick()
             time.sleep(0.25)
         if pending:
             notes.append(f"{len(pending)} fault(s) never fired: {[e.action for e in pending]}")
@@ -537,8 +479,7 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
                 trained_tokens_past_bound(run_dir),
             )
     finally:
-        stop_roles(supervisor)
-        supervisor.reap_orphans(kill=True)
+        run.stop()
     _, held_recorded = read_held(run_dir)
     steps_log = learner_steps(run_dir)
     for event in events:
@@ -606,14 +547,7 @@ def chaos_markdown(result: ChaosResult) -> str:
 
 
 def write_chaos_results(result: ChaosResult, results_dir: Path | None = None) -> tuple[Path, Path]:
-    from bench.runs import RESULTS_DIR
+    from bench.runs import write_results
 
-    out = results_dir or RESULTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    payload = dataclasses.asdict(result)
-    payload["ok"] = result.ok
-    payload["failures"] = result.failures()
-    json_path, md_path = out / "chaos.json", out / "chaos.md"
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
-    md_path.write_text(chaos_markdown(result))
-    return json_path, md_path
+    payload = {**dataclasses.asdict(result), "ok": result.ok, "failures": result.failures()}
+    return write_results("chaos", payload, chaos_markdown(result), results_dir)

@@ -110,11 +110,16 @@ def summarise_run(name: str, run_dir: Path, returncode: int, wall_seconds: float
     )
 
 
-def write_results(name: str, payload: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS_DIR / f"{name}.json"
-    md_path = RESULTS_DIR / f"{name}.md"
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
+def write_results(
+    name: str, payload: dict[str, Any], markdown: str, results_dir: Path | None = None
+) -> tuple[Path, Path]:
+    """``<name>.json`` and ``<name>.md`` in ``results_dir`` (default bench/results); values JSON
+    does not know (types, paths) are written as their names or text."""
+    out = results_dir or RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{name}.json"
+    md_path = out / f"{name}.md"
+    json_path.write_text(json.dumps(payload, indent=2, default=lambda v: v.__name__ if isinstance(v, type) else str(v)))
     md_path.write_text(markdown)
     return json_path, md_path
 

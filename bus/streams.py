@@ -12,9 +12,10 @@ Two readers, because the two retention policies allow different things:
   still pending; acknowledged items are gone and cost nothing.
 
 Both yield the stream sequence and the message (the work-queue reader its subject too). A
-message that does not decode as ``expected`` (or, given ``run_id``, belongs to another run)
-is yielded as its ``ProtocolError`` so the caller decides how to count it (replay must not stop on a poisoned message, which the
-bus's dead-letter sweeper handles on its own).
+message that does not decode as ``expected`` (or, given ``run_id``, belongs to another run;
+or is larger than ``max_bytes``, the limit the live consumer applies) is yielded as its
+``ProtocolError`` so the caller decides how to count it (replay must not stop on a poisoned
+message, which the bus's dead-letter sweeper handles on its own).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from protocol import ProtocolError, decode
+from protocol.codec import DEFAULT_MAX_BYTES
 
 T = TypeVar("T")
 
@@ -48,9 +50,9 @@ async def stream_extent(js: JetStreamContext, stream: str) -> StreamExtent:
     return StreamExtent(int(state.first_seq or 0), int(state.last_seq or 0), int(state.messages or 0))
 
 
-def _decoded(data: bytes, expected: type[T], run_id: str | None) -> T | ProtocolError:
+def _decoded(data: bytes, expected: type[T], run_id: str | None, max_bytes: int) -> T | ProtocolError:
     try:
-        return decode(data, expected, run_id=run_id)
+        return decode(data, expected, run_id=run_id, max_bytes=max_bytes)
     except ProtocolError as err:
         return err
 
@@ -64,6 +66,7 @@ async def read_stream(
     until_seq: int | None = None,
     idle_timeout_s: float = 5.0,
     run_id: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> AsyncIterator[tuple[int, T | ProtocolError]]:
     """Every stored message on ``subject`` up to ``until_seq`` (default: the last one now).
 
@@ -105,7 +108,7 @@ async def read_stream(
                 seq = meta.sequence.stream
                 if seq > until_seq:
                     return
-                yield seq, _decoded(msg.data, expected, run_id)
+                yield seq, _decoded(msg.data, expected, run_id, max_bytes)
                 if seq >= until_seq or meta.num_pending == 0:
                     return
     finally:
@@ -116,7 +119,13 @@ async def read_stream(
 
 
 async def read_work_queue(
-    js: JetStreamContext, stream: str, subject_filter: str, expected: type[T], *, run_id: str | None = None
+    js: JetStreamContext,
+    stream: str,
+    subject_filter: str,
+    expected: type[T],
+    *,
+    run_id: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> AsyncIterator[tuple[int, str, T | ProtocolError]]:
     """Every message still stored in a work-queue stream (pending or held by a consumer),
     as ``(sequence, subject, message)``: the subject says which queue holds it."""
@@ -131,5 +140,5 @@ async def read_work_queue(
             return
         if raw.seq is None or raw.seq > extent.last_seq:
             return
-        yield raw.seq, raw.subject or "", _decoded(raw.data or b"", expected, run_id)
+        yield raw.seq, raw.subject or "", _decoded(raw.data or b"", expected, run_id, max_bytes)
         seq = raw.seq + 1

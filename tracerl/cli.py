@@ -280,6 +280,19 @@ def bench_components() -> None:
         raise typer.Exit(1)
 
 
+def _up_set_args(config: Path | None, set_: list[str] | None) -> list[str]:
+    """A config file's fields and the --set overrides as `tracerl up` --set arguments (checked first)."""
+    import json
+
+    load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast, before any run starts
+    args: list[str] = []
+    if config is not None:
+        import yaml
+
+        args += [f"{k}={json.dumps(v)}" for k, v in _flatten(yaml.safe_load(config.read_text()) or {}).items()]
+    return args + list(set_ or [])
+
+
 @bench_app.command("chaos")
 def bench_chaos(
     seed: Annotated[int, typer.Option(help="Seeds the order and timing of the faults and which actor dies.")] = 0,
@@ -305,17 +318,9 @@ def bench_chaos(
     reconciled against the CompletedTrees and the allocator's recorded drops. Writes bench/results/chaos.{md,json};
     exits 1 if anything was lost or duplicated, a token was trained past the staleness bound, or a policy
     version went down."""
-    import json
-
     from bench.chaos import ChaosOptions, chaos_markdown, run_chaos
 
-    load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast on a bad override
-    overrides = [f"run.run_id=chaos-s{seed}", f"run.run_dir={work_dir / f'chaos-s{seed}'}"]
-    if config is not None:
-        import yaml
-
-        overrides += [f"{k}={json.dumps(v)}" for k, v in _flatten(yaml.safe_load(config.read_text()) or {}).items()]
-    overrides += list(set_ or [])
+    overrides = [f"run.run_id=chaos-s{seed}", f"run.run_dir={work_dir / f'chaos-s{seed}'}", *_up_set_args(config, set_)]
     try:
         options = ChaosOptions(
             seed=seed,
@@ -332,4 +337,96 @@ def bench_chaos(
         raise typer.Exit(2) from None
     result = run_chaos(options, overrides)
     typer.echo(chaos_markdown(result))
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@bench_app.command("flood")
+def bench_flood(
+    seed: Annotated[
+        int, typer.Option(help="Seeds the hostile messages; both runs train with the configured run.seed.")
+    ] = 0,
+    messages: Annotated[int, typer.Option(help="Malformed messages spread over every subject of the run.")] = 10_000,
+    steps: Annotated[int, typer.Option(help="Learner steps of the flooded run and of the undisturbed one.")] = 8,
+    flood_after_step: Annotated[
+        int, typer.Option(help="The flood starts once the learner has taken this many steps.")
+    ] = 1,
+    oversized_per_subject: Annotated[
+        int, typer.Option(help="Messages just over the consumers' size limit, per subject (part of --messages).")
+    ] = 4,
+    wrong_role_repeats: Annotated[int, typer.Option(help="Times each operation a role is not allowed is tried.")] = 20,
+    server_oversized: Annotated[int, typer.Option(help="Raw publishes over the server's own max_payload.")] = 3,
+    baseline: Annotated[
+        bool, typer.Option("--baseline/--no-baseline", help="Also run the same config undisturbed and compare.")
+    ] = True,
+    eval_tasks: Annotated[
+        int, typer.Option(help="Held-out tasks per decoding mode for each final policy (0: none).")
+    ] = 100,
+    config: ConfigOption = None,
+    set_: BenchSetOption = None,
+    work_dir: Annotated[
+        Path, typer.Option(help="Where the run directories go (flood-s<seed>, undisturbed-s<seed>).")
+    ] = Path("runs/bench-flood"),
+    timeout_s: Annotated[float, typer.Option(help="Limit for each run in seconds.")] = 1800.0,
+    results_dir: Annotated[
+        Path | None, typer.Option(help="Where flood.json and flood.md go (default bench/results).", show_default=False)
+    ] = None,
+) -> None:
+    """Hostile input against a real run (bus, allocator, 2 actors, learner): once training is under way, a
+    separate client publishes --messages malformed messages (random, truncated, oversized, schema-violating, of
+    another schema, version or run) over every subject the run uses, tries operations the actor, allocator and
+    learner credentials are not allowed (writing weights or the weights KV, taking the learner's trees, ...) and
+    publishes over the server's size limit. Then it checks that every process stayed alive, that each role
+    counted exactly the rejects the flood predicts (by reason, in its metrics JSONL), that every wrong-role
+    operation was a permission violation and that no flood message got into a tree; and compares the final
+    policy with the same run undisturbed (held-out success, final loss). Writes bench/results/flood.{md,json};
+    exits 1 if a check fails."""
+    from bench.flood import FloodOptions, flood_markdown, run_flood
+
+    try:
+        options = FloodOptions(
+            seed=seed, messages=messages, steps=steps, flood_after_step=flood_after_step,
+            oversized_per_subject=oversized_per_subject, wrong_role_repeats=wrong_role_repeats,
+            server_oversized=server_oversized, baseline=baseline, eval_tasks=eval_tasks, timeout_s=timeout_s,
+            work_dir=str(work_dir), results_dir=str(results_dir) if results_dir else None,
+        )
+    except ValueError as err:
+        typer.echo(f"tracerl bench flood: {err}", err=True)
+        raise typer.Exit(2) from None
+    result = run_flood(options, _up_set_args(config, set_))
+    typer.echo(flood_markdown(result))
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@bench_app.command("join")
+def bench_join(
+    buses: Annotated[str, typer.Option(help="Comma-separated: single (one nats-server), cluster (3 local nodes).")] = (
+        "single,cluster"
+    ),
+    joins: Annotated[int, typer.Option(help="New actors started one after another in each run.")] = 1,
+    config: ConfigOption = None,
+    set_: BenchSetOption = None,
+    work_dir: Annotated[Path, typer.Option(help="Where the run directories go (join-<bus>).")] = Path(
+        "runs/bench-join"
+    ),
+    timeout_s: Annotated[
+        float, typer.Option(help="Limit for each wait (first learner step, each join) in seconds.")
+    ] = 900.0,
+    results_dir: Annotated[
+        Path | None, typer.Option(help="Where join.json and join.md go (default bench/results).", show_default=False)
+    ] = None,
+) -> None:
+    """Time for a new actor to join a running run and publish its first TurnNode, against one nats-server and
+    against a 3-node cluster: a run (bus, learner, allocator, one actor) takes a learner step, then a new
+    `tracerl actor` process starts; its log splits the time into process start, vLLM engine start, bus connect,
+    weights loaded, registered, and first node. Writes bench/results/join.{md,json}."""
+    from bench.join import check_join_args, join_markdown, run_join
+
+    chosen = [b.strip() for b in buses.split(",") if b.strip()]
+    try:
+        check_join_args(chosen, joins)
+    except ValueError as err:
+        typer.echo(f"tracerl bench join: {err}", err=True)
+        raise typer.Exit(2) from None
+    result = run_join(chosen, joins, work_dir, _up_set_args(config, set_), timeout_s, results_dir)
+    typer.echo(join_markdown(result))
     raise typer.Exit(0 if result.ok else 1)
