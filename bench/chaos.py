@@ -248,9 +248,10 @@ async def read_stream_ids(
 
 
 async def wait_consumer_drained(
-    run_dir: Path, run_id: str, servers: list[str], consumer: str, timeout_s: float
+    run_dir: Path, run_id: str, servers: list[str], consumer: str, timeout_s: float, stream: str | None = None
 ) -> bool:
-    """Until the allocator's durable has nothing pending or unacked (every stored node handled)."""
+    """Until a durable (by default on the nodes stream: the allocator's) has nothing pending or
+    unacked: every stored message handled."""
     from bus.client import BusClient
     from tracerl.config import BusConfig, RunConfig
 
@@ -258,7 +259,7 @@ async def wait_consumer_drained(
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            info = await admin.js.consumer_info(admin.subjects.nodes_stream, consumer)
+            info = await admin.js.consumer_info(stream or admin.subjects.nodes_stream, consumer)
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 return True
             await asyncio.sleep(0.5)

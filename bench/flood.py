@@ -35,6 +35,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from bench.chaos import wait_consumer_drained
 from bench.harness import (
     SMALL_RUN,
     BenchRun,
@@ -92,9 +93,10 @@ class FloodOptions:
     wrong_role_repeats: int = 20
     # Raw publishes announcing more than the server's max_payload.
     server_oversized: int = 3
-    flood_after_step: int = 1
-    # Learner steps of each run (the flooded one and the undisturbed one).
-    steps: int = 8
+    flood_after_step: int = 2
+    # Learner steps of each run (the flooded one and the undisturbed one). The learner must
+    # still be training when the flood arrives: it reads (and refuses) messages only then.
+    steps: int = 10
     baseline: bool = True
     # Held-out tasks per decoding mode for each final policy; 0 skips the evaluations.
     eval_tasks: int = 100
@@ -107,8 +109,8 @@ class FloodOptions:
     def __post_init__(self) -> None:
         if self.messages < 1 or self.steps < 2:
             raise ValueError("messages must be >= 1 and steps >= 2")
-        if not 1 <= self.flood_after_step < self.steps:
-            raise ValueError("flood_after_step must be >= 1 and below steps: the flood lands during training")
+        if not 1 <= self.flood_after_step <= self.steps - 2:
+            raise ValueError("flood_after_step must be >= 1 and at least 2 below steps: the flood lands during training")
         if self.oversized_per_subject < 0 or self.wrong_role_repeats < 0 or self.server_oversized < 0:
             raise ValueError("oversized_per_subject, wrong_role_repeats and server_oversized must be >= 0")
         if self.eval_tasks < 0:
@@ -557,8 +559,18 @@ def _flood(run: BenchRun, options: FloodOptions) -> tuple[FloodDelivery, dict[st
         counted = counted_rejects(role_records(run.run_dir, run.actor_names))
         return all(sum(counted.get(g, {}).values()) >= sum(expected[g].values()) for g in ("allocator", "actors"))
 
-    failure = run.wait_until(counted_all, options.count_timeout_s, "the allocator's and actors' reject counts")
-    seconds_to_count = None if failure else round(time.time() - sent.started_at, 1)
+    subjects = Subjects(run_id)
+    learner = run.supervisor.processes["learner"]
+
+    def learner_read_all() -> bool:
+        # The learner counts its rejects in its step records only; its durable's backlog shows it
+        # has read everything. A learner that ends its last step first leaves the rest unread.
+        return not learner.alive or asyncio.run(wait_consumer_drained(
+            run.run_dir, run_id, run.servers, subjects.learner_consumer, 1.0, stream=subjects.trees_stream))
+
+    failure = run.wait_until(lambda: counted_all() and learner_read_all(), options.count_timeout_s,
+                             "every role to read the flood")
+    seconds_to_count = None if failure or not learner.alive else round(time.time() - sent.started_at, 1)
     if failure and failure.startswith("timed out"):
         failure = None  # not a crash: the reconciliation shows what was not counted
     return FloodDelivery(sent, targets, expected, seconds_to_count, (first_step, run.step())), alive_after, failure
@@ -686,11 +698,13 @@ def flood_markdown(result: FloodResult) -> str:
     if flood is None:
         return "\n".join([*lines, "", "The flood was not sent: " + "; ".join(result.failures())]) + "\n"
     sent = flood.sent
+    read = (f"every role had read all of it {flood.seconds_to_count} s after the flood began, by learner step "
+            f"{flood.flood_steps[1]}" if flood.seconds_to_count is not None
+            else "not every role had read all of it while the learner trained")
     lines += [
         "",
         f"After learner step {flood.flood_steps[0]}, {sent.messages:,} malformed messages in {sent.seconds:.1f} s "
-        f"(admin credentials); every reject counted {flood.seconds_to_count} s after the flood began, by learner "
-        f"step {flood.flood_steps[1]}.",
+        f"(admin credentials); {read}.",
         "",
         "## Messages sent, by subject and kind",
         "",

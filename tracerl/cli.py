@@ -346,10 +346,10 @@ def bench_flood(
         int, typer.Option(help="Seeds the hostile messages; both runs train with the configured run.seed.")
     ] = 0,
     messages: Annotated[int, typer.Option(help="Malformed messages spread over every subject of the run.")] = 10_000,
-    steps: Annotated[int, typer.Option(help="Learner steps of the flooded run and of the undisturbed one.")] = 8,
+    steps: Annotated[int, typer.Option(help="Learner steps of the flooded run and of the undisturbed one.")] = 10,
     flood_after_step: Annotated[
-        int, typer.Option(help="The flood starts once the learner has taken this many steps.")
-    ] = 1,
+        int, typer.Option(help="The flood starts after this many learner steps (2 or more before the last).")
+    ] = 2,
     oversized_per_subject: Annotated[
         int, typer.Option(help="Messages just over the consumers' size limit, per subject (part of --messages).")
     ] = 4,

@@ -26,7 +26,7 @@ def test_a_flooded_run_survives_and_counts_every_reject(tmp_path, embedded_model
     results = tmp_path / "results"
     argv = [
         sys.executable, "-m", "tracerl", "bench", "flood",
-        "--messages", str(MESSAGES), "--steps", "3", "--flood-after-step", "1", "--wrong-role-repeats", str(REPEATS),
+        "--messages", str(MESSAGES), "--steps", "5", "--flood-after-step", "1", "--wrong-role-repeats", str(REPEATS),
         "--no-baseline", "--eval-tasks", "0", "--timeout-s", "300",
         "--work-dir", str(tmp_path), "--results-dir", str(results), "--set", f"model_dir={embedded_model_dir}",
     ]
@@ -38,7 +38,7 @@ def test_a_flooded_run_survives_and_counts_every_reject(tmp_path, embedded_model
     run = result["flooded"]
     assert run["alive_after_flood"] == dict.fromkeys(["actor-0", "actor-1", "allocator", "bus", "learner"], True)
     assert all(alive for name, alive in run["alive_at_learner_end"].items() if name != "learner")
-    assert run["summary"]["steps"] == 3 and run["exit_codes"]["learner"] == 0
+    assert run["summary"]["steps"] == 5 and run["exit_codes"]["learner"] == 0
 
     flood = run["flood"]
     assert flood["sent"]["messages"] == MESSAGES
