@@ -7,7 +7,7 @@ work is flowing. Then a new `tracerl actor` process starts, exactly as a user wo
 one on another host, and its own log gives the phases up to its first node:
 
 - start: fork/exec to its first log line (interpreter, imports, config);
-- engine: vLLM engine start (model load, KV-cache allocation, warm-up);
+- engine: importing vLLM and starting its engine (model load, KV-cache allocation, warm-up);
 - bus: connecting to the bus with its credentials;
 - weights: fetching, verifying and loading the announced weights (absent if the announced
   version is the one it started with);
@@ -16,6 +16,11 @@ one on another host, and its own log gives the phases up to its first node:
   item, waiting for the version it asks for, generating the turn, the stream's ack).
 
 ``join_breakdown`` is the pure part: log events in, phases out.
+
+On one machine the new actor shares the cores with the run it joins (the learner, the
+allocator and the first actor keep training), so its engine start is slower than on a host
+of its own; the first actor's engine start, timed before training loaded the machine, is
+recorded next to it for comparison.
 """
 
 from __future__ import annotations
@@ -97,6 +102,8 @@ class JoinSample:
     server: str
     breakdown: JoinBreakdown | None
     load_average: tuple[float, float, float]
+    # The run's first actor's engine start (its own timer, imports excluded), before training began.
+    first_actor_engine_s: float | None = None
     failure: str | None = None
 
 
@@ -111,9 +118,8 @@ class JoinResult:
         return bool(self.samples) and all(s.breakdown is not None and s.failure is None for s in self.samples)
 
 
-def _joined_server(run_dir: Path, actor: str) -> str:
-    connected = [e for e in read_log_events(run_dir, f"actor-{actor}") if e.get("event") == "bus_connected"]
-    return str(connected[0].get("server", "")) if connected else ""
+def _first_event(run_dir: Path, actor: str, event: str) -> dict[str, Any]:
+    return next((e for e in read_log_events(run_dir, f"actor-{actor}") if e.get("event") == event), {})
 
 
 def run_join_sample(
@@ -146,13 +152,15 @@ def run_join_sample(
                 timeout_s, f"{actor}'s first node",
             )
             breakdown = join_breakdown(started_at, read_log_events(run.run_dir, f"actor-{actor}"))
-            sample = JoinSample(bus, actor, str(run_dir), step, _joined_server(run.run_dir, actor), breakdown,
-                                os.getloadavg(), failure.splitlines()[0] if failure else None)
+            server = str(_first_event(run.run_dir, actor, "bus_connected").get("server", ""))
+            reference = _first_event(run.run_dir, "actor-0", "engine_started").get("seconds")
+            sample = JoinSample(bus, actor, str(run_dir), step, server, breakdown, os.getloadavg(), reference,
+                                failure.splitlines()[0] if failure else None)
             samples.append(sample)
             print("[join] " + sample_line(sample), flush=True)
         if failure and not samples:
             samples.append(JoinSample(bus, "", str(run_dir), run.step(), "", None, os.getloadavg(),
-                                      failure.splitlines()[0]))
+                                      failure=failure.splitlines()[0]))
     return samples
 
 
@@ -193,19 +201,26 @@ def join_markdown(result: JoinResult) -> str:
         "A new `tracerl actor` process started against a running run (one learner step taken, one actor "
         "serving); seconds from its process start to its first TurnNode, by phase (from its own log).",
         "",
-        "| bus | actor | connected to | " + " | ".join(phases) + " | total | 1-min load |",
-        "|---" * (len(phases) + 5) + "|",
+        "| bus | actor | connected to | " + " | ".join(phases) + " | total | 1-min load | first actor's engine |",
+        "|---" * (len(phases) + 6) + "|",
     ]
     for s in result.samples:
         if s.breakdown is None:
             lines.append(f"| {s.bus} | {s.actor or '-'} | {s.server or '-'} | " + " | ".join("-" for _ in phases)
-                         + f" | failed: {s.failure} | {s.load_average[0]:.1f} |")
+                         + f" | failed: {s.failure} | {s.load_average[0]:.1f} | - |")
             continue
         got = dict(s.breakdown.phases)
         cells = [f"{got[p]:.2f}" if p in got else "-" for p in phases]
+        reference = "-" if s.first_actor_engine_s is None else f"{s.first_actor_engine_s:.1f}"
         lines.append(f"| {s.bus} | {s.actor} | {s.server} | " + " | ".join(cells)
-                     + f" | **{s.breakdown.total_s:.1f}** | {s.load_average[0]:.1f} |")
-    lines += ["", f"Machine: {result.cpus} cores."]
+                     + f" | **{s.breakdown.total_s:.1f}** | {s.load_average[0]:.1f} | {reference} |")
+    lines += [
+        "",
+        f"Machine: {result.cpus} cores. The new actor shares them with the run it joins (learner, allocator and "
+        "the first actor keep training), so the engine phase is slower than on a host of its own; the last column "
+        "is the first actor's engine start by the engine's own timer (imports excluded), at the start of the run "
+        "before training loaded the machine.",
+    ]
     for note in result.notes:
         lines.append(f"\nNote: {note}")
     return "\n".join(lines) + "\n"
