@@ -126,7 +126,7 @@ def build_kb(config: KBConfig) -> KnowledgeBase:
     )
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=512)
 def cached_kb(config: KBConfig) -> tuple[KnowledgeBase, SearchIndex]:
     """One knowledge base and its index per config per process; many tasks share them."""
     kb = build_kb(config)

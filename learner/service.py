@@ -28,7 +28,7 @@ from bus.client import BusClient, Delivery
 from learner.batching import StepBatcher
 from learner.config import LearnerConfig
 from learner.trainer import Trainer, checkpoint_root, latest_checkpoint
-from learner.versions import WEIGHTS_METRICS, Publication, VersionConflict, read_publications, resume_plan
+from learner.versions import WEIGHTS_METRICS, Publication, read_publications, resume_plan
 from protocol import CompletedTree, WeightsAnnouncement
 from tracerl.config import write_resolved_config
 from tracerl.logs import configure_logging, get_logger
@@ -131,21 +131,25 @@ class LearnerService:
         return announcement
 
     async def announce_resumed(self) -> None:
-        """Announce the version the learner starts from, unless the run already has it.
-
-        Raises ``VersionConflict`` if the run has announced past this learner's checkpoint.
-        """
+        """Announce the version the learner starts from, unless the run already has it; a
+        checkpoint behind the run goes on under the next unused version (``resume_plan``)."""
         blob = await asyncio.to_thread(self.trainer.export_weights)
-        announcement = self.announcement_for(blob)
+        checkpointed = self.announcement_for(blob)
         current = await self._until_done("weights_read", self.bus.get_weights_announcement)
         recorded = read_publications(self.config.run.run_dir)
         plan = resume_plan(
-            Publication(announcement.policy_version, announcement.sha256),
+            Publication(checkpointed.policy_version, checkpointed.sha256),
             None if current is None else Publication(current.policy_version, current.sha256),
             recorded[-1] if recorded else None,
         )
-        log.info("weights_resume_plan", policy_version=announcement.policy_version, announce=plan.announce,
+        log.info("weights_resume_plan", policy_version=plan.policy_version, announce=plan.announce,
                  record=plan.record, announced=None if current is None else current.policy_version)
+        if plan.policy_version != checkpointed.policy_version:
+            log.warning("weights_rewound", checkpoint_version=checkpointed.policy_version,
+                        announced=None if current is None else current.policy_version,
+                        resumes_as=plan.policy_version)
+            self.trainer.policy_version = plan.policy_version
+        announcement = self.announcement_for(blob)
         if plan.announce:
             await self.announce(blob, announcement)
         if plan.record:
@@ -232,12 +236,7 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, service.stop.set)
     # Announce the starting point so actors and the allocator agree on the version.
-    try:
-        await service.announce_resumed()
-    except VersionConflict:
-        service.announcements.close()
-        await bus.close()
-        raise
+    await service.announce_resumed()
     trees = await bus.pull_consumer(bus.subjects.trees_stream, bus.subjects.learner_consumer, CompletedTree)
     log.info("learner_started", policy_version=trainer.policy_version, world_size=trainer.world_size)
     consume = asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5))
@@ -283,12 +282,7 @@ def run(config: LearnerConfig) -> int:
     trainer = build_trainer(config)
     if trainer.rank == 0:
         write_resolved_config(config, "learner")
-        try:
-            asyncio.run(serve(config, trainer))
-        except VersionConflict as err:
-            log.error("resume_version_conflict", policy_version=trainer.policy_version, detail=str(err))
-            print(f"tracerl learner: cannot resume: {err}", flush=True)
-            return 2
+        asyncio.run(serve(config, trainer))
     else:
         follow_rank_zero(trainer)
     return 0

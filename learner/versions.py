@@ -1,12 +1,17 @@
-"""Policy versions across learner restarts: what a resumed learner may announce (pure core).
+"""Policy versions across learner restarts: what a resumed learner announces (pure core).
 
 A version number names one set of weights for the whole run: actors stamp every token
 with it and the staleness bound counts in it. So the announced versions must go strictly
 up, also across a SIGKILL. A learner resumes from its newest checkpoint, which it wrote
 before announcing that version; if the announcement also landed, the version is already
-out and announcing it again would only repeat it. A checkpoint behind what was announced
-(``training.checkpoint_every_steps`` > 1, or a lost checkpoint directory) cannot continue:
-its next versions would give new numbers to old weights or old numbers to new weights.
+out and announcing it again would only repeat it.
+
+A checkpoint can also be *behind* the run: with ``training.checkpoint_every_steps`` > 1 the
+versions announced after the last checkpoint die with the learner. The learner then rewinds:
+it goes on from the checkpoint's weights under the next unused number. Versions still only go
+up; tokens sampled by the lost versions keep their behaviour log-probabilities, so the
+importance weights still correct for them, and the staleness bound counts them as older than
+the rewound policy, which errs on the side of dropping.
 """
 
 from __future__ import annotations
@@ -28,12 +33,10 @@ class Publication:
     sha256: str
 
 
-class VersionConflict(RuntimeError):
-    """The learner's checkpoint disagrees with what the run has already announced."""
-
-
 @dataclass(frozen=True)
 class ResumePlan:
+    # The version the learner continues under: its checkpoint's, or the next unused one.
+    policy_version: int
     # Put the resumed weights in the object store and the KV (actors see them).
     announce: bool
     # Append them to the weights log (a kill between the KV put and the log write leaves it short).
@@ -41,29 +44,18 @@ class ResumePlan:
 
 
 def resume_plan(ours: Publication, announced: Publication | None, recorded: Publication | None) -> ResumePlan:
-    """What a learner resuming at ``ours`` does, given the version in the weights KV
+    """What a learner resuming at checkpoint ``ours`` does, given the version in the weights KV
     (``announced``) and the last one in its own log (``recorded``); either may be missing.
 
-    Raises ``VersionConflict`` when either source is ahead of the checkpoint, or names the
-    same version with other weights.
+    If either source is ahead of the checkpoint, or names the checkpoint's version with other
+    weights, the checkpoint's weights go out under the next version after everything seen.
     """
-    for source, seen in (("the weights KV", announced), ("the learner's weights log", recorded)):
-        if seen is None:
-            continue
-        if seen.policy_version > ours.policy_version:
-            raise VersionConflict(
-                f"{source} already holds policy version {seen.policy_version}, but the newest checkpoint is "
-                f"version {ours.policy_version}: resuming would announce versions that go back. Restore the "
-                f"checkpoint of version {seen.policy_version} (checkpoints are only guaranteed for every "
-                "announced version with training.checkpoint_every_steps: 1), or start a new run id."
-            )
-        if seen.policy_version == ours.policy_version and seen.sha256 != ours.sha256:
-            raise VersionConflict(
-                f"{source} holds policy version {seen.policy_version} with weights sha256 {seen.sha256[:16]}…, "
-                f"but the checkpoint of that version has sha256 {ours.sha256[:16]}…: two policies under one "
-                "version number. Start a new run id."
-            )
+    seen = [p for p in (announced, recorded) if p is not None]
+    if any(p.policy_version > ours.policy_version or (p.policy_version == ours.policy_version and p != ours)
+           for p in seen):
+        return ResumePlan(max(p.policy_version for p in seen) + 1, announce=True, record=True)
     return ResumePlan(
+        ours.policy_version,
         announce=announced is None or announced.policy_version < ours.policy_version,
         record=recorded is None or recorded.policy_version < ours.policy_version,
     )
