@@ -27,6 +27,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,7 @@ from bench.harness import (
     fresh_run_dir,
     last_record,
     learner_steps,
+    read_log_events,
     wait_actors_serving,
 )
 from bench.hostile import (
@@ -107,10 +109,10 @@ class FloodOptions:
     results_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.messages < 1 or self.steps < 2:
-            raise ValueError("messages must be >= 1 and steps >= 2")
+        if self.messages < 1:
+            raise ValueError("messages must be >= 1")
         if not 1 <= self.flood_after_step <= self.steps - 2:
-            raise ValueError("flood_after_step must be >= 1 and at least 2 below steps: the flood lands during training")
+            raise ValueError("flood_after_step must be >= 1 and 2 or more below steps: the flood lands during training")
         if self.oversized_per_subject < 0 or self.wrong_role_repeats < 0 or self.server_oversized < 0:
             raise ValueError("oversized_per_subject, wrong_role_repeats and server_oversized must be >= 0")
         if self.eval_tasks < 0:
@@ -335,6 +337,10 @@ class RunSummary:
     heldout_tasks: int
     step_tasks: dict[int, list[str]]
     step_completed_at: dict[int, float]
+    # Allocator steps closed at their timeout without a single turn.
+    empty_steps: list[int]
+    # 1-, 5- and 15-minute load averages when the run ended.
+    load_average: tuple[float, float, float]
 
 
 def first_divergent_step(a: Mapping[int, Sequence[str]], b: Mapping[int, Sequence[str]]) -> int | None:
@@ -360,6 +366,8 @@ def mean_over(values: Sequence[float], first: int, last: int) -> float | None:
 class Comparison:
     final_loss: float | None
     baseline_final_loss: float | None
+    mean_loss: float | None
+    baseline_mean_loss: float | None
     heldout: dict[str, dict[str, float | None]]
     first_divergent_allocator_step: int | None
     diverged_before_flood: bool | None
@@ -369,14 +377,41 @@ class Comparison:
     explanation: list[str]
 
 
+def _divergence(
+    flooded: RunSummary, base: RunSummary, flood_started_at: float
+) -> tuple[int | None, bool | None, str]:
+    """The first allocator step whose prompts differ, whether the runs had parted before the
+    flood began, and a sentence saying so."""
+    divergent = first_divergent_step(flooded.step_tasks, base.step_tasks)
+    if divergent is None:
+        return None, None, "Both runs trained on the same prompts at every allocator step."
+    # Steps are emitted in order: the first one the flooded run completed after the flood
+    # began is the earliest the flood could have changed.
+    after = [step for step, at in flooded.step_completed_at.items() if at >= flood_started_at]
+    before = not after or divergent < min(after)
+    same = f"the same prompts up to allocator step {divergent - 1}" if divergent else "different prompts from step 0"
+    if before:
+        return divergent, True, (
+            f"The runs chose {same}, and had parted before the flood began (its first step completed under the flood "
+            f"was {min(after) if after else 'none'}): with one seed, which actor takes which work item, when a step "
+            "times out and which policy version samples each turn depend on timing, and the allocator's predictor "
+            "learns from those outcomes."
+        )
+    return divergent, False, (
+        f"The runs chose {same} and differ from step {divergent} on, which was sampled while or after the flood "
+        "was absorbed: timing, which the flood's load shifts (see step times), decides which policy version samples "
+        "each turn and what the predictor learns, so later prompt choices differ."
+    )
+
+
 def compare_runs(
     flooded: RunSummary, base: RunSummary, flood_steps: tuple[int, int], flood_started_at: float,
     accepted_flood_messages: int,
 ) -> Comparison:
     """The flooded run against the undisturbed one, and what their difference means.
 
-    ``flood_steps`` is (learner step when the flood began, learner step when its last
-    reject had been counted).
+    ``flood_steps`` is (learner step when the flood began, learner step when every role
+    had read it).
     """
     first, last = flood_steps
     explanation = []
@@ -387,25 +422,14 @@ def compare_runs(
         )
     else:
         explanation.append(f"{accepted_flood_messages} flood message(s) reached the run's trees or actors.")
-    divergent = first_divergent_step(flooded.step_tasks, base.step_tasks)
-    before: bool | None = None
-    if divergent is None:
-        explanation.append("Both runs trained on the same prompts at every allocator step.")
-    else:
-        completed = flooded.step_completed_at.get(divergent)
-        before = completed is not None and completed < flood_started_at
-        same = f"the same prompts up to allocator step {divergent - 1}" if divergent else "different prompts at once"
-        if before:
+    divergent, before, sentence = _divergence(flooded, base, flood_started_at)
+    explanation.append(sentence)
+    for run in (flooded, base):
+        if run.empty_steps:
             explanation.append(
-                f"The runs chose {same}; step {divergent} differs and was complete before the flood began, so the "
-                "runs parted without it: with the same seed, which actor takes which work item and which policy "
-                "version samples each turn depend on timing, and the allocator's predictor learns from those outcomes."
-            )
-        else:
-            explanation.append(
-                f"The runs chose {same} and differ from step {divergent} on, which was still being sampled when the "
-                "flood began: timing (which the flood's load shifts, see step times) decides which policy version "
-                "samples each turn and what the predictor learns, so later prompt choices differ."
+                f"In the {'flooded' if run.flooded else 'undisturbed'} run, allocator step(s) "
+                f"{', '.join(map(str, run.empty_steps))} closed empty at their timeout: no actor had produced a turn "
+                "for them yet (engines still starting on a loaded machine), so that run's prompts shift from there."
             )
     # The steps that ran while the flood was sent and counted (the one in progress included).
     window = (first + 1, min(last + 1, len(flooded.step_seconds), len(base.step_seconds)))
@@ -413,9 +437,14 @@ def compare_runs(
     base_secs = mean_over(base.step_seconds, *window)
     if flood_secs is not None and base_secs is not None:
         explanation.append(
-            f"Learner steps {window[0]}-{window[1]} (while the flood was sent and counted) took {flood_secs:.1f} s on "
+            f"Learner steps {window[0]}-{window[1]} (while the flood was sent and read) took {flood_secs:.1f} s on "
             f"average, {base_secs:.1f} s in the undisturbed run."
         )
+    explanation.append(
+        f"Wall time {flooded.wall_seconds:.0f} s vs {base.wall_seconds:.0f} s, with a 15-minute load average of "
+        f"{flooded.load_average[2]:.1f} vs {base.load_average[2]:.1f} at their ends: on a shared machine wall time "
+        "measures the other work on it as much as the runs."
+    )
     heldout: dict[str, dict[str, float | None]] = {}
     for mode, p, q in (("greedy", flooded.heldout_greedy, base.heldout_greedy),
                        ("sampled", flooded.heldout_sampled, base.heldout_sampled)):
@@ -431,14 +460,20 @@ def compare_runs(
                else "outside two standard errors: a real difference between the two policies.")
         )
     final, base_final = (flooded.losses[-1] if flooded.losses else None), (base.losses[-1] if base.losses else None)
+    mean_loss, base_mean_loss = _finite_mean(flooded.losses), _finite_mean(base.losses)
     if final is not None and base_final is not None:
         explanation.append(
-            f"Final training loss {final:.4f} vs {base_final:.4f}: each is measured on its own run's last batch, "
-            "which differs once the runs sampled different trajectories, so it compares batches as much as policies."
+            f"Final training loss {final:.4f} vs {base_final:.4f} (mean over all steps {_fmt(mean_loss)} vs "
+            f"{_fmt(base_mean_loss)}; steps with zero loss {sum(1 for x in flooded.losses if x == 0)} vs "
+            f"{sum(1 for x in base.losses if x == 0)}): a step's loss is measured on that run's own batch, and is "
+            "exactly zero when every group in it had a single outcome (no advantage), so it compares batches more "
+            "than policies."
         )
     return Comparison(
         final_loss=final,
         baseline_final_loss=base_final,
+        mean_loss=mean_loss,
+        baseline_mean_loss=base_mean_loss,
         heldout=heldout,
         first_divergent_allocator_step=divergent,
         diverged_before_flood=before,
@@ -447,6 +482,11 @@ def compare_runs(
         baseline_step_seconds_same_steps=base_secs,
         explanation=explanation,
     )
+
+
+def _finite_mean(values: Sequence[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return fmean(finite) if finite else None
 
 
 # ---------------------------------------------------------------------------- the runs
@@ -608,6 +648,7 @@ def _summarise(name: str, run_dir: Path, flooded: bool, options: FloodOptions, s
                trees: dict[str, Any] | None, env: str) -> RunSummary:
     from tracerl.up import run_eval
 
+    load = os.getloadavg()  # before the evaluation adds its own
     steps = learner_steps(run_dir)
     final_model = run_dir / "final_model"
     heldout = None
@@ -629,6 +670,9 @@ def _summarise(name: str, run_dir: Path, flooded: bool, options: FloodOptions, s
         heldout_tasks=options.eval_tasks if heldout else 0,
         step_tasks=(trees or {}).get("step_tasks", {}),
         step_completed_at=(trees or {}).get("step_completed_at", {}),
+        empty_steps=sorted(int(e["step"]) for e in read_log_events(run_dir, "allocator")
+                           if e.get("event") == "allocator_step_closed" and e.get("turns") == 0),
+        load_average=load,
     )
 
 
@@ -776,6 +820,7 @@ def flood_markdown(result: FloodResult) -> str:
                 lines.append(f"| held-out {mode} success ({run.summary.heldout_tasks} tasks) | {h['flooded']:.3f} | "
                              f"{h['undisturbed']:.3f} |")
         lines.append(f"| final training loss | {_fmt(c.final_loss)} | {_fmt(c.baseline_final_loss)} |")
+        lines.append(f"| mean training loss over the steps | {_fmt(c.mean_loss)} | {_fmt(c.baseline_mean_loss)} |")
         lines.append(f"| learner steps | {run.summary.steps} | {base.steps} |")
         lines.append(f"| wall time (s) | {run.summary.wall_seconds:.0f} | {base.wall_seconds:.0f} |")
         lines += ["", "| learner step | loss flooded | loss undisturbed | reward flooded | reward undisturbed |",

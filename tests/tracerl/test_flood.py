@@ -221,12 +221,12 @@ def test_permission_violations_are_parsed_and_reconciled_per_attempt():
     assert [(c.sent, c.refused, c.ok) for c in checks] == [(3, 3, True), (3, 1, False), (3, 3, True)]
 
 
-def _summary(name, losses, tasks, completed, greedy=None, sampled=None, step_seconds=None):
+def _summary(name, losses, tasks, completed, greedy=None, sampled=None, step_seconds=None, empty=()):
     return RunSummary(
         name=name, run_dir=name, flooded=name == "f", steps=len(losses), finished=True, wall_seconds=100.0,
         losses=losses, rewards=[0.5] * len(losses), step_seconds=step_seconds or [10.0] * len(losses),
         heldout_greedy=greedy, heldout_sampled=sampled, heldout_tasks=100 if greedy is not None else 0,
-        step_tasks=tasks, step_completed_at=completed,
+        step_tasks=tasks, step_completed_at=completed, empty_steps=list(empty), load_average=(1.0, 2.0, 3.0),
     )
 
 
@@ -240,24 +240,36 @@ def test_divergence_step_standard_error_and_step_means():
 
 
 def test_comparison_explains_a_divergence_before_the_flood_and_noise_sized_gaps():
-    flooded = _summary("f", [0.5, 0.4, 0.3], {0: ["a"], 1: ["b"], 2: ["c"]}, {0: 10.0, 1: 20.0, 2: 40.0},
+    # The flood began at t=30: step 2 of the flooded run is the first one completed under it.
+    flooded = _summary("f", [0.5, 0.4, 0.0], {0: ["a"], 1: ["b"], 2: ["c"]}, {0: 10.0, 1: 20.0, 2: 40.0},
                        greedy=0.30, sampled=0.20, step_seconds=[10.0, 14.0, 12.0])
     base = _summary("b", [0.5, 0.45, 0.35], {0: ["a"], 1: ["x"], 2: ["y"]}, {0: 11.0, 1: 21.0, 2: 41.0},
                     greedy=0.27, sampled=0.40, step_seconds=[10.0, 9.0, 11.0])
     c = compare_runs(flooded, base, flood_steps=(1, 2), flood_started_at=30.0, accepted_flood_messages=0)
     assert c.first_divergent_allocator_step == 1 and c.diverged_before_flood is True
-    assert c.final_loss == 0.3 and c.baseline_final_loss == 0.35
+    assert c.final_loss == 0.0 and c.baseline_final_loss == 0.35
+    assert c.mean_loss == pytest.approx(0.3) and c.baseline_mean_loss == pytest.approx(1.3 / 3)
     assert c.step_seconds_during_flood == 13.0 and c.baseline_step_seconds_same_steps == 10.0
     assert c.heldout["greedy"]["difference"] == pytest.approx(0.03)
     text = " ".join(c.explanation)
-    assert "No flood message reached training" in text and "complete before the flood began" in text
+    assert "No flood message reached training" in text and "had parted before the flood began" in text
+    assert "first step completed under the flood was 2" in text and "steps with zero loss 1 vs 0" in text
     # 3 points on 100 tasks is within noise; 20 points is not.
     assert "+3.0 points" in text and "within two standard errors" in text
     assert "-20.0 points" in text and "outside two standard errors" in text
+    assert "15-minute load average of 3.0 vs 3.0" in text
     late = compare_runs(flooded, base, (1, 2), flood_started_at=15.0, accepted_flood_messages=2)
     assert late.diverged_before_flood is False
-    assert "still being sampled when the flood began" in " ".join(late.explanation)
+    assert "sampled while or after the flood" in " ".join(late.explanation)
     assert "2 flood message(s) reached" in late.explanation[0]
+
+
+def test_comparison_names_steps_a_run_closed_empty():
+    flooded = _summary("f", [0.1, 0.2], {2: ["c"], 3: ["d"]}, {2: 50.0, 3: 60.0}, empty=[0, 1])
+    base = _summary("b", [0.1, 0.2], {0: ["a"], 1: ["b"]}, {0: 5.0, 1: 6.0})
+    c = compare_runs(flooded, base, (1, 1), flood_started_at=55.0, accepted_flood_messages=0)
+    assert c.first_divergent_allocator_step == 0 and c.diverged_before_flood is True
+    assert any("flooded run, allocator step(s) 0, 1 closed empty" in line for line in c.explanation)
 
 
 def test_override_args_quote_strings_only():
