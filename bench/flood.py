@@ -65,6 +65,7 @@ from bench.hostile import (
     sent_by_subject_and_kind,
     wrong_role_attempts,
 )
+from protocol import Subjects
 from tracerl.logs import get_logger
 
 log = get_logger(__name__)
@@ -152,7 +153,8 @@ async def publish_plan(admin: Any, plan: Sequence[FloodMessage], core_subjects: 
 
 
 async def try_wrong_roles(
-    run_dir: Path, servers: list[str], subjects: Any, attempts: Sequence[WrongRoleAttempt], repeats: int, seed: int
+    run_dir: Path, servers: list[str], subjects: Subjects, attempts: Sequence[WrongRoleAttempt], repeats: int,
+    seed: int,
 ) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
     """Each attempt ``repeats`` times on a connection with its role's credentials; the
     violations each connection saw, parsed, and any other error."""
@@ -579,9 +581,7 @@ class FloodDelivery:
 
 
 def _flood(run: BenchRun, options: FloodOptions) -> tuple[FloodDelivery, dict[str, bool], str | None]:
-    """Send the flood into a running run and wait until the allocator and actors counted it."""
-    from protocol import Subjects
-
+    """Send the flood into a running run and wait until every role has read it."""
     run_id = run.up.run.run_id
     targets = run_targets(Subjects(run_id), run.actor_names)
     max_bytes = run.up.actor.bus.max_message_bytes
@@ -592,6 +592,8 @@ def _flood(run: BenchRun, options: FloodOptions) -> tuple[FloodDelivery, dict[st
           "wrong-role operations, over-limit publishes", flush=True)
     sent = asyncio.run(send_flood(run.run_dir, run_id, run.servers, plan, targets, options))
     alive_after = run.alive()
+    log.info("flood_sent", messages=sent.messages, seconds=sent.seconds, alive=alive_after,
+             violations=sum(v.refused for v in sent.violations), server_oversized_refused=sent.server_oversized_refused)
     print(f"[flood] sent in {sent.seconds:.1f} s; processes alive: {sum(alive_after.values())}/{len(alive_after)}",
           flush=True)
 
@@ -611,6 +613,7 @@ def _flood(run: BenchRun, options: FloodOptions) -> tuple[FloodDelivery, dict[st
     failure = run.wait_until(lambda: counted_all() and learner_read_all(), options.count_timeout_s,
                              "every role to read the flood")
     seconds_to_count = None if failure or not learner.alive else round(time.time() - sent.started_at, 1)
+    log.info("flood_read", seconds=seconds_to_count, learner_step=run.step(), failure=failure)
     if failure and failure.startswith("timed out"):
         failure = None  # not a crash: the reconciliation shows what was not counted
     return FloodDelivery(sent, targets, expected, seconds_to_count, (first_step, run.step())), alive_after, failure

@@ -16,11 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tracerl.logs import configure_logging, get_logger
+from tracerl.logs import configure_logging
 from tracerl.metrics import metrics_path, read_metrics
-
-log = get_logger(__name__)
-
 
 # The small run of the run-level benches: the e2e run (two prompts of two rollouts per step)
 # with two actors. The learner checkpoints every step so that a restart never takes back a
