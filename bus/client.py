@@ -50,6 +50,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 OBJECT_CHUNK_BYTES = 1024 * 1024
+#: How long a registry read keeps listening after nats-py says the current state is complete.
+REGISTRY_SETTLE_S = 0.25
 _ERRORS_NOT_FATAL = (nats.errors.Error, asyncio.TimeoutError)
 
 
@@ -381,11 +383,29 @@ class BusClient:
         kv = await self._state()
         watcher = await kv.watch(ACTOR_KEY_PATTERN, ignore_deletes=True)
         actors: dict[str, Heartbeat] = {}
+        loop = asyncio.get_running_loop()
+        settle_until: float | None = None
         try:
             while True:
-                entry = await watcher.updates(timeout=self.bus.request_timeout_s)
-                if entry is None:  # end of the current state
+                if settle_until is None:
+                    timeout = self.bus.request_timeout_s
+                else:
+                    timeout = settle_until - loop.time()
+                    if timeout <= 0:
+                        break
+                try:
+                    entry = await watcher.updates(timeout=timeout)
+                except nats.errors.TimeoutError:
+                    if settle_until is None:
+                        raise
                     break
+                if entry is None:
+                    # nats-py may mark the end of the current state before entries already on
+                    # their way are handed over (its consumer-info check races the first
+                    # delivery), which reads a live actor as gone; take what follows shortly
+                    # (bounded: live heartbeats keep arriving).
+                    settle_until = loop.time() + REGISTRY_SETTLE_S
+                    continue
                 beat = self._decode_entry(entry.value, Heartbeat, entry.key)
                 if beat is not None:
                     actors[beat.actor_id] = beat
