@@ -136,18 +136,17 @@ class LearnerService:
         blob = await asyncio.to_thread(self.trainer.export_weights)
         checkpointed = self.announcement_for(blob)
         current = await self._until_done("weights_read", self.bus.get_weights_announcement)
+        announced = None if current is None else Publication(current.policy_version, current.sha256)
         recorded = read_publications(self.config.run.run_dir)
         plan = resume_plan(
-            Publication(checkpointed.policy_version, checkpointed.sha256),
-            None if current is None else Publication(current.policy_version, current.sha256),
-            recorded[-1] if recorded else None,
+            Publication(checkpointed.policy_version, checkpointed.sha256), announced, recorded[-1] if recorded else None
         )
+        announced_version = None if announced is None else announced.policy_version
         log.info("weights_resume_plan", policy_version=plan.policy_version, announce=plan.announce,
-                 record=plan.record, announced=None if current is None else current.policy_version)
+                 record=plan.record, announced=announced_version)
         if plan.policy_version != checkpointed.policy_version:
             log.warning("weights_rewound", checkpoint_version=checkpointed.policy_version,
-                        announced=None if current is None else current.policy_version,
-                        resumes_as=plan.policy_version)
+                        announced=announced_version, resumes_as=plan.policy_version)
             self.trainer.policy_version = plan.policy_version
         announcement = self.announcement_for(blob)
         if plan.announce:
