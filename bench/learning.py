@@ -9,6 +9,7 @@ informative-token share, generated turns and tokens, and wall time.
 
 from __future__ import annotations
 
+import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -101,15 +102,49 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def table_order(strategies: list[str]) -> list[str]:
+    """The comparison's usual order (trace first), then any other strategy by name."""
+    known = [s for s in DEFAULT_STRATEGIES if s in strategies]
+    return known + sorted(set(strategies) - set(known))
+
+
+def recorded_outcomes(previous: dict[str, Any] | None, settings: dict[str, Any], skip: list[str]) -> dict[str, list[RunOutcome]]:
+    """Runs of other strategies kept from an earlier bench result, only if it was made with the
+    same settings (same steps, budget, seeds, config): otherwise they would not be equal-cost."""
+    if not previous or previous.get("settings") != settings:
+        return {}
+    return {
+        strategy: [RunOutcome.from_dict(r) for r in runs]
+        for strategy, runs in previous.get("runs", {}).items()
+        if strategy not in skip
+    }
+
+
 def run_learning_bench(
-    strategies: list[str], seeds: int, overrides: dict[str, Any], work_dir: Path, timeout_s: float
+    strategies: list[str],
+    seeds: int,
+    overrides: dict[str, Any],
+    work_dir: Path,
+    timeout_s: float,
+    merge: bool = False,
 ) -> dict[str, Any]:
-    outcomes: dict[str, list[RunOutcome]] = {s: [] for s in strategies}
+    # The strategy is what varies; the base config's own choice would only mislead here.
+    settings = {"seeds": seeds, **{k: v for k, v in overrides.items() if k != "allocator.core.strategy"}}
+    kept: dict[str, list[RunOutcome]] = {}
+    if merge:
+        previous_path = RESULTS_DIR / "learning.json"
+        previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
+        kept = recorded_outcomes(previous, settings, strategies)
+        if previous and not kept:
+            print("[bench learning] --merge: the recorded results used other settings; nothing kept", flush=True)
+        elif kept:
+            print(f"[bench learning] --merge: keeping recorded runs of {', '.join(kept)}", flush=True)
+    outcomes: dict[str, list[RunOutcome]] = {s: kept.get(s, []) for s in table_order([*kept, *strategies])}
     for seed in range(seeds):
         for strategy in strategies:  # seeds outermost: a cut-short bench still compares strategies
             name = f"learn-{strategy}-s{seed}"
-            settings = {**overrides, "allocator.core.strategy": strategy, "run.seed": seed}
-            outcome = run_up(name, work_dir / name, settings, timeout_s)
+            run_settings = {**overrides, "allocator.core.strategy": strategy, "run.seed": seed}
+            outcome = run_up(name, work_dir / name, run_settings, timeout_s)
             outcomes[strategy].append(outcome)
             print(
                 f"[bench learning] {name}: rc={outcome.returncode} steps={outcome.learner_steps} "
@@ -118,8 +153,6 @@ def run_learning_bench(
                 flush=True,
             )
     rows = aggregate(outcomes)
-    # The strategy is what varies; the base config's own choice would only mislead here.
-    settings = {"seeds": seeds, **{k: v for k, v in overrides.items() if k != "allocator.core.strategy"}}
     payload = {"settings": settings, "rows": rows, "runs": {s: [r.as_dict() for r in rs] for s, rs in outcomes.items()}}
     json_path, md_path = write_results("learning", payload, markdown_table(rows, settings))
     plot(rows, RESULTS_DIR / "learning.png")

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -53,6 +53,14 @@ class RunOutcome:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
         out["training_seconds"] = self.training_seconds
         return out
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> RunOutcome:
+        """Inverse of ``as_dict`` (derived fields dropped): a recorded run read back from results."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in record.items() if k in names}
+        values["run_dir"] = Path(values["run_dir"]) if values.get("run_dir") else None
+        return cls(**values)
 
 
 def nest(flat: dict[str, Any]) -> dict[str, Any]:

@@ -71,3 +71,23 @@ def cached_directory(
 def build_info(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / COMPLETE_MARKER
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A cheap identity of a model directory's current contents: every file's name, size and
+    modification time (hashing the weights themselves would cost minutes for a large model)."""
+    entries = sorted(
+        (str(path.relative_to(model_dir)), stat.st_size, stat.st_mtime_ns)
+        for path in Path(model_dir).rglob("*")
+        if path.is_file() and (stat := path.stat())
+    )
+    return content_key({"model": str(Path(model_dir).resolve()), "files": entries})
+
+
+def source_fingerprint(paths: list[Path]) -> str:
+    """A hash of source files: a cached result computed by older code is not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -79,13 +79,40 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, rng: random.Random
     return batches
 
 
-def learning_rate(step: int, config: TrainingConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_learning_rate`` at the last step."""
+def decay_window(config: TrainingConfig, plateau_exit_step: int | None) -> tuple[int, int] | None:
+    """(first step, length) of the cosine decay; None while the peak rate is held on the plateau."""
+    if config.plateau_exit_loss <= 0:
+        return config.warmup_steps, config.steps - config.warmup_steps
+    if plateau_exit_step is None:
+        return None
+    return plateau_exit_step, config.steps_after_plateau
+
+
+def total_steps(config: TrainingConfig, plateau_exit_step: int | None) -> int:
+    """Steps the warm start runs, as far as is known now (``config.steps`` until the plateau is left)."""
+    window = decay_window(config, plateau_exit_step)
+    return config.steps if window is None else min(config.steps, sum(window))
+
+
+def learning_rate(step: int, config: TrainingConfig, plateau_exit_step: int | None = None) -> float:
+    """Linear warm-up, the peak held until the plateau is left, then cosine decay to
+    ``min_learning_rate`` over the decay window."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    window = decay_window(config, plateau_exit_step)
+    if window is None:
+        return config.learning_rate
+    start, length = window
+    progress = max(0, step - start) / max(1, length)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.min_learning_rate + (config.learning_rate - config.min_learning_rate) * cosine
+
+
+def left_plateau(recent_losses: Sequence[float], config: TrainingConfig, window: int = 20) -> bool:
+    """The mean of the last ``window`` losses is below the plateau (a single lucky batch is not)."""
+    if config.plateau_exit_loss <= 0 or len(recent_losses) < window:
+        return False
+    return sum(recent_losses[-window:]) / window < config.plateau_exit_loss
 
 
 def collate(batch: Sequence[EncodedDemo], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -118,7 +145,7 @@ def train(
     threads: int = 2,
     progress: Callable[[dict], None] | None = None,
 ) -> dict[str, float]:
-    """AdamW over ``config.steps`` length-grouped batches (cycling epochs); returns summary numbers."""
+    """AdamW over length-grouped batches (cycling epochs) until the schedule ends; returns summary numbers."""
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
@@ -132,13 +159,16 @@ def train(
     batches: list[list[int]] = []
     tokens_seen = 0
     recent: list[float] = []
-    for step in range(config.steps):
+    plateau_exit_step: int | None = None
+    step = 0
+    while step < total_steps(config, plateau_exit_step):
         if not batches:
             batches = length_batches(lengths, config.batch_tokens, rng)
         batch = [demos[i] for i in batches.pop()]
         ids, attention, target_mask = collate(batch, pad_id)
+        rate = learning_rate(step, config, plateau_exit_step)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
+            group["lr"] = rate
         loss = action_loss(model, ids, attention, target_mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,18 +176,24 @@ def train(
         optimizer.step()
         tokens_seen += int(attention.sum())
         recent = (recent + [loss.item()])[-50:]
+        step += 1
+        if plateau_exit_step is None and left_plateau(recent, config):
+            plateau_exit_step = step
+            log.info("warm start left the plateau", step=step, loss=round(sum(recent[-20:]) / 20, 4))
         now = time.monotonic()
-        if progress is not None and (now - last_report >= 10 or step == config.steps - 1):
+        planned = total_steps(config, plateau_exit_step)
+        if progress is not None and (now - last_report >= 10 or step == planned):
             last_report = now
             elapsed = now - started
             progress(
                 {
-                    "step": step + 1,
-                    "steps": config.steps,
+                    "step": step,
+                    "steps": planned,
                     "loss": round(sum(recent) / len(recent), 4),
-                    "lr": round(learning_rate(step, config), 6),
+                    "lr": round(rate, 6),
                     "tokens_per_s": round(tokens_seen / elapsed),
-                    "eta_s": round(elapsed / (step + 1) * (config.steps - step - 1)),
+                    "eta_s": round(elapsed / step * (planned - step)),
+                    "plateau_left_at": plateau_exit_step,
                 }
             )
     model.eval()
@@ -165,4 +201,6 @@ def train(
         "final_loss": round(sum(recent) / len(recent), 4),
         "train_seconds": round(time.monotonic() - started, 1),
         "tokens_seen": tokens_seen,
+        "steps": step,
+        "plateau_left_at": plateau_exit_step,
     }

@@ -239,13 +239,22 @@ def bench_learning(
     set_: BenchSetOption = None,
     work_dir: Annotated[Path, typer.Option(help="Where the runs' directories go.")] = Path("runs/bench-learning"),
     timeout_s: Annotated[float, typer.Option(help="Per-run limit in seconds.")] = 3600.0,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the recorded runs of strategies not run now from bench/results/learning.json, "
+            "when they were made with the same settings; a table can then be completed in parts."
+        ),
+    ] = False,
 ) -> None:
     """Equal-cost comparison of strategies: held-out success (mean ± std over seeds), effective ratio,
     informative-token share, generated tokens and wall time; writes bench/results/learning.{md,json,png}."""
     from bench.learning import run_learning_bench
 
     overrides = _bench_overrides(config, set_, steps)
-    run_learning_bench([s.strip() for s in strategies.split(",") if s.strip()], seeds, overrides, work_dir, timeout_s)
+    run_learning_bench(
+        [s.strip() for s in strategies.split(",") if s.strip()], seeds, overrides, work_dir, timeout_s, merge
+    )
 
 
 @bench_app.command("throughput")

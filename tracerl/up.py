@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -163,6 +164,40 @@ def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -
     return data
 
 
+def eval_cache_key(model_dir: str, env: str, tasks: int) -> str:
+    """What a held-out eval's result depends on: the model's files, the task draw and the code
+    that runs episodes (its seeds are fixed, so the same key gives the same numbers)."""
+    from modelkit.cache import content_key, model_fingerprint, source_fingerprint
+
+    root = Path(__file__).resolve().parent.parent
+    code = [root / "modelkit" / "eval.py", root / "actors" / "episode.py", root / "actors" / "engine.py",
+            *sorted((root / "environments").glob("*.py"))]
+    return content_key({"model": model_fingerprint(Path(model_dir)), "env": env, "tasks": tasks,
+                        "code": source_fingerprint(code)})
+
+
+def cached_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -> dict | None:
+    """``run_eval``, reusing an earlier result for the same unchanged model: every run of a
+    benchmark starts from the same model, and its before-training eval costs a minute each time."""
+    from modelkit.cache import cache_root
+
+    cached = cache_root() / ".evals" / f"{eval_cache_key(model_dir, env, tasks)}.json"
+    try:
+        data = json.loads(cached.read_text())
+        out.write_text(json.dumps(data, indent=2))
+        log.info("eval_reused", model_dir=model_dir, cached=str(cached))
+        return data
+    except (OSError, json.JSONDecodeError):
+        pass  # not cached yet, or unreadable: evaluate again
+    data = run_eval(model_dir, env, tasks, out, cpus)
+    if data:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(json.dumps(data, indent=2))
+        os.replace(partial, cached)  # concurrent runs never read half a file
+    return data
+
+
 def resolve_model_dir(up: UpConfig) -> str:
     if up.model_dir:
         if not (Path(up.model_dir) / "config.json").is_file():
@@ -189,7 +224,7 @@ def run(up: UpConfig) -> int:
     before = None
     if up.eval_tasks:
         print(f"[up] evaluating the initial policy on {up.eval_tasks} held-out {env} tasks ...", flush=True)
-        before = run_eval(model_dir, env, up.eval_tasks, run_dir / "eval_before.json", all_cpus)
+        before = cached_eval(model_dir, env, up.eval_tasks, run_dir / "eval_before.json", all_cpus)
         supervisor.reap_orphans(kill=True)
         if before:
             print(f"[up] before: greedy {before['greedy_success']:.3f}  sampled {before['sampled_success']:.3f}")

@@ -8,7 +8,16 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
 from modelkit.config import DemoConfig, TrainingConfig
-from modelkit.warmstart import EncodedDemo, action_loss, collate, demonstrations, learning_rate, length_batches
+from modelkit.warmstart import (
+    EncodedDemo,
+    action_loss,
+    collate,
+    demonstrations,
+    learning_rate,
+    left_plateau,
+    length_batches,
+    total_steps,
+)
 
 
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=60), st.integers(300, 2000), st.integers(0, 10))
@@ -21,11 +30,35 @@ def test_length_batches_cover_every_index_once_within_the_budget(lengths, budget
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():
-    config = TrainingConfig(steps=100, warmup_steps=10, learning_rate=1e-3, min_learning_rate=1e-4)
+    config = TrainingConfig(steps=100, warmup_steps=10, learning_rate=1e-3, min_learning_rate=1e-4, plateau_exit_loss=0)
     rates = [learning_rate(step, config) for step in range(101)]
     assert rates[0] < rates[9] == max(rates)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
     assert abs(rates[100] - 1e-4) < 1e-12
+    assert total_steps(config, None) == 100
+
+
+def test_peak_rate_is_held_on_the_plateau_and_decays_after_leaving_it():
+    config = TrainingConfig(
+        steps=1000, warmup_steps=10, learning_rate=1e-3, min_learning_rate=1e-4, plateau_exit_loss=0.3,
+        steps_after_plateau=200,
+    )
+    assert learning_rate(4, config) == 1e-3 * 5 / 10
+    assert learning_rate(500, config) == 1e-3 and total_steps(config, None) == 1000
+    # Left at step 400: half-way through the decay window the cosine is at its midpoint.
+    assert learning_rate(400, config, 400) == 1e-3
+    assert abs(learning_rate(500, config, 400) - (1e-4 + 0.5 * (1e-3 - 1e-4))) < 1e-15
+    assert abs(learning_rate(600, config, 400) - 1e-4) < 1e-15
+    assert total_steps(config, 400) == 600
+    assert total_steps(config, 900) == 1000  # the cap wins
+
+
+def test_the_plateau_is_left_when_the_recent_mean_drops_below_the_threshold():
+    config = TrainingConfig(plateau_exit_loss=0.35)
+    assert not left_plateau([0.2] * 19, config)  # too few losses to judge
+    assert not left_plateau([0.55] * 30 + [0.1] * 5 + [0.5] * 15, config)  # a few lucky batches
+    assert left_plateau([0.55] * 30 + [0.3] * 20, config)
+    assert not left_plateau([0.1] * 50, TrainingConfig(plateau_exit_loss=0))
 
 
 def test_loss_ignores_everything_but_action_tokens(random_model_dir):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench.learning import aggregate, markdown_table
+from bench.learning import aggregate, markdown_table, recorded_outcomes, table_order
 from bench.runs import RunOutcome, nest
 from tracerl.config import load_config
 from tracerl.up import role_configs
@@ -61,3 +61,44 @@ def test_aggregate_reports_mean_and_spread_per_strategy():
     table = markdown_table(rows, {"seeds": 2})
     assert "| trace | 0.600 ± 0.141 |" in table and "| grpo |" in table
     assert _outcome("x", 0.5, 0.5).training_seconds == 4.0
+
+
+def test_recorded_runs_are_kept_only_under_the_same_settings():
+    settings = {"seeds": 1, "learner.training.max_steps": 40}
+    runs = {"trace": [_outcome("t", 0.5, 0.8).as_dict()], "grpo": [_outcome("g", 0.4, 0.3).as_dict()]}
+    previous = {"settings": settings, "runs": runs}
+    kept = recorded_outcomes(previous, settings, skip=["grpo"])
+    assert list(kept) == ["trace"] and kept["trace"][0] == _outcome("t", 0.5, 0.8)
+    assert recorded_outcomes(previous, {**settings, "learner.training.max_steps": 20}, skip=[]) == {}
+    assert recorded_outcomes(None, settings, skip=[]) == {}
+
+
+def test_table_order_puts_trace_first_and_unknown_strategies_last():
+    assert table_order(["zeta", "gps", "grpo", "trace"]) == ["trace", "grpo", "gps", "zeta"]
+
+
+def test_before_eval_is_reused_until_the_model_changes(tmp_path, monkeypatch):
+    import tracerl.up as up_module
+
+    monkeypatch.setenv("TRACERL_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"v1")
+    calls = []
+
+    def fake_eval(model_dir, env, tasks, out, cpus):
+        calls.append(model_dir)
+        data = {"greedy_success": 0.25 * len(calls), "sampled_success": 0.1, "env": env, "tasks": tasks}
+        out.write_text(str(data))
+        return data
+
+    monkeypatch.setattr(up_module, "run_eval", fake_eval)
+    first = up_module.cached_eval(str(model), "multihop", 10, tmp_path / "a.json", [])
+    again = up_module.cached_eval(str(model), "multihop", 10, tmp_path / "b.json", [])
+    assert len(calls) == 1 and again == first and (tmp_path / "b.json").is_file()
+    up_module.cached_eval(str(model), "multihop", 20, tmp_path / "c.json", [])  # another task count
+    assert len(calls) == 2
+    (model / "model.safetensors").write_bytes(b"v2, trained")  # same path, new weights
+    changed = up_module.cached_eval(str(model), "multihop", 10, tmp_path / "d.json", [])
+    assert len(calls) == 3 and changed["greedy_success"] == 0.75
