@@ -101,7 +101,8 @@ class ModelBuildConfig:
     # When set, the built directory is also copied here (e.g. a run's model directory).
     output_dir: str = ""
     tokenizer_vocab_size: int = 1024
-    # Torch threads for the warm start; not part of the recipe (it changes speed, not the model).
+    # Torch threads for the warm start; not part of the recipe: it changes speed, and float
+    # rounding only as much as another CPU would (the plateau-held schedule absorbs both).
     # On a machine shared with other busy processes, 1 can be several times faster than 2.
     threads: int = 2
     architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
