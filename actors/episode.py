@@ -151,7 +151,10 @@ async def run_chain(
     stop_ids, stop_strings = _stop_tokens(tokenizer, env)
     # item.max_turns is what each chain of this item may generate (the allocator reserves budget
     # for exactly that); the environment's cap, narrowed to the task's on reset/restore, is a depth.
-    max_turns = min(item.prefix_depth + item.max_turns, env.max_turns)
+    # Only the latter ends the episode: a chain that has used up its item stops with an open
+    # node, which search strategies continue from in their next item.
+    episode_cap = env.max_turns
+    item_limit = min(item.prefix_depth + item.max_turns, episode_cap)
     context = list(context_ids)
     prompt_ids = list(context_ids) if item.kind == "root" else []
     depth = item.prefix_depth
@@ -168,7 +171,7 @@ async def run_chain(
         obs_ids = observation_token_ids(tokenizer, step.observation)
         context.extend(generation.token_ids)
         context.extend(obs_ids)
-        outcome = turn_outcome(step, depth, max_turns, len(context), ctx.max_model_len)
+        outcome = turn_outcome(step, depth, episode_cap, len(context), ctx.max_model_len)
         node = TurnNode(
             run_id=item.run_id,
             tree_id=item.tree_id,
@@ -194,7 +197,7 @@ async def run_chain(
         result = emit(node)
         if asyncio.iscoroutine(result):
             await result
-        if outcome.done:
+        if outcome.done or depth >= item_limit:
             return
 
 

@@ -64,7 +64,7 @@ from .selection import (
     select_dps,
     select_gps,
 )
-from .tree import NodeState, RolloutTree, WorkRecord
+from .tree import NodeState, RolloutTree, WorkRecord, at_horizon
 
 log = get_logger(__name__)
 
@@ -371,6 +371,7 @@ class AllocatorCore:
         self.policy_version = version
 
     def on_node(self, node: TurnNode, now: float) -> NodeOutcome:
+        node = at_horizon(node, self.config.max_turns)
         if node.tree_id in self.emitted:
             self.counters["nodes_late"] += 1
             self._drop("late", node.tree_id, [node.node_id])

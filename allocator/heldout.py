@@ -16,6 +16,8 @@ from statistics import fmean
 
 from protocol import TaskSpec, TurnNode, WorkItem
 
+from .tree import at_horizon
+
 PROBE_PREFIX = "heldout-"
 MODES = {"greedy": 0.0, "sampled": 1.0}
 
@@ -94,7 +96,10 @@ class HeldoutProbes:
     def on_node(self, node: TurnNode, now: float) -> None:
         version = self._tree_to_version.get(node.tree_id)
         probe = self._probes.get(version) if version is not None else None
-        if probe is None or not node.done or node.tree_id not in probe.outstanding:
+        if probe is None or node.tree_id not in probe.outstanding:
+            return
+        node = at_horizon(node, self.config.max_turns)
+        if not node.done:
             return
         mode = probe.outstanding.pop(node.tree_id)
         probe.rewards[mode].append(float(node.reward or 0.0))

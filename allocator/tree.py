@@ -15,9 +15,10 @@ Both are maintained incrementally: a leaf updates its ancestors' sums on arrival
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from protocol import CompletedTree, TaskSpec, TreeNodeRecord, TurnNode
 
@@ -61,6 +62,16 @@ class NodeState:
     def failures(self) -> int:
         return self.leaves - self.successes
 
+
+
+def at_horizon(node: TurnNode, horizon: int) -> TurnNode:
+    """The node as the run sees it: a chain that reached the run's turn horizon without the
+    environment ending it is a finished, failed episode. Actors only know their item's turn
+    allowance, which search strategies set to one turn at a time, so they leave it open.
+    """
+    if node.done or node.depth < horizon:
+        return node
+    return dataclasses.replace(node, done=True, reward=0.0)
 
 @dataclass
 class WorkRecord:

@@ -80,17 +80,27 @@ def test_node_ids_are_deterministic_across_redelivery(tokenizer):
     assert {n.node_id: n.parent_id for n in first} == {n.node_id: n.parent_id for n in again}
 
 
-def test_max_turns_ends_the_episode_with_reward_zero(tokenizer):
+def test_the_environments_turn_cap_ends_the_episode_with_reward_zero(tokenizer):
+    nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, make_item(max_turns=9, num_samples=1), CTX))
+    assert [n.depth for n in nodes] == [1, 2, 3, 4]  # CountingEnvironment.max_turns
+    assert nodes[-1].done and nodes[-1].reward == 0.0 and not any(n.done for n in nodes[:-1])
+
+
+def test_an_items_turn_allowance_stops_the_chain_without_ending_the_episode(tokenizer):
+    # Search strategies advance one turn per item and continue from the open node.
     nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, make_item(max_turns=2, num_samples=1), CTX))
-    assert [n.depth for n in nodes] == [1, 2]
-    assert nodes[-1].done and nodes[-1].reward == 0.0 and not nodes[0].done
+    assert [(n.depth, n.done, n.reward) for n in nodes] == [(1, False, None), (2, False, None)]
 
 
 def test_branch_max_turns_counts_turns_of_this_item_not_depth(tokenizer):
     branch = make_item("branch", parent_id="p", prefix_depth=2, prefix_token_ids=[1, 2], max_turns=1, num_samples=2,
                        env_snapshot=msgpack.packb({"actions": ["<search> x </search>"] * 2}))
     nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, branch, CTX))
-    assert sorted((n.depth, n.done, n.reward) for n in nodes) == [(3, True, 0.0), (3, True, 0.0)]
+    assert sorted((n.depth, n.done, n.reward) for n in nodes) == [(3, False, None), (3, False, None)]
+    last = make_item("branch", parent_id="p", prefix_depth=3, prefix_token_ids=[1, 2], max_turns=1, num_samples=1,
+                     env_snapshot=msgpack.packb({"actions": ["<search> x </search>"] * 3}))
+    nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, last, CTX))
+    assert [(n.depth, n.done, n.reward) for n in nodes] == [(4, True, 0.0)]  # the environment's cap
 
 
 def test_branch_continues_from_snapshot_and_prefix(tokenizer):
@@ -147,3 +157,35 @@ def test_a_prefix_longer_than_the_context_is_rejected(tokenizer):
     with pytest.raises(EpisodeError) as err:
         run(collect_work_item(engine, CountingEnvironment, branch, CTX))
     assert err.value.reason == "context_too_long" and engine.calls == []
+
+
+def test_search_strategies_advance_turn_by_turn_through_the_real_episode_loop(tokenizer):
+    """The allocator core's TSR items run through the actor's episode loop: each one-turn item
+    leaves its chain open, the core continues from the best candidate, and every chain ends in
+    a finished episode (a regression: one-turn items used to end the episode as failures)."""
+    from allocator.core import ActorLoad, AllocatorCore, AllocatorCoreConfig
+    from protocol.messages import TaskSpec
+
+    tasks = [TaskSpec("counting", f"t{i}") for i in range(8)]
+    for strategy in ("tsr-bon", "tsr-beam"):
+        core = AllocatorCore(
+            AllocatorCoreConfig(strategy=strategy, group_size=2, tsr_width=2, max_turns=4, step_budget_turns=64,
+                                max_open_steps=1, max_items_per_call=1000, plan_units_per_call=10**9),
+            tasks, seed=0,
+        )
+        actors = [ActorLoad("a1", 0, 1000)]
+        issued = core.schedule(0.0, actors)
+        first_step_trees = {r.item.tree_id for r in issued}
+        rounds, now, trees = 0, 1.0, []
+        while issued:
+            rounds += 1
+            for routed in issued:
+                for node in run(collect_work_item(ScriptedEngine(tokenizer, answer_after=2), CountingEnvironment, routed.item, CTX)):
+                    core.on_node(node, now)
+            issued = [r for r in core.schedule(now, actors) if r.item.tree_id in first_step_trees]
+            trees += [t for t in core.pop_completed(now) if t.tree_id in first_step_trees]
+            now += 1.0
+        assert rounds >= 3, strategy  # two searches and an answer, one turn per item
+        assert {t.tree_id for t in trees} == first_step_trees, strategy
+        leaves = [n for t in trees for n in t.nodes if n.done]
+        assert leaves and all(n.depth == 3 and n.reward == 1.0 for n in leaves), strategy

@@ -80,3 +80,34 @@ def test_beam_keeps_the_top_b_candidates():
 def test_lookahead_items_generate_the_extra_turn():
     _, roots, _ = _after_first_round("tsr-lookahead", tsr_lookahead_turns=1)
     assert all(r.item.max_turns == 2 for r in roots)
+
+
+def _search_core(strategy, **overrides):
+    sim = SimulatorConfig(num_prompts=64)
+    rng = np.random.default_rng(4)
+    prompts = make_prompts(sim, rng)
+    cfg = AllocatorCoreConfig(
+        strategy=strategy, step_budget_turns=128, max_items_per_call=1000, plan_units_per_call=10**9,
+        max_open_steps=1, **overrides,
+    )
+    return AllocatorCore(cfg, [p.task for p in prompts], seed=4), SimulatedActor(sim, prompts), rng
+
+
+def test_search_waits_for_every_candidate_of_a_round():
+    for strategy in ("tsr-bon", "tsr-beam"):
+        core, actor, rng = _search_core(strategy, group_size=2, tsr_width=3)
+        roots = core.schedule(0.0, ACTORS)
+        assert roots
+        # Planning again before any candidate is back neither ends a chain nor issues more.
+        assert core.schedule(0.5, ACTORS) == []
+        chains = [c for step in core.steps.values() for cs in step.search.values() for c in cs]
+        assert chains and not any(c.finished for c in chains)
+        nodes = [n for r in roots for n in actor.rollout(r.item, actor_id="a0", policy_version=0, rng=rng, now=0.0)]
+        for n in nodes[:-1]:
+            core.on_node(n, 1.0)
+        assert core.schedule(1.0, ACTORS) == [], strategy  # one candidate still out
+        core.on_node(nodes[-1], 1.5)
+        nxt = core.schedule(2.0, ACTORS)
+        assert nxt and all(r.item.kind == "branch" for r in nxt), strategy
+        # While those are out, no chain is continued twice from the same frontier.
+        assert core.schedule(2.5, ACTORS) == [], strategy

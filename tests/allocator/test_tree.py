@@ -1,6 +1,6 @@
 import pytest
 
-from allocator.tree import RolloutTree, WorkRecord
+from allocator.tree import RolloutTree, WorkRecord, at_horizon
 from protocol import TaskSpec
 
 from .helpers import make_node
@@ -101,3 +101,12 @@ def test_chain_ends_at_item_turn_cap_without_done():
     tree.add(make_node("a", None), 0.0)
     tree.add(make_node("a.b", "a"), 0.0)  # depth 2 = prefix 0 + max_turns 2
     assert tree.work["s0-0.w1"].finished_chains == 1
+
+
+def test_a_chain_open_at_the_horizon_is_a_failed_episode():
+    open_mid = make_node("a.b", "a")
+    assert open_mid.depth == 2 and at_horizon(open_mid, horizon=5) is open_mid
+    ended = make_node("a.b.c", "a.b", done=True, reward=1.0)
+    assert at_horizon(ended, horizon=3) is ended  # the environment's ending stands
+    cut = at_horizon(make_node("a.b.c", "a.b"), horizon=3)
+    assert (cut.done, cut.reward, cut.node_id, cut.depth) == (True, 0.0, "a.b.c", 3)
