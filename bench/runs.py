@@ -18,9 +18,12 @@ from typing import Any
 
 import yaml
 
+from bench.harness import fresh_run_dir
 from tracerl.metrics import metrics_path, read_metrics
 
 RESULTS_DIR = Path(__file__).parent / "results"
+#: Marks a directory made by ``run_up``, so a rerun may delete it.
+RUN_MARKER = ".bench-run"
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,12 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_up(name: str, run_dir: Path, overrides: dict[str, Any], timeout_s: float = 3600) -> RunOutcome:
-    """One `tracerl up` run; settings go through a YAML file so values keep their types."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    """One `tracerl up` run; settings go through a YAML file so values keep their types.
+
+    The run starts from an empty directory: left in place, an earlier sample's checkpoint
+    would be resumed and its summary read as this run's.
+    """
+    fresh_run_dir(run_dir, RUN_MARKER, "learning/throughput")
     settings = {**overrides, "run.run_id": name, "run.run_dir": str(run_dir)}
     config_path = run_dir.parent / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(nest(settings), sort_keys=False))

@@ -102,3 +102,13 @@ def test_before_eval_is_reused_until_the_model_changes(tmp_path, monkeypatch):
     (model / "model.safetensors").write_bytes(b"v2, trained")  # same path, new weights
     changed = up_module.cached_eval(str(model), "multihop", 10, tmp_path / "d.json", [])
     assert len(calls) == 3 and changed["greedy_success"] == 0.75
+
+
+def test_a_bench_run_never_resumes_an_earlier_sample(tmp_path):
+    from bench.runs import RUN_MARKER, run_up
+
+    foreign = tmp_path / "mine"
+    (foreign / "checkpoints").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="not a learning/throughput run directory"):
+        run_up("mine", foreign, {}, timeout_s=1)
+    assert (foreign / "checkpoints").is_dir()  # nothing of it deleted
