@@ -87,3 +87,20 @@ def test_range_checks_surface_as_config_errors():
 def test_field_docs_cover_every_leaf():
     rows = {name: (tp, default) for name, tp, default in field_docs(Outer)}
     assert rows == {"count": ("int", "3"), "inner.rate": ("float", "0.5"), "inner.names": ("list[str]", "['a']")}
+
+
+def test_every_shipped_config_file_loads_into_its_role():
+    from pathlib import Path
+
+    from modelkit.config import ModelBuildConfig
+    from tracerl.config import load_config
+    from tracerl.upconfig import UpConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    up = load_config(UpConfig, str(root / "default.yaml"), [])
+    assert up.allocator.core.strategy == "trace" and up.learner.training.max_steps == 100
+    models = sorted((root / "models").glob("*.yaml"))
+    assert [p.stem for p in models] == ["frozenlake", "sokoban"]
+    for path in models:
+        build = load_config(ModelBuildConfig, str(path), [])
+        assert build.demos.environments == [path.stem] and build.training.plateau_exit_loss == 0
