@@ -102,7 +102,8 @@ async def run_over_nats(engine: PolicyEngine, model_dir: str, items: list[WorkIt
         await asyncio.sleep(0.2)
     started = time.perf_counter()
     await allocator.publish_batch((subjects.work_shared, item) for item in items)
-    while sum(n.done for n in nodes.values()) < expected_leaves:
+    by_work = {item.work_id: item for item in items}
+    while sum(by_work[n.work_id].ends_chain(n) for n in nodes.values()) < expected_leaves:
         await consumer.process_batch(on_node, batch=500, timeout=0.2)
     seconds = time.perf_counter() - started
     service.stop.set()

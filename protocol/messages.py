@@ -148,6 +148,11 @@ class WorkItem:
         if self.max_turns < 1:
             raise ValueError("max_turns must be >= 1")
 
+    def ends_chain(self, node: TurnNode) -> bool:
+        """Whether ``node`` is the last turn one of this item's chains generates: its episode
+        ended, or the item's turn allowance is used up (the chain stays open for a later item)."""
+        return node.done or node.depth >= self.prefix_depth + self.max_turns
+
     @classmethod
     def single_episode(
         cls,

@@ -16,7 +16,7 @@ import yaml
 
 from environments import make_tasks
 from protocol import TurnNode
-from tests.actors.test_service_nats import branch_item, root_item
+from tests.actors.test_service_nats import ISSUED, branch_item, root_item
 
 pytestmark = [pytest.mark.nats, pytest.mark.vllm, pytest.mark.slow]
 
@@ -76,7 +76,7 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
             nodes.setdefault(node.node_id, node)
 
         def leaves(work_id: str) -> int:
-            return sum(1 for n in nodes.values() if n.work_id == work_id and n.done)
+            return sum(1 for n in nodes.values() if n.work_id == work_id and ISSUED[work_id].ends_chain(n))
 
         def completed() -> list[str]:
             return [w for w, k in expected.items() if leaves(w) >= k]

@@ -106,7 +106,7 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
         max_turns=3, min_policy_version=0, issued_at=0.0,
     )
     nodes = engine_runner.run(collect_work_item(engine, lambda: make_env(task.env), root, ctx))
-    assert sum(n.done for n in nodes) == 4
+    assert sum(root.ends_chain(n) for n in nodes) == 4
     parent = next((n for n in nodes if not n.done and n.depth == 1), None)
     if parent is None:  # every chain ended on turn 1; branching needs a live prefix
         pytest.skip("random policy answered on every first turn")
@@ -117,6 +117,6 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
         sampling=SamplingSpec(max_tokens_per_turn=16, seed=2), max_turns=2, min_policy_version=0, issued_at=0.0,
     )
     children = engine_runner.run(collect_work_item(engine, lambda: make_env(task.env), branch, ctx))
-    assert sum(n.done for n in children) == 3
+    assert sum(branch.ends_chain(n) for n in children) == 3
     assert {n.parent_id for n in children if n.depth == parent.depth + 1} == {parent.node_id}
     assert all(n.depth <= parent.depth + 2 and n.reward in (None, 0.0, 1.0) for n in children)

@@ -28,7 +28,9 @@ def root_item(run_id: str, work_id: str, task: TaskSpec, num_samples: int = 2, *
         issued_at=time.time(),
     )
     fields.update(changes)
-    return WorkItem(**fields)
+    item = WorkItem(**fields)
+    ISSUED[item.work_id] = item
+    return item
 
 
 def branch_item(parent: TurnNode, prefix: list[int], work_id: str, num_samples: int = 2, **changes) -> WorkItem:
@@ -39,13 +41,21 @@ def branch_item(parent: TurnNode, prefix: list[int], work_id: str, num_samples: 
         min_policy_version=0, issued_at=time.time(),
     )
     fields.update(changes)
-    return WorkItem(**fields)
+    item = WorkItem(**fields)
+    ISSUED[item.work_id] = item
+    return item
+
+
+#: Every item the helpers made, by work id: a chain's end depends on its item.
+ISSUED: dict[str, WorkItem] = {}
 
 
 def leaves_by_work(nodes: dict[str, TurnNode]) -> dict[str, int]:
+    """Chains ended per work item (an episode ended, or the item's turns used up)."""
     counts: dict[str, int] = {}
     for node in nodes.values():
-        if node.done:
+        item = ISSUED.get(node.work_id)
+        if node.done or (item is not None and item.ends_chain(node)):
             counts[node.work_id] = counts.get(node.work_id, 0) + 1
     return counts
 
@@ -91,7 +101,7 @@ def test_actor_serves_roots_branches_weights_and_rejects_bad_items(engine_runner
         await drain_until(nodes_consumer, nodes, lambda: leaves_by_work(nodes) == expected_leaves, 240)
         assert {n.policy_version for n in nodes.values()} == {engine.policy_version}
 
-        parent = next((n for n in nodes.values() if not n.done), None)
+        parent = next((n for n in nodes.values() if not n.done and n.depth == 1), None)
         assert parent is not None, "every random chain ended on its first turn"
         chain = [parent]
         prefix = list(parent.prompt_token_ids) + list(parent.action_token_ids) + list(parent.observation_token_ids)
