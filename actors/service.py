@@ -38,6 +38,8 @@ from tracerl.metrics import MetricsWriter
 log = get_logger(__name__)
 
 ROLE = "actor"
+#: How long a stopping actor waits for its cancelled in-flight items before it goes on.
+STOP_GRACE_S = 10.0
 
 
 class ActorService:
@@ -109,7 +111,12 @@ class ActorService:
         await asyncio.gather(*background, return_exceptions=True)
         for task in list(self.inflight):
             task.cancel()
-        await asyncio.gather(*self.inflight, return_exceptions=True)
+        if self.inflight:
+            # A generation cancelled in its first moments has been seen to never return from
+            # vLLM's abort; its item is unacked, so the bus redelivers it to another actor.
+            _, stuck = await asyncio.wait(list(self.inflight), timeout=STOP_GRACE_S)
+            if stuck:
+                log.warning("inflight_abandoned", actor_id=self.actor_id, items=len(stuck))
         for consumer in (own, shared):
             await consumer.close()
         await self.deregister()
