@@ -33,7 +33,14 @@ def engine(embedded_model_dir, loop):
 
     engine = loop.run_until_complete(PolicyEngine.start(embedded_model_dir, EngineSettings(max_model_len=2048)))
     yield engine
-    engine.shutdown()
+
+    async def shut_down() -> None:
+        engine.shutdown()
+
+    # Inside the loop: vLLM closes its sockets there, or schedules that on a loop that would
+    # never run again, and a later garbage collection of the zmq context then blocks forever
+    # (seen as a hang in an unrelated test).
+    loop.run_until_complete(shut_down())
 
 
 def test_vllm_and_transformers_logprobs_agree(embedded_model_dir, engine, loop):
