@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import CompletedTree, TaskSpec, TreeNodeRecord, TurnNode
+from protocol.messages import chain_ends
 
 SUCCESS_THRESHOLD = 0.5
 
@@ -63,7 +64,6 @@ class NodeState:
         return self.leaves - self.successes
 
 
-
 def at_horizon(node: TurnNode, horizon: int) -> TurnNode:
     """The node as the run sees it: a chain that reached the run's turn horizon without the
     environment ending it is a finished, failed episode. Actors only know their item's turn
@@ -72,6 +72,7 @@ def at_horizon(node: TurnNode, horizon: int) -> TurnNode:
     if node.done or node.depth < horizon:
         return node
     return dataclasses.replace(node, done=True, reward=0.0)
+
 
 @dataclass
 class WorkRecord:
@@ -167,9 +168,9 @@ class RolloutTree:
 
     @staticmethod
     def ends_chain(node: TurnNode, record: WorkRecord | None) -> bool:
-        if node.done:
-            return True
-        return record is not None and node.depth >= record.prefix_depth + record.max_turns
+        if record is None:
+            return node.done
+        return chain_ends(node, record.prefix_depth, record.max_turns)
 
     def expire_orphans(self, now: float, timeout_s: float) -> list[str]:
         """Drop orphans older than ``timeout_s``; returns their node ids."""

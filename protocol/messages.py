@@ -105,6 +105,13 @@ class TurnNode:
             raise ValueError("action_logprobs must be finite and <= 0")
 
 
+def chain_ends(node: TurnNode, prefix_depth: int, max_turns: int) -> bool:
+    """Whether ``node`` is the last turn a chain of a work item (starting after ``prefix_depth``,
+    allowed ``max_turns``) generates: its episode ended, or the allowance is used up (the
+    chain stays open for a later item)."""
+    return node.done or node.depth >= prefix_depth + max_turns
+
+
 @dataclass(frozen=True)
 class WorkItem:
     """A unit of sampling work for an actor.
@@ -149,9 +156,7 @@ class WorkItem:
             raise ValueError("max_turns must be >= 1")
 
     def ends_chain(self, node: TurnNode) -> bool:
-        """Whether ``node`` is the last turn one of this item's chains generates: its episode
-        ended, or the item's turn allowance is used up (the chain stays open for a later item)."""
-        return node.done or node.depth >= self.prefix_depth + self.max_turns
+        return chain_ends(node, self.prefix_depth, self.max_turns)
 
     @classmethod
     def single_episode(

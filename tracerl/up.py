@@ -166,7 +166,8 @@ def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -
 
 def eval_cache_key(model_dir: str, env: str, tasks: int) -> str:
     """What a held-out eval's result depends on: the model's files, the task draw and the code
-    that runs episodes (its seeds are fixed, so the same key gives the same numbers)."""
+    that runs episodes (its seeds are fixed: the same key gives the same numbers, up to the
+    noise of vLLM's batching in sampled mode)."""
     from modelkit.cache import content_key, model_fingerprint, source_fingerprint
 
     root = Path(__file__).resolve().parent.parent

@@ -55,7 +55,7 @@ def leaves_by_work(nodes: dict[str, TurnNode]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in nodes.values():
         item = ISSUED.get(node.work_id)
-        if node.done or (item is not None and item.ends_chain(node)):
+        if item.ends_chain(node) if item is not None else node.done:
             counts[node.work_id] = counts.get(node.work_id, 0) + 1
     return counts
 

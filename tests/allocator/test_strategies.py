@@ -8,21 +8,21 @@ from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 ACTORS = [ActorLoad("a0", 0, 10_000)]
 
 
-def _after_first_round(strategy, **overrides):
+def _search_core(strategy, **overrides):
+    """A core that plans a whole round per call, its simulated actor and the simulation's rng."""
     sim = SimulatorConfig(num_prompts=64)
     rng = np.random.default_rng(4)
     prompts = make_prompts(sim, rng)
-    # One call plans and hands out a whole round: the tests look at that round.
     cfg = AllocatorCoreConfig(
-        strategy=strategy,
-        step_budget_turns=128,
-        max_items_per_call=1000,
-        plan_units_per_call=10**9,
-        max_open_steps=1,
-        **overrides,
+        strategy=strategy, step_budget_turns=128, max_items_per_call=1000, plan_units_per_call=10**9,
+        max_open_steps=1, **overrides,
     )
-    core = AllocatorCore(cfg, [p.task for p in prompts], seed=4)
-    actor = SimulatedActor(sim, prompts)
+    return AllocatorCore(cfg, [p.task for p in prompts], seed=4), SimulatedActor(sim, prompts), rng
+
+
+def _after_first_round(strategy, **overrides):
+    # One call plans and hands out a whole round: the tests look at that round.
+    core, actor, rng = _search_core(strategy, **overrides)
     routed = core.schedule(0.0, ACTORS)
     for r in routed:
         for n in actor.rollout(r.item, actor_id="a0", policy_version=0, rng=rng, now=0.0):
@@ -80,17 +80,6 @@ def test_beam_keeps_the_top_b_candidates():
 def test_lookahead_items_generate_the_extra_turn():
     _, roots, _ = _after_first_round("tsr-lookahead", tsr_lookahead_turns=1)
     assert all(r.item.max_turns == 2 for r in roots)
-
-
-def _search_core(strategy, **overrides):
-    sim = SimulatorConfig(num_prompts=64)
-    rng = np.random.default_rng(4)
-    prompts = make_prompts(sim, rng)
-    cfg = AllocatorCoreConfig(
-        strategy=strategy, step_budget_turns=128, max_items_per_call=1000, plan_units_per_call=10**9,
-        max_open_steps=1, **overrides,
-    )
-    return AllocatorCore(cfg, [p.task for p in prompts], seed=4), SimulatedActor(sim, prompts), rng
 
 
 def test_search_waits_for_every_candidate_of_a_round():
