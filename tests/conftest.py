@@ -100,8 +100,20 @@ def _exit_after_grace(config: pytest.Config, grace_s: float) -> None:
     timer.start()
 
 
+def _stop_own_resource_tracker() -> None:
+    """The in-process vLLM engine starts this process's multiprocessing resource tracker, which
+    by design lives until its parent exits; stopped here it is not mistaken for a leak."""
+    from multiprocessing import resource_tracker
+
+    try:
+        resource_tracker._resource_tracker._stop()
+    except (AttributeError, OSError, ChildProcessError):
+        pass
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
+    _stop_own_resource_tracker()
     children = _leftover_children()
     leftovers = _describe_leftovers(children)
     if leftovers:

@@ -128,7 +128,6 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
         await pump(a1_is_mid_item, 600)
         kill_group(processes["a1"])
         processes["a3"] = start_actor(bus_run, random_model_dir, "a3", tmp_path)
-        killed_with = {n.work_id for n in nodes.values() if n.actor_id == "a1"} - set(completed())
         await wait_registered({"a3"}, 600)
         for i, task in enumerate(tasks[NUM_ROOTS_EARLY:], start=NUM_ROOTS_EARLY):
             item = root_item(run_id, f"r{i}", task)
@@ -142,17 +141,25 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
             # Exactly k chains, each ending once: a redelivered item regenerated the same ids.
             assert leaves(work_id) == k, (work_id, sorted(n.node_id for n in item_nodes))
             assert all(n.parent_id is None or n.parent_id in nodes for n in item_nodes)
-        # A SIGKILLed actor's unfinished items were finished by the others, with the same node ids.
-        assert killed_with and all(any(n.actor_id != "a1" for n in nodes.values() if n.work_id == w) for w in killed_with)
-        assert any(n.actor_id == "a3" for n in nodes.values())
+        # The SIGKILL caught a1 mid-item, and the exact-k check above shows the others finished
+        # those items under the same node ids. Judged here, not at the kill: the consumer lags the
+        # stream, so an item that looked unfinished then may already have been finished by a1.
+        def a1_chain_ends(work_id: str) -> int:
+            return sum(n.actor_id == "a1" and ISSUED[work_id].ends_chain(n) for n in nodes.values() if n.work_id == work_id)
+
+        taken_over = {w for w, k in expected.items()
+                      if any(n.actor_id == "a1" for n in nodes.values() if n.work_id == w) and a1_chain_ends(w) < k}
         actors_by_node = {name: sum(n.actor_id == name for n in nodes.values()) for name in ("a1", "a2", "a3")}
+        assert taken_over, f"a1 was killed between items: nothing left to take over; nodes by actor {actors_by_node}"
+        assert actors_by_node["a3"] > 0, f"the late joiner took no work; nodes by actor {actors_by_node}"
 
         for name in ("a2", "a3"):
             processes[name].send_signal(signal.SIGTERM)
         for name in ("a2", "a3"):
-            assert await asyncio.to_thread(processes[name].wait, 120) == 0
+            returncode = await asyncio.to_thread(processes[name].wait, 120)
+            assert returncode == 0, f"actor {name} exited {returncode} on SIGTERM; see {tmp_path / (name + '.log')}"
         remaining = set(await allocator.get_actors())
-        assert not {"a2", "a3"} & remaining
+        assert not {"a2", "a3"} & remaining, f"stopped actors still registered: {remaining}"
         await allocator.close()
         return {**actors_by_node, "redelivered_nodes": sum(c - 1 for c in deliveries.values())}
 
