@@ -170,6 +170,10 @@ class ActorService:
         """Run one work item to completion; raising leaves it for redelivery, returning acks it."""
         self.items_started += 1
         self.queue_wait_s_total += queue_wait_s(item.issued_at, time.time())
+        if delivery.num_delivered > 1:
+            # Another actor took it and never acked it (crashed, stopped, or too slow): the
+            # regenerated nodes carry the same ids, so the allocator sees no duplicates.
+            log.info("work_item_redelivered", work_id=item.work_id, delivery=delivery.num_delivered)
         try:
             self.make_env(item.task.env)
         except Exception as err:  # the registry signals unknown names with EnvironmentError_

@@ -36,8 +36,8 @@ SMALL_RUN: dict[str, Any] = {
     "allocator.core.step_timeout_s": 120.0,
     "allocator.heldout.every_versions": 0,
     "bus.streams.ack_wait_s": 10.0,
-    # The short warm start the test suite builds too, so both share its cache: it learns the tag
-    # format, not yet the tasks. 200 steps never leave the plateau, hence a plain cosine.
+    # The short warm start the test suite builds too, so both share its cache: 200 steps over
+    # 500 demos, on a plain cosine (no plateau detection) so the build time is fixed.
     "model.demos.demos_per_env": 500,
     "model.training.steps": 200,
     "model.training.plateau_exit_loss": 0,

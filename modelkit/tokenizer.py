@@ -2,9 +2,12 @@
 
 Two choices matter for rollouts:
 
-* Whitespace is its own pre-token, so a word has the same ids whether a space precedes it
-  or not. A name copied from an observation into an action then tokenises identically,
-  which a tiny model could not learn to bridge otherwise.
+* A word carries the space before it (``whitespace="prefix"``, as GPT-2 and Qwen do). The
+  environments always put a space before a name, so a name has the same single id in an
+  observation, a thought and an answer, and copying it is one attention lookup. The older
+  ``"isolated"`` mode (every space its own token) doubled sequence lengths and made each copy
+  a two-step lookup past a space token: the 1.1 M-parameter model copied the first token of a
+  name wrongly in about half of its answers.
 * The environment tags (``<search>``, ``</answer>`` ...) are whole added tokens, so stopping
   on a closing tag is one token. They are added as *non-special* tokens (as Qwen3 does with
   ``<think>``) because detokenisers skip special tokens by default and the environment must
@@ -29,11 +32,19 @@ SEARCH_R1_TAGS: tuple[str, ...] = (
 )
 
 
+WHITESPACE_MODES = ("prefix", "isolated")
+
+
 @dataclass(frozen=True)
 class TokenizerSpec:
     vocab_size: int = 1024
     min_frequency: int = 2
     tags: tuple[str, ...] = field(default=SEARCH_R1_TAGS)
+    whitespace: str = "prefix"
+
+    def __post_init__(self) -> None:
+        if self.whitespace not in WHITESPACE_MODES:
+            raise ValueError(f"tokenizer whitespace must be one of {WHITESPACE_MODES}, got {self.whitespace!r}")
 
 
 def environment_tags() -> tuple[str, ...]:
@@ -47,12 +58,11 @@ def train_tokenizer(texts: Iterable[str], spec: TokenizerSpec) -> PreTrainedToke
     """Train on ``texts``; the tags are removed from the training text so no merge is spent on them."""
     tag_pattern = re.compile("|".join(re.escape(t) for t in sorted(spec.tags, key=len, reverse=True)))
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if spec.whitespace == "isolated":
+        bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"), byte_level])
+    else:
+        bpe.pre_tokenizer = byte_level
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=spec.vocab_size,

@@ -15,6 +15,12 @@ def test_bad_config_values_are_reported_not_raised(capsys):
     assert "training.steps" in err and "Traceback" not in err
 
 
+def test_an_unknown_tokenizer_whitespace_mode_is_reported_before_any_work(capsys):
+    assert build_command(None, ["tokenizer_whitespace=tabs"]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer_whitespace" in err and "prefix" in err and "Traceback" not in err
+
+
 def test_missing_config_file_is_reported(tmp_path, capsys):
     assert build_command(str(tmp_path / "absent.yaml"), []) == 2
     assert "not found" in capsys.readouterr().err

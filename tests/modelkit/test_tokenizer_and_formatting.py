@@ -22,12 +22,26 @@ def test_every_tag_is_one_token_and_survives_decoding(tokenizer):
     assert stop_token_ids(tokenizer, STOP_STRINGS) is not None
 
 
-def test_a_name_tokenises_the_same_with_or_without_a_leading_space(tokenizer):
-    bare = tokenizer.encode("Finn Ortiz", add_special_tokens=False)
-    spaced = tokenizer.encode(" Finn Ortiz", add_special_tokens=False)
-    assert spaced[1:] == bare
-    text = "<search> mentor of Finn Ortiz </search>"
-    assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+def test_a_name_has_the_same_ids_in_an_observation_a_thought_and_an_answer(tokenizer):
+    name = tokenizer.encode(" Finn Ortiz", add_special_tokens=False)
+    assert len(name) == 2, tokenizer.convert_ids_to_tokens(name)  # one id per word: a copy is one lookup
+    for text in ("<information> the mentor of Ada Park is Finn Ortiz ; the city of Ada Park is Rome </information>",
+                 "<think> the answer is Finn Ortiz </think> <answer> Finn Ortiz </answer>",
+                 "<search> mentor of Finn Ortiz </search>"):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert any(ids[i:i + 2] == name for i in range(len(ids) - 1)), text
+        assert tokenizer.decode(ids) == text
+
+
+def test_isolated_whitespace_mode_gives_every_space_its_own_token():
+    texts = ["<search> coach of Ada Park </search> the coach of Ada Park is Omar Diaz"] * 20
+    isolated = train_tokenizer(texts, TokenizerSpec(vocab_size=300, tags=tuple(SPECIAL_TOKENS), whitespace="isolated"))
+    prefix = train_tokenizer(texts, TokenizerSpec(vocab_size=300, tags=tuple(SPECIAL_TOKENS)))
+    text = "the coach of Ada Park is Omar Diaz"
+    assert isolated.convert_ids_to_tokens(isolated.encode(text, add_special_tokens=False)).count("\u0120") == 7
+    assert len(prefix.encode(text, add_special_tokens=False)) == 8
+    with pytest.raises(ValueError, match="whitespace"):
+        TokenizerSpec(whitespace="tabs")
 
 
 def test_eos_and_pad_are_set_and_there_is_no_chat_template(tokenizer):
