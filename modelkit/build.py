@@ -76,7 +76,9 @@ def _build_into(directory: Path, config: ModelBuildConfig) -> dict[str, Any]:
                            for env in config.demos.environments})
     # A tokenizer needs far fewer examples than the model; a few thousand cover the vocabulary.
     corpus = [text for demo in demos[:: max(1, len(demos) // 3000)] for text in _demo_texts(demo)]
-    tokenizer = train_tokenizer(corpus, TokenizerSpec(vocab_size=config.tokenizer_vocab_size, tags=environment_tags(), whitespace=config.tokenizer_whitespace))
+    spec = TokenizerSpec(vocab_size=config.tokenizer_vocab_size, tags=environment_tags(),
+                         whitespace=config.tokenizer_whitespace)
+    tokenizer = train_tokenizer(corpus, spec)
     encoded = encode_demos(tokenizer, demos, config.training.max_sequence_tokens)
     log.info("demonstrations tokenised", kept=len(encoded), dropped=len(demos) - len(encoded), vocab=len(tokenizer),
              mean_tokens=round(_mean([len(e.token_ids) for e in encoded]), 1))
