@@ -130,27 +130,29 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
             expected[item.work_id] = item.num_samples
             await allocator.publish(subjects.work_shared, item)
 
-        def a1_is_mid_item() -> bool:
-            done = set(completed())
-            return len(done) >= 8 and any(n.actor_id == "a1" and n.work_id not in done for n in nodes.values())
+        async def drain(seconds: float) -> None:
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                await consumer.process_batch(on_node, batch=200, timeout=0.2)
+                await issue_branches()
 
         async def freeze_a1_mid_item() -> set[str]:
             """Stop a1 (SIGSTOP) at a moment it holds an item whose nodes are partly out.
 
-            Judged while a1 is frozen and the stream drained: an item that merely looks unfinished
-            because the consumer lags may be finished already, and is then never redelivered.
+            Sampled, not triggered by what the consumer has seen: the consumer lags the stream,
+            and the random model can finish an item (or all of its work) within that lag. So a1 is
+            frozen, the stream drained, and a1 resumed for a moment if it holds no partial item.
             """
+            await pump(lambda: any(n.actor_id == "a1" for n in nodes.values()), 600)
             while True:
-                await pump(a1_is_mid_item, 600)
                 os.killpg(processes["a1"].pid, signal.SIGSTOP)
-                drained_at = time.monotonic() + 2.0
-                while time.monotonic() < drained_at:
-                    await consumer.process_batch(on_node, batch=200, timeout=0.5)
-                done = set(completed())
-                partial = {n.work_id for n in nodes.values() if n.actor_id == "a1"} - done
+                await drain(1.0)
+                partial = {n.work_id for n in nodes.values() if n.actor_id == "a1"} - set(completed())
                 if partial:
                     return partial
+                assert len(completed()) < len(expected), "every item finished before a1 was caught mid-item"
                 os.killpg(processes["a1"].pid, signal.SIGCONT)
+                await asyncio.sleep(0.2)
 
         left_partial = await freeze_a1_mid_item()
         kill_group(processes["a1"])
