@@ -13,9 +13,12 @@ from tracerl.metrics import metrics_path, read_metrics
 
 pytestmark = [pytest.mark.nats, pytest.mark.vllm, pytest.mark.slow]
 
-# With the allocator allowed 2 steps ahead, steps from the fourth on are issued after the
-# learner published version 1, so they must come back from reloaded actors.
-LEARNER_STEPS = 5
+# Allocator step i opens once the learner is at version >= i - eta, and its items demand
+# min_policy_version = version - eta, so an actor must have reloaded to >= i - 2*eta before
+# sampling them. With eta = 2 that makes the sixth step (i = 5) need version >= 1 by
+# contract, however slowly the actor reloads; earlier steps may legally come from version 0.
+ALLOCATOR_ETA = 2
+LEARNER_STEPS = 6
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def finished_run(tmp_path_factory, embedded_model_dir):
         "allocator.core.batch_prompts": 2,
         "allocator.core.group_size": 2,
         "allocator.core.step_budget_turns": 24,
-        "allocator.core.staleness_eta": 2,
+        "allocator.core.staleness_eta": ALLOCATOR_ETA,
         "allocator.heldout.tasks": 2,
         "allocator.heldout.every_versions": 2,
     }
@@ -64,8 +67,10 @@ def test_learner_trained_on_trees_from_updated_actors(finished_run):
     assert [r["step"] for r in steps] == list(range(1, LEARNER_STEPS + 1))
     assert steps[-1]["policy_version"] == LEARNER_STEPS
     assert all(r["batch.turns"] > 0 and r["train.trained_tokens"] > 0 for r in steps)
-    # Actors reloaded weights in place: later batches hold turns sampled by version >= 1.
-    assert steps[-1]["batch_versions_min"] >= 1
+    # Actors reloaded weights in place: the last step's turns were all sampled by a newer version.
+    assert steps[-1]["batch_versions_min"] >= LEARNER_STEPS - 1 - 2 * ALLOCATOR_ETA
+    actor_final = [r for r in read_metrics(metrics_path(run_dir, "actor-actor-0")) if r.get("final")]
+    assert actor_final and actor_final[-1]["weights_loaded"] >= 1
     # The learner trains at version policy_version - 1; anything older than its bound is dropped.
     eta = LearnerConfig().training.staleness_eta
     for r in steps:
