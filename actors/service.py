@@ -17,7 +17,6 @@ The shell around the episode loop:
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from actors.metrics import Counters, Rates, interval_record, queue_wait_s, rates
 from actors.weights import WeightsError, fetch_verified, model_dir_signature, prune_versions, write_version_dir
 from environments.base import Environment
 from protocol import Heartbeat, Subjects, WeightsAnnouncement, WorkItem
+from tracerl.lifecycle import stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter
 
@@ -361,9 +361,7 @@ async def serve(config: ActorConfig, actor_id: str) -> int:
         bus = await BusClient.connect(ROLE, config.bus, config.run)
         try:
             service = ActorService(config, engine, bus, actor_id)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, service.stop.set)
+            stop_on_signals(service.stop)
             return await service.serve()
         finally:
             await bus.close()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from bus.streams import read_stream, read_work_queue, stream_extent
 from environments.registry import make_env, make_tasks
 from protocol import CompletedTree, Heartbeat, ProtocolError, TaskSpec, TurnNode, WorkItem
 from tracerl.config import write_resolved_config
+from tracerl.lifecycle import stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter
 
@@ -366,9 +366,7 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 async def serve(config: AllocatorConfig) -> None:
     bus = await BusClient.connect("allocator", config.bus, config.run)
     service = AllocatorService(config, bus)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, service.stop.set)
+    stop_on_signals(service.stop)
     nodes = await bus.pull_consumer(bus.subjects.nodes_stream, bus.subjects.allocator_consumer, TurnNode)
     replay, service.routed = await rebuild_from_streams(service.core, bus, time.time())
     service.replayed_until_seq = replay.nodes_until_seq

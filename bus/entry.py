@@ -4,7 +4,6 @@ serve until a signal."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import nats.js.errors
 
 from protocol.subjects import Subjects
 from tracerl.config import BusConfig, dump_config
+from tracerl.lifecycle import stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 
 from .client import BusClient
@@ -109,9 +109,7 @@ def _announce(server: BusServer, *, joined: bool) -> None:
 
 def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     return stop
 
 

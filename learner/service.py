@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from learner.trainer import Trainer, checkpoint_root, latest_checkpoint
 from learner.versions import WEIGHTS_METRICS, Publication, read_publications, resume_plan
 from protocol import CompletedTree, WeightsAnnouncement
 from tracerl.config import write_resolved_config
+from tracerl.lifecycle import stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter
 
@@ -231,9 +231,7 @@ def build_trainer(config: LearnerConfig) -> Trainer:
 async def serve(config: LearnerConfig, trainer: Trainer) -> None:
     bus = await BusClient.connect("learner", config.bus, config.run)
     service = LearnerService(config, trainer, bus)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, service.stop.set)
+    stop_on_signals(service.stop)
     # Announce the starting point so actors and the allocator agree on the version.
     await service.announce_resumed()
     trees = await bus.pull_consumer(bus.subjects.trees_stream, bus.subjects.learner_consumer, CompletedTree)
