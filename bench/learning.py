@@ -120,6 +120,12 @@ def recorded_outcomes(previous: dict[str, Any] | None, settings: dict[str, Any],
     }
 
 
+def check_results_name(name: str) -> None:
+    """The results' file stem must name a file directly under bench/results/."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"the results name must be a plain file stem such as 'learning', got {name!r}")
+
+
 def run_learning_bench(
     strategies: list[str],
     seeds: int,
@@ -127,12 +133,14 @@ def run_learning_bench(
     work_dir: Path,
     timeout_s: float,
     merge: bool = False,
+    results_name: str = "learning",
 ) -> dict[str, Any]:
+    check_results_name(results_name)
     # The strategy is what varies; the base config's own choice would only mislead here.
     settings = {"seeds": seeds, **{k: v for k, v in overrides.items() if k != "allocator.core.strategy"}}
     kept: dict[str, list[RunOutcome]] = {}
     if merge:
-        previous_path = RESULTS_DIR / "learning.json"
+        previous_path = RESULTS_DIR / f"{results_name}.json"
         previous = json.loads(previous_path.read_text()) if previous_path.is_file() else None
         kept = recorded_outcomes(previous, settings, strategies)
         if previous and not kept:
@@ -154,7 +162,7 @@ def run_learning_bench(
             )
     rows = aggregate(outcomes)
     payload = {"settings": settings, "rows": rows, "runs": {s: [r.as_dict() for r in rs] for s, rs in outcomes.items()}}
-    json_path, md_path = write_results("learning", payload, markdown_table(rows, settings))
-    plot(rows, RESULTS_DIR / "learning.png")
+    json_path, md_path = write_results(results_name, payload, markdown_table(rows, settings))
+    plot(rows, RESULTS_DIR / f"{results_name}.png")
     print(md_path.read_text())
     return payload

@@ -242,18 +242,30 @@ def bench_learning(
     merge: Annotated[
         bool,
         typer.Option(
-            help="Keep the recorded runs of strategies not run now from bench/results/learning.json, "
+            help="Keep the recorded runs of strategies not run now from bench/results/<results-name>.json, "
             "when they were made with the same settings; a table can then be completed in parts."
         ),
     ] = False,
+    results_name: Annotated[
+        str,
+        typer.Option(
+            help="File stem of the results under bench/results/; another name keeps a side study "
+            "(more seeds, an ablation) apart from the main table."
+        ),
+    ] = "learning",
 ) -> None:
     """Equal-cost comparison of strategies: held-out success (mean ± std over seeds), effective ratio,
     informative-token share, generated tokens and wall time; writes bench/results/learning.{md,json,png}."""
-    from bench.learning import run_learning_bench
+    from bench.learning import check_results_name, run_learning_bench
 
+    try:
+        check_results_name(results_name)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--results-name") from err
     overrides = _bench_overrides(config, set_, steps)
     run_learning_bench(
-        [s.strip() for s in strategies.split(",") if s.strip()], seeds, overrides, work_dir, timeout_s, merge
+        [s.strip() for s in strategies.split(",") if s.strip()], seeds, overrides, work_dir, timeout_s, merge,
+        results_name,
     )
 
 

@@ -1,10 +1,12 @@
 """Pure parts of `tracerl up` and the bench drivers."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 
-from bench.learning import aggregate, markdown_table, recorded_outcomes, table_order
+from bench.learning import aggregate, check_results_name, markdown_table, recorded_outcomes, table_order
 from bench.runs import RunOutcome, nest
 from tracerl.config import load_config
 from tracerl.up import role_configs
@@ -71,6 +73,25 @@ def test_recorded_runs_are_kept_only_under_the_same_settings():
     assert list(kept) == ["trace"] and kept["trace"][0] == _outcome("t", 0.5, 0.8)
     assert recorded_outcomes(previous, {**settings, "learner.training.max_steps": 20}, skip=[]) == {}
     assert recorded_outcomes(None, settings, skip=[]) == {}
+
+
+def test_a_results_name_must_be_a_plain_file_stem():
+    for good in ("learning", "learning-trace-grpo-9seeds", "ablation_roots"):
+        check_results_name(good)
+    for bad in ("", "../learning", "sub/learning", ".hidden", "a\\b"):
+        with pytest.raises(ValueError, match="plain file stem"):
+            check_results_name(bad)
+
+
+def test_bench_learning_refuses_a_results_name_outside_the_results_dir_before_any_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tracerl", "bench", "learning", "--results-name", "../escape",
+         "--work-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--results-name" in result.stderr and "plain file stem" in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_table_order_puts_trace_first_and_unknown_strategies_last():
