@@ -255,7 +255,7 @@ def bench_learning(
     ] = "learning",
 ) -> None:
     """Equal-cost comparison of strategies: held-out success (mean ± std over seeds), effective ratio,
-    informative-token share, generated tokens and wall time; writes bench/results/learning.{md,json,png}."""
+    informative-token share, generated tokens and wall time; writes bench/results/<results-name>.{md,json,png}."""
     from bench.learning import check_results_name, run_learning_bench
 
     try:
