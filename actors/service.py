@@ -31,7 +31,7 @@ from actors.metrics import Counters, Rates, interval_record, queue_wait_s, rates
 from actors.weights import WeightsError, fetch_verified, model_dir_signature, prune_versions, write_version_dir
 from environments.base import Environment
 from protocol import Heartbeat, Subjects, WeightsAnnouncement, WorkItem
-from tracerl.lifecycle import stop_on_signals
+from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter
 
@@ -106,9 +106,8 @@ class ActorService:
         ]
         await self.stop.wait()
         log.info("actor_stopping", actor_id=self.actor_id, inflight=len(self.inflight))
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        if await end_tasks(background):
+            self.exit_code = EXIT_STOP_OVERRAN
         for task in list(self.inflight):
             task.cancel()
         if self.inflight:
@@ -151,7 +150,7 @@ class ActorService:
                 msgs = []
                 if not _is_timeout(err):
                     log.warning("fetch_failed", consumer=consumer.durable, error=repr(err))
-                    await asyncio.sleep(self.config.pull_timeout_s)
+                    await sleep_or_stop(self.stop, self.config.pull_timeout_s)
             for _ in range(taken - len(msgs)):
                 self.slots.release()
             for msg in msgs:
@@ -210,8 +209,7 @@ class ActorService:
         await self.bus.dead_letter(delivery.msg, reason=reason, detail=detail, consumer=self.actor_id)
 
     async def _keep_alive(self, delivery: Any) -> None:
-        while True:
-            await asyncio.sleep(self.config.progress_interval_s)
+        while not await sleep_or_stop(self.stop, self.config.progress_interval_s):
             with suppress(Exception):
                 await delivery.in_progress()
 
@@ -244,7 +242,7 @@ class ActorService:
                 raise
             except Exception as err:  # a lost watch is re-established; the served version stays
                 log.warning("weights_watch_failed", error=repr(err))
-                await asyncio.sleep(1.0)
+                await sleep_or_stop(self.stop, 1.0)
 
     async def apply_announcement(self, announcement: WeightsAnnouncement) -> bool:
         """Fetch, verify and load a newer version; any failure keeps the current one."""
@@ -296,8 +294,7 @@ class ActorService:
         await self.bus.put_actor(self.heartbeat_message())
 
     async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_interval_s)
+        while not await sleep_or_stop(self.stop, self.config.heartbeat_interval_s):
             try:
                 await self.heartbeat()
             except Exception as err:  # a missed beat is retried on the next tick
@@ -322,8 +319,7 @@ class ActorService:
         )
 
     async def _metrics_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.metrics_interval_s)
+        while not await sleep_or_stop(self.stop, self.config.metrics_interval_s):
             after = self.counters()
             rates = rates_between(self._metrics_base, after)
             self._metrics_base = after
@@ -361,7 +357,7 @@ async def serve(config: ActorConfig, actor_id: str) -> int:
         bus = await BusClient.connect(ROLE, config.bus, config.run)
         try:
             service = ActorService(config, engine, bus, actor_id)
-            stop_on_signals(service.stop)
+            stop_on_signals(service.stop, config.run.stop_timeout_s)
             return await service.serve()
         finally:
             await bus.close()
@@ -374,4 +370,4 @@ def run(config: ActorConfig) -> int:
     actor_id = config.resolved_actor_id()
     configure_logging(f"{ROLE}-{actor_id}", config.run.run_dir, config.log.level, config.log.json_file)
     log.info("actor_starting", actor_id=actor_id, model_dir=config.model_dir, run_id=config.run.run_id)
-    return asyncio.run(serve(config, actor_id))
+    return run_role(serve(config, actor_id))

@@ -37,7 +37,7 @@ from bus.streams import read_stream, read_work_queue, stream_extent
 from environments.registry import make_env, make_tasks
 from protocol import CompletedTree, Heartbeat, ProtocolError, TaskSpec, TurnNode, WorkItem
 from tracerl.config import write_resolved_config
-from tracerl.lifecycle import stop_on_signals
+from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter
 
@@ -287,7 +287,7 @@ class AllocatorService:
                 raise
             except Exception as err:  # noqa: BLE001 - a lost watch is re-established
                 log.warning("weights_watch_failed", error=repr(err))
-                await _sleep_or_stop(self.stop, 1.0)
+                await sleep_or_stop(self.stop, 1.0)
 
     def queue_probe(self, version: int) -> None:
         items = self.probes.plan(version, time.time())
@@ -304,7 +304,7 @@ class AllocatorService:
                 self.reroute_stranded()
             except Exception as err:  # noqa: BLE001 - keep the last known registry and retry
                 log.warning("actor_registry_read_failed", error=repr(err))
-            await _sleep_or_stop(self.stop, self.config.registry_interval_s)
+            await sleep_or_stop(self.stop, self.config.registry_interval_s)
 
     async def schedule_loop(self) -> None:
         while not self.stop.is_set():
@@ -321,11 +321,11 @@ class AllocatorService:
                 self.stop.set()
             # A round planned or handed out over several calls goes on as soon as the loop
             # has served its other tasks: each call is short, the round need not wait ticks.
-            await _sleep_or_stop(self.stop, 0.0 if self.core.busy else self.config.schedule_interval_s)
+            await sleep_or_stop(self.stop, 0.0 if self.core.busy else self.config.schedule_interval_s)
 
     async def metrics_loop(self) -> None:
         while not self.stop.is_set():
-            await _sleep_or_stop(self.stop, self.config.metrics_interval_s)
+            await sleep_or_stop(self.stop, self.config.metrics_interval_s)
             self.write_metrics()
 
     def write_metrics(self) -> None:
@@ -358,15 +358,10 @@ class AllocatorService:
             log.info("heldout_success", **{k: v for k, v in result.__dict__.items()})
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-
-
-async def serve(config: AllocatorConfig) -> None:
+async def serve(config: AllocatorConfig) -> int:
     bus = await BusClient.connect("allocator", config.bus, config.run)
     service = AllocatorService(config, bus)
-    stop_on_signals(service.stop)
+    stop_on_signals(service.stop, config.run.stop_timeout_s)
     nodes = await bus.pull_consumer(bus.subjects.nodes_stream, bus.subjects.allocator_consumer, TurnNode)
     replay, service.routed = await rebuild_from_streams(service.core, bus, time.time())
     service.replayed_until_seq = replay.nodes_until_seq
@@ -374,16 +369,14 @@ async def serve(config: AllocatorConfig) -> None:
     log.info("allocator_rebuilt", **replay.__dict__)
     log.info("allocator_started", strategy=config.core.strategy, env=config.tasks.env, pool=len(service.core.task_pool))
     tasks = [
-        asyncio.create_task(nodes.run(service.on_node, service.stop, batch=256, timeout=0.2)),
-        asyncio.create_task(service.watch_policy()),
-        asyncio.create_task(service.refresh_actors()),
-        asyncio.create_task(service.schedule_loop()),
-        asyncio.create_task(service.metrics_loop()),
+        asyncio.create_task(nodes.run(service.on_node, service.stop, batch=256, timeout=0.2), name="consume-nodes"),
+        asyncio.create_task(service.watch_policy(), name="watch-policy"),
+        asyncio.create_task(service.refresh_actors(), name="refresh-actors"),
+        asyncio.create_task(service.schedule_loop(), name="schedule"),
+        asyncio.create_task(service.metrics_loop(), name="metrics"),
     ]
     await service.stop.wait()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    stuck = await end_tasks(tasks)
     with contextlib.suppress(Exception):
         await asyncio.wait_for(service.flush_outbox(), timeout=config.bus.request_timeout_s)
     service.write_metrics()
@@ -394,10 +387,10 @@ async def serve(config: AllocatorConfig) -> None:
     await nodes.close()
     await bus.close()
     log.info("allocator_stopped", trees=service.trees_emitted, steps=service.steps_emitted)
+    return EXIT_STOP_OVERRAN if stuck else 0
 
 
 def run(config: AllocatorConfig) -> int:
     configure_logging("allocator", config.run.run_dir, config.log.level, config.log.json_file)
     write_resolved_config(config, "allocator")
-    asyncio.run(serve(config))
-    return 0
+    return run_role(serve(config))

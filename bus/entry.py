@@ -13,7 +13,7 @@ import nats.js.errors
 
 from protocol.subjects import Subjects
 from tracerl.config import BusConfig, dump_config
-from tracerl.lifecycle import stop_on_signals
+from tracerl.lifecycle import EXIT_STOP_OVERRAN, LOOPS_END_S, end_tasks, run_role, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 
 from .client import BusClient
@@ -32,24 +32,23 @@ def run(config: BusServerConfig) -> int:
     server = BusServer(config)
     server.start()
     try:
-        asyncio.run(serve(config, server))
+        return run_role(serve(config, server))
     finally:
         server.stop()
-    return 0
 
 
-async def serve(config: BusServerConfig, server: BusServer, stop: asyncio.Event | None = None) -> None:
+async def serve(config: BusServerConfig, server: BusServer, stop: asyncio.Event | None = None) -> int:
     """Provision every run, announce where to connect, sweep dead letters until ``stop``.
 
     A node joining a cluster only serves: the first node provisions the replicated
     streams and sweeps the dead letters for the whole cluster.
     """
-    stop = stop or _stop_on_signals()
+    stop = stop or _stop_on_signals(config.run.stop_timeout_s)
     if config.cluster.join:
         _announce(server, joined=True)
         await stop.wait()
         log.info("bus_stopping")
-        return
+        return 0
     if config.cluster.enabled:
         print(
             f"tracerl bus: cluster {config.cluster.name!r}: waiting for {config.replicas} JetStream nodes "
@@ -68,7 +67,10 @@ async def serve(config: BusServerConfig, server: BusServer, stop: asyncio.Event 
         sweepers = [asyncio.create_task(run_dead_letter_sweeper(admin.js, subjects, stop)) for subjects in runs]
         await stop.wait()
         log.info("bus_stopping")
-        await asyncio.gather(*sweepers)
+        # A sweep in progress finishes (a poisoned message moved but not yet deleted would be
+        # moved twice); one that does not finish in time is cancelled.
+        await asyncio.wait(sweepers, timeout=LOOPS_END_S)
+        return EXIT_STOP_OVERRAN if await end_tasks(sweepers) else 0
     finally:
         await admin.close()
 
@@ -107,9 +109,9 @@ def _announce(server: BusServer, *, joined: bool) -> None:
         print(f"  {role:<9} credentials: {server.credentials_file(role)}", flush=True)
 
 
-def _stop_on_signals() -> asyncio.Event:
+def _stop_on_signals(bound_s: float) -> asyncio.Event:
     stop = asyncio.Event()
-    stop_on_signals(stop)
+    stop_on_signals(stop, bound_s)
     return stop
 
 

@@ -15,7 +15,6 @@ visible as ``trees_received - trees_trained`` in the metrics of the dead process
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from learner.trainer import Trainer, checkpoint_root, latest_checkpoint
 from learner.versions import WEIGHTS_METRICS, Publication, read_publications, resume_plan
 from protocol import CompletedTree, WeightsAnnouncement
 from tracerl.config import write_resolved_config
-from tracerl.lifecycle import stop_on_signals
+from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter
 
@@ -105,7 +104,7 @@ class LearnerService:
                 if self.stop.is_set():
                     raise
                 log.warning(f"{what}_failed_will_retry", policy_version=self.trainer.policy_version, error=repr(err))
-                await asyncio.sleep(delay)
+                await sleep_or_stop(self.stop, delay)
                 delay = min(delay * 2, 10.0)
 
     async def announce(self, blob: bytes, announcement: WeightsAnnouncement) -> None:
@@ -208,8 +207,7 @@ class LearnerService:
     async def train_loop(self) -> None:
         while not self.stop.is_set():
             await self.train_ready_batches()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=0.05)
+            await sleep_or_stop(self.stop, 0.05)
 
 
 def save_final_checkpoint(trainer: Trainer) -> None:
@@ -228,22 +226,23 @@ def build_trainer(config: LearnerConfig) -> Trainer:
     return trainer
 
 
-async def serve(config: LearnerConfig, trainer: Trainer) -> None:
+async def serve(config: LearnerConfig, trainer: Trainer) -> int:
     bus = await BusClient.connect("learner", config.bus, config.run)
     service = LearnerService(config, trainer, bus)
-    stop_on_signals(service.stop)
+    stop_on_signals(service.stop, config.run.stop_timeout_s)
     # Announce the starting point so actors and the allocator agree on the version.
     await service.announce_resumed()
     trees = await bus.pull_consumer(bus.subjects.trees_stream, bus.subjects.learner_consumer, CompletedTree)
     log.info("learner_started", policy_version=trainer.policy_version, world_size=trainer.world_size)
-    consume = asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5))
-    train = asyncio.create_task(service.train_loop())
+    consume = asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5), name="consume-trees")
+    train = asyncio.create_task(service.train_loop(), name="train")
     await service.stop.wait()
-    consume.cancel()
+    stuck = await end_tasks([consume])
     # The train loop is not cancelled: it ends after the step it is in. Its update and its
     # checkpoint run in a thread that a cancel would not stop, and that half-written
-    # checkpoint would collide with the final one below.
-    await asyncio.gather(consume, train, return_exceptions=True)
+    # checkpoint would collide with the final one below. The role's stop bound covers a
+    # step that never ends.
+    await asyncio.wait([train])
     if trainer.world_size > 1:
         trainer.share_batch([])  # tells the other ranks to stop
     if trainer.steps_done:
@@ -256,6 +255,7 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> None:
     await trees.close()
     await bus.close()
     log.info("learner_stopped", steps=trainer.steps_done, final_model=str(final_dir))
+    return EXIT_STOP_OVERRAN if stuck else 0
 
 
 def follow_rank_zero(trainer: Trainer) -> None:
@@ -279,7 +279,6 @@ def run(config: LearnerConfig) -> int:
     trainer = build_trainer(config)
     if trainer.rank == 0:
         write_resolved_config(config, "learner")
-        asyncio.run(serve(config, trainer))
-    else:
-        follow_rank_zero(trainer)
+        return run_role(serve(config, trainer))
+    follow_rank_zero(trainer)
     return 0

@@ -58,6 +58,13 @@ class RunConfig:
     run_id: str = "default"
     run_dir: str = "runs/default"
     seed: int = 0
+    # A stopping role ends within this many seconds or exits with status 3, naming what hung.
+    # Keep it above the longest planned stop step, such as a learner step on a large model.
+    stop_timeout_s: float = 90.0
+
+    def __post_init__(self) -> None:
+        if not self.stop_timeout_s > 0:
+            raise ValueError("run.stop_timeout_s must be > 0")
 
 
 @dataclass(frozen=True)
