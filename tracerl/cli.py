@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from tracerl.config import ConfigError, field_docs, load_config
+from tracerl.config import ConfigError, field_docs, load_config, read_config_file
 
 app = typer.Typer(
     name="tracerl",
@@ -211,9 +211,7 @@ def _bench_overrides(config: Path | None, set_: list[str] | None, steps: int) ->
     load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast on a bad override, before any run starts
     overrides: dict[str, Any] = {"learner.training.max_steps": steps}
     if config is not None:
-        import yaml
-
-        overrides = {**_flatten(yaml.safe_load(config.read_text()) or {}), **overrides}
+        overrides = {**_flatten(read_config_file(config)), **overrides}
     for item in set_ or []:
         key, _, raw = item.partition("=")
         overrides[key] = parse_override_value(raw, key)
@@ -308,9 +306,7 @@ def _up_set_args(config: Path | None, set_: list[str] | None) -> list[str]:
     load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast, before any run starts
     args: list[str] = []
     if config is not None:
-        import yaml
-
-        args += [f"{k}={json.dumps(v)}" for k, v in _flatten(yaml.safe_load(config.read_text()) or {}).items()]
+        args += [f"{k}={json.dumps(v)}" for k, v in _flatten(read_config_file(config)).items()]
     return args + list(set_ or [])
 
 

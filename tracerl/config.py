@@ -105,7 +105,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if path is not None:
         path = Path(path)
         source = str(path)
-        data = _read_file(path)
+        data = read_config_file(path)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -155,7 +155,8 @@ def write_resolved_config(config: Any, role: str) -> Path:
     return path
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML or TOML config file as plain data, read the same way wherever a config file is read."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     text = path.read_text()

@@ -77,6 +77,13 @@ def test_exponent_floats_parse_as_numbers():
     assert config.optimiser.lr == pytest.approx(3e-4)
 
 
+def test_a_string_where_a_float_is_declared_is_refused_naming_the_field(tmp_path):
+    path = tmp_path / "quoted.yaml"
+    path.write_text("optimiser:\n  lr: '3e-4'\n")
+    with pytest.raises(ConfigError, match=r"field optimiser\.lr: expected a number, got '3e-4'"):
+        load_config(LearnerConfig, path)
+
+
 def test_range_checks_surface_as_config_errors():
     with pytest.raises(ConfigError, match="strategy must be one of"):
         load_config(AllocatorConfig, None, ["core.strategy=bogus"])

@@ -133,3 +133,27 @@ def test_a_bench_run_never_resumes_an_earlier_sample(tmp_path):
     with pytest.raises(SystemExit, match="not a learning/throughput run directory"):
         run_up("mine", foreign, {}, timeout_s=1)
     assert (foreign / "checkpoints").is_dir()  # nothing of it deleted
+
+
+def _exponent_lr_config(tmp_path):
+    path = tmp_path / "user.yaml"
+    path.write_text("learner:\n  optimiser:\n    lr: 3e-5\n")
+    return path
+
+
+def test_a_config_files_exponent_float_reaches_a_run_bench_as_a_float(tmp_path):
+    from bench.harness import bench_up_config
+    from tracerl.cli import _up_set_args
+
+    # `tracerl bench chaos|flood|join --config user.yaml`: the file's fields become the run's --set arguments.
+    up = bench_up_config({}, _up_set_args(_exponent_lr_config(tmp_path), None))
+    assert type(up.learner.optimiser.lr) is float and up.learner.optimiser.lr == 3e-5
+
+
+def test_a_config_files_exponent_float_reaches_the_learning_bench_as_a_float(tmp_path):
+    from tracerl.cli import _bench_overrides
+
+    # `tracerl bench learning|throughput --config user.yaml`: these settings are each run's config and its record.
+    overrides = _bench_overrides(_exponent_lr_config(tmp_path), None, steps=5)
+    assert overrides == {"learner.optimiser.lr": 3e-5, "learner.training.max_steps": 5}
+    assert type(overrides["learner.optimiser.lr"]) is float
