@@ -17,7 +17,15 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from tracerl.config import ConfigError, field_docs, load_config, read_config_file
+from tracerl.config import (
+    ConfigError,
+    field_docs,
+    flatten_dotted,
+    load_config,
+    override_args,
+    parse_override,
+    read_config_file,
+)
 
 app = typer.Typer(
     name="tracerl",
@@ -206,26 +214,12 @@ BenchSetOption = Annotated[
 
 
 def _bench_overrides(config: Path | None, set_: list[str] | None, steps: int) -> dict[str, Any]:
-    from tracerl.config import parse_override_value
-
     load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast on a bad override, before any run starts
     overrides: dict[str, Any] = {"learner.training.max_steps": steps}
     if config is not None:
-        overrides = {**_flatten(read_config_file(config)), **overrides}
-    for item in set_ or []:
-        key, _, raw = item.partition("=")
-        overrides[key] = parse_override_value(raw, key)
+        overrides = {**flatten_dotted(read_config_file(config)), **overrides}
+    overrides.update(parse_override(item) for item in set_ or [])
     return overrides
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 @bench_app.command("learning")
@@ -301,12 +295,8 @@ def bench_components() -> None:
 
 def _up_set_args(config: Path | None, set_: list[str] | None) -> list[str]:
     """A config file's fields and the --set overrides as `tracerl up` --set arguments (checked first)."""
-    import json
-
     load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast, before any run starts
-    args: list[str] = []
-    if config is not None:
-        args += [f"{k}={json.dumps(v)}" for k, v in _flatten(read_config_file(config)).items()]
+    args = override_args(flatten_dotted(read_config_file(config))) if config is not None else []
     return args + list(set_ or [])
 
 

@@ -9,7 +9,6 @@ import re
 import pytest
 
 from bench.flood import RunSummary, compare_runs, difference_se, first_divergent_step, mean_over
-from bench.harness import override_args
 from bench.hostile import (
     EXPECTED_REASON,
     FLOOD_ID_PREFIX,
@@ -270,7 +269,3 @@ def test_comparison_names_steps_a_run_closed_empty():
     c = compare_runs(flooded, base, (1, 1), flood_started_at=55.0, accepted_flood_messages=0)
     assert c.first_divergent_allocator_step == 0 and c.diverged_before_flood is True
     assert any("flooded run, allocator step(s) 0, 1 closed empty" in line for line in c.explanation)
-
-
-def test_override_args_quote_strings_only():
-    assert override_args({"a.b": "x", "c": 2, "d": 1.5}) == ['a.b="x"', "c=2", "d=1.5"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bench.learning import aggregate, check_results_name, markdown_table, recorded_outcomes, table_order
-from bench.runs import RunOutcome, nest
+from bench.runs import RunOutcome
 from tracerl.config import load_config
 from tracerl.up import role_configs
 from tracerl.upconfig import UpConfig
@@ -36,10 +36,6 @@ def test_role_configs_list_every_node_of_a_local_cluster():
 def test_up_config_rejects_bad_pinning():
     with pytest.raises(Exception, match="bad cpu"):
         load_config(UpConfig, None, ["cpus.actors=x"])
-
-
-def test_nest_turns_flat_overrides_into_a_config_tree():
-    assert nest({"a.b": 1, "a.c": "0", "d": 2}) == {"a": {"b": 1, "c": "0"}, "d": 2}
 
 
 def _outcome(name, greedy_after, ratio):
