@@ -115,10 +115,6 @@ def main() -> None:  # pragma: no cover - console entry
     app(prog_name="tracerl")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 role_command(
     "bus",
     "bus.config:BusServerConfig",
@@ -437,3 +433,8 @@ def bench_join(
     result = run_join(chosen, joins, work_dir, _up_set_args(config, set_), timeout_s, results_dir)
     typer.echo(join_markdown(result))
     raise typer.Exit(0 if result.ok else 1)
+
+
+# Last, so that `python -m tracerl.cli` runs with every command registered.
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
