@@ -18,49 +18,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def v_root(v: float, m: int) -> float:
-    """Probability that ``m`` independent rollouts with success probability ``v`` are mixed.
-
-    The closed form 1 - v^m - (1-v)^m gives -1 at m = 0 and 0 at m = 1; both are defined
-    as 0 here because no group of fewer than two rollouts can be mixed.
-    """
-    if m < 2:
-        return 0.0
-    return 1.0 - v**m - (1.0 - v) ** m
-
-
 def v_root_table(v: float | np.ndarray, max_m: int) -> np.ndarray:
-    """``[V_root(v, 0), ..., V_root(v, max_m)]`` as one vector; an array of ``v`` gives one row each."""
+    """``[V_root(v, 0), ..., V_root(v, max_m)]`` as one vector; an array of ``v`` gives one row each.
+
+    V_root(v, m), the probability that ``m`` independent rollouts with success probability ``v``
+    are mixed, is 1 - v^m - (1-v)^m. That closed form gives -1 at m = 0 and 0 at m = 1; both
+    are 0 here because no group of fewer than two rollouts can be mixed.
+    """
     m = np.arange(max_m + 1, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)[..., None]
     table = 1.0 - np.power(v, m) - np.power(1.0 - v, m)
     table[..., : min(2, max_m + 1)] = 0.0
     return table
-
-
-def v_pref(r: float, v: float, k: int) -> float:
-    """Probability that at least one of ``k`` continuations disagrees with outcome ``r``.
-
-    ``r`` is the binary outcome of the existing rollout through the prefix and ``v`` the
-    predicted success of the prefix: a new leaf agrees with probability r v + (1-r)(1-v).
-    """
-    if k <= 0:
-        return 0.0
-    agree = r * v + (1.0 - r) * (1.0 - v)
-    return 1.0 - agree**k
-
-
-def expected_mixed(values: Sequence[float], counts: Sequence[int]) -> float:
-    """sum_i V_root(v_i, m_i): the expected number of mixed groups of an allocation."""
-    return float(sum(v_root(v, m) for v, m in zip(values, counts)))
-
-
-def allocate_roots_dp(values: Sequence[float], budget: int, max_per_prompt: int | None = None) -> list[int]:
-    """Exact maximiser of sum_i V_root(v_i, m_i) subject to sum_i m_i <= budget (see RootsDP)."""
-    dp = RootsDP.start(values, budget, max_per_prompt)
-    dp.add(len(values))
-    dp.trace(len(values))
-    return dp.allocation()
 
 
 @dataclass
@@ -153,133 +122,6 @@ class RootsDP:
         if not self.finished:
             raise RuntimeError("the root DP has prompts left to trace")
         return list(self.counts)
-
-
-def allocate_roots_plain_greedy(values: Sequence[float], budget: int, max_per_prompt: int | None = None) -> list[int]:
-    """One unit at a time to the largest marginal gain. Kept only as the known-bad reference."""
-    cap = budget if max_per_prompt is None else max_per_prompt
-    counts = [0] * len(values)
-    for _ in range(budget):
-        gains = [
-            (v_root(v, m + 1) - v_root(v, m)) if m < cap else -np.inf for v, m in zip(values, counts)
-        ]
-        if not gains or max(gains) == -np.inf:
-            break
-        counts[int(np.argmax(gains))] += 1
-    return counts
-
-
-def allocate_roots_open_or_add(values: Sequence[float], budget: int, max_per_prompt: int | None = None) -> list[int]:
-    """Greedy that weighs "open a closed prompt with 2" against spending the same 2 units on
-    the best "add one" moves, and takes the first add-one move when that wins.
-
-    Cheaper than the DP for huge pools, not exact: ``tests/allocator`` measures its gap.
-    """
-    cap = budget if max_per_prompt is None else min(budget, max_per_prompt)
-    counts = [0] * len(values)
-    remaining = budget
-    if cap < 2:
-        return counts
-
-    def add_gain(i: int, extra: int = 0) -> float:
-        m = counts[i] + extra
-        if m >= cap:
-            return -np.inf
-        return v_root(values[i], m + 1) - v_root(values[i], m)
-
-    while remaining > 0:
-        opened = [i for i, m in enumerate(counts) if m >= 2]
-        closed = [i for i, m in enumerate(counts) if m == 0]
-        best_add = max(opened, key=add_gain, default=None)
-        add1 = add_gain(best_add) if best_add is not None else -np.inf
-        best_open = max(closed, key=lambda i: v_root(values[i], 2), default=None)
-        open_gain = v_root(values[best_open], 2) if best_open is not None and remaining >= 2 else -np.inf
-        if add1 == -np.inf and open_gain == -np.inf:
-            break
-        if open_gain > -np.inf and add1 > -np.inf:
-            # Value of the same two units spent on add-one moves: the best first move, then
-            # the best second one (the same prompt again or the runner-up).
-            second_same = add_gain(best_add, extra=1)
-            runner_up = max((add_gain(i) for i in opened if i != best_add), default=-np.inf)
-            add2 = add1 + max(second_same, runner_up, 0.0)
-            take_open = open_gain > add2
-        else:
-            take_open = open_gain > -np.inf
-        if take_open:
-            counts[best_open] = 2
-            remaining -= 2
-        else:
-            counts[best_add] += 1
-            remaining -= 1
-    return counts
-
-
-def brute_force_roots(values: Sequence[float], budget: int) -> tuple[float, list[int]]:
-    """Exhaustive optimum for small cases: the ground truth the tests hold the DP to."""
-    n = len(values)
-    best_value, best_counts = -1.0, [0] * n
-
-    def recurse(i: int, left: int, counts: list[int]) -> None:
-        nonlocal best_value, best_counts
-        if i == n:
-            value = expected_mixed(values, counts)
-            if value > best_value + 1e-12:
-                best_value, best_counts = value, list(counts)
-            return
-        for m in range(left + 1):
-            counts.append(m)
-            recurse(i + 1, left - m, counts)
-            counts.pop()
-
-    recurse(0, budget, [])
-    return best_value, best_counts
-
-
-@dataclass(frozen=True)
-class PrefixCandidate:
-    """A prefix the stage-2 greedy may expand.
-
-    ``outcome`` is the binary outcome shared by the existing leaves under the prefix,
-    ``value`` the predicted success of the prefix, ``cost`` the turns one continuation may
-    take (reserved up front), ``limit`` the most new continuations allowed, ``already`` the
-    continuations spent on it in earlier rounds (they all agreed, or it would not be a
-    candidate), so the next one is worth V_pref(already+1) - V_pref(already).
-    """
-
-    key: str
-    outcome: float
-    value: float
-    cost: int
-    limit: int
-    already: int = 0
-
-
-def allocate_prefixes_greedy(candidates: Sequence[PrefixCandidate], budget_turns: int) -> dict[str, int]:
-    """Spend ``budget_turns`` one continuation at a time on the best marginal V_pref per turn.
-
-    Returns the number of continuations per candidate key (absent means 0).
-    """
-    for c in candidates:
-        if c.cost < 1:
-            raise ValueError(f"candidate {c.key} has cost {c.cost}; every continuation costs >= 1 turn")
-    counts = allocate_prefixes_arrays(
-        np.array([c.outcome for c in candidates], dtype=np.float64),
-        np.array([c.value for c in candidates], dtype=np.float64),
-        np.array([c.cost for c in candidates], dtype=np.int64),
-        np.array([c.limit for c in candidates], dtype=np.int64),
-        np.array([c.already for c in candidates], dtype=np.int64),
-        budget_turns,
-    )
-    return {c.key: int(k) for c, k in zip(candidates, counts) if k > 0}
-
-
-def allocate_prefixes_arrays(
-    outcome: np.ndarray, value: np.ndarray, cost: np.ndarray, limit: np.ndarray, already: np.ndarray, budget_turns: int
-) -> np.ndarray:
-    """The stage-2 greedy on arrays, one entry per candidate prefix: continuations each."""
-    greedy = PrefixGreedy()
-    greedy.add(outcome, value, cost, limit, already)
-    return greedy.allocate(budget_turns)
 
 
 @dataclass

@@ -70,17 +70,6 @@ class PromptStats:
 
 
 @dataclass(frozen=True)
-class PrefixView:
-    """What the predictor sees of a prefix H = (prompt, turn 1..t)."""
-
-    prompt_text: str
-    turns: tuple[tuple[str, str], ...]  # (action text, observation text)
-    depth: int
-    max_turns: int
-    prompt_stats: PromptStats = PromptStats()
-
-
-@dataclass(frozen=True)
 class SparseFeatures:
     indices: np.ndarray  # int64, unique
     values: np.ndarray  # float64
@@ -120,22 +109,6 @@ def merge_counts(a: dict[int, float], b: dict[int, float]) -> dict[int, float]:
     for k, v in b.items():
         out[k] = out.get(k, 0.0) + v
     return out
-
-
-def featurize(view: PrefixView, config: PredictorConfig) -> SparseFeatures:
-    """Features of a prefix from scratch; the core builds the same thing incrementally."""
-    counts = text_counts("p", view.prompt_text, config)
-    for action, observation in view.turns:
-        counts = merge_counts(counts, turn_counts(action, observation, config))
-    return features_from_counts(
-        counts,
-        depth=view.depth,
-        max_turns=view.max_turns,
-        tool_calls=sum(1 for _, o in view.turns if o.strip()),
-        last_observation=view.turns[-1][1] if view.turns else "",
-        prompt_stats=view.prompt_stats,
-        config=config,
-    )
 
 
 def features_from_counts(
@@ -301,12 +274,6 @@ def _stack(batch: Sequence[SparseFeatures]) -> tuple[np.ndarray, np.ndarray, np.
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -40.0, 40.0)))
-
-
-def brier_score(probabilities: Sequence[float], outcomes: Sequence[float]) -> float:
-    p = np.asarray(probabilities, dtype=np.float64)
-    y = np.asarray(outcomes, dtype=np.float64)
-    return float(np.mean((p - y) ** 2)) if len(p) else float("nan")
 
 
 def auc(probabilities: Sequence[float], labels: Sequence[int]) -> float:

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-DPS_STATES = ("all_fail", "mixed", "all_pass")
-
 
 def gps_scores(values: Sequence[float]) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)

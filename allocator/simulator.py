@@ -23,10 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol import CompletedTree, TaskSpec, TurnNode, WorkItem
-
-from .allocation import allocate_roots_dp, expected_mixed, v_root
-from .core import ActorLoad, AllocatorCore
+from protocol import TaskSpec, TurnNode, WorkItem
 
 
 @dataclass(frozen=True)
@@ -96,9 +93,6 @@ class SimulatedActor:
         self.config = config
         self.p0 = {p.task.task_id: p.p0 for p in prompts}
 
-    def true_value(self, node: TurnNode) -> float:
-        return _unpack_state(node.env_snapshot)
-
     def rollout(
         self, item: WorkItem, *, actor_id: str, policy_version: int, rng: np.random.Generator, now: float
     ) -> list[TurnNode]:
@@ -146,52 +140,3 @@ class SimulatedActor:
                 if done:
                     break
         return nodes
-
-
-def oracle_expected_mixed(p0: Sequence[float], budget: int, max_per_prompt: int) -> float:
-    """Expected mixed groups of the DP allocation computed from the true probabilities."""
-    return expected_mixed(p0, allocate_roots_dp(p0, budget, max_per_prompt))
-
-
-def uniform_expected_mixed(p0: Sequence[float], group_size: int, prompts: int) -> float:
-    """Expected mixed groups of ``prompts`` prompts drawn at random from ``p0``, ``group_size`` each."""
-    return prompts * float(np.mean([v_root(p, group_size) for p in p0]))
-
-
-def drive(
-    core: AllocatorCore,
-    actor: SimulatedActor,
-    *,
-    steps: int,
-    rng: np.random.Generator,
-    actor_ids: Sequence[str] = ("a0", "a1"),
-    capacity: int = 256,
-    shuffle: bool = True,
-    max_iterations: int = 100_000,
-) -> list[CompletedTree]:
-    """Run the core against the simulated actor until ``steps`` steps have closed.
-
-    Nodes of one scheduling round arrive shuffled (out of order, children before parents),
-    and the simulated learner publishes a new version after every closed step.
-    """
-    loads = [ActorLoad(a, 0, capacity) for a in actor_ids]
-    trees: list[CompletedTree] = []
-    now = 0.0
-    for _ in range(max_iterations):
-        if core.counters["steps_closed"] + core.counters["steps_closed_forced"] >= steps:
-            return trees
-        nodes: list[TurnNode] = []
-        for routed in core.schedule(now, loads):
-            actor_id = routed.target or actor_ids[int(rng.integers(len(actor_ids)))]
-            nodes.extend(
-                actor.rollout(routed.item, actor_id=actor_id, policy_version=core.policy_version, rng=rng, now=now)
-            )
-        order = rng.permutation(len(nodes)) if shuffle else range(len(nodes))
-        for i in order:
-            core.on_node(nodes[i], now)
-        done = core.pop_completed(now)
-        if done:
-            trees.extend(done)
-            core.on_policy_version(core.policy_version + 1)
-        now += 1.0
-    raise RuntimeError(f"simulation did not close {steps} steps in {max_iterations} iterations")

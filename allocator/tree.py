@@ -205,10 +205,6 @@ class RolloutTree:
             ids.extend(state.node.observation_token_ids)
         return ids
 
-    def prefix_texts(self, node_id: str) -> list[tuple[str, str]]:
-        """(action text, observation text) of every turn down to ``node_id``."""
-        return [(s.node.action_text, s.node.observation_text) for s in list(self.path_states(node_id))[::-1]]
-
     @property
     def outstanding_work(self) -> int:
         return sum(1 for r in self.work.values() if not r.finished)

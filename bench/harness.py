@@ -44,11 +44,6 @@ SMALL_RUN: dict[str, Any] = {
 }
 
 
-def override_args(settings: Mapping[str, Any]) -> list[str]:
-    """``{"a.b": v}`` as ``--set`` arguments; strings are JSON-quoted so YAML keeps them strings."""
-    return [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in settings.items()]
-
-
 def fresh_run_dir(run_dir: Path, marker: str, bench: str) -> None:
     """An empty run directory; an old one is deleted only if this bench made it (``marker``).
 
@@ -202,7 +197,7 @@ class BenchRun:
 def bench_up_config(defaults: Mapping[str, Any], overrides: Sequence[str], forced: Sequence[str] = ()) -> Any:
     """The `tracerl up` config of a bench run: its defaults, then the user's overrides, then
     what the bench cannot work without."""
-    from tracerl.config import load_config
+    from tracerl.config import load_config, override_args
     from tracerl.upconfig import UpConfig
 
     return load_config(UpConfig, None, [*override_args(defaults), *overrides, *forced])

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from bus.permissions import object_stream, role_permissions
+from bus.permissions import object_stream
 from protocol import (
     MESSAGE_TYPES,
     CompletedTree,
@@ -67,22 +67,6 @@ KINDS: tuple[str, ...] = (
     "wrong_run",
     "invalid_value",
 )
-
-# The reason a consumer gives for each kind (protocol.codec). Random bytes are refused as
-# "malformed" unless they happen to be one msgpack value, which is then no envelope.
-EXPECTED_REASON: dict[str, tuple[str, ...]] = {
-    "random_bytes": ("malformed", "bad_envelope"),
-    "truncated": ("malformed",),
-    "oversized": ("oversized",),
-    "wrong_type": ("schema_violation",),
-    "missing_field": ("schema_violation",),
-    "extra_field": ("schema_violation",),
-    "bad_envelope": ("bad_envelope",),
-    "wrong_version": ("unsupported_version",),
-    "wrong_schema": ("wrong_schema",),
-    "wrong_run": ("wrong_run",),
-    "invalid_value": ("schema_violation",),
-}
 
 # A field change each type's own checks refuse (``__post_init__``); types without such
 # checks have no "invalid_value" kind.
@@ -466,24 +450,6 @@ def attempt_payload(attempt: WrongRoleAttempt, subjects: Subjects, rng: random.R
     }
     cls = by_subject.get(attempt.subject)
     return b"" if cls is None else encode(template(cls, s.run_id, rng))
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
-    want, got = pattern.split("."), subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return i == len(want) - 1 and len(got) > i
-        if i >= len(got) or (token != "*" and token != got[i]):
-            return False
-    return len(want) == len(got)
-
-
-def permitted(role: str, action: str, subject: str, run_ids: list[str]) -> bool:
-    """Whether ``role`` may publish to / subscribe to ``subject`` under bus.permissions."""
-    perms = role_permissions(role, run_ids)
-    allowed = perms.publish if action == "publish" else perms.subscribe
-    return any(subject_matches(pattern, subject) for pattern in allowed)
 
 
 _VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"')

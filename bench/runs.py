@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from bench.harness import fresh_run_dir
+from tracerl.config import nest_dotted
 from tracerl.metrics import metrics_path, read_metrics
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -66,18 +67,6 @@ class RunOutcome:
         return cls(**values)
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """{"a.b": 1} -> {"a": {"b": 1}}: flat overrides become one config file."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
-
-
 def run_up(name: str, run_dir: Path, overrides: dict[str, Any], timeout_s: float = 3600) -> RunOutcome:
     """One `tracerl up` run; settings go through a YAML file so values keep their types.
 
@@ -87,7 +76,7 @@ def run_up(name: str, run_dir: Path, overrides: dict[str, Any], timeout_s: float
     fresh_run_dir(run_dir, RUN_MARKER, "learning/throughput")
     settings = {**overrides, "run.run_id": name, "run.run_dir": str(run_dir)}
     config_path = run_dir.parent / f"{name}.yaml"
-    config_path.write_text(yaml.safe_dump(nest(settings), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(nest_dotted(settings), sort_keys=False))
     argv = [sys.executable, "-m", "tracerl", "up", "--config", str(config_path)]
     started = time.time()
     log_path = run_dir.parent / f"{name}.up.log"

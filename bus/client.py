@@ -234,10 +234,6 @@ class BusClient:
         self._counters["published"] += len(acks)
         return acks
 
-    async def publish_raw(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> api.PubAck:
-        """Publish bytes as they are (dead letters, fault-injection tests); awaits the stream's ack."""
-        return await self.js.publish(subject, payload, headers=headers)
-
     # Consuming ----------------------------------------------------------------------
 
     async def pull_consumer(

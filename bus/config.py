@@ -184,7 +184,3 @@ class BusServerConfig:
     @property
     def store_path(self) -> Path:
         return Path(self.store_dir) if self.store_dir else Path(self.run.run_dir) / "nats"
-
-    @property
-    def credentials_dir(self) -> Path:
-        return Path(self.run.run_dir) / "credentials"

@@ -16,8 +16,6 @@ ROLE = "Tracerl-Dlq-Role"
 
 # Reason used when the server gave up redelivering (the handler failed max_deliver times).
 MAX_DELIVERIES = "max_deliveries"
-# Reason used when a handler raised on a message that decoded fine.
-HANDLER_ERROR = "handler_error"
 
 _DETAIL_LIMIT = 512
 

@@ -91,13 +91,6 @@ class Demo:
     reward: float
 
 
-def demo_trajectory(
-    env_name: str, task: TaskSpec, rng: random.Random, profile: MistakeProfile = DEFAULT_PROFILE
-) -> list[tuple[str, str]]:
-    """(action_text, observation_text) per turn; the prompt is ``make_env(env_name).reset(task)``."""
-    return list(demo_episode(env_name, task, rng, profile).turns)
-
-
 def demo_episode(
     env_name: str, task: TaskSpec, rng: random.Random, profile: MistakeProfile = DEFAULT_PROFILE
 ) -> Demo:

@@ -76,8 +76,3 @@ def mismatch_kl(current_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor
     """Per-token k3 estimate of KL(behaviour‖current) on tokens the behaviour policy sampled."""
     log_ratio = (current_logprobs - behaviour_logprobs).detach()
     return torch.exp(log_ratio) - log_ratio - 1.0
-
-
-def weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> float:
-    total = float(weights.sum())
-    return float((values.detach() * weights).sum()) / total if total > 0 else 0.0

@@ -80,11 +80,6 @@ class TrainingTree:
         total += len(self.paths) * len(self.prompt_token_ids)
         return action, stale, total
 
-    def packed_token_count(self) -> int:
-        return len(self.prompt_token_ids) + sum(
-            len(a) + len(o) for a, o in zip(self.action_token_ids, self.observation_token_ids)
-        )
-
 
 @dataclass(frozen=True)
 class PathSequence:
@@ -103,10 +98,6 @@ class PathSequence:
     behaviour_logprobs: tuple[float, ...]
     policy_version: tuple[int, ...]
     node_index: tuple[int, ...]
-
-    @property
-    def stale_action_tokens(self) -> int:
-        return sum(self.action_mask) - sum(self.loss_mask)
 
 
 def prepare_tree(

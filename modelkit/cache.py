@@ -68,11 +68,6 @@ def cached_directory(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_info(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / COMPLETE_MARKER
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def model_fingerprint(model_dir: Path) -> str:
     """A cheap identity of a model directory's current contents: every file's name, size and
     modification time (hashing the weights themselves would cost minutes for a large model)."""

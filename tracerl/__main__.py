@@ -1,3 +1,6 @@
+import sys
+
 from tracerl.cli import main
 
-main()
+if __name__ == "__main__":
+    sys.exit(main())

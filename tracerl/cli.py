@@ -17,7 +17,15 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
-from tracerl.config import ConfigError, field_docs, load_config
+from tracerl.config import (
+    ConfigError,
+    field_docs,
+    flatten_dotted,
+    load_config,
+    override_args,
+    parse_override,
+    read_config_file,
+)
 
 app = typer.Typer(
     name="tracerl",
@@ -105,10 +113,6 @@ def role_command(name: str, config_path: str, runner_path: str, help_text: str) 
 
 def main() -> None:  # pragma: no cover - console entry
     app(prog_name="tracerl")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
 
 
 role_command(
@@ -206,28 +210,12 @@ BenchSetOption = Annotated[
 
 
 def _bench_overrides(config: Path | None, set_: list[str] | None, steps: int) -> dict[str, Any]:
-    from tracerl.config import parse_override_value
-
     load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast on a bad override, before any run starts
     overrides: dict[str, Any] = {"learner.training.max_steps": steps}
     if config is not None:
-        import yaml
-
-        overrides = {**_flatten(yaml.safe_load(config.read_text()) or {}), **overrides}
-    for item in set_ or []:
-        key, _, raw = item.partition("=")
-        overrides[key] = parse_override_value(raw, key)
+        overrides = {**flatten_dotted(read_config_file(config)), **overrides}
+    overrides.update(parse_override(item) for item in set_ or [])
     return overrides
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 @bench_app.command("learning")
@@ -303,14 +291,8 @@ def bench_components() -> None:
 
 def _up_set_args(config: Path | None, set_: list[str] | None) -> list[str]:
     """A config file's fields and the --set overrides as `tracerl up` --set arguments (checked first)."""
-    import json
-
     load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast, before any run starts
-    args: list[str] = []
-    if config is not None:
-        import yaml
-
-        args += [f"{k}={json.dumps(v)}" for k, v in _flatten(yaml.safe_load(config.read_text()) or {}).items()]
+    args = override_args(flatten_dotted(read_config_file(config))) if config is not None else []
     return args + list(set_ or [])
 
 
@@ -451,3 +433,8 @@ def bench_join(
     result = run_join(chosen, joins, work_dir, _up_set_args(config, set_), timeout_s, results_dir)
     typer.echo(join_markdown(result))
     raise typer.Exit(0 if result.ok else 1)
+
+
+# Last, so that `python -m tracerl.cli` runs with every command registered.
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

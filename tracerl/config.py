@@ -10,8 +10,10 @@ Validation is strict: an unknown or mistyped field is an error naming the file a
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
@@ -112,12 +114,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if path is not None:
         path = Path(path)
         source = str(path)
-        data = _read_file(path)
+        data = read_config_file(path)
     for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        value = parse_override_value(raw, key)
+        key, value = parse_override(item)
         _assign(data, key.split("."), value)
         source = f"{source} + --set"
     try:
@@ -140,12 +139,49 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def parse_override_value(raw: str, key: str = "") -> Any:
-    """YAML scalars, plus exponent floats such as 1e-5 that YAML 1.1 would leave as strings."""
+def parse_override(item: str) -> tuple[str, Any]:
+    """``section.field=value`` as (dotted key, value): the one reading of a ``--set`` override.
+
+    The key ends at the first ``=``, so a value may contain ``=``. The value parses as YAML,
+    plus exponent floats such as 1e-5 that YAML 1.1 would leave as strings.
+    """
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    if not all(key.split(".")):
+        raise ConfigError(f"--set {item!r}: key {key!r} has an empty part; expected section.field=value")
     try:
-        return _yaml_load(raw) if raw else ""
+        return key, _yaml_load(raw) if raw else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+        first_line = str(err).strip().splitlines()[0]
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {first_line}") from None
+
+
+def override_args(settings: Mapping[str, Any]) -> list[str]:
+    """``{"a.b": v}`` as ``--set`` arguments that ``parse_override`` reads back as the same values.
+
+    JSON is a subset of YAML's flow style, and quoting keeps a string a string ("0", "true").
+    """
+    return [f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in settings.items()]
+
+
+def nest_dotted(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``: flat overrides as one config tree."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        _assign(nested, key.split("."), value)
+    return nested
+
+
+def flatten_dotted(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: a config tree as flat overrides (inverse of ``nest_dotted``)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def dump_config(config: Any) -> str:
@@ -162,7 +198,8 @@ def write_resolved_config(config: Any, role: str) -> Path:
     return path
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML or TOML config file as plain data, read the same way wherever a config file is read."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     text = path.read_text()

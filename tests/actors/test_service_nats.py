@@ -95,7 +95,7 @@ def test_actor_serves_roots_branches_weights_and_rejects_bad_items(engine_runner
         for item in roots:
             await allocator.publish(subjects.work_shared, item)
         # Three kinds of bad work: garbage bytes, an unknown environment, a corrupt snapshot.
-        await allocator.publish_raw(subjects.work_shared, b"\x93not a work item")
+        await allocator.js.publish(subjects.work_shared, b"\x93not a work item")
         await allocator.publish(subjects.work_shared, root_item(run_id, "bad-env", TaskSpec("no-such-env", "x")))
         expected_leaves = {item.work_id: 2 for item in roots}
         await drain_until(nodes_consumer, nodes, lambda: leaves_by_work(nodes) == expected_leaves, 240)

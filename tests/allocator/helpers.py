@@ -1,4 +1,12 @@
-from protocol import TaskSpec, TurnNode
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from allocator.core import ActorLoad, AllocatorCore
+from allocator.simulator import SimulatedActor, _unpack_state
+from protocol import CompletedTree, TaskSpec, TurnNode
 
 
 def make_node(
@@ -40,3 +48,47 @@ def make_node(
         reward=reward if done else None,
         created_at=0.0,
     )
+
+
+def true_value(node: TurnNode) -> float:
+    """The simulator's ground truth p at ``node``, carried in its env snapshot."""
+    return _unpack_state(node.env_snapshot)
+
+
+def drive(
+    core: AllocatorCore,
+    actor: SimulatedActor,
+    *,
+    steps: int,
+    rng: np.random.Generator,
+    actor_ids: Sequence[str] = ("a0", "a1"),
+    capacity: int = 256,
+    shuffle: bool = True,
+    max_iterations: int = 100_000,
+) -> list[CompletedTree]:
+    """Run the core against the simulated actor until ``steps`` steps have closed.
+
+    Nodes of one scheduling round arrive shuffled (out of order, children before parents),
+    and the simulated learner publishes a new version after every closed step.
+    """
+    loads = [ActorLoad(a, 0, capacity) for a in actor_ids]
+    trees: list[CompletedTree] = []
+    now = 0.0
+    for _ in range(max_iterations):
+        if core.counters["steps_closed"] + core.counters["steps_closed_forced"] >= steps:
+            return trees
+        nodes: list[TurnNode] = []
+        for routed in core.schedule(now, loads):
+            actor_id = routed.target or actor_ids[int(rng.integers(len(actor_ids)))]
+            nodes.extend(
+                actor.rollout(routed.item, actor_id=actor_id, policy_version=core.policy_version, rng=rng, now=now)
+            )
+        order = rng.permutation(len(nodes)) if shuffle else range(len(nodes))
+        for i in order:
+            core.on_node(nodes[i], now)
+        done = core.pop_completed(now)
+        if done:
+            trees.extend(done)
+            core.on_policy_version(core.policy_version + 1)
+        now += 1.0
+    raise RuntimeError(f"simulation did not close {steps} steps in {max_iterations} iterations")

@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 
-from allocator.allocation import (
+from allocator.allocation import PrefixGreedy, RootsDP, v_root_table
+from tests.allocator.references import (
     PrefixCandidate,
-    PrefixGreedy,
-    RootsDP,
     allocate_prefixes_arrays,
     allocate_prefixes_greedy,
     allocate_roots_dp,
@@ -14,7 +13,6 @@ from allocator.allocation import (
     expected_mixed,
     v_pref,
     v_root,
-    v_root_table,
 )
 
 

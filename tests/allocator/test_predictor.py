@@ -8,20 +8,17 @@ from allocator.core import AllocatorCore, AllocatorCoreConfig
 from allocator.predictor import (
     BetaBaseline,
     PredictorConfig,
-    PrefixView,
     PromptStats,
     SharedPredictor,
     auc,
-    brier_score,
     calibration_error,
-    featurize,
 )
-from allocator.simulator import drive
 from protocol import TurnNode, WorkItem
+from tests.allocator.helpers import drive
+from tests.allocator.references import PrefixView, featurize
 
 
 def test_scores_against_hand_computed_values():
-    assert brier_score([0.2, 0.9], [0, 1]) == pytest.approx((0.04 + 0.01) / 2)
     assert auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
     assert auc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)
     assert calibration_error([0.25, 0.25, 0.75, 0.75], [0, 1, 1, 1], bins=2) == pytest.approx(0.5 * 0.25 + 0.5 * 0.25)

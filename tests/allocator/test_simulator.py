@@ -1,15 +1,9 @@
 import numpy as np
 
-from allocator.allocation import expected_mixed
 from allocator.core import AllocatorCore, AllocatorCoreConfig
-from allocator.simulator import (
-    SimulatedActor,
-    SimulatorConfig,
-    drive,
-    make_prompts,
-    oracle_expected_mixed,
-    uniform_expected_mixed,
-)
+from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
+from tests.allocator.helpers import drive, true_value
+from tests.allocator.references import expected_mixed, oracle_expected_mixed, uniform_expected_mixed
 
 WARMUP_STEPS = 10
 
@@ -71,4 +65,4 @@ def test_simulated_values_are_martingales():
     item = WorkItem("r", "w", "s0-0", "root", make_prompts(sim, rng)[0].task, 4000, None, 0, [], b"",
                     SamplingSpec(), 1, 0, 0.0)
     nodes = actor.rollout(item, actor_id="a", policy_version=0, rng=rng, now=0.0)
-    assert abs(np.mean([actor.true_value(n) for n in nodes]) - 0.5) < 0.02
+    assert abs(np.mean([true_value(n) for n in nodes]) - 0.5) < 0.02

@@ -54,7 +54,7 @@ def test_entropy_branches_only_after_a_rise():
 def test_best_of_n_continues_from_the_best_scored_candidate():
     core, roots, nxt = _after_first_round("tsr-bon", group_size=2, tsr_width=3)
     width = core.config.tsr_width
-    assert all(r.item.max_turns == 1 for r in roots)
+    assert roots and all(r.item.max_turns == 1 for r in roots)
     by_tree = {}
     for r in nxt:
         by_tree.setdefault(r.item.tree_id, []).append(r.item)
@@ -79,7 +79,7 @@ def test_beam_keeps_the_top_b_candidates():
 
 def test_lookahead_items_generate_the_extra_turn():
     _, roots, _ = _after_first_round("tsr-lookahead", tsr_lookahead_turns=1)
-    assert all(r.item.max_turns == 2 for r in roots)
+    assert roots and all(r.item.max_turns == 2 for r in roots)
 
 
 def test_search_waits_for_every_candidate_of_a_round():

@@ -4,7 +4,7 @@ from collections import defaultdict
 import pytest
 
 from environments import make_env, make_tasks
-from environments.demos import DEFAULT_PROFILE, MistakeProfile, demo_episode, demo_trajectory
+from environments.demos import DEFAULT_PROFILE, MistakeProfile, demo_episode
 from environments.tags import parse_action
 
 GENERATED = ["multihop", "frozenlake", "sokoban"]
@@ -53,10 +53,10 @@ def test_premature_answers_depend_on_hops_and_name():
     assert {3, 4} == set().union(*per_name.values())
 
 
-def test_demo_trajectory_matches_a_replay_and_is_seeded():
+def test_demo_turns_match_a_replay_and_are_seeded():
     task = make_tasks("sokoban", "train", 1, seed=5)[0]
-    turns = demo_trajectory("sokoban", task, random.Random(9), DEFAULT_PROFILE)
-    assert turns == demo_trajectory("sokoban", task, random.Random(9), DEFAULT_PROFILE)
+    turns = demo_episode("sokoban", task, random.Random(9), DEFAULT_PROFILE).turns
+    assert turns == demo_episode("sokoban", task, random.Random(9), DEFAULT_PROFILE).turns
     env = make_env("sokoban")
     env.reset(task)
     for action, observation in turns:

@@ -13,7 +13,6 @@ from learner.losses import (
     mismatch_kl,
     ppo_clip_token_loss,
     truncated_importance_weight,
-    weighted_mean,
 )
 
 
@@ -70,8 +69,3 @@ def test_lpo_gradient_moves_probability_toward_the_better_path():
     assert path_logprobs.grad.tolist() == pytest.approx([0.5 - q0, q0 - 0.5])
     with pytest.raises(ValueError, match="unknown LPO divergence"):
         lpo_group_loss(path_logprobs, t(1, -1), beta=1.0, divergence="js")
-
-
-def test_weighted_mean():
-    assert weighted_mean(t(1, 3), t(1, 3)) == pytest.approx(2.5)
-    assert weighted_mean(t(1, 3), t(0, 0)) == 0.0

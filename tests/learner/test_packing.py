@@ -12,7 +12,7 @@ from learner.packing import packed_batch, path_logprob_sums, target_logprobs, un
 from learner.sequences import prepare_tree
 from protocol.messages import replace
 from tests.learner.models import TINY_VOCAB
-from tests.learner.trees import node, random_tree, tree
+from tests.learner.trees import node, packed_token_count, random_tree, tree
 
 
 @pytest.fixture(scope="module")
@@ -93,4 +93,4 @@ def test_packed_logprobs_equal_unpacked_and_save_tokens(model):
         sums_packed = path_logprob_sums(target_logprobs(model, packed), packed)
         sums_unpacked = path_logprob_sums(target_logprobs(model, unpacked), unpacked)
     assert (sums_packed - sums_unpacked).abs().max().item() < 1e-4
-    assert packed.input_tokens == t.packed_token_count() < unpacked.input_tokens == t.path_token_counts()[2]
+    assert packed.input_tokens == packed_token_count(t) < unpacked.input_tokens == t.path_token_counts()[2]

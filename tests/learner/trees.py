@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from learner.sequences import TrainingTree
 from protocol.messages import CompletedTree, TaskSpec, TreeNodeRecord
 
 
@@ -86,3 +87,10 @@ def random_tree(
     for _ in range(chains):
         grow(None, 1)
     return tree([rng.randrange(1, vocab) for _ in range(prompt_len)], nodes, tree_id)
+
+
+def packed_token_count(tree: TrainingTree) -> int:
+    """Tokens of a tree packed with shared prefixes once: the prompt and each node's own tokens."""
+    return len(tree.prompt_token_ids) + sum(
+        len(a) + len(o) for a, o in zip(tree.action_token_ids, tree.observation_token_ids)
+    )

@@ -6,7 +6,15 @@ import pytest
 
 from allocator.config import AllocatorConfig
 from learner.config import LearnerConfig
-from tracerl.config import ConfigError, field_docs, load_config, parse_override_value
+from tracerl.config import (
+    ConfigError,
+    field_docs,
+    flatten_dotted,
+    load_config,
+    nest_dotted,
+    override_args,
+    parse_override,
+)
 
 
 @dataclass(frozen=True)
@@ -69,12 +77,70 @@ def test_missing_and_unparsable_files(tmp_path):
         load_config(Outer, wrong_suffix)
 
 
+@pytest.mark.parametrize(
+    ("item", "key", "value"),
+    [
+        ("count=9", "count", 9),
+        ("inner.rate=0.25", "inner.rate", 0.25),
+        ("learner.optimiser.lr=1e-5", "learner.optimiser.lr", 1e-5),
+        ("a.b=-1E2", "a.b", -100.0),
+        ("a.b=true", "a.b", True),
+        ("a.b=false", "a.b", False),
+        ("bus.servers=[a,b]", "bus.servers", ["a", "b"]),
+        ("a.b=[1, 2.5]", "a.b", [1, 2.5]),
+        ("run.run_id=exp1", "run.run_id", "exp1"),
+        ('run.run_id="0"', "run.run_id", "0"),
+        ("run.run_id=a=b=c", "run.run_id", "a=b=c"),
+        ("run.run_id=", "run.run_id", ""),
+    ],
+)
+def test_an_override_is_a_dotted_key_and_a_yaml_value(item, key, value):
+    parsed_key, parsed = parse_override(item)
+    assert parsed_key == key
+    assert parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("novalue", "--set 'novalue': expected key=value"),
+        ("=3", "--set '=3': expected key=value"),
+        ("a..b=1", "--set 'a..b=1': key 'a..b' has an empty part"),
+        ("a.b.=1", "--set 'a.b.=1': key 'a.b.' has an empty part"),
+        ("a.b=[1, 2", "--set a.b: cannot parse value '[1, 2'"),
+    ],
+)
+def test_a_malformed_override_is_a_one_line_error_quoting_it(item, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_override(item)
+    assert str(err.value).startswith(expected) and "\n" not in str(err.value)
+
+
+def test_override_args_read_back_as_the_same_values():
+    settings = {"a.b": "x", "c": 2, "d": 1.5, "e": 1e-5, "f": True, "g": None, "h": ["p", 1], "i": "0", "j": "k=v"}
+    args = override_args(settings)
+    assert args[:4] == ['a.b="x"', "c=2", "d=1.5", "e=1e-05"]
+    assert dict(parse_override(arg) for arg in args) == settings
+
+
+def test_nest_and_flatten_turn_flat_overrides_into_a_config_tree_and_back():
+    flat = {"a.b": 1, "a.c": "0", "a.d.e": [1], "f": 2}
+    tree = {"a": {"b": 1, "c": "0", "d": {"e": [1]}}, "f": 2}
+    assert nest_dotted(flat) == tree and flatten_dotted(tree) == flat
+    with pytest.raises(ConfigError, match="a is not a section"):
+        nest_dotted({"a": 1, "a.b": 2})
+
+
 def test_exponent_floats_parse_as_numbers():
-    assert parse_override_value("3e-4") == pytest.approx(3e-4)
-    assert parse_override_value("-1E2") == -100.0
-    assert parse_override_value("abc") == "abc"
     config = load_config(LearnerConfig, None, ["optimiser.lr=3e-4"])
     assert config.optimiser.lr == pytest.approx(3e-4)
+
+
+def test_a_string_where_a_float_is_declared_is_refused_naming_the_field(tmp_path):
+    path = tmp_path / "quoted.yaml"
+    path.write_text("optimiser:\n  lr: '3e-4'\n")
+    with pytest.raises(ConfigError, match=r"field optimiser\.lr: expected a number, got '3e-4'"):
+        load_config(LearnerConfig, path)
 
 
 def test_range_checks_surface_as_config_errors():

@@ -9,9 +9,7 @@ import re
 import pytest
 
 from bench.flood import RunSummary, compare_runs, difference_se, first_divergent_step, mean_over
-from bench.harness import override_args
 from bench.hostile import (
-    EXPECTED_REASON,
     FLOOD_ID_PREFIX,
     KINDS,
     FloodMessage,
@@ -25,7 +23,6 @@ from bench.hostile import (
     kinds_for,
     padded,
     parse_violation,
-    permitted,
     plan_flood,
     reconcile_rejects,
     reconcile_violations,
@@ -33,16 +30,50 @@ from bench.hostile import (
     run_targets,
     sent_by_subject_and_kind,
     split_evenly,
-    subject_matches,
     template,
     wrong_role_attempts,
 )
+from bus.permissions import role_permissions
 from protocol import MESSAGE_TYPES, Subjects, TurnNode, WeightsAnnouncement, decode, encode
 from tracerl.typed import to_plain
 
 RUN = "r1"
 S = Subjects(RUN)
 LIMIT = 4096
+
+# The reason a consumer gives for each kind (protocol.codec). Random bytes are refused as
+# "malformed" unless they happen to be one msgpack value, which is then no envelope.
+EXPECTED_REASON: dict[str, tuple[str, ...]] = {
+    "random_bytes": ("malformed", "bad_envelope"),
+    "truncated": ("malformed",),
+    "oversized": ("oversized",),
+    "wrong_type": ("schema_violation",),
+    "missing_field": ("schema_violation",),
+    "extra_field": ("schema_violation",),
+    "bad_envelope": ("bad_envelope",),
+    "wrong_version": ("unsupported_version",),
+    "wrong_schema": ("wrong_schema",),
+    "wrong_run": ("wrong_run",),
+    "invalid_value": ("schema_violation",),
+}
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: ``*`` is one token, a final ``>`` one or more."""
+    want, got = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return i == len(want) - 1 and len(got) > i
+        if i >= len(got) or (token != "*" and token != got[i]):
+            return False
+    return len(want) == len(got)
+
+
+def permitted(role: str, action: str, subject: str, run_ids: list[str]) -> bool:
+    """Whether ``role`` may publish to / subscribe to ``subject`` under bus.permissions."""
+    perms = role_permissions(role, run_ids)
+    allowed = perms.publish if action == "publish" else perms.subscribe
+    return any(subject_matches(pattern, subject) for pattern in allowed)
 
 
 def test_split_evenly_gives_the_remainder_to_the_first_names():
@@ -270,7 +301,3 @@ def test_comparison_names_steps_a_run_closed_empty():
     c = compare_runs(flooded, base, (1, 1), flood_started_at=55.0, accepted_flood_messages=0)
     assert c.first_divergent_allocator_step == 0 and c.diverged_before_flood is True
     assert any("flooded run, allocator step(s) 0, 1 closed empty" in line for line in c.explanation)
-
-
-def test_override_args_quote_strings_only():
-    assert override_args({"a.b": "x", "c": 2, "d": 1.5}) == ['a.b="x"', "c=2", "d=1.5"]

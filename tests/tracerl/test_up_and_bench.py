@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bench.learning import aggregate, check_results_name, markdown_table, recorded_outcomes, table_order
-from bench.runs import RunOutcome, nest
+from bench.runs import RunOutcome
 from tracerl.config import load_config
 from tracerl.up import role_configs
 from tracerl.upconfig import UpConfig
@@ -36,10 +36,6 @@ def test_role_configs_list_every_node_of_a_local_cluster():
 def test_up_config_rejects_bad_pinning():
     with pytest.raises(Exception, match="bad cpu"):
         load_config(UpConfig, None, ["cpus.actors=x"])
-
-
-def test_nest_turns_flat_overrides_into_a_config_tree():
-    assert nest({"a.b": 1, "a.c": "0", "d": 2}) == {"a": {"b": 1, "c": "0"}, "d": 2}
 
 
 def _outcome(name, greedy_after, ratio):
@@ -133,3 +129,27 @@ def test_a_bench_run_never_resumes_an_earlier_sample(tmp_path):
     with pytest.raises(SystemExit, match="not a learning/throughput run directory"):
         run_up("mine", foreign, {}, timeout_s=1)
     assert (foreign / "checkpoints").is_dir()  # nothing of it deleted
+
+
+def _exponent_lr_config(tmp_path):
+    path = tmp_path / "user.yaml"
+    path.write_text("learner:\n  optimiser:\n    lr: 3e-5\n")
+    return path
+
+
+def test_a_config_files_exponent_float_reaches_a_run_bench_as_a_float(tmp_path):
+    from bench.harness import bench_up_config
+    from tracerl.cli import _up_set_args
+
+    # `tracerl bench chaos|flood|join --config user.yaml`: the file's fields become the run's --set arguments.
+    up = bench_up_config({}, _up_set_args(_exponent_lr_config(tmp_path), None))
+    assert type(up.learner.optimiser.lr) is float and up.learner.optimiser.lr == 3e-5
+
+
+def test_a_config_files_exponent_float_reaches_the_learning_bench_as_a_float(tmp_path):
+    from tracerl.cli import _bench_overrides
+
+    # `tracerl bench learning|throughput --config user.yaml`: these settings are each run's config and its record.
+    overrides = _bench_overrides(_exponent_lr_config(tmp_path), None, steps=5)
+    assert overrides == {"learner.optimiser.lr": 3e-5, "learner.training.max_steps": 5}
+    assert type(overrides["learner.optimiser.lr"]) is float
