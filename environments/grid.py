@@ -95,6 +95,7 @@ def bfs_solve(
 
 class GridEnvironment(Environment, abc.ABC):
     stop_strings = tags.ACTION_STOP_STRINGS
+    special_tokens = tags.SEARCH_R1_TAGS
     max_turns = MAX_TURNS_CAP
 
     def __init__(self) -> None:

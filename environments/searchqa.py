@@ -55,6 +55,7 @@ class SearchEpisode:
 
 class SearchQAEnvironment(Environment, abc.ABC):
     stop_strings = tags.ACTION_STOP_STRINGS
+    special_tokens = tags.SEARCH_R1_TAGS
     max_turns = 5
 
     def __init__(self) -> None:

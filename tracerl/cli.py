@@ -183,7 +183,7 @@ def model_build_command(config: ConfigOption = None, set_: SetOption = None) -> 
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Option("--model", "-m", help="An HF-format model directory (config.json + weights + tokenizer).")],
-    env: Annotated[str, typer.Option("--env", "-e", help="Environment: multihop, frozenlake, sokoban or searchqa.")],
+    env: Annotated[str, typer.Option("--env", "-e", help="Environment: multihop, frozenlake, sokoban, math or searchqa.")],
     tasks: Annotated[int, typer.Option("--tasks", "-n", help="Held-out tasks per decoding mode.")] = 100,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out task draw and of sampling.")] = 0,
@@ -206,14 +206,12 @@ BenchSetOption = Annotated[
 
 
 def _bench_overrides(config: Path | None, set_: list[str] | None, steps: int) -> dict[str, Any]:
-    from tracerl.config import parse_override_value
+    from tracerl.config import parse_override_value, read_config_file
 
     load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast on a bad override, before any run starts
     overrides: dict[str, Any] = {"learner.training.max_steps": steps}
     if config is not None:
-        import yaml
-
-        overrides = {**_flatten(yaml.safe_load(config.read_text()) or {}), **overrides}
+        overrides = {**_flatten(read_config_file(config)), **overrides}
     for item in set_ or []:
         key, _, raw = item.partition("=")
         overrides[key] = parse_override_value(raw, key)
@@ -305,12 +303,12 @@ def _up_set_args(config: Path | None, set_: list[str] | None) -> list[str]:
     """A config file's fields and the --set overrides as `tracerl up` --set arguments (checked first)."""
     import json
 
+    from tracerl.config import read_config_file
+
     load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast, before any run starts
     args: list[str] = []
     if config is not None:
-        import yaml
-
-        args += [f"{k}={json.dumps(v)}" for k, v in _flatten(yaml.safe_load(config.read_text()) or {}).items()]
+        args += [f"{k}={json.dumps(v)}" for k, v in _flatten(read_config_file(config)).items()]
     return args + list(set_ or [])
 
 

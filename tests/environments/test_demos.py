@@ -5,9 +5,9 @@ import pytest
 
 from environments import make_env, make_tasks
 from environments.demos import DEFAULT_PROFILE, MistakeProfile, demo_episode, demo_trajectory
-from environments.tags import parse_action
+from environments.tags import CALCULATOR_ACTIONS, parse_action
 
-GENERATED = ["multihop", "frozenlake", "sokoban"]
+GENERATED = ["multihop", "frozenlake", "sokoban", "math"]
 
 
 @pytest.mark.parametrize("name", GENERATED)
@@ -53,6 +53,34 @@ def test_premature_answers_depend_on_hops_and_name():
     assert {3, 4} == set().union(*per_name.values())
 
 
+def test_math_operation_confusion_is_systematic_per_phrase_kind():
+    """Problems with a confused phrase kind almost always fail; those without always pass."""
+    profile = MistakeProfile(math_premature_share=())
+    rng = random.Random(4)
+    outcome = defaultdict(list)
+    for task in make_tasks("math", "train", 300, seed=6, max_ops=2, max_quantities=2):
+        kinds = {step["kind"] for step in task.params["steps"]}
+        family = "confused" if kinds & {"splits", "more"} else "clean"
+        outcome[family].append(demo_episode("math", task, rng, profile).reward)
+    assert len(outcome["confused"]) > 30 and sum(outcome["confused"]) / len(outcome["confused"]) < 0.3
+    assert 0 < sum(outcome["confused"])  # the right operator keeps some probability mass
+    assert all(r == 1.0 for r in outcome["clean"])
+
+
+def test_math_premature_answers_depend_on_steps_and_first_word():
+    profile = MistakeProfile(math_operation_confusion=(), premature_consistency=1.0)
+    rng = random.Random(5)
+    per_name = defaultdict(set)
+    for task in make_tasks("math", "train", 150, seed=7, min_ops=4, max_ops=4):
+        demo = demo_episode("math", task, rng, profile)
+        calculations = sum(parse_action(a, CALCULATOR_ACTIONS).kind == "calculate" for a, _ in demo.turns)
+        assert calculations in (3, 4)
+        assert demo.reward == (1.0 if calculations == 4 else 0.0)
+        per_name[task.params["question"].split()[0]].add(calculations)
+    assert all(len(counts) == 1 for counts in per_name.values())
+    assert {3, 4} == set().union(*per_name.values())
+
+
 def test_demo_trajectory_matches_a_replay_and_is_seeded():
     task = make_tasks("sokoban", "train", 1, seed=5)[0]
     turns = demo_trajectory("sokoban", task, random.Random(9), DEFAULT_PROFILE)
@@ -69,3 +97,9 @@ def test_profile_validation():
         MistakeProfile(confusion_rate=1.5)
     with pytest.raises(ValueError, match="grid_move_confusion"):
         MistakeProfile(grid_move_confusion=(("Down", "Jump"),))
+    with pytest.raises(ValueError, match="math_operation_confusion"):
+        MistakeProfile(math_operation_confusion=(("splits", "%"),))
+    with pytest.raises(ValueError, match="math_operation_confusion"):
+        MistakeProfile(math_operation_confusion=(("sells", "+"),))
+    with pytest.raises(ValueError, match="math_premature_share"):
+        MistakeProfile(math_premature_share=((3, 2.0),))
