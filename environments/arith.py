@@ -38,12 +38,13 @@ from typing import Any
 from protocol import TaskSpec
 
 from . import tags
-from .base import Environment, EnvironmentError_, StepResult
+from .base import EnvironmentError_
 from .calculator import CalculatorError, evaluate, format_value, parse_number, parse_value
 from .datafiles import json_lines, sample_split, string_field
 from .kb import FIRST_NAMES
-from .snapshots import episode_snapshot, read_episode_snapshot, require
-from .splits import check_split, split_of_content
+from .snapshots import require
+from .splits import Proposal, check_split, distinct_tasks
+from .turns import TurnEnvironment
 
 NAME = "math"
 MAX_TURNS_CAP = 8
@@ -156,18 +157,15 @@ def answer_turn(value: Fraction) -> str:
     return f"{tags.think(f'the answer is {text}')} {tags.answer(text)}"
 
 
-class MathEnvironment(Environment):
+class MathEnvironment(TurnEnvironment):
     name = NAME
     stop_strings = tags.CALCULATOR_STOP_STRINGS
     special_tokens = tags.CALCULATOR_TAGS
     max_turns = MAX_TURNS_CAP
 
     def __init__(self) -> None:
-        self._task: TaskSpec | None = None
+        super().__init__()
         self._problem: WordProblem | None = None
-        self._turn = 0
-        self._done = False
-        self._reward = 0.0
         #: Every value the calculator has shown in this episode (canonical text).
         self._shown: set[str] = set()
 
@@ -177,54 +175,9 @@ class MathEnvironment(Environment):
             raise EnvironmentError_(f"{self.name}: reset() or restore() must come first")
         return self._problem
 
-    @property
-    def turns_left(self) -> int:
-        return self.max_turns - self._turn
-
     def reset(self, task: TaskSpec) -> str:
-        self._begin(task)
+        self._start(task)
         return f"{INSTRUCTION}\n{PROMPT_PREFIX} {self.problem.question}"
-
-    def step(self, action_text: str) -> StepResult:
-        problem = self.problem
-        if self._done:
-            return StepResult(tags.information("episode is over"), True, self._reward)
-        self._turn += 1
-        parsed = tags.parse_action(action_text, tags.CALCULATOR_ACTIONS)
-        if parsed is None:
-            observation = NO_ACTION_OBSERVATION
-        elif parsed.kind == "answer":
-            number = parse_number(parsed.content)
-            if number is not None:
-                self._done = True
-                self._reward = 1.0 if number == problem.answer else 0.0
-                return StepResult("", True, self._reward)
-            observation = NOT_A_NUMBER_OBSERVATION
-        else:
-            observation = self._calculate(parsed.content)
-        if self._turn >= self.max_turns:
-            self._done = True
-        return StepResult(observation, self._done, self._reward)
-
-    def snapshot(self) -> dict[str, Any]:
-        if self._task is None:
-            raise EnvironmentError_(f"{self.name}: snapshot() before reset()")
-        return episode_snapshot(self.name, self._task, self._turn, self._done, self._reward, shown=sorted(self._shown))
-
-    def restore(self, state: dict[str, Any]) -> None:
-        task, turn, done, reward = read_episode_snapshot(state, self.name)
-        shown = state.get("shown")
-        require(isinstance(shown, list) and all(isinstance(v, str) for v in shown), "snapshot shown must be a list of strings")
-        self._begin(task)
-        require(turn <= self.max_turns, f"snapshot turn {turn} exceeds max_turns {self.max_turns}")
-        require(len(shown) <= turn, f"snapshot shows {len(shown)} values after {turn} turns")
-        for value in shown:
-            try:
-                parse_value(value)
-            except ValueError as err:
-                require(False, f"snapshot shown value: {err}")
-        require(done or reward == 0.0, "snapshot has a reward on an unfinished episode")
-        self._turn, self._done, self._reward, self._shown = turn, done, float(reward), set(shown)
 
     def score(self) -> float:
         """The share of the worked solution's steps whose values the calculator has shown."""
@@ -248,6 +201,39 @@ class MathEnvironment(Environment):
             done += 1
         return done
 
+    # -- TurnEnvironment ---------------------------------------------------------------
+
+    def _begin(self, task: TaskSpec) -> None:
+        self._problem = parse_problem(task.params)
+        self.max_turns, self._shown = self._problem.max_turns, set()
+
+    def _act(self, action_text: str) -> str:
+        parsed = tags.parse_action(action_text, tags.CALCULATOR_ACTIONS)
+        if parsed is None:
+            return NO_ACTION_OBSERVATION
+        if parsed.kind == "calculate":
+            return self._calculate(parsed.content)
+        number = parse_number(parsed.content)
+        if number is None:
+            return NOT_A_NUMBER_OBSERVATION
+        self._done = True
+        self._reward = 1.0 if number == self.problem.answer else 0.0
+        return ""
+
+    def _own_state(self) -> dict[str, Any]:
+        return {"shown": sorted(self._shown)}
+
+    def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
+        shown = snapshot.get("shown")
+        require(isinstance(shown, list) and all(isinstance(v, str) for v in shown), "snapshot shown must be a list of strings")
+        require(len(shown) <= turn, f"snapshot shows {len(shown)} values after {turn} turns")
+        for value in shown:
+            try:
+                parse_value(value)
+            except ValueError as err:
+                require(False, f"snapshot shown value: {err}")
+        self._shown = set(shown)
+
     def _calculate(self, expression: str) -> str:
         try:
             value = format_value(evaluate(expression))
@@ -255,13 +241,6 @@ class MathEnvironment(Environment):
             return tags.information(f"error : {err}")
         self._shown.add(value)
         return tags.information(value)
-
-    def _begin(self, task: TaskSpec) -> None:
-        if task.env != self.name:
-            raise EnvironmentError_(f"task {task.task_id!r} is for env {task.env!r}, not {self.name!r}")
-        self._problem = parse_problem(task.params)
-        self._task, self.max_turns = task, self._problem.max_turns
-        self._turn, self._done, self._reward, self._shown = 0, False, 0.0, set()
 
 
 # -- generated problems ---------------------------------------------------------------------
@@ -432,23 +411,16 @@ def generate_tasks(
         )
     if slack < 0:
         raise ValueError(f"slack must be >= 0, got {slack}")
-    rng = random.Random(f"{NAME}:{split}:{seed}")
-    tasks: dict[str, TaskSpec] = {}
-    attempts = 0
-    while len(tasks) < count:
-        attempts += 1
-        if attempts > 50 * count + 1000:
-            raise ValueError(f"could not generate {count} distinct math problems; loosen the difficulty knobs")
+
+    def propose(rng: random.Random) -> Proposal | None:
         ops = rng.randint(max(min_ops, min_quantities - 1), max_ops)
         quantities = rng.randint(min_quantities, min(max_quantities, ops + 1))
         problem = draw_problem(rng, ops, quantities, slack)
-        if problem is None or split_of_content(problem.question) != split:
-            continue
-        task_id = f"{NAME}-{_digest(problem.question)}"
-        tasks.setdefault(task_id, TaskSpec(env=NAME, task_id=task_id, params=task_params(
-            problem.question, problem.answer, problem.steps, problem.max_turns
-        )))
-    return list(tasks.values())
+        if problem is None:
+            return None
+        return problem.question, lambda: task_params(problem.question, problem.answer, problem.steps, problem.max_turns)
+
+    return distinct_tasks(NAME, split, count, seed, propose, attempts_per_task=50)
 
 
 def _digest(text: str) -> str:

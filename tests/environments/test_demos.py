@@ -5,7 +5,7 @@ import pytest
 
 from environments import make_env, make_tasks
 from environments.demos import DEFAULT_PROFILE, MistakeProfile, demo_episode, demo_trajectory
-from environments.tags import CALCULATOR_ACTIONS, parse_action
+from environments.tags import parse_action
 
 GENERATED = ["multihop", "frozenlake", "sokoban", "math"]
 
@@ -39,16 +39,24 @@ def test_multihop_mistakes_are_systematic_per_context():
     assert all(r == 1.0 for rel in ("mentor", "friend", "coach") for r in outcome[rel])
 
 
-def test_premature_answers_depend_on_hops_and_name():
-    profile = MistakeProfile(relation_confusion=(), premature_consistency=1.0)
+@pytest.mark.parametrize(
+    "env_name, profile, knobs, first_name, tool",
+    [
+        ("multihop", MistakeProfile(relation_confusion=(), premature_consistency=1.0), {"min_hops": 4, "max_hops": 4},
+         lambda params: params["start"].split()[0], "search"),
+        ("math", MistakeProfile(math_operation_confusion=(), premature_consistency=1.0), {"min_ops": 4, "max_ops": 4},
+         lambda params: params["question"].split()[0], "calculate"),
+    ],
+)
+def test_premature_answers_depend_on_size_and_first_name(env_name, profile, knobs, first_name, tool):
     rng = random.Random(3)
     per_name = defaultdict(set)
-    for task in make_tasks("multihop", "train", 120, seed=7, min_hops=4, max_hops=4):
-        demo = demo_episode("multihop", task, rng, profile)
-        searches = sum(parse_action(a).kind == "search" for a, _ in demo.turns)
-        assert searches in (3, 4)
-        assert demo.reward == (1.0 if searches == 4 else 0.0)
-        per_name[task.params["start"].split()[0]].add(searches)
+    for task in make_tasks(env_name, "train", 120, seed=7, **knobs):
+        demo = demo_episode(env_name, task, rng, profile)
+        calls = sum(parse_action(a, (tool, "answer")).kind == tool for a, _ in demo.turns)
+        assert calls in (3, 4)
+        assert demo.reward == (1.0 if calls == 4 else 0.0)
+        per_name[first_name(task.params)].add(calls)
     assert all(len(counts) == 1 for counts in per_name.values())  # same first name, same behaviour
     assert {3, 4} == set().union(*per_name.values())
 
@@ -65,20 +73,6 @@ def test_math_operation_confusion_is_systematic_per_phrase_kind():
     assert len(outcome["confused"]) > 30 and sum(outcome["confused"]) / len(outcome["confused"]) < 0.3
     assert 0 < sum(outcome["confused"])  # the right operator keeps some probability mass
     assert all(r == 1.0 for r in outcome["clean"])
-
-
-def test_math_premature_answers_depend_on_steps_and_first_word():
-    profile = MistakeProfile(math_operation_confusion=(), premature_consistency=1.0)
-    rng = random.Random(5)
-    per_name = defaultdict(set)
-    for task in make_tasks("math", "train", 150, seed=7, min_ops=4, max_ops=4):
-        demo = demo_episode("math", task, rng, profile)
-        calculations = sum(parse_action(a, CALCULATOR_ACTIONS).kind == "calculate" for a, _ in demo.turns)
-        assert calculations in (3, 4)
-        assert demo.reward == (1.0 if calculations == 4 else 0.0)
-        per_name[task.params["question"].split()[0]].add(calculations)
-    assert all(len(counts) == 1 for counts in per_name.values())
-    assert {3, 4} == set().union(*per_name.values())
 
 
 def test_demo_trajectory_matches_a_replay_and_is_seeded():
