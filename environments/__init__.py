@@ -1,14 +1,15 @@
-"""Multi-turn text environments: multi-hop search QA, FrozenLake, Sokoban, and local
-Search-R1 datasets, all speaking one tag format (see ``environments.tags``)."""
+"""Multi-turn text environments: multi-hop search QA, FrozenLake, Sokoban, local Search-R1
+datasets and word problems with a calculator, all speaking one tag format (see
+``environments.tags``)."""
 
 from .base import Environment, EnvironmentError_, StepResult
-from .registry import env_names, make_env, make_tasks
-from .tags import ACTION_STOP_STRINGS, ALL_TAGS
+from .registry import env_names, env_special_tokens, make_env, make_tasks
+from .tags import ACTION_STOP_STRINGS, ALL_TAGS, CALCULATOR_STOP_STRINGS
 
 #: Every tag string any environment uses; the tokenizer makes each one a special token.
 SPECIAL_TOKENS: tuple[str, ...] = ALL_TAGS
-#: Strings that end an action in every environment.
-STOP_STRINGS: tuple[str, ...] = ACTION_STOP_STRINGS
+#: Every string that ends an action in some environment.
+STOP_STRINGS: tuple[str, ...] = tuple(dict.fromkeys(ACTION_STOP_STRINGS + CALCULATOR_STOP_STRINGS))
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -17,6 +18,7 @@ __all__ = [
     "EnvironmentError_",
     "StepResult",
     "env_names",
+    "env_special_tokens",
     "make_env",
     "make_tasks",
 ]

@@ -37,6 +37,8 @@ class Environment(abc.ABC):
     #: Strings that end an action; each is a special token in the embedded tokenizer so that
     #: stopping on it is one token.
     stop_strings: tuple[str, ...] = ()
+    #: The tags this environment reads and writes; a model built for it makes each one token.
+    special_tokens: tuple[str, ...] = ()
     #: Turn cap; reaching it ends the episode with reward 0. The class value is the env's
     #: upper bound; ``reset``/``restore`` narrow it on the instance to the task's own cap.
     max_turns: int = 4

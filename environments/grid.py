@@ -12,7 +12,6 @@ Bare words are accepted too ("down", "D"), case-insensitively.
 from __future__ import annotations
 
 import abc
-import hashlib
 import random
 import string
 from collections import deque
@@ -22,9 +21,10 @@ from typing import Any, Literal
 from protocol import TaskSpec
 
 from . import tags
-from .base import Environment, EnvironmentError_, StepResult
-from .snapshots import episode_snapshot, read_episode_snapshot, require
-from .splits import split_of_content
+from .base import EnvironmentError_
+from .snapshots import require
+from .splits import Proposal, distinct_tasks
+from .turns import TurnEnvironment
 
 MOVES: tuple[str, ...] = ("Up", "Down", "Left", "Right")
 DELTAS: dict[str, tuple[int, int]] = {"Up": (-1, 0), "Down": (1, 0), "Left": (0, -1), "Right": (0, 1)}
@@ -93,17 +93,15 @@ def bfs_solve(
     return None
 
 
-class GridEnvironment(Environment, abc.ABC):
+class GridEnvironment(TurnEnvironment, abc.ABC):
     stop_strings = tags.ACTION_STOP_STRINGS
+    special_tokens = tags.SEARCH_R1_TAGS
     max_turns = MAX_TURNS_CAP
 
     def __init__(self) -> None:
-        self._task: TaskSpec | None = None
+        super().__init__()
         self._level: Any = None
         self._state: State = ()
-        self._turn = 0
-        self._done = False
-        self._reward = 0.0
         self._initial_solution_length = 1
 
     # -- the puzzle's pure core --------------------------------------------------------
@@ -138,45 +136,8 @@ class GridEnvironment(Environment, abc.ABC):
     # -- Environment -------------------------------------------------------------------
 
     def reset(self, task: TaskSpec) -> str:
-        self._begin(task)
+        self._start(task)
         return f"{self._instruction()}\n{self._render(self._state)}"
-
-    def step(self, action_text: str) -> StepResult:
-        if self._task is None:
-            raise EnvironmentError_(f"{self.name}: reset() or restore() must come first")
-        if self._done:
-            return StepResult(tags.information("episode is over"), True, self._reward)
-        self._turn += 1
-        move = parse_move(action_text)
-        if move is None:
-            observation = tags.information(f"invalid action\n{self._render(self._state)}")
-        else:
-            self._state = self._transition(self._state, move)
-            outcome = self._status(self._state)
-            if outcome != "alive":
-                self._done = True
-                self._reward = 1.0 if outcome == "won" else 0.0
-            observation = tags.information(self._render(self._state))
-        if self._turn >= self.max_turns:
-            self._done = True
-        return StepResult(observation, self._done, self._reward)
-
-    def snapshot(self) -> dict[str, Any]:
-        if self._task is None:
-            raise EnvironmentError_(f"{self.name}: snapshot() before reset()")
-        return episode_snapshot(self.name, self._task, self._turn, self._done, self._reward, state=list(self._state))
-
-    def restore(self, state: dict[str, Any]) -> None:
-        task, turn, done, reward = read_episode_snapshot(state, self.name)
-        cells = state.get("state")
-        require(isinstance(cells, list) and all(type(v) is int for v in cells), "snapshot state must be a list of ints")
-        self._begin(task)
-        require(turn <= self.max_turns, f"snapshot turn {turn} exceeds max_turns {self.max_turns}")
-        require(self._valid_state(tuple(cells)), f"snapshot state {cells!r} is impossible on this level")
-        outcome = self._status(tuple(cells))
-        require(outcome == "alive" or done, "snapshot is in a terminal position but not done")
-        require(reward == (1 if outcome == "won" else 0), "snapshot reward disagrees with the position")
-        self._state, self._turn, self._done, self._reward = tuple(cells), turn, done, float(reward)
 
     def score(self) -> float:
         """1 - (optimal moves left / optimal moves at the start); 0 when the goal is out of reach
@@ -204,24 +165,41 @@ class GridEnvironment(Environment, abc.ABC):
     def level(self) -> Any:
         return self._level
 
-    @property
-    def turns_left(self) -> int:
-        return self.max_turns - self._turn
-
     def move_reason(self, move: str) -> str:
         """The one-word thought that goes with playing ``move`` from the current state."""
         return self._move_reason(self._state, move)
 
+    # -- TurnEnvironment ---------------------------------------------------------------
+
     def _begin(self, task: TaskSpec) -> None:
-        if task.env != self.name:
-            raise EnvironmentError_(f"task {task.task_id!r} is for env {task.env!r}, not {self.name!r}")
-        level, initial, max_turns = self._parse_level(task.params)
-        self._task, self._level, self.max_turns = task, level, max_turns
-        self._state, self._turn, self._done, self._reward = initial, 0, False, 0.0
-        solution = self._solve(initial, EXPERT_SEARCH_DEPTH)
+        self._level, self._state, self.max_turns = self._parse_level(task.params)
+        solution = self._solve(self._state, EXPERT_SEARCH_DEPTH)
         if not solution:
             raise EnvironmentError_(f"{self.name} task {task.task_id!r} has no solution")
         self._initial_solution_length = len(solution)
+
+    def _act(self, action_text: str) -> str:
+        move = parse_move(action_text)
+        if move is None:
+            return tags.information(f"invalid action\n{self._render(self._state)}")
+        self._state = self._transition(self._state, move)
+        outcome = self._status(self._state)
+        if outcome != "alive":
+            self._done = True
+            self._reward = 1.0 if outcome == "won" else 0.0
+        return tags.information(self._render(self._state))
+
+    def _own_state(self) -> dict[str, Any]:
+        return {"state": list(self._state)}
+
+    def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
+        cells = snapshot.get("state")
+        require(isinstance(cells, list) and all(type(v) is int for v in cells), "snapshot state must be a list of ints")
+        require(self._valid_state(tuple(cells)), f"snapshot state {cells!r} is impossible on this level")
+        outcome = self._status(tuple(cells))
+        require(outcome == "alive" or done, "snapshot is in a terminal position but not done")
+        require(reward == (1 if outcome == "won" else 0), "snapshot reward disagrees with the position")
+        self._state = tuple(cells)
 
 
 def generate_levels(
@@ -239,21 +217,16 @@ def generate_levels(
     The split is decided by the level's content before solving, since solving costs more.
     The turn cap is the optimal solution length plus ``slack`` (at most ``MAX_TURNS_CAP``).
     """
-    rng = random.Random(f"{name}:{split}:{seed}")
-    tasks: dict[str, TaskSpec] = {}
-    attempts = 0
-    while len(tasks) < count:
-        attempts += 1
-        if attempts > 200 * count + 1000:
-            raise ValueError(f"could not generate {count} distinct {name} levels; loosen the knobs")
+
+    def propose(rng: random.Random) -> Proposal:
         rows, solve_level = draw(rng)
-        content = "/".join(rows)
-        if split_of_content(content) != split:
-            continue
-        solution = solve_level()
-        if solution is None or len(solution) < min_solution:
-            continue
-        task_id = f"{name}-{hashlib.sha256(content.encode()).hexdigest()[:16]}"
-        params = {"rows": list(rows), "max_turns": min(MAX_TURNS_CAP, len(solution) + slack)}
-        tasks.setdefault(task_id, TaskSpec(env=name, task_id=task_id, params=params))
-    return list(tasks.values())
+
+        def params() -> dict[str, Any] | None:
+            solution = solve_level()
+            if solution is None or len(solution) < min_solution:
+                return None
+            return {"rows": list(rows), "max_turns": min(MAX_TURNS_CAP, len(solution) + slack)}
+
+        return "/".join(rows), params
+
+    return distinct_tasks(name, split, count, seed, propose, attempts_per_task=200)

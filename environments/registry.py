@@ -7,14 +7,15 @@ regenerated from seeds carried in ``task.params``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from protocol import TaskSpec
 
-from . import frozenlake, multihop, searchqa_jsonl, sokoban
+from . import arith, frozenlake, multihop, searchqa_jsonl, sokoban
 from .base import Environment, EnvironmentError_
 from .splits import check_split
+from .tags import ALL_TAGS
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ _REGISTRY: dict[str, EnvEntry] = {
     frozenlake.NAME: EnvEntry(frozenlake.FrozenLakeEnvironment, frozenlake.generate_tasks),
     sokoban.NAME: EnvEntry(sokoban.SokobanEnvironment, sokoban.generate_tasks),
     searchqa_jsonl.NAME: EnvEntry(searchqa_jsonl.SearchQAJsonlEnvironment, searchqa_jsonl.generate_tasks),
+    arith.NAME: EnvEntry(arith.MathEnvironment, arith.generate_tasks),
 }
 
 
@@ -44,6 +46,13 @@ def _entry(name: str) -> EnvEntry:
 
 def make_env(name: str) -> Environment:
     return _entry(name).factory()
+
+
+def env_special_tokens(names: Sequence[str]) -> tuple[str, ...]:
+    """The tags the named environments use, in ``ALL_TAGS`` order: a model built for some
+    environments gets exactly their tags, so adding an environment never changes it."""
+    used = {tag for name in names for tag in make_env(name).special_tokens}
+    return tuple(tag for tag in ALL_TAGS if tag in used)
 
 
 def make_tasks(name: str, split: str, count: int, seed: int, **difficulty: object) -> list[TaskSpec]:

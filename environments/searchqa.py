@@ -19,9 +19,10 @@ from typing import Any
 from protocol import TaskSpec
 
 from . import tags
-from .base import EnvironmentError_, Environment, StepResult
+from .base import EnvironmentError_
 from .retrieval import SearchIndex
-from .snapshots import episode_snapshot, read_episode_snapshot, require
+from .snapshots import require
+from .turns import TurnEnvironment
 
 INVALID_ACTION_OBSERVATION = tags.information("invalid action")
 NO_RESULTS_OBSERVATION = tags.information("no results")
@@ -53,16 +54,14 @@ class SearchEpisode:
     max_turns: int
 
 
-class SearchQAEnvironment(Environment, abc.ABC):
+class SearchQAEnvironment(TurnEnvironment, abc.ABC):
     stop_strings = tags.ACTION_STOP_STRINGS
+    special_tokens = tags.SEARCH_R1_TAGS
     max_turns = 5
 
     def __init__(self) -> None:
-        self._task: TaskSpec | None = None
+        super().__init__()
         self._episode: SearchEpisode | None = None
-        self._turn = 0
-        self._done = False
-        self._reward = 0.0
         self._retrieved: set[int] = set()
 
     # -- hooks -------------------------------------------------------------------------
@@ -82,49 +81,38 @@ class SearchQAEnvironment(Environment, abc.ABC):
     # -- Environment -------------------------------------------------------------------
 
     def reset(self, task: TaskSpec) -> str:
-        self._begin(task)
+        self._start(task)
         return self.episode.prompt
-
-    def step(self, action_text: str) -> StepResult:
-        episode = self.episode
-        if self._done:
-            return StepResult(tags.information("episode is over"), True, self._reward)
-        self._turn += 1
-        parsed = tags.parse_action(action_text)
-        if parsed is None:
-            observation = INVALID_ACTION_OBSERVATION
-        elif parsed.kind == "answer":
-            self._done = True
-            self._reward = 1.0 if exact_match(parsed.content, episode.golden_answers) else 0.0
-            return StepResult("", True, self._reward)
-        else:
-            observation = self._search_observation(parsed.content)
-        if self._turn >= episode.max_turns:
-            self._done = True
-        return StepResult(observation, self._done, self._reward)
-
-    def snapshot(self) -> dict[str, Any]:
-        if self._task is None:
-            raise EnvironmentError_(f"{self.name}: snapshot() before reset()")
-        return episode_snapshot(
-            self.name, self._task, self._turn, self._done, self._reward, retrieved=sorted(self._retrieved)
-        )
-
-    def restore(self, state: dict[str, Any]) -> None:
-        task, turn, done, reward = read_episode_snapshot(state, self.name)
-        retrieved = state.get("retrieved")
-        require(isinstance(retrieved, list) and all(type(i) is int for i in retrieved), "snapshot retrieved must be a list of ints")
-        self._begin(task)
-        episode = self.episode
-        require(turn <= episode.max_turns, f"snapshot turn {turn} exceeds max_turns {episode.max_turns}")
-        require(all(0 <= i < len(episode.index.documents) for i in retrieved), "snapshot retrieved ids out of range")
-        require(done or reward == 0.0, "snapshot has a reward on an unfinished episode")
-        self._turn, self._done, self._reward, self._retrieved = turn, done, float(reward), set(retrieved)
 
     def score(self) -> float:
         if self._done:
             return self._reward
         return self._progress()
+
+    # -- TurnEnvironment ---------------------------------------------------------------
+
+    def _begin(self, task: TaskSpec) -> None:
+        episode = self._load_episode(task)
+        self._episode, self.max_turns, self._retrieved = episode, episode.max_turns, set()
+
+    def _act(self, action_text: str) -> str:
+        parsed = tags.parse_action(action_text)
+        if parsed is None:
+            return INVALID_ACTION_OBSERVATION
+        if parsed.kind == "answer":
+            self._done = True
+            self._reward = 1.0 if exact_match(parsed.content, self.episode.golden_answers) else 0.0
+            return ""
+        return self._search_observation(parsed.content)
+
+    def _own_state(self) -> dict[str, Any]:
+        return {"retrieved": sorted(self._retrieved)}
+
+    def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
+        retrieved = snapshot.get("retrieved")
+        require(isinstance(retrieved, list) and all(type(i) is int for i in retrieved), "snapshot retrieved must be a list of ints")
+        require(all(0 <= i < len(self.episode.index.documents) for i in retrieved), "snapshot retrieved ids out of range")
+        self._retrieved = set(retrieved)
 
     # -- shared helpers ----------------------------------------------------------------
 
@@ -135,21 +123,8 @@ class SearchQAEnvironment(Environment, abc.ABC):
         return self._episode
 
     @property
-    def turns_left(self) -> int:
-        return self.episode.max_turns - self._turn
-
-    @property
     def retrieved_ids(self) -> frozenset[int]:
         return frozenset(self._retrieved)
-
-    def _begin(self, task: TaskSpec) -> None:
-        if task.env != self.name:
-            raise EnvironmentError_(f"task {task.task_id!r} is for env {task.env!r}, not {self.name!r}")
-        episode = self._load_episode(task)
-        self._task, self._episode = task, episode
-        self.max_turns = episode.max_turns
-        self._turn, self._done, self._reward = 0, False, 0.0
-        self._retrieved = set()
 
     def _search_observation(self, query: str) -> str:
         episode = self.episode

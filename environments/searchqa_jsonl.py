@@ -12,22 +12,19 @@ Task params (everything an actor needs, provided it can read ``corpus_file``)::
 
 from __future__ import annotations
 
-import json
 import os
-import random
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from protocol import TaskSpec
 from tracerl.logs import get_logger
 
 from . import tags
 from .base import EnvironmentError_
+from .datafiles import json_lines, sample_split, string_field
 from .retrieval import Document, SearchIndex
 from .searchqa import SearchEpisode, SearchQAEnvironment, normalize_answer
-from .splits import check_split
 
 _log = get_logger(__name__)
 
@@ -46,37 +43,11 @@ class QARecord:
     golden_answers: tuple[str, ...]
 
 
-def _json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise EnvironmentError_(f"{path}: cannot read: {err}") from err
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EnvironmentError_(f"{path}:{number}: not valid JSON ({err.msg})") from err
-        if not isinstance(record, dict):
-            raise EnvironmentError_(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append((number, record))
-    return records
-
-
-def _string_field(path: Path, number: int, record: dict[str, Any], key: str) -> str:
-    value = record.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise EnvironmentError_(f"{path}:{number}: field {key!r} must be a non-empty string, got {value!r}")
-    return value
-
-
 def load_questions(path: str | os.PathLike[str]) -> list[QARecord]:
     path = Path(path)
     out = []
-    for number, record in _json_lines(path):
-        question = _string_field(path, number, record, "question")
+    for number, record in json_lines(path):
+        question = string_field(path, number, record, "question")
         answers = record.get("golden_answers")
         if isinstance(answers, str):
             answers = [answers]
@@ -92,13 +63,13 @@ def load_questions(path: str | os.PathLike[str]) -> list[QARecord]:
 def load_corpus(path: str | os.PathLike[str]) -> list[Document]:
     path = Path(path)
     documents = []
-    for number, record in _json_lines(path):
+    for number, record in json_lines(path):
         if "contents" in record:
-            contents = _string_field(path, number, record, "contents")
+            contents = string_field(path, number, record, "contents")
             first, _, rest = contents.partition("\n")
             title, text = (first.strip().strip('"'), rest.strip()) if rest.strip() else ("", contents.strip())
         elif "text" in record:
-            text = _string_field(path, number, record, "text")
+            text = string_field(path, number, record, "text")
             title = record.get("title", "")
             if not isinstance(title, str):
                 raise EnvironmentError_(f"{path}:{number}: field 'title' must be a string, got {title!r}")
@@ -187,20 +158,9 @@ def generate_tasks(
     top_k: int = 3,
     max_turns: int = 4,
 ) -> list[TaskSpec]:
-    """``count`` questions sampled (seeded, without replacement) from the split's own file.
-
-    The user's split files define the separation; a question text present in both files
-    is dropped from the held-out side so the two sets never share a question.
-    """
-    check_split(split)
-    chosen = load_questions(train_file if split == "train" else heldout_file)
-    if split == "heldout":
-        train_questions = {r.question for r in load_questions(train_file)}
-        chosen = [r for r in chosen if r.question not in train_questions]
-    if count > len(chosen):
-        raise ValueError(f"asked for {count} {split} questions but only {len(chosen)} are available")
+    """``count`` questions sampled from the split's own file (``datafiles.sample_split``)."""
+    picked = sample_split(NAME, split, count, seed, (train_file, heldout_file), load_questions, lambda r: r.question)
     corpus_index(corpus_file)  # fail here, not in every actor, when the corpus is unusable
-    picked = random.Random(f"{NAME}:{split}:{seed}").sample(chosen, count)
     corpus = str(Path(corpus_file).resolve())
     return [
         TaskSpec(

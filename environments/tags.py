@@ -3,6 +3,8 @@
 All environments speak the same Search-R1 style format so that one tokenizer and one model
 cover them: the policy writes ``<think> ... </think>`` followed by ``<search> ... </search>``
 or ``<answer> ... </answer>``; environments reply inside ``<information> ... </information>``.
+The math environment calls its calculator with ``<calculate> ... </calculate>`` instead of
+searching.
 
 A space always follows an opening tag and precedes a closing tag: a byte-level BPE tokenizer
 gives "Omar" and " Omar" different ids, and the fixed spacing makes an entity name tokenise
@@ -18,8 +20,10 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 INFO_OPEN, INFO_CLOSE = "<information>", "</information>"
+CALCULATE_OPEN, CALCULATE_CLOSE = "<calculate>", "</calculate>"
 
-ALL_TAGS: tuple[str, ...] = (
+#: The tags of the search and grid environments, in the order their tokenizers add them.
+SEARCH_R1_TAGS: tuple[str, ...] = (
     THINK_OPEN,
     THINK_CLOSE,
     SEARCH_OPEN,
@@ -29,16 +33,34 @@ ALL_TAGS: tuple[str, ...] = (
     INFO_OPEN,
     INFO_CLOSE,
 )
+#: The math environment's tags: a calculator call replaces the search.
+CALCULATOR_TAGS: tuple[str, ...] = (
+    THINK_OPEN,
+    THINK_CLOSE,
+    ANSWER_OPEN,
+    ANSWER_CLOSE,
+    INFO_OPEN,
+    INFO_CLOSE,
+    CALCULATE_OPEN,
+    CALCULATE_CLOSE,
+)
+#: Every tag, in one fixed order; new tags go at the end so earlier ids never move.
+ALL_TAGS: tuple[str, ...] = (*SEARCH_R1_TAGS, CALCULATE_OPEN, CALCULATE_CLOSE)
 
-#: Every action ends with one of these; generation stops on them.
+#: Every search or grid action ends with one of these; generation stops on them.
 ACTION_STOP_STRINGS: tuple[str, ...] = (SEARCH_CLOSE, ANSWER_CLOSE)
+#: Every math action ends with one of these.
+CALCULATOR_STOP_STRINGS: tuple[str, ...] = (CALCULATE_CLOSE, ANSWER_CLOSE)
 
-ActionKind = Literal["search", "answer"]
+ActionKind = Literal["search", "answer", "calculate"]
 
 _ACTION_TAGS: dict[ActionKind, tuple[str, str]] = {
     "search": (SEARCH_OPEN, SEARCH_CLOSE),
     "answer": (ANSWER_OPEN, ANSWER_CLOSE),
+    "calculate": (CALCULATE_OPEN, CALCULATE_CLOSE),
 }
+SEARCH_ACTIONS: tuple[ActionKind, ...] = ("search", "answer")
+CALCULATOR_ACTIONS: tuple[ActionKind, ...] = ("calculate", "answer")
 
 
 @dataclass(frozen=True)
@@ -67,14 +89,21 @@ def information(text: str) -> str:
     return wrap(INFO_OPEN, INFO_CLOSE, text)
 
 
-def parse_action(text: str) -> ParsedAction | None:
-    """The first complete ``<search>``/``<answer>`` block of ``text``, or ``None``.
+def calculate(expression: str) -> str:
+    return wrap(CALCULATE_OPEN, CALCULATE_CLOSE, expression)
+
+
+def parse_action(text: str, kinds: tuple[ActionKind, ...] = SEARCH_ACTIONS) -> ParsedAction | None:
+    """The first complete block of ``text`` among ``kinds`` (search or answer by default), or ``None``.
+
+    Blocks of other kinds are not actions here: a calculator call in a search environment is
+    as invalid as free text.
 
     Uses ``str.find`` rather than a regular expression so the cost stays linear in the text
     length even for adversarial input (many opening tags and no closing one).
     The content is whitespace-stripped; an empty block counts as no action.
     """
-    starts = {kind: text.find(tags[0]) for kind, tags in _ACTION_TAGS.items()}
+    starts = {kind: text.find(_ACTION_TAGS[kind][0]) for kind in kinds}
     found = [(pos, kind) for kind, pos in starts.items() if pos >= 0]
     if not found:
         return None

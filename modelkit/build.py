@@ -23,7 +23,7 @@ BUILDER_VERSION = 1
 
 log = get_logger(__name__)
 
-ALL_ENVIRONMENTS = ("multihop", "frozenlake", "sokoban")
+ALL_ENVIRONMENTS = ("multihop", "frozenlake", "sokoban", "math")
 
 
 def build_random_model(
@@ -53,9 +53,14 @@ def build_random_model(
     return path
 
 
+def recipe_key(config: ModelBuildConfig) -> str:
+    """The cache key of the embedded model ``config`` builds."""
+    return content_key({"builder": BUILDER_VERSION, "kind": "embedded", **config.recipe()})
+
+
 def build_embedded_model(config: ModelBuildConfig) -> Path:
     """The warm-started embedded model directory, built once per recipe and then reused."""
-    key = content_key({"builder": BUILDER_VERSION, "kind": "embedded", **config.recipe()})
+    key = recipe_key(config)
     root = cache_root(config.cache_dir)
 
     def build(directory: Path) -> dict[str, Any]:
@@ -76,7 +81,7 @@ def _build_into(directory: Path, config: ModelBuildConfig) -> dict[str, Any]:
                            for env in config.demos.environments})
     # A tokenizer needs far fewer examples than the model; a few thousand cover the vocabulary.
     corpus = [text for demo in demos[:: max(1, len(demos) // 3000)] for text in _demo_texts(demo)]
-    spec = TokenizerSpec(vocab_size=config.tokenizer_vocab_size, tags=environment_tags(),
+    spec = TokenizerSpec(vocab_size=config.tokenizer_vocab_size, tags=environment_tags(config.demos.environments),
                          whitespace=config.tokenizer_whitespace)
     tokenizer = train_tokenizer(corpus, spec)
     encoded = encode_demos(tokenizer, demos, config.training.max_sequence_tokens)

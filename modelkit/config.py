@@ -12,6 +12,7 @@ from typing import Any
 from environments.demos import DEFAULT_PROFILE, MistakeProfile
 from modelkit.architecture import ArchitectureConfig
 from tracerl.config import LogConfig
+from tracerl.typed import to_plain
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,13 @@ class MistakeConfig:
     premature_consistency: float = DEFAULT_PROFILE.premature_consistency
     grid_move_confusion: list[tuple[str, str]] = field(default_factory=lambda: list(DEFAULT_PROFILE.grid_move_confusion))
     grid_confusion_rate: float = DEFAULT_PROFILE.grid_confusion_rate
+    math_operation_confusion: list[tuple[str, str]] = field(
+        default_factory=lambda: list(DEFAULT_PROFILE.math_operation_confusion)
+    )
+    math_confusion_rate: float = DEFAULT_PROFILE.math_confusion_rate
+    math_premature_share: list[tuple[int, float]] = field(
+        default_factory=lambda: list(DEFAULT_PROFILE.math_premature_share)
+    )
 
     def profile(self) -> MistakeProfile:
         return MistakeProfile(
@@ -35,7 +43,18 @@ class MistakeConfig:
             premature_consistency=self.premature_consistency,
             grid_move_confusion=tuple(self.grid_move_confusion),
             grid_confusion_rate=self.grid_confusion_rate,
+            math_operation_confusion=tuple(self.math_operation_confusion),
+            math_confusion_rate=self.math_confusion_rate,
+            math_premature_share=tuple(self.math_premature_share),
         )
+
+
+#: Mistake fields that shape only one environment's demonstrations. A recipe whose demos
+#: leave that environment out leaves them out of its cache key too, so adding an environment
+#: (and its mistakes) never renames the models already built for the others.
+ENVIRONMENT_MISTAKE_FIELDS: dict[str, tuple[str, ...]] = {
+    "math": ("math_operation_confusion", "math_confusion_rate", "math_premature_share"),
+}
 
 
 @dataclass(frozen=True)
@@ -124,10 +143,15 @@ class ModelBuildConfig:
 
     def recipe(self) -> dict[str, Any]:
         """The fields that determine the built weights: the cache key's content."""
+        demos = to_plain(self.demos)
+        for env_name, names in ENVIRONMENT_MISTAKE_FIELDS.items():
+            if env_name not in self.demos.environments:
+                for name in names:
+                    del demos["mistakes"][name]
         return {
             "tokenizer_vocab_size": self.tokenizer_vocab_size,
             "tokenizer_whitespace": self.tokenizer_whitespace,
             "architecture": self.architecture,
-            "demos": self.demos,
+            "demos": demos,
             "training": self.training,
         }

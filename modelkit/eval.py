@@ -82,9 +82,12 @@ def check_inputs(model_dir: str | Path, env_name: str, num_tasks: int) -> Path:
 
 
 def difficulty_label(task: TaskSpec) -> str:
-    """Hops for question answering; the turn cap (optimal moves + slack) for grid puzzles."""
+    """Hops for question answering; calculator steps for word problems; the turn cap (optimal
+    moves + slack) for grid puzzles."""
     if "path" in task.params:
         return f"hops={len(task.params['path'])}"
+    if "steps" in task.params:
+        return f"steps={len(task.params['steps'])}"
     if "max_turns" in task.params:
         return f"max_turns={task.params['max_turns']}"
     return "all"

@@ -17,7 +17,7 @@ Two choices matter for rollouts:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -47,11 +47,11 @@ class TokenizerSpec:
             raise ValueError(f"tokenizer whitespace must be one of {WHITESPACE_MODES}, got {self.whitespace!r}")
 
 
-def environment_tags() -> tuple[str, ...]:
-    """Every tag any environment uses (``environments.SPECIAL_TOKENS``)."""
-    from environments import SPECIAL_TOKENS
+def environment_tags(env_names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The tags the named environments use, or every tag any environment uses (``environments.SPECIAL_TOKENS``)."""
+    from environments import SPECIAL_TOKENS, env_special_tokens
 
-    return tuple(SPECIAL_TOKENS)
+    return tuple(SPECIAL_TOKENS) if env_names is None else env_special_tokens(env_names)
 
 
 def train_tokenizer(texts: Iterable[str], spec: TokenizerSpec) -> PreTrainedTokenizerFast:

@@ -5,6 +5,10 @@ shared parts below. A config is loaded from a YAML or TOML file and then overrid
 the command line with ``--set section.field=value`` (values are parsed as YAML scalars,
 so ``--set learner.lr=1e-5`` gives a float and ``--set bus.servers=[a,b]`` a list).
 Validation is strict: an unknown or mistyped field is an error naming the file and field.
+
+A YAML file may take a whole section from another file: ``model: !include models/math.yaml``
+(the path is relative to the including file), so a run config can use a model recipe that
+``tracerl model build`` reads too, without a second copy.
 """
 
 from __future__ import annotations
@@ -129,14 +133,34 @@ _FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
 
 
 class _ConfigLoader(yaml.SafeLoader):
-    """Safe YAML that also reads 1e-5 as a float (YAML 1.1 wants a dot in the mantissa)."""
+    """Safe YAML that also reads 1e-5 as a float (YAML 1.1 wants a dot in the mantissa) and
+    ``!include path`` as the content of another config file."""
+
+    #: The files being read, outermost first; the last one anchors relative includes.
+    including: tuple[Path, ...] = ()
+
+
+def _include(loader: _ConfigLoader, node: yaml.Node) -> Any:
+    relative = loader.construct_scalar(node)
+    if not loader.including:
+        raise ConfigError(f"!include {relative}: only a config file can include another")
+    path = (loader.including[-1].parent / str(relative)).resolve()
+    if path in loader.including:
+        raise ConfigError(f"{loader.including[-1]}: !include {relative} includes a file that includes it")
+    return read_config_file(path, loader.including)
 
 
 _ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_LITERAL, list("+-0123456789."))
+_ConfigLoader.add_constructor("!include", _include)
 
 
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+def _yaml_load(text: str, including: tuple[Path, ...] = ()) -> Any:
+    loader = _ConfigLoader(text)
+    loader.including = including
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -198,8 +222,9 @@ def write_resolved_config(config: Any, role: str) -> Path:
     return path
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A YAML or TOML config file as plain data, read the same way wherever a config file is read."""
+def read_config_file(path: Path, including: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's content as plain data, its ``!include``s resolved (``including``: the
+    files that include this one)."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     text = path.read_text()
@@ -207,7 +232,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
-            data = _yaml_load(text) or {}
+            data = _yaml_load(text, (*including, path.resolve())) or {}
         else:
             raise ConfigError(f"{path}: config must be .yaml, .yml or .toml")
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as err:

@@ -7,7 +7,7 @@ from environments import make_env, make_tasks
 from environments.demos import DEFAULT_PROFILE, MistakeProfile, demo_episode
 from environments.tags import parse_action
 
-GENERATED = ["multihop", "frozenlake", "sokoban"]
+GENERATED = ["multihop", "frozenlake", "sokoban", "math"]
 
 
 @pytest.mark.parametrize("name", GENERATED)
@@ -39,18 +39,40 @@ def test_multihop_mistakes_are_systematic_per_context():
     assert all(r == 1.0 for rel in ("mentor", "friend", "coach") for r in outcome[rel])
 
 
-def test_premature_answers_depend_on_hops_and_name():
-    profile = MistakeProfile(relation_confusion=(), premature_consistency=1.0)
+@pytest.mark.parametrize(
+    "env_name, profile, knobs, first_name, tool",
+    [
+        ("multihop", MistakeProfile(relation_confusion=(), premature_consistency=1.0), {"min_hops": 4, "max_hops": 4},
+         lambda params: params["start"].split()[0], "search"),
+        ("math", MistakeProfile(math_operation_confusion=(), premature_consistency=1.0), {"min_ops": 4, "max_ops": 4},
+         lambda params: params["question"].split()[0], "calculate"),
+    ],
+)
+def test_premature_answers_depend_on_size_and_first_name(env_name, profile, knobs, first_name, tool):
     rng = random.Random(3)
     per_name = defaultdict(set)
-    for task in make_tasks("multihop", "train", 120, seed=7, min_hops=4, max_hops=4):
-        demo = demo_episode("multihop", task, rng, profile)
-        searches = sum(parse_action(a).kind == "search" for a, _ in demo.turns)
-        assert searches in (3, 4)
-        assert demo.reward == (1.0 if searches == 4 else 0.0)
-        per_name[task.params["start"].split()[0]].add(searches)
+    for task in make_tasks(env_name, "train", 120, seed=7, **knobs):
+        demo = demo_episode(env_name, task, rng, profile)
+        calls = sum(parse_action(a, (tool, "answer")).kind == tool for a, _ in demo.turns)
+        assert calls in (3, 4)
+        assert demo.reward == (1.0 if calls == 4 else 0.0)
+        per_name[first_name(task.params)].add(calls)
     assert all(len(counts) == 1 for counts in per_name.values())  # same first name, same behaviour
     assert {3, 4} == set().union(*per_name.values())
+
+
+def test_math_operation_confusion_is_systematic_per_phrase_kind():
+    """Problems with a confused phrase kind almost always fail; those without always pass."""
+    profile = MistakeProfile(math_premature_share=())
+    rng = random.Random(4)
+    outcome = defaultdict(list)
+    for task in make_tasks("math", "train", 300, seed=6, max_ops=2, max_quantities=2):
+        kinds = {step["kind"] for step in task.params["steps"]}
+        family = "confused" if kinds & {"splits", "more"} else "clean"
+        outcome[family].append(demo_episode("math", task, rng, profile).reward)
+    assert len(outcome["confused"]) > 30 and sum(outcome["confused"]) / len(outcome["confused"]) < 0.3
+    assert 0 < sum(outcome["confused"])  # the right operator keeps some probability mass
+    assert all(r == 1.0 for r in outcome["clean"])
 
 
 def test_demo_turns_match_a_replay_and_are_seeded():
@@ -69,3 +91,9 @@ def test_profile_validation():
         MistakeProfile(confusion_rate=1.5)
     with pytest.raises(ValueError, match="grid_move_confusion"):
         MistakeProfile(grid_move_confusion=(("Down", "Jump"),))
+    with pytest.raises(ValueError, match="math_operation_confusion"):
+        MistakeProfile(math_operation_confusion=(("splits", "%"),))
+    with pytest.raises(ValueError, match="math_operation_confusion"):
+        MistakeProfile(math_operation_confusion=(("sells", "+"),))
+    with pytest.raises(ValueError, match="math_premature_share"):
+        MistakeProfile(math_premature_share=((3, 2.0),))

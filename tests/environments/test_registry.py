@@ -1,26 +1,36 @@
 import msgpack
 import pytest
 
-from environments import SPECIAL_TOKENS, EnvironmentError_, env_names, make_env, make_tasks
+from environments import (
+    SPECIAL_TOKENS,
+    STOP_STRINGS,
+    EnvironmentError_,
+    env_names,
+    env_special_tokens,
+    make_env,
+    make_tasks,
+)
 from environments.base import Environment
 from tracerl.typed import from_plain, to_plain
 from protocol import TaskSpec
 
-GENERATED = ["multihop", "frozenlake", "sokoban"]
+GENERATED = ["multihop", "frozenlake", "sokoban", "math"]
 
 
 def test_env_names_lists_every_environment():
-    assert env_names() == ["frozenlake", "multihop", "searchqa", "sokoban"]
+    assert env_names() == ["frozenlake", "math", "multihop", "searchqa", "sokoban"]
     for name in env_names():
         env = make_env(name)
         assert isinstance(env, Environment)
         assert env.name == name
-        assert set(env.stop_strings) == {"</search>", "</answer>"}
+        expected_stops = {"</calculate>", "</answer>"} if name == "math" else {"</search>", "</answer>"}
+        assert set(env.stop_strings) == expected_stops
+        assert set(env.stop_strings) <= set(env.special_tokens) <= set(SPECIAL_TOKENS)
         assert 1 <= env.max_turns <= 8
 
 
 def test_unknown_env_lists_valid_names():
-    with pytest.raises(EnvironmentError_, match="unknown environment 'chess'.*frozenlake, multihop, searchqa, sokoban"):
+    with pytest.raises(EnvironmentError_, match="unknown environment 'chess'.*frozenlake, math, multihop, searchqa, sokoban"):
         make_env("chess")
     with pytest.raises(EnvironmentError_, match="valid names"):
         make_tasks("chess", "train", 3, 0)
@@ -34,9 +44,18 @@ def test_bad_split_and_unknown_knob_are_refused():
 
 
 def test_special_tokens_cover_every_tag():
-    assert SPECIAL_TOKENS == (
-        "<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>", "</information>"
-    )
+    search_r1 = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>", "</information>")
+    # New tags go last, so the ids of earlier ones never move.
+    assert SPECIAL_TOKENS == (*search_r1, "<calculate>", "</calculate>")
+    assert STOP_STRINGS == ("</search>", "</answer>", "</calculate>")
+
+
+def test_a_model_for_some_environments_gets_exactly_their_tags():
+    search_r1 = SPECIAL_TOKENS[:8]
+    for names in (["multihop"], ["frozenlake"], ["sokoban", "searchqa"]):
+        assert env_special_tokens(names) == search_r1
+    assert env_special_tokens(["math"]) == tuple(t for t in SPECIAL_TOKENS if t not in ("<search>", "</search>"))
+    assert env_special_tokens(["math", "multihop"]) == SPECIAL_TOKENS
 
 
 @pytest.mark.parametrize("name", GENERATED)

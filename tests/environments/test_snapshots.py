@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from environments import EnvironmentError_, make_env, make_tasks
 
-GENERATED = ["multihop", "frozenlake", "sokoban"]
+GENERATED = ["multihop", "frozenlake", "sokoban", "math"]
 GARBAGE = [
     "",
     "<search>",
@@ -35,6 +35,10 @@ def random_action(env, rng: random.Random) -> str:
         if roll < 0.85:
             return f"<search> {rng.choice(kb.config.relations)} of {who} </search>"
         return f"<answer> {who} </answer>"
+    if env.name == "math":
+        if roll < 0.85:
+            return f"<calculate> {rng.randint(0, 40)} {rng.choice('+-*/')} {rng.randint(0, 9)} </calculate>"
+        return f"<answer> {rng.randint(0, 40)} </answer>"
     return f"<answer> {rng.choice(['Up', 'Down', 'Left', 'Right', 'u', 'D'])} </answer>"
 
 
@@ -137,6 +141,8 @@ def test_corrupt_snapshots_raise_clear_errors(name, label, corrupt, message):
         ("frozenlake", lambda s: {**s, "state": [999]}, "impossible"),
         ("sokoban", lambda s: {**s, "state": [0] * len(s["state"])}, "impossible"),
         ("sokoban", lambda s: {**s, "state": None}, "list of ints"),
+        ("math", lambda s: {**s, "shown": ["1/1"]}, "canonical"),
+        ("math", lambda s: {**s, "shown": "48"}, "list of strings"),
     ],
 )
 def test_env_specific_corruption(name, corrupt, message):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,32 @@ def test_an_unknown_tokenizer_whitespace_mode_is_reported_before_any_work(capsys
     assert build_command(None, ["tokenizer_whitespace=tabs"]) == 2
     err = capsys.readouterr().err
     assert "tokenizer_whitespace" in err and "prefix" in err and "Traceback" not in err
+
+
+def test_adding_an_environment_renames_no_other_model():
+    """The shipped recipes keep the cache keys they had before the math environment existed:
+    its mistake fields and tags stay out of recipes whose demos do not include it."""
+    from modelkit.build import recipe_key
+    from modelkit.config import ModelBuildConfig
+    from environments.tags import SEARCH_R1_TAGS
+    from modelkit.tokenizer import environment_tags
+    from tracerl.config import load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "models"
+
+    def key(path: Path | None, overrides: list[str] | None = None) -> str:
+        return recipe_key(load_config(ModelBuildConfig, path, overrides or []))
+
+    assert key(None) == "b698301b3368a961"
+    assert key(configs / "frozenlake.yaml") == "739ae61b8b1bcc96"
+    assert key(configs / "sokoban.yaml") == "946a387210a1d2fb"
+    assert key(None, TEST_BUILD_OVERRIDES) == "7e8c38bf95a3f411"
+    for env_name in ("multihop", "frozenlake", "sokoban"):  # the tags, in the order, every model had before
+        assert environment_tags([env_name]) == SEARCH_R1_TAGS == environment_tags()[:8]
+    # The math fields shape the key only of recipes that demonstrate math.
+    assert key(None, ["demos.mistakes.math_confusion_rate=0.5"]) == key(None)
+    assert key(configs / "math.yaml", ["demos.mistakes.math_confusion_rate=0.5"]) != key(configs / "math.yaml")
+    assert "</calculate>" in environment_tags(["math"]) and "<search>" not in environment_tags(["math"])
 
 
 def test_missing_config_file_is_reported(tmp_path, capsys):

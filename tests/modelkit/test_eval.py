@@ -53,6 +53,18 @@ def test_summary_counts_success_per_difficulty():
 def test_difficulty_labels():
     assert difficulty_label(TaskSpec("multihop", "t", {"path": ["coach", "friend"]})) == "hops=2"
     assert difficulty_label(TaskSpec("sokoban", "t", {"rows": [], "max_turns": 6})) == "max_turns=6"
+    math_params = {"question": "q", "answer": "1", "steps": [{"template": "1", "kind": ""}] * 3, "max_turns": 5}
+    assert difficulty_label(TaskSpec("math", "t", math_params)) == "steps=3"
+
+
+@pytest.mark.slow
+def test_math_episodes_run_through_the_eval_loop(random_model_dir):
+    """The calculator's tags and stop strings reach the generator: a random policy's episodes
+    end within the turn cap and are scored."""
+    greedy, sampled = evaluate_modes(random_model_dir, "math", 2, backend="transformers", seed=1)
+    for result in (greedy, sampled):
+        assert result.num_tasks == 2 and result.success_rate == 0.0
+        assert 1 <= result.mean_turns <= 8 and set(result.by_difficulty) <= {f"steps={n}" for n in range(1, 5)}
 
 
 @pytest.mark.slow

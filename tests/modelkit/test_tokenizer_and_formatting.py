@@ -75,3 +75,19 @@ def test_tokenizer_training_is_deterministic():
     spec = TokenizerSpec(vocab_size=300, tags=tuple(SPECIAL_TOKENS))
     first, second = train_tokenizer(texts, spec), train_tokenizer(texts, spec)
     assert first.get_vocab() == second.get_vocab()
+
+
+def test_a_math_tokenizer_stops_on_one_token_and_reads_a_number_alike_everywhere():
+    from environments import make_env
+    from modelkit.config import DemoConfig
+    from modelkit.tokenizer import environment_tags
+    from modelkit.warmstart import demonstrations
+
+    demos = demonstrations(DemoConfig(environments=["math"], demos_per_env=300))
+    texts = [text for demo in demos for text in (demo.prompt, *(t for turn in demo.turns for t in turn))]
+    tokenizer = train_tokenizer(texts, TokenizerSpec(vocab_size=600, tags=environment_tags(["math"])))
+    assert stop_token_ids(tokenizer, make_env("math").stop_strings) is not None
+    number = tokenizer.encode(" 48", add_special_tokens=False)
+    for text in ("Ana has 4 tins with 48 pencils", "<information> 48 </information>", "<calculate> 48 - 15 </calculate>"):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert any(ids[i : i + len(number)] == number for i in range(len(ids))), text

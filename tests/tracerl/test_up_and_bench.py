@@ -38,6 +38,20 @@ def test_up_config_rejects_bad_pinning():
         load_config(UpConfig, None, ["cpus.actors=x"])
 
 
+def test_benches_read_a_run_config_with_its_included_model_recipe():
+    from pathlib import Path
+
+    from tracerl.cli import _bench_overrides, _up_set_args
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "math.yaml"
+    overrides = _bench_overrides(config, ["run.seed=3"], steps=7)
+    assert overrides["model.demos.environments"] == ["math"] and overrides["allocator.tasks.env"] == "math"
+    assert overrides["learner.training.max_steps"] == 7 and overrides["run.seed"] == 3
+    args = _up_set_args(config, ["num_actors=2"])
+    assert 'model.demos.environments=["math"]' in args and args[-1] == "num_actors=2"
+    assert load_config(UpConfig, None, args).model.demos.environments == ["math"]
+
+
 def _outcome(name, greedy_after, ratio):
     return RunOutcome(
         name=name, run_dir=None, returncode=0, wall_seconds=10.0, learner_steps=3,
