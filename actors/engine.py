@@ -20,6 +20,7 @@ from typing import Any
 
 from actors.config import EngineSettings
 from protocol.messages import SamplingSpec
+from tracerl.end_with_parent import multiprocessing_children_end_with_this_process
 from tracerl.logs import get_logger
 
 log = get_logger(__name__)
@@ -163,7 +164,10 @@ class PolicyEngine:
             # Read by the engine-core process vLLM spawns, so it must be set before start-up.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
         started = time.perf_counter()
-        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir, settings, gpu)))
+        # The engine core and its workers are processes of their own: without this, a SIGKILL of
+        # this process would leave them running, holding their memory and device.
+        with multiprocessing_children_end_with_this_process():
+            llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir, settings, gpu)))
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         log.info("engine_started", model_dir=model_dir, gpu=gpu, seconds=round(time.perf_counter() - started, 1))
         return cls(llm, tokenizer, model_dir, settings, policy_version)

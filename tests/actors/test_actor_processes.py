@@ -42,8 +42,8 @@ def start_actor(bus_run, model_dir: Path, actor_id: str, tmp_path: Path) -> subp
     path = tmp_path / f"{actor_id}.yaml"
     path.write_text(yaml.safe_dump(config))
     log = (tmp_path / f"{actor_id}.log").open("wb")
-    # Own process group: a SIGKILL of the group takes vLLM's engine-core children down too, as a
-    # host crash would (killing only the actor's pid leaves them orphaned).
+    # Own process group: a SIGKILL of the group takes vLLM's engine processes down at once, as a
+    # host crash would (killing only the actor's pid ends them too, a moment later).
     return subprocess.Popen([sys.executable, "-m", "actors", "--config", str(path)], cwd=REPO, stdout=log,
                             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             start_new_session=True)
