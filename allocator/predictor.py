@@ -342,3 +342,23 @@ def calibration_error(probabilities: Sequence[float], outcomes: Sequence[float],
         if mask.any():
             total += mask.mean() * abs(p[mask].mean() - y[mask].mean())
     return float(total)
+
+
+def within_group_auc(probabilities: Sequence[float], labels: Sequence[int], groups: Sequence[str]) -> float:
+    """AUC over the (success, failure) pairs of the same group only, ties counted half.
+
+    Groups are prompts: this is how well the scores order one prompt's own prefixes, which
+    is what stage 2 needs and what a per-prompt counter cannot do (it gives all of a
+    prompt's prefixes one score, so its within-prompt AUC is 0.5). NaN without such a pair.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    g = np.asarray(groups)
+    ordered, pairs = 0.0, 0
+    for group in np.unique(g):
+        mask = g == group
+        pos, neg = int(y[mask].sum()), int((~y[mask]).sum())
+        if pos and neg:
+            ordered += auc(p[mask], y[mask]) * pos * neg
+            pairs += pos * neg
+    return ordered / pairs if pairs else float("nan")
