@@ -42,6 +42,9 @@ class PredictorConfig:
     decay: float = 0.7
     max_lag: int = 4
     use_bigrams: bool = True
+    # Read the environment's progress score (TurnNode.env_score: e.g. the share of the needed
+    # evidence found) when the environment has one. Off, the model sees text and structure only.
+    use_env_score: bool = True
 
     def __post_init__(self) -> None:
         if not 8 <= self.hash_bits <= 22:
@@ -77,7 +80,9 @@ class PrefixView:
     turns: tuple[tuple[str, str], ...]  # (action text, observation text)
     depth: int
     max_turns: int
-    prompt_stats: PromptStats = PromptStats()
+    # The environment's progress score after the last turn and after the one before, if any.
+    env_score: float | None = None
+    previous_env_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,18 @@ def _hash(key: str, bits: int) -> int:
     return zlib.crc32(key.encode()) & ((1 << bits) - 1)
 
 
-STRUCTURED = ("bias", "depth", "tool_calls", "last_obs_len", "last_obs_error", "prompt_logit", "prompt_evidence")
+# The prompt's own outcomes are not features: allocator/posterior.py adds them as evidence
+# over this model's prediction, which stays a prior shared by all prompts.
+STRUCTURED = (
+    "bias",
+    "depth",
+    "tool_calls",
+    "last_obs_len",
+    "last_obs_error",
+    "prompt_words",
+    "env_score",
+    "env_score_gain",
+)
 
 
 def text_counts(namespace: str, text: str, config: PredictorConfig) -> dict[int, float]:
@@ -133,7 +149,9 @@ def featurize(view: PrefixView, config: PredictorConfig) -> SparseFeatures:
         max_turns=view.max_turns,
         tool_calls=sum(1 for _, o in view.turns if o.strip()),
         last_observation=view.turns[-1][1] if view.turns else "",
-        prompt_stats=view.prompt_stats,
+        prompt_words=len(_tokens(view.prompt_text)),
+        env_score=view.env_score,
+        previous_env_score=view.previous_env_score,
         config=config,
     )
 
@@ -145,11 +163,19 @@ def features_from_counts(
     max_turns: int,
     tool_calls: int,
     last_observation: str,
-    prompt_stats: PromptStats,
+    prompt_words: int,
     config: PredictorConfig,
+    env_score: float | None = None,
+    previous_env_score: float | None = None,
 ) -> SparseFeatures:
     """Hashed counts of prompt, actions and observations (``counts``), log-scaled and
-    normalised, plus the structured features in the slots after the hashed block."""
+    normalised, plus the structured features in the slots after the hashed block.
+
+    ``prompt_words`` is there because a hashed count normalised over a whole prompt says
+    little about its length, and length is how harder questions often show (one more hop
+    is one more clause). The progress score enters only when the config asks for it and the
+    environment gives one; its gain over the previous turn says whether the turn helped.
+    """
     indices = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
     # log1p keeps a word repeated along a long prefix from dominating the logit
     values = np.log1p(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
@@ -157,9 +183,8 @@ def features_from_counts(
     values = values / norm
 
     last_obs = last_observation
-    stats = prompt_stats
-    evidence = stats.successes + stats.failures
-    mean = stats.posterior_mean()
+    score = env_score if config.use_env_score and env_score is not None else None
+    gain = score - (previous_env_score or 0.0) if score is not None else 0.0
     structured = np.array(
         [
             1.0,
@@ -167,8 +192,9 @@ def features_from_counts(
             tool_calls / max(1, max_turns),
             math.log1p(len(_tokens(last_obs))) / 5.0,
             1.0 if _ERROR.search(last_obs) else 0.0,
-            math.log(mean / (1.0 - mean)),
-            math.log1p(evidence) / 3.0,
+            math.log1p(prompt_words) / 3.0,
+            score if score is not None else 0.0,
+            gain,
         ]
     )
     base = 1 << config.hash_bits
