@@ -34,9 +34,8 @@ on a complete path) is listed by ``pop_dropped``, so that the shell can record i
 
 from __future__ import annotations
 
-import functools
 import dataclasses
-import math
+import functools
 import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -50,20 +49,9 @@ from tracerl.logs import get_logger
 
 from .allocation import PrefixGreedy, RootsDP
 from .budget import BudgetLedger
-from .predictor import BetaBaseline, PredictorConfig, PromptStats, SharedPredictor, SparseFeatures
-from .predictor import auc as auc_score
-from .predictor import calibration_error
-from .predictor import features_from_counts, merge_counts, text_counts, turn_counts
-from .selection import (
-    dps_category,
-    dps_emission,
-    dps_predict,
-    dps_prior,
-    dps_transition,
-    dps_update,
-    select_dps,
-    select_gps,
-)
+from .learning import OutcomeModel, Totals, TrainingBatch, allocator_metrics, default_prompt_text
+from .predictor import PredictorConfig
+from .selection import select_dps, select_gps
 from .tree import NodeState, RolloutTree, WorkRecord, at_horizon
 
 log = get_logger(__name__)
@@ -221,8 +209,6 @@ class StepState:
 # spends at most AllocatorCoreConfig.plan_units_per_call of them (plus one piece that
 # cannot be split), so these only need to be right to within a factor of about two.
 _UNITS_DRAW_PER_TASK = 0.1  # a pool draw, per task in the task pool
-_UNITS_FEATURIZE = 50  # a prompt's features built from scratch (cached afterwards)
-_UNITS_SCORE = 4.5  # a prefix or prompt through the batched predictor
 _UNITS_SCAN = 1.5  # a node checked for branchability
 _UNITS_ALLOCATE = 0.3  # a candidate in the stage-2 greedy's final merge
 _UNITS_EMIT = 2.5  # a planned item wrapped for the queue
@@ -270,15 +256,6 @@ class BranchesJob:
     plan: list[Issue] = field(default_factory=list)
 
 
-def default_prompt_text(task: TaskSpec) -> str:
-    """Text the predictor sees for a prompt when the shell gives no better function."""
-    for key in ("question", "prompt", "text"):
-        value = task.params.get(key)
-        if isinstance(value, str):
-            return value
-    return " ".join(str(v) for v in task.params.values() if isinstance(v, (str, int, float)))
-
-
 _STEP_OF_TREE = re.compile(r"s(\d+)-\d+$")
 
 
@@ -321,11 +298,15 @@ class AllocatorCore:
         self.config = config
         self.task_pool = list(task_pool)
         self.run_id = run_id
-        self.prompt_text = prompt_text
         self.id_prefix = id_prefix
         self.rng = np.random.default_rng(seed)
-        self.predictor = SharedPredictor(config.predictor)
-        self.beta = BetaBaseline()
+        self.outcomes = OutcomeModel(
+            config.predictor,
+            max_turns=config.max_turns,
+            prompt_stats_decay=config.prompt_stats_decay,
+            dps_stickiness=config.dps_stickiness,
+            prompt_text=prompt_text,
+        )
         self.policy_version = 0
         self._base_version: int | None = None
         self._next_step = 0
@@ -334,12 +315,6 @@ class AllocatorCore:
         self.steps: dict[int, StepState] = {}
         self.emitted: set[str] = set()
         self._completed: list[CompletedTree] = []
-        self.prompt_stats: dict[str, PromptStats] = {}
-        self.dps_belief: dict[str, np.ndarray] = {}
-        self._root_features: dict[str, SparseFeatures] = {}
-        self._prompt_count_cache: dict[str, dict[int, float]] = {}
-        # A prompt's root features and the statistics they were built with.
-        self._root_feature_cache: dict[str, tuple[PromptStats, SparseFeatures]] = {}
         self._trees_with_orphans: set[str] = set()
         self._replaying = False
         # Every node this core decided not to pass on, by id: (reason, tree id, node id).
@@ -349,18 +324,9 @@ class AllocatorCore:
         self._emitted_steps: set[int] = set()
         self._emitted_node_ids: set[str] = set()
         self.counters: Counter[str] = Counter()
-        self._closed_budget = Counter()
-        # Prequential predictor scores over a sliding window of the most recent samples.
-        window = 20_000
-        self._evaluation: dict[str, deque[float]] = {
-            "p": deque(maxlen=window),
-            "beta": deque(maxlen=window),
-            "target": deque(maxlen=window),
-        }
+        self.totals = Totals()
         # Recent stage-1 decisions (step, candidate task ids, rollouts each) for diagnostics.
         self.stage1_log: deque[tuple[int, tuple[str, ...], tuple[int, ...]]] = deque(maxlen=4096)
-        self._informative_tokens = 0
-        self._trained_tokens = 0
 
     # ------------------------------------------------------------------ inputs
 
@@ -390,7 +356,7 @@ class AllocatorCore:
             if self.policy_version - current.policy_version > self.config.staleness_eta:
                 self.counters["nodes_stale_version"] += 1
             state = tree.nodes[current.node_id]
-            state.features = self._featurize_node(tree, state)
+            self.outcomes.observe_node(tree, state)
             record = tree.work.get(current.work_id)
             if record is None:
                 self.counters["nodes_without_work"] += 1
@@ -446,7 +412,7 @@ class AllocatorCore:
         self.trees[tree_id] = tree
         step.tree_ids.append(tree_id)
         step.tasks.add(task.task_id)
-        self._root_features[tree_id] = self._featurize_root(task)
+        self.outcomes.open_tree(tree_id, task)
         return tree
 
     def _note_work_id(self, work_id: str) -> None:
@@ -729,13 +695,12 @@ class AllocatorCore:
         else:
             pool = self._draw_pool(step, max(1, groups) * cfg.pool_factor)
             if stage1 == "gps":
-                values = self._predict_roots(pool)
-                embeddings = self._prompt_embeddings(pool)
+                values = self.outcomes.predict_roots(pool)
+                embeddings = self.outcomes.prompt_embeddings(pool)
                 chosen = set(select_gps(values, embeddings, groups, cfg.gps_diversity))
                 counts = [cfg.group_size if i in chosen else 0 for i in range(len(pool))]
             else:
-                transition = dps_transition(cfg.dps_stickiness)
-                mixed = [dps_predict(self.dps_belief.get(t.task_id, dps_prior()), transition)[1] for t in pool]
+                mixed = self.outcomes.mixed_probabilities(pool)
                 chosen = set(select_dps(mixed, groups, self.rng))
                 counts = [cfg.group_size if i in chosen else 0 for i in range(len(pool))]
         self.stage1_log.append((step.index, tuple(t.task_id for t in pool), tuple(counts)))
@@ -754,17 +719,12 @@ class AllocatorCore:
             groups = job.rollouts // cfg.group_size
             job.pool = self._draw_pool(step, max(1, groups) * cfg.pool_factor)
             return None, units - cost
-        if job.dp is None and job.revision != self.predictor.revision:
+        if job.dp is None and job.revision != self.outcomes.revision:
             # Every score of a round comes from one model: a step closing mid-plan retrains it.
-            job.revision, job.values = self.predictor.revision, []
+            job.revision, job.values = self.outcomes.revision, []
         if len(job.values) < len(job.pool):
-            batch: list[SparseFeatures] = []
-            for task in job.pool[len(job.values) :]:
-                if units <= 0:
-                    break
-                units -= _UNITS_SCORE if self._root_features_cached(task) else _UNITS_FEATURIZE
-                batch.append(self._featurize_root(task))
-            job.values.extend(self.predictor.predict_many(batch)[0].tolist())
+            values, units = self.outcomes.score_roots(job.pool[len(job.values) :], units)
+            job.values.extend(values)
             return None, units
         if job.dp is None:
             job.dp = RootsDP.start(job.values, job.rollouts, cfg.max_per_prompt)
@@ -787,24 +747,6 @@ class AllocatorCore:
                 job.plan.append(self._root_issue(step, task, m))
         job.emitted = end
         return (job.plan if end == len(job.pool) else None), units - _UNITS_EMIT * (end - start)
-
-    def _root_features_cached(self, task: TaskSpec) -> bool:
-        cached = self._root_feature_cache.get(task.task_id)
-        return cached is not None and cached[0] == self.prompt_stats.get(task.task_id, PromptStats())
-
-    def _predict_roots(self, pool: Sequence[TaskSpec]) -> list[float]:
-        features = [self._featurize_root(t) for t in pool]
-        probs, _ = self.predictor.predict_many(features)
-        return probs.tolist()
-
-    def _prompt_embeddings(self, pool: Sequence[TaskSpec]) -> np.ndarray:
-        width = 1 << self.config.predictor.hash_bits
-        out = np.zeros((len(pool), width))
-        for i, task in enumerate(pool):
-            f = self._featurize_root(task)
-            text = f.indices < width
-            out[i, f.indices[text]] = f.values[text]
-        return out
 
     def _new_work_id(self, tree_id: str) -> str:
         self._work_seq += 1
@@ -830,7 +772,7 @@ class AllocatorCore:
         self.trees[tree_id] = tree
         step.tree_ids.append(tree_id)
         step.tasks.add(task.task_id)
-        self._root_features[tree_id] = self._featurize_root(task)
+        self.outcomes.open_tree(tree_id, task)
         item = WorkItem(
             run_id=self.run_id,
             work_id=self._new_work_id(tree_id),
@@ -930,18 +872,14 @@ class AllocatorCore:
                         job.already.append(state.expansions)
             return None, units
         n = len(job.candidates)
-        revision = self.predictor.revision
+        revision = self.outcomes.revision
         if job.chosen is None and job.revision != revision:
             # As in _advance_roots; predictions cached on the nodes at this revision are kept.
             job.revision, job.scored, job.greedy = revision, 0, PrefixGreedy()
         if job.scored < n:
-            start, end = job.scored, min(n, job.scored + max(1, int(units / _UNITS_SCORE)))
+            start, end = job.scored, min(n, job.scored + max(1, int(units / OutcomeModel.PREDICT_UNITS)))
             states = [state for _, state in job.candidates[start:end]]
-            stale = [state for state in states if state.prediction_revision != revision]
-            if stale:
-                probs, _ = self.predictor.predict_many([state.features for state in stale])
-                for state, p in zip(stale, probs.tolist()):
-                    state.prediction, state.prediction_revision = p, revision
+            scoring = self.outcomes.refresh_predictions(states)
             job.greedy.add(
                 np.asarray(job.outcome[start:end], dtype=np.float64),
                 np.fromiter((state.prediction for state in states), dtype=np.float64, count=len(states)),
@@ -950,7 +888,7 @@ class AllocatorCore:
                 np.asarray(job.already[start:end], dtype=np.int64),
             )
             job.scored = end
-            return None, units - _UNITS_SCORE * len(stale) - _UNITS_SCAN * len(states)
+            return None, units - scoring - _UNITS_SCAN * len(states)
         if job.chosen is None:
             cost = _UNITS_ALLOCATE * n
             if not self._starts_or_fits(cost, units):
@@ -1112,9 +1050,7 @@ class AllocatorCore:
     # ------------------------------------------------------------------ closing
 
     def _close_step(self, step: StepState, now: float, forced: bool) -> None:
-        samples: list[SparseFeatures] = []
-        targets: list[float] = []
-        weights: list[float] = []
+        batch = TrainingBatch()
         emitted: list[CompletedTree] = []
         for tree_id in step.tree_ids:
             tree = self.trees.pop(tree_id, None)
@@ -1131,19 +1067,21 @@ class AllocatorCore:
                 self._drop("left_out", tree_id, [i for i in tree.nodes if i not in kept])
             if completed is None:
                 self.counters["trees_dropped"] += 1
-                self._root_features.pop(tree_id, None)
+                self.outcomes.drop_tree(tree_id)
                 continue
             self.counters[f"trees_{status}"] += 1
             emitted.append(completed)
-            self._account_tree(tree)
-            self._learn_from_tree(tree, samples, targets, weights)
+            self.counters["groups"] += 1
+            if tree.leaves and tree.mixed:
+                self.counters["groups_mixed"] += 1
+            self.totals.add_tree(tree)
+            too_stale = self.outcomes.learn_from_tree(tree, batch, self.policy_version)
+            if too_stale:
+                self.counters["predictor_samples_too_stale"] += too_stale
         # The learner trains one allocator step per update, so it must know when a step is whole.
         self._completed.extend(dataclasses.replace(tree, step_tree_count=len(emitted)) for tree in emitted)
-        self._evaluate_then_train(samples, targets, weights)
-        self._closed_budget["turns"] += step.budget.used_turns
-        self._closed_budget["tokens"] += step.budget.used_tokens
-        self._closed_budget["committed"] += step.budget.committed
-        self._closed_budget["overspent"] += step.budget.overspent_turns
+        self.outcomes.evaluate_then_train(batch)
+        self.totals.add_step(step.budget)
         del self.steps[step.index]
         self.counters["steps_closed_forced" if forced else "steps_closed"] += 1
         log.info(
@@ -1155,130 +1093,15 @@ class AllocatorCore:
             forced=forced,
         )
 
-    def _account_tree(self, tree: RolloutTree) -> None:
-        self.counters["groups"] += 1
-        if tree.leaves and tree.mixed:
-            self.counters["groups_mixed"] += 1
-        root_value = tree.successes / tree.leaves if tree.leaves else 0.0
-        for state in tree.nodes.values():
-            if state.leaves < 1:
-                continue
-            tokens = len(state.node.action_token_ids)
-            self._trained_tokens += tokens
-            # Flat GRPO: a node's advantage is its subtree's mean outcome minus the group's.
-            if abs(state.successes / state.leaves - root_value) > 1e-12:
-                self._informative_tokens += tokens
-
-    def _learn_from_tree(self, tree: RolloutTree, samples: list, targets: list, weights: list) -> None:
-        cfg = self.config
-        if tree.leaves:
-            samples.append(self._root_features.pop(tree.tree_id, None) or self._featurize_root(tree.task))
-            targets.append(tree.successes / tree.leaves)
-            weights.append(1.0)
-            self._evaluation["beta"].append(self.beta.predict(tree.task.task_id))
-        for state in tree.nodes.values():
-            if state.leaves < 1 or state.features is None:
-                continue
-            weight = self.predictor.sample_weight(self.policy_version - state.node.policy_version)
-            if weight <= 0:
-                self.counters["predictor_samples_too_stale"] += 1
-                continue
-            samples.append(state.features)
-            targets.append(state.successes / state.leaves)
-            weights.append(weight)
-            self._evaluation["beta"].append(self.beta.predict(tree.task.task_id))
-        successes, failures = tree.successes, tree.leaves - tree.successes
-        task_id = tree.task.task_id
-        old = self.prompt_stats.get(task_id, PromptStats())
-        decay = cfg.prompt_stats_decay
-        self.prompt_stats[task_id] = PromptStats(old.successes * decay + successes, old.failures * decay + failures)
-        self.beta.observe(task_id, successes, failures)
-        if tree.leaves:
-            belief = self.dps_belief.get(task_id, dps_prior())
-            self.dps_belief[task_id] = dps_update(
-                belief,
-                dps_transition(cfg.dps_stickiness),
-                dps_emission(tree.leaves),
-                dps_category(successes, tree.leaves),
-            )
-
-    def _evaluate_then_train(self, samples: list, targets: list, weights: list) -> None:
-        if not samples:
-            return
-        # Prequential: every sample is scored before the model has seen it.
-        probs, _ = self.predictor.predict_many(samples)
-        self._evaluation["p"].extend(probs.tolist())
-        self._evaluation["target"].extend(targets)
-        self.predictor.update(samples, targets, weights)
-
-    # ------------------------------------------------------------------ features
-
-    def _prompt_counts(self, task: TaskSpec) -> dict[int, float]:
-        counts = self._prompt_count_cache.get(task.task_id)
-        if counts is None:
-            counts = text_counts("p", self.prompt_text(task), self.config.predictor)
-            self._prompt_count_cache[task.task_id] = counts
-        return counts
-
-    def _featurize_root(self, task: TaskSpec) -> SparseFeatures:
-        stats = self.prompt_stats.get(task.task_id, PromptStats())
-        cached = self._root_feature_cache.get(task.task_id)
-        if cached is not None and cached[0] == stats:
-            return cached[1]
-        features = features_from_counts(
-            self._prompt_counts(task),
-            depth=0,
-            max_turns=self.config.max_turns,
-            tool_calls=0,
-            last_observation="",
-            prompt_stats=stats,
-            config=self.config.predictor,
-        )
-        self._root_feature_cache[task.task_id] = (stats, features)
-        return features
-
-    def _featurize_node(self, tree: RolloutTree, state: NodeState) -> SparseFeatures:
-        """Built from the parent's cached counts plus this turn, so each node costs one turn."""
-        node = state.node
-        parent = tree.nodes[node.parent_id] if node.parent_id is not None else None
-        base = parent.text_counts if parent is not None else self._prompt_counts(tree.task)
-        state.text_counts = merge_counts(base, turn_counts(node.action_text, node.observation_text, self.config.predictor))
-        state.tool_calls = (parent.tool_calls if parent is not None else 0) + int(bool(node.observation_text.strip()))
-        return features_from_counts(
-            state.text_counts,
-            depth=node.depth,
-            max_turns=self.config.max_turns,
-            tool_calls=state.tool_calls,
-            last_observation=node.observation_text,
-            prompt_stats=self.prompt_stats.get(tree.task.task_id, PromptStats()),
-            config=self.config.predictor,
-        )
-
     # ------------------------------------------------------------------ metrics
 
     def metrics(self) -> dict[str, float | int]:
-        c = self.counters
-        groups = c["groups"]
-        turns = self._closed_budget["turns"]
-        p = self._evaluation["p"]
-        y = self._evaluation["target"]
-        hits, misses = c["affinity_hits"], c["affinity_misses"]
-        out: dict[str, float | int] = dict(c)
-        out.update(
-            effective_ratio=(c["groups_mixed"] / groups) if groups else 0.0,
-            mixed_groups_per_100_turns=(100.0 * c["groups_mixed"] / turns) if turns else 0.0,
-            informative_token_fraction=(self._informative_tokens / self._trained_tokens) if self._trained_tokens else 0.0,
-            budget_turns_used=turns,
-            budget_tokens_used=self._closed_budget["tokens"],
-            budget_overspent_turns=self._closed_budget["overspent"],
-            affinity_hit_rate=(hits / (hits + misses)) if hits + misses else 0.0,
-            predictor_brier=float(np.mean((np.asarray(p) - np.asarray(y)) ** 2)) if p else math.nan,
-            predictor_auc=auc_score(list(p), [int(t >= 0.5) for t in y]) if p else math.nan,
-            predictor_calibration_error=calibration_error(p, y) if p else math.nan,
-            beta_baseline_brier=float(np.mean((np.asarray(self._evaluation["beta"]) - np.asarray(y)) ** 2)) if p else math.nan,
+        return allocator_metrics(
+            self.counters,
+            self.totals,
+            self.outcomes.scores(),
             open_steps=len(self.steps),
             open_trees=len(self.trees),
             open_nodes=sum(len(t.nodes) for t in self.trees.values()),
             policy_version=self.policy_version,
         )
-        return out
