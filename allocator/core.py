@@ -17,16 +17,8 @@ Step life cycle (one allocator step = one batch for the learner):
      from it. Steps overlap: step s+1 may open while s is in its last rounds, as long as
      the allocator is at most ``staleness_eta`` versions ahead of the learner.
 
-Rebuilding after a restart: make a fresh core with the same config and pool, call
-``on_policy_version`` with the learner's current version, then replay the durable streams:
-``restore_emitted`` for each tree on the trees stream (its id and node ids; its step is
-closed), ``restore_work`` for each WorkItem still pending on the work stream (optional:
-acked items are gone from it), ``restore_node`` for each TurnNode on the nodes stream, and
-``finish_replay`` once. A node id seen again (replayed, then redelivered) changes nothing.
-Trees, backup statistics, used turns and turn-level work items are rebuilt from the nodes;
-reservations of finished items are settled to their actual use. A replayed step resumes at
-stage 2 (search strategies, whose frontier is not in the streams, finish the restored
-step with the work already issued).
+Rebuilding after a restart replays the durable streams into a fresh core: see
+allocator/replay.py.
 
 Every node the core will not pass on (late, unknown tree, expired or left-over orphan, not
 on a complete path) is listed by ``pop_dropped``, so that the shell can record it by id.
@@ -36,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +42,9 @@ from .allocation import PrefixGreedy, RootsDP
 from .budget import BudgetLedger
 from .learning import OutcomeModel, Totals, TrainingBatch, allocator_metrics, default_prompt_text
 from .predictor import PredictorConfig
+from .replay import CrashReplay, ReplayState
 from .selection import select_dps, select_gps
+from .step import Issue, Issued, StepState, step_of_tree, tree_id_for, work_id_for
 from .tree import NodeState, RolloutTree, WorkRecord, at_horizon
 
 log = get_logger(__name__)
@@ -72,8 +65,6 @@ _FIXED_STAGE2 = {"grpo": "none", "tree-random": "tree-random", "entropy": "entro
 # Why a received node will never reach the learner; see ``AllocatorCore.pop_dropped``.
 DropReason = Literal["late", "unknown_tree", "orphan_expired", "orphan_at_close", "left_out"]
 
-Issued = tuple[WorkItem, str | None]  # the item and the actor holding its prefix, if any
-Issue = Callable[[float], Issued | None]  # builds, reserves and registers one item at time `now`
 NodeOutcome = Literal["accepted", "duplicate", "unknown_tree", "buffered_orphan", "late"]
 
 
@@ -186,25 +177,6 @@ class SearchChain:
     finished: bool = False
 
 
-@dataclass
-class StepState:
-    index: int
-    opened_at: float
-    budget: BudgetLedger
-    tree_ids: list[str] = field(default_factory=list)
-    tasks: set[str] = field(default_factory=set)
-    roots_issued: bool = False
-    rounds: int = 0
-    search: dict[str, list[SearchChain]] = field(default_factory=dict)
-    # Issued work items (and their samples) whose chains have not all come back.
-    outstanding_items: int = 0
-    outstanding_samples: int = 0
-    # Planned work not yet handed out; a call issues at most max_items_per_call of it.
-    queue: deque[Issue] = field(default_factory=deque)
-    # The round being planned, when planning it takes more than one call.
-    job: RootsJob | BranchesJob | None = None
-
-
 # What planning work costs, in units of about a microsecond on a small x86 core. A call
 # spends at most AllocatorCoreConfig.plan_units_per_call of them (plus one piece that
 # cannot be split), so these only need to be right to within a factor of about two.
@@ -256,22 +228,6 @@ class BranchesJob:
     plan: list[Issue] = field(default_factory=list)
 
 
-_STEP_OF_TREE = re.compile(r"s(\d+)-\d+$")
-
-
-_WORK_SEQ = re.compile(r"\.w(\d+)$")
-
-
-def tree_id_for(step: int, seq: int, prefix: str = "") -> str:
-    """``<prefix>s<step>-<seq>``: the step is recoverable from the id alone (for replay)."""
-    return f"{prefix}s{step}-{seq}"
-
-
-def step_of_tree(tree_id: str) -> int | None:
-    match = _STEP_OF_TREE.search(tree_id)
-    return int(match.group(1)) if match else None
-
-
 def turn_entropy(node: TurnNode) -> float:
     """Mean -logprob of the sampled tokens: an unbiased estimate of the turn's token entropy."""
     if not node.action_logprobs:
@@ -279,7 +235,7 @@ def turn_entropy(node: TurnNode) -> float:
     return -float(sum(node.action_logprobs)) / len(node.action_logprobs)
 
 
-class AllocatorCore:
+class AllocatorCore(CrashReplay):
     def __init__(
         self,
         config: AllocatorCoreConfig,
@@ -316,13 +272,9 @@ class AllocatorCore:
         self.emitted: set[str] = set()
         self._completed: list[CompletedTree] = []
         self._trees_with_orphans: set[str] = set()
-        self._replaying = False
+        self._replay = ReplayState()
         # Every node this core decided not to pass on, by id: (reason, tree id, node id).
         self._dropped: list[tuple[DropReason, str, str]] = []
-        # Replay only: steps with a tree already on the trees stream, and those trees' node
-        # ids (a replayed node of an emitted tree that is not in it was dropped as late).
-        self._emitted_steps: set[int] = set()
-        self._emitted_node_ids: set[str] = set()
         self.counters: Counter[str] = Counter()
         self.totals = Totals()
         # Recent stage-1 decisions (step, candidate task ids, rollouts each) for diagnostics.
@@ -364,135 +316,12 @@ class AllocatorCore:
             if step is not None:
                 step.budget.record_turn(len(current.action_token_ids))
             # A rebuilt item learns its chains during replay; it settles in finish_replay.
-            if record.finished and not record.settled and not (self._replaying and record.synthesized):
+            if record.finished and not record.settled and not (self._replay.active and record.synthesized):
                 if step is not None:
                     self._settle(step, record)
                 else:
                     record.settled = True
         return outcome
-
-    def restore_emitted(self, tree_id: str, node_ids: Sequence[str] = ()) -> None:
-        """Replay one CompletedTree from the trees stream: its id and the node ids it holds.
-
-        Its step counts as closed (steps emit all their trees at once), so new steps get new
-        indices and hence new tree ids, and a replayed node of that step outside these trees
-        is recorded as dropped ("late").
-        """
-        self.emitted.add(tree_id)
-        self._emitted_node_ids.update(node_ids)
-        step_index = step_of_tree(tree_id)
-        if step_index is not None:
-            self._emitted_steps.add(step_index)
-            self._next_step = max(self._next_step, step_index + 1)
-
-    def _restored_tree(self, tree_id: str, task: TaskSpec, now: float) -> RolloutTree | None:
-        """The tree (and step) of a replayed message, created on first sight."""
-        tree = self.trees.get(tree_id)
-        if tree is not None:
-            return tree
-        step_index = step_of_tree(tree_id)
-        if step_index is None:
-            self.counters["restore_foreign_tree_ids"] += 1
-            return None
-        if step_index in self._emitted_steps:
-            # A tree its step closed without (no complete path): reopening the step would
-            # emit a second batch for a step the learner has already taken.
-            return None
-        step = self.steps.get(step_index)
-        if step is None:
-            step = StepState(step_index, now, BudgetLedger(self.config.step_budget_turns))
-            step.roots_issued = True
-            self.steps[step_index] = step
-            self._next_step = max(self._next_step, step_index + 1)
-            if self._base_version is None:
-                # The learner's history is not replayed: treat the oldest replayed step as the
-                # one the current version trains on (call on_policy_version before replaying).
-                self._base_version = self.policy_version - step_index
-        tree = RolloutTree(tree_id, task, step_index, now)
-        self.trees[tree_id] = tree
-        step.tree_ids.append(tree_id)
-        step.tasks.add(task.task_id)
-        self.outcomes.open_tree(tree_id, task)
-        return tree
-
-    def _note_work_id(self, work_id: str) -> None:
-        match = _WORK_SEQ.search(work_id)
-        if match:
-            self._work_seq = max(self._work_seq, int(match.group(1)))
-
-    def restore_work(self, item: WorkItem, now: float) -> None:
-        """Replay a WorkItem still pending on the work stream (issued before a restart)."""
-        if item.tree_id in self.emitted:
-            return
-        tree = self._restored_tree(item.tree_id, item.task, now)
-        if tree is None or item.work_id in tree.work:
-            return
-        step = self.steps[tree.step]
-        reserved = item.num_samples * item.max_turns
-        step.budget.restore(reserved, item.num_samples)
-        self._register_work(
-            step, tree, WorkRecord(item.work_id, item.parent_id, item.prefix_depth, item.num_samples, item.max_turns, reserved)
-        )
-        self._note_work_id(item.work_id)
-
-    def restore_node(self, node: TurnNode, now: float) -> NodeOutcome:
-        """Replay one TurnNode from the durable nodes stream after a restart.
-
-        The work stream deletes acknowledged items, so a work item is rebuilt from its
-        nodes: its chains are the nodes one turn below its prefix, and it is settled by
-        ``finish_replay`` once every chain seen has ended. A chain that was still running
-        keeps its item outstanding until its nodes arrive or the step times out.
-        """
-        if node.tree_id in self.emitted or step_of_tree(node.tree_id) in self._emitted_steps:
-            self.counters["nodes_late"] += 1
-            if node.node_id not in self._emitted_node_ids:
-                self._drop("late", node.tree_id, [node.node_id])
-            return "late"
-        tree = self._restored_tree(node.tree_id, node.task, now)
-        if tree is None:
-            self.counters["nodes_unknown_tree"] += 1
-            self._drop("unknown_tree", node.tree_id, [node.node_id])
-            return "unknown_tree"
-        step = self.steps[tree.step]
-        record = tree.work.get(node.work_id)
-        if record is None:
-            prefix_depth = node.depth - 1
-            record = WorkRecord(
-                node.work_id, node.parent_id, prefix_depth, 0, self.config.max_turns - prefix_depth, 0, synthesized=True
-            )
-            self._register_work(step, tree, record)
-            self._note_work_id(node.work_id)
-        new = node.node_id not in tree.nodes and node.node_id not in tree.orphan_ids
-        if record.synthesized and new and node.depth == record.prefix_depth + 1:
-            record.num_samples += 1
-            record.reserved_turns += record.max_turns
-            origin = tree.nodes.get(record.parent_id) if record.parent_id is not None else None
-            if origin is not None:
-                origin.expansions += 1
-                origin.pending_children += 1
-            step.outstanding_samples += 1
-            step.budget.restore(record.max_turns, 1)
-        self._replaying = True
-        try:
-            return self.on_node(node, now)
-        finally:
-            self._replaying = False
-
-    def finish_replay(self) -> None:
-        """Settle rebuilt work items whose chains have all ended; call once after replay."""
-        self._emitted_node_ids.clear()
-        if self._base_version is None and self._next_step:
-            # Only closed steps were replayed: take the learner as caught up with them, so the
-            # next step opens now. Assuming it had trained none of them instead would hold new
-            # steps for versions that only those steps' updates would bring.
-            self._base_version = self.policy_version - self._next_step
-        for step in self.steps.values():
-            for tree_id in step.tree_ids:
-                for record in self.trees[tree_id].work.values():
-                    if record.synthesized and record.finished and not record.settled:
-                        self._settle(step, record)
-            if step.budget.committed > step.budget.total_turns:
-                self.counters["restore_over_budget"] += 1
 
     def _settle(self, step: StepState, record: WorkRecord) -> None:
         record.settled = True
@@ -618,8 +447,13 @@ class AllocatorCore:
             self._base_version = self.policy_version
         index = self._next_step
         self._next_step += 1
-        self.steps[index] = StepState(index, now, BudgetLedger(self.config.step_budget_turns))
+        self._new_step(index, now)
         self.counters["steps_opened"] += 1
+
+    def _new_step(self, index: int, now: float) -> StepState:
+        step = StepState(index, now, BudgetLedger(self.config.step_budget_turns))
+        self.steps[index] = step
+        return step
 
     # ------------------------------------------------------------------ planning
 
@@ -750,7 +584,7 @@ class AllocatorCore:
 
     def _new_work_id(self, tree_id: str) -> str:
         self._work_seq += 1
-        return f"{tree_id}.w{self._work_seq}"
+        return work_id_for(tree_id, self._work_seq)
 
     def _sampling(self) -> SamplingSpec:
         base = self.config.sampling
