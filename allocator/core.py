@@ -6,16 +6,18 @@ feeds every TurnNode to ``on_node``, the learner's version to ``on_policy_versio
 deterministic given the config, the task pool, the seed and that call sequence.
 
 Step life cycle (one allocator step = one batch for the learner):
-  1. open: a candidate pool is drawn and stage 1 issues root work (kind "root").
-  2. rounds: whenever the step has no outstanding work, the strategy plans the next
-     round (stage-2 branches, the next search turn, or more root groups for stage-1-only
-     strategies) within the remaining budget. An empty plan closes the step. TRACE plans
-     its rounds a slice per ``schedule`` call (RootsJob, BranchesJob), so that no call
-     takes long however many nodes are open; ``busy`` tells the shell to call again soon.
+  1. open: the step gets its turn budget; its strategy's first round issues root work
+     (kind "root").
+  2. rounds: whenever the step has no outstanding work, the strategy's planner
+     (allocator/strategies/) plans the next round (stage-2 branches, the next search turn,
+     or more root groups for stage-1-only strategies) within the remaining budget. An
+     empty plan closes the step. A planner may return a job that plans the round a slice
+     per ``schedule`` call (TRACE does), so that no call takes long however many nodes are
+     open; ``busy`` tells the shell to call again soon.
   3. close: every tree of the step becomes a CompletedTree ("complete", or "partial" when
-     the step timed out with work outstanding); the predictor and prompt statistics learn
-     from it. Steps overlap: step s+1 may open while s is in its last rounds, as long as
-     the allocator is at most ``staleness_eta`` versions ahead of the learner.
+     the step timed out with work outstanding); the outcome model (allocator/learning.py)
+     learns from it. Steps overlap: step s+1 may open while s is in its last rounds, as
+     long as the allocator is at most ``staleness_eta`` versions ahead of the learner.
 
 Rebuilding after a restart replays the durable streams into a fresh core: see
 allocator/replay.py.
@@ -38,29 +40,17 @@ import numpy as np
 from protocol import CompletedTree, SamplingSpec, TaskSpec, TurnNode, WorkItem
 from tracerl.logs import get_logger
 
-from .allocation import PrefixGreedy, RootsDP
 from .budget import BudgetLedger
 from .learning import OutcomeModel, Totals, TrainingBatch, allocator_metrics, default_prompt_text
 from .predictor import PredictorConfig
 from .replay import CrashReplay, ReplayState
-from .selection import select_dps, select_gps
 from .step import Issue, Issued, StepState, step_of_tree, tree_id_for, work_id_for
+from .strategies import STAGE2, STRATEGIES, planner_for, turn_entropy
 from .tree import NodeState, RolloutTree, WorkRecord, at_horizon
 
 log = get_logger(__name__)
 
-STRATEGIES = ("grpo", "tree-random", "entropy", "gps", "dps", "tsr-bon", "tsr-beam", "tsr-lookahead", "trace")
-STAGE2_CHOICES = ("none", "trace", "tree-random", "entropy")
-# Which stage 1 and stage 2 each named strategy runs; gps and dps take stage 2 from config.
-_STAGE1 = {
-    "grpo": "uniform",
-    "tree-random": "uniform",
-    "entropy": "uniform",
-    "gps": "gps",
-    "dps": "dps",
-    "trace": "trace",
-}
-_FIXED_STAGE2 = {"grpo": "none", "tree-random": "tree-random", "entropy": "entropy", "trace": "trace"}
+STAGE2_CHOICES = tuple(STAGE2)
 
 # Why a received node will never reach the learner; see ``AllocatorCore.pop_dropped``.
 DropReason = Literal["late", "unknown_tree", "orphan_expired", "orphan_at_close", "left_out"]
@@ -70,6 +60,7 @@ NodeOutcome = Literal["accepted", "duplicate", "unknown_tree", "buffered_orphan"
 
 @dataclass(frozen=True)
 class AllocatorCoreConfig:
+    # A name in allocator.strategies.STRATEGIES.
     strategy: str = "trace"
     # Stage 2 paired with the gps or dps prompt selectors; ignored by the other strategies.
     stage2: str = "none"
@@ -101,7 +92,8 @@ class AllocatorCoreConfig:
     # (bench/allocator_latency.py), so the shell's event loop is never held for long.
     max_items_per_call: int = 32
     # Bounds the planning one schedule() call does, in units of about a microsecond (see
-    # RootsJob), so planning a round over 10^4 open nodes is spread over calls too.
+    # allocator/strategies/base.py), so planning a round over 10^4 open nodes is spread
+    # over calls too.
     plan_units_per_call: int = 300
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
@@ -142,17 +134,6 @@ class AllocatorCoreConfig:
         if self.tsr_lookahead_turns < 0:
             raise ValueError("allocator.tsr_lookahead_turns must be >= 0")
 
-    @property
-    def stage1(self) -> str:
-        return _STAGE1.get(self.strategy, "uniform")
-
-    @property
-    def stage2_kind(self) -> str:
-        if self.strategy.startswith("tsr-"):
-            return "search"
-        return _FIXED_STAGE2.get(self.strategy, self.stage2)
-
-
 @dataclass(frozen=True)
 class ActorLoad:
     actor_id: str
@@ -168,74 +149,11 @@ class RoutedWork:
     target: str | None
 
 
-@dataclass
-class SearchChain:
-    """One TSR search path: its current frontier node, or finished."""
-
-    frontier: str | None
-    pending_work: str | None = None
-    finished: bool = False
-
-
-# What planning work costs, in units of about a microsecond on a small x86 core. A call
-# spends at most AllocatorCoreConfig.plan_units_per_call of them (plus one piece that
-# cannot be split), so these only need to be right to within a factor of about two.
-_UNITS_DRAW_PER_TASK = 0.1  # a pool draw, per task in the task pool
-_UNITS_SCAN = 1.5  # a node checked for branchability
-_UNITS_ALLOCATE = 0.3  # a candidate in the stage-2 greedy's final merge
-_UNITS_EMIT = 2.5  # a planned item wrapped for the queue
-_UNITS_TRACE = 4  # a prompt of the root DP's trace-back
-_DP_CELLS_PER_UNIT = 450  # root-DP table cells computed per unit
-
-
-@dataclass
-class RootsJob:
-    """TRACE stage 1 being planned: draw the pool, score it, run the DP, wrap the items.
-
-    Why in slices: with a pool of thousands of prompts and a budget of thousands of
-    rollouts, scoring and the exact DP take tens of milliseconds, and the scheduler tick
-    that does them must stay within a few milliseconds (``schedule`` is also where
-    timeouts, step opening and hand-out happen). Each slice is sized by the units left in
-    the call, and the round planned does not depend on how the work was sliced.
-    """
-
-    rollouts: int
-    pool: list[TaskSpec] | None = None
-    values: list[float] = field(default_factory=list)
-    revision: int = -1
-    dp: RootsDP | None = None
-    counts: list[int] | None = None
-    plan: list[Issue] = field(default_factory=list)
-    emitted: int = 0
-
-
-@dataclass
-class BranchesJob:
-    """A TRACE stage-2 round being planned: gather candidates tree by tree, score the ones
-    whose cached prediction is stale, run the vectorised greedy, wrap the items. Sliced for
-    the same reason as RootsJob."""
-
-    trees_scanned: int = 0
-    candidates: list[tuple[RolloutTree, NodeState]] = field(default_factory=list)
-    outcome: list[float] = field(default_factory=list)
-    cost: list[int] = field(default_factory=list)
-    already: list[int] = field(default_factory=list)
-    scored: int = 0
-    revision: int = -1
-    greedy: PrefixGreedy = field(default_factory=PrefixGreedy)
-    chosen: list[int] | None = None  # candidates given continuations, and how many each
-    continuations: list[int] = field(default_factory=list)
-    plan: list[Issue] = field(default_factory=list)
-
-
-def turn_entropy(node: TurnNode) -> float:
-    """Mean -logprob of the sampled tokens: an unbiased estimate of the turn's token entropy."""
-    if not node.action_logprobs:
-        return 0.0
-    return -float(sum(node.action_logprobs)) / len(node.action_logprobs)
-
-
 class AllocatorCore(CrashReplay):
+    """One allocator: the lifecycle of its steps (budget, scheduling, routing, closing).
+    Its strategy's ``planner`` plans the rounds, its ``outcomes`` model predicts and learns,
+    and ``CrashReplay`` rebuilds it after a restart."""
+
     def __init__(
         self,
         config: AllocatorCoreConfig,
@@ -256,6 +174,7 @@ class AllocatorCore(CrashReplay):
         self.run_id = run_id
         self.id_prefix = id_prefix
         self.rng = np.random.default_rng(seed)
+        self.planner = planner_for(config)
         self.outcomes = OutcomeModel(
             config.predictor,
             max_turns=config.max_turns,
@@ -461,126 +380,63 @@ class AllocatorCore(CrashReplay):
         """Plan ``step``'s next round with about ``units`` of work at most: the round (empty
         to close the step) once whole, else None, and the units left in this call."""
         if step.job is None:
-            started = self._start_round(step, now)
-            if not isinstance(started, (RootsJob, BranchesJob)):
+            started = self.planner.start_round(self, step, now)
+            if isinstance(started, list):
                 return started, units
             step.job = started
         job = step.job
         while units > 0:
-            if isinstance(job, RootsJob):
-                plan, units = self._advance_roots(step, job, units)
-            else:
-                plan, units = self._advance_branches(step, job, units)
+            plan, units = job.advance(self, step, units)
             if plan is not None:
                 step.job = None
                 return plan, units
         return None, units
 
-    def _starts_or_fits(self, cost: float, units: float) -> bool:
-        """Whether a piece of planning that cannot be split runs now: when it fits in the
-        units left, or first thing in a call (else it waits for the next call)."""
-        return cost <= units or units >= self.config.plan_units_per_call
+    # ------------------------------------------------------------------ what planners use
 
-    def _start_round(self, step: StepState, now: float) -> list[Issue] | RootsJob | BranchesJob:
-        """The next round of ``step``: TRACE's as a job planned in slices, the others whole."""
-        kind = self.config.stage2_kind
-        if kind == "search":
-            return self._plan_search(step, now)
-        if not step.roots_issued:
-            step.roots_issued = True
-            turns = step.budget.available
-            if kind != "none":
-                turns = int(self.config.root_fraction * self.config.step_budget_turns)
-            return self._plan_roots(step, turns // self.config.max_turns)
-        if kind == "none":
-            # Stage-1-only strategies spend refunds on further root groups: equal cost.
-            return self._plan_roots(step, step.budget.available // self.config.max_turns)
-        if kind == "trace":
-            return BranchesJob()
-        candidates = self._branch_candidates(step)
-        if kind == "tree-random":
-            plan = self._plan_random_branches(candidates, step.budget.available)
-        else:
-            plan = self._plan_entropy_branches(candidates, step.budget.available)
-        return [self._branch_issue(step, tree, state, k) for tree, state, k in plan]
-
-    def _branch_issue(self, step: StepState, tree: RolloutTree, state: NodeState, samples: int) -> Issue:
-        turns = self.config.max_turns - state.node.depth
-        return functools.partial(self._issue_branch, step, tree, state, samples, turns)
-
-    def _draw_pool(self, step: StepState, size: int) -> list[TaskSpec]:
+    def draw_pool(self, step: StepState, size: int) -> list[TaskSpec]:
+        """Up to ``size`` prompts of the task pool not yet in ``step``, drawn at random."""
         fresh = [t for t in self.task_pool if t.task_id not in step.tasks] if step.tasks else self.task_pool
         if not fresh:
             return []
         picks = self.rng.choice(len(fresh), size=min(size, len(fresh)), replace=False)
         return [fresh[i] for i in sorted(picks.tolist())]
 
-    def _plan_roots(self, step: StepState, rollouts: int) -> list[Issue] | RootsJob:
-        cfg = self.config
-        groups = rollouts // cfg.group_size
-        if rollouts < 2:
-            return []
-        stage1 = cfg.stage1
-        if stage1 == "trace":
-            return RootsJob(rollouts)
-        if stage1 == "uniform":
-            pool = self._draw_pool(step, max(1, groups))
-            counts = [cfg.group_size] * len(pool) if groups else []
-        else:
-            pool = self._draw_pool(step, max(1, groups) * cfg.pool_factor)
-            if stage1 == "gps":
-                values = self.outcomes.predict_roots(pool)
-                embeddings = self.outcomes.prompt_embeddings(pool)
-                chosen = set(select_gps(values, embeddings, groups, cfg.gps_diversity))
-                counts = [cfg.group_size if i in chosen else 0 for i in range(len(pool))]
-            else:
-                mixed = self.outcomes.mixed_probabilities(pool)
-                chosen = set(select_dps(mixed, groups, self.rng))
-                counts = [cfg.group_size if i in chosen else 0 for i in range(len(pool))]
-        self.stage1_log.append((step.index, tuple(t.task_id for t in pool), tuple(counts)))
-        return [self._root_issue(step, task, m) for task, m in zip(pool, counts) if m >= 1]
+    def root_item(self, step: StepState, task: TaskSpec, samples: int) -> Issue:
+        """A planned root item: ``samples`` rollouts of ``task`` to the turn horizon."""
+        return functools.partial(self.issue_root, step, task, samples, self.config.max_turns)
 
-    def _root_issue(self, step: StepState, task: TaskSpec, samples: int) -> Issue:
-        return functools.partial(self._issue_root, step, task, samples, self.config.max_turns)
+    def branch_item(self, step: StepState, tree: RolloutTree, state: NodeState, samples: int) -> Issue:
+        """A planned branch item: ``samples`` continuations of a prefix to the turn horizon."""
+        turns = self.config.max_turns - state.node.depth
+        return functools.partial(self.issue_branch, step, tree, state, samples, turns)
 
-    def _advance_roots(self, step: StepState, job: RootsJob, units: float) -> tuple[list[Issue] | None, float]:
-        """One slice of TRACE stage 1 (draw, score, DP, trace back, wrap) within ``units``."""
-        cfg = self.config
-        if job.pool is None:
-            cost = _UNITS_DRAW_PER_TASK * len(self.task_pool)
-            if not self._starts_or_fits(cost, units):
-                return None, 0.0
-            groups = job.rollouts // cfg.group_size
-            job.pool = self._draw_pool(step, max(1, groups) * cfg.pool_factor)
-            return None, units - cost
-        if job.dp is None and job.revision != self.outcomes.revision:
-            # Every score of a round comes from one model: a step closing mid-plan retrains it.
-            job.revision, job.values = self.outcomes.revision, []
-        if len(job.values) < len(job.pool):
-            values, units = self.outcomes.score_roots(job.pool[len(job.values) :], units)
-            job.values.extend(values)
-            return None, units
-        if job.dp is None:
-            job.dp = RootsDP.start(job.values, job.rollouts, cfg.max_per_prompt)
-        dp = job.dp
-        if not dp.all_added:
-            row_units = dp.cells_per_prompt / _DP_CELLS_PER_UNIT
-            before = dp.added
-            dp.add(max(1, int(units / row_units)))
-            return None, units - (dp.added - before) * row_units
-        if not dp.finished:
-            before = dp.traced
-            dp.trace(max(1, int(units / _UNITS_TRACE)))
-            return None, units - (dp.traced - before) * _UNITS_TRACE
-        if job.counts is None:
-            job.counts = dp.allocation()
-            self.stage1_log.append((step.index, tuple(t.task_id for t in job.pool), tuple(job.counts)))
-        start, end = job.emitted, min(len(job.pool), job.emitted + max(1, int(units / _UNITS_EMIT)))
-        for task, m in zip(job.pool[start:end], job.counts[start:end]):
-            if m >= 1:
-                job.plan.append(self._root_issue(step, task, m))
-        job.emitted = end
-        return (job.plan if end == len(job.pool) else None), units - _UNITS_EMIT * (end - start)
+    def tree_candidates(self, tree: RolloutTree) -> list[NodeState]:
+        """The prefixes of ``tree`` a branch may start from."""
+        out = []
+        for state in tree.nodes.values():
+            if self._branchable(tree, state):
+                out.append(state)
+            elif not state.node.done and state.leaves >= 1 and state.node.depth < self.config.max_turns:
+                self.counters["branch_skipped_stale"] += 1
+        return out
+
+    def branch_candidates(self, step: StepState) -> list[tuple[RolloutTree, NodeState]]:
+        return [
+            (tree, state)
+            for tree in (self.trees.get(tree_id) for tree_id in step.tree_ids)
+            if tree is not None
+            for state in self.tree_candidates(tree)
+        ]
+
+    def _branchable(self, tree: RolloutTree, state: NodeState) -> bool:
+        node = state.node
+        if node.done or node.depth >= self.config.max_turns or state.leaves < 1:
+            return False
+        # Never branch from a prefix any of whose turns lags the learner by more than eta.
+        return self.policy_version - state.oldest_version <= self.config.staleness_eta
+
+    # ------------------------------------------------------------------ issuing
 
     def _new_work_id(self, tree_id: str) -> str:
         self._work_seq += 1
@@ -596,7 +452,7 @@ class AllocatorCore(CrashReplay):
         step.outstanding_items += 1
         step.outstanding_samples += record.num_samples
 
-    def _issue_root(self, step: StepState, task: TaskSpec, samples: int, max_turns: int, now: float) -> Issued | None:
+    def issue_root(self, step: StepState, task: TaskSpec, samples: int, max_turns: int, now: float) -> Issued | None:
         reserved = samples * max_turns
         if not step.budget.can_reserve(reserved):
             return None
@@ -626,7 +482,7 @@ class AllocatorCore(CrashReplay):
         self._register_work(step, tree, WorkRecord(item.work_id, None, 0, samples, max_turns, reserved))
         return item, None
 
-    def _issue_branch(
+    def issue_branch(
         self, step: StepState, tree: RolloutTree, state: NodeState, samples: int, max_turns: int, now: float
     ) -> Issued | None:
         reserved = samples * max_turns
@@ -653,233 +509,6 @@ class AllocatorCore(CrashReplay):
         self._register_work(step, tree, WorkRecord(item.work_id, node.node_id, node.depth, samples, max_turns, reserved))
         self.counters["branches_issued"] += 1
         return item, node.actor_id
-
-    # --- stage 2 -----------------------------------------------------------------------
-
-    def _branchable(self, tree: RolloutTree, state: NodeState) -> bool:
-        node = state.node
-        if node.done or node.depth >= self.config.max_turns or state.leaves < 1:
-            return False
-        # Never branch from a prefix any of whose turns lags the learner by more than eta.
-        return self.policy_version - state.oldest_version <= self.config.staleness_eta
-
-    def _tree_candidates(self, tree: RolloutTree) -> list[NodeState]:
-        out = []
-        for state in tree.nodes.values():
-            if self._branchable(tree, state):
-                out.append(state)
-            elif not state.node.done and state.leaves >= 1 and state.node.depth < self.config.max_turns:
-                self.counters["branch_skipped_stale"] += 1
-        return out
-
-    def _branch_candidates(self, step: StepState) -> list[tuple[RolloutTree, NodeState]]:
-        return [
-            (tree, state)
-            for tree in (self.trees.get(tree_id) for tree_id in step.tree_ids)
-            if tree is not None
-            for state in self._tree_candidates(tree)
-        ]
-
-    def _advance_branches(
-        self, step: StepState, job: BranchesJob, units: float
-    ) -> tuple[list[Issue] | None, float]:
-        """One slice of a TRACE stage-2 round (scan, score, allocate, wrap) within ``units``.
-
-        Candidates are the branchable prefixes whose leaves are unanimous; each gets at most
-        branch_k continuations this round by the greedy on V_pref per turn.
-        """
-        cfg = self.config
-        if job.trees_scanned < len(step.tree_ids):
-            for tree_id in step.tree_ids[job.trees_scanned :]:
-                if units <= 0:
-                    break
-                job.trees_scanned += 1
-                tree = self.trees.get(tree_id)
-                if tree is None:
-                    continue
-                units -= _UNITS_SCAN * len(tree.nodes)
-                for state in self._tree_candidates(tree):
-                    if state.successes in (0, state.leaves):
-                        job.candidates.append((tree, state))
-                        job.outcome.append(1.0 if state.successes == state.leaves else 0.0)
-                        job.cost.append(cfg.max_turns - state.node.depth)
-                        job.already.append(state.expansions)
-            return None, units
-        n = len(job.candidates)
-        revision = self.outcomes.revision
-        if job.chosen is None and job.revision != revision:
-            # As in _advance_roots; predictions cached on the nodes at this revision are kept.
-            job.revision, job.scored, job.greedy = revision, 0, PrefixGreedy()
-        if job.scored < n:
-            start, end = job.scored, min(n, job.scored + max(1, int(units / OutcomeModel.PREDICT_UNITS)))
-            states = [state for _, state in job.candidates[start:end]]
-            scoring = self.outcomes.refresh_predictions(states)
-            job.greedy.add(
-                np.asarray(job.outcome[start:end], dtype=np.float64),
-                np.fromiter((state.prediction for state in states), dtype=np.float64, count=len(states)),
-                np.asarray(job.cost[start:end], dtype=np.int64),
-                np.full(len(states), cfg.branch_k, dtype=np.int64),
-                np.asarray(job.already[start:end], dtype=np.int64),
-            )
-            job.scored = end
-            return None, units - scoring - _UNITS_SCAN * len(states)
-        if job.chosen is None:
-            cost = _UNITS_ALLOCATE * n
-            if not self._starts_or_fits(cost, units):
-                return None, 0.0
-            counts = job.greedy.allocate(step.budget.available)
-            chosen = np.flatnonzero(counts)
-            job.chosen, job.continuations = chosen.tolist(), counts[chosen].tolist()
-            return None, units - cost
-        start = len(job.plan)
-        end = min(len(job.chosen), start + max(1, int(units / _UNITS_EMIT)))
-        for i, k in zip(job.chosen[start:end], job.continuations[start:end]):
-            tree, state = job.candidates[i]
-            job.plan.append(self._branch_issue(step, tree, state, k))
-        units -= _UNITS_EMIT * (end - start)
-        return (job.plan if end == len(job.chosen) else None), units
-
-    def _fill(self, ordered, budget: int):
-        plan = []
-        for tree, state in ordered:
-            cost = self.config.max_turns - state.node.depth
-            k = min(self.config.branch_k, budget // cost)
-            if k < 1:
-                continue
-            plan.append((tree, state, k))
-            budget -= k * cost
-        return plan
-
-    def _plan_random_branches(self, candidates, budget: int):
-        fresh = [(t, s) for t, s in candidates if s.expansions == 0]
-        order = self.rng.permutation(len(fresh))
-        return self._fill([fresh[i] for i in order], budget)
-
-    def _plan_entropy_branches(self, candidates, budget: int):
-        rises = []
-        for tree, state in candidates:
-            if state.expansions:
-                continue
-            parent_id = state.node.parent_id
-            if parent_id is None:
-                siblings = [tree.nodes[i].node for i in tree.first_turns]
-                reference = sum(turn_entropy(n) for n in siblings) / len(siblings)
-            else:
-                reference = turn_entropy(tree.nodes[parent_id].node)
-            rise = turn_entropy(state.node) - reference
-            if rise > self.config.entropy_rise:
-                rises.append((rise, tree, state))
-        rises.sort(key=lambda r: -r[0])
-        return self._fill([(t, s) for _, t, s in rises], budget)
-
-    # --- TSR search ----------------------------------------------------------------------
-
-    def _plan_search(self, step: StepState, now: float) -> list[Issue]:
-        cfg = self.config
-        per_turn = 1 + (cfg.tsr_lookahead_turns if cfg.strategy == "tsr-lookahead" else 0)
-        if not step.roots_issued:
-            step.roots_issued = True
-            worst_case = cfg.group_size * cfg.tsr_width * per_turn * cfg.max_turns
-            prompts = max(1, cfg.step_budget_turns // worst_case)
-            samples = cfg.tsr_width if cfg.strategy == "tsr-beam" else cfg.group_size * cfg.tsr_width
-
-            def issue_search_root(task: TaskSpec, at: float) -> Issued | None:
-                issued = self._issue_root(step, task, samples, min(per_turn, cfg.max_turns), at)
-                if issued is not None:
-                    item = issued[0]
-                    step.search[item.tree_id] = [SearchChain(None, item.work_id) for _ in range(cfg.group_size)]
-                return issued
-
-            return [functools.partial(issue_search_root, task) for task in self._draw_pool(step, prompts)]
-        items: list[Issue] = []
-        planned = 0
-        for tree_id, chains in step.search.items():
-            tree = self.trees.get(tree_id)
-            if tree is None:
-                continue
-            if cfg.strategy == "tsr-beam":
-                self._advance_beam(tree, chains)
-            else:
-                self._advance_best_of_n(tree, chains)
-            for chain in chains:
-                if chain.finished or chain.frontier is None:
-                    continue
-                state = tree.nodes[chain.frontier]
-                turns = min(per_turn, cfg.max_turns - state.node.depth)
-                cost = cfg.tsr_width * turns
-                if planned + cost > step.budget.available:
-                    chain.finished = True
-                    self.counters["search_chains_cut_by_budget"] += 1
-                    continue
-                planned += cost
-                items.append(functools.partial(self._issue_search_step, step, tree, state, chain, turns))
-        return items
-
-    def _issue_search_step(
-        self, step: StepState, tree: RolloutTree, state: NodeState, chain: SearchChain, turns: int, now: float
-    ) -> Issued | None:
-        issued = self._issue_branch(step, tree, state, self.config.tsr_width, turns, now)
-        if issued is None:
-            chain.finished = True
-        else:
-            chain.pending_work = issued[0].work_id
-        return issued
-
-    def _candidates_of(self, tree: RolloutTree, work_id: str) -> list[NodeState]:
-        record = tree.work[work_id]
-        depth = record.prefix_depth + 1
-        return sorted(
-            (s for s in tree.nodes.values() if s.node.work_id == work_id and s.node.depth == depth),
-            key=lambda s: s.node.node_id,
-        )
-
-    def _search_score(self, tree: RolloutTree, state: NodeState) -> float:
-        """env_score of the candidate; with lookahead, the best score among its own descendants."""
-        best = state.node.env_score
-        stack = list(state.children)
-        while stack:
-            child = tree.nodes[stack.pop()]
-            best = max(best, child.node.env_score)
-            stack.extend(child.children)
-        return best
-
-    def _advance_best_of_n(self, tree: RolloutTree, chains: list[SearchChain]) -> None:
-        shared_root = [c for c in chains if c.frontier is None and not c.finished]
-        if shared_root:
-            # Round 0 sampled every chain's first candidates in one root item: split them.
-            candidates = self._candidates_of(tree, shared_root[0].pending_work)
-            width = self.config.tsr_width
-            for j, chain in enumerate(shared_root):
-                self._choose(tree, chain, candidates[j * width : (j + 1) * width])
-            return
-        for chain in chains:
-            if not chain.finished and chain.pending_work is not None:
-                self._choose(tree, chain, self._candidates_of(tree, chain.pending_work))
-
-    def _choose(self, tree: RolloutTree, chain: SearchChain, candidates: list[NodeState]) -> None:
-        chain.pending_work = None
-        if not candidates:
-            chain.finished = True
-            return
-        best = max(candidates, key=lambda s: (self._search_score(tree, s), s.node.node_id))
-        chain.frontier = best.node.node_id
-        if best.node.done or best.node.depth >= self.config.max_turns:
-            chain.finished = True
-
-    def _advance_beam(self, tree: RolloutTree, chains: list[SearchChain]) -> None:
-        pending = {c.pending_work for c in chains if c.pending_work is not None and not c.finished}
-        candidates = [s for w in sorted(pending) for s in self._candidates_of(tree, w)]
-        candidates.sort(key=lambda s: (-self._search_score(tree, s), s.node.node_id))
-        open_chains = [c for c in chains if not c.finished]
-        for chain in open_chains:
-            chain.pending_work = None
-            if not candidates:
-                chain.finished = True
-                continue
-            best = candidates.pop(0)
-            chain.frontier = best.node.node_id
-            if best.node.done or best.node.depth >= self.config.max_turns:
-                chain.finished = True
 
     # ------------------------------------------------------------------ closing
 
@@ -939,3 +568,19 @@ class AllocatorCore(CrashReplay):
             open_nodes=sum(len(t.nodes) for t in self.trees.values()),
             policy_version=self.policy_version,
         )
+
+
+__all__ = [
+    "STAGE2_CHOICES",
+    "STRATEGIES",
+    "ActorLoad",
+    "AllocatorCore",
+    "AllocatorCoreConfig",
+    "DropReason",
+    "NodeOutcome",
+    "RoutedWork",
+    "default_prompt_text",
+    "step_of_tree",
+    "tree_id_for",
+    "turn_entropy",
+]

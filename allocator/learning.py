@@ -25,9 +25,19 @@ import numpy as np
 from protocol import TaskSpec
 
 from .budget import BudgetLedger
-from .predictor import BetaBaseline, PredictorConfig, PromptStats, SharedPredictor, SparseFeatures
+from .predictor import (
+    BetaBaseline,
+    PredictorConfig,
+    PromptStats,
+    SharedPredictor,
+    SparseFeatures,
+    calibration_error,
+    features_from_counts,
+    merge_counts,
+    text_counts,
+    turn_counts,
+)
 from .predictor import auc as auc_score
-from .predictor import calibration_error, features_from_counts, merge_counts, text_counts, turn_counts
 from .selection import dps_category, dps_emission, dps_predict, dps_prior, dps_transition, dps_update
 from .tree import NodeState, RolloutTree
 
@@ -309,13 +319,13 @@ def allocator_metrics(
     open state."""
     c = counters
     groups = c["groups"]
-    turns = totals.budget_turns
+    turns, trained = totals.budget_turns, totals.trained_tokens
     hits, misses = c["affinity_hits"], c["affinity_misses"]
     out: dict[str, float | int] = dict(c)
     out.update(
         effective_ratio=(c["groups_mixed"] / groups) if groups else 0.0,
         mixed_groups_per_100_turns=(100.0 * c["groups_mixed"] / turns) if turns else 0.0,
-        informative_token_fraction=(totals.informative_tokens / totals.trained_tokens) if totals.trained_tokens else 0.0,
+        informative_token_fraction=(totals.informative_tokens / trained) if trained else 0.0,
         budget_turns_used=turns,
         budget_tokens_used=totals.budget_tokens,
         budget_overspent_turns=totals.overspent_turns,

@@ -87,7 +87,9 @@ class CrashReplay:
         reserved = item.num_samples * item.max_turns
         step.budget.restore(reserved, item.num_samples)
         self._register_work(
-            step, tree, WorkRecord(item.work_id, item.parent_id, item.prefix_depth, item.num_samples, item.max_turns, reserved)
+            step,
+            tree,
+            WorkRecord(item.work_id, item.parent_id, item.prefix_depth, item.num_samples, item.max_turns, reserved),
         )
         self._note_work_id(item.work_id)
 
