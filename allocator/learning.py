@@ -174,7 +174,8 @@ class OutcomeModel:
         number of samples left out as too stale."""
         too_stale = 0
         if tree.leaves:
-            batch.samples.append(self._root_features.pop(tree.tree_id, None) or self._featurize_root(tree.task))
+            root: SparseFeatures | None = self._root_features.pop(tree.tree_id, None)
+            batch.samples.append(root if root is not None else self._featurize_root(tree.task))
             batch.targets.append(tree.successes / tree.leaves)
             batch.weights.append(1.0)
             self._evaluation["beta"].append(self.beta.predict(tree.task.task_id))
