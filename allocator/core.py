@@ -480,6 +480,7 @@ class AllocatorCore(CrashReplay):
             issued_at=now,
         )
         self._register_work(step, tree, WorkRecord(item.work_id, None, 0, samples, max_turns, reserved))
+        self.outcomes.record_decision(tree, item.work_id, None)
         return item, None
 
     def issue_branch(
@@ -507,6 +508,7 @@ class AllocatorCore(CrashReplay):
             issued_at=now,
         )
         self._register_work(step, tree, WorkRecord(item.work_id, node.node_id, node.depth, samples, max_turns, reserved))
+        self.outcomes.record_decision(tree, item.work_id, state)
         self.counters["branches_issued"] += 1
         return item, node.actor_id
 

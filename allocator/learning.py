@@ -25,6 +25,8 @@ import numpy as np
 from protocol import TaskSpec
 
 from .budget import BudgetLedger
+from .evaluation import DecisionRecord, DecisionScores, NodeEvidence, leave_one_out
+from .posterior import ConcentrationFit, Decision, posterior_mean, shifted_prior
 from .predictor import (
     BetaBaseline,
     PredictorConfig,
@@ -36,6 +38,7 @@ from .predictor import (
     merge_counts,
     text_counts,
     turn_counts,
+    word_count,
 )
 from .predictor import auc as auc_score
 from .selection import dps_category, dps_emission, dps_predict, dps_prior, dps_transition, dps_update
@@ -71,6 +74,17 @@ class TrainingBatch:
 
 
 class OutcomeModel:
+    """Predicted success of prompts and prefixes: the shared model's prior, sharpened by the
+    outcomes already seen (allocator/posterior.py), and scored at every decision it steers.
+
+    Root of prompt p: the posterior mean of its success rate, with the shared model's root
+    prediction μ_p as prior mean and the prompt's decayed outcome counts as evidence.
+    Prefix H: the shared model's prediction for H moved by the prompt's correction (from
+    the prompt's counts and the tree's leaves outside H) is the prior mean; the leaves
+    already below H are the evidence. The concentrations are fitted per depth on what the
+    issued continuations produced.
+    """
+
     # What predictions cost in planning units (see strategies/base.py): a prompt's features
     # built from scratch (cached afterwards), and a prompt or prefix through the batched model.
     FEATURIZE_UNITS = 50
@@ -96,14 +110,23 @@ class OutcomeModel:
         self.beta = BetaBaseline()
         self.prompt_stats: dict[str, PromptStats] = {}
         self.dps_belief: dict[str, np.ndarray] = {}
+        self.concentrations = ConcentrationFit(max_depth=max_turns, initial=config.initial_concentration)
+        # What was believed when each open tree's work was issued, by tree and work id.
+        self._decisions: dict[str, dict[str, DecisionRecord]] = {}
+        self.decision_scores = DecisionScores(window=self.EVALUATION_WINDOW, max_depth=max_turns)
+        self.loo_scores = DecisionScores(window=self.EVALUATION_WINDOW, max_depth=max_turns)
+        # Mean turns a continuation issued at each depth took (a root rollout at depth 0).
+        self._turns_taken: dict[int, tuple[float, float]] = {}
         # Root features of each open tree, taken when it was issued: what it is trained on.
         self._root_features: dict[str, SparseFeatures] = {}
         self._prompt_count_cache: dict[str, dict[int, float]] = {}
-        # A prompt's root features and the statistics they were built with.
-        self._root_feature_cache: dict[str, tuple[PromptStats, SparseFeatures]] = {}
+        self._prompt_word_cache: dict[str, int] = {}
+        self._root_feature_cache: dict[str, SparseFeatures] = {}
+        # The shared model's root prediction of a prompt and the revision it was made at.
+        self._shared_root: dict[str, tuple[int, float]] = {}
+        # The shared model's own prequential scores (no evidence): how much the text knows.
         self._evaluation: dict[str, deque[float]] = {
             "p": deque(maxlen=self.EVALUATION_WINDOW),
-            "beta": deque(maxlen=self.EVALUATION_WINDOW),
             "target": deque(maxlen=self.EVALUATION_WINDOW),
         }
 
@@ -116,10 +139,12 @@ class OutcomeModel:
 
     def open_tree(self, tree_id: str, task: TaskSpec) -> None:
         self._root_features[tree_id] = self._featurize_root(task)
+        self._decisions.setdefault(tree_id, {})
 
     def drop_tree(self, tree_id: str) -> None:
         """Forget a tree that closed without a complete path (it teaches nothing)."""
         self._root_features.pop(tree_id, None)
+        self._decisions.pop(tree_id, None)
 
     def observe_node(self, tree: RolloutTree, state: NodeState) -> None:
         """Set the features of a node just attached to ``tree`` (its parent already has them)."""
@@ -127,23 +152,40 @@ class OutcomeModel:
 
     # ------------------------------------------------------------------ predictions
 
+    def _shared_roots(self, tasks: Sequence[TaskSpec]) -> list[float]:
+        revision = self.revision
+        stale = [t for t in tasks if self._shared_root.get(t.task_id, (-1, 0.0))[0] != revision]
+        if stale:
+            probs, _ = self.predictor.predict_many([self._featurize_root(t) for t in stale])
+            for task, p in zip(stale, probs.tolist()):
+                self._shared_root[task.task_id] = (revision, p)
+        return [self._shared_root[t.task_id][1] for t in tasks]
+
+    def _root_evidence(self, task_id: str) -> tuple[float, float]:
+        stats = self.prompt_stats.get(task_id, PromptStats())
+        return stats.successes, stats.failures
+
+    def _root_value(self, task_id: str, shared: float) -> float:
+        successes, failures = self._root_evidence(task_id)
+        return posterior_mean(shared, successes, failures, self.concentrations.concentration(0))
+
     def score_roots(self, tasks: Sequence[TaskSpec], units: float) -> tuple[list[float], float]:
         """Predicted success of the leading ``tasks`` that ``units`` pay for (at least one),
         and the units left."""
-        batch: list[SparseFeatures] = []
+        taken: list[TaskSpec] = []
         for task in tasks:
             if units <= 0:
                 break
-            units -= self.PREDICT_UNITS if self._root_features_cached(task) else self.FEATURIZE_UNITS
-            batch.append(self._featurize_root(task))
-        return self.predictor.predict_many(batch)[0].tolist(), units
+            units -= self.PREDICT_UNITS if task.task_id in self._root_feature_cache else self.FEATURIZE_UNITS
+            taken.append(task)
+        return self.predict_roots(taken), units
 
     def predict_roots(self, tasks: Sequence[TaskSpec]) -> list[float]:
-        probs, _ = self.predictor.predict_many([self._featurize_root(t) for t in tasks])
-        return probs.tolist()
+        shared = self._shared_roots(tasks)
+        return [self._root_value(t.task_id, mu) for t, mu in zip(tasks, shared)]
 
-    def refresh_predictions(self, states: Sequence[NodeState]) -> float:
-        """Bring the cached ``prediction`` of every state up to this revision; the units spent."""
+    def _shared_prefixes(self, states: Sequence[NodeState]) -> float:
+        """Bring each state's cached shared prediction up to this revision; the units spent."""
         revision = self.revision
         stale = [state for state in states if state.prediction_revision != revision]
         if stale:
@@ -151,6 +193,27 @@ class OutcomeModel:
             for state, p in zip(stale, probs.tolist()):
                 state.prediction, state.prediction_revision = p, revision
         return self.PREDICT_UNITS * len(stale)
+
+    def _prefix_belief(self, tree: RolloutTree, state: NodeState) -> tuple[float, float]:
+        """(prior mean, posterior mean) of V(H) for the prefix ending at ``state``; its
+        shared prediction must be current."""
+        mu = self._shared_roots([tree.task])[0]
+        successes, failures = self._root_evidence(tree.task.task_id)
+        # The prompt's correction leaves out H's own leaves: they are H's evidence below.
+        elsewhere_s = tree.successes - state.successes
+        elsewhere_f = (tree.leaves - tree.successes) - state.failures
+        theta = posterior_mean(mu, successes + elsewhere_s, failures + elsewhere_f, self.concentrations.concentration(0))
+        prior = shifted_prior(state.prediction, mu, theta)
+        kappa = self.concentrations.concentration(state.node.depth)
+        return prior, posterior_mean(prior, state.successes, state.failures, kappa)
+
+    def predict_prefixes(self, candidates: Sequence[tuple[RolloutTree, NodeState]]) -> tuple[np.ndarray, float]:
+        """Predicted success of a new continuation of each (tree, prefix); the units spent."""
+        units = self._shared_prefixes([state for _, state in candidates])
+        values = np.fromiter(
+            (self._prefix_belief(tree, state)[1] for tree, state in candidates), dtype=np.float64, count=len(candidates)
+        )
+        return values, units + self.PREDICT_UNITS * len(candidates)
 
     def prompt_embeddings(self, tasks: Sequence[TaskSpec]) -> np.ndarray:
         """One row per task: the text part of its root features, for diversity between prompts."""
@@ -167,18 +230,87 @@ class OutcomeModel:
         transition = dps_transition(self.dps_stickiness)
         return [dps_predict(self.dps_belief.get(t.task_id, dps_prior()), transition)[1] for t in tasks]
 
+    def expected_turns(self, depth: int) -> float:
+        """Turns a new continuation from ``depth`` is expected to take: observed so far, else
+        the whole remaining horizon (early ends make it shorter, and cheaper to branch)."""
+        total, count = self._turns_taken.get(depth, (0.0, 0.0))
+        horizon = float(self.max_turns - depth)
+        return min(horizon, max(1.0, total / count)) if count >= 1 else horizon
+
+    # ------------------------------------------------------------------ decisions
+
+    def record_decision(self, tree: RolloutTree, work_id: str, state: NodeState | None) -> None:
+        """Remember what was believed when ``work_id`` was issued: continuations of ``state``'s
+        prefix, or root rollouts when ``state`` is None."""
+        task_id = tree.task.task_id
+        if state is None:
+            mu = self._shared_roots([tree.task])[0]
+            successes, failures = self._root_evidence(task_id)
+            record = DecisionRecord(task_id, 0, self._root_value(task_id, mu), self.beta.predict(task_id), mu,
+                                    successes, failures)
+        else:
+            self._shared_prefixes([state])
+            prior, value = self._prefix_belief(tree, state)
+            record = DecisionRecord(task_id, state.node.depth, value, self.beta.predict(task_id), prior,
+                                    state.successes, state.failures)
+        self._decisions.setdefault(tree.tree_id, {})[work_id] = record
+
+    def _score_decisions(self, tree: RolloutTree) -> None:
+        """Each decision of a closed tree against the leaves its work produced."""
+        records = self._decisions.pop(tree.tree_id, {})
+        outcomes: dict[str, list[int]] = {}
+        for state in tree.nodes.values():
+            if state.node.done and state.node.work_id in records:
+                outcomes.setdefault(state.node.work_id, []).append(int(state.successes > 0))
+                record = records[state.node.work_id]
+                total, count = self._turns_taken.get(record.depth, (0.0, 0.0))
+                self._turns_taken[record.depth] = (total + state.node.depth - record.depth, count + 1)
+        for work_id, leaves in outcomes.items():
+            record = records[work_id]
+            self.decision_scores.add(record, leaves)
+            wins = sum(leaves)
+            self.concentrations.add(
+                Decision(record.depth, record.prior_mean, record.successes, record.failures, wins, len(leaves) - wins)
+            )
+
+    def _score_every_node(self, tree: RolloutTree) -> None:
+        """The leave-one-out check of a closed tree (allocator/evaluation.py), before any of
+        its outcomes reach the model or the prompt's counts."""
+        if not tree.leaves:
+            return
+        states = [state for state in tree.nodes.values() if state.leaves >= 1 and state.features is not None]
+        self._shared_prefixes(states)
+        task_id = tree.task.task_id
+        prior_s, prior_f = self._root_evidence(task_id)
+        tree_s, tree_f = tree.successes, tree.leaves - tree.successes
+        base = self.beta.stats.get(task_id, PromptStats())
+        base_s, base_f = base.successes + tree_s, base.failures + tree_f
+        mu = self._shared_roots([tree.task])[0]
+        nodes = [
+            NodeEvidence(task_id, 0, mu, self.concentrations.concentration(0), prior_s + tree_s, prior_f + tree_f,
+                         (tree_s, tree_f), base_s, base_f)
+        ]
+        for state in states:
+            prior, _ = self._prefix_belief(tree, state)
+            nodes.append(
+                NodeEvidence(task_id, state.node.depth, prior, self.concentrations.concentration(state.node.depth),
+                             state.successes, state.failures, (state.successes, state.failures), base_s, base_f)
+            )
+        self.loo_scores.add_samples(leave_one_out(nodes))
+
     # ------------------------------------------------------------------ learning
 
     def learn_from_tree(self, tree: RolloutTree, batch: TrainingBatch, policy_version: int) -> int:
-        """Add a closed tree's samples to ``batch`` and update the prompt's statistics; the
-        number of samples left out as too stale."""
+        """Add a closed tree's samples to ``batch``, score its decisions and every node, and
+        update the prompt's statistics; the number of samples left out as too stale."""
+        self._score_decisions(tree)
+        self._score_every_node(tree)
         too_stale = 0
         if tree.leaves:
             root: SparseFeatures | None = self._root_features.pop(tree.tree_id, None)
             batch.samples.append(root if root is not None else self._featurize_root(tree.task))
             batch.targets.append(tree.successes / tree.leaves)
             batch.weights.append(1.0)
-            self._evaluation["beta"].append(self.beta.predict(tree.task.task_id))
         for state in tree.nodes.values():
             if state.leaves < 1 or state.features is None:
                 continue
@@ -189,7 +321,6 @@ class OutcomeModel:
             batch.samples.append(state.features.sparse)
             batch.targets.append(state.successes / state.leaves)
             batch.weights.append(weight)
-            self._evaluation["beta"].append(self.beta.predict(tree.task.task_id))
         successes, failures = tree.successes, tree.leaves - tree.successes
         task_id = tree.task.task_id
         old = self.prompt_stats.get(task_id, PromptStats())
@@ -207,27 +338,31 @@ class OutcomeModel:
         return too_stale
 
     def evaluate_then_train(self, batch: TrainingBatch) -> None:
-        if not batch.samples:
-            return
-        # Prequential: every sample is scored before the model has seen it.
-        probs, _ = self.predictor.predict_many(batch.samples)
-        self._evaluation["p"].extend(probs.tolist())
-        self._evaluation["target"].extend(batch.targets)
-        self.predictor.update(batch.samples, batch.targets, batch.weights)
+        if batch.samples:
+            # Prequential: every sample is scored before the model has seen it.
+            probs, _ = self.predictor.predict_many(batch.samples)
+            self._evaluation["p"].extend(probs.tolist())
+            self._evaluation["target"].extend(batch.targets)
+            self.predictor.update(batch.samples, batch.targets, batch.weights)
+        self.concentrations.refit()
 
     def scores(self) -> dict[str, float]:
-        """Prequential Brier score, AUC and calibration of the predictor, and the Beta
-        baseline's Brier score on the same samples (NaN before any sample)."""
+        """The predictor's decision-time scores (allocator/evaluation.py) with the Beta
+        baseline's on the same leaves, the shared model's own prequential scores, and the
+        fitted concentrations (NaN before any sample)."""
         p = self._evaluation["p"]
         y = self._evaluation["target"]
-        return dict(
-            predictor_brier=float(np.mean((np.asarray(p) - np.asarray(y)) ** 2)) if p else math.nan,
-            predictor_auc=auc_score(list(p), [int(t >= 0.5) for t in y]) if p else math.nan,
-            predictor_calibration_error=calibration_error(p, y) if p else math.nan,
-            beta_baseline_brier=float(np.mean((np.asarray(self._evaluation["beta"]) - np.asarray(y)) ** 2))
-            if p
-            else math.nan,
+        out: dict[str, float] = dict(self.decision_scores.metrics())
+        out.update(self.loo_scores.metrics("predictor_loo", "beta_loo"))
+        out.update(
+            shared_model_brier=float(np.mean((np.asarray(p) - np.asarray(y)) ** 2)) if p else math.nan,
+            shared_model_auc=auc_score(list(p), [int(t >= 0.5) for t in y]) if p else math.nan,
+            shared_model_calibration_error=calibration_error(p, y) if p else math.nan,
         )
+        for depth in range(self.max_turns + 1):
+            out[f"predictor_concentration_depth{depth}"] = self.concentrations.concentration(depth)
+            out[f"expected_turns_depth{depth}"] = self.expected_turns(depth)
+        return out
 
     # ------------------------------------------------------------------ features
 
@@ -238,31 +373,33 @@ class OutcomeModel:
             self._prompt_count_cache[task.task_id] = counts
         return counts
 
-    def _root_features_cached(self, task: TaskSpec) -> bool:
-        cached = self._root_feature_cache.get(task.task_id)
-        return cached is not None and cached[0] == self.prompt_stats.get(task.task_id, PromptStats())
+    def _prompt_words(self, task: TaskSpec) -> int:
+        words = self._prompt_word_cache.get(task.task_id)
+        if words is None:
+            words = self._prompt_word_cache[task.task_id] = word_count(self.prompt_text(task))
+        return words
 
     def _featurize_root(self, task: TaskSpec) -> SparseFeatures:
-        stats = self.prompt_stats.get(task.task_id, PromptStats())
         cached = self._root_feature_cache.get(task.task_id)
-        if cached is not None and cached[0] == stats:
-            return cached[1]
+        if cached is not None:
+            return cached
         features = features_from_counts(
             self._prompt_counts(task),
             depth=0,
             max_turns=self.max_turns,
             tool_calls=0,
             last_observation="",
-            prompt_stats=stats,
+            prompt_words=self._prompt_words(task),
             config=self.config,
         )
-        self._root_feature_cache[task.task_id] = (stats, features)
+        self._root_feature_cache[task.task_id] = features
         return features
 
     def _featurize_node(self, tree: RolloutTree, state: NodeState) -> PrefixFeatures:
         """Built from the parent's cached counts plus this turn, so each node costs one turn."""
         node = state.node
-        parent = tree.nodes[node.parent_id].features if node.parent_id is not None else None
+        parent_state = tree.nodes[node.parent_id] if node.parent_id is not None else None
+        parent = parent_state.features if parent_state is not None else None
         base = parent.text_counts if parent is not None else self._prompt_counts(tree.task)
         counts = merge_counts(base, turn_counts(node.action_text, node.observation_text, self.config))
         tool_calls = (parent.tool_calls if parent is not None else 0) + int(bool(node.observation_text.strip()))
@@ -272,8 +409,10 @@ class OutcomeModel:
             max_turns=self.max_turns,
             tool_calls=tool_calls,
             last_observation=node.observation_text,
-            prompt_stats=self.prompt_stats.get(tree.task.task_id, PromptStats()),
+            prompt_words=self._prompt_words(tree.task),
             config=self.config,
+            env_score=node.env_score,
+            previous_env_score=parent_state.node.env_score if parent_state is not None else None,
         )
         return PrefixFeatures(sparse, counts, tool_calls)
 

@@ -45,6 +45,9 @@ class PredictorConfig:
     # Read the environment's progress score (TurnNode.env_score: e.g. the share of the needed
     # evidence found) when the environment has one. Off, the model sees text and structure only.
     use_env_score: bool = True
+    # How many leaves' worth of weight a prior mean has before concentrations are fitted
+    # (allocator/posterior.py fits them per depth from the allocator's own decisions).
+    initial_concentration: float = 4.0
 
     def __post_init__(self) -> None:
         if not 8 <= self.hash_bits <= 22:
@@ -59,6 +62,8 @@ class PredictorConfig:
             raise ValueError("predictor.decay must be in (0, 1]")
         if self.max_lag < 0:
             raise ValueError("predictor.max_lag must be >= 0")
+        if not self.initial_concentration > 0:
+            raise ValueError("predictor.initial_concentration must be > 0")
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,11 @@ class SparseFeatures:
 
 def _tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
+
+
+def word_count(text: str) -> int:
+    """Words and punctuation marks as the hashed features count them."""
+    return len(_tokens(text))
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -149,7 +159,7 @@ def featurize(view: PrefixView, config: PredictorConfig) -> SparseFeatures:
         max_turns=view.max_turns,
         tool_calls=sum(1 for _, o in view.turns if o.strip()),
         last_observation=view.turns[-1][1] if view.turns else "",
-        prompt_words=len(_tokens(view.prompt_text)),
+        prompt_words=word_count(view.prompt_text),
         env_score=view.env_score,
         previous_env_score=view.previous_env_score,
         config=config,

@@ -47,7 +47,7 @@ class NodeState:
     features: Any = None
     # The oldest policy version among the turns of the prefix ending here.
     oldest_version: int = 0
-    # Cached predicted success and the predictor revision that produced it.
+    # The shared model's cached prediction for the prefix (no evidence), and its revision.
     prediction: float = 0.5
     prediction_revision: int = -1
 

@@ -143,17 +143,23 @@ class BranchesJob:
             self.revision, self.scored, self.greedy = revision, 0, PrefixGreedy()
         if self.scored < n:
             start, end = self.scored, min(n, self.scored + max(1, int(units / core.outcomes.PREDICT_UNITS)))
-            states = [state for _, state in self.candidates[start:end]]
-            scoring = core.outcomes.refresh_predictions(states)
+            chunk = self.candidates[start:end]
+            values, scoring = core.outcomes.predict_prefixes(chunk)
+            # Ranked by expected mixed outcomes per expected turn; reserved at the full horizon.
             self.greedy.add(
                 np.asarray(self.outcome[start:end], dtype=np.float64),
-                np.fromiter((state.prediction for state in states), dtype=np.float64, count=len(states)),
+                values,
                 np.asarray(self.cost[start:end], dtype=np.int64),
-                np.full(len(states), cfg.branch_k, dtype=np.int64),
+                np.full(len(chunk), cfg.branch_k, dtype=np.int64),
                 np.asarray(self.already[start:end], dtype=np.int64),
+                rank_cost=np.fromiter(
+                    (core.outcomes.expected_turns(state.node.depth) for _, state in chunk),
+                    dtype=np.float64,
+                    count=len(chunk),
+                ),
             )
             self.scored = end
-            return None, units - scoring - _UNITS_SCAN * len(states)
+            return None, units - scoring - _UNITS_SCAN * len(chunk)
         if self.chosen is None:
             cost = _UNITS_ALLOCATE * n
             if not starts_or_fits(core, cost, units):

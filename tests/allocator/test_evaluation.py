@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from allocator.evaluation import DecisionRecord, DecisionScores, p_mixed
+from allocator.evaluation import DecisionRecord, DecisionScores, NodeEvidence, leave_one_out, p_mixed
 
 
 def record(task_id, depth, prediction, baseline=0.5):
@@ -23,7 +23,7 @@ def test_each_leaf_of_a_decision_is_a_sample_scored_against_the_prediction_made_
     scores.add(record("a", 2, 0.1, baseline=0.5), [0, 0])  # a prefix that had failed
     scores.add(record("b", 0, 0.3, baseline=0.4), [1])
     m = scores.metrics()
-    assert m["predictor_decision_leaves"] == 6
+    assert m["predictor_leaves"] == 6
     p = [0.6, 0.6, 0.6, 0.1, 0.1, 0.3]
     y = [1, 1, 0, 0, 0, 1]
     assert m["predictor_brier"] == pytest.approx(sum((a - b) ** 2 for a, b in zip(p, y)) / 6)
@@ -43,4 +43,25 @@ def test_each_leaf_of_a_decision_is_a_sample_scored_against_the_prediction_made_
 
 
 def test_no_decision_yet_reports_only_the_count():
-    assert DecisionScores().metrics() == {"predictor_decision_leaves": 0}
+    assert DecisionScores().metrics() == {"predictor_leaves": 0}
+
+
+def test_leave_one_out_predicts_each_leaf_from_everything_but_itself():
+    # A node with 2 successful and 1 failed leaf below it, prior mean 0.5, concentration 2;
+    # the prompt's baseline counts (this tree included) are 3 successes, 1 failure.
+    node = NodeEvidence("a", 1, 0.5, 2.0, 2, 1, (2, 1), 3, 1)
+    samples = leave_one_out([node])
+    assert [s.outcome for s in samples] == [1, 1, 0]
+    # A success left out: (2*0.5 + 1) / (2 + 1 + 1); the baseline (2 + 1) / (3 + 2).
+    assert samples[0].prediction == pytest.approx(2 / 4) and samples[0].baseline == pytest.approx(3 / 5)
+    # The failure left out: (1 + 2) / (2 + 2 + 0); the baseline (3 + 1) / (3 + 0 + 2).
+    assert samples[2].prediction == pytest.approx(3 / 4) and samples[2].baseline == pytest.approx(4 / 5)
+    # A node without leaves of one kind gives none of that kind.
+    assert [s.outcome for s in leave_one_out([NodeEvidence("a", 2, 0.5, 2.0, 0, 2, (0, 2), 0, 2)])] == [0, 0]
+
+
+def test_loo_metrics_carry_their_own_names():
+    scores = DecisionScores()
+    scores.add_samples(leave_one_out([NodeEvidence("a", 0, 0.5, 2.0, 1, 1, (1, 1), 1, 1)]))
+    m = scores.metrics("predictor_loo", "beta_loo")
+    assert m["predictor_loo_leaves"] == 2 and "beta_loo_brier" in m and "predictor_brier" not in m
