@@ -145,8 +145,16 @@ class PrefixGreedy:
     costs: list[np.ndarray] = field(default_factory=list)
 
     def add(
-        self, outcome: np.ndarray, value: np.ndarray, cost: np.ndarray, limit: np.ndarray, already: np.ndarray
+        self,
+        outcome: np.ndarray,
+        value: np.ndarray,
+        cost: np.ndarray,
+        limit: np.ndarray,
+        already: np.ndarray,
+        rank_cost: np.ndarray | None = None,
     ) -> None:
+        """``cost``: the turns a continuation reserves; ``rank_cost`` (default ``cost``): the
+        turns it is expected to take, which orders the moves."""
         n = len(value)
         offset, self.size = self.size, self.size + n
         if np.any(cost < 1):
@@ -159,7 +167,8 @@ class PrefixGreedy:
         gains = np.power(agree[:, None], already[:, None] + j[None, :] - 1) * (1.0 - agree[:, None])
         rows, cols = np.nonzero((j[None, :] <= limit[:, None]) & (gains > 0))
         # np.nonzero lists moves row by row, so a stable sort breaks ties as documented.
-        keys = -(gains[rows, cols] / cost[rows])
+        per = cost if rank_cost is None else np.maximum(np.asarray(rank_cost, dtype=np.float64), 1e-9)
+        keys = -(gains[rows, cols] / per[rows])
         order = np.argsort(keys, kind="stable")
         self.keys.append(keys[order])
         self.rows.append(rows[order] + offset)

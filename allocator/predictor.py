@@ -42,6 +42,12 @@ class PredictorConfig:
     decay: float = 0.7
     max_lag: int = 4
     use_bigrams: bool = True
+    # Read the environment's progress score (TurnNode.env_score: e.g. the share of the needed
+    # evidence found) when the environment has one. Off, the model sees text and structure only.
+    use_env_score: bool = True
+    # How many leaves' worth of weight a prior mean has before concentrations are fitted
+    # (allocator/posterior.py fits them per depth from the allocator's own decisions).
+    initial_concentration: float = 4.0
 
     def __post_init__(self) -> None:
         if not 8 <= self.hash_bits <= 22:
@@ -56,6 +62,8 @@ class PredictorConfig:
             raise ValueError("predictor.decay must be in (0, 1]")
         if self.max_lag < 0:
             raise ValueError("predictor.max_lag must be >= 0")
+        if not self.initial_concentration > 0:
+            raise ValueError("predictor.initial_concentration must be > 0")
 
 
 @dataclass(frozen=True)
@@ -79,12 +87,28 @@ def _tokens(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def word_count(text: str) -> int:
+    """Words and punctuation marks as the hashed features count them."""
+    return len(_tokens(text))
+
+
 @functools.lru_cache(maxsize=1 << 17)
 def _hash(key: str, bits: int) -> int:
     return zlib.crc32(key.encode()) & ((1 << bits) - 1)
 
 
-STRUCTURED = ("bias", "depth", "tool_calls", "last_obs_len", "last_obs_error", "prompt_logit", "prompt_evidence")
+# The prompt's own outcomes are not features: allocator/posterior.py adds them as evidence
+# over this model's prediction, which stays a prior shared by all prompts.
+STRUCTURED = (
+    "bias",
+    "depth",
+    "tool_calls",
+    "last_obs_len",
+    "last_obs_error",
+    "prompt_words",
+    "env_score",
+    "env_score_gain",
+)
 
 
 def text_counts(namespace: str, text: str, config: PredictorConfig) -> dict[int, float]:
@@ -118,11 +142,19 @@ def features_from_counts(
     max_turns: int,
     tool_calls: int,
     last_observation: str,
-    prompt_stats: PromptStats,
+    prompt_words: int,
     config: PredictorConfig,
+    env_score: float | None = None,
+    previous_env_score: float | None = None,
 ) -> SparseFeatures:
     """Hashed counts of prompt, actions and observations (``counts``), log-scaled and
-    normalised, plus the structured features in the slots after the hashed block."""
+    normalised, plus the structured features in the slots after the hashed block.
+
+    ``prompt_words`` is there because a hashed count normalised over a whole prompt says
+    little about its length, and length is how harder questions often show (one more hop
+    is one more clause). The progress score enters only when the config asks for it and the
+    environment gives one; its gain over the previous turn says whether the turn helped.
+    """
     indices = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
     # log1p keeps a word repeated along a long prefix from dominating the logit
     values = np.log1p(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
@@ -130,9 +162,8 @@ def features_from_counts(
     values = values / norm
 
     last_obs = last_observation
-    stats = prompt_stats
-    evidence = stats.successes + stats.failures
-    mean = stats.posterior_mean()
+    score = env_score if config.use_env_score and env_score is not None else None
+    gain = score - (previous_env_score or 0.0) if score is not None else 0.0
     structured = np.array(
         [
             1.0,
@@ -140,8 +171,9 @@ def features_from_counts(
             tool_calls / max(1, max_turns),
             math.log1p(len(_tokens(last_obs))) / 5.0,
             1.0 if _ERROR.search(last_obs) else 0.0,
-            math.log(mean / (1.0 - mean)),
-            math.log1p(evidence) / 3.0,
+            math.log1p(prompt_words) / 3.0,
+            score if score is not None else 0.0,
+            gain,
         ]
     )
     base = 1 << config.hash_bits
@@ -309,3 +341,23 @@ def calibration_error(probabilities: Sequence[float], outcomes: Sequence[float],
         if mask.any():
             total += mask.mean() * abs(p[mask].mean() - y[mask].mean())
     return float(total)
+
+
+def within_group_auc(probabilities: Sequence[float], labels: Sequence[int], groups: Sequence[str]) -> float:
+    """AUC over the (success, failure) pairs of the same group only, ties counted half.
+
+    Groups are prompts: this is how well the scores order one prompt's own prefixes, which
+    is what stage 2 needs and what a per-prompt counter cannot do (it gives all of a
+    prompt's prefixes one score, so its within-prompt AUC is 0.5). NaN without such a pair.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    g = np.asarray(groups)
+    ordered, pairs = 0.0, 0
+    for group in np.unique(g):
+        mask = g == group
+        pos, neg = int(y[mask].sum()), int((~y[mask]).sum())
+        if pos and neg:
+            ordered += auc(p[mask], y[mask]) * pos * neg
+            pairs += pos * neg
+    return ordered / pairs if pairs else float("nan")

@@ -93,7 +93,7 @@ class ReplaySummary:
 async def rebuild_from_streams(
     core: AllocatorCore, bus: BusClient, now: float
 ) -> tuple[ReplaySummary, dict[str, tuple[str, WorkItem]]]:
-    """Replay the run's streams into a fresh ``core`` (see ``allocator.core``'s docstring).
+    """Replay the run's streams into a fresh ``core`` (see ``allocator.replay``).
 
     The nodes stream is read up to its last sequence at the start: nodes stored later come
     through the durable consumer like any live node. Held-out probe messages are skipped;

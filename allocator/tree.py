@@ -43,15 +43,11 @@ class NodeState:
     pending_children: int = 0
     # Continuations ever scheduled from this node (stage-2 expansions).
     expansions: int = 0
-    # The predictor's features of the prefix ending here, set by the allocator core.
+    # What the outcome model keeps about the prefix ending here (allocator/learning.py).
     features: Any = None
-    # Hashed text counts of the prefix ending here, so a child's features cost one turn.
-    text_counts: Any = None
-    # Turns with a non-empty observation (tool calls) along the path.
-    tool_calls: int = 0
     # The oldest policy version among the turns of the prefix ending here.
     oldest_version: int = 0
-    # Cached predicted success and the predictor revision that produced it.
+    # The shared model's cached prediction for the prefix (no evidence), and its revision.
     prediction: float = 0.5
     prediction_revision: int = -1
 

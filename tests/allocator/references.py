@@ -16,12 +16,12 @@ import numpy as np
 from allocator.allocation import PrefixGreedy, RootsDP
 from allocator.predictor import (
     PredictorConfig,
-    PromptStats,
     SparseFeatures,
     features_from_counts,
     merge_counts,
     text_counts,
     turn_counts,
+    word_count,
 )
 
 
@@ -206,7 +206,9 @@ class PrefixView:
     turns: tuple[tuple[str, str], ...]  # (action text, observation text)
     depth: int
     max_turns: int
-    prompt_stats: PromptStats = PromptStats()
+    # The environment's progress score after the last turn and after the one before, if any.
+    env_score: float | None = None
+    previous_env_score: float | None = None
 
 
 def featurize(view: PrefixView, config: PredictorConfig) -> SparseFeatures:
@@ -220,6 +222,8 @@ def featurize(view: PrefixView, config: PredictorConfig) -> SparseFeatures:
         max_turns=view.max_turns,
         tool_calls=sum(1 for _, o in view.turns if o.strip()),
         last_observation=view.turns[-1][1] if view.turns else "",
-        prompt_stats=view.prompt_stats,
+        prompt_words=word_count(view.prompt_text),
+        env_score=view.env_score,
+        previous_env_score=view.previous_env_score,
         config=config,
     )

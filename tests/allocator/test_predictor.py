@@ -26,7 +26,8 @@ def test_scores_against_hand_computed_values():
 
 def test_featurize_is_deterministic_and_counts_structure():
     cfg = PredictorConfig(hash_bits=10)
-    view = PrefixView("who is the friend of ann", (("search friend", "error no result"),), 1, 4, PromptStats(3, 1))
+    view = PrefixView("who is the friend of ann", (("search friend", "error no result"),), 1, 4, env_score=0.5,
+                      previous_env_score=0.25)
     a, b = featurize(view, cfg), featurize(view, cfg)
     np.testing.assert_array_equal(a.indices, b.indices)
     structured = dict(zip(a.indices.tolist(), a.values.tolist()))
@@ -34,7 +35,12 @@ def test_featurize_is_deterministic_and_counts_structure():
     assert structured[base + 0] == 1.0  # bias
     assert structured[base + 1] == pytest.approx(0.25)  # depth / max turns
     assert structured[base + 4] == 1.0  # last observation was an error
-    assert structured[base + 5] == pytest.approx(np.log(4 / 6 / (2 / 6)))  # Beta(1,1) posterior logit
+    assert structured[base + 5] == pytest.approx(np.log1p(6) / 3)  # words in the prompt
+    assert structured[base + 6] == pytest.approx(0.5)  # the environment's progress score
+    assert structured[base + 7] == pytest.approx(0.25)  # and what the last turn added
+    blind = featurize(view, PredictorConfig(hash_bits=10, use_env_score=False))
+    blind_structured = dict(zip(blind.indices.tolist(), blind.values.tolist()))
+    assert blind_structured[base + 6] == 0.0 and blind_structured[base + 7] == 0.0
 
 
 def test_online_updates_learn_a_separating_word_and_shrink_uncertainty():
