@@ -22,7 +22,7 @@ from typing import Any
 from tracerl.config import dump_config, write_resolved_config
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import metrics_path, read_metrics
-from tracerl.report import plot_report
+from tracerl.report import plot_report, predictor_summary
 from tracerl.supervisor import Supervisor, parse_cpu_list, wait_for
 from tracerl.upconfig import UpConfig
 
@@ -279,6 +279,7 @@ def run(up: UpConfig) -> int:
         "after": after,
         "report": str(report),
         "interrupted": interrupted,
+        "predictor": predictor_summary(run_dir),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"[up] report: {report}")
@@ -286,6 +287,16 @@ def run(up: UpConfig) -> int:
         for mode in ("greedy", "sampled"):
             b, a = before[f"{mode}_success"], after[f"{mode}_success"]
             print(f"[up] held-out {mode:8s} success: {b:.3f} -> {a:.3f} ({100 * (a - b):+.1f} points)")
+    predictor = summary["predictor"]
+    if "predictor_auc" in predictor:
+        print(
+            "[up] success predictor: AUC {:.3f} at decisions, {:.3f} at every node ({:.3f} within a prompt); "
+            "Brier {:.3f} = {:.2f}x the per-prompt baseline's".format(
+                predictor["predictor_auc"], predictor.get("predictor_loo_auc", float("nan")),
+                predictor.get("predictor_loo_auc_within_prompt", float("nan")), predictor["predictor_brier"],
+                predictor.get("predictor_brier_vs_beta", float("nan")),
+            )
+        )
     return 130 if interrupted else 0
 
 
