@@ -18,16 +18,36 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def v_root_table(v: float | np.ndarray, max_m: int) -> np.ndarray:
+def beta_power_means(mean: np.ndarray, strength: np.ndarray | None, max_j: int) -> np.ndarray:
+    """``E[V^j]`` for j = 0..max_j, per row, where V ~ Beta(strength * mean, strength * (1 - mean)).
+
+    The rising-factorial ratio prod_{i<j} (a + i) / (a + b + i). Without ``strength`` V is the
+    point ``mean`` itself (an infinitely strong belief), and E[V^j] = mean^j.
+    """
+    mean = np.asarray(mean, dtype=np.float64)[..., None]
+    j = np.arange(max_j + 1, dtype=np.float64)
+    if strength is None:
+        return np.power(mean, j)
+    strength = np.asarray(strength, dtype=np.float64)[..., None]
+    a = strength * mean
+    steps = (a + j[:-1]) / (strength + j[:-1])
+    return np.concatenate([np.ones_like(mean * strength), np.cumprod(steps, axis=-1)], axis=-1)
+
+
+def v_root_table(v: float | np.ndarray, max_m: int, strength: np.ndarray | None = None) -> np.ndarray:
     """``[V_root(v, 0), ..., V_root(v, max_m)]`` as one vector; an array of ``v`` gives one row each.
 
     V_root(v, m), the probability that ``m`` independent rollouts with success probability ``v``
     are mixed, is 1 - v^m - (1-v)^m. That closed form gives -1 at m = 0 and 0 at m = 1; both
     are 0 here because no group of fewer than two rollouts can be mixed.
+
+    With ``strength`` the success probability is not known but believed Beta(strength v,
+    strength (1 - v)) (allocator/posterior.py), and the value is the expected probability
+    1 - E[V^m] - E[(1-V)^m]: the rollouts of one prompt share its unknown rate, so they agree
+    more often than independent draws at the mean would, and an uncertain prompt is worth less.
     """
-    m = np.arange(max_m + 1, dtype=np.float64)
-    v = np.asarray(v, dtype=np.float64)[..., None]
-    table = 1.0 - np.power(v, m) - np.power(1.0 - v, m)
+    v = np.asarray(v, dtype=np.float64)
+    table = 1.0 - beta_power_means(v, strength, max_m) - beta_power_means(1.0 - v, strength, max_m)
     table[..., : min(2, max_m + 1)] = 0.0
     return table
 
@@ -58,7 +78,13 @@ class RootsDP:
     cursor: int = 0  # the units left for the prompts not yet traced
 
     @classmethod
-    def start(cls, values: Sequence[float], budget: int, max_per_prompt: int | None = None) -> RootsDP:
+    def start(
+        cls,
+        values: Sequence[float],
+        budget: int,
+        max_per_prompt: int | None = None,
+        strengths: Sequence[float] | None = None,
+    ) -> RootsDP:
         if budget < 0:
             raise ValueError("budget must be >= 0")
         cap = budget if max_per_prompt is None else min(budget, max_per_prompt)
@@ -66,7 +92,8 @@ class RootsDP:
         if n == 0 or budget < 2 or cap < 2:
             # Nothing can be mixed: already finished with all-zero counts.
             return cls(np.zeros((n, 1)), budget, [0] * n, added=n, traced=n)
-        return cls(v_root_table(np.asarray(values, dtype=np.float64), cap), budget, [0] * n)
+        strength = None if strengths is None else np.asarray(strengths, dtype=np.float64)
+        return cls(v_root_table(np.asarray(values, dtype=np.float64), cap, strength), budget, [0] * n)
 
     @property
     def size(self) -> int:
@@ -152,9 +179,13 @@ class PrefixGreedy:
         limit: np.ndarray,
         already: np.ndarray,
         rank_cost: np.ndarray | None = None,
+        strength: np.ndarray | None = None,
     ) -> None:
         """``cost``: the turns a continuation reserves; ``rank_cost`` (default ``cost``): the
-        turns it is expected to take, which orders the moves."""
+        turns it is expected to take, which orders the moves. With ``strength``, ``value`` is
+        the mean of a Beta belief of that strength that already counts every leaf below the
+        prefix (so ``already`` should be 0): the j-th new continuation's gain is then
+        P(the first j - 1 agree) - P(the first j agree) under that belief."""
         n = len(value)
         offset, self.size = self.size, self.size + n
         if np.any(cost < 1):
@@ -164,7 +195,11 @@ class PrefixGreedy:
             return
         agree = outcome * value + (1.0 - outcome) * (1.0 - value)
         j = np.arange(1, width + 1)
-        gains = np.power(agree[:, None], already[:, None] + j[None, :] - 1) * (1.0 - agree[:, None])
+        if strength is None:
+            gains = np.power(agree[:, None], already[:, None] + j[None, :] - 1) * (1.0 - agree[:, None])
+        else:
+            all_agree = beta_power_means(agree, strength, width)
+            gains = all_agree[:, :-1] - all_agree[:, 1:]
         rows, cols = np.nonzero((j[None, :] <= limit[:, None]) & (gains > 0))
         # np.nonzero lists moves row by row, so a stable sort breaks ties as documented.
         per = cost if rank_cost is None else np.maximum(np.asarray(rank_cost, dtype=np.float64), 1e-9)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .allocation import v_root_table
 from .posterior import posterior_mean
 from .predictor import auc, calibration_error, within_group_auc
 
@@ -44,6 +45,8 @@ class DecisionRecord:
     prior_mean: float  # the posterior's prior mean for the node (allocator/posterior.py)
     successes: float  # the evidence the prediction used
     failures: float
+    # How many leaves' worth of belief the prediction holds (None: taken as exact).
+    strength: float | None = None
 
 
 @dataclass(frozen=True)
@@ -55,9 +58,10 @@ class Sample:
     depth: int
 
 
-def p_mixed(p: float, k: int) -> float:
-    """P(k Bernoulli(p) leaves are not all equal)."""
-    return 1.0 - p**k - (1.0 - p) ** k if k >= 2 else 0.0
+def p_mixed(p: float, k: int, strength: float | None = None) -> float:
+    """P(k leaves are not all equal) when each succeeds with probability p, or, with
+    ``strength``, when they share an unknown rate believed Beta(strength p, strength (1 - p))."""
+    return float(v_root_table(p, max(k, 1), None if strength is None else np.asarray(strength))[k]) if k >= 2 else 0.0
 
 
 @dataclass
@@ -77,7 +81,8 @@ class DecisionScores:
         for y in outcomes:
             self.samples.append(Sample(record.prediction, record.baseline, int(y), record.task_id, record.depth))
         if len(outcomes) >= 2:
-            self.groups.append((p_mixed(record.prediction, len(outcomes)), int(0 < sum(outcomes) < len(outcomes))))
+            predicted = p_mixed(record.prediction, len(outcomes), record.strength)
+            self.groups.append((predicted, int(0 < sum(outcomes) < len(outcomes))))
 
     def metrics(self, name: str = "predictor", baseline_name: str = "beta_baseline") -> dict[str, float | int]:
         out: dict[str, float | int] = {f"{name}_leaves": len(self.samples)}
@@ -97,11 +102,14 @@ class DecisionScores:
                 f"{name}_brier": brier,
                 f"{baseline_name}_brier": baseline,
                 f"{baseline_name}_auc": auc(b, y),
-                f"{baseline_name}_auc_within_prompt": within_group_auc(b, y, groups),
                 f"{name}_brier_vs_beta": brier / baseline if baseline > 0 else math.nan,
                 f"{name}_calibration_error": calibration_error(p, y),
             }
         )
+        if name == "predictor":
+            # Left out of the leave-one-out scores: there a per-prompt counter's prediction
+            # of a leaf is lower exactly when the leaf succeeded, an artifact with AUC 0.
+            out[f"{baseline_name}_auc_within_prompt"] = within_group_auc(b, y, groups)
         roots, prefixes = depth == 0, depth > 0
         out[f"{name}_auc_roots"] = auc(p[roots], y[roots]) if roots.any() else math.nan
         out[f"{name}_auc_prefixes"] = auc(p[prefixes], y[prefixes]) if prefixes.any() else math.nan

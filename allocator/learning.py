@@ -184,6 +184,20 @@ class OutcomeModel:
         shared = self._shared_roots(tasks)
         return [self._root_value(t.task_id, mu) for t, mu in zip(tasks, shared)]
 
+    def root_strengths(self, tasks: Sequence[TaskSpec]) -> list[float]:
+        """How many leaves' worth of belief each root prediction holds: the concentration
+        plus the prompt's (decayed) outcomes."""
+        kappa = self.concentrations.concentration(0)
+        return [kappa + sum(self._root_evidence(t.task_id)) for t in tasks]
+
+    def prefix_strengths(self, candidates: Sequence[tuple[RolloutTree, NodeState]]) -> np.ndarray:
+        """As ``root_strengths``, for prefixes: their depth's concentration plus their leaves."""
+        return np.fromiter(
+            (self.concentrations.concentration(state.node.depth) + state.leaves for _, state in candidates),
+            dtype=np.float64,
+            count=len(candidates),
+        )
+
     def _shared_prefixes(self, states: Sequence[NodeState]) -> float:
         """Bring each state's cached shared prediction up to this revision; the units spent."""
         revision = self.revision
@@ -247,12 +261,12 @@ class OutcomeModel:
             mu = self._shared_roots([tree.task])[0]
             successes, failures = self._root_evidence(task_id)
             record = DecisionRecord(task_id, 0, self._root_value(task_id, mu), self.beta.predict(task_id), mu,
-                                    successes, failures)
+                                    successes, failures, self.root_strengths([tree.task])[0])
         else:
             self._shared_prefixes([state])
             prior, value = self._prefix_belief(tree, state)
             record = DecisionRecord(task_id, state.node.depth, value, self.beta.predict(task_id), prior,
-                                    state.successes, state.failures)
+                                    state.successes, state.failures, self.prefix_strengths([(tree, state)])[0])
         self._decisions.setdefault(tree.tree_id, {})[work_id] = record
 
     def _score_decisions(self, tree: RolloutTree) -> None:

@@ -79,7 +79,8 @@ class RootsJob:
             self.values.extend(values)
             return None, units
         if self.dp is None:
-            self.dp = RootsDP.start(self.values, self.rollouts, cfg.max_per_prompt)
+            strengths = core.outcomes.root_strengths(self.pool)
+            self.dp = RootsDP.start(self.values, self.rollouts, cfg.max_per_prompt, strengths)
         dp = self.dp
         if not dp.all_added:
             row_units = dp.cells_per_prompt / _DP_CELLS_PER_UNIT
@@ -110,7 +111,6 @@ class BranchesJob:
     candidates: list[tuple[RolloutTree, NodeState]] = field(default_factory=list)
     outcome: list[float] = field(default_factory=list)
     cost: list[int] = field(default_factory=list)
-    already: list[int] = field(default_factory=list)
     scored: int = 0
     revision: int = -1
     greedy: PrefixGreedy = field(default_factory=PrefixGreedy)
@@ -134,7 +134,6 @@ class BranchesJob:
                         self.candidates.append((tree, state))
                         self.outcome.append(1.0 if state.successes == state.leaves else 0.0)
                         self.cost.append(cfg.max_turns - state.node.depth)
-                        self.already.append(state.expansions)
             return None, units
         n = len(self.candidates)
         revision = core.outcomes.revision
@@ -151,7 +150,9 @@ class BranchesJob:
                 values,
                 np.asarray(self.cost[start:end], dtype=np.int64),
                 np.full(len(chunk), cfg.branch_k, dtype=np.int64),
-                np.asarray(self.already[start:end], dtype=np.int64),
+                # The belief already counts every leaf of earlier continuations.
+                np.zeros(len(chunk), dtype=np.int64),
+                strength=core.outcomes.prefix_strengths(chunk),
                 rank_cost=np.fromiter(
                     (core.outcomes.expected_turns(state.node.depth) for _, state in chunk),
                     dtype=np.float64,

@@ -168,3 +168,36 @@ def test_vectorised_prefix_greedy_matches_its_definition_on_random_cases():
         for a, b in zip(cuts, cuts[1:]):
             greedy.add(outcome[a:b], value[a:b], cost[a:b], limit[a:b], already[a:b])
         assert greedy.allocate(budget).tolist() == expected
+
+
+def test_beta_power_means_are_rising_factorial_ratios():
+    from allocator.allocation import beta_power_means
+
+    # Beta(1, 1): E[V^j] = 1 / (j + 1).
+    np.testing.assert_allclose(beta_power_means(np.array([0.5]), np.array([2.0]), 4)[0], [1, 1 / 2, 1 / 3, 1 / 4, 1 / 5])
+    # Beta(2, 1): E[V^j] = 2 / (j + 2).
+    np.testing.assert_allclose(beta_power_means(np.array([2 / 3]), np.array([3.0]), 3)[0], [1, 2 / 3, 2 / 4, 2 / 5])
+    # No strength: the point mass at the mean.
+    np.testing.assert_allclose(beta_power_means(np.array([0.3]), None, 3)[0], [1, 0.3, 0.09, 0.027])
+
+
+def test_root_value_under_an_uncertain_rate_is_the_expected_mixing_probability():
+    from allocator.allocation import v_root_table
+
+    # Beta(1, 1): 1 - 2 / (m + 1) for m >= 2.
+    np.testing.assert_allclose(v_root_table(0.5, 4, np.asarray(2.0)), [0, 0, 1 / 3, 1 / 2, 3 / 5])
+    # A very strong belief is the closed form at the mean.
+    np.testing.assert_allclose(v_root_table(0.3, 4, np.asarray(1e9)), v_root_table(0.3, 4), atol=1e-6)
+    # A shared unknown rate makes agreement likelier: never more mixed than independent draws.
+    assert np.all(v_root_table(0.4, 6, np.asarray(3.0)) <= v_root_table(0.4, 6) + 1e-12)
+
+
+def test_prefix_gains_under_a_beta_belief_are_differences_of_agreement_probabilities():
+    from allocator.allocation import PrefixGreedy
+
+    greedy = PrefixGreedy()
+    # One prefix whose chain failed; belief Beta(1, 1) on success -> agreement (failure) also Beta(1, 1).
+    greedy.add(np.array([0.0]), np.array([0.5]), np.array([1]), np.array([3]), np.array([0]), strength=np.array([2.0]))
+    # Gains 1 - 1/2, 1/2 - 1/3, 1/3 - 1/4, in decreasing order.
+    np.testing.assert_allclose(-np.concatenate(greedy.keys), [1 / 2, 1 / 6, 1 / 12])
+    assert greedy.allocate(2).tolist() == [2]
