@@ -35,7 +35,7 @@ PREDICTOR_CURVES = {
     "predictor_auc": "AUC at decisions",
     "predictor_loo_auc": "AUC, every node (leave-one-out)",
     "predictor_loo_auc_within_prompt": "AUC within a prompt (leave-one-out)",
-    "predictor_loo_brier_vs_beta": "Brier / per-prompt baseline's",
+    "predictor_brier_vs_beta": "Brier / per-prompt baseline's (at decisions)",
 }
 
 
