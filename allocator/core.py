@@ -61,6 +61,7 @@ from .selection import (
     dps_prior,
     dps_transition,
     dps_update,
+    paired_draw,
     select_dps,
     select_gps,
 )
@@ -207,6 +208,8 @@ class StepState:
     tasks: set[str] = field(default_factory=set)
     roots_issued: bool = False
     rounds: int = 0
+    # Candidate draws made for this step (the key of the next one, see ``paired_draw``).
+    draws: int = 0
     search: dict[str, list[SearchChain]] = field(default_factory=dict)
     # Issued work items (and their samples) whose chains have not all come back.
     outstanding_items: int = 0
@@ -323,6 +326,7 @@ class AllocatorCore:
         self.run_id = run_id
         self.prompt_text = prompt_text
         self.id_prefix = id_prefix
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.predictor = SharedPredictor(config.predictor)
         self.beta = BetaBaseline()
@@ -712,8 +716,8 @@ class AllocatorCore:
         fresh = [t for t in self.task_pool if t.task_id not in step.tasks] if step.tasks else self.task_pool
         if not fresh:
             return []
-        picks = self.rng.choice(len(fresh), size=min(size, len(fresh)), replace=False)
-        return [fresh[i] for i in sorted(picks.tolist())]
+        step.draws += 1
+        return [fresh[i] for i in paired_draw(self.seed, step.index, step.draws - 1, len(fresh), size)]
 
     def _plan_roots(self, step: StepState, rollouts: int) -> list[Issue] | RootsJob:
         cfg = self.config
@@ -1159,6 +1163,7 @@ class AllocatorCore:
         self.counters["groups"] += 1
         if tree.leaves and tree.mixed:
             self.counters["groups_mixed"] += 1
+        self.counters["branch_groups_mixed"] += tree.mixed_branch_groups
         root_value = tree.successes / tree.leaves if tree.leaves else 0.0
         for state in tree.nodes.values():
             if state.leaves < 1:
@@ -1267,6 +1272,7 @@ class AllocatorCore:
         out.update(
             effective_ratio=(c["groups_mixed"] / groups) if groups else 0.0,
             mixed_groups_per_100_turns=(100.0 * c["groups_mixed"] / turns) if turns else 0.0,
+            mixed_branch_groups_per_100_turns=(100.0 * c["branch_groups_mixed"] / turns) if turns else 0.0,
             informative_token_fraction=(self._informative_tokens / self._trained_tokens) if self._trained_tokens else 0.0,
             budget_turns_used=turns,
             budget_tokens_used=self._closed_budget["tokens"],
