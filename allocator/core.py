@@ -41,6 +41,7 @@ from protocol import CompletedTree, SamplingSpec, TaskSpec, TurnNode, WorkItem
 from tracerl.logs import get_logger
 
 from .budget import BudgetLedger
+from .selection import paired_draw
 from .learning import OutcomeModel, Totals, TrainingBatch, allocator_metrics, default_prompt_text
 from .predictor import PredictorConfig
 from .replay import CrashReplay, ReplayState
@@ -173,6 +174,7 @@ class AllocatorCore(CrashReplay):
         self.task_pool = list(task_pool)
         self.run_id = run_id
         self.id_prefix = id_prefix
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.planner = planner_for(config)
         self.outcomes = OutcomeModel(
@@ -399,8 +401,8 @@ class AllocatorCore(CrashReplay):
         fresh = [t for t in self.task_pool if t.task_id not in step.tasks] if step.tasks else self.task_pool
         if not fresh:
             return []
-        picks = self.rng.choice(len(fresh), size=min(size, len(fresh)), replace=False)
-        return [fresh[i] for i in sorted(picks.tolist())]
+        step.draws += 1
+        return [fresh[i] for i in paired_draw(self.seed, step.index, step.draws - 1, len(fresh), size)]
 
     def root_item(self, step: StepState, task: TaskSpec, samples: int) -> Issue:
         """A planned root item: ``samples`` rollouts of ``task`` to the turn horizon."""
@@ -539,6 +541,7 @@ class AllocatorCore(CrashReplay):
             self.counters["groups"] += 1
             if tree.leaves and tree.mixed:
                 self.counters["groups_mixed"] += 1
+            self.counters["branch_groups_mixed"] += tree.mixed_branch_groups
             self.totals.add_tree(tree)
             too_stale = self.outcomes.learn_from_tree(tree, batch, self.policy_version)
             if too_stale:

@@ -479,6 +479,7 @@ def allocator_metrics(
     out.update(
         effective_ratio=(c["groups_mixed"] / groups) if groups else 0.0,
         mixed_groups_per_100_turns=(100.0 * c["groups_mixed"] / turns) if turns else 0.0,
+        mixed_branch_groups_per_100_turns=(100.0 * c["branch_groups_mixed"] / turns) if turns else 0.0,
         informative_token_fraction=(totals.informative_tokens / trained) if trained else 0.0,
         budget_turns_used=turns,
         budget_tokens_used=totals.budget_tokens,

@@ -1,6 +1,8 @@
 """Stage-1 prompt selectors other than TRACE's DP: uniform, GPS and DPS. Pure functions.
 
 - uniform (GRPO) needs no function: the core's random candidate draw is the batch.
+- The candidate draw itself (``paired_draw``) depends only on the seed and the step, so
+  runs of different strategies with the same seed see the same prompts where they can.
 - GPS: the shared predictor's success estimate v per candidate; prefer v near 0.5
   (score 1 - 4 (v - 0.5)^2, which is 1 at 0.5 and 0 at 0 or 1) minus a diversity penalty,
   the largest cosine similarity of the candidate's prompt features to those already picked.
@@ -15,6 +17,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+
+def paired_draw(seed: int, step: int, draw: int, population: int, size: int) -> list[int]:
+    """``size`` distinct indices out of ``population`` for the ``draw``-th draw of allocator step ``step``.
+
+    The order comes from a generator keyed by (seed, step, draw) alone and a draw takes its
+    first ``size`` entries, so what a strategy did before (how many draws, what else it
+    sampled) does not change the prompts: at the same step a smaller draw is part of a larger
+    one, and a uniform batch of 8 lies inside TRACE's 32 candidates. Sorted ascending.
+    """
+    if size < 1 or population < 1:
+        return []
+    order = np.random.default_rng([seed, step, draw]).permutation(population)
+    return sorted(order[: min(size, population)].tolist())
 
 
 def gps_scores(values: Sequence[float]) -> np.ndarray:

@@ -32,6 +32,8 @@ class StepState:
     tasks: set[str] = field(default_factory=set)
     roots_issued: bool = False
     rounds: int = 0
+    # Candidate draws made for this step (the key of the next one, see ``selection.paired_draw``).
+    draws: int = 0
     # A step-wise search strategy's chains, by tree id (allocator/strategies/search.py).
     search: dict[str, Any] = field(default_factory=dict)
     # Issued work items (and their samples) whose chains have not all come back.

@@ -219,6 +219,16 @@ class RolloutTree:
         s, n = self.successes, self.leaves
         return 0 < s < n
 
+    @property
+    def mixed_branch_groups(self) -> int:
+        """Sibling groups under an expanded prefix that carry a gradient: nodes with at least two
+        children that reached a leaf, and both a successful and a failed leaf below them."""
+        return sum(
+            1
+            for state in self.nodes.values()
+            if 0 < state.successes < state.leaves and sum(self.nodes[c].leaves >= 1 for c in state.children) >= 2
+        )
+
     def leaf_rewards(self) -> list[float]:
         return [
             min(1.0, max(0.0, float(s.node.reward or 0.0))) for s in self.nodes.values() if s.node.done

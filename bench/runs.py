@@ -19,12 +19,22 @@ from typing import Any
 import yaml
 
 from bench.harness import fresh_run_dir
+from bench.stats import curve_mean
 from tracerl.config import nest_dotted
 from tracerl.metrics import metrics_path, read_metrics
 
 RESULTS_DIR = Path(__file__).parent / "results"
 #: Marks a directory made by ``run_up``, so a rerun may delete it.
 RUN_MARKER = ".bench-run"
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """Held-out success of the policy at one version, greedy and sampled on the same tasks."""
+
+    policy_version: int
+    greedy_success: float
+    sampled_success: float
 
 
 @dataclass(frozen=True)
@@ -40,11 +50,20 @@ class RunOutcome:
     heldout_sampled_after: float | None
     effective_ratio: float
     informative_token_share: float
-    mixed_groups_per_100_turns: float
+    # Groups that carry a gradient per 100 generated turns: root groups (all rollouts of a
+    # prompt) and branch groups (siblings under an expanded prefix), each with both outcomes.
+    mixed_root_groups_per_100_turns: float
     generated_turns: float
     generated_tokens: float
     first_step_at: float | None
     last_step_at: float | None
+    mixed_branch_groups_per_100_turns: float = 0.0
+    predictor_auc: float | None = None
+    strategy: str = ""
+    seed: int | None = None
+    # Held-out success at the run's kept checkpoints, oldest first, and what scoring them cost.
+    heldout_curve: tuple[CurvePoint, ...] = ()
+    eval_seconds: float | None = None
 
     @property
     def training_seconds(self) -> float | None:
@@ -53,9 +72,24 @@ class RunOutcome:
             return None
         return self.last_step_at - self.first_step_at
 
+    @property
+    def mixed_groups_per_100_turns(self) -> float:
+        return self.mixed_root_groups_per_100_turns + self.mixed_branch_groups_per_100_turns
+
+    @property
+    def heldout_greedy_curve_mean(self) -> float:
+        return curve_mean([(p.policy_version, p.greedy_success) for p in self.heldout_curve])
+
+    @property
+    def heldout_sampled_curve_mean(self) -> float:
+        return curve_mean([(p.policy_version, p.sampled_success) for p in self.heldout_curve])
+
     def as_dict(self) -> dict[str, Any]:
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        out["heldout_curve"] = [p.__dict__ for p in self.heldout_curve]
         out["training_seconds"] = self.training_seconds
+        for derived in ("mixed_groups_per_100_turns", "heldout_greedy_curve_mean", "heldout_sampled_curve_mean"):
+            out[derived] = getattr(self, derived)
         return out
 
     @classmethod
@@ -63,7 +97,10 @@ class RunOutcome:
         """Inverse of ``as_dict`` (derived fields dropped): a recorded run read back from results."""
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in record.items() if k in names}
+        if "mixed_root_groups_per_100_turns" not in values:  # recorded before branch groups were counted
+            values["mixed_root_groups_per_100_turns"] = record["mixed_groups_per_100_turns"]
         values["run_dir"] = Path(values["run_dir"]) if values.get("run_dir") else None
+        values["heldout_curve"] = tuple(CurvePoint(**p) for p in values.get("heldout_curve", ()))
         return cls(**values)
 
 
@@ -106,7 +143,9 @@ def summarise_run(name: str, run_dir: Path, returncode: int, wall_seconds: float
         informative_token_share=fmean(float(r.get("train.nonzero_advantage_token_share") or 0) for r in steps)
         if steps
         else 0.0,
-        mixed_groups_per_100_turns=float(core.get("core.mixed_groups_per_100_turns") or 0.0),
+        mixed_root_groups_per_100_turns=float(core.get("core.mixed_groups_per_100_turns") or 0.0),
+        mixed_branch_groups_per_100_turns=float(core.get("core.mixed_branch_groups_per_100_turns") or 0.0),
+        predictor_auc=core.get("core.predictor_auc"),
         generated_turns=float(core.get("core.budget_turns_used") or 0.0),
         generated_tokens=float(core.get("core.budget_tokens_used") or 0.0),
         first_step_at=steps[0]["time"] - float(steps[0].get("step_seconds", 0)) if steps else None,

@@ -106,10 +106,19 @@ def checkpoint_root(config: LearnerConfig) -> Path:
     return Path(config.training.checkpoint_dir or Path(config.run.run_dir) / "checkpoints")
 
 
+def complete_checkpoints(root: str | Path) -> list[Path]:
+    """Every complete checkpoint under ``root``, oldest first (temp and swap dirs start with a dot)."""
+    return sorted(p for p in Path(root).glob("v*") if (p / STATE_FILE).is_file())
+
+
 def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``root`` (temp and swap dirs start with a dot)."""
-    found = sorted(p for p in Path(root).glob("v*") if (p / STATE_FILE).is_file())
+    found = complete_checkpoints(root)
     return found[-1] if found else None
+
+
+def checkpoint_version(checkpoint: str | Path) -> int:
+    """The policy version a checkpoint holds."""
+    return int(json.loads((Path(checkpoint) / STATE_FILE).read_text())["policy_version"])
 
 
 class Trainer:
@@ -400,8 +409,7 @@ class Trainer:
         root = checkpoint_root(self.config)
         path = self.save_checkpoint(root / f"v{self.policy_version:08d}")
         if self.accelerator.is_main_process:
-            complete = sorted(p for p in root.glob("v*") if (p / STATE_FILE).is_file())
-            for old in complete[: -training.keep_checkpoints]:
+            for old in complete_checkpoints(root)[: -training.keep_checkpoints]:
                 shutil.rmtree(old)
         self.accelerator.wait_for_everyone()
         return path

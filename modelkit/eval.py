@@ -2,7 +2,9 @@
 
 Episodes run through ``actors.episode`` exactly as actors run them, on either the vLLM
 ``PolicyEngine`` (the default, and what `tracerl eval` uses) or the transformers generator
-(no engine start-up; used to score a build right after its warm start).
+(no engine start-up; used to score a build right after its warm start). A run's learner
+checkpoints are scored on one engine that reloads each one's weights in place, as an actor
+loads a new policy version, so a learning curve costs one engine start-up.
 """
 
 from __future__ import annotations
@@ -234,6 +236,65 @@ def evaluate(
     return evaluate_modes(model_dir, env_name, num_tasks, split, (greedy,), seed, backend)[0]
 
 
+@dataclass(frozen=True)
+class CheckpointResult:
+    """Held-out success of one learner checkpoint; ``seconds`` includes loading its weights."""
+
+    policy_version: int
+    checkpoint: str
+    results: list[EvalResult]
+    seconds: float
+
+
+def find_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
+    """(policy version, directory) of every complete learner checkpoint under ``root``, oldest first."""
+    from learner.trainer import checkpoint_version, complete_checkpoints
+
+    found = [(checkpoint_version(path), path) for path in complete_checkpoints(root)]
+    if not found:
+        raise EvalInputError(f"no complete learner checkpoint under {root}")
+    return found
+
+
+async def evaluate_checkpoints_async(
+    engine: Any,
+    checkpoints: Sequence[tuple[int, Path]],
+    env_name: str,
+    num_tasks: int,
+    split: str,
+    seed: int,
+    on_episode: Callable[[], None] | None = None,
+) -> list[CheckpointResult]:
+    scored = []
+    for version, directory in checkpoints:
+        started = time.monotonic()
+        await engine.reload_weights(directory, version)
+        results = await evaluate_modes_async(engine, env_name, num_tasks, split, (True, False), seed, on_episode)
+        scored.append(CheckpointResult(version, str(directory), results, round(time.monotonic() - started, 2)))
+    return scored
+
+
+def evaluate_checkpoints(
+    model_dir: str | Path,
+    checkpoints: Sequence[tuple[int, Path]],
+    env_name: str,
+    num_tasks: int,
+    split: str = "heldout",
+    seed: int = 0,
+    on_episode: Callable[[], None] | None = None,
+) -> list[CheckpointResult]:
+    """Greedy and sampled success of each checkpoint on the same held-out tasks. The engine starts
+    on ``model_dir``, which gives the architecture and tokenizer the checkpoints' weights fit."""
+    directory = check_inputs(model_dir, env_name, num_tasks)
+    return asyncio.run(
+        _with_backend(
+            directory,
+            "vllm",
+            lambda engine: evaluate_checkpoints_async(engine, checkpoints, env_name, num_tasks, split, seed, on_episode),
+        )
+    )
+
+
 def format_table(results: Sequence[EvalResult]) -> str:
     """Greedy and sampled side by side, overall and per difficulty."""
     by_mode = {r.mode: r for r in results}
@@ -254,24 +315,45 @@ def format_table(results: Sequence[EvalResult]) -> str:
     return "\n".join(lines)
 
 
-def eval_command(model: str, env: str, tasks: int, json_output: bool, seed: int, json_file: str | None = None) -> int:
-    """`tracerl eval`: greedy and sampled held-out success side by side; exit code 2 on bad input."""
+def eval_command(
+    model: str,
+    env: str,
+    tasks: int,
+    json_output: bool,
+    seed: int,
+    json_file: str | None = None,
+    checkpoints: str | None = None,
+) -> int:
+    """`tracerl eval`: greedy and sampled held-out success side by side; exit code 2 on bad input.
+
+    With ``checkpoints`` (a learner checkpoint directory), every checkpoint in it is scored
+    instead of ``model`` itself, one record per policy version."""
     from tqdm import tqdm
 
     try:
         check_inputs(model, env, tasks)
-        bar = tqdm(total=2 * tasks, desc=f"eval {env}", unit="episode", file=sys.stderr, disable=json_output)
+        found = find_checkpoints(checkpoints) if checkpoints else []
+        episodes = 2 * tasks * max(1, len(found))
+        bar = tqdm(total=episodes, desc=f"eval {env}", unit="episode", file=sys.stderr, disable=json_output)
         with bar:
-            results = evaluate_modes(model, env, tasks, "heldout", (True, False), seed, "vllm", lambda: bar.update(1))
+            if found:
+                scored = evaluate_checkpoints(model, found, env, tasks, "heldout", seed, lambda: bar.update(1))
+            else:
+                results = evaluate_modes(model, env, tasks, "heldout", (True, False), seed, "vllm", lambda: bar.update(1))
     except EvalInputError as err:
         print(f"tracerl eval: {err}", file=sys.stderr)
         return 2
-    records = [asdict(r) for r in results]
+    if found:
+        records: list[dict[str, Any]] = [asdict(c) for c in scored]
+        table = "\n\n".join(f"policy version {c.policy_version} ({c.checkpoint})\n{format_table(c.results)}" for c in scored)
+    else:
+        records = [asdict(r) for r in results]
+        table = format_table(results)
     if json_file:
         # A file, because vLLM's engine logs share this process's stdout.
         Path(json_file).write_text(json.dumps(records, indent=2))
     if json_output:
         print(json.dumps(records, indent=2))
     else:
-        print(format_table(results))
+        print(table)
     return 0

@@ -194,11 +194,25 @@ def eval_command(
     json_file: Annotated[
         Path | None, typer.Option("--json-file", help="Also write the JSON results to this file.", show_default=False)
     ] = None,
+    checkpoints: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoints",
+            help="A run's learner checkpoint directory (e.g. runs/default/checkpoints): score every checkpoint in it "
+            "on one engine started from --model, one result per policy version.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Held-out success with vLLM, greedy and sampled (temperature 1) side by side."""
     from modelkit.eval import eval_command as run_eval
 
-    raise typer.Exit(run_eval(model, env, tasks, json_output, seed, str(json_file) if json_file else None))
+    raise typer.Exit(
+        run_eval(
+            model, env, tasks, json_output, seed, str(json_file) if json_file else None,
+            str(checkpoints) if checkpoints else None,
+        )
+    )
 
 bench_app = typer.Typer(help="Benchmarks; each prints its numbers and records them under bench/results/.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -221,16 +235,30 @@ def _bench_overrides(config: Path | None, set_: list[str] | None, steps: int) ->
 @bench_app.command("learning")
 def bench_learning(
     strategies: Annotated[str, typer.Option(help="Comma-separated allocator strategies to compare.")] = "trace,grpo,tree-random,entropy,gps,dps,tsr-bon",
-    seeds: Annotated[int, typer.Option(help="Runs per strategy, with run.seed = 0..seeds-1.")] = 3,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            help="Runs per strategy, with run.seed = first-seed .. first-seed + seeds - 1; seed index s is the same "
+            "for every strategy (paired seeds)."
+        ),
+    ] = 3,
+    first_seed: Annotated[int, typer.Option(help="The first seed index (run a table's seeds in parts with --merge).")] = 0,
     steps: Annotated[int, typer.Option(help="Learner steps per run (the equal sampling cost, with the step budget).")] = 40,
     config: ConfigOption = Path("configs/default.yaml"),
     set_: BenchSetOption = None,
     work_dir: Annotated[Path, typer.Option(help="Where the runs' directories go.")] = Path("runs/bench-learning"),
     timeout_s: Annotated[float, typer.Option(help="Per-run limit in seconds.")] = 3600.0,
+    eval_tasks: Annotated[
+        int, typer.Option(help="Held-out tasks each checkpoint is scored on, greedy and sampled.")
+    ] = 500,
+    eval_every: Annotated[
+        int,
+        typer.Option(help="Score the policy every this many versions (and before training and at the end)."),
+    ] = 5,
     merge: Annotated[
         bool,
         typer.Option(
-            help="Keep the recorded runs of strategies not run now from bench/results/<results-name>.json, "
+            help="Keep the recorded runs (strategy, seed index) not run now from bench/results/<results-name>.json, "
             "when they were made with the same settings; a table can then be completed in parts."
         ),
     ] = False,
@@ -242,18 +270,26 @@ def bench_learning(
         ),
     ] = "learning",
 ) -> None:
-    """Equal-cost comparison of strategies: held-out success (mean ± std over seeds), effective ratio,
-    informative-token share, generated tokens and wall time; writes bench/results/<results-name>.{md,json,png}."""
+    """Equal-cost comparison of strategies on paired seeds: each run's held-out curve (its checkpoints scored
+    greedy and sampled after the run), scored by its mean and its last point; mixed root and branch groups per
+    100 generated turns, informative-token share, training and evaluation seconds. Writes
+    bench/results/<results-name>.{md,json,png} and the headline with paired differences to grpo
+    (bench/results/headline.json, or <results-name>-headline.json for a side study)."""
     from bench.learning import check_results_name, run_learning_bench
 
     try:
         check_results_name(results_name)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--results-name") from err
+    for value, hint in ((eval_tasks, "--eval-tasks"), (eval_every, "--eval-every"), (seeds, "--seeds")):
+        if value < 1:
+            raise typer.BadParameter("must be >= 1", param_hint=hint)
+    if first_seed < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--first-seed")
     overrides = _bench_overrides(config, set_, steps)
     run_learning_bench(
         [s.strip() for s in strategies.split(",") if s.strip()], seeds, overrides, work_dir, timeout_s, merge,
-        results_name,
+        results_name, eval_tasks=eval_tasks, eval_every=eval_every, first_seed=first_seed,
     )
 
 

@@ -145,14 +145,18 @@ def progress_line(run_dir: Path, started_at: float) -> str:
     return " | ".join(parts)
 
 
-def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -> dict | None:
-    """`tracerl eval --json` in a child process, so its vLLM engine is gone when it returns."""
-    raw = out.with_suffix(".raw.json")
+def eval_argv(model_dir: str, env: str, tasks: int, json_file: Path, cpus: list[int], *extra: str) -> list[str]:
+    """`tracerl eval` writing its JSON to ``json_file``, pinned to ``cpus``; run it as a child
+    process, so that its vLLM engine is gone when it returns."""
     argv = [sys.executable, "-m", "tracerl", "eval", "--model", model_dir, "--env", env, "--tasks", str(tasks),
-            "--json-file", str(raw)]
-    if cpus:
-        argv = ["taskset", "-c", ",".join(map(str, cpus)), *argv]
-    result = subprocess.run(argv, capture_output=True, text=True)
+            "--json-file", str(json_file), *extra]
+    return ["taskset", "-c", ",".join(map(str, cpus)), *argv] if cpus else argv
+
+
+def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -> dict | None:
+    """Greedy and sampled success of ``model_dir``, also written to ``out``; None if the eval failed."""
+    raw = out.with_suffix(".raw.json")
+    result = subprocess.run(eval_argv(model_dir, env, tasks, raw, cpus), capture_output=True, text=True)
     if result.returncode != 0 or not raw.is_file():
         log.error("eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:])
         return None
@@ -199,6 +203,11 @@ def cached_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]
     return data
 
 
+def eval_cpus(up: UpConfig) -> list[int]:
+    """Evaluations run when training does not: on the actors' and the learner's cores together."""
+    return sorted(set(parse_cpu_list(up.cpus.actors)) | set(parse_cpu_list(up.cpus.learner)))
+
+
 def resolve_model_dir(up: UpConfig) -> str:
     if up.model_dir:
         if not (Path(up.model_dir) / "config.json").is_file():
@@ -216,7 +225,7 @@ def run(up: UpConfig) -> int:
     write_resolved_config(up, "up")
     model_dir = resolve_model_dir(up)
     env = up.allocator.tasks.env
-    all_cpus = sorted(set(parse_cpu_list(up.cpus.actors)) | set(parse_cpu_list(up.cpus.learner)))
+    all_cpus = eval_cpus(up)
     supervisor = Supervisor(run_dir)
     # What a child leaves of its process tree (an engine core, a server) is reaped here
     # after each phase instead of outliving `tracerl up`.

@@ -274,3 +274,62 @@ def test_a_round_planned_over_many_calls_hands_out_the_same_work():
     whole, no_slicing = run(10**9)
     assert planning_calls > 50 and no_slicing == 0
     assert sliced == whole
+
+
+def _closed_steps(core, actor, rng, steps):
+    emitted = []
+    for t in range(400):
+        _, nodes = _round(core, actor, rng, float(t))
+        for n in nodes:
+            core.on_node(n, float(t))
+        emitted += core.pop_completed(float(t))
+        if core.counters["steps_closed"] >= steps:
+            return emitted
+        core.on_policy_version(core.counters["steps_closed"])
+    raise AssertionError("the steps did not close")
+
+
+def _mixed_sibling_groups(tree) -> int:
+    """Brute force over the learner's view: every node with >= 2 children, and its leaves' outcomes."""
+    children: dict[str, list[str]] = {}
+    for node in tree.nodes:
+        children.setdefault(node.parent_id, []).append(node.node_id)
+    done = {n.node_id: n.reward >= 0.5 for n in tree.nodes if n.done}
+
+    def outcomes(node_id):
+        if node_id in done:
+            return {done[node_id]}
+        return set().union(*(outcomes(c) for c in children.get(node_id, [])))
+
+    return sum(1 for n in tree.nodes if len(children.get(n.node_id, [])) >= 2 and outcomes(n.node_id) == {True, False})
+
+
+@pytest.mark.parametrize("strategy", ["trace", "tree-random", "grpo"])
+def test_branch_groups_mixed_counts_what_the_learner_receives(strategy):
+    sim = SimulatorConfig(num_prompts=64, early_stop=0.25)
+    core, actor, rng = _setup(strategy, sim=sim)
+    emitted = _closed_steps(core, actor, rng, steps=4)
+    expected = sum(_mixed_sibling_groups(t) for t in emitted)
+    m = core.metrics()
+    assert m["branch_groups_mixed"] == expected
+    assert m["mixed_branch_groups_per_100_turns"] == pytest.approx(100 * expected / m["budget_turns_used"])
+    if strategy == "grpo":
+        assert expected == 0  # rollouts never share a prefix
+    else:
+        assert expected > 0
+
+
+def test_strategies_with_the_same_seed_draw_the_same_prompts():
+    first_draws = {}
+    for strategy in ("grpo", "trace", "gps", "dps"):
+        core, actor, rng = _setup(strategy, seed=5, sim=SimulatorConfig(num_prompts=512))
+        _closed_steps(core, actor, rng, steps=3)
+        first_draws[strategy] = {}
+        for step, ids, _ in core.stage1_log:
+            first_draws[strategy].setdefault(step, set(ids))
+    for step in range(3):
+        draws = sorted((d[step] for d in first_draws.values()), key=len)
+        assert len(draws[0]) < len(draws[-1])
+        # a smaller draw lies inside a larger one: grpo's batch inside the candidate pools
+        assert all(small <= large for small, large in zip(draws, draws[1:]))
+    assert first_draws["grpo"][0] != first_draws["grpo"][1]

@@ -9,6 +9,7 @@ from allocator.selection import (
     dps_transition,
     dps_update,
     gps_scores,
+    paired_draw,
     select_dps,
     select_gps,
 )
@@ -46,3 +47,15 @@ def test_gps_prefers_half_and_spreads_over_similar_prompts():
     values = [0.5, 0.5, 0.4]
     assert select_gps(values, embeddings, 2, diversity=0.0) == [0, 1]
     assert select_gps(values, embeddings, 2, diversity=0.5) == [0, 2]
+
+
+def test_paired_draw_depends_only_on_seed_step_and_draw():
+    small = paired_draw(seed=3, step=7, draw=0, population=2048, size=8)
+    large = paired_draw(seed=3, step=7, draw=0, population=2048, size=32)
+    assert len(small) == 8 and len(set(large)) == 32 and large == sorted(large)
+    assert set(small) <= set(large)  # a uniform batch lies inside the larger candidate pool
+    assert paired_draw(3, 7, 0, 2048, 8) == small  # no hidden state between calls
+    assert paired_draw(4, 7, 0, 2048, 8) != small and paired_draw(3, 8, 0, 2048, 8) != small
+    assert paired_draw(3, 7, 1, 2048, 8) != small
+    assert paired_draw(0, 0, 0, 5, 10) == [0, 1, 2, 3, 4]
+    assert paired_draw(0, 0, 0, 5, 0) == [] and paired_draw(0, 0, 0, 0, 3) == []

@@ -110,3 +110,37 @@ def test_a_chain_open_at_the_horizon_is_a_failed_episode():
     assert at_horizon(ended, horizon=3) is ended  # the environment's ending stands
     cut = at_horizon(make_node("a.b.c", "a.b"), horizon=3)
     assert (cut.done, cut.reward, cut.node_id, cut.depth) == (True, 0.0, "a.b.c", 3)
+
+
+def test_mixed_branch_groups_count_expanded_prefixes_with_both_outcomes_below():
+    tree = _tree()
+    for node in [
+        make_node("a", None),
+        make_node("a.b", "a", done=True, reward=1.0),
+        make_node("a.c", "a"),
+        make_node("a.c.d", "a.c", done=True, reward=0.0),
+        make_node("a.c.e", "a.c", done=True, reward=1.0),  # a: {1, 0, 1} and a.c: {0, 1} are mixed
+        make_node("f", None),
+        make_node("f.g", "f", done=True, reward=0.0),
+        make_node("f.h", "f", done=True, reward=0.2),  # both failures: a group without a gradient
+        make_node("i", None),
+        make_node("i.j", "i"),
+        make_node("i.j.k", "i.j", done=True, reward=1.0),
+        make_node("i.j.l", "i.j", done=True, reward=0.0),  # i.j is mixed
+        make_node("i.m", "i"),  # never finished: i has one child with a leaf, so no sibling group
+    ]:
+        tree.add(node, 0.0)
+    assert tree.nodes["i"].successes == 1 and tree.nodes["i"].leaves == 2
+    assert tree.mixed_branch_groups == 3  # a, a.c, i.j
+    assert tree.mixed  # the root group, counted apart
+
+
+def test_an_unbranched_tree_has_no_branch_groups():
+    tree = _tree()
+    _build(tree)  # a has two children but d has one: only a is a sibling group, and it is mixed
+    assert tree.mixed_branch_groups == 1
+    chain = _tree()
+    for node in [make_node("a", None), make_node("a.b", "a", done=True, reward=1.0), make_node("c", None),
+                 make_node("c.d", "c", done=True, reward=0.0)]:
+        chain.add(node, 0.0)
+    assert chain.mixed and chain.mixed_branch_groups == 0

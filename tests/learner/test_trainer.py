@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from learner.config import LearnerConfig, LossSection
-from learner.trainer import Trainer, latest_checkpoint
+from learner.trainer import Trainer, checkpoint_version, complete_checkpoints, latest_checkpoint
 from protocol.messages import replace
 from tests.learner.models import build_tiny_qwen3
 from tests.learner.helpers import batches, learner_config
@@ -202,6 +202,7 @@ def test_rolling_checkpoints_keep_the_newest(tiny_model_dir, tmp_path):
     assert [p.name if p else None for p in saved] == [None, "v00000002", None, "v00000004", None, "v00000006"]
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["v00000004", "v00000006"]
     assert latest_checkpoint(tmp_path / "ck") == tmp_path / "ck" / "v00000006"
+    assert [checkpoint_version(p) for p in complete_checkpoints(tmp_path / "ck")] == [4, 6]
     assert latest_checkpoint(tmp_path / "nothing_here") is None
 
 

@@ -1,13 +1,21 @@
 from __future__ import annotations
 
-import pytest
+import asyncio
+import json
 
+import pytest
+import safetensors.torch
+
+import modelkit.eval as eval_module
 from modelkit.eval import (
     MAX_TOKENS_PER_TURN,
     EpisodeSummary,
     difficulty_label,
     eval_command,
+    evaluate_checkpoints,
+    evaluate_checkpoints_async,
     evaluate_modes,
+    find_checkpoints,
     format_table,
     summarise,
 )
@@ -76,3 +84,58 @@ def test_warm_started_model_plays_through_the_episode_loop(embedded_model_dir, e
         assert result.mean_turns >= 1 and result.mean_generated_tokens > 0
     assert sum(stats.episodes for stats in greedy.by_difficulty.values()) == 3
     assert greedy.mean_generated_tokens <= greedy.mean_turns * MAX_TOKENS_PER_TURN
+
+
+def _checkpoint(root, version, weights):
+    directory = root / f"v{version:08d}"
+    directory.mkdir(parents=True)
+    safetensors.torch.save_file(weights, str(directory / "model.safetensors"))
+    (directory / "trainer_state.json").write_text(json.dumps({"policy_version": version, "steps_done": version}))
+    return directory
+
+
+def test_checkpoints_are_found_in_version_order_and_unfinished_saves_skipped(tmp_path, random_model_dir, capsys):
+    weights = safetensors.torch.load_file(str(random_model_dir / "model.safetensors"))
+    later, first = _checkpoint(tmp_path, 10, weights), _checkpoint(tmp_path, 5, weights)
+    (tmp_path / ".v00000015.tmp").mkdir()  # a save cut short
+    (tmp_path / "v00000020").mkdir()  # no trainer state: not complete
+    assert find_checkpoints(tmp_path) == [(5, first), (10, later)]
+    assert eval_command(str(random_model_dir), "multihop", 2, False, 0, checkpoints=str(tmp_path / "none")) == 2
+    assert "no complete learner checkpoint" in _one_line_error(capsys)
+
+
+class _ReloadingEngine:
+    def __init__(self) -> None:
+        self.loaded: list[int] = []
+
+    async def reload_weights(self, directory, policy_version):
+        self.loaded.append(policy_version)
+
+
+def test_each_checkpoint_is_scored_with_its_own_weights(monkeypatch, tmp_path):
+    async def score_loaded_version(engine, env_name, num_tasks, split, modes, seed, on_episode=None):
+        # success 1 only when version 5 is loaded: a result filed under the wrong version shows
+        episodes = [EpisodeSummary("all", float(engine.loaded[-1] == 5), 1, 3)] * num_tasks
+        return [summarise(env_name, split, greedy, episodes, 0.0) for greedy in modes]
+
+    monkeypatch.setattr(eval_module, "evaluate_modes_async", score_loaded_version)
+    engine = _ReloadingEngine()
+    checkpoints = [(0, tmp_path / "v0"), (5, tmp_path / "v5"), (10, tmp_path / "v10")]
+    scored = asyncio.run(evaluate_checkpoints_async(engine, checkpoints, "multihop", 4, "heldout", 0))
+    assert engine.loaded == [0, 5, 10]
+    assert [(c.policy_version, c.checkpoint) for c in scored] == [(v, str(d)) for v, d in checkpoints]
+    assert [[r.success_rate for r in c.results] for c in scored] == [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+    assert [r.mode for r in scored[1].results] == ["greedy", "sampled"]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_checkpoints_reload_into_one_vllm_engine(random_model_dir, tmp_path):
+    weights = safetensors.torch.load_file(str(random_model_dir / "model.safetensors"))
+    _checkpoint(tmp_path, 0, weights)
+    _checkpoint(tmp_path, 4, {k: v * 2 if v.dim() == 2 else v for k, v in weights.items()})
+    scored = evaluate_checkpoints(random_model_dir, find_checkpoints(tmp_path), "multihop", 3)
+    assert [c.policy_version for c in scored] == [0, 4]
+    for checkpoint in scored:
+        assert [(r.mode, r.num_tasks) for r in checkpoint.results] == [("greedy", 3), ("sampled", 3)]
+        assert checkpoint.results[0].mean_generated_tokens > 0 and checkpoint.seconds > 0

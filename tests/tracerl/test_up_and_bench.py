@@ -1,5 +1,6 @@
 """Pure parts of `tracerl up` and the bench drivers."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -57,32 +58,37 @@ def _outcome(name, greedy_after, ratio):
         name=name, run_dir=None, returncode=0, wall_seconds=10.0, learner_steps=3,
         heldout_greedy_before=0.3, heldout_greedy_after=greedy_after, heldout_sampled_before=0.2,
         heldout_sampled_after=greedy_after - 0.1, effective_ratio=ratio, informative_token_share=0.5,
-        mixed_groups_per_100_turns=4.0, generated_turns=100.0, generated_tokens=2000.0,
-        first_step_at=1.0, last_step_at=5.0,
+        mixed_root_groups_per_100_turns=4.0, generated_turns=100.0, generated_tokens=2000.0,
+        first_step_at=1.0, last_step_at=5.0, mixed_branch_groups_per_100_turns=1.5,
     )
 
 
 def test_aggregate_reports_mean_and_spread_per_strategy():
-    rows = aggregate({"trace": [_outcome("a", 0.5, 0.8), _outcome("b", 0.7, 0.6)], "grpo": [_outcome("c", 0.4, 0.5)]})
+    rows = aggregate(
+        {"trace": [_outcome("a", 0.5, 0.8), _outcome("b", 0.7, 0.6)], "grpo": [_outcome("c", 0.4, 0.5)]},
+        failed={"trace": {"d": "exit code 1"}},
+    )
     trace = next(r for r in rows if r["strategy"] == "trace")
     assert trace["heldout_greedy_after"][0] == pytest.approx(0.6)
     assert trace["heldout_greedy_after"][1] == pytest.approx(math.sqrt(0.02))
     assert trace["effective_ratio"][0] == pytest.approx(0.7)
+    assert trace["mixed_groups_per_100_turns"] == (5.5, 0.0) and (trace["seeds"], trace["failed_runs"]) == (2, 1)
     grpo = next(r for r in rows if r["strategy"] == "grpo")
-    assert grpo["effective_ratio"] == (0.5, 0.0)
+    assert grpo["effective_ratio"] == (0.5, 0.0) and grpo["failed_runs"] == 0
     table = markdown_table(rows, {"seeds": 2})
-    assert "| trace | 0.600 ± 0.141 |" in table and "| grpo |" in table
+    assert "| trace | 2 (1) | nan ± nan | 0.600 ± 0.141 |" in table and "| grpo |" in table  # no curve: no curve mean
     assert _outcome("x", 0.5, 0.5).training_seconds == 4.0
 
 
 def test_recorded_runs_are_kept_only_under_the_same_settings():
     settings = {"seeds": 1, "learner.training.max_steps": 40}
-    runs = {"trace": [_outcome("t", 0.5, 0.8).as_dict()], "grpo": [_outcome("g", 0.4, 0.3).as_dict()]}
+    trace, grpo = _outcome("t", 0.5, 0.8), _outcome("g", 0.4, 0.3)
+    runs = {"trace": [dataclasses.replace(trace, seed=0).as_dict()], "grpo": [dataclasses.replace(grpo, seed=0).as_dict()]}
     previous = {"settings": settings, "runs": runs}
-    kept = recorded_outcomes(previous, settings, skip=["grpo"])
-    assert list(kept) == ["trace"] and kept["trace"][0] == _outcome("t", 0.5, 0.8)
-    assert recorded_outcomes(previous, {**settings, "learner.training.max_steps": 20}, skip=[]) == {}
-    assert recorded_outcomes(None, settings, skip=[]) == {}
+    kept = recorded_outcomes(previous, settings, planned={("grpo", 0)})
+    assert list(kept) == ["trace"] and kept["trace"][0] == dataclasses.replace(trace, seed=0)
+    assert recorded_outcomes(previous, {**settings, "learner.training.max_steps": 20}, planned=set()) == {}
+    assert recorded_outcomes(None, settings, planned=set()) == {}
 
 
 def test_a_results_name_must_be_a_plain_file_stem():
