@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.curve import evaluate_curve
-from bench.runs import RESULTS_DIR, RunOutcome, run_up, write_results
+from bench.runs import RESULTS_DIR, RunOutcome, json_safe, run_up, write_results
 from bench.stats import mean_se, paired_difference
 
 DEFAULT_STRATEGIES = ("trace", "grpo", "tree-random", "entropy", "gps", "dps", "tsr-bon")
@@ -46,6 +46,7 @@ SIGNAL_AND_COST = (
     "informative_token_share",
     "effective_ratio",
     "generated_turns",
+    "wall_seconds",
     "training_seconds",
     "eval_seconds",
 )
@@ -144,17 +145,6 @@ def paired_block(ours: Mapping[int, dict[str, float]], theirs: Mapping[int, dict
     }
 
 
-def json_safe(value: Any) -> Any:
-    """NaN (an undefined mean or SE) as null: JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def aggregate(
     outcomes: Mapping[str, Sequence[RunOutcome]], failed: Mapping[str, Mapping[str, str]] | None = None
 ) -> list[dict[str, Any]]:
@@ -220,7 +210,10 @@ def markdown_table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         )
     if rows:
         before = rows[0]["heldout_greedy_before"], rows[0]["heldout_sampled_before"]
-        lines += ["", f"Before training (all strategies start here): greedy {_cell(before[0])}, sampled {_cell(before[1])}."]
+        lines += [
+            "",
+            f"Before training (all strategies start here): greedy {_cell(before[0])}, sampled {_cell(before[1])}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -243,8 +236,8 @@ def headline_markdown(rows: Mapping[str, dict[str, Any]]) -> str:
         "",
         f"Mean difference to {BASELINE} over the seed indices both completed ± its standard error.",
         "",
-        f"| strategy | paired seeds | Δ greedy curve mean | Δ greedy final | Δ sampled curve mean | Δ sampled final "
-        "| predictor AUC |",
+        "| strategy | paired seeds | Δ greedy curve mean | Δ greedy final | Δ sampled curve mean "
+        "| Δ sampled final | predictor AUC |",
         "|---|---|---|---|---|---|---|",
     ]
     for strategy, row in rows.items():
@@ -255,9 +248,14 @@ def headline_markdown(rows: Mapping[str, dict[str, Any]]) -> str:
             f"| {diff(row, 'heldout_sampled_curve_mean')} | {diff(row, 'heldout_sampled_final')} "
             f"| {num(row.get('predictor_auc'))} |"
         )
-    training = sum(row["training_seconds"] * row["seeds"] for row in rows.values() if not math.isnan(row["training_seconds"]))
-    evaluation = sum(row["eval_seconds"] * row["seeds"] for row in rows.values() if not math.isnan(row["eval_seconds"]))
-    lines += ["", f"Completed runs spent {training:.0f} s in learner steps and {evaluation:.0f} s in held-out evaluation."]
+    def total(field: str) -> float:
+        return sum(row[field] * row["seeds"] for row in rows.values() if not math.isnan(row[field]))
+
+    lines += [
+        "",
+        f"Completed runs took {total('wall_seconds'):.0f} s in `tracerl up` ({total('training_seconds'):.0f} s from "
+        f"the learner's first to its last step) and {total('eval_seconds'):.0f} s in held-out evaluation.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -399,8 +397,11 @@ def run_learning_bench(
     for seed in seed_indices:
         for strategy in strategies:  # seeds outermost: a cut-short bench still compares strategies
             name = f"learn-{strategy}-s{seed}"
-            run = run_up(name, work_dir / name, {**run_settings, "allocator.core.strategy": strategy, "run.seed": seed}, timeout_s)
-            curve, eval_seconds = evaluate_curve(run.run_dir, eval_tasks, timeout_s)
+            paired = {**run_settings, "allocator.core.strategy": strategy, "run.seed": seed}
+            run = run_up(name, work_dir / name, paired, timeout_s)
+            # A run that failed or stopped short does not count: scoring it would only cost time.
+            trained = run.returncode == 0 and run.learner_steps >= steps
+            curve, eval_seconds = evaluate_curve(run.run_dir, eval_tasks, timeout_s) if trained else ((), None)
             run = dataclasses.replace(
                 run,
                 strategy=strategy,
@@ -429,7 +430,7 @@ def write_learning_results(
     rows = aggregate(completed, failed)
     heads = headline(outcomes, steps)
     payload = {"settings": settings, "rows": rows, "runs": {s: [r.as_dict() for r in rs] for s, rs in outcomes.items()}}
-    write_results(results_name, json_safe(payload), markdown_table(rows, settings) + "\n" + headline_markdown(heads))
+    write_results(results_name, payload, markdown_table(rows, settings) + "\n" + headline_markdown(heads))
     headline_path(results_name).write_text(
         json.dumps(
             json_safe(

@@ -8,6 +8,7 @@ same code path a user runs.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -153,16 +154,28 @@ def summarise_run(name: str, run_dir: Path, returncode: int, wall_seconds: float
     )
 
 
+def json_safe(value: Any) -> Any:
+    """NaN (an undefined mean or standard error) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_results(
     name: str, payload: dict[str, Any], markdown: str, results_dir: Path | None = None
 ) -> tuple[Path, Path]:
-    """``<name>.json`` and ``<name>.md`` in ``results_dir`` (default bench/results); values JSON
-    does not know (types, paths) are written as their names or text."""
+    """``<name>.json`` and ``<name>.md`` in ``results_dir`` (default bench/results); NaN is written
+    as null, and values JSON does not know (types, paths) as their names or text."""
     out = results_dir or RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{name}.json"
     md_path = out / f"{name}.md"
-    json_path.write_text(json.dumps(payload, indent=2, default=lambda v: v.__name__ if isinstance(v, type) else str(v)))
+    text = json.dumps(json_safe(payload), indent=2, default=lambda v: v.__name__ if isinstance(v, type) else str(v))
+    json_path.write_text(text)
     md_path.write_text(markdown)
     return json_path, md_path
 

@@ -290,7 +290,9 @@ def evaluate_checkpoints(
         _with_backend(
             directory,
             "vllm",
-            lambda engine: evaluate_checkpoints_async(engine, checkpoints, env_name, num_tasks, split, seed, on_episode),
+            lambda engine: evaluate_checkpoints_async(
+                engine, checkpoints, env_name, num_tasks, split, seed, on_episode
+            ),
         )
     )
 
@@ -335,17 +337,19 @@ def eval_command(
         found = find_checkpoints(checkpoints) if checkpoints else []
         episodes = 2 * tasks * max(1, len(found))
         bar = tqdm(total=episodes, desc=f"eval {env}", unit="episode", file=sys.stderr, disable=json_output)
-        with bar:
+        with bar:  # one tick per episode (tqdm's update counts 1 by default)
             if found:
-                scored = evaluate_checkpoints(model, found, env, tasks, "heldout", seed, lambda: bar.update(1))
+                scored = evaluate_checkpoints(model, found, env, tasks, "heldout", seed, bar.update)
             else:
-                results = evaluate_modes(model, env, tasks, "heldout", (True, False), seed, "vllm", lambda: bar.update(1))
+                results = evaluate_modes(model, env, tasks, "heldout", (True, False), seed, "vllm", bar.update)
     except EvalInputError as err:
         print(f"tracerl eval: {err}", file=sys.stderr)
         return 2
     if found:
         records: list[dict[str, Any]] = [asdict(c) for c in scored]
-        table = "\n\n".join(f"policy version {c.policy_version} ({c.checkpoint})\n{format_table(c.results)}" for c in scored)
+        table = "\n\n".join(
+            f"policy version {c.policy_version} ({c.checkpoint}):\n{format_table(c.results)}" for c in scored
+        )
     else:
         records = [asdict(r) for r in results]
         table = format_table(results)

@@ -242,7 +242,9 @@ def bench_learning(
             "for every strategy (paired seeds)."
         ),
     ] = 3,
-    first_seed: Annotated[int, typer.Option(help="The first seed index (run a table's seeds in parts with --merge).")] = 0,
+    first_seed: Annotated[
+        int, typer.Option(help="The first seed index (run a table's seeds in parts with --merge).")
+    ] = 0,
     steps: Annotated[int, typer.Option(help="Learner steps per run (the equal sampling cost, with the step budget).")] = 40,
     config: ConfigOption = Path("configs/default.yaml"),
     set_: BenchSetOption = None,

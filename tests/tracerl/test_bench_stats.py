@@ -11,11 +11,10 @@ from bench.learning import (
     headline,
     headline_markdown,
     headline_path,
-    json_safe,
     recorded_outcomes,
     run_failure,
 )
-from bench.runs import RESULTS_DIR, CurvePoint, RunOutcome
+from bench.runs import RESULTS_DIR, CurvePoint, RunOutcome, json_safe
 from bench.stats import curve_mean, mean_se, paired_difference, paired_differences
 
 
@@ -57,7 +56,8 @@ def _run(strategy, seed, g5, g10, returncode=0, steps=10, auc=None):
     curve = tuple(CurvePoint(v, g, g - 0.1) for v, g in ((0, 0.4), (5, g5), (10, g10)))
     return RunOutcome(
         name=f"learn-{strategy}-s{seed}", run_dir=None, returncode=returncode, wall_seconds=100.0, learner_steps=steps,
-        heldout_greedy_before=0.4, heldout_greedy_after=g10, heldout_sampled_before=0.3, heldout_sampled_after=g10 - 0.1,
+        heldout_greedy_before=0.4, heldout_greedy_after=g10, heldout_sampled_before=0.3,
+        heldout_sampled_after=g10 - 0.1,
         effective_ratio=0.3, informative_token_share=0.5, mixed_root_groups_per_100_turns=2.0, generated_turns=960.0,
         generated_tokens=9000.0, first_step_at=0.0, last_step_at=40.0, mixed_branch_groups_per_100_turns=1.0,
         predictor_auc=auc, strategy=strategy, seed=seed, heldout_curve=curve, eval_seconds=60.0,
@@ -146,12 +146,14 @@ def test_merge_keeps_recorded_runs_except_the_strategy_and_seed_pairs_run_again(
 
 
 def test_curve_points_start_at_the_initial_model_and_follow_the_versions():
-    records = [
-        {"policy_version": 10, "results": [{"mode": "greedy", "success_rate": 0.7}, {"mode": "sampled", "success_rate": 0.6}]},
-        {"policy_version": 5, "results": [{"mode": "sampled", "success_rate": 0.5}, {"mode": "greedy", "success_rate": 0.55}]},
-    ]
+    def record(version, greedy, sampled):
+        results = [{"mode": "sampled", "success_rate": sampled}, {"mode": "greedy", "success_rate": greedy}]
+        return {"policy_version": version, "results": results}
+
+    records = [record(10, 0.7, 0.6), record(5, 0.55, 0.5)]
     initial = {"greedy_success": 0.37, "sampled_success": 0.39}
-    assert curve_points(initial, records) == (CurvePoint(0, 0.37, 0.39), CurvePoint(5, 0.55, 0.5), CurvePoint(10, 0.7, 0.6))
+    expected = (CurvePoint(0, 0.37, 0.39), CurvePoint(5, 0.55, 0.5), CurvePoint(10, 0.7, 0.6))
+    assert curve_points(initial, records) == expected
     assert curve_points(None, records)[0].policy_version == 5  # no initial point: the run will not count
 
 

@@ -83,10 +83,11 @@ def test_aggregate_reports_mean_and_spread_per_strategy():
 def test_recorded_runs_are_kept_only_under_the_same_settings():
     settings = {"seeds": 1, "learner.training.max_steps": 40}
     trace, grpo = _outcome("t", 0.5, 0.8), _outcome("g", 0.4, 0.3)
-    runs = {"trace": [dataclasses.replace(trace, seed=0).as_dict()], "grpo": [dataclasses.replace(grpo, seed=0).as_dict()]}
+    trace, grpo = dataclasses.replace(trace, seed=0), dataclasses.replace(grpo, seed=0)
+    runs = {"trace": [trace.as_dict()], "grpo": [grpo.as_dict()]}
     previous = {"settings": settings, "runs": runs}
     kept = recorded_outcomes(previous, settings, planned={("grpo", 0)})
-    assert list(kept) == ["trace"] and kept["trace"][0] == dataclasses.replace(trace, seed=0)
+    assert list(kept) == ["trace"] and kept["trace"][0] == trace
     assert recorded_outcomes(previous, {**settings, "learner.training.max_steps": 20}, planned=set()) == {}
     assert recorded_outcomes(None, settings, planned=set()) == {}
 
