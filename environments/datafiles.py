@@ -34,6 +34,17 @@ def json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return records
 
 
+def file_fingerprint(path: str, what: str) -> tuple[str, int, int]:
+    """(resolved path, modification time, size): a cache key for what is read from ``path`` that
+    changes when the file does; ``what`` names the file in the error when it cannot be read."""
+    resolved = Path(path).resolve()
+    try:
+        stat = resolved.stat()
+    except OSError as err:
+        raise EnvironmentError_(f"{path}: cannot read {what}: {err}") from err
+    return str(resolved), stat.st_mtime_ns, stat.st_size
+
+
 def string_field(path: Path, number: int, record: dict[str, Any], key: str) -> str:
     value = record.get(key)
     if not isinstance(value, str) or not value.strip():

@@ -22,7 +22,7 @@ from tracerl.logs import get_logger
 
 from . import tags
 from .base import EnvironmentError_
-from .datafiles import json_lines, sample_split, string_field
+from .datafiles import file_fingerprint, json_lines, sample_split, string_field
 from .retrieval import Document, SearchIndex
 from .searchqa import SearchEpisode, SearchQAEnvironment, normalize_answer
 
@@ -85,12 +85,7 @@ def load_corpus(path: str | os.PathLike[str]) -> list[Document]:
 
 def corpus_index(corpus_file: str) -> SearchIndex:
     """The index of ``corpus_file``, rebuilt only when the file changes."""
-    path = Path(corpus_file).resolve()
-    try:
-        stat = path.stat()
-    except OSError as err:
-        raise EnvironmentError_(f"{corpus_file}: cannot read corpus: {err}") from err
-    return _cached_corpus_index(str(path), stat.st_mtime_ns, stat.st_size)
+    return _cached_corpus_index(*file_fingerprint(corpus_file, "corpus"))
 
 
 @lru_cache(maxsize=4)

@@ -17,6 +17,9 @@ EPISODE_OVER_OBSERVATION = tags.information("episode is over")
 
 
 class TurnEnvironment(Environment, abc.ABC):
+    #: Whether rewards take values in [0, 1] (partial credit) rather than 0 or 1.
+    graded_reward: bool = False
+
     def __init__(self) -> None:
         self._task: TaskSpec | None = None
         self._turn = 0
@@ -62,7 +65,7 @@ class TurnEnvironment(Environment, abc.ABC):
         return episode_snapshot(self.name, self._task, self._turn, self._done, self._reward, **self._own_state())
 
     def restore(self, state: dict[str, Any]) -> None:
-        task, turn, done, reward = read_episode_snapshot(state, self.name)
+        task, turn, done, reward = read_episode_snapshot(state, self.name, self.graded_reward)
         self._start(task)
         require(turn <= self.max_turns, f"snapshot turn {turn} exceeds max_turns {self.max_turns}")
         require(done or reward == 0.0, "snapshot has a reward on an unfinished episode")
