@@ -31,7 +31,7 @@ from typing import Any
 from tracerl.logs import get_logger
 
 from .base import EnvironmentError_
-from .datafiles import file_fingerprint, json_lines, string_field
+from .datafiles import built_from_file, json_lines, string_field
 from .retrieval import Document, SearchIndex
 
 _log = get_logger(__name__)
@@ -250,11 +250,10 @@ def load_products(path: str | os.PathLike[str]) -> list[Product]:
 
 def file_catalogue(products_file: str) -> Catalogue:
     """The catalogue of ``products_file``, rebuilt only when the file changes."""
-    return _cached_file_catalogue(*file_fingerprint(products_file, "product file"))
+    return built_from_file(products_file, "product file", _index_catalogue)
 
 
-@lru_cache(maxsize=4)
-def _cached_file_catalogue(path: str, mtime_ns: int, size: int) -> Catalogue:
+def _index_catalogue(path: str) -> Catalogue:
     catalogue = Catalogue(load_products(path))
     _log.info("catalogue_indexed", path=path, products=len(catalogue.products))
     return catalogue

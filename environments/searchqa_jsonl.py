@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from protocol import TaskSpec
@@ -22,7 +21,7 @@ from tracerl.logs import get_logger
 
 from . import tags
 from .base import EnvironmentError_
-from .datafiles import file_fingerprint, json_lines, sample_split, string_field
+from .datafiles import built_from_file, json_lines, sample_split, string_field
 from .retrieval import Document, SearchIndex
 from .searchqa import SearchEpisode, SearchQAEnvironment, normalize_answer
 
@@ -85,11 +84,10 @@ def load_corpus(path: str | os.PathLike[str]) -> list[Document]:
 
 def corpus_index(corpus_file: str) -> SearchIndex:
     """The index of ``corpus_file``, rebuilt only when the file changes."""
-    return _cached_corpus_index(*file_fingerprint(corpus_file, "corpus"))
+    return built_from_file(corpus_file, "corpus", _index_corpus)
 
 
-@lru_cache(maxsize=4)
-def _cached_corpus_index(path: str, mtime_ns: int, size: int) -> SearchIndex:
+def _index_corpus(path: str) -> SearchIndex:
     index = SearchIndex(load_corpus(path))
     _log.info("corpus_indexed", path=path, documents=len(index.documents))
     return index

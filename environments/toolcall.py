@@ -245,9 +245,7 @@ class ToolCallEnvironment(TurnEnvironment):
 
     @property
     def task(self) -> ToolTask:
-        if self._tool_task is None:
-            raise EnvironmentError_(f"{self.name}: reset() or restore() must come first")
-        return self._tool_task
+        return self._started(self._tool_task)
 
     @property
     def database(self) -> Database:

@@ -221,9 +221,7 @@ class WebShopEnvironment(TurnEnvironment):
 
     @property
     def shop(self) -> ShopTask:
-        if self._shop is None:
-            raise EnvironmentError_(f"{self.name}: reset() or restore() must come first")
-        return self._shop
+        return self._started(self._shop)
 
     @property
     def page(self) -> Page:

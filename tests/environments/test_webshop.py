@@ -27,6 +27,7 @@ from environments.webshop import (
     parse_command,
 )
 from protocol import TaskSpec
+from tests.environments.roundtrip import assert_restores_at_every_turn
 
 DATA = Path(__file__).resolve().parents[2] / "environments" / "data"
 PRODUCTS = DATA / "webshop_products_sample.jsonl"
@@ -293,24 +294,8 @@ def _random_action(env, rng):
 
 
 def test_snapshot_restore_round_trips_at_every_turn():
-    rng = random.Random(0)
-    for task in generate_tasks("train", 20, 8, max_options=2) + [sample_task()]:
-        for _ in range(3):
-            env = make_env("webshop")
-            env.reset(task)
-            actions = [_random_action(env, rng) for _ in range(MAX_TURNS_CAP)]
-            recorded = []
-            for action in actions:
-                recorded.append(msgpack.packb(env.snapshot()))
-                env.step(action)
-            final = env.snapshot()
-            for turn, wire in enumerate(recorded):
-                clone = make_env("webshop")
-                clone.restore(msgpack.unpackb(wire))
-                assert clone.snapshot() == msgpack.unpackb(wire)
-                for action in actions[turn:]:
-                    clone.step(action)
-                assert clone.snapshot() == final and clone.score() == env.score()
+    tasks = generate_tasks("train", 20, 8, max_options=2) + [sample_task()]
+    assert_restores_at_every_turn("webshop", tasks, _random_action, MAX_TURNS_CAP, episodes_per_task=3)
 
 
 def test_a_partial_reward_survives_the_snapshot():
