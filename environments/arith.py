@@ -171,9 +171,7 @@ class MathEnvironment(TurnEnvironment):
 
     @property
     def problem(self) -> WordProblem:
-        if self._problem is None:
-            raise EnvironmentError_(f"{self.name}: reset() or restore() must come first")
-        return self._problem
+        return self._started(self._problem)
 
     def reset(self, task: TaskSpec) -> str:
         self._start(task)

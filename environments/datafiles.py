@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,23 @@ def json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
             raise EnvironmentError_(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         records.append((number, record))
     return records
+
+
+def built_from_file(path: str, what: str, build: Callable[[str], T]) -> T:
+    """``build(resolved path)``, built once per version of the file: every environment step may
+    ask for it, and it is rebuilt only when the file's modification time or size changes.
+    ``what`` names the file in the error when it cannot be read."""
+    resolved = Path(path).resolve()
+    try:
+        stat = resolved.stat()
+    except OSError as err:
+        raise EnvironmentError_(f"{path}: cannot read {what}: {err}") from err
+    return _built(build, str(resolved), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _built(build: Callable[[str], T], path: str, mtime_ns: int, size: int) -> T:
+    return build(path)
 
 
 def string_field(path: Path, number: int, record: dict[str, Any], key: str) -> str:

@@ -26,6 +26,19 @@ The mistakes ``MistakeProfile`` controls:
 * math, premature answer: for a problem of s steps, a share ``math_premature_share[s]`` of
   first names (the problem's first word; hash-chosen, as for multihop) answers the value of
   step s - 1, in a fraction ``premature_consistency`` of their demos.
+* toolcall, reason confusion: a cancellation whose reason r has ``r -> r'`` in
+  ``toolcall_reason_confusion`` is made with reason r' (with probability
+  ``toolcall_confusion_rate``), so the final state records the wrong reason.
+* toolcall, premature reply: for a request of w writes, a share ``toolcall_premature_share[w]``
+  of customers' first names replies "done" before the last write, in a fraction
+  ``premature_consistency`` of their demos.
+* webshop, option confusion: a wanted option value v with ``v -> v'`` in
+  ``webshop_option_confusion`` is clicked as v' when the product offers v' (with probability
+  ``webshop_confusion_rate``), and the demo buys with it.
+* webshop, hasty purchase: for a hash-chosen share ``webshop_hasty_share`` of product types,
+  the demo opens the first result of the wanted type and attributes and buys it at once,
+  without checking its price or choosing options (in a fraction ``webshop_hasty_rate`` of
+  their demos).
 
 ``MistakeProfile.none()`` gives pure expert demos.
 """
@@ -39,12 +52,13 @@ from fractions import Fraction
 
 from protocol import TaskSpec
 
-from . import arith, frozenlake, sokoban
+from . import arith, frozenlake, sokoban, toolcall, webshop
 from .base import Environment
 from .calculator import CalculatorError, evaluate
 from .grid import DELTAS, GridEnvironment, move_turn, parse_move
 from .multihop import MultihopEnvironment, answer_turn, search_turn
 from .registry import make_env
+from .storeapi import REASONS, TOOLS
 
 
 @dataclass(frozen=True)
@@ -58,17 +72,33 @@ class MistakeProfile:
     math_operation_confusion: tuple[tuple[str, str], ...] = (("splits", "*"), ("more", "+"))
     math_confusion_rate: float = 0.85
     math_premature_share: tuple[tuple[int, float], ...] = ((3, 0.5), (4, 0.75))
+    toolcall_reason_confusion: tuple[tuple[str, str], ...] = (("ordered by mistake", "no longer needed"),)
+    toolcall_confusion_rate: float = 0.85
+    toolcall_premature_share: tuple[tuple[int, float], ...] = ((1, 0.3), (2, 0.5), (3, 0.75))
+    webshop_option_confusion: tuple[tuple[str, str], ...] = (
+        ("navy", "blue"), ("black", "grey"), ("large", "x-large"), ("size 9", "size 10"), ("16 oz", "20 oz"),
+    )
+    webshop_confusion_rate: float = 0.85
+    webshop_hasty_share: float = 0.65
+    webshop_hasty_rate: float = 0.9
     _confusion: dict[str, str] = field(init=False, compare=False, hash=False, repr=False)
     _premature: dict[int, float] = field(init=False, compare=False, hash=False, repr=False)
     _grid: dict[str, str] = field(init=False, compare=False, hash=False, repr=False)
     _operation: dict[str, str] = field(init=False, compare=False, hash=False, repr=False)
     _math_premature: dict[int, float] = field(init=False, compare=False, hash=False, repr=False)
+    _reason: dict[str, str] = field(init=False, compare=False, hash=False, repr=False)
+    _toolcall_premature: dict[int, float] = field(init=False, compare=False, hash=False, repr=False)
+    _option: dict[str, str] = field(init=False, compare=False, hash=False, repr=False)
 
     def __post_init__(self) -> None:
-        for rate_name in ("confusion_rate", "premature_consistency", "grid_confusion_rate", "math_confusion_rate"):
+        rates = (
+            "confusion_rate", "premature_consistency", "grid_confusion_rate", "math_confusion_rate",
+            "toolcall_confusion_rate", "webshop_confusion_rate", "webshop_hasty_share", "webshop_hasty_rate",
+        )
+        for rate_name in rates:
             if not 0.0 <= getattr(self, rate_name) <= 1.0:
                 raise ValueError(f"{rate_name} must be in [0, 1], got {getattr(self, rate_name)}")
-        for share_name in ("premature_answer_share", "math_premature_share"):
+        for share_name in ("premature_answer_share", "math_premature_share", "toolcall_premature_share"):
             if any(not 0.0 <= share <= 1.0 for _, share in getattr(self, share_name)):
                 raise ValueError(f"{share_name} values must be in [0, 1], got {getattr(self, share_name)}")
         if any(a not in DELTAS or b not in DELTAS for a, b in self.grid_move_confusion):
@@ -79,11 +109,19 @@ class MistakeProfile:
                 f"math_operation_confusion must map phrase kinds among {list(arith.KIND_OPERATORS)} to operators "
                 f"among {operators}, got {self.math_operation_confusion}"
             )
+        if any(a not in REASONS or b not in REASONS for a, b in self.toolcall_reason_confusion):
+            raise ValueError(
+                f"toolcall_reason_confusion must map reasons among {list(REASONS)}, "
+                f"got {self.toolcall_reason_confusion}"
+            )
         object.__setattr__(self, "_confusion", dict(self.relation_confusion))
         object.__setattr__(self, "_premature", dict(self.premature_answer_share))
         object.__setattr__(self, "_grid", dict(self.grid_move_confusion))
         object.__setattr__(self, "_operation", dict(self.math_operation_confusion))
         object.__setattr__(self, "_math_premature", dict(self.math_premature_share))
+        object.__setattr__(self, "_reason", dict(self.toolcall_reason_confusion))
+        object.__setattr__(self, "_toolcall_premature", dict(self.toolcall_premature_share))
+        object.__setattr__(self, "_option", dict(self.webshop_option_confusion))
 
     @classmethod
     def none(cls) -> MistakeProfile:
@@ -93,6 +131,10 @@ class MistakeProfile:
             grid_move_confusion=(),
             math_operation_confusion=(),
             math_premature_share=(),
+            toolcall_reason_confusion=(),
+            toolcall_premature_share=(),
+            webshop_option_confusion=(),
+            webshop_hasty_share=0.0,
         )
 
     def confused_relation(self, relation: str) -> str | None:
@@ -112,6 +154,20 @@ class MistakeProfile:
     def answers_math_early(self, first_word: str, steps: int) -> bool:
         """Like ``answers_early``, for a math problem of ``steps`` steps opening with this word."""
         return _in_family(first_word, steps, self._math_premature.get(steps, 0.0))
+
+    def confused_reason(self, reason: str) -> str | None:
+        return self._reason.get(reason)
+
+    def replies_early(self, first_name: str, writes: int) -> bool:
+        """Like ``answers_early``, for a request of ``writes`` writes by a customer of this first name."""
+        return _in_family(first_name, writes, self._toolcall_premature.get(writes, 0.0))
+
+    def confused_option(self, value: str) -> str | None:
+        return self._option.get(value)
+
+    def buys_hastily(self, product_type: str) -> bool:
+        """Whether demos for this product type are in the hasty-purchase family."""
+        return _in_family(product_type, 0, self.webshop_hasty_share)
 
 
 def _in_family(context: str, size: int, share: float) -> bool:
@@ -140,6 +196,10 @@ def demo_episode(
         turns, reward = _grid_demo(env, rng, profile)
     elif isinstance(env, arith.MathEnvironment):
         turns, reward = _math_demo(env, rng, profile)
+    elif isinstance(env, toolcall.ToolCallEnvironment):
+        turns, reward = _toolcall_demo(env, rng, profile)
+    elif isinstance(env, webshop.WebShopEnvironment):
+        turns, reward = _webshop_demo(env, rng, profile)
     else:
         turns, reward = _expert_demo(env)
     return Demo(prompt=prompt, turns=tuple(turns), reward=reward)
@@ -241,3 +301,70 @@ def _math_demo(
     result = env.step(action)
     turns.append((action, result.observation))
     return turns, result.reward
+
+
+def _toolcall_demo(
+    env: toolcall.ToolCallEnvironment, rng: random.Random, profile: MistakeProfile
+) -> tuple[list[tuple[str, str]], float]:
+    plan = list(env.task.solution)
+    writes = [index for index, call in enumerate(plan) if TOOLS[call.name].writes]
+    first_name = _customer_first_name(plan)
+    if writes and first_name and profile.replies_early(first_name, len(writes)):
+        if rng.random() < profile.premature_consistency:
+            del plan[writes[-1]]
+    turns = []
+    for index, call in enumerate(plan):
+        confused = profile.confused_reason(call.arguments.get("reason", "")) if call.name == "cancel_order" else None
+        if confused is not None and rng.random() < profile.toolcall_confusion_rate:
+            call = toolcall.make_call(call.name, {**call.arguments, "reason": confused})
+        action = toolcall.call_turn(index, call)
+        result = env.step(action)
+        turns.append((action, result.observation))
+        if result.done:
+            return turns, result.reward
+    action = toolcall.answer_turn()
+    result = env.step(action)
+    turns.append((action, result.observation))
+    return turns, result.reward
+
+
+def _customer_first_name(plan: list[toolcall.Call]) -> str:
+    """The first name the request's customer is looked up by ("" when the plan starts otherwise)."""
+    if not plan or plan[0].name != "find_user":
+        return ""
+    return plan[0].arguments["name"].split()[0]
+
+
+def _webshop_demo(
+    env: webshop.WebShopEnvironment, rng: random.Random, profile: MistakeProfile
+) -> tuple[list[tuple[str, str]], float]:
+    goal = env.shop.goal
+    hasty = profile.buys_hastily(goal.type) and rng.random() < profile.webshop_hasty_rate
+    #: Option dimensions the demo has clicked once: it never goes back to correct them.
+    decided: set[str] = set()
+    turns = []
+    while True:
+        action = env.expert_action()
+        if hasty and env.page == "results":
+            look_alike = next(
+                (p for p in env.results() if p.type == goal.type and set(goal.attributes) <= set(p.attributes)), None
+            )
+            if look_alike is not None:
+                action = webshop.command_turn("click", look_alike.asin, f"open {look_alike.asin}")
+        elif hasty and env.page == "item":
+            action = webshop.command_turn("buy", thought="buy it")
+        elif decided and env.page == "item":
+            action = env.item_action(frozenset(decided))
+        command = webshop.parse_command(action)
+        product = env.product
+        if env.page == "item" and product is not None and isinstance(command, tuple) and command[0] == "click":
+            value = command[1]
+            confused = profile.confused_option(value)
+            if confused in product.option_values and rng.random() < profile.webshop_confusion_rate:
+                value = confused
+                action = webshop.command_turn("click", value, f"choose {value}")
+            decided.add(product.option_values[value])
+        result = env.step(action)
+        turns.append((action, result.observation))
+        if result.done:
+            return turns, result.reward

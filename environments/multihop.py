@@ -86,9 +86,7 @@ class MultihopEnvironment(SearchQAEnvironment):
 
     @property
     def question(self) -> MultihopQuestion:
-        if self._question is None:
-            raise EnvironmentError_("multihop: reset() or restore() must come first")
-        return self._question
+        return self._started(self._question)
 
     def _load_episode(self, task: TaskSpec) -> SearchEpisode:
         question = parse_question(task.params)

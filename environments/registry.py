@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from protocol import TaskSpec
 
-from . import arith, frozenlake, multihop, searchqa_jsonl, sokoban
+from . import arith, frozenlake, multihop, searchqa_jsonl, sokoban, toolcall, webshop
 from .base import Environment, EnvironmentError_
 from .splits import check_split
 from .tags import ALL_TAGS
@@ -30,6 +30,8 @@ _REGISTRY: dict[str, EnvEntry] = {
     sokoban.NAME: EnvEntry(sokoban.SokobanEnvironment, sokoban.generate_tasks),
     searchqa_jsonl.NAME: EnvEntry(searchqa_jsonl.SearchQAJsonlEnvironment, searchqa_jsonl.generate_tasks),
     arith.NAME: EnvEntry(arith.MathEnvironment, arith.generate_tasks),
+    toolcall.NAME: EnvEntry(toolcall.ToolCallEnvironment, toolcall.generate_tasks),
+    webshop.NAME: EnvEntry(webshop.WebShopEnvironment, webshop.generate_tasks),
 }
 
 

@@ -118,9 +118,7 @@ class SearchQAEnvironment(TurnEnvironment, abc.ABC):
 
     @property
     def episode(self) -> SearchEpisode:
-        if self._episode is None:
-            raise EnvironmentError_(f"{self.name}: reset() or restore() must come first")
-        return self._episode
+        return self._started(self._episode)
 
     @property
     def retrieved_ids(self) -> frozenset[int]:

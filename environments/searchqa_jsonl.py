@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from protocol import TaskSpec
@@ -22,7 +21,7 @@ from tracerl.logs import get_logger
 
 from . import tags
 from .base import EnvironmentError_
-from .datafiles import json_lines, sample_split, string_field
+from .datafiles import built_from_file, json_lines, sample_split, string_field
 from .retrieval import Document, SearchIndex
 from .searchqa import SearchEpisode, SearchQAEnvironment, normalize_answer
 
@@ -85,16 +84,10 @@ def load_corpus(path: str | os.PathLike[str]) -> list[Document]:
 
 def corpus_index(corpus_file: str) -> SearchIndex:
     """The index of ``corpus_file``, rebuilt only when the file changes."""
-    path = Path(corpus_file).resolve()
-    try:
-        stat = path.stat()
-    except OSError as err:
-        raise EnvironmentError_(f"{corpus_file}: cannot read corpus: {err}") from err
-    return _cached_corpus_index(str(path), stat.st_mtime_ns, stat.st_size)
+    return built_from_file(corpus_file, "corpus", _index_corpus)
 
 
-@lru_cache(maxsize=4)
-def _cached_corpus_index(path: str, mtime_ns: int, size: int) -> SearchIndex:
+def _index_corpus(path: str) -> SearchIndex:
     index = SearchIndex(load_corpus(path))
     _log.info("corpus_indexed", path=path, documents=len(index.documents))
     return index

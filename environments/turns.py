@@ -5,7 +5,7 @@ adds what one action does and what else its snapshots hold."""
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, TypeVar
 
 from protocol import TaskSpec
 
@@ -15,8 +15,13 @@ from .snapshots import episode_snapshot, read_episode_snapshot, require
 
 EPISODE_OVER_OBSERVATION = tags.information("episode is over")
 
+T = TypeVar("T")
+
 
 class TurnEnvironment(Environment, abc.ABC):
+    #: Whether rewards take values in [0, 1] (partial credit) rather than 0 or 1.
+    graded_reward: bool = False
+
     def __init__(self) -> None:
         self._task: TaskSpec | None = None
         self._turn = 0
@@ -46,8 +51,7 @@ class TurnEnvironment(Environment, abc.ABC):
     # -- Environment -------------------------------------------------------------------
 
     def step(self, action_text: str) -> StepResult:
-        if self._task is None:
-            raise EnvironmentError_(f"{self.name}: reset() or restore() must come first")
+        self._started(self._task)
         if self._done:
             return StepResult(EPISODE_OVER_OBSERVATION, True, self._reward)
         self._turn += 1
@@ -62,12 +66,18 @@ class TurnEnvironment(Environment, abc.ABC):
         return episode_snapshot(self.name, self._task, self._turn, self._done, self._reward, **self._own_state())
 
     def restore(self, state: dict[str, Any]) -> None:
-        task, turn, done, reward = read_episode_snapshot(state, self.name)
+        task, turn, done, reward = read_episode_snapshot(state, self.name, self.graded_reward)
         self._start(task)
         require(turn <= self.max_turns, f"snapshot turn {turn} exceeds max_turns {self.max_turns}")
         require(done or reward == 0.0, "snapshot has a reward on an unfinished episode")
         self._restore_own_state(state, turn, done, reward)
         self._turn, self._done, self._reward = turn, done, reward
+
+    def _started(self, loaded: T | None) -> T:
+        """``loaded`` (something ``_begin`` sets) once an episode has begun; before, an error."""
+        if loaded is None:
+            raise EnvironmentError_(f"{self.name}: reset() or restore() must come first")
+        return loaded
 
     @property
     def turns_left(self) -> int:

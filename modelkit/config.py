@@ -34,6 +34,19 @@ class MistakeConfig:
     math_premature_share: list[tuple[int, float]] = field(
         default_factory=lambda: list(DEFAULT_PROFILE.math_premature_share)
     )
+    toolcall_reason_confusion: list[tuple[str, str]] = field(
+        default_factory=lambda: list(DEFAULT_PROFILE.toolcall_reason_confusion)
+    )
+    toolcall_confusion_rate: float = DEFAULT_PROFILE.toolcall_confusion_rate
+    toolcall_premature_share: list[tuple[int, float]] = field(
+        default_factory=lambda: list(DEFAULT_PROFILE.toolcall_premature_share)
+    )
+    webshop_option_confusion: list[tuple[str, str]] = field(
+        default_factory=lambda: list(DEFAULT_PROFILE.webshop_option_confusion)
+    )
+    webshop_confusion_rate: float = DEFAULT_PROFILE.webshop_confusion_rate
+    webshop_hasty_share: float = DEFAULT_PROFILE.webshop_hasty_share
+    webshop_hasty_rate: float = DEFAULT_PROFILE.webshop_hasty_rate
 
     def profile(self) -> MistakeProfile:
         return MistakeProfile(
@@ -46,6 +59,13 @@ class MistakeConfig:
             math_operation_confusion=tuple(self.math_operation_confusion),
             math_confusion_rate=self.math_confusion_rate,
             math_premature_share=tuple(self.math_premature_share),
+            toolcall_reason_confusion=tuple(self.toolcall_reason_confusion),
+            toolcall_confusion_rate=self.toolcall_confusion_rate,
+            toolcall_premature_share=tuple(self.toolcall_premature_share),
+            webshop_option_confusion=tuple(self.webshop_option_confusion),
+            webshop_confusion_rate=self.webshop_confusion_rate,
+            webshop_hasty_share=self.webshop_hasty_share,
+            webshop_hasty_rate=self.webshop_hasty_rate,
         )
 
 
@@ -54,6 +74,8 @@ class MistakeConfig:
 #: (and its mistakes) never renames the models already built for the others.
 ENVIRONMENT_MISTAKE_FIELDS: dict[str, tuple[str, ...]] = {
     "math": ("math_operation_confusion", "math_confusion_rate", "math_premature_share"),
+    "toolcall": ("toolcall_reason_confusion", "toolcall_confusion_rate", "toolcall_premature_share"),
+    "webshop": ("webshop_option_confusion", "webshop_confusion_rate", "webshop_hasty_share", "webshop_hasty_rate"),
 }
 
 

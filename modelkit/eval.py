@@ -43,6 +43,8 @@ class EvalResult:
     mode: Literal["greedy", "sampled"]
     num_tasks: int
     success_rate: float
+    #: Equals ``success_rate`` for 0/1 rewards; below it for partial credit (webshop).
+    mean_reward: float
     by_difficulty: dict[str, DifficultyStats]
     mean_turns: float
     mean_generated_tokens: float
@@ -108,6 +110,7 @@ def summarise(
         mode="greedy" if greedy else "sampled",
         num_tasks=n,
         success_rate=sum(e.reward >= 1.0 for e in episodes) / n if n else 0.0,
+        mean_reward=sum(e.reward for e in episodes) / n if n else 0.0,
         by_difficulty={
             label: DifficultyStats(len(rewards), sum(r >= 1.0 for r in rewards) / len(rewards))
             for label, rewards in sorted(groups.items())
@@ -305,6 +308,7 @@ def format_table(results: Sequence[EvalResult]) -> str:
     first = results[0]
     lines = [f"{first.env} ({first.split}, {first.num_tasks} tasks)", f"{'':<14}" + "".join(f"{m:>10}" for m in modes)]
     lines.append(f"{'success':<14}" + "".join(f"{by_mode[m].success_rate:>10.1%}" for m in modes))
+    lines.append(f"{'mean reward':<14}" + "".join(f"{by_mode[m].mean_reward:>10.3f}" for m in modes))
     for label in labels:
         cells = []
         for m in modes:

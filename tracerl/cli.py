@@ -187,7 +187,7 @@ def model_build_command(config: ConfigOption = None, set_: SetOption = None) -> 
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Option("--model", "-m", help="An HF-format model directory (config.json + weights + tokenizer).")],
-    env: Annotated[str, typer.Option("--env", "-e", help="Environment: multihop, frozenlake, sokoban, math or searchqa.")],
+    env: Annotated[str, typer.Option("--env", "-e", help="Environment: multihop, frozenlake, sokoban, math, toolcall, webshop or searchqa.")],
     tasks: Annotated[int, typer.Option("--tasks", "-n", help="Held-out tasks per decoding mode.")] = 100,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out task draw and of sampling.")] = 0,

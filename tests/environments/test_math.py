@@ -21,6 +21,7 @@ from environments.calculator import evaluate
 from environments.splits import split_of_content
 from environments.tags import CALCULATOR_ACTIONS, parse_action
 from protocol import TaskSpec
+from tests.environments.roundtrip import assert_restores_at_every_turn
 
 SAMPLE = Path(__file__).resolve().parents[2] / "environments" / "data" / "gsm8k_sample.jsonl"
 #: Ana has 4 tins of 12 pencils, gives 15 away: 4 * 12 = 48, 48 - 15 = 33.
@@ -205,27 +206,8 @@ def _random_action(env: MathEnvironment, rng: random.Random) -> str:
 
 
 def test_snapshot_restore_round_trips_at_every_turn():
-    rng = random.Random(0)
     tasks = generate_tasks("train", 25, 8, max_ops=6, max_quantities=3)
-    for task in tasks:
-        for _ in range(4):
-            env = make_env("math")
-            env.reset(task)
-            actions = [_random_action(env, rng) for _ in range(MAX_TURNS_CAP)]
-            # Replay from a restored clone at every turn; each must continue exactly as the original.
-            recorded = []
-            for action in actions:
-                recorded.append(msgpack.packb(env.snapshot()))
-                env.step(action)
-            final = env.snapshot()
-            for turn, wire in enumerate(recorded):
-                clone = make_env("math")
-                clone.restore(msgpack.unpackb(wire))
-                assert clone.snapshot() == msgpack.unpackb(wire)
-                for action in actions[turn:]:
-                    clone.step(action)
-                assert clone.snapshot() == final
-                assert clone.score() == env.score()
+    assert_restores_at_every_turn("math", tasks, _random_action, MAX_TURNS_CAP, episodes_per_task=4)
 
 
 def test_a_restored_episode_continues_with_the_same_expert_and_score():

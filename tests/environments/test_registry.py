@@ -14,23 +14,25 @@ from environments.base import Environment
 from tracerl.typed import from_plain, to_plain
 from protocol import TaskSpec
 
-GENERATED = ["multihop", "frozenlake", "sokoban", "math"]
+GENERATED = ["multihop", "frozenlake", "sokoban", "math", "toolcall", "webshop"]
+STOPS = {"math": {"</calculate>", "</answer>"}, "toolcall": {"</tool_call>", "</answer>"}, "webshop": {"</answer>"}}
 
 
 def test_env_names_lists_every_environment():
-    assert env_names() == ["frozenlake", "math", "multihop", "searchqa", "sokoban"]
+    assert env_names() == ["frozenlake", "math", "multihop", "searchqa", "sokoban", "toolcall", "webshop"]
     for name in env_names():
         env = make_env(name)
         assert isinstance(env, Environment)
         assert env.name == name
-        expected_stops = {"</calculate>", "</answer>"} if name == "math" else {"</search>", "</answer>"}
-        assert set(env.stop_strings) == expected_stops
+        assert set(env.stop_strings) == STOPS.get(name, {"</search>", "</answer>"})
         assert set(env.stop_strings) <= set(env.special_tokens) <= set(SPECIAL_TOKENS)
-        assert 1 <= env.max_turns <= 8
+        assert 1 <= env.max_turns <= 10
 
 
 def test_unknown_env_lists_valid_names():
-    with pytest.raises(EnvironmentError_, match="unknown environment 'chess'.*frozenlake, math, multihop, searchqa, sokoban"):
+    with pytest.raises(
+        EnvironmentError_, match="unknown environment 'chess'.*frozenlake, math, multihop, searchqa, sokoban, toolcall, webshop"
+    ):
         make_env("chess")
     with pytest.raises(EnvironmentError_, match="valid names"):
         make_tasks("chess", "train", 3, 0)
@@ -46,16 +48,21 @@ def test_bad_split_and_unknown_knob_are_refused():
 def test_special_tokens_cover_every_tag():
     search_r1 = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>", "</information>")
     # New tags go last, so the ids of earlier ones never move.
-    assert SPECIAL_TOKENS == (*search_r1, "<calculate>", "</calculate>")
-    assert STOP_STRINGS == ("</search>", "</answer>", "</calculate>")
+    tools = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+    assert SPECIAL_TOKENS == (*search_r1, "<calculate>", "</calculate>", *tools)
+    assert STOP_STRINGS == ("</search>", "</answer>", "</calculate>", "</tool_call>")
 
 
 def test_a_model_for_some_environments_gets_exactly_their_tags():
     search_r1 = SPECIAL_TOKENS[:8]
     for names in (["multihop"], ["frozenlake"], ["sokoban", "searchqa"]):
         assert env_special_tokens(names) == search_r1
-    assert env_special_tokens(["math"]) == tuple(t for t in SPECIAL_TOKENS if t not in ("<search>", "</search>"))
-    assert env_special_tokens(["math", "multihop"]) == SPECIAL_TOKENS
+    assert env_special_tokens(["math"]) == (*search_r1[:2], *search_r1[4:], "<calculate>", "</calculate>")
+    assert env_special_tokens(["math", "multihop"]) == SPECIAL_TOKENS[:10]
+    # Qwen3's own tool tags; no search, calculator or information block.
+    tool_tags = ("<think>", "</think>", "<answer>", "</answer>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+    assert env_special_tokens(["toolcall"]) == tool_tags
+    assert env_special_tokens(["webshop"]) == ("<think>", "</think>", "<answer>", "</answer>", "<information>", "</information>")
 
 
 @pytest.mark.parametrize("name", GENERATED)

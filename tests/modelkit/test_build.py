@@ -46,6 +46,10 @@ def test_adding_an_environment_renames_no_other_model():
     assert key(None, ["demos.mistakes.math_confusion_rate=0.5"]) == key(None)
     assert key(configs / "math.yaml", ["demos.mistakes.math_confusion_rate=0.5"]) != key(configs / "math.yaml")
     assert "</calculate>" in environment_tags(["math"]) and "<search>" not in environment_tags(["math"])
+    for env_name, field in (("toolcall", "toolcall_confusion_rate"), ("webshop", "webshop_hasty_share")):
+        assert key(None, [f"demos.mistakes.{field}=0.5"]) == key(None)
+        recipe = configs / f"{env_name}.yaml"
+        assert key(recipe, [f"demos.mistakes.{field}=0.5"]) != key(recipe)
 
 
 def test_missing_config_file_is_reported(tmp_path, capsys):

@@ -55,7 +55,15 @@ def test_summary_counts_success_per_difficulty():
     assert result.success_rate == 0.75 and result.mode == "sampled"
     assert result.by_difficulty["hops=1"].success_rate == 0.5 and result.by_difficulty["hops=2"].episodes == 2
     assert result.mean_turns == 2.5 and result.mean_generated_tokens == 36.0
+    assert result.mean_reward == 0.75
     assert "75.0%" in format_table([result])
+
+
+def test_partial_rewards_count_in_the_mean_reward_not_in_success():
+    episodes = [EpisodeSummary("max_turns=5", r, 4, 20) for r in (1.0, 0.75, 0.5, 0.0)]
+    result = summarise("webshop", "heldout", True, episodes, 1.0)
+    assert result.success_rate == 0.25 and result.mean_reward == pytest.approx(0.5625)
+    assert "mean reward        0.562" in format_table([result])
 
 
 def test_difficulty_labels():
@@ -66,13 +74,18 @@ def test_difficulty_labels():
 
 
 @pytest.mark.slow
-def test_math_episodes_run_through_the_eval_loop(random_model_dir):
-    """The calculator's tags and stop strings reach the generator: a random policy's episodes
-    end within the turn cap and are scored."""
-    greedy, sampled = evaluate_modes(random_model_dir, "math", 2, backend="transformers", seed=1)
+@pytest.mark.parametrize("env_name, labels", [
+    ("math", {f"steps={n}" for n in range(1, 5)}),
+    ("toolcall", {f"max_turns={n}" for n in range(3, 9)}),
+    ("webshop", {f"max_turns={n}" for n in range(5, 8)}),
+])
+def test_tool_episodes_run_through_the_eval_loop(random_model_dir, env_name, labels):
+    """The calculator's, the tool call's and the store's tags and stop strings reach the
+    generator: a random policy's episodes end within the turn cap and are scored."""
+    greedy, sampled = evaluate_modes(random_model_dir, env_name, 2, backend="transformers", seed=1)
     for result in (greedy, sampled):
-        assert result.num_tasks == 2 and result.success_rate == 0.0
-        assert 1 <= result.mean_turns <= 8 and set(result.by_difficulty) <= {f"steps={n}" for n in range(1, 5)}
+        assert result.num_tasks == 2 and result.success_rate == 0.0 and result.mean_reward <= 0.5
+        assert 1 <= result.mean_turns <= 8 and set(result.by_difficulty) <= labels
 
 
 @pytest.mark.slow

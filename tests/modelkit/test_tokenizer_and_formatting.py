@@ -91,3 +91,28 @@ def test_a_math_tokenizer_stops_on_one_token_and_reads_a_number_alike_everywhere
     for text in ("Ana has 4 tins with 48 pencils", "<information> 48 </information>", "<calculate> 48 - 15 </calculate>"):
         ids = tokenizer.encode(text, add_special_tokens=False)
         assert any(ids[i : i + len(number)] == number for i in range(len(ids))), text
+
+
+@pytest.mark.parametrize(
+    "env_name, word, texts",
+    [
+        ("toolcall", "o4", ('<tool_response> {"orders": ["o2", "o4"]} </tool_response>',
+                            '<tool_call> {"name": "get_order", "arguments": {"order_id": "o4"}} </tool_call>')),
+        ("webshop", " p017", ("<information> results for mug : [ p017 ] apex ceramic mug $ 12.99 </information>",
+                              "<answer> click[ p017 ] </answer>")),
+    ],
+)
+def test_a_tool_tokenizer_stops_on_one_token_and_reads_an_id_alike_in_the_page_and_the_action(env_name, word, texts):
+    from environments import make_env
+    from modelkit.config import DemoConfig
+    from modelkit.tokenizer import environment_tags
+    from modelkit.warmstart import demonstrations
+
+    demos = demonstrations(DemoConfig(environments=[env_name], demos_per_env=200))
+    corpus = [text for demo in demos for text in (demo.prompt, *(t for turn in demo.turns for t in turn))]
+    tokenizer = train_tokenizer(corpus, TokenizerSpec(vocab_size=600, tags=environment_tags([env_name])))
+    assert stop_token_ids(tokenizer, make_env(env_name).stop_strings) is not None
+    word_ids = tokenizer.encode(word, add_special_tokens=False)
+    for text in texts:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert any(ids[i : i + len(word_ids)] == word_ids for i in range(len(ids))), text

@@ -166,19 +166,25 @@ def test_every_shipped_config_file_loads_into_its_role():
     up = load_config(UpConfig, str(root / "default.yaml"), [])
     assert up.allocator.core.strategy == "trace" and up.learner.training.max_steps == 100
     models = sorted((root / "models").glob("*.yaml"))
-    assert [p.stem for p in models] == ["frozenlake", "math", "sokoban"]
+    assert [p.stem for p in models] == ["frozenlake", "math", "sokoban", "toolcall", "webshop"]
     for path in models:
         build = load_config(ModelBuildConfig, str(path), [])
         assert build.demos.environments == [path.stem]
         # Grid cells are not copied from the context, so the grid recipes have no plateau to wait for.
         assert (build.training.plateau_exit_loss == 0) == (path.stem in ("frozenlake", "sokoban"))
     runs = sorted(p.stem for p in root.glob("*.yaml"))
-    assert runs == ["default", "math"]
-    math = load_config(UpConfig, str(root / "math.yaml"), ["model.threads=1"])
-    assert math.allocator.tasks.env == "math" and math.model_dir == ""
-    # The run builds exactly the model `tracerl model build --config configs/models/math.yaml` builds.
-    assert math.model.recipe() == load_config(ModelBuildConfig, str(root / "models" / "math.yaml")).recipe()
-    assert math.allocator.core.max_turns >= 6  # the default generator's largest turn cap
+    assert runs == ["default", "math", "toolcall", "webshop"]
+    # The default generator's largest turn cap of each environment a run config trains on.
+    largest_cap = {"math": 6, "toolcall": 8, "webshop": 7}
+    for name, cap in largest_cap.items():
+        run = load_config(UpConfig, str(root / f"{name}.yaml"), ["model.threads=1"])
+        assert run.allocator.tasks.env == name and run.model_dir == ""
+        # The run builds exactly the model `tracerl model build --config configs/models/<env>.yaml` builds.
+        assert run.model.recipe() == load_config(ModelBuildConfig, str(root / "models" / f"{name}.yaml")).recipe()
+        assert run.allocator.core.max_turns >= cap
+    for name in ("toolcall", "webshop"):  # their held-out probes run whole episodes
+        run = load_config(UpConfig, str(root / f"{name}.yaml"), ["model.threads=1"])
+        assert run.allocator.heldout.max_turns >= largest_cap[name]
 
 
 def test_a_yaml_file_can_include_a_section_from_another(tmp_path):
