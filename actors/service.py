@@ -91,7 +91,7 @@ class ActorService:
         await self.sync_weights_once()
         await self.heartbeat()
         shared = await self.bus.pull_consumer(self.subjects.work_stream, self.subjects.shared_work_consumer, WorkItem)
-        own_name = await self.bus.ensure_actor_consumer(self.actor_id, await self._work_limits())
+        own_name = await self.bus.ensure_actor_consumer(self.actor_id, await self._work_limits(shared))
         own = await self.bus.pull_consumer(self.subjects.work_stream, own_name, WorkItem)
         log.info("actor_serving", actor_id=self.actor_id, policy_version=self.engine.policy_version,
                  capacity=self.config.max_inflight_items)
@@ -124,12 +124,13 @@ class ActorService:
         self.metrics.close()
         return self.exit_code
 
-    async def _work_limits(self):
+    @staticmethod
+    async def _work_limits(shared: Any):
         """The shared durable's ack_wait and max_deliver, so this actor's own durable matches it."""
         from bus.config import StreamLimits
 
-        info = await self.bus.js.consumer_info(self.subjects.work_stream, self.subjects.shared_work_consumer)
-        return StreamLimits(ack_wait_s=float(info.config.ack_wait), max_deliver=int(info.config.max_deliver))
+        limits = await shared.limits()
+        return StreamLimits(ack_wait_s=float(limits.ack_wait), max_deliver=int(limits.max_deliver))
 
     # Work ---------------------------------------------------------------------------
 
