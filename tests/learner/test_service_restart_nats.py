@@ -14,7 +14,9 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -32,6 +34,7 @@ from tracerl.metrics import metrics_path, read_metrics
 
 pytestmark = [pytest.mark.nats]
 
+T = TypeVar("T")
 TREES_PER_STEP = 2
 START_TIMEOUT_S = 180.0
 
@@ -49,6 +52,13 @@ def _learner_config(bus_run, run_dir: Path, model_dir: Path) -> LearnerConfig:
     )
 
 
+def _learner_files(bus_run, model_dir: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The learner's run dir, config file and output file."""
+    run_dir = tmp_path / "run"
+    config_path, out = written(_learner_config(bus_run, run_dir, model_dir), "learner", tmp_path)
+    return run_dir, config_path, out
+
+
 async def _announced(client) -> WeightsAnnouncement | None:
     return await client.get_weights_announcement()
 
@@ -58,16 +68,26 @@ async def _kv_revision(admin) -> int:
     return (await kv.get(Subjects.POLICY_VERSION_KEY)).revision
 
 
-async def _wait_version(admin, version: int, learner: subprocess.Popen, out: Path) -> WeightsAnnouncement:
+async def _until(what: str, check: Callable[[], Awaitable[T | None]], learner: subprocess.Popen, out: Path) -> T:
+    """Poll ``check`` until it returns something, failing if the learner exits or time runs out."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while True:
         assert learner.poll() is None, out.read_text()[-3000:]
-        current = await _announced(admin)
-        if current is not None and current.policy_version >= version:
-            assert current.policy_version == version, (current, out.read_text()[-3000:])
-            return current
+        found = await check()
+        if found is not None:
+            return found
+        assert time.monotonic() < deadline, f"{what} never happened: " + out.read_text()[-3000:]
         await asyncio.sleep(0.2)
-    raise AssertionError(f"version {version} never announced: " + out.read_text()[-3000:])
+
+
+async def _wait_version(admin, version: int, learner: subprocess.Popen, out: Path) -> WeightsAnnouncement:
+    async def reached() -> WeightsAnnouncement | None:
+        current = await _announced(admin)
+        return current if current is not None and current.policy_version >= version else None
+
+    current = await _until(f"version {version}", reached, learner, out)
+    assert current.policy_version == version, (current, out.read_text()[-3000:])
+    return current
 
 
 def _step_trees(run_id: str, step: int, count: int = TREES_PER_STEP, version: int | None = None) -> list[CompletedTree]:
@@ -93,18 +113,16 @@ def _log_has(run_dir: Path, event: str) -> int:
 
 
 async def _wait_started(run_dir: Path, count: int, learner: subprocess.Popen, out: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while _log_has(run_dir, "learner_started") < count:
-        assert learner.poll() is None, out.read_text()[-3000:]
-        assert time.monotonic() < deadline, out.read_text()[-3000:]
-        await asyncio.sleep(0.2)
+    async def started() -> bool | None:
+        return True if _log_has(run_dir, "learner_started") >= count else None
+
+    await _until(f"start {count}", started, learner, out)
 
 
 def test_a_restarted_learner_does_not_announce_its_version_again_and_never_goes_back(
     bus_run, tiny_model_dir, tmp_path
 ):
-    run_dir = tmp_path / "run"
-    config_path, out = written(_learner_config(bus_run, run_dir, tiny_model_dir), "learner", tmp_path)
+    run_dir, config_path, out = _learner_files(bus_run, tiny_model_dir, tmp_path)
     run_id = bus_run.run.run_id
 
     async def main() -> None:
@@ -165,21 +183,18 @@ async def _learner_durable(admin):
 
 async def _wait_held(admin, count: int, learner: subprocess.Popen, out: Path) -> None:
     """Until the learner has taken ``count`` trees it has not acked, and nothing waits undelivered."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        assert learner.poll() is None, out.read_text()[-3000:]
+
+    async def held() -> bool | None:
         info = await _learner_durable(admin)
-        if info.num_ack_pending == count and info.num_pending == 0:
-            return
-        assert time.monotonic() < deadline, (info, out.read_text()[-3000:])
-        await asyncio.sleep(0.2)
+        return True if info.num_ack_pending == count and info.num_pending == 0 else None
+
+    await _until(f"{count} trees held", held, learner, out)
 
 
 def test_a_killed_learner_loses_no_buffered_tree_and_its_successor_trains_each_once(
     bus_run, tiny_model_dir, tmp_path
 ):
-    run_dir = tmp_path / "run"
-    config_path, out = written(_learner_config(bus_run, run_dir, tiny_model_dir), "learner", tmp_path)
+    run_dir, config_path, out = _learner_files(bus_run, tiny_model_dir, tmp_path)
     run_id = bus_run.run.run_id
     step0 = _step_trees(run_id, 0)
     step1 = _step_trees(run_id, 1, count=3)
