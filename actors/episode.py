@@ -6,13 +6,16 @@ environment, encode the observation on its own, append both to the context. Ever
 finished turn becomes a ``TurnNode`` as soon as the environment has answered, so that the
 allocator can branch from it while the chain goes on.
 
-Node ids depend only on (work id, sample index, depth): a redelivered work item
-regenerates the same ids and the allocator deduplicates them.
+Node ids are (work id, sampling, sample index, depth) (``protocol.messages.node_id_for``).
+The sampling names this run of the item: a redelivered item is another sampling, whose
+tokens differ, so its nodes get new ids and chain only to each other; the allocator counts
+a chain slot done once any sampling has ended it (``protocol.messages.chain_slot``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgpack
 
 from modelkit.formatting import observation_token_ids, prompt_token_ids, stop_token_ids
-from protocol.messages import SamplingSpec, TurnNode, WorkItem
+from protocol.messages import SamplingSpec, TurnNode, WorkItem, node_id_for
 
 from actors.engine import Generation, derive_turn_seed
 
@@ -48,6 +51,11 @@ class TurnGenerator(Protocol):
     ) -> Generation: ...
 
 
+def new_sampling() -> str:
+    """A fresh sampling name: two runs of one item must not share one (2^-32 odds that they do)."""
+    return secrets.token_hex(4)
+
+
 class EpisodeError(ValueError):
     """A work item that cannot be started (bad snapshot, impossible depth); ``reason`` is a short category."""
 
@@ -57,15 +65,12 @@ class EpisodeError(ValueError):
         super().__init__(f"{reason}: {detail}")
 
 
-def node_id_for(work_id: str, sample_index: int, depth: int) -> str:
-    return f"{work_id}/{sample_index}/{depth}"
-
-
-def parent_id_for(item: WorkItem, sample_index: int, depth: int) -> str | None:
-    """A chain's first node hangs under the item's parent (None under the root); later nodes chain."""
+def parent_id_for(item: WorkItem, sampling: str, sample_index: int, depth: int) -> str | None:
+    """A chain's first node hangs under the item's parent (None under the root); later nodes
+    chain to their own sampling's."""
     if depth == item.prefix_depth + 1:
         return item.parent_id
-    return node_id_for(item.work_id, sample_index, depth - 1)
+    return node_id_for(item.work_id, sampling, sample_index, depth - 1)
 
 
 @dataclass(frozen=True)
@@ -108,10 +113,16 @@ def restore_environment(env: Environment, snapshot: bytes) -> None:
 
 @dataclass(frozen=True)
 class EpisodeContext:
-    """Who is running the item and under which limits."""
+    """Who is running the item and under which limits.
+
+    ``sampling`` names this run of the item and goes into every node id: an actor gives
+    each item it takes a new one (``new_sampling``), so that a redelivered item's nodes are
+    never mistaken for an earlier run's.
+    """
 
     actor_id: str
     max_model_len: int
+    sampling: str
 
 
 def _stop_tokens(tokenizer: Any, env: Environment) -> tuple[list[int] | None, list[str] | None]:
@@ -175,8 +186,8 @@ async def run_chain(
         node = TurnNode(
             run_id=item.run_id,
             tree_id=item.tree_id,
-            node_id=node_id_for(item.work_id, sample_index, depth),
-            parent_id=parent_id_for(item, sample_index, depth),
+            node_id=node_id_for(item.work_id, ctx.sampling, sample_index, depth),
+            parent_id=parent_id_for(item, ctx.sampling, sample_index, depth),
             work_id=item.work_id,
             actor_id=ctx.actor_id,
             task=item.task,

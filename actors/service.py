@@ -7,7 +7,8 @@ The shell around the episode loop:
   ``max_inflight_items`` concurrent work items;
 - each item's nodes are published as its turns finish, each awaiting the stream's ack with
   the node id as the message id; the item is acked only after its last node is stored, so a
-  crash leaves it for redelivery and the regenerated nodes carry the same ids;
+  crash leaves it for redelivery. Every item taken is a new sampling with node ids of its
+  own (``actors.episode``): a redelivered item's nodes never collide with the first run's;
 - a watcher on the policy-version key downloads, verifies and reloads new weights between
   turns; heartbeats register the actor and its load in the KV bucket;
 - every ``metrics_interval_s`` and once at stop, a record of rates and counters (the bus's
@@ -26,7 +27,7 @@ from typing import Any
 
 from actors.config import ActorConfig
 from actors.engine import PolicyEngine
-from actors.episode import EpisodeContext, EpisodeError, run_work_item
+from actors.episode import EpisodeContext, EpisodeError, new_sampling, run_work_item
 from actors.metrics import Counters, Rates, interval_record, queue_wait_s, rates_between
 from actors.weights import WeightsError, fetch_verified, model_dir_signature, prune_versions, write_version_dir
 from environments.base import Environment
@@ -79,7 +80,6 @@ class ActorService:
         self.weights_failures: Counter[str] = Counter()
         self.reference_signature = model_dir_signature(config.model_dir)
         self.weights_root = Path(config.weights_dir or Path(config.run.run_dir) / "actors" / actor_id / "weights")
-        self.ctx = EpisodeContext(actor_id=actor_id, max_model_len=engine.settings.max_model_len)
         self._version_changed = asyncio.Condition()
         self.metrics = MetricsWriter(config.run.run_dir, f"{ROLE}-{actor_id}")
         self._metrics_base = self.counters()
@@ -169,10 +169,12 @@ class ActorService:
         """Run one work item to completion; raising leaves it for redelivery, returning acks it."""
         self.items_started += 1
         self.queue_wait_s_total += queue_wait_s(item.issued_at, time.time())
+        ctx = EpisodeContext(self.actor_id, self.engine.settings.max_model_len, new_sampling())
         if delivery.num_delivered > 1:
-            # Another actor took it and never acked it (crashed, stopped, or too slow): the
-            # regenerated nodes carry the same ids, so the allocator sees no duplicates.
-            log.info("work_item_redelivered", work_id=item.work_id, delivery=delivery.num_delivered)
+            # Another run took it and never acked it (crashed, stopped, or too slow): this run
+            # is a new sampling, whose nodes the allocator keeps apart from that run's.
+            log.info("work_item_redelivered", work_id=item.work_id, delivery=delivery.num_delivered,
+                     sampling=ctx.sampling)
         try:
             self.make_env(item.task.env)
         except Exception as err:  # the registry signals unknown names with EnvironmentError_
@@ -182,7 +184,7 @@ class ActorService:
         try:
             await self._wait_for_version(item.min_policy_version)
             try:
-                async for node in run_work_item(self.engine, lambda: self.make_env(item.task.env), item, self.ctx):
+                async for node in run_work_item(self.engine, lambda: self.make_env(item.task.env), item, ctx):
                     await self.bus.publish(self.subjects.nodes, node, msg_id=node.node_id)
                     self.nodes_published += 1
                     if self.nodes_published == 1:  # the end of joining a run (`tracerl bench join`)

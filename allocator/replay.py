@@ -120,8 +120,7 @@ class CrashReplay:
             )
             self._register_work(step, tree, record)
             self._note_work_id(node.work_id)
-        new = node.node_id not in tree.nodes and node.node_id not in tree.orphan_ids
-        if record.synthesized and new and node.depth == record.prefix_depth + 1:
+        if record.synthesized and node.depth == record.prefix_depth + 1 and record.start_chain(node.node_id):
             record.num_samples += 1
             record.reserved_turns += record.max_turns
             origin = tree.nodes.get(record.parent_id) if record.parent_id is not None else None

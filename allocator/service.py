@@ -13,7 +13,8 @@ the durable consumer redelivers them.
 Work routed to an actor's own subject (its prefix is in that actor's KV cache) waits there
 for that actor. When the actor is gone (no heartbeat within ``actor_timeout_s``, or
 deregistered), the allocator sends the unfinished items to the shared queue again; if the
-actor comes back and runs its copy too, the nodes carry the same ids and are stored once.
+actor comes back and runs its copy too, that is another sampling of the item, with node
+ids of its own (``allocator.tree``).
 
 Every node the core drops is recorded by id in ``metrics/allocator_drops.jsonl`` before
 the trees of its step are published, and a clean stop records the nodes its open trees

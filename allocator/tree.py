@@ -1,9 +1,16 @@
 """Rollout trees built from the TurnNode stream, with backup values and completion.
 
 A tree is one prompt (its root) and every turn generated under it. Nodes can arrive in
-any order and more than once (work is redelivered after an actor dies and node ids are
-deterministic), so adding a node is idempotent and a node whose parent is not here yet
-waits in an orphan buffer until the parent comes or its timeout passes.
+any order and more than once (a publish retried, a replayed node redelivered), so adding a
+node is idempotent and a node whose parent is not here yet waits in an orphan buffer until
+the parent comes or its timeout passes.
+
+A work item taken again (after its actor died, or rerouted) is a new sampling whose node
+ids differ from the first run's (``protocol.messages.node_id_for``); both runs' chains
+live side by side, each path from one sampling. A work item counts its chains by slot
+(the sample index, ``chain_slot``): slot k is done once any sampling has ended it, so the
+first run's abandoned chain neither holds the item open nor counts twice. A chain that
+never ends has no reward and is left out of the tree at emission.
 
 Backup: a terminal node is a leaf with value = reward clipped to [0, 1] and one visit.
 A node's visits n_y is the number of terminal leaves below it and its value
@@ -21,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import CompletedTree, TaskSpec, TreeNodeRecord, TurnNode
-from protocol.messages import chain_ends
+from protocol.messages import chain_ends, chain_slot
 
 SUCCESS_THRESHOLD = 0.5
 
@@ -80,16 +87,37 @@ class WorkRecord:
     num_samples: int
     max_turns: int
     reserved_turns: int
-    finished_chains: int = 0
     turns_used: int = 0
     tokens_used: int = 0
     settled: bool = False
-    # Rebuilt from replayed nodes after a restart: num_samples counts the chains seen.
+    # Rebuilt from replayed nodes after a restart: num_samples counts the chain slots seen.
     synthesized: bool = False
+    # Chain slots begun and ended, in any sampling of the item.
+    started_slots: set[int | str] = field(default_factory=set)
+    finished_slots: set[int | str] = field(default_factory=set)
+
+    @property
+    def finished_chains(self) -> int:
+        return len(self.finished_slots)
 
     @property
     def finished(self) -> bool:
         return self.finished_chains >= self.num_samples
+
+    def start_chain(self, node_id: str) -> bool:
+        """Note a chain's first node; True when no sampling had begun its slot yet."""
+        return _first_in(self.started_slots, chain_slot(node_id))
+
+    def finish_chain(self, node_id: str) -> bool:
+        """Note a chain's last node; True when no sampling had ended its slot yet."""
+        return _first_in(self.finished_slots, chain_slot(node_id))
+
+
+def _first_in(seen: set[int | str], slot: int | str) -> bool:
+    if slot in seen:
+        return False
+    seen.add(slot)
+    return True
 
 
 @dataclass
@@ -156,8 +184,7 @@ class RolloutTree:
         if record is not None:
             record.turns_used += 1
             record.tokens_used += len(node.action_token_ids)
-            if self.ends_chain(node, record):
-                record.finished_chains += 1
+            if self.ends_chain(node, record) and record.finish_chain(node.node_id):
                 origin = record.parent_id
                 if origin is not None and origin in self.nodes:
                     self.nodes[origin].pending_children = max(0, self.nodes[origin].pending_children - 1)

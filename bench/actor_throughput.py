@@ -64,7 +64,7 @@ def workload(run_id: str, items: int, samples: int, max_tokens: int, prefix: str
 async def run_direct(engine: PolicyEngine, items: list[WorkItem], concurrency: int, name: str) -> PhaseResult:
     from environments import make_env
 
-    ctx = EpisodeContext(actor_id="bench", max_model_len=engine.settings.max_model_len)
+    ctx = EpisodeContext(actor_id="bench", max_model_len=engine.settings.max_model_len, sampling="bench")
     slots = asyncio.Semaphore(concurrency)
 
     async def one(item: WorkItem) -> list[TurnNode]:

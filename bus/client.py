@@ -9,7 +9,8 @@ subjects come from ``protocol.Subjects``. What it adds over nats-py:
 - a pull consumer that never crashes on a bad message: the reason is counted and logged,
   the raw bytes go to the run's dead-letter subject and the message is terminated;
   a message is acked only after its handler succeeded (a failing handler naks it, and
-  after ``max_deliver`` attempts the bus's sweeper moves it to the DLQ);
+  after ``max_deliver`` attempts the bus's sweeper moves it to the DLQ), or later by a
+  handler that holds it (``Delivery.hold``);
 - weights in the Object Store with 1 MiB chunks and a linear-time get;
 - KV helpers for the current weights announcement (policy version) and the actor
   registry (one ``Heartbeat`` per ``actors.<id>`` key);
@@ -57,9 +58,15 @@ _ERRORS_NOT_FATAL = (nats.errors.Error, asyncio.TimeoutError)
 
 @dataclass
 class Delivery:
-    """What a handler may do with the message it is handling besides returning."""
+    """What a handler may do with the message it is handling besides returning.
+
+    By default the consumer acks the message once the handler returns. A handler that
+    keeps the message past its return (the learner holds a tree until a checkpoint has
+    it) calls ``hold``; it must then ack or nak it itself and keep it alive meanwhile.
+    """
 
     msg: Msg
+    held: bool = False
 
     @property
     def subject(self) -> str:
@@ -76,6 +83,17 @@ class Delivery:
     async def in_progress(self) -> None:
         """Restart the ack timer during long work so the message is not redelivered."""
         await self.msg.in_progress()
+
+    def hold(self) -> None:
+        """Leave this message unacked when the handler returns."""
+        self.held = True
+
+    async def ack(self) -> None:
+        await self.msg.ack()
+
+    async def nak(self) -> None:
+        """Hand the message back for redelivery now rather than after ack_wait."""
+        await self.msg.nak()
 
 
 Handler = Callable[[T, Delivery], Awaitable[None]]
@@ -452,8 +470,9 @@ class PullConsumer(Generic[T]):
             await self.client.dead_letter(msg, reason=err.reason, detail=err.detail, consumer=self.durable)
             await self._settle(msg.term)
             return False
+        delivery = Delivery(msg)
         try:
-            await handler(message, Delivery(msg))
+            await handler(message, delivery)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # a handler bug must not stop the consumer; redelivery decides
@@ -461,7 +480,8 @@ class PullConsumer(Generic[T]):
             log.exception("handler_failed", consumer=self.durable, subject=msg.subject, error=repr(err))
             await self._settle(msg.nak)
             return False
-        await self._settle(msg.ack)
+        if not delivery.held:
+            await self._settle(msg.ack)
         counters["handled"] += 1
         return True
 
@@ -485,6 +505,11 @@ class PullConsumer(Generic[T]):
                     await asyncio.wait_for(stop.wait(), timeout=timeout)
                 except asyncio.TimeoutError:
                     pass
+
+    async def limits(self) -> api.ConsumerConfig:
+        """The durable's settings as the server has them (ack_wait, max_deliver, ...)."""
+        info = await self.sub.consumer_info()
+        return info.config
 
     async def close(self) -> None:
         try:

@@ -7,7 +7,8 @@ copies; the consumers inherit their stream's replica count):
 - NODES  ``tracerl.<run>.nodes``  limits retention; durable ``allocator``.
 - WORK   ``tracerl.<run>.work.shared`` and ``…work.actor.*``  work-queue retention;
   durable ``actors`` on the shared subject; per-actor durables are created by actors.
-- TREES  ``tracerl.<run>.trees``  limits retention; durable ``learner``.
+- TREES  ``tracerl.<run>.trees``  limits retention; durable ``learner``, with no cap on
+  unacked messages: the learner holds every tree until a checkpoint has it.
 - DLQ    ``tracerl.<run>.dlq`` plus the server's MAX_DELIVERIES advisories for the three
   streams above; durable ``dlq_sweeper`` on the advisories.
 
@@ -36,6 +37,7 @@ log = get_logger(__name__)
 
 DLQ_SWEEPER_CONSUMER = "dlq_sweeper"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+UNLIMITED = -1
 
 
 def max_deliveries_advisory(stream: str) -> str:
@@ -82,7 +84,7 @@ def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
         ),
     )
 
-    def durable(name: str, filter_subject: str) -> api.ConsumerConfig:
+    def durable(name: str, filter_subject: str, max_ack_pending: int | None = None) -> api.ConsumerConfig:
         return api.ConsumerConfig(
             name=name,
             durable_name=name,
@@ -91,6 +93,7 @@ def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
             deliver_policy=api.DeliverPolicy.ALL,
             ack_wait=limits.ack_wait_s,
             max_deliver=limits.max_deliver,
+            max_ack_pending=max_ack_pending,
         )
 
     sweeper = api.ConsumerConfig(
@@ -104,7 +107,9 @@ def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
     consumers = (
         (s.nodes_stream, durable(s.allocator_consumer, s.nodes)),
         (s.work_stream, durable(s.shared_work_consumer, s.work_shared)),
-        (s.trees_stream, durable(s.learner_consumer, s.trees)),
+        # The server's default of 1000 unacked would stop deliveries to a learner holding the
+        # trees of several uncheckpointed steps, and the step it waits for would never come.
+        (s.trees_stream, durable(s.learner_consumer, s.trees, max_ack_pending=UNLIMITED)),
         (s.dead_letter_stream, sweeper),
     )
     return Layout(streams=streams, consumers=consumers)

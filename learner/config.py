@@ -97,6 +97,9 @@ class TrainingSection:
     checkpoint_dir: str = ""  # empty means "<run_dir>/checkpoints"
     checkpoint_every_steps: int = 10
     keep_checkpoints: int = 2
+    # A checkpoint lists the ids of this many most recently trained trees, so a redelivered
+    # tree it already holds is not trained twice (``learner.ledger``).
+    trained_ids_kept: int = 50_000
 
     def __post_init__(self) -> None:
         if self.staleness_eta < 0:
@@ -113,6 +116,8 @@ class TrainingSection:
             raise ValueError(f"checkpoint_every_steps must be >= 1, got {self.checkpoint_every_steps}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.trained_ids_kept < 1:
+            raise ValueError(f"trained_ids_kept must be >= 1, got {self.trained_ids_kept}")
 
 
 @dataclass(frozen=True)

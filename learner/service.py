@@ -7,9 +7,12 @@ every ``training.checkpoint_every_steps`` steps, and a restarted learner resumes
 newest one; it announces that version only if the run does not have it yet
 (``learner.versions``).
 
-Trees are acked when they enter the batch buffer: a learner killed mid-batch loses at most
-that partial batch, which the allocator has already counted as emitted. The lost count is
-visible as ``trees_received - trees_trained`` in the metrics of the dead process.
+A tree's message is acked only once a checkpoint holds the step that trained it, or once
+the tree is turned away for a counted reason (``learner.ledger``); until then the learner
+holds it and marks it in progress every third of the durable's ack_wait. A learner killed
+with trees buffered, or trained but not checkpointed, leaves them to its successor, which
+trains each once: the checkpoint lists the trees it holds. Every tree made durable is
+recorded by id in ``metrics/learner_trees.jsonl``, so a run can be reconciled tree by tree.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from statistics import fmean
 from typing import TypeVar
 
+import nats.errors
+
 from bus.client import BusClient, Delivery
 from learner.batching import StepBatcher
 from learner.config import LearnerConfig
+from learner.ledger import AckLedger, Arrival, keep_alive_interval_s
 from learner.trainer import Trainer, checkpoint_root, latest_checkpoint
 from learner.versions import WEIGHTS_METRICS, Publication, read_publications, resume_plan
 from protocol import CompletedTree, WeightsAnnouncement
@@ -36,6 +43,10 @@ from tracerl.metrics import MetricsWriter
 log = get_logger(__name__)
 
 T = TypeVar("T")
+
+#: ``metrics/learner_trees.jsonl``: the ids of the trees made durable, trained or turned away.
+TREES_METRICS = "learner_trees"
+_SETTLE_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
 
 # Weights rotate through a few object names so that an actor still fetching version v is
 # not cut off by v+1; its sha256 check catches the rare overwrite of a slow fetch.
@@ -73,14 +84,75 @@ class LearnerService:
         self.metrics = MetricsWriter(config.run.run_dir, "learner")
         # Every announcement in order, across restarts: versions must go strictly up.
         self.announcements = MetricsWriter(config.run.run_dir, WEIGHTS_METRICS)
+        self.tree_records = MetricsWriter(config.run.run_dir, TREES_METRICS)
         self.stop = asyncio.Event()
+        # Set once the learner holds no message any more (after its stop's acks and naks).
+        self.released = asyncio.Event()
         self.trees_received = 0
         self.trees_trained = 0
+        self.tree_counts: Counter[str] = Counter()
+        self.ledger = AckLedger(trainer.trained_trees)
+        # The newest delivery of every tree the ledger holds.
+        self.deliveries: dict[str, Delivery] = {}
         self.started_at = time.time()
 
     async def on_tree(self, tree: CompletedTree, delivery: Delivery) -> None:
-        self.batcher.add(tree, time.time())
         self.trees_received += 1
+        arrival = self.ledger.arrive(tree.tree_id)
+        if arrival is Arrival.TRAINED:
+            # Returning acks it: the checkpoint this learner resumed from (or took) trained it.
+            self.tree_counts["already_trained"] += 1
+            self.tree_records.write({"event": "already_trained", "tree_ids": [tree.tree_id]})
+            log.info("tree_already_trained", tree_id=tree.tree_id, delivery=delivery.num_delivered)
+            return
+        delivery.hold()
+        self.deliveries[tree.tree_id] = delivery
+        if arrival is Arrival.HELD:
+            self.tree_counts["redelivered_held"] += 1
+            return
+        self.batcher.add(tree, time.time())
+
+    async def _settle(self, tree_ids: Iterable[str], *, hand_back: bool = False) -> None:
+        """Ack (or nak: hand back for redelivery now) the held messages of ``tree_ids``."""
+        for tree_id in tree_ids:
+            delivery = self.deliveries.pop(tree_id, None)
+            if delivery is None:
+                continue
+            try:
+                await (delivery.nak() if hand_back else delivery.ack())
+            except _SETTLE_ERRORS as err:
+                # Redelivered after ack_wait: the checkpoint's tree ids turn the copy away.
+                self.tree_counts["settle_failed"] += 1
+                log.warning("tree_settle_failed", tree_id=tree_id, hand_back=hand_back, error=repr(err))
+            else:
+                self.tree_counts["handed_back" if hand_back else "acked"] += 1
+
+    async def trees_checkpointed(self) -> None:
+        """A checkpoint now holds every step taken: record and ack their trees."""
+        tree_ids = self.ledger.checkpointed()
+        if tree_ids:
+            self.tree_records.write(
+                {"event": "trained", "policy_version": self.trainer.policy_version,
+                 "steps_done": self.trainer.steps_done, "tree_ids": tree_ids}
+            )
+            await self._settle(tree_ids)
+
+    async def hand_back_unstarted(self) -> None:
+        """At a stop: the trees no step used go back to the stream for the next learner."""
+        tree_ids = self.ledger.unstarted()
+        if tree_ids:
+            log.info("trees_handed_back", trees=len(tree_ids))
+        await self._settle(tree_ids, hand_back=True)
+
+    async def keep_alive(self, interval_s: float) -> None:
+        """Mark every held message in progress until the learner holds none."""
+        while not await sleep_or_stop(self.released, interval_s):
+            for tree_id, delivery in list(self.deliveries.items()):
+                try:
+                    await delivery.in_progress()
+                except _SETTLE_ERRORS as err:  # a bus outage: the next round tries again
+                    self.tree_counts["keep_alive_failed"] += 1
+                    log.debug("tree_keep_alive_failed", tree_id=tree_id, error=repr(err))
 
     def announcement_for(self, blob: bytes) -> WeightsAnnouncement:
         version = self.trainer.policy_version
@@ -166,6 +238,16 @@ class LearnerService:
             started = time.time()
             trees = self.trainer.share_batch(batch)
             metrics = await asyncio.to_thread(self.trainer.train_step, trees)
+            tree_ids = [tree.tree_id for tree in batch]
+            if metrics.get("skipped"):
+                # No weight changed: nothing to wait for, and nothing to train again.
+                self.tree_counts["step_skipped"] += len(tree_ids)
+                self.tree_records.write(
+                    {"event": "step_skipped", "reason": metrics.get("skip_reason"), "tree_ids": tree_ids}
+                )
+                await self._settle(self.ledger.step_skipped(tree_ids))
+            else:
+                self.ledger.step_taken(tree_ids)
             self.trees_trained += len(batch)
             seconds = time.time() - started
             record = {f"train.{k}": v for k, v in metrics.items() if isinstance(v, (int, float, bool))}
@@ -190,12 +272,17 @@ class LearnerService:
             )
             # Checkpoint first: a version announced and then lost in a crash would be announced
             # again, with other weights, by the restarted learner (versions must go strictly up).
-            await asyncio.to_thread(self.trainer.save_rolling_checkpoint)
+            if await asyncio.to_thread(self.trainer.save_rolling_checkpoint) is not None:
+                await self.trees_checkpointed()
             await self.publish_weights()
 
     def bus_counters(self) -> dict[str, int]:
-        """The bus client's counts (``bus.rejected.<reason>``: trees refused unread, ...)."""
-        return {f"bus.{name}": count for name, count in sorted(self.bus.counters.items())}
+        """The bus client's counts (``bus.rejected.<reason>``: trees refused unread, ...) and the
+        learner's own per tree (``trees.acked``, ``trees.already_trained``, ...)."""
+        counts = {f"bus.{name}": count for name, count in sorted(self.bus.counters.items())}
+        counts.update({f"trees.{name}": count for name, count in sorted(self.tree_counts.items())})
+        counts["trees.held"] = len(self.deliveries)
+        return counts
 
     def write_final_metrics(self) -> None:
         # Trees refused after the last step would otherwise be in no record.
@@ -233,7 +320,13 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> int:
     # Announce the starting point so actors and the allocator agree on the version.
     await service.announce_resumed()
     trees = await bus.pull_consumer(bus.subjects.trees_stream, bus.subjects.learner_consumer, CompletedTree)
-    log.info("learner_started", policy_version=trainer.policy_version, world_size=trainer.world_size)
+    limits = await trees.limits()
+    if limits.max_ack_pending is not None and limits.max_ack_pending > 0:
+        # Provisioned by an older bus: held trees beyond the cap stop the deliveries.
+        log.warning("trees_consumer_capped", max_ack_pending=limits.max_ack_pending)
+    log.info("learner_started", policy_version=trainer.policy_version, world_size=trainer.world_size,
+             ack_wait_s=limits.ack_wait, max_deliver=limits.max_deliver, trained_trees=len(trainer.trained_trees))
+    keep_alive = asyncio.create_task(service.keep_alive(keep_alive_interval_s(limits.ack_wait)), name="keep-alive")
     consume = asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5), name="consume-trees")
     train = asyncio.create_task(service.train_loop(), name="train")
     await service.stop.wait()
@@ -247,11 +340,16 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> int:
         trainer.share_batch([])  # tells the other ranks to stop
     if trainer.steps_done:
         await asyncio.to_thread(save_final_checkpoint, trainer)
+        await service.trees_checkpointed()
+    await service.hand_back_unstarted()
+    service.released.set()
+    stuck += await end_tasks([keep_alive])
     final_dir = Path(config.run.run_dir) / "final_model"
     await asyncio.to_thread(trainer.export_model_dir, final_dir)
     service.write_final_metrics()
     service.metrics.close()
     service.announcements.close()
+    service.tree_records.close()
     await trees.close()
     await bus.close()
     log.info("learner_stopped", steps=trainer.steps_done, final_model=str(final_dir))

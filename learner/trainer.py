@@ -35,6 +35,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from learner.advantages import node_advantages
 from learner.config import LearnerConfig
+from learner.ledger import TrainedTrees
 from learner.losses import (
     decoupled_ppo_token_loss,
     k3_kl,
@@ -53,6 +54,8 @@ log = get_logger("learner.trainer")
 WEIGHTS_FILE = "model.safetensors"
 OPTIMISER_FILE = "optimiser.pt"
 STATE_FILE = "trainer_state.json"
+# The ids of the trees the checkpointed weights were trained on (``learner.ledger``).
+TRAINED_TREES_FILE = "trained_trees.json"
 # Tokenizer and generation files travel with an exported model dir so that vLLM can load it.
 _SIDECAR_FILES = (
     "generation_config.json",
@@ -147,6 +150,7 @@ class Trainer:
         self.model.train()
         self.policy_version = 0
         self.steps_done = 0
+        self.trained_trees = TrainedTrees(config.training.trained_ids_kept)
 
     # ------------------------------------------------------------------ batches
 
@@ -188,7 +192,8 @@ class Trainer:
 
         Rejected trees are counted and skipped. A non-finite loss or gradient on any rank
         skips the update on all ranks: if it is the first, weights, optimiser state and
-        version stay as they were; a later one ends the step early.
+        version stay as they were; a later one ends the step early. A step that changed
+        the weights adds its trees' ids to ``trained_trees``, which checkpoints keep.
         """
         cfg = self.config
         device = self.accelerator.device
@@ -275,6 +280,7 @@ class Trainer:
             metrics["updates_applied"] = update + 1
         self.policy_version += 1
         self.steps_done += 1
+        self.trained_trees.add(tree.tree_id for tree in trees)
         metrics["policy_version"] = self.policy_version
         log.info("train_step", **{k: v for k, v in metrics.items() if k != "rejected_reasons_local"})
         return {**metrics, "skipped": False}
@@ -394,6 +400,7 @@ class Trainer:
                 "seed": self.config.run.seed,
             }
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            (tmp / TRAINED_TREES_FILE).write_text(json.dumps(self.trained_trees.ids()))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             _commit_dir(tmp, target)
@@ -430,7 +437,12 @@ class Trainer:
                 torch.cuda.set_rng_state_all(rng["cuda"])
         self.policy_version = int(state["policy_version"])
         self.steps_done = int(state["steps_done"])
-        log.info("checkpoint_loaded", path=str(source), policy_version=self.policy_version)
+        self.trained_trees = TrainedTrees(self.config.training.trained_ids_kept)
+        trained_file = source / TRAINED_TREES_FILE
+        if trained_file.exists():  # absent in checkpoints written before trees were recorded
+            self.trained_trees.add(json.loads(trained_file.read_text()))
+        log.info("checkpoint_loaded", path=str(source), policy_version=self.policy_version,
+                 trained_trees=len(self.trained_trees))
 
     # ------------------------------------------------------------------ export
 

@@ -148,7 +148,7 @@ async def run_episodes(
     from actors.episode import EpisodeContext, collect_work_item
     from environments import make_env
 
-    ctx = EpisodeContext(actor_id="eval", max_model_len=EVAL_MAX_MODEL_LEN)
+    ctx = EpisodeContext(actor_id="eval", max_model_len=EVAL_MAX_MODEL_LEN, sampling="eval")
     limit = asyncio.Semaphore(CONCURRENT_EPISODES)
 
     async def one(index: int, task: TaskSpec) -> EpisodeSummary:

@@ -50,8 +50,10 @@ class TaskSpec:
 class TurnNode:
     """One ReAct turn: the policy's thought+action tokens and the environment's reply.
 
-    ``node_id`` is derived deterministically from the work item and turn index, so a
-    redelivered work item regenerates the same ids and the allocator can deduplicate.
+    ``node_id`` is made by ``node_id_for``: it names the work item, the sampling (one run
+    of the item by one actor), the sample index and the depth. A redelivered work item is
+    sampled afresh under a new sampling, so its nodes never take an earlier sampling's ids
+    (whose tokens differ), and a node's parent is its own sampling's or the item's parent.
     ``parent_id`` is ``None`` for the first turn under the root (the prompt).
     ``prompt_token_ids`` is filled only on first turns: it is the root's context.
     ``env_snapshot`` is the environment state *after* this turn, enough to branch from it.
@@ -103,6 +105,23 @@ class TurnNode:
         logprobs = self.action_logprobs
         if logprobs and (math.isnan(sum(logprobs)) or max(logprobs) > 1e-6):
             raise ValueError("action_logprobs must be finite and <= 0")
+
+
+def node_id_for(work_id: str, sampling: str, sample_index: int, depth: int) -> str:
+    """``<work id>/<sampling>/<sample index>/<depth>``; ``sampling`` must not contain ``/``."""
+    if "/" in sampling:
+        raise ValueError(f"sampling {sampling!r} contains '/'")
+    return f"{work_id}/{sampling}/{sample_index}/{depth}"
+
+
+def chain_slot(node_id: str) -> int | str:
+    """Which of its work item's ``num_samples`` chains a node belongs to: its sample index,
+    the same in every sampling of the item. An id ``node_id_for`` did not make is a slot of
+    its own."""
+    parts = node_id.rsplit("/", 3)
+    if len(parts) == 4 and parts[2].isdecimal() and parts[3].isdecimal():
+        return int(parts[2])
+    return node_id
 
 
 def chain_ends(node: TurnNode, prefix_depth: int, max_turns: int) -> bool:

@@ -1,4 +1,5 @@
-"""Real actor processes on a real bus: a crash loses nothing, a late joiner takes work."""
+"""Real actor processes on a real bus: a crash loses nothing, a late joiner takes work, and an
+item taken again is a new sampling whose node ids never collide with the first run's."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 
 from environments import make_tasks
 from protocol import TurnNode
+from protocol.messages import chain_slot
 from tests.actors.test_service_nats import ISSUED, branch_item, root_item
 
 pytestmark = [pytest.mark.nats, pytest.mark.vllm, pytest.mark.slow]
@@ -68,6 +70,105 @@ def redelivered_work_ids(tmp_path: Path, actor_ids: tuple[str, ...]) -> set[str]
     return found
 
 
+def sampling_of(node_id: str) -> str:
+    """The sampling part of an actor's node id (``<work>/<sampling>/<sample>/<depth>``)."""
+    return node_id.rsplit("/", 3)[1]
+
+
+class NodeWatch:
+    """The nodes stream as an allocator sees it, and which chain slots of each item have ended."""
+
+    def __init__(self, consumer, on_round=None) -> None:
+        self.consumer = consumer
+        self.on_round = on_round
+        self.nodes: dict[str, TurnNode] = {}
+        self.deliveries: dict[str, int] = {}
+        self.expected: dict[str, int] = {}  # work id -> num_samples
+
+    async def _on_node(self, node: TurnNode, _delivery) -> None:
+        self.deliveries[node.node_id] = self.deliveries.get(node.node_id, 0) + 1
+        self.nodes.setdefault(node.node_id, node)
+
+    def item_nodes(self, work_id: str) -> list[TurnNode]:
+        return [n for n in self.nodes.values() if n.work_id == work_id]
+
+    def slots_ended(self, work_id: str, samplings: set[str] | None = None) -> set[int | str]:
+        """Chain slots of the item ended by any sampling (or by one of ``samplings``)."""
+        return {
+            chain_slot(n.node_id) for n in self.item_nodes(work_id)
+            if ISSUED[work_id].ends_chain(n) and (samplings is None or sampling_of(n.node_id) in samplings)
+        }
+
+    def completed(self) -> list[str]:
+        return [w for w, k in self.expected.items() if len(self.slots_ended(w)) >= k]
+
+    def later_samplings(self, work_id: str, earlier: set[str]) -> set[str]:
+        return {sampling_of(n.node_id) for n in self.item_nodes(work_id)} - earlier
+
+    def run_again(self, work_ids: set[str], earlier: set[str]) -> bool:
+        """Whether samplings other than ``earlier`` have ended every chain slot of these items."""
+        return all(
+            self.slots_ended(w, self.later_samplings(w, earlier)) == set(range(self.expected[w])) for w in work_ids
+        )
+
+    async def _round(self, timeout: float) -> None:
+        await self.consumer.process_batch(self._on_node, batch=200, timeout=timeout)
+        if self.on_round is not None:
+            await self.on_round()
+
+    async def pump(self, until, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, f"{len(self.completed())}/{len(self.expected)} items completed"
+            await self._round(0.5)
+
+    async def drain(self, seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            await self._round(0.2)
+
+    async def freeze_mid_item(self, proc: subprocess.Popen, actor_id: str) -> set[str]:
+        """Stop an actor (SIGSTOP) at a moment it holds an item whose nodes are partly out.
+
+        Sampled, not triggered by what the consumer has seen: the consumer lags the stream,
+        and the random model can finish an item (or all of its work) within that lag. So the
+        actor is frozen, the stream drained, and the actor resumed for a moment if it holds no
+        partial item.
+        """
+        await self.pump(lambda: any(n.actor_id == actor_id for n in self.nodes.values()), 600)
+        while True:
+            os.killpg(proc.pid, signal.SIGSTOP)
+            await self.drain(1.0)
+            partial = {n.work_id for n in self.nodes.values() if n.actor_id == actor_id} - set(self.completed())
+            if partial:
+                return partial
+            assert len(self.completed()) < len(self.expected), f"every item finished before {actor_id} was caught"
+            os.killpg(proc.pid, signal.SIGCONT)
+            await asyncio.sleep(0.2)
+
+    def assert_paths_within_samplings(self, work_id: str) -> None:
+        """Every chain's first node hangs under the item's parent, every later one under a node
+        of its own sampling: no path mixes two runs of the item."""
+        item = ISSUED[work_id]
+        for node in self.item_nodes(work_id):
+            if node.depth == item.prefix_depth + 1:
+                assert node.parent_id == item.parent_id, node.node_id
+            else:
+                assert node.parent_id in self.nodes, node.node_id
+                assert sampling_of(node.parent_id) == sampling_of(node.node_id), (node.node_id, node.parent_id)
+
+
+async def wait_registered(allocator, processes: dict[str, subprocess.Popen], names: set[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if names <= set(await allocator.get_actors()):
+            return
+        for name in names:
+            assert processes[name].poll() is None, f"actor {name} exited early"
+        await asyncio.sleep(1.0)
+    raise AssertionError(f"actors {names} did not register")
+
+
 def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model_dir, bus_run, tmp_path):
     subjects = bus_run.subjects
     run_id = bus_run.run.run_id
@@ -76,42 +177,11 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
     async def main() -> dict[str, int]:
         allocator = await bus_run.connect("allocator")
         consumer = await allocator.pull_consumer(subjects.nodes_stream, subjects.allocator_consumer, TurnNode)
-        nodes: dict[str, TurnNode] = {}
-        deliveries: dict[str, int] = {}
-        expected: dict[str, int] = {}
-
-        async def on_node(node: TurnNode, _delivery) -> None:
-            deliveries[node.node_id] = deliveries.get(node.node_id, 0) + 1
-            nodes.setdefault(node.node_id, node)
-
-        def leaves(work_id: str) -> int:
-            return sum(1 for n in nodes.values() if n.work_id == work_id and ISSUED[work_id].ends_chain(n))
-
-        def completed() -> list[str]:
-            return [w for w, k in expected.items() if leaves(w) >= k]
-
-        async def wait_registered(names: set[str], timeout: float) -> None:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if names <= set(await allocator.get_actors()):
-                    return
-                for name in names:
-                    assert processes[name].poll() is None, f"actor {name} exited early"
-                await asyncio.sleep(1.0)
-            raise AssertionError(f"actors {names} did not register")
-
-        async def pump(until, timeout: float) -> None:
-            deadline = time.monotonic() + timeout
-            while not until():
-                assert time.monotonic() < deadline, f"{len(completed())}/{len(expected)} items completed"
-                await consumer.process_batch(on_node, batch=200, timeout=0.5)
-                await issue_branches()
-
         branched_parents: set[str] = set()
 
         async def issue_branches() -> None:
             # Branch from live first turns as they arrive; half go to a2's own (prefix-affinity) subject.
-            for node in list(nodes.values()):
+            for node in list(watch.nodes.values()):
                 if len(branched_parents) >= NUM_BRANCHES:
                     return
                 if node.done or node.depth != 1 or node.node_id in branched_parents:
@@ -119,62 +189,46 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
                 prefix = list(node.prompt_token_ids) + list(node.action_token_ids) + list(node.observation_token_ids)
                 item = branch_item(node, prefix, f"b{len(branched_parents)}")
                 subject = subjects.work_for_actor("a2") if len(branched_parents) % 2 else subjects.work_shared
-                expected[item.work_id] = item.num_samples
+                watch.expected[item.work_id] = item.num_samples
                 branched_parents.add(node.node_id)
                 await allocator.publish(subject, item)
 
-        await wait_registered({"a1", "a2"}, 600)
+        watch = NodeWatch(consumer, issue_branches)
+        await wait_registered(allocator, processes, {"a1", "a2"}, 600)
         tasks = make_tasks("multihop", "train", NUM_ROOTS_EARLY + NUM_ROOTS_LATE, seed=5)
         for i, task in enumerate(tasks[:NUM_ROOTS_EARLY]):
             item = root_item(run_id, f"r{i}", task)
-            expected[item.work_id] = item.num_samples
+            watch.expected[item.work_id] = item.num_samples
             await allocator.publish(subjects.work_shared, item)
 
-        async def drain(seconds: float) -> None:
-            until = time.monotonic() + seconds
-            while time.monotonic() < until:
-                await consumer.process_batch(on_node, batch=200, timeout=0.2)
-                await issue_branches()
-
-        async def freeze_a1_mid_item() -> set[str]:
-            """Stop a1 (SIGSTOP) at a moment it holds an item whose nodes are partly out.
-
-            Sampled, not triggered by what the consumer has seen: the consumer lags the stream,
-            and the random model can finish an item (or all of its work) within that lag. So a1 is
-            frozen, the stream drained, and a1 resumed for a moment if it holds no partial item.
-            """
-            await pump(lambda: any(n.actor_id == "a1" for n in nodes.values()), 600)
-            while True:
-                os.killpg(processes["a1"].pid, signal.SIGSTOP)
-                await drain(1.0)
-                partial = {n.work_id for n in nodes.values() if n.actor_id == "a1"} - set(completed())
-                if partial:
-                    return partial
-                assert len(completed()) < len(expected), "every item finished before a1 was caught mid-item"
-                os.killpg(processes["a1"].pid, signal.SIGCONT)
-                await asyncio.sleep(0.2)
-
-        left_partial = await freeze_a1_mid_item()
+        left_partial = await watch.freeze_mid_item(processes["a1"], "a1")
+        first_samplings = {sampling_of(n.node_id) for n in watch.nodes.values() if n.actor_id == "a1"}
         kill_group(processes["a1"])
         processes["a3"] = start_actor(bus_run, random_model_dir, "a3", tmp_path)
-        await wait_registered({"a3"}, 600)
+        await wait_registered(allocator, processes, {"a3"}, 600)
         for i, task in enumerate(tasks[NUM_ROOTS_EARLY:], start=NUM_ROOTS_EARLY):
             item = root_item(run_id, f"r{i}", task)
-            expected[item.work_id] = item.num_samples
+            watch.expected[item.work_id] = item.num_samples
             await allocator.publish(subjects.work_shared, item)
-        await pump(lambda: len(branched_parents) == NUM_BRANCHES and len(completed()) == len(expected), 600)
+        await watch.pump(
+            lambda: len(branched_parents) == NUM_BRANCHES and len(watch.completed()) == len(watch.expected)
+            and watch.run_again(left_partial, first_samplings),
+            600,
+        )
 
-        assert len(expected) == NUM_ROOTS_EARLY + NUM_BRANCHES + NUM_ROOTS_LATE == 50
-        for work_id, k in expected.items():
-            item_nodes = [n for n in nodes.values() if n.work_id == work_id]
-            # Exactly k chains, each ending once: a redelivered item regenerated the same ids.
-            assert leaves(work_id) == k, (work_id, sorted(n.node_id for n in item_nodes))
-            assert all(n.parent_id is None or n.parent_id in nodes for n in item_nodes)
+        assert len(watch.expected) == NUM_ROOTS_EARLY + NUM_BRANCHES + NUM_ROOTS_LATE == 50
+        for work_id, k in watch.expected.items():
+            # Every chain slot ended, and no path mixes two runs of the item.
+            ids = sorted(n.node_id for n in watch.item_nodes(work_id))
+            assert watch.slots_ended(work_id) == set(range(k)), (work_id, ids)
+            watch.assert_paths_within_samplings(work_id)
         # The items a1 died in the middle of were redelivered to the others (their logs say so),
-        # and the exact-k check above shows they were finished under the same node ids.
-        actors_by_node = {name: sum(n.actor_id == name for n in nodes.values()) for name in ("a1", "a2", "a3")}
+        # and each was run again in full under node ids of its own: a1's partial chains were
+        # not continued.
+        actors_by_node = {name: sum(n.actor_id == name for n in watch.nodes.values()) for name in ("a1", "a2", "a3")}
         not_redelivered = left_partial - redelivered_work_ids(tmp_path, ("a2", "a3"))
         assert not not_redelivered, f"a1's unfinished items never redelivered: {not_redelivered}; nodes by actor {actors_by_node}"
+        assert watch.run_again(left_partial, first_samplings)
         assert actors_by_node["a3"] > 0, f"the late joiner took no work; nodes by actor {actors_by_node}"
 
         for name in ("a2", "a3"):
@@ -185,10 +239,50 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
         remaining = set(await allocator.get_actors())
         assert not {"a2", "a3"} & remaining, f"stopped actors still registered: {remaining}"
         await allocator.close()
-        return {**actors_by_node, "redelivered_nodes": sum(c - 1 for c in deliveries.values())}
+        return {**actors_by_node, "redelivered_nodes": sum(c - 1 for c in watch.deliveries.values())}
 
     try:
         summary = asyncio.run(main())
         print("nodes per actor and duplicates seen:", summary)
+    finally:
+        stop_all(list(processes.values()))
+
+
+def test_a_restarted_actor_runs_its_predecessors_items_again_under_new_node_ids(random_model_dir, bus_run, tmp_path):
+    subjects = bus_run.subjects
+    run_id = bus_run.run.run_id
+    processes = {"first": start_actor(bus_run, random_model_dir, "a1", tmp_path)}
+    again_dir = tmp_path / "again"
+    again_dir.mkdir()
+
+    async def main() -> None:
+        allocator = await bus_run.connect("allocator")
+        consumer = await allocator.pull_consumer(subjects.nodes_stream, subjects.allocator_consumer, TurnNode)
+        watch = NodeWatch(consumer)
+        await wait_registered(allocator, {"a1": processes["first"]}, {"a1"}, 600)
+        for i, task in enumerate(make_tasks("multihop", "train", 6, seed=17)):
+            item = root_item(run_id, f"x{i}", task, num_samples=3)
+            watch.expected[item.work_id] = item.num_samples
+            await allocator.publish(subjects.work_shared, item)
+
+        partial = await watch.freeze_mid_item(processes["first"], "a1")
+        before = {n.node_id: n for n in watch.nodes.values()}
+        kill_group(processes["first"])
+        # The same actor id again: what a supervisor restarting a crashed actor does.
+        processes["again"] = start_actor(bus_run, random_model_dir, "a1", again_dir)
+        first_samplings = {sampling_of(i) for i in before}
+        await watch.pump(
+            lambda: len(watch.completed()) == len(watch.expected) and watch.run_again(partial, first_samplings), 600
+        )
+        for work_id in partial:
+            # Run again from its first turn, every chain, under ids no node of the first run has
+            # (the nodes stream would have dropped a reused id as a duplicate).
+            redone = [n for n in watch.item_nodes(work_id) if sampling_of(n.node_id) not in first_samplings]
+            assert redone and not {n.node_id for n in redone} & before.keys()
+            watch.assert_paths_within_samplings(work_id)
+        await allocator.close()
+
+    try:
+        asyncio.run(main())
     finally:
         stop_all(list(processes.values()))

@@ -99,7 +99,7 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
 
     engine = engine_runner.engine
     task = make_tasks("multihop", "train", 1, seed=3)[0]
-    ctx = EpisodeContext(actor_id="t", max_model_len=engine.settings.max_model_len)
+    ctx = EpisodeContext(actor_id="t", max_model_len=engine.settings.max_model_len, sampling="s1")
     root = WorkItem(
         run_id="t", work_id="r1", tree_id="T1", kind="root", task=task, num_samples=4, parent_id=None,
         prefix_depth=0, prefix_token_ids=[], env_snapshot=b"", sampling=SamplingSpec(max_tokens_per_turn=16, seed=1),

@@ -12,14 +12,15 @@ from actors.episode import (
     EpisodeContext,
     EpisodeError,
     collect_work_item,
-    node_id_for,
+    new_sampling,
     parent_id_for,
     turn_outcome,
 )
 from environments.base import StepResult
+from protocol.messages import chain_slot, node_id_for
 from tests.actors.doubles import CountingEnvironment, ScriptedEngine, make_item
 
-CTX = EpisodeContext(actor_id="a1", max_model_len=512)
+CTX = EpisodeContext(actor_id="a1", max_model_len=512, sampling="s1")
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,11 @@ def test_turn_outcome_routes_terminal_truncated_and_open_turns():
 
 def test_parent_ids_chain_from_the_item_parent():
     root = make_item()
-    assert parent_id_for(root, 0, 1) is None
-    assert parent_id_for(root, 2, 3) == node_id_for("w1", 2, 2)
+    assert parent_id_for(root, "s1", 0, 1) is None
+    assert parent_id_for(root, "s1", 2, 3) == node_id_for("w1", "s1", 2, 2) == "w1/s1/2/2"
     branch = make_item("branch", parent_id="p", prefix_depth=2, prefix_token_ids=[1, 2], env_snapshot=b"\x80")
-    assert parent_id_for(branch, 1, 3) == "p"
-    assert parent_id_for(branch, 1, 4) == node_id_for("w1", 1, 3)
+    assert parent_id_for(branch, "s1", 1, 3) == "p"
+    assert parent_id_for(branch, "s1", 1, 4) == node_id_for("w1", "s1", 1, 3)
 
 
 def test_root_item_runs_k_concurrent_chains_with_valid_nodes(tokenizer):
@@ -73,11 +74,24 @@ def test_root_item_runs_k_concurrent_chains_with_valid_nodes(tokenizer):
     assert len({seed for _, seed in engine.calls}) == len(engine.calls)
 
 
-def test_node_ids_are_deterministic_across_redelivery(tokenizer):
+def test_a_sampling_regenerates_its_ids_and_another_sampling_shares_none(tokenizer):
     first = run(collect_work_item(ScriptedEngine(tokenizer), CountingEnvironment, make_item(), CTX))
+    # The same sampling again (a node published twice): the same ids, which the stream stores once.
     again = run(collect_work_item(ScriptedEngine(tokenizer), CountingEnvironment, make_item(), CTX))
-    assert sorted(n.node_id for n in first) == sorted(n.node_id for n in again)
     assert {n.node_id: n.parent_id for n in first} == {n.node_id: n.parent_id for n in again}
+    # A redelivered item is a new sampling: no id in common, and every parent is its own.
+    other = EpisodeContext(actor_id="a2", max_model_len=512, sampling="s2")
+    redone = run(collect_work_item(ScriptedEngine(tokenizer), CountingEnvironment, make_item(), other))
+    assert not {n.node_id for n in first} & {n.node_id for n in redone}
+    redone_ids = {n.node_id for n in redone}
+    assert all(n.parent_id is None or n.parent_id in redone_ids for n in redone)
+    # Both samplings fill the same chain slots, which is how the allocator tells an item done.
+    assert sorted({chain_slot(n.node_id) for n in first}) == sorted({chain_slot(n.node_id) for n in redone}) == [0, 1, 2]
+
+
+def test_every_sampling_has_a_new_name_without_a_slash():
+    names = {new_sampling() for _ in range(100)}
+    assert len(names) == 100 and not any("/" in name for name in names)
 
 
 def test_the_environments_turn_cap_ends_the_episode_with_reward_zero(tokenizer):
@@ -115,7 +129,7 @@ def test_branch_continues_from_snapshot_and_prefix(tokenizer):
     engine = ScriptedEngine(tokenizer, answer_after=2)
     nodes = run(collect_work_item(engine, CountingEnvironment, branch, CTX))
     assert sorted((n.depth, n.parent_id) for n in nodes) == sorted(
-        [(2, first.node_id), (2, first.node_id), (3, node_id_for("w2", 0, 2)), (3, node_id_for("w2", 1, 2))]
+        [(2, first.node_id), (2, first.node_id), (3, node_id_for("w2", "s1", 0, 2)), (3, node_id_for("w2", "s1", 1, 2))]
     )
     assert all(call[0][: len(prefix)] == prefix for call in engine.calls)
     leaves = [n for n in nodes if n.done]

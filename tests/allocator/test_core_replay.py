@@ -4,6 +4,7 @@ core's drop record (``pop_dropped``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ import pytest
 from allocator.core import ActorLoad, AllocatorCore, AllocatorCoreConfig, step_of_tree
 from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 from protocol import CompletedTree, TurnNode, WorkItem
+from protocol.messages import node_id_for
 
 ACTORS = [ActorLoad("a0", 0, 1000), ActorLoad("a1", 0, 1000)]
 
@@ -209,3 +211,33 @@ def test_a_rebuilt_step_commits_what_the_old_one_did_and_never_passes_its_budget
                 assert fresh.steps[index].budget.used_turns == step.budget.used_turns
         assert fresh.counters["restore_over_budget"] == 0
     assert seen
+
+
+def _as_sampling(node: TurnNode, sampling: str) -> TurnNode:
+    """The simulator's node as an actor names it (``<work>.<sample>.<depth>`` -> ``node_id_for``)."""
+
+    def rename(node_id: str) -> str:
+        work_id, sample, depth = node_id.rsplit(".", 2)
+        return node_id_for(work_id, sampling, int(sample), int(depth))
+
+    parent_id = None if node.parent_id is None else rename(node.parent_id)
+    return dataclasses.replace(node, node_id=rename(node.node_id), parent_id=parent_id)
+
+
+def test_an_item_finished_by_a_second_sampling_is_settled_on_replay_despite_the_abandoned_first():
+    core, actor = _new_core("trace")
+    rng = np.random.default_rng(5)
+    streams = Streams()
+    routed = core.schedule(0.0, ACTORS)
+    items = [r.item for r in routed]
+    redone = next(i for i in items if i.num_samples > 1 and i.max_turns > 1)
+    streams.work = [i for i in items if i is not redone]  # the second sampling acked it
+    full = actor.rollout(redone, actor_id="a1", policy_version=0, rng=rng, now=0.0)
+    first_turn = next(n for n in full if n.depth == 1 and not n.done)
+    # Sampling A died after its first turn of chain 0; sampling B ran every chain.
+    streams.nodes = [_as_sampling(first_turn, "A")] + [_as_sampling(n, "B") for n in full]
+    fresh = _rebuild(core, streams, 0, 1.0)
+    record = fresh.trees[redone.tree_id].work[redone.work_id]
+    assert record.synthesized
+    # One slot per chain, whichever sampling ran it: done and settled, not held to the step timeout.
+    assert (record.num_samples, record.finished, record.settled) == (redone.num_samples, True, True)

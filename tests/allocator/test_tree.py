@@ -2,6 +2,7 @@ import pytest
 
 from allocator.tree import RolloutTree, WorkRecord, at_horizon
 from protocol import TaskSpec
+from protocol.messages import node_id_for
 
 from .helpers import make_node
 
@@ -144,3 +145,46 @@ def test_an_unbranched_tree_has_no_branch_groups():
                  make_node("c.d", "c", done=True, reward=0.0)]:
         chain.add(node, 0.0)
     assert chain.mixed and chain.mixed_branch_groups == 0
+
+
+def _sampled(sampling: str, sample: int, depth: int, *, work_id: str = "s0-0.w1", parent: str | None = None,
+             prefix_depth: int = 0, **kw):
+    """A node named as an actor names it; the chain's first turn hangs under the item's ``parent``."""
+    node_id = node_id_for(work_id, sampling, sample, depth)
+    parent_id = parent if depth == prefix_depth + 1 else node_id_for(work_id, sampling, sample, depth - 1)
+    return make_node(node_id, parent_id, work_id=work_id, depth=depth, **kw)
+
+
+def test_a_redelivered_items_new_sampling_ends_its_slots_and_the_abandoned_chain_is_left_out():
+    tree = RolloutTree("s0-0", TaskSpec("sim", "task-0"), step=0, opened_at=0.0)
+    tree.add_work(WorkRecord("s0-0.w1", None, 0, num_samples=2, max_turns=3, reserved_turns=6))
+    record = tree.work["s0-0.w1"]
+    # Sampling A ended chain 0, then its actor died one turn into chain 1.
+    for node in (_sampled("A", 0, 1), _sampled("A", 0, 2, done=True, reward=1.0), _sampled("A", 1, 1)):
+        assert tree.add(node, 0.0)[0] == "accepted"
+    assert (record.finished_chains, record.finished) == (1, False)
+    # The item was redelivered: sampling B runs both chains again, under ids of its own.
+    for node in (_sampled("B", 0, 1), _sampled("B", 0, 2, done=True, reward=0.0)):
+        assert tree.add(node, 1.0)[0] == "accepted"
+    assert (record.finished_chains, record.finished) == (1, False)  # slot 0 was ended already
+    for node in (_sampled("B", 1, 1), _sampled("B", 1, 2, done=True, reward=1.0)):
+        tree.add(node, 2.0)
+    assert (record.finished_chains, record.finished) == (2, True)
+    completed, left_out = tree.to_completed(run_id="test", strategy="trace", status="complete", now=3.0)
+    assert left_out == 1  # A's chain 1 never ended: no reward, so no path
+    assert {(n.node_id, n.parent_id) for n in completed.nodes} == {
+        ("s0-0.w1/A/0/1", None), ("s0-0.w1/A/0/2", "s0-0.w1/A/0/1"),
+        ("s0-0.w1/B/0/1", None), ("s0-0.w1/B/0/2", "s0-0.w1/B/0/1"),
+        ("s0-0.w1/B/1/1", None), ("s0-0.w1/B/1/2", "s0-0.w1/B/1/1"),
+    }
+
+
+def test_a_branch_origin_waits_for_each_slot_once_whichever_sampling_ends_it():
+    tree = RolloutTree("s0-0", TaskSpec("sim", "task-0"), step=0, opened_at=0.0)
+    tree.add(make_node("p", None), 0.0)
+    tree.add_work(WorkRecord("s0-0.w2", "p", 1, num_samples=2, max_turns=1, reserved_turns=2))
+    tree.add_work(WorkRecord("s0-0.w3", "p", 1, num_samples=1, max_turns=1, reserved_turns=1))
+    assert tree.nodes["p"].pending_children == 3
+    for sampling in ("A", "B"):  # both samplings end slot 0 of w2
+        tree.add(_sampled(sampling, 0, 2, work_id="s0-0.w2", parent="p", prefix_depth=1), 0.0)
+    assert tree.nodes["p"].pending_children == 2  # w2's slot 1 and w3's are still running

@@ -92,6 +92,9 @@ def test_run_layout_uses_work_queue_for_work_and_routes_advisories_to_the_dlq() 
     durables = {c.durable_name: (stream, c) for stream, c in layout.consumers}
     assert durables[s.allocator_consumer][0] == s.nodes_stream
     assert durables[s.learner_consumer][1].filter_subject == s.trees
+    # The learner holds trees until a checkpoint has them: no cap may stop their delivery.
+    assert durables[s.learner_consumer][1].max_ack_pending == -1
+    assert durables[s.allocator_consumer][1].max_ack_pending is None
     assert durables[s.shared_work_consumer][1].ack_wait == 7.0
     assert durables[s.shared_work_consumer][1].max_deliver == 4
     own = actor_consumer_config(s, "a7", limits)

@@ -2,7 +2,8 @@
 version and started again from its checkpoint: the run's announced versions go strictly up
 (the restarted learner does not announce its resume version a second time), training goes
 on to the next version, and a learner whose checkpoint is behind the announced version
-refuses to start instead of announcing versions that go back."""
+refuses to start instead of announcing versions that go back. Trees a killed learner held
+and had not checkpointed are trained by its successor, each exactly once."""
 
 from __future__ import annotations
 
@@ -12,22 +13,28 @@ import random
 import signal
 import subprocess
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from bench.chaos import version_violations
 from learner.config import LearnerConfig, ModelSection, OptimiserSection, TrainingSection
 from learner.versions import Publication, read_publications
-from protocol import Subjects, WeightsAnnouncement
+from learner.service import TREES_METRICS
+from protocol import CompletedTree, Subjects, WeightsAnnouncement
 from protocol.messages import replace
 from tests.learner.models import TINY_VOCAB
 from tests.learner.trees import random_tree
 from tests.processes import kill_groups, start_role, written
 from tracerl.config import LogConfig, RunConfig
+from tracerl.metrics import metrics_path, read_metrics
 
 pytestmark = [pytest.mark.nats]
 
+T = TypeVar("T")
 TREES_PER_STEP = 2
 START_TIMEOUT_S = 180.0
 
@@ -45,6 +52,13 @@ def _learner_config(bus_run, run_dir: Path, model_dir: Path) -> LearnerConfig:
     )
 
 
+def _learner_files(bus_run, model_dir: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """The learner's run dir, config file and output file."""
+    run_dir = tmp_path / "run"
+    config_path, out = written(_learner_config(bus_run, run_dir, model_dir), "learner", tmp_path)
+    return run_dir, config_path, out
+
+
 async def _announced(client) -> WeightsAnnouncement | None:
     return await client.get_weights_announcement()
 
@@ -54,24 +68,42 @@ async def _kv_revision(admin) -> int:
     return (await kv.get(Subjects.POLICY_VERSION_KEY)).revision
 
 
-async def _wait_version(admin, version: int, learner: subprocess.Popen, out: Path) -> WeightsAnnouncement:
+async def _until(what: str, check: Callable[[], Awaitable[T | None]], learner: subprocess.Popen, out: Path) -> T:
+    """Poll ``check`` until it returns something, failing if the learner exits or time runs out."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while True:
         assert learner.poll() is None, out.read_text()[-3000:]
-        current = await _announced(admin)
-        if current is not None and current.policy_version >= version:
-            assert current.policy_version == version, (current, out.read_text()[-3000:])
-            return current
+        found = await check()
+        if found is not None:
+            return found
+        assert time.monotonic() < deadline, f"{what} never happened: " + out.read_text()[-3000:]
         await asyncio.sleep(0.2)
-    raise AssertionError(f"version {version} never announced: " + out.read_text()[-3000:])
+
+
+async def _wait_version(admin, version: int, learner: subprocess.Popen, out: Path) -> WeightsAnnouncement:
+    async def reached() -> WeightsAnnouncement | None:
+        current = await _announced(admin)
+        return current if current is not None and current.policy_version >= version else None
+
+    current = await _until(f"version {version}", reached, learner, out)
+    assert current.policy_version == version, (current, out.read_text()[-3000:])
+    return current
+
+
+def _step_trees(run_id: str, step: int, count: int = TREES_PER_STEP, version: int | None = None) -> list[CompletedTree]:
+    """One allocator step's trees, sampled by the policy of ``version`` (default: ``step``)."""
+    rng = random.Random(step)
+    return [
+        replace(
+            random_tree(rng, f"s{step}-{i}", TINY_VOCAB, version=step if version is None else version),
+            run_id=run_id, allocator_step=step, step_tree_count=count,
+        )
+        for i in range(count)
+    ]
 
 
 async def _publish_step(allocator, run_id: str, step: int, version: int | None = None) -> None:
-    """One allocator step's worth of trees, sampled by the policy of ``version`` (default: ``step``)."""
-    rng = random.Random(step)
-    for i in range(TREES_PER_STEP):
-        tree = random_tree(rng, f"s{step}-{i}", TINY_VOCAB, version=step if version is None else version)
-        tree = replace(tree, run_id=run_id, allocator_step=step, step_tree_count=TREES_PER_STEP)
+    for tree in _step_trees(run_id, step, version=version):
         await allocator.publish(allocator.subjects.trees, tree, msg_id=tree.tree_id)
 
 
@@ -81,18 +113,16 @@ def _log_has(run_dir: Path, event: str) -> int:
 
 
 async def _wait_started(run_dir: Path, count: int, learner: subprocess.Popen, out: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while _log_has(run_dir, "learner_started") < count:
-        assert learner.poll() is None, out.read_text()[-3000:]
-        assert time.monotonic() < deadline, out.read_text()[-3000:]
-        await asyncio.sleep(0.2)
+    async def started() -> bool | None:
+        return True if _log_has(run_dir, "learner_started") >= count else None
+
+    await _until(f"start {count}", started, learner, out)
 
 
 def test_a_restarted_learner_does_not_announce_its_version_again_and_never_goes_back(
     bus_run, tiny_model_dir, tmp_path
 ):
-    run_dir = tmp_path / "run"
-    config_path, out = written(_learner_config(bus_run, run_dir, tiny_model_dir), "learner", tmp_path)
+    run_dir, config_path, out = _learner_files(bus_run, tiny_model_dir, tmp_path)
     run_id = bus_run.run.run_id
 
     async def main() -> None:
@@ -145,3 +175,73 @@ def test_a_restarted_learner_does_not_announce_its_version_again_and_never_goes_
 
     asyncio.run(main())
     assert _log_has(run_dir, "weights_rewound") == 1
+
+
+async def _learner_durable(admin):
+    return await admin.js.consumer_info(admin.subjects.trees_stream, admin.subjects.learner_consumer)
+
+
+async def _wait_held(admin, count: int, learner: subprocess.Popen, out: Path) -> None:
+    """Until the learner has taken ``count`` trees it has not acked, and nothing waits undelivered."""
+
+    async def held() -> bool | None:
+        info = await _learner_durable(admin)
+        return True if info.num_ack_pending == count and info.num_pending == 0 else None
+
+    await _until(f"{count} trees held", held, learner, out)
+
+
+def test_a_killed_learner_loses_no_buffered_tree_and_its_successor_trains_each_once(
+    bus_run, tiny_model_dir, tmp_path
+):
+    run_dir, config_path, out = _learner_files(bus_run, tiny_model_dir, tmp_path)
+    run_id = bus_run.run.run_id
+    step0 = _step_trees(run_id, 0)
+    step1 = _step_trees(run_id, 1, count=3)
+    limits = bus_run.limits
+
+    async def main() -> None:
+        admin = await bus_run.connect("admin")
+        allocator = await bus_run.connect("allocator")
+        first = start_role("learner", config_path, out)
+        second = None
+        try:
+            await _wait_version(admin, 0, first, out)
+            for tree in step0:
+                await allocator.publish(allocator.subjects.trees, tree, msg_id=tree.tree_id)
+            await _wait_version(admin, 1, first, out)
+            # Two of step 1's three trees: buffered, and no step can use them yet.
+            for tree in step1[:2]:
+                await allocator.publish(allocator.subjects.trees, tree, msg_id=tree.tree_id)
+            await _wait_held(admin, 2, first, out)
+            # Held for longer than max_deliver ack_waits: kept alive, so never redelivered
+            # (and so never dead-lettered as a message that failed max_deliver times).
+            await asyncio.sleep(limits.max_deliver * limits.ack_wait_s + 1.0)
+            info = await _learner_durable(admin)
+            assert (info.num_ack_pending, info.num_redelivered) == (2, 0), info
+            assert (await _announced(admin)).policy_version == 1  # not trained
+            kill_groups(first)
+
+            # A second copy of a tree the checkpoint holds, as if its ack had died with the learner.
+            await allocator.publish(allocator.subjects.trees, step0[0], msg_id=f"{step0[0].tree_id}-again")
+            second = start_role("learner", config_path, out)
+            await _wait_started(run_dir, 2, second, out)
+            await allocator.publish(allocator.subjects.trees, step1[2], msg_id=step1[2].tree_id)
+            await _wait_version(admin, 2, second, out)
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=120) == 0, out.read_text()[-3000:]
+            info = await _learner_durable(admin)
+            assert (info.num_ack_pending, info.num_pending) == (0, 0), info  # every tree acked
+        finally:
+            kill_groups(first, second)
+            await allocator.close()
+            await admin.close()
+
+    asyncio.run(main())
+    records = list(read_metrics(metrics_path(run_dir, TREES_METRICS)))
+    trained = Counter(i for r in records if r["event"] == "trained" for i in r["tree_ids"])
+    # 0 lost, none twice: each tree in exactly one checkpoint, across both learners.
+    assert trained == {t.tree_id: 1 for t in step0 + step1}
+    assert [r["tree_ids"] for r in records if r["event"] == "already_trained"] == [[step0[0].tree_id]]
+    steps = [r for r in read_metrics(metrics_path(run_dir, "learner")) if "step" in r]
+    assert [(r["step"], r["train.trees"]) for r in steps] == [(1, 2), (2, 3)]

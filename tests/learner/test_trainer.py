@@ -109,6 +109,7 @@ def test_non_finite_loss_skips_the_step_and_leaves_weights_untouched(tiny_model_
     metrics = trainer.train_step([absurd])
     assert metrics["skipped"] and metrics["skip_reason"] == "non_finite"
     assert trainer.policy_version == 0
+    assert len(trainer.trained_trees) == 0  # a skipped step trained no tree
     after = weights(trainer)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not trainer.optimiser.state_dict()["state"]  # Adam moments untouched too
@@ -129,6 +130,8 @@ def test_resume_is_bitwise_exact(tiny_model_dir, tmp_path):
     resumed = Trainer(cfg)
     resumed.load_checkpoint(tmp_path / "ckpt")
     assert resumed.policy_version == 2
+    # The checkpoint lists exactly the trees its weights were trained on.
+    assert resumed.trained_trees.ids() == [t.tree_id for batch in data[:2] for t in batch]
     resumed.train_step(data[2])
 
     a, b = weights(straight), weights(resumed)
