@@ -238,7 +238,7 @@ class ActorService:
     async def _watch_weights(self) -> None:
         while not self.stop.is_set():
             try:
-                async for announcement in self.bus.watch_weights():
+                async for announcement in self.bus.watch_weights(self.stop):
                     await self.apply_announcement(announcement)
             except asyncio.CancelledError:
                 raise

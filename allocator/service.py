@@ -278,7 +278,7 @@ class AllocatorService:
     async def watch_policy(self) -> None:
         while not self.stop.is_set():
             try:
-                async for announcement in self.bus.watch_weights():
+                async for announcement in self.bus.watch_weights(self.stop):
                     self.core.on_policy_version(announcement.policy_version)
                     if self.probes.due(announcement.policy_version):
                         self.queue_probe(announcement.policy_version)

@@ -340,14 +340,19 @@ class BusClient:
         announcement = await self.get_weights_announcement()
         return None if announcement is None else announcement.policy_version
 
-    async def watch_weights(self, poll_interval_s: float = 2.0) -> AsyncIterator[WeightsAnnouncement]:
-        """Yield the current announcement (if any), then each one with a higher version.
+    async def watch_weights(
+        self, stop: asyncio.Event | None = None, poll_interval_s: float = 2.0
+    ) -> AsyncIterator[WeightsAnnouncement]:
+        """Yield the current announcement (if any), then each one with a higher version,
+        until ``stop`` is set.
 
         The key is re-read on every announce nudge and at least every ``poll_interval_s``.
         Not a KV watch: that is an ephemeral consumer which a restarted nats-server forgets
         without telling the client, and the watch then waits forever. The nudge is a core
         subscription, which nats-py restores on reconnect; the poll covers nudges sent
         while this client was disconnected. Read failures are counted and retried.
+        The wait also ends on ``stop``: a cancellation dropped by a library (Python 3.11's
+        ``wait_for`` can lose one racing a nudge) would otherwise keep the watch going.
         """
         assert self.nc is not None
         nudged = asyncio.Event()
@@ -358,7 +363,7 @@ class BusClient:
         sub = await self.nc.subscribe(self.subjects.weights_announce, cb=on_nudge)
         last: WeightsAnnouncement | None = None
         try:
-            while True:
+            while stop is None or not stop.is_set():
                 nudged.clear()
                 try:
                     current = await self.get_weights_announcement()
@@ -369,10 +374,7 @@ class BusClient:
                 if current is not None and (last is None or current.policy_version > last.policy_version):
                     last = current
                     yield current
-                try:
-                    await asyncio.wait_for(nudged.wait(), timeout=poll_interval_s)
-                except asyncio.TimeoutError:
-                    pass
+                await _wait_for_either(nudged, stop, poll_interval_s)
         finally:
             try:
                 await sub.unsubscribe()
@@ -516,3 +518,13 @@ class PullConsumer(Generic[T]):
             await self.sub.unsubscribe()
         except _ERRORS_NOT_FATAL:
             pass
+
+
+async def _wait_for_either(first: asyncio.Event, second: asyncio.Event | None, timeout: float) -> None:
+    """Return when either event is set or ``timeout`` passes."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in (first, second) if event is not None]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -61,7 +61,7 @@ class SwallowingBus:
         except asyncio.CancelledError:
             self.cancels_swallowed += 1  # returns normally: the caller never learns it was cancelled
 
-    async def watch_weights(self):
+    async def watch_weights(self, stop=None):
         while True:
             try:
                 await asyncio.sleep(3600)

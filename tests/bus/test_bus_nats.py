@@ -375,4 +375,18 @@ def test_batched_publish_and_weights_watch(bus_run: BusRun) -> None:
             await asyncio.wait_for(watcher, timeout=5.0)
             assert seen == [first.policy_version, 4]
 
+            # The watch ends on its stop event, between announcements, without a cancellation.
+            stop = asyncio.Event()
+            after_stop: list[int] = []
+
+            async def watch_until_stop() -> None:
+                async for announcement in actor.watch_weights(stop):
+                    after_stop.append(announcement.policy_version)
+
+            stopping = asyncio.create_task(watch_until_stop())
+            await asyncio.sleep(0.3)
+            stop.set()
+            await asyncio.wait_for(stopping, timeout=2.0)
+            assert after_stop == [4]
+
     asyncio.run(main())
