@@ -327,6 +327,52 @@ def bench_components() -> None:
         raise typer.Exit(1)
 
 
+@bench_app.command("predictor")
+def bench_predictor(
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            help="A later policy version of the base model (an HF model directory or a learner checkpoint, e.g. "
+            "runs/default/final_model), measured after the base model on the same engine (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    prompts: Annotated[int, typer.Option(help="Train prompts rolled out; the first half trains the predictor.")] = 240,
+    prefixes: Annotated[int, typer.Option(help="Diagnostic prefixes: roots and turn prefixes over depths.")] = 320,
+    continuations: Annotated[int, typer.Option(help="Monte-Carlo continuations per prefix (even, for halves).")] = 16,
+    train_branches: Annotated[
+        int, typer.Option(help="Items of allocator.core.branch_k continuations per training tree, at random prefixes.")
+    ] = 2,
+    seed: Annotated[int, typer.Option(help="Seeds the prompt draw, the prefix choice and the sampling seeds.")] = 0,
+    chains_in_flight: Annotated[int, typer.Option(help="Rollouts given to the engine at once.")] = 64,
+    config: ConfigOption = Path("configs/default.yaml"),
+    set_: BenchSetOption = None,
+    results_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where predictor.json and predictor.md go (default bench/results).", show_default=False),
+    ] = None,
+) -> None:
+    """Every success predictor against Monte-Carlo ground truth, per policy version: root groups of --prompts train
+    prompts (the run's allocator settings and sampling), the OutcomeModel trained on the first half's trees as the
+    allocator trains it, then --prefixes prefixes of the second half's trees, each continued --continuations times
+    with the same version. Scores ours (shared model + tree evidence), the shared model alone, the per-prompt Beta,
+    depth only and the split-half Monte-Carlo oracle: AUC across and within prompts, Brier, calibration and P(mixed)
+    for pairs of continuations, overall and per depth. Writes bench/results/predictor.{md,json}."""
+    from bench.predictor import BenchInputError, PredictorBenchOptions, run_predictor_bench
+
+    try:
+        options = PredictorBenchOptions(
+            prompts=prompts, prefixes=prefixes, continuations=continuations, train_branches=train_branches, seed=seed,
+            chains_in_flight=chains_in_flight, models=tuple(str(m) for m in model or ()),
+            results_dir=str(results_dir) if results_dir else None,
+        )
+        run_predictor_bench(options, load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_))
+    except BenchInputError as err:
+        typer.echo(f"tracerl bench predictor: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _up_set_args(config: Path | None, set_: list[str] | None) -> list[str]:
     """A config file's fields and the --set overrides as `tracerl up` --set arguments (checked first)."""
     load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast, before any run starts
