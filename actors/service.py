@@ -34,7 +34,7 @@ from environments.base import Environment
 from protocol import Heartbeat, Subjects, WeightsAnnouncement, WorkItem
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
-from tracerl.metrics import MetricsWriter
+from tracerl.metrics import role_metrics
 
 log = get_logger(__name__)
 
@@ -81,7 +81,7 @@ class ActorService:
         self.reference_signature = model_dir_signature(config.model_dir)
         self.weights_root = Path(config.weights_dir or Path(config.run.run_dir) / "actors" / actor_id / "weights")
         self._version_changed = asyncio.Condition()
-        self.metrics = MetricsWriter(config.run.run_dir, f"{ROLE}-{actor_id}")
+        self.metrics = role_metrics(config.run, config.log, f"{ROLE}-{actor_id}")
         self._metrics_base = self.counters()
 
     # Lifecycle ----------------------------------------------------------------------
