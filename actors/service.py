@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.config import ActorConfig
-from actors.engine import PolicyEngine
+from actors.engine import PolicyEngine, route_engine_logs
 from actors.episode import EpisodeContext, EpisodeError, new_sampling, run_work_item
 from actors.metrics import Counters, Rates, interval_record, queue_wait_s, rates_between
 from actors.weights import WeightsError, fetch_verified, model_dir_signature, prune_versions, write_version_dir
@@ -371,5 +371,6 @@ def run(config: ActorConfig) -> int:
     """Entry point of `tracerl actor`; returns the process exit code."""
     actor_id = config.resolved_actor_id()
     configure_logging(f"{ROLE}-{actor_id}", config.run.run_dir, config.log.level, config.log.json_file)
+    route_engine_logs(Path(config.run.run_dir) / "logs" / f"{ROLE}-{actor_id}.engine.log", config.log.level)
     log.info("actor_starting", actor_id=actor_id, model_dir=config.model_dir, run_id=config.run.run_id)
     return run_role(serve(config, actor_id))

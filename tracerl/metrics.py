@@ -12,6 +12,7 @@ sink that fails is reported once and dropped, and the role goes on.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -102,13 +103,14 @@ class MetricsWriter:
         self._file = self.path.open("a", buffering=1)  # line-buffered: readers see whole records
 
     def write(self, record: dict[str, Any], now: float | None = None) -> None:
+        wall_time = time.time() if now is None else now
         clean = {k: _jsonable(v) for k, v in record.items()}
-        clean.setdefault(TIME_FIELD, time.time() if now is None else now)
+        clean.setdefault(TIME_FIELD, wall_time)
         clean.setdefault("role", self.role)
         self._file.write(json.dumps(clean, sort_keys=True) + "\n")
         if self.sinks:
             self.step = scalar_step(record, self.step_key, self.step)
-            self._to_sinks(scalar_fields(record), float(clean[TIME_FIELD]))
+            self._to_sinks(scalar_fields(record), wall_time)
 
     def _to_sinks(self, scalars: dict[str, float], wall_time: float) -> None:
         for sink in list(self.sinks):
@@ -120,19 +122,17 @@ class MetricsWriter:
     def _drop(self, sink: ScalarSink, err: Exception) -> None:
         self.sinks.remove(sink)
         _report_sink_failure(sink.name, self.role, err)
-        try:
+        with contextlib.suppress(Exception):  # already reported; a broken sink may fail to close too
             sink.close()
-        except Exception:  # noqa: BLE001, S110 - already reported; a broken sink may fail to close too
-            pass
 
     def close(self) -> None:
         self._file.close()
-        for sink in list(self.sinks):
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
             try:
                 sink.close()
             except Exception as err:  # noqa: BLE001 - closing must not stop a role's shutdown
-                self._drop(sink, err)
-        self.sinks.clear()
+                _report_sink_failure(sink.name, self.role, err)
 
 
 _event_files = itertools.count()  # two files opened by one process in one second get different names
