@@ -10,10 +10,14 @@ therefore always sampled by exactly one policy version, which it reports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
+import json
 import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,79 @@ from tracerl.logs import get_logger
 log = get_logger(__name__)
 
 CPU_BLOCK_SIZE = 32
+
+#: Where this process routes the engine's logs and output (``route_engine_logs``); None: the console.
+_engine_log: Path | None = None
+
+
+def engine_logging_config(log_file: str | Path, level: str) -> dict[str, Any]:
+    """The ``logging.dictConfig`` of vLLM's ``vllm`` logger: everything at ``level`` and above to
+    ``log_file`` (appended to by every engine process), nothing to the console."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "engine": {"format": "%(asctime)s %(processName)s pid=%(process)d %(levelname)s %(name)s: %(message)s"},
+        },
+        "handlers": {
+            "engine_file": {
+                "class": "logging.FileHandler", "filename": str(log_file), "mode": "a", "formatter": "engine",
+            },
+        },
+        "loggers": {"vllm": {"handlers": ["engine_file"], "level": level.upper(), "propagate": False}},
+    }
+
+
+def route_engine_logs(log_file: str | Path, level: str = "info") -> Path:
+    """Send vLLM's logs, and all the engine processes print, to ``log_file`` rather than the console.
+
+    vLLM configures its logger from the file named by VLLM_LOGGING_CONFIG_PATH, in this process
+    and in each engine process it starts (they inherit the environment), so that file is written
+    next to the log. What those processes print outside logging (warnings, progress bars, the
+    C++ runtime's messages) goes to the standard streams they inherit, which point at the log
+    while ``PolicyEngine.start`` starts them.
+    """
+    import logging.config
+
+    global _engine_log
+    log_file = Path(log_file).resolve()
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    config = engine_logging_config(log_file, level)
+    config_file = log_file.with_name(log_file.name + ".logging.json")
+    config_file.write_text(json.dumps(config, indent=2))
+    os.environ["VLLM_CONFIGURE_LOGGING"] = "1"
+    os.environ["VLLM_LOGGING_CONFIG_PATH"] = str(config_file)
+    logging.config.dictConfig(config)  # also for records logged before vLLM reads the variable
+    _engine_log = log_file
+    return log_file
+
+
+@contextlib.contextmanager
+def _engine_processes_output() -> Iterator[None]:
+    """Standard output and error of the processes started inside go to the engine log.
+
+    The processes inherit file descriptors 1 and 2, so those are pointed at the log while the
+    block runs and pointed back afterwards; this process's own ``sys.stdout`` and ``sys.stderr``
+    write to the same descriptors, so its output during the block lands in the log too.
+    """
+    if _engine_log is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    target = os.open(_engine_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, target):
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -166,11 +243,21 @@ class PolicyEngine:
         started = time.perf_counter()
         # The engine core and its workers are processes of their own: without this, a SIGKILL of
         # this process would leave them running, holding their memory and device.
-        with multiprocessing_children_end_with_this_process():
-            llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir, settings, gpu)))
+        try:
+            with multiprocessing_children_end_with_this_process(), _engine_processes_output():
+                llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir, settings, gpu)))
+        except Exception:
+            log.error("engine_start_failed", model_dir=model_dir, engine_log=str(_engine_log or "console"))
+            raise
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         log.info("engine_started", model_dir=model_dir, gpu=gpu, seconds=round(time.perf_counter() - started, 1))
-        return cls(llm, tokenizer, model_dir, settings, policy_version)
+        engine = cls(llm, tokenizer, model_dir, settings, policy_version)
+        # vLLM keeps an ImportError from its first import, and with it every frame on the stack then,
+        # this one included, to interpreter exit. Were the AsyncLLM still one of its locals, it would
+        # outlive shutdown() to exit, where its __del__ runs with the module globals gone and prints
+        # a TypeError traceback.
+        del llm
+        return engine
 
     async def __aenter__(self) -> PolicyEngine:
         return self
@@ -182,6 +269,10 @@ class PolicyEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.shutdown()
+            # Collected now, while the module globals its __del__ needs are there (see ``start``):
+            # it sits in reference cycles, which the collector might leave to interpreter exit.
+            del llm
+            gc.collect()
 
     @property
     def is_dead(self) -> bool:

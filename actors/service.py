@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.config import ActorConfig
-from actors.engine import PolicyEngine
+from actors.engine import PolicyEngine, route_engine_logs
 from actors.episode import EpisodeContext, EpisodeError, new_sampling, run_work_item
 from actors.metrics import Counters, Rates, interval_record, queue_wait_s, rates_between
 from actors.weights import WeightsError, fetch_verified, model_dir_signature, prune_versions, write_version_dir
@@ -34,7 +34,7 @@ from environments.base import Environment
 from protocol import Heartbeat, Subjects, WeightsAnnouncement, WorkItem
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
-from tracerl.metrics import MetricsWriter
+from tracerl.metrics import role_metrics
 
 log = get_logger(__name__)
 
@@ -81,7 +81,7 @@ class ActorService:
         self.reference_signature = model_dir_signature(config.model_dir)
         self.weights_root = Path(config.weights_dir or Path(config.run.run_dir) / "actors" / actor_id / "weights")
         self._version_changed = asyncio.Condition()
-        self.metrics = MetricsWriter(config.run.run_dir, f"{ROLE}-{actor_id}")
+        self.metrics = role_metrics(config.run, config.log, f"{ROLE}-{actor_id}")
         self._metrics_base = self.counters()
 
     # Lifecycle ----------------------------------------------------------------------
@@ -371,5 +371,6 @@ def run(config: ActorConfig) -> int:
     """Entry point of `tracerl actor`; returns the process exit code."""
     actor_id = config.resolved_actor_id()
     configure_logging(f"{ROLE}-{actor_id}", config.run.run_dir, config.log.level, config.log.json_file)
+    route_engine_logs(Path(config.run.run_dir) / "logs" / f"{ROLE}-{actor_id}.engine.log", config.log.level)
     log.info("actor_starting", actor_id=actor_id, model_dir=config.model_dir, run_id=config.run.run_id)
     return run_role(serve(config, actor_id))

@@ -296,6 +296,12 @@ class AllocatorCore(CrashReplay):
         return routed
 
     @property
+    def next_step_index(self) -> int:
+        """The index the next step opens with: the steps opened in this run, counted across
+        restarts (the replay restores it from the streams), unlike the counter ``steps_opened``."""
+        return self._next_step
+
+    @property
     def busy(self) -> bool:
         """A round is part-planned or planned work waits: the shell should call ``schedule``
         again right away (after serving its other tasks) instead of a tick later."""

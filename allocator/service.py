@@ -40,7 +40,7 @@ from protocol import CompletedTree, Heartbeat, ProtocolError, TaskSpec, TurnNode
 from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
-from tracerl.metrics import MetricsWriter
+from tracerl.metrics import MetricsWriter, role_metrics
 
 log = get_logger(__name__)
 
@@ -159,7 +159,7 @@ class AllocatorService:
         heldout = make_tasks(config.tasks.env, "heldout", config.heldout.tasks, config.tasks.seed)
         self.core = AllocatorCore(config.core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts())
         self.probes = HeldoutProbes(config.heldout, heldout, config.run.run_id)
-        self.metrics = MetricsWriter(config.run.run_dir, "allocator")
+        self.metrics = role_metrics(config.run, config.log, "allocator", step_key="step")
         self.drops = MetricsWriter(config.run.run_dir, DROPS_METRICS)
         self.nodes_dropped = 0
         # Nodes up to this stream sequence were applied by the replay at start.
@@ -334,6 +334,7 @@ class AllocatorService:
         record = {f"core.{k}": v for k, v in self.core.metrics().items()}
         record.update({f"bus.{k}": v for k, v in self.bus.counters.items()})
         record.update(
+            step=self.core.next_step_index,
             policy_version=self.core.policy_version,
             live_actors=len(self.actors),
             trees_emitted=self.trees_emitted,

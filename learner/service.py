@@ -38,7 +38,7 @@ from protocol import CompletedTree, WeightsAnnouncement
 from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
-from tracerl.metrics import MetricsWriter
+from tracerl.metrics import MetricsWriter, role_metrics
 
 log = get_logger(__name__)
 
@@ -81,7 +81,7 @@ class LearnerService:
         self.trainer = trainer
         self.bus = bus
         self.batcher = StepBatcher(config.training.trees_per_step, config.training.step_wait_s)
-        self.metrics = MetricsWriter(config.run.run_dir, "learner")
+        self.metrics = role_metrics(config.run, config.log, "learner", step_key="step")
         # Every announcement in order, across restarts: versions must go strictly up.
         self.announcements = MetricsWriter(config.run.run_dir, WEIGHTS_METRICS)
         self.tree_records = MetricsWriter(config.run.run_dir, TREES_METRICS)

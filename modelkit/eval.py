@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -300,6 +302,11 @@ def evaluate_checkpoints(
     )
 
 
+def default_engine_log() -> Path:
+    """A new engine log of `tracerl eval` in the temp directory, named by start time and pid."""
+    return Path(tempfile.gettempdir()) / "tracerl" / f"eval-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
 def format_table(results: Sequence[EvalResult]) -> str:
     """Greedy and sampled side by side, overall and per difficulty."""
     by_mode = {r.mode: r for r in results}
@@ -329,16 +336,24 @@ def eval_command(
     seed: int,
     json_file: str | None = None,
     checkpoints: str | None = None,
+    log_file: str | None = None,
 ) -> int:
     """`tracerl eval`: greedy and sampled held-out success side by side; exit code 2 on bad input.
 
     With ``checkpoints`` (a learner checkpoint directory), every checkpoint in it is scored
-    instead of ``model`` itself, one record per policy version."""
+    instead of ``model`` itself, one record per policy version. The console shows progress and
+    results; the engine's logs go to ``log_file`` (by default a new file in the temp directory)."""
     from tqdm import tqdm
+
+    from actors.engine import route_engine_logs
+    from tracerl.logs import configure_logging
 
     try:
         check_inputs(model, env, tasks)
         found = find_checkpoints(checkpoints) if checkpoints else []
+        configure_logging("eval", level="info", json_file=False)
+        engine_log = route_engine_logs(log_file or default_engine_log())
+        log.info("eval_engine_log", path=str(engine_log))
         episodes = 2 * tasks * max(1, len(found))
         bar = tqdm(total=episodes, desc=f"eval {env}", unit="episode", file=sys.stderr, disable=json_output)
         with bar:  # one tick per episode (tqdm's update counts 1 by default)
@@ -358,7 +373,6 @@ def eval_command(
         records = [asdict(r) for r in results]
         table = format_table(results)
     if json_file:
-        # A file, because vLLM's engine logs share this process's stdout.
         Path(json_file).write_text(json.dumps(records, indent=2))
     if json_output:
         print(json.dumps(records, indent=2))

@@ -203,6 +203,14 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-file",
+            help="Where the vLLM engine's logs go (default: a new file under the temp directory, named on the console).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Held-out success with vLLM, greedy and sampled (temperature 1) side by side."""
     from modelkit.eval import eval_command as run_eval
@@ -210,7 +218,7 @@ def eval_command(
     raise typer.Exit(
         run_eval(
             model, env, tasks, json_output, seed, str(json_file) if json_file else None,
-            str(checkpoints) if checkpoints else None,
+            str(checkpoints) if checkpoints else None, str(log_file) if log_file else None,
         )
     )
 

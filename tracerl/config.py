@@ -14,6 +14,7 @@ A YAML file may take a whole section from another file: ``model: !include models
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 import tomllib
@@ -77,10 +78,20 @@ class RunConfig:
 class LogConfig:
     level: str = "info"
     json_file: bool = True
+    # Metrics also go to W&B (one run per role, grouped by run id; offline unless WANDB_MODE
+    # says otherwise). TensorBoard event files under <run_dir>/tb/ are always written.
+    wandb: bool = False
 
     def __post_init__(self) -> None:
         if self.level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"level must be debug, info, warning or error, not {self.level!r}")
+        if self.wandb and not package_installed("wandb"):
+            raise ValueError("wandb=true needs the wandb package, which is not installed (pip install wandb)")
+
+
+def package_installed(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it (a package may be slow to import)."""
+    return importlib.util.find_spec(name) is not None
 
 
 def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

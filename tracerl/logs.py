@@ -54,8 +54,8 @@ def configure_logging(role: str, run_dir: str | Path | None = None, level: str =
         )
         root.addHandler(file_handler)
     root.setLevel(_LEVELS[level])
-    # nats-py and vLLM are chatty at INFO; their warnings still come through.
-    for noisy in ("nats", "vllm", "asyncio", "httpx", "urllib3", "filelock"):
+    # nats-py and vLLM are chatty at INFO (bm25s even at DEBUG); their warnings still come through.
+    for noisy in ("nats", "vllm", "asyncio", "httpx", "urllib3", "filelock", "bm25s"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, _LEVELS[level]))
     structlog.contextvars.bind_contextvars(role=role)
 

@@ -145,11 +145,16 @@ def progress_line(run_dir: Path, started_at: float) -> str:
     return " | ".join(parts)
 
 
+def eval_engine_log(json_file: Path) -> Path:
+    """Where the engine of the eval writing ``json_file`` logs: ``logs/<name>.engine.log`` beside it."""
+    return json_file.parent / "logs" / f"{json_file.name.split('.')[0]}.engine.log"
+
+
 def eval_argv(model_dir: str, env: str, tasks: int, json_file: Path, cpus: list[int], *extra: str) -> list[str]:
     """`tracerl eval` writing its JSON to ``json_file``, pinned to ``cpus``; run it as a child
     process, so that its vLLM engine is gone when it returns."""
     argv = [sys.executable, "-m", "tracerl", "eval", "--model", model_dir, "--env", env, "--tasks", str(tasks),
-            "--json-file", str(json_file), *extra]
+            "--json-file", str(json_file), "--log-file", str(eval_engine_log(json_file)), *extra]
     return ["taskset", "-c", ",".join(map(str, cpus)), *argv] if cpus else argv
 
 
@@ -158,7 +163,7 @@ def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -
     raw = out.with_suffix(".raw.json")
     result = subprocess.run(eval_argv(model_dir, env, tasks, raw, cpus), capture_output=True, text=True)
     if result.returncode != 0 or not raw.is_file():
-        log.error("eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:])
+        log.error("eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:], engine_log=str(eval_engine_log(raw)))
         return None
     results = json.loads(raw.read_text())
     raw.unlink()
