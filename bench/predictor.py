@@ -64,6 +64,8 @@ from tracerl.logs import get_logger
 log = get_logger(__name__)
 
 RUN_ID = "bench-predictor"
+#: The one sampling name of this bench's engine runs: node ids need one, and nothing is redelivered here.
+SAMPLING = "bench"
 RESULTS_NAME = "predictor"
 
 
@@ -188,7 +190,7 @@ class VersionBench:
         if not items:
             return
         started = time.monotonic()
-        ctx = EpisodeContext(actor_id=RUN_ID, max_model_len=self.engine.settings.max_model_len)
+        ctx = EpisodeContext(actor_id=RUN_ID, max_model_len=self.engine.settings.max_model_len, sampling=SAMPLING)
         widest = max(item.num_samples for item in items)
         slots = asyncio.Semaphore(max(1, self.options.chains_in_flight // widest))
         total = sum(item.num_samples for item in items)
@@ -287,7 +289,7 @@ class VersionBench:
     async def continue_prefixes(self, chosen: Sequence[tuple[RolloutTree, NodeState | None]]) -> list[list[int]]:
         """Outcomes of ``continuations`` new chains from each prefix, by sample index; the trees
         are left as they were."""
-        from actors.episode import node_id_for
+        from protocol.messages import node_id_for
 
         n = self.options.continuations
         outcomes = [[-1] * n for _ in chosen]
@@ -298,7 +300,7 @@ class VersionBench:
             items.append(item)
             for sample in range(n):
                 for depth in range(item.prefix_depth + 1, item.prefix_depth + item.max_turns + 1):
-                    where[node_id_for(item.work_id, sample, depth)] = (index, sample)
+                    where[node_id_for(item.work_id, SAMPLING, sample, depth)] = (index, sample)
 
         def record(item: WorkItem, node: TurnNode) -> None:
             if item.ends_chain(node):
