@@ -88,7 +88,11 @@ class ActorConfig:
         if self.max_inflight_items < 1:
             raise ValueError("max_inflight_items must be >= 1")
         for name in (
-            "heartbeat_interval_s", "metrics_interval_s", "pull_timeout_s", "progress_interval_s", "version_wait_s",
+            "heartbeat_interval_s",
+            "metrics_interval_s",
+            "pull_timeout_s",
+            "progress_interval_s",
+            "version_wait_s",
             "weights_fetch_timeout_s",
         ):
             if getattr(self, name) <= 0:

@@ -46,7 +46,10 @@ def engine_logging_config(log_file: str | Path, level: str) -> dict[str, Any]:
         },
         "handlers": {
             "engine_file": {
-                "class": "logging.FileHandler", "filename": str(log_file), "mode": "a", "formatter": "engine",
+                "class": "logging.FileHandler",
+                "filename": str(log_file),
+                "mode": "a",
+                "formatter": "engine",
             },
         },
         "loggers": {"vllm": {"handlers": ["engine_file"], "level": level.upper(), "propagate": False}},
@@ -229,7 +232,9 @@ class PolicyEngine:
         self.request_seeds = on_gpu()
 
     @classmethod
-    async def start(cls, model_dir: str | Path, settings: EngineSettings | None = None, policy_version: int = 0) -> PolicyEngine:
+    async def start(
+        cls, model_dir: str | Path, settings: EngineSettings | None = None, policy_version: int = 0
+    ) -> PolicyEngine:
         from transformers import AutoTokenizer
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -364,7 +369,9 @@ class PolicyEngine:
             finally:
                 self._gate.reopen()
             paused = time.perf_counter() - closed_at
-        log.info("weights_reloaded", policy_version=policy_version, weights_dir=str(weights_dir), paused_s=round(paused, 4))
+        log.info(
+            "weights_reloaded", policy_version=policy_version, weights_dir=str(weights_dir), paused_s=round(paused, 4)
+        )
         return paused
 
     async def _load(self, weights_dir: str | Path) -> None:

@@ -80,7 +80,9 @@ class TurnOutcome:
     truncated: bool
 
 
-def turn_outcome(step: StepResult, depth: int, max_turns: int, next_context_len: int, max_model_len: int) -> TurnOutcome:
+def turn_outcome(
+    step: StepResult, depth: int, max_turns: int, next_context_len: int, max_model_len: int
+) -> TurnOutcome:
     """Whether a turn ends the episode, and with what reward.
 
     The last allowed turn ends the episode, and so does a context with no room for one more

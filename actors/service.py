@@ -93,8 +93,12 @@ class ActorService:
         shared = await self.bus.pull_consumer(self.subjects.work_stream, self.subjects.shared_work_consumer, WorkItem)
         own_name = await self.bus.ensure_actor_consumer(self.actor_id, await self._work_limits())
         own = await self.bus.pull_consumer(self.subjects.work_stream, own_name, WorkItem)
-        log.info("actor_serving", actor_id=self.actor_id, policy_version=self.engine.policy_version,
-                 capacity=self.config.max_inflight_items)
+        log.info(
+            "actor_serving",
+            actor_id=self.actor_id,
+            policy_version=self.engine.policy_version,
+            capacity=self.config.max_inflight_items,
+        )
         background = [
             # The own subject only carries routed branches: it takes one slot at a time so an idle
             # wait on it never holds capacity the shared queue could use.
@@ -173,8 +177,9 @@ class ActorService:
         if delivery.num_delivered > 1:
             # Another run took it and never acked it (crashed, stopped, or too slow): this run
             # is a new sampling, whose nodes the allocator keeps apart from that run's.
-            log.info("work_item_redelivered", work_id=item.work_id, delivery=delivery.num_delivered,
-                     sampling=ctx.sampling)
+            log.info(
+                "work_item_redelivered", work_id=item.work_id, delivery=delivery.num_delivered, sampling=ctx.sampling
+            )
         try:
             self.make_env(item.task.env)
         except Exception as err:  # the registry signals unknown names with EnvironmentError_
@@ -263,13 +268,22 @@ class ActorService:
             await self.engine.reload_weights(directory, announcement.policy_version)
         except WeightsError as err:
             self.weights_failures[err.reason] += 1
-            log.error("weights_rejected", policy_version=announcement.policy_version, reason=err.reason,
-                      detail=err.detail, serving=self.engine.policy_version)
+            log.error(
+                "weights_rejected",
+                policy_version=announcement.policy_version,
+                reason=err.reason,
+                detail=err.detail,
+                serving=self.engine.policy_version,
+            )
             return False
         except Exception as err:  # I/O or engine failure: the engine has put its last good weights back
             self.weights_failures["load_failed"] += 1
-            log.error("weights_update_failed", policy_version=announcement.policy_version, error=repr(err),
-                      serving=self.engine.policy_version)
+            log.error(
+                "weights_update_failed",
+                policy_version=announcement.policy_version,
+                error=repr(err),
+                serving=self.engine.policy_version,
+            )
             return False
         self.weights_loaded += 1
         prune_versions(self.weights_root, keep={announcement.policy_version})

@@ -135,6 +135,7 @@ class AllocatorCoreConfig:
         if self.tsr_lookahead_turns < 0:
             raise ValueError("allocator.tsr_lookahead_turns must be >= 0")
 
+
 @dataclass(frozen=True)
 class ActorLoad:
     actor_id: str
@@ -452,7 +453,9 @@ class AllocatorCore(CrashReplay):
 
     def _sampling(self) -> SamplingSpec:
         base = self.config.sampling
-        return SamplingSpec(base.temperature, base.top_p, base.max_tokens_per_turn, int(self.rng.integers(0, 2**31 - 1)))
+        return SamplingSpec(
+            base.temperature, base.top_p, base.max_tokens_per_turn, int(self.rng.integers(0, 2**31 - 1))
+        )
 
     @staticmethod
     def _register_work(step: StepState, tree: RolloutTree, record: WorkRecord) -> None:
@@ -515,7 +518,9 @@ class AllocatorCore(CrashReplay):
             min_policy_version=max(0, self.policy_version - self.config.staleness_eta),
             issued_at=now,
         )
-        self._register_work(step, tree, WorkRecord(item.work_id, node.node_id, node.depth, samples, max_turns, reserved))
+        self._register_work(
+            step, tree, WorkRecord(item.work_id, node.node_id, node.depth, samples, max_turns, reserved)
+        )
         self.outcomes.record_decision(tree, item.work_id, state)
         self.counters["branches_issued"] += 1
         return item, node.actor_id
@@ -533,7 +538,9 @@ class AllocatorCore(CrashReplay):
             self.counters["orphans_dropped"] += len(tree.orphan_ids)
             self._drop("orphan_at_close", tree_id, sorted(tree.orphan_ids))
             status = "partial" if tree.outstanding_work else "complete"
-            completed, left_out = tree.to_completed(run_id=self.run_id, strategy=self.config.strategy, status=status, now=now)
+            completed, left_out = tree.to_completed(
+                run_id=self.run_id, strategy=self.config.strategy, status=status, now=now
+            )
             self.counters["nodes_left_out"] += left_out
             if left_out:
                 kept = {n.node_id for n in completed.nodes} if completed is not None else set()

@@ -216,7 +216,9 @@ class OutcomeModel:
         # The prompt's correction leaves out H's own leaves: they are H's evidence below.
         elsewhere_s = tree.successes - state.successes
         elsewhere_f = (tree.leaves - tree.successes) - state.failures
-        theta = posterior_mean(mu, successes + elsewhere_s, failures + elsewhere_f, self.concentrations.concentration(0))
+        theta = posterior_mean(
+            mu, successes + elsewhere_s, failures + elsewhere_f, self.concentrations.concentration(0)
+        )
         prior = shifted_prior(state.prediction, mu, theta)
         kappa = self.concentrations.concentration(state.node.depth)
         return prior, posterior_mean(prior, state.successes, state.failures, kappa)
@@ -260,13 +262,29 @@ class OutcomeModel:
         if state is None:
             mu = self._shared_roots([tree.task])[0]
             successes, failures = self._root_evidence(task_id)
-            record = DecisionRecord(task_id, 0, self._root_value(task_id, mu), self.beta.predict(task_id), mu,
-                                    successes, failures, self.root_strengths([tree.task])[0])
+            record = DecisionRecord(
+                task_id,
+                0,
+                self._root_value(task_id, mu),
+                self.beta.predict(task_id),
+                mu,
+                successes,
+                failures,
+                self.root_strengths([tree.task])[0],
+            )
         else:
             self._shared_prefixes([state])
             prior, value = self._prefix_belief(tree, state)
-            record = DecisionRecord(task_id, state.node.depth, value, self.beta.predict(task_id), prior,
-                                    state.successes, state.failures, self.prefix_strengths([(tree, state)])[0])
+            record = DecisionRecord(
+                task_id,
+                state.node.depth,
+                value,
+                self.beta.predict(task_id),
+                prior,
+                state.successes,
+                state.failures,
+                self.prefix_strengths([(tree, state)])[0],
+            )
         self._decisions.setdefault(tree.tree_id, {})[work_id] = record
 
     def _score_decisions(self, tree: RolloutTree) -> None:
@@ -301,14 +319,32 @@ class OutcomeModel:
         base_s, base_f = base.successes + tree_s, base.failures + tree_f
         mu = self._shared_roots([tree.task])[0]
         nodes = [
-            NodeEvidence(task_id, 0, mu, self.concentrations.concentration(0), prior_s + tree_s, prior_f + tree_f,
-                         (tree_s, tree_f), base_s, base_f)
+            NodeEvidence(
+                task_id,
+                0,
+                mu,
+                self.concentrations.concentration(0),
+                prior_s + tree_s,
+                prior_f + tree_f,
+                (tree_s, tree_f),
+                base_s,
+                base_f,
+            )
         ]
         for state in states:
             prior, _ = self._prefix_belief(tree, state)
             nodes.append(
-                NodeEvidence(task_id, state.node.depth, prior, self.concentrations.concentration(state.node.depth),
-                             state.successes, state.failures, (state.successes, state.failures), base_s, base_f)
+                NodeEvidence(
+                    task_id,
+                    state.node.depth,
+                    prior,
+                    self.concentrations.concentration(state.node.depth),
+                    state.successes,
+                    state.failures,
+                    (state.successes, state.failures),
+                    base_s,
+                    base_f,
+                )
             )
         self.loo_scores.add_samples(leave_one_out(nodes))
 

@@ -69,13 +69,17 @@ def dps_emission(group_size: int) -> np.ndarray:
     """P(observed category | hidden state). A mixed prompt with success ~0.5 looks unanimous
     with probability 2 * 0.5^m; the unanimous states are observed as themselves."""
     unanimous = min(0.5, 2.0 * 0.5**group_size)
-    return np.array(
-        [
-            [1.0, 0.0, 0.0],
-            [unanimous / 2.0, 1.0 - unanimous, unanimous / 2.0],
-            [0.0, 0.0, 1.0],
-        ]
-    ) * 0.98 + 0.02 / 3.0  # a little slack so one observation never gives probability 0
+    return (
+        np.array(
+            [
+                [1.0, 0.0, 0.0],
+                [unanimous / 2.0, 1.0 - unanimous, unanimous / 2.0],
+                [0.0, 0.0, 1.0],
+            ]
+        )
+        * 0.98
+        + 0.02 / 3.0
+    )  # a little slack so one observation never gives probability 0
 
 
 def dps_prior() -> np.ndarray:

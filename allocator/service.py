@@ -157,7 +157,9 @@ class AllocatorService:
         self.bus = bus
         pool = make_tasks(config.tasks.env, "train", config.tasks.train_tasks, config.tasks.seed)
         heldout = make_tasks(config.tasks.env, "heldout", config.heldout.tasks, config.tasks.seed)
-        self.core = AllocatorCore(config.core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts())
+        self.core = AllocatorCore(
+            config.core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts()
+        )
         self.probes = HeldoutProbes(config.heldout, heldout, config.run.run_id)
         self.metrics = role_metrics(config.run, config.log, "allocator", step_key="step")
         self.drops = MetricsWriter(config.run.run_dir, DROPS_METRICS)
@@ -267,7 +269,9 @@ class AllocatorService:
             return
         batch = self.outbox[:256]
         try:
-            await self.bus.publish_batch([(subject, msg) for subject, msg, _ in batch], msg_ids=[i for _, _, i in batch])
+            await self.bus.publish_batch(
+                [(subject, msg) for subject, msg, _ in batch], msg_ids=[i for _, _, i in batch]
+            )
         except Exception as err:  # noqa: BLE001 - any bus failure is retried on the next tick
             self.publish_failures += 1
             log.warning("publish_failed_will_retry", pending=len(self.outbox), error=repr(err))

@@ -257,15 +257,11 @@ class RolloutTree:
         )
 
     def leaf_rewards(self) -> list[float]:
-        return [
-            min(1.0, max(0.0, float(s.node.reward or 0.0))) for s in self.nodes.values() if s.node.done
-        ]
+        return [min(1.0, max(0.0, float(s.node.reward or 0.0))) for s in self.nodes.values() if s.node.done]
 
     # --- emission -----------------------------------------------------------------------
 
-    def to_completed(
-        self, *, run_id: str, strategy: str, status: str, now: float
-    ) -> tuple[CompletedTree | None, int]:
+    def to_completed(self, *, run_id: str, strategy: str, status: str, now: float) -> tuple[CompletedTree | None, int]:
         """The tree as the learner sees it, and the number of nodes left out.
 
         Only nodes on complete root-to-leaf paths (visits >= 1) are kept: a chain that never

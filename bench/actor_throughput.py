@@ -52,10 +52,20 @@ def workload(run_id: str, items: int, samples: int, max_tokens: int, prefix: str
     tasks = make_tasks("multihop", "train", items, seed=7)
     return [
         WorkItem(
-            run_id=run_id, work_id=f"{prefix}{i}", tree_id=f"T{i}", kind="root", task=task, num_samples=samples,
-            parent_id=None, prefix_depth=0, prefix_token_ids=[], env_snapshot=b"",
-            sampling=SamplingSpec(temperature=1.0, max_tokens_per_turn=max_tokens, seed=i), max_turns=4,
-            min_policy_version=0, issued_at=time.time(),
+            run_id=run_id,
+            work_id=f"{prefix}{i}",
+            tree_id=f"T{i}",
+            kind="root",
+            task=task,
+            num_samples=samples,
+            parent_id=None,
+            prefix_depth=0,
+            prefix_token_ids=[],
+            env_snapshot=b"",
+            sampling=SamplingSpec(temperature=1.0, max_tokens_per_turn=max_tokens, seed=i),
+            max_turns=4,
+            min_policy_version=0,
+            issued_at=time.time(),
         )
         for i, task in enumerate(tasks)
     ]
@@ -78,8 +88,14 @@ async def run_direct(engine: PolicyEngine, items: list[WorkItem], concurrency: i
     return PhaseResult(name, seconds, sum(len(n.action_token_ids) for n in nodes), len(nodes))
 
 
-async def run_over_nats(engine: PolicyEngine, model_dir: str, items: list[WorkItem], concurrency: int,
-                        bus_run: tuple[RunConfig, BusConfig], name: str) -> PhaseResult:
+async def run_over_nats(
+    engine: PolicyEngine,
+    model_dir: str,
+    items: list[WorkItem],
+    concurrency: int,
+    bus_run: tuple[RunConfig, BusConfig],
+    name: str,
+) -> PhaseResult:
     from actors.service import ActorService
     from bus.client import BusClient
 
@@ -87,8 +103,15 @@ async def run_over_nats(engine: PolicyEngine, model_dir: str, items: list[WorkIt
     subjects = Subjects(run.run_id)
     allocator = await BusClient.connect("allocator", bus, run)
     actor_bus = await BusClient.connect("actor", bus, run)
-    config = ActorConfig(run=run, bus=bus, log=LogConfig(level="warning", json_file=False), model_dir=model_dir,
-                         actor_id="bench", max_inflight_items=concurrency, metrics_interval_s=5.0)
+    config = ActorConfig(
+        run=run,
+        bus=bus,
+        log=LogConfig(level="warning", json_file=False),
+        model_dir=model_dir,
+        actor_id="bench",
+        max_inflight_items=concurrency,
+        metrics_interval_s=5.0,
+    )
     service = ActorService(config, engine, actor_bus, "bench")
     serving = asyncio.create_task(service.serve())
     consumer = await allocator.pull_consumer(subjects.nodes_stream, subjects.allocator_consumer, TurnNode)
@@ -121,8 +144,9 @@ def start_bus(workdir: Path):
     from bus.client import BusClient
 
     run = RunConfig(run_id="bench", run_dir=str(workdir))
-    server = BusServer(BusServerConfig(run=run, log=LogConfig(level="warning", json_file=False), port=0,
-                                       monitor_port=0)).start()
+    server = BusServer(
+        BusServerConfig(run=run, log=LogConfig(level="warning", json_file=False), port=0, monitor_port=0)
+    ).start()
     bus = BusConfig(servers=[server.url], max_reconnect_attempts=3)
 
     async def provision() -> None:
@@ -136,21 +160,43 @@ def start_bus(workdir: Path):
     return server, run, bus
 
 
-async def bench(model_dir: str, items: int, samples: int, max_tokens: int, concurrency: int, rounds: int,
-                bus_run: tuple[RunConfig, BusConfig]) -> dict:
+async def bench(
+    model_dir: str,
+    items: int,
+    samples: int,
+    max_tokens: int,
+    concurrency: int,
+    rounds: int,
+    bus_run: tuple[RunConfig, BusConfig],
+) -> dict:
     engine = await PolicyEngine.start(model_dir, EngineSettings(max_model_len=1024))
     try:
         run_id = bus_run[0].run_id
-        await run_direct(engine, workload(run_id, max(4, items // 4), samples, max_tokens, "warm"), concurrency, "warmup")
+        await run_direct(
+            engine, workload(run_id, max(4, items // 4), samples, max_tokens, "warm"), concurrency, "warmup"
+        )
         phases: list[PhaseResult] = []
         for repeat in range(rounds):
-            phases.append(await run_direct(engine, workload(run_id, items, samples, max_tokens, f"d{repeat}-"),
-                                           concurrency, f"direct_{repeat}"))
-            phases.append(await run_over_nats(engine, model_dir, workload(run_id, items, samples, max_tokens,
-                                                                          f"n{repeat}-"), concurrency, bus_run,
-                                              f"over_nats_{repeat}"))
-        phases.append(await run_direct(engine, workload(run_id, items, samples, max_tokens, f"d{rounds}-"),
-                                       concurrency, f"direct_{rounds}"))
+            phases.append(
+                await run_direct(
+                    engine, workload(run_id, items, samples, max_tokens, f"d{repeat}-"), concurrency, f"direct_{repeat}"
+                )
+            )
+            phases.append(
+                await run_over_nats(
+                    engine,
+                    model_dir,
+                    workload(run_id, items, samples, max_tokens, f"n{repeat}-"),
+                    concurrency,
+                    bus_run,
+                    f"over_nats_{repeat}",
+                )
+            )
+        phases.append(
+            await run_direct(
+                engine, workload(run_id, items, samples, max_tokens, f"d{rounds}-"), concurrency, f"direct_{rounds}"
+            )
+        )
     finally:
         engine.shutdown()
     direct = statistics.mean(p.tokens_per_s for p in phases if p.name.startswith("direct"))
@@ -163,8 +209,13 @@ async def bench(model_dir: str, items: int, samples: int, max_tokens: int, concu
         "concurrent_items": concurrency,
         "rounds": rounds,
         "phases": [
-            {"name": p.name, "seconds": round(p.seconds, 3), "tokens": p.tokens, "turns": p.turns,
-             "tokens_per_s": round(p.tokens_per_s, 1)}
+            {
+                "name": p.name,
+                "seconds": round(p.seconds, 3),
+                "tokens": p.tokens,
+                "turns": p.turns,
+                "tokens_per_s": round(p.tokens_per_s, 1),
+            }
             for p in phases
         ],
         "direct_tokens_per_s": round(direct, 1),
@@ -192,13 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="actor-bench-") as workdir:
         server, run, bus = start_bus(Path(workdir))
         try:
-            result = asyncio.run(bench(model_dir, args.items, args.samples, args.max_tokens, args.concurrency, args.rounds, (run, bus)))
+            result = asyncio.run(
+                bench(model_dir, args.items, args.samples, args.max_tokens, args.concurrency, args.rounds, (run, bus))
+            )
         finally:
             server.stop()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for phase in result["phases"]:
-        print(f"{phase['name']:>10}: {phase['tokens']:6d} tokens in {phase['seconds']:7.2f} s = {phase['tokens_per_s']:8.1f} tokens/s")
+        print(
+            f"{phase['name']:>10}: {phase['tokens']:6d} tokens in {phase['seconds']:7.2f} s = {phase['tokens_per_s']:8.1f} tokens/s"
+        )
     print(f"over NATS / direct = {result['ratio_nats_to_direct']:.3f} (target >= {result['target_ratio']})")
     print(f"wrote {RESULTS}")
     return 0

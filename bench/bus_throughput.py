@@ -56,17 +56,26 @@ AGGREGATE_WARM_UP = 200  # per aggregate publisher, for its own connection: the 
 
 def make_node(run_id: str, index: int) -> TurnNode:
     return TurnNode(
-        run_id=run_id, tree_id=f"tree-{index // 16}", node_id=f"node-{index}",
-        parent_id=None if index % 4 == 0 else f"node-{index - 1}", work_id=f"work-{index // 4}",
-        actor_id="actor-0", task=TaskSpec(env="search_qa", task_id=f"q{index % 97}", params={"hops": 2}),
-        depth=index % 4 + 1, policy_version=3, prompt_token_ids=[],
+        run_id=run_id,
+        tree_id=f"tree-{index // 16}",
+        node_id=f"node-{index}",
+        parent_id=None if index % 4 == 0 else f"node-{index - 1}",
+        work_id=f"work-{index // 4}",
+        actor_id="actor-0",
+        task=TaskSpec(env="search_qa", task_id=f"q{index % 97}", params={"hops": 2}),
+        depth=index % 4 + 1,
+        policy_version=3,
+        prompt_token_ids=[],
         action_token_ids=[(index * 31 + k) % 32000 for k in range(300)],
         action_logprobs=[-((index + k) % 997) / 1024 for k in range(300)],
         observation_token_ids=[(index * 17 + k) % 32000 for k in range(50)],
         action_text="<think> the film was directed by someone </think> <search> director of the film </search>",
         observation_text="<information> Doc 1: ... Doc 2: ... </information>",
-        env_snapshot=b"\x01" * 96, env_score=0.0, done=index % 4 == 3,
-        reward=1.0 if index % 4 == 3 else None, created_at=1_800_000_000.0 + index,
+        env_snapshot=b"\x01" * 96,
+        env_score=0.0,
+        done=index % 4 == 3,
+        reward=1.0 if index % 4 == 3 else None,
+        created_at=1_800_000_000.0 + index,
     )
 
 
@@ -176,9 +185,7 @@ def aggregate_rate(bus: BusConfig, run: RunConfig, publishers: int, count: int) 
     """
     ctx = multiprocessing.get_context("spawn")  # the parent runs an event loop and sockets
     start, out = ctx.Barrier(publishers), ctx.Queue()
-    procs = [
-        ctx.Process(target=publisher_process, args=(bus, run, w, count, start, out)) for w in range(publishers)
-    ]
+    procs = [ctx.Process(target=publisher_process, args=(bus, run, w, count, start, out)) for w in range(publishers)]
     for proc in procs:
         proc.start()
     spans: list[tuple[float, float]] = []

@@ -372,8 +372,11 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
     )
     rng = random.Random(options.seed + 1)  # which actor dies
     log.info("chaos_started", run_dir=str(run_dir), seed=options.seed, schedule=[e.__dict__ for e in schedule])
-    print(f"[chaos] run {up.run.run_id} in {run_dir}; schedule: "
-          + ", ".join(f"{e.action}@step{e.after_step}+{e.delay_s}s" for e in schedule), flush=True)
+    print(
+        f"[chaos] run {up.run.run_id} in {run_dir}; schedule: "
+        + ", ".join(f"{e.action}@step{e.after_step}+{e.delay_s}s" for e in schedule),
+        flush=True,
+    )
 
     events: list[EventRecord] = []
     crashed: list[str] = []
@@ -406,8 +409,11 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
             record.target = "bus"
             wait_for(lambda: _bus_healthy(monitor_port), options.bus_restart_timeout_s, what="the restarted bus")
         log.info("chaos_event", **record.__dict__)
-        print(f"[chaos] {record.at_s:6.1f}s step {record.learner_step}: {event.action} {record.target} "
-              f"{('-> ' + record.replacement) if record.replacement else ''}", flush=True)
+        print(
+            f"[chaos] {record.at_s:6.1f}s step {record.learner_step}: {event.action} {record.target} "
+            f"{('-> ' + record.replacement) if record.replacement else ''}",
+            flush=True,
+        )
         return record
 
     try:

@@ -153,7 +153,11 @@ async def publish_plan(admin: Any, plan: Sequence[FloodMessage], core_subjects: 
 
 
 async def try_wrong_roles(
-    run_dir: Path, servers: list[str], subjects: Subjects, attempts: Sequence[WrongRoleAttempt], repeats: int,
+    run_dir: Path,
+    servers: list[str],
+    subjects: Subjects,
+    attempts: Sequence[WrongRoleAttempt],
+    repeats: int,
     seed: int,
 ) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
     """Each attempt ``repeats`` times on a connection with its role's credentials; the
@@ -173,8 +177,14 @@ async def try_wrong_roles(
             sink.append(str(err))
 
         nc = await nats.connect(
-            servers=servers, user=creds.user, password=creds.password, inbox_prefix=creds.inbox_prefix,
-            name=f"flood-{role}", error_cb=on_error, allow_reconnect=False, connect_timeout=5,
+            servers=servers,
+            user=creds.user,
+            password=creds.password,
+            inbox_prefix=creds.inbox_prefix,
+            name=f"flood-{role}",
+            error_cb=on_error,
+            allow_reconnect=False,
+            connect_timeout=5,
         )
         mine = [a for a in attempts if a.role == role]
         try:
@@ -209,8 +219,16 @@ async def refused_oversized(url: str, user: str, password: str, subject: str) ->
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         info = json.loads((await asyncio.wait_for(reader.readline(), 5)).decode().removeprefix("INFO ").strip())
-        connect = {"user": user, "pass": password, "verbose": False, "pedantic": False, "name": "flood-oversized",
-                   "lang": "python", "version": "0", "protocol": 1}
+        connect = {
+            "user": user,
+            "pass": password,
+            "verbose": False,
+            "pedantic": False,
+            "name": "flood-oversized",
+            "lang": "python",
+            "version": "0",
+            "protocol": 1,
+        }
         writer.write(f"CONNECT {json.dumps(connect)}\r\nPUB {subject} {int(info['max_payload']) + 1}\r\n".encode())
         await writer.drain()
         reply = b""
@@ -228,7 +246,11 @@ async def refused_oversized(url: str, user: str, password: str, subject: str) ->
 
 
 async def send_flood(
-    run_dir: Path, run_id: str, servers: list[str], plan: Sequence[FloodMessage], targets: Sequence[FloodTarget],
+    run_dir: Path,
+    run_id: str,
+    servers: list[str],
+    plan: Sequence[FloodMessage],
+    targets: Sequence[FloodTarget],
     options: FloodOptions,
 ) -> FloodSent:
     from bus.client import BusClient
@@ -301,8 +323,9 @@ async def read_trees(run_dir: Path, run_id: str, servers: list[str], max_bytes: 
                 continue
             trees += 1
             step_tasks.setdefault(tree.allocator_step, []).append(tree.task.task_id)
-            step_completed_at[tree.allocator_step] = min(step_completed_at.get(tree.allocator_step, math.inf),
-                                                         tree.created_at)
+            step_completed_at[tree.allocator_step] = min(
+                step_completed_at.get(tree.allocator_step, math.inf), tree.created_at
+            )
             ids = [tree.tree_id, tree.task.task_id, *(n.node_id for n in tree.nodes)]
             flood_in_trees += sum(1 for i in ids if i.startswith(FLOOD_ID_PREFIX))
         async for _, node in read_stream(admin.js, s.nodes_stream, s.nodes, TurnNode, **rules):
@@ -379,9 +402,7 @@ class Comparison:
     explanation: list[str]
 
 
-def _divergence(
-    flooded: RunSummary, base: RunSummary, flood_started_at: float
-) -> tuple[int | None, bool | None, str]:
+def _divergence(flooded: RunSummary, base: RunSummary, flood_started_at: float) -> tuple[int | None, bool | None, str]:
     """The first allocator step whose prompts differ, whether the runs had parted before the
     flood began, and a sentence saying so."""
     divergent = first_divergent_step(flooded.step_tasks, base.step_tasks)
@@ -393,21 +414,32 @@ def _divergence(
     before = not after or divergent < min(after)
     same = f"the same prompts up to allocator step {divergent - 1}" if divergent else "different prompts from step 0"
     if before:
-        return divergent, True, (
-            f"The runs chose {same}, and had parted before the flood began (its first step completed under the flood "
-            f"was {min(after) if after else 'none'}): with one seed, which actor takes which work item, when a step "
-            "times out and which policy version samples each turn depend on timing, and the allocator's predictor "
-            "learns from those outcomes."
+        return (
+            divergent,
+            True,
+            (
+                f"The runs chose {same}, and had parted before the flood began (its first step completed under the flood "
+                f"was {min(after) if after else 'none'}): with one seed, which actor takes which work item, when a step "
+                "times out and which policy version samples each turn depend on timing, and the allocator's predictor "
+                "learns from those outcomes."
+            ),
         )
-    return divergent, False, (
-        f"The runs chose {same} and differ from step {divergent} on, which was sampled while or after the flood "
-        "was absorbed: timing, which the flood's load shifts (see step times), decides which policy version samples "
-        "each turn and what the predictor learns, so later prompt choices differ."
+    return (
+        divergent,
+        False,
+        (
+            f"The runs chose {same} and differ from step {divergent} on, which was sampled while or after the flood "
+            "was absorbed: timing, which the flood's load shifts (see step times), decides which policy version samples "
+            "each turn and what the predictor learns, so later prompt choices differ."
+        ),
     )
 
 
 def compare_runs(
-    flooded: RunSummary, base: RunSummary, flood_steps: tuple[int, int], flood_started_at: float,
+    flooded: RunSummary,
+    base: RunSummary,
+    flood_steps: tuple[int, int],
+    flood_started_at: float,
     accepted_flood_messages: int,
 ) -> Comparison:
     """The flooded run against the undisturbed one, and what their difference means.
@@ -448,8 +480,10 @@ def compare_runs(
         "measures the other work on it as much as the runs."
     )
     heldout: dict[str, dict[str, float | None]] = {}
-    for mode, p, q in (("greedy", flooded.heldout_greedy, base.heldout_greedy),
-                       ("sampled", flooded.heldout_sampled, base.heldout_sampled)):
+    for mode, p, q in (
+        ("greedy", flooded.heldout_greedy, base.heldout_greedy),
+        ("sampled", flooded.heldout_sampled, base.heldout_sampled),
+    ):
         if p is None or q is None:
             continue
         se = difference_se(p, q, flooded.heldout_tasks)
@@ -458,8 +492,11 @@ def compare_runs(
         explanation.append(
             f"Held-out {mode} success {p:.3f} vs {q:.3f} ({100 * (p - q):+.1f} points); on {flooded.heldout_tasks} "
             f"tasks the standard error of that difference is {100 * se:.1f} points, so it is "
-            + ("within two standard errors: not distinguishable from evaluation noise." if within
-               else "outside two standard errors: a real difference between the two policies.")
+            + (
+                "within two standard errors: not distinguishable from evaluation noise."
+                if within
+                else "outside two standard errors: a real difference between the two policies."
+            )
         )
     final, base_final = (flooded.losses[-1] if flooded.losses else None), (base.losses[-1] if base.losses else None)
     mean_loss, base_mean_loss = _finite_mean(flooded.losses), _finite_mean(base.losses)
@@ -537,19 +574,24 @@ def _run_one(name: str, options: FloodOptions, overrides: Sequence[str], flooded
     delivery: FloodDelivery | None = None
     started = time.time()
     run = BenchRun(up, "flood")
-    print(f"[flood] run {name} in {run_dir}: {options.steps} learner steps" + (", flooded" if flooded else ""),
-          flush=True)
+    print(
+        f"[flood] run {name} in {run_dir}: {options.steps} learner steps" + (", flooded" if flooded else ""), flush=True
+    )
     with run:
         run.start()
         deadline = started + options.timeout_s
-        failure = run.wait_until(lambda: run.step() >= options.flood_after_step, deadline - time.time(),
-                                 f"learner step {options.flood_after_step}")
+        failure = run.wait_until(
+            lambda: run.step() >= options.flood_after_step,
+            deadline - time.time(),
+            f"learner step {options.flood_after_step}",
+        )
         failure = failure or wait_actors_serving(run, deadline - time.time())
         if failure is None and flooded:
             delivery, alive_after_flood, failure = _flood(run, options)
         learner = run.supervisor.processes["learner"]
-        failure = failure or run.wait_until(lambda: not learner.alive, deadline - time.time(),
-                                            "the learner's last step")
+        failure = failure or run.wait_until(
+            lambda: not learner.alive, deadline - time.time(), "the learner's last step"
+        )
         if failure:
             failures.append(failure.splitlines()[0])
         alive_at_end = run.alive()
@@ -588,14 +630,25 @@ def _flood(run: BenchRun, options: FloodOptions) -> tuple[FloodDelivery, dict[st
     plan = plan_flood(options.seed, run_id, targets, options.messages, max_bytes, options.oversized_per_subject)
     expected = expected_rejects(plan, targets, run_id, max_bytes)
     first_step = run.step()
-    print(f"[flood] after learner step {first_step}: {len(plan):,} malformed messages on {len(targets)} subjects, "
-          "wrong-role operations, over-limit publishes", flush=True)
+    print(
+        f"[flood] after learner step {first_step}: {len(plan):,} malformed messages on {len(targets)} subjects, "
+        "wrong-role operations, over-limit publishes",
+        flush=True,
+    )
     sent = asyncio.run(send_flood(run.run_dir, run_id, run.servers, plan, targets, options))
     alive_after = run.alive()
-    log.info("flood_sent", messages=sent.messages, seconds=sent.seconds, alive=alive_after,
-             violations=sum(v.refused for v in sent.violations), server_oversized_refused=sent.server_oversized_refused)
-    print(f"[flood] sent in {sent.seconds:.1f} s; processes alive: {sum(alive_after.values())}/{len(alive_after)}",
-          flush=True)
+    log.info(
+        "flood_sent",
+        messages=sent.messages,
+        seconds=sent.seconds,
+        alive=alive_after,
+        violations=sum(v.refused for v in sent.violations),
+        server_oversized_refused=sent.server_oversized_refused,
+    )
+    print(
+        f"[flood] sent in {sent.seconds:.1f} s; processes alive: {sum(alive_after.values())}/{len(alive_after)}",
+        flush=True,
+    )
 
     def counted_all() -> bool:
         counted = counted_rejects(role_records(run.run_dir, run.actor_names))
@@ -607,11 +660,15 @@ def _flood(run: BenchRun, options: FloodOptions) -> tuple[FloodDelivery, dict[st
     def learner_read_all() -> bool:
         # The learner counts its rejects in its step records only; its durable's backlog shows it
         # has read everything. A learner that ends its last step first leaves the rest unread.
-        return not learner.alive or asyncio.run(wait_consumer_drained(
-            run.run_dir, run_id, run.servers, subjects.learner_consumer, 1.0, stream=subjects.trees_stream))
+        return not learner.alive or asyncio.run(
+            wait_consumer_drained(
+                run.run_dir, run_id, run.servers, subjects.learner_consumer, 1.0, stream=subjects.trees_stream
+            )
+        )
 
-    failure = run.wait_until(lambda: counted_all() and learner_read_all(), options.count_timeout_s,
-                             "every role to read the flood")
+    failure = run.wait_until(
+        lambda: counted_all() and learner_read_all(), options.count_timeout_s, "every role to read the flood"
+    )
     seconds_to_count = None if failure or not learner.alive else round(time.time() - sent.started_at, 1)
     log.info("flood_read", seconds=seconds_to_count, learner_step=run.step(), failure=failure)
     if failure and failure.startswith("timed out"):
@@ -627,14 +684,20 @@ def _reconcile(
     counted = counted_rejects(records)
     sent = delivery.sent.by_subject_kind
     own = {
-        a: (sum(sent.get(t.subject, {}).values()),
-            sum(v for k, v in records[f"actor-{a}"].items() if k.startswith("bus.rejected.")))
-        for a in actor_names for t in delivery.targets if t.consumer == f"actor:{a}"
+        a: (
+            sum(sent.get(t.subject, {}).values()),
+            sum(v for k, v in records[f"actor-{a}"].items() if k.startswith("bus.rejected.")),
+        )
+        for a in actor_names
+        for t in delivery.targets
+        if t.consumer == f"actor:{a}"
     }
     return FloodRun(
         sent=delivery.sent,
-        targets=[{"subject": t.subject, "expects": t.message_type.__name__, "consumer": t.consumer or "none",
-                  "note": t.note} for t in delivery.targets],
+        targets=[
+            {"subject": t.subject, "expects": t.message_type.__name__, "consumer": t.consumer or "none", "note": t.note}
+            for t in delivery.targets
+        ],
         expected_rejects=delivery.expected,
         counted_rejects=counted,
         reject_checks=reconcile_rejects(delivery.expected, counted),
@@ -647,8 +710,15 @@ def _reconcile(
     )
 
 
-def _summarise(name: str, run_dir: Path, flooded: bool, options: FloodOptions, started: float,
-               trees: dict[str, Any] | None, env: str) -> RunSummary:
+def _summarise(
+    name: str,
+    run_dir: Path,
+    flooded: bool,
+    options: FloodOptions,
+    started: float,
+    trees: dict[str, Any] | None,
+    env: str,
+) -> RunSummary:
     from tracerl.up import run_eval
 
     load = os.getloadavg()  # before the evaluation adds its own
@@ -673,8 +743,11 @@ def _summarise(name: str, run_dir: Path, flooded: bool, options: FloodOptions, s
         heldout_tasks=options.eval_tasks if heldout else 0,
         step_tasks=(trees or {}).get("step_tasks", {}),
         step_completed_at=(trees or {}).get("step_completed_at", {}),
-        empty_steps=sorted(int(e["step"]) for e in read_log_events(run_dir, "allocator")
-                           if e.get("event") == "allocator_step_closed" and e.get("turns") == 0),
+        empty_steps=sorted(
+            int(e["step"])
+            for e in read_log_events(run_dir, "allocator")
+            if e.get("event") == "allocator_step_closed" and e.get("turns") == 0
+        ),
         load_average=load,
     )
 
@@ -730,8 +803,13 @@ def run_flood(options: FloodOptions, overrides: Sequence[str]) -> FloodResult:
     comparison = None
     if baseline is not None and flooded.flood is not None:
         f = flooded.flood
-        comparison = compare_runs(flooded.summary, baseline.summary, f.flood_steps, f.sent.started_at,
-                                  f.flood_ids_in_trees + f.nodes_from_flood_work)
+        comparison = compare_runs(
+            flooded.summary,
+            baseline.summary,
+            f.flood_steps,
+            f.sent.started_at,
+            f.flood_ids_in_trees + f.nodes_from_flood_work,
+        )
     result = FloodResult(options.seed, dataclasses.asdict(options), flooded, baseline, comparison)
     write_flood_results(result, Path(options.results_dir) if options.results_dir else None)
     return result
@@ -740,14 +818,21 @@ def run_flood(options: FloodOptions, overrides: Sequence[str]) -> FloodResult:
 def flood_markdown(result: FloodResult) -> str:
     run = result.flooded
     flood = run.flood
-    lines = ["# Flood", "", f"Seed {result.seed}; flooded run `{run.summary.run_dir}` "
-             f"({run.summary.steps} learner steps, {run.summary.wall_seconds:.0f} s)."]
+    lines = [
+        "# Flood",
+        "",
+        f"Seed {result.seed}; flooded run `{run.summary.run_dir}` "
+        f"({run.summary.steps} learner steps, {run.summary.wall_seconds:.0f} s).",
+    ]
     if flood is None:
         return "\n".join([*lines, "", "The flood was not sent: " + "; ".join(result.failures())]) + "\n"
     sent = flood.sent
-    read = (f"every role had read all of it {flood.seconds_to_count} s after the flood began, by learner step "
-            f"{flood.flood_steps[1]}" if flood.seconds_to_count is not None
-            else "not every role had read all of it while the learner trained")
+    read = (
+        f"every role had read all of it {flood.seconds_to_count} s after the flood began, by learner step "
+        f"{flood.flood_steps[1]}"
+        if flood.seconds_to_count is not None
+        else "not every role had read all of it while the learner trained"
+    )
     lines += [
         "",
         f"After learner step {flood.flood_steps[0]}, {sent.messages:,} malformed messages in {sent.seconds:.1f} s "
@@ -761,8 +846,11 @@ def flood_markdown(result: FloodResult) -> str:
     for target in flood.targets:
         by_kind = sent.by_subject_kind.get(target["subject"], {})
         consumer = target["consumer"] if target["consumer"] != "none" else f"none ({target['note']})"
-        lines.append(f"| `{target['subject']}` | {consumer} | " + " | ".join(str(by_kind.get(k, 0)) for k in kinds)
-                     + f" | {sum(by_kind.values())} |")
+        lines.append(
+            f"| `{target['subject']}` | {consumer} | "
+            + " | ".join(str(by_kind.get(k, 0)) for k in kinds)
+            + f" | {sum(by_kind.values())} |"
+        )
     lines += [
         "",
         "The weights object store and the run-state KV bucket are written through `$O.` and `$KV.` subjects; "
@@ -771,23 +859,39 @@ def flood_markdown(result: FloodResult) -> str:
         "reader but would also erase the announcement until the learner's next one: the run's owner destroying "
         "its own state, not input a consumer can defend against.",
     ]
-    lines += ["", "## Rejects counted by the run (`bus.rejected.<reason>` in each role's metrics JSONL)", "",
-              "| role | reason | predicted | counted | ok |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Rejects counted by the run (`bus.rejected.<reason>` in each role's metrics JSONL)",
+        "",
+        "| role | reason | predicted | counted | ok |",
+        "|---|---|---|---|---|",
+    ]
     for check in flood.reject_checks:
         for reason in sorted(set(check.expected) | set(check.counted)):
             e, c = check.expected.get(reason, 0), check.counted.get(reason, 0)
             lines.append(f"| {check.role} | {reason} | {e} | {c} | {'yes' if e == c else '**NO**'} |")
-        lines.append(f"| {check.role} | **total** | {check.sent} | {sum(check.counted.values())} | "
-                     f"{'yes' if check.ok else '**NO**'} |")
+        lines.append(
+            f"| {check.role} | **total** | {check.sent} | {sum(check.counted.values())} | "
+            f"{'yes' if check.ok else '**NO**'} |"
+        )
     for actor, (own, counted) in flood.actor_own_subjects.items():
-        lines.append(f"\n{actor}: {own} sent to its own work subject, {counted} rejects counted (its own plus its "
-                     "share of the shared queue).")
-    lines += ["", "## Wrong-role operations (refused by the server's permissions, counted on the client)", "",
-              "| role | operation | subject | attempts | permission violations | ok |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"\n{actor}: {own} sent to its own work subject, {counted} rejects counted (its own plus its "
+            "share of the shared queue)."
+        )
+    lines += [
+        "",
+        "## Wrong-role operations (refused by the server's permissions, counted on the client)",
+        "",
+        "| role | operation | subject | attempts | permission violations | ok |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in sent.violations:
         a = v.attempt
-        lines.append(f"| {a.role} | {a.what} ({a.action}) | `{a.subject}` | {v.sent} | {v.refused} | "
-                     f"{'yes' if v.ok else '**NO**'} |")
+        lines.append(
+            f"| {a.role} | {a.what} ({a.action}) | `{a.subject}` | {v.sent} | {v.refused} | "
+            f"{'yes' if v.ok else '**NO**'} |"
+        )
     total = sum(v.refused for v in sent.violations)
     lines += [
         "",
@@ -800,37 +904,58 @@ def flood_markdown(result: FloodResult) -> str:
     lines += ["", "## Processes and training data", "", "| check | value | ok |", "|---|---|---|"]
     dead = [n for n, a in run.alive_after_flood.items() if not a]
     alive = run.alive_after_flood
-    lines.append(f"| processes alive after the flood | {sum(alive.values())}/{len(alive)} "
-                 f"| {'yes' if not dead else '**NO**'} |")
+    lines.append(
+        f"| processes alive after the flood | {sum(alive.values())}/{len(alive)} | {'yes' if not dead else '**NO**'} |"
+    )
     still = {n: a for n, a in run.alive_at_learner_end.items() if n != "learner"}
-    lines.append(f"| other processes alive when the learner finished its {run.summary.steps} steps | "
-                 f"{sum(still.values())}/{len(still)} | {'yes' if all(still.values()) else '**NO**'} |")
+    lines.append(
+        f"| other processes alive when the learner finished its {run.summary.steps} steps | "
+        f"{sum(still.values())}/{len(still)} | {'yes' if all(still.values()) else '**NO**'} |"
+    )
     lines.append(f"| exit codes at the clean stop | {', '.join(f'{n} {c}' for n, c in run.exit_codes.items())} | |")
-    lines.append(f"| flood ids in CompletedTrees | {flood.flood_ids_in_trees} | "
-                 f"{'yes' if not flood.flood_ids_in_trees else '**NO**'} |")
-    lines.append(f"| nodes generated for flood work items | {flood.nodes_from_flood_work} | "
-                 f"{'yes' if not flood.nodes_from_flood_work else '**NO**'} |")
-    lines.append(f"| nodes that reached the allocator's core for unknown trees | {flood.nodes_unknown_tree} | "
-                 f"{'yes' if not flood.nodes_unknown_tree else '**NO**'} |")
+    lines.append(
+        f"| flood ids in CompletedTrees | {flood.flood_ids_in_trees} | "
+        f"{'yes' if not flood.flood_ids_in_trees else '**NO**'} |"
+    )
+    lines.append(
+        f"| nodes generated for flood work items | {flood.nodes_from_flood_work} | "
+        f"{'yes' if not flood.nodes_from_flood_work else '**NO**'} |"
+    )
+    lines.append(
+        f"| nodes that reached the allocator's core for unknown trees | {flood.nodes_unknown_tree} | "
+        f"{'yes' if not flood.nodes_unknown_tree else '**NO**'} |"
+    )
     c = result.comparison
     if c is not None and result.baseline is not None:
         base = result.baseline.summary
-        lines += ["", "## Against the same run undisturbed (same seed and config)", "",
-                  "| | flooded | undisturbed |", "|---|---|---|"]
+        lines += [
+            "",
+            "## Against the same run undisturbed (same seed and config)",
+            "",
+            "| | flooded | undisturbed |",
+            "|---|---|---|",
+        ]
         for mode in ("greedy", "sampled"):
             if mode in c.heldout:
                 h = c.heldout[mode]
-                lines.append(f"| held-out {mode} success ({run.summary.heldout_tasks} tasks) | {h['flooded']:.3f} | "
-                             f"{h['undisturbed']:.3f} |")
+                lines.append(
+                    f"| held-out {mode} success ({run.summary.heldout_tasks} tasks) | {h['flooded']:.3f} | "
+                    f"{h['undisturbed']:.3f} |"
+                )
         lines.append(f"| final training loss | {_fmt(c.final_loss)} | {_fmt(c.baseline_final_loss)} |")
         lines.append(f"| mean training loss over the steps | {_fmt(c.mean_loss)} | {_fmt(c.baseline_mean_loss)} |")
         lines.append(f"| learner steps | {run.summary.steps} | {base.steps} |")
         lines.append(f"| wall time (s) | {run.summary.wall_seconds:.0f} | {base.wall_seconds:.0f} |")
-        lines += ["", "| learner step | loss flooded | loss undisturbed | reward flooded | reward undisturbed |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| learner step | loss flooded | loss undisturbed | reward flooded | reward undisturbed |",
+            "|---|---|---|---|---|",
+        ]
         for i in range(max(len(run.summary.losses), len(base.losses))):
-            lines.append(f"| {i + 1} | {_fmt(_at(run.summary.losses, i))} | {_fmt(_at(base.losses, i))} | "
-                         f"{_fmt(_at(run.summary.rewards, i), 3)} | {_fmt(_at(base.rewards, i), 3)} |")
+            lines.append(
+                f"| {i + 1} | {_fmt(_at(run.summary.losses, i))} | {_fmt(_at(base.losses, i))} | "
+                f"{_fmt(_at(run.summary.rewards, i), 3)} | {_fmt(_at(base.rewards, i), 3)} |"
+            )
         lines += ["", "What the difference means:", ""] + [f"- {line}" for line in c.explanation]
     for note in result.notes:
         lines.append(f"\nNote: {note}")

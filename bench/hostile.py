@@ -120,8 +120,11 @@ def run_targets(subjects: Subjects, actor_ids: Sequence[str]) -> list[FloodTarge
         FloodTarget(s.trees, CompletedTree, "learner"),
         # Actors and the allocator subscribe, but only as a nudge to re-read the weights KV.
         FloodTarget(
-            s.weights_announce, WeightsAnnouncement, "",
-            "a nudge to re-read the weights KV: payloads are never decoded", core=True,
+            s.weights_announce,
+            WeightsAnnouncement,
+            "",
+            "a nudge to re-read the weights KV: payloads are never decoded",
+            core=True,
         ),
         FloodTarget(s.dead_letter, TurnNode, "", "stored for inspection: nothing consumes it"),
     ]
@@ -144,44 +147,103 @@ def template(cls: type, run_id: str, rng: random.Random) -> Any:
     logprobs = [-rng.randrange(1, 64) / 16 for _ in tokens]  # exact in float32, as TurnNode carries them
     if cls is TurnNode:
         return TurnNode(
-            run_id=run_id, tree_id=tree_id, node_id=node_id, parent_id=None, work_id=f"{tree_id}-w",
-            actor_id=f"{FLOOD_ID_PREFIX}actor", task=task, depth=1, policy_version=0, prompt_token_ids=tokens[:4],
-            action_token_ids=tokens, action_logprobs=logprobs, observation_token_ids=tokens[:3],
-            action_text="<search>x</search>", observation_text="nothing", env_snapshot=b"\x80", env_score=0.0,
-            done=True, reward=1.0, created_at=0.0,
+            run_id=run_id,
+            tree_id=tree_id,
+            node_id=node_id,
+            parent_id=None,
+            work_id=f"{tree_id}-w",
+            actor_id=f"{FLOOD_ID_PREFIX}actor",
+            task=task,
+            depth=1,
+            policy_version=0,
+            prompt_token_ids=tokens[:4],
+            action_token_ids=tokens,
+            action_logprobs=logprobs,
+            observation_token_ids=tokens[:3],
+            action_text="<search>x</search>",
+            observation_text="nothing",
+            env_snapshot=b"\x80",
+            env_score=0.0,
+            done=True,
+            reward=1.0,
+            created_at=0.0,
         )
     if cls is WorkItem:
         return WorkItem(
-            run_id=run_id, work_id=f"{tree_id}-w", tree_id=tree_id, kind="root", task=task, num_samples=1,
-            parent_id=None, prefix_depth=0, prefix_token_ids=[], env_snapshot=b"", sampling=SamplingSpec(),
-            max_turns=1, min_policy_version=0, issued_at=0.0,
+            run_id=run_id,
+            work_id=f"{tree_id}-w",
+            tree_id=tree_id,
+            kind="root",
+            task=task,
+            num_samples=1,
+            parent_id=None,
+            prefix_depth=0,
+            prefix_token_ids=[],
+            env_snapshot=b"",
+            sampling=SamplingSpec(),
+            max_turns=1,
+            min_policy_version=0,
+            issued_at=0.0,
         )
     if cls is CompletedTree:
         record = TreeNodeRecord(
-            node_id=node_id, parent_id=None, depth=1, policy_version=0, action_token_ids=tokens,
-            action_logprobs=logprobs, observation_token_ids=[], done=True, reward=1.0, value=1.0, visits=1,
+            node_id=node_id,
+            parent_id=None,
+            depth=1,
+            policy_version=0,
+            action_token_ids=tokens,
+            action_logprobs=logprobs,
+            observation_token_ids=[],
+            done=True,
+            reward=1.0,
+            value=1.0,
+            visits=1,
             env_score=1.0,
         )
         return CompletedTree(
-            run_id=run_id, tree_id=tree_id, task=task, strategy="trace", allocator_step=0, prompt_token_ids=tokens[:4],
-            nodes=[record], status="complete", budget_turns=1, step_tree_count=1, created_at=0.0,
+            run_id=run_id,
+            tree_id=tree_id,
+            task=task,
+            strategy="trace",
+            allocator_step=0,
+            prompt_token_ids=tokens[:4],
+            nodes=[record],
+            status="complete",
+            budget_turns=1,
+            step_tree_count=1,
+            created_at=0.0,
         )
     if cls is WeightsAnnouncement:
         return WeightsAnnouncement(
-            run_id=run_id, policy_version=10**6, object_name=f"{FLOOD_ID_PREFIX}weights", sha256="0" * 64,
-            num_bytes=1, format="safetensors", created_at=0.0,
+            run_id=run_id,
+            policy_version=10**6,
+            object_name=f"{FLOOD_ID_PREFIX}weights",
+            sha256="0" * 64,
+            num_bytes=1,
+            format="safetensors",
+            created_at=0.0,
         )
     if cls is Heartbeat:
         return Heartbeat(
-            run_id=run_id, actor_id=f"{FLOOD_ID_PREFIX}actor", policy_version=0, inflight=0, capacity=1,
-            tokens_generated=0, turns_generated=0, started_at=0.0, sent_at=0.0,
+            run_id=run_id,
+            actor_id=f"{FLOOD_ID_PREFIX}actor",
+            policy_version=0,
+            inflight=0,
+            capacity=1,
+            tokens_generated=0,
+            turns_generated=0,
+            started_at=0.0,
+            sent_at=0.0,
         )
     raise TypeError(f"no template for {cls.__name__}")
 
 
 def _envelope(cls: type, body: Any, version: int | None = None, schema: str | None = None) -> bytes:
-    envelope = {"schema": schema or cls.SCHEMA, "version": cls.SCHEMA_VERSION if version is None else version,
-                "body": body}
+    envelope = {
+        "schema": schema or cls.SCHEMA,
+        "version": cls.SCHEMA_VERSION if version is None else version,
+        "body": body,
+    }
     return msgpack.packb(envelope, use_bin_type=True)
 
 
@@ -350,8 +412,11 @@ class RejectCheck:
     def differences(self) -> dict[str, int]:
         """counted - expected per reason, only where they differ."""
         reasons = sorted(set(self.expected) | set(self.counted))
-        return {r: self.counted.get(r, 0) - self.expected.get(r, 0) for r in reasons
-                if self.counted.get(r, 0) != self.expected.get(r, 0)}
+        return {
+            r: self.counted.get(r, 0) - self.expected.get(r, 0)
+            for r in reasons
+            if self.counted.get(r, 0) != self.expected.get(r, 0)
+        }
 
 
 def reconcile_rejects(
@@ -359,8 +424,9 @@ def reconcile_rejects(
 ) -> list[RejectCheck]:
     """One check per role that consumed flood messages or counted any reject."""
     return [
-        RejectCheck(role, sum(expected.get(role, {}).values()), dict(expected.get(role, {})),
-                    dict(counted.get(role, {})))
+        RejectCheck(
+            role, sum(expected.get(role, {}).values()), dict(expected.get(role, {})), dict(counted.get(role, {}))
+        )
         for role in sorted(set(expected) | {r for r, c in counted.items() if c})
     ]
 
@@ -419,8 +485,11 @@ def wrong_role_attempts(subjects: Subjects) -> list[WrongRoleAttempt]:
             ("publish", weights_chunk, "write a chunk into the weights object store"),
             ("publish", steal_trees, "take the trees that belong to the learner"),
             ("publish", f"$JS.ACK.{s.trees_stream}.{s.learner_consumer}.1.1.1.0.0", "ack the learner's trees"),
-            ("publish", f"$JS.API.CONSUMER.DELETE.{s.trees_stream}.{s.learner_consumer}",
-             "delete the learner's consumer"),
+            (
+                "publish",
+                f"$JS.API.CONSUMER.DELETE.{s.trees_stream}.{s.learner_consumer}",
+                "delete the learner's consumer",
+            ),
             ("publish", s.nodes, "publish a TurnNode"),
             ("publish", registry_key, "register an actor"),
         ),
@@ -483,6 +552,4 @@ def reconcile_violations(
     connection reported; subjects compare case-insensitively (see ``parse_violation``).
     """
     seen = {role: Counter((a, s.lower()) for a, s in items) for role, items in observed.items()}
-    return [
-        ViolationCheck(a, repeats, seen.get(a.role, Counter())[(a.action, a.subject.lower())]) for a in attempts
-    ]
+    return [ViolationCheck(a, repeats, seen.get(a.role, Counter())[(a.action, a.subject.lower())]) for a in attempts]

@@ -128,8 +128,9 @@ def run_join_sample(
     name = f"join-{bus}"
     run_dir = work_dir / name
     extra = CLUSTER_OVERRIDES if bus == "cluster" else []
-    up = bench_up_config(JOIN_RUN, [f"run.run_id={name}", f"run.run_dir={run_dir}", *extra, *overrides],
-                         ["learner.training.max_steps=0"])
+    up = bench_up_config(
+        JOIN_RUN, [f"run.run_id={name}", f"run.run_dir={run_dir}", *extra, *overrides], ["learner.training.max_steps=0"]
+    )
     fresh_run_dir(run_dir, RUN_MARKER, "join")
     samples: list[JoinSample] = []
     run = BenchRun(up, "join")
@@ -138,7 +139,8 @@ def run_join_sample(
         run.start()
         failure = run.wait_until(
             lambda: run.step() >= 1 and count_log_events(run.run_dir, "actor-actor-0", "first_node_published") > 0,
-            timeout_s, "the run's first learner step",
+            timeout_s,
+            "the run's first learner step",
         )
         for index in range(joins):
             if failure:
@@ -149,18 +151,31 @@ def run_join_sample(
             run.start_actor(actor, like="actor-0")
             failure = run.wait_until(
                 lambda a=actor: count_log_events(run.run_dir, f"actor-{a}", "first_node_published") > 0,
-                timeout_s, f"{actor}'s first node",
+                timeout_s,
+                f"{actor}'s first node",
             )
             breakdown = join_breakdown(started_at, read_log_events(run.run_dir, f"actor-{actor}"))
             server = str(_first_event(run.run_dir, actor, "bus_connected").get("server", ""))
             reference = _first_event(run.run_dir, "actor-0", "engine_started").get("seconds")
-            sample = JoinSample(bus, actor, str(run_dir), step, server, breakdown, os.getloadavg(), reference,
-                                failure.splitlines()[0] if failure else None)
+            sample = JoinSample(
+                bus,
+                actor,
+                str(run_dir),
+                step,
+                server,
+                breakdown,
+                os.getloadavg(),
+                reference,
+                failure.splitlines()[0] if failure else None,
+            )
             samples.append(sample)
             print("[join] " + sample_line(sample), flush=True)
         if failure and not samples:
-            samples.append(JoinSample(bus, "", str(run_dir), run.step(), "", None, os.getloadavg(),
-                                      failure=failure.splitlines()[0]))
+            samples.append(
+                JoinSample(
+                    bus, "", str(run_dir), run.step(), "", None, os.getloadavg(), failure=failure.splitlines()[0]
+                )
+            )
     return samples
 
 
@@ -179,8 +194,14 @@ def check_join_args(buses: Sequence[str], joins: int) -> None:
         raise ValueError("joins must be >= 1")
 
 
-def run_join(buses: Sequence[str], joins: int, work_dir: Path, overrides: Sequence[str], timeout_s: float,
-             results_dir: Path | None = None) -> JoinResult:
+def run_join(
+    buses: Sequence[str],
+    joins: int,
+    work_dir: Path,
+    overrides: Sequence[str],
+    timeout_s: float,
+    results_dir: Path | None = None,
+) -> JoinResult:
     check_join_args(buses, joins)
     samples = [s for bus in buses for s in run_join_sample(bus, joins, work_dir, overrides, timeout_s)]
     result = JoinResult(samples, os.cpu_count() or 0)
@@ -206,14 +227,20 @@ def join_markdown(result: JoinResult) -> str:
     ]
     for s in result.samples:
         if s.breakdown is None:
-            lines.append(f"| {s.bus} | {s.actor or '-'} | {s.server or '-'} | " + " | ".join("-" for _ in phases)
-                         + f" | failed: {s.failure} | {s.load_average[0]:.1f} | - |")
+            lines.append(
+                f"| {s.bus} | {s.actor or '-'} | {s.server or '-'} | "
+                + " | ".join("-" for _ in phases)
+                + f" | failed: {s.failure} | {s.load_average[0]:.1f} | - |"
+            )
             continue
         got = dict(s.breakdown.phases)
         cells = [f"{got[p]:.2f}" if p in got else "-" for p in phases]
         reference = "-" if s.first_actor_engine_s is None else f"{s.first_actor_engine_s:.1f}"
-        lines.append(f"| {s.bus} | {s.actor} | {s.server} | " + " | ".join(cells)
-                     + f" | **{s.breakdown.total_s:.1f}** | {s.load_average[0]:.1f} | {reference} |")
+        lines.append(
+            f"| {s.bus} | {s.actor} | {s.server} | "
+            + " | ".join(cells)
+            + f" | **{s.breakdown.total_s:.1f}** | {s.load_average[0]:.1f} | {reference} |"
+        )
     lines += [
         "",
         f"Machine: {result.cpus} cores. The new actor shares them with the run it joins (learner, allocator and "

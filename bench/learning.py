@@ -248,6 +248,7 @@ def headline_markdown(rows: Mapping[str, dict[str, Any]]) -> str:
             f"| {diff(row, 'heldout_sampled_curve_mean')} | {diff(row, 'heldout_sampled_final')} "
             f"| {num(row.get('predictor_auc'))} |"
         )
+
     def total(field: str) -> float:
         return sum(row[field] * row["seeds"] for row in rows.values() if not math.isnan(row[field]))
 

@@ -169,8 +169,11 @@ class VersionBench:
     def grow(self, tree: RolloutTree, samples: int, state: NodeState | None) -> WorkItem:
         """A work item whose nodes join ``tree``, registered with it as the core registers its work."""
         item = self.work_item(tree, samples, state)
-        tree.add_work(WorkRecord(item.work_id, item.parent_id, item.prefix_depth, samples, item.max_turns,
-                                 samples * item.max_turns))
+        tree.add_work(
+            WorkRecord(
+                item.work_id, item.parent_id, item.prefix_depth, samples, item.max_turns, samples * item.max_turns
+            )
+        )
         return item
 
     def feed(self, tree: RolloutTree, node: TurnNode) -> None:
@@ -373,7 +376,10 @@ def draw_prompts(pool: Sequence[TaskSpec], count: int, seed: int) -> list[TaskSp
 
 
 async def measure_versions(
-    base_dir: Path, versions: Sequence[tuple[int, str, Path]], tasks: Sequence[TaskSpec], up: Any,
+    base_dir: Path,
+    versions: Sequence[tuple[int, str, Path]],
+    tasks: Sequence[TaskSpec],
+    up: Any,
     options: PredictorBenchOptions,
 ) -> list[dict[str, Any]]:
     """Each version measured in turn on one engine that starts on ``base_dir``."""
@@ -432,7 +438,8 @@ def predictor_markdown(payload: dict[str, Any]) -> str:
     lines = [
         "# Success predictors against Monte-Carlo ground truth",
         "",
-        "Settings: " + ", ".join(f"`{k}={v}`" for k, v in shown.items())
+        "Settings: "
+        + ", ".join(f"`{k}={v}`" for k, v in shown.items())
         + f"; wall time {payload['wall_seconds']:.0f} s.",
         "",
         "Predictors: " + "; ".join(f"**{name}**: {DESCRIPTIONS[name]}" for name in PREDICTORS) + ".",

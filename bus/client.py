@@ -467,8 +467,13 @@ class PullConsumer(Generic[T]):
             message = decode(msg.data, self.expected, max_bytes=self.max_bytes, run_id=self.client.subjects.run_id)
         except ProtocolError as err:
             counters[f"rejected.{err.reason}"] += 1
-            log.warning("message_rejected", consumer=self.durable, subject=msg.subject, reason=err.reason,
-                        detail=err.detail[:200])
+            log.warning(
+                "message_rejected",
+                consumer=self.durable,
+                subject=msg.subject,
+                reason=err.reason,
+                detail=err.detail[:200],
+            )
             await self.client.dead_letter(msg, reason=err.reason, detail=err.detail, consumer=self.durable)
             await self._settle(msg.term)
             return False

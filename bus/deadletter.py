@@ -21,8 +21,14 @@ _DETAIL_LIMIT = 512
 
 
 def dead_letter_headers(
-    *, reason: str, detail: str, source_subject: str, source_stream: str = "", source_sequence: int | None = None,
-    consumer: str = "", role: str = "",
+    *,
+    reason: str,
+    detail: str,
+    source_subject: str,
+    source_stream: str = "",
+    source_sequence: int | None = None,
+    consumer: str = "",
+    role: str = "",
 ) -> dict[str, str]:
     # Header values must be single-line; details come from exception text.
     flat_detail = " ".join(detail.split())[:_DETAIL_LIMIT]

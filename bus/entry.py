@@ -102,8 +102,7 @@ def _announce(server: BusServer, *, joined: bool) -> None:
     if cluster.enabled:
         names = ", ".join(node.name for node in server.nodes)
         what = "joined" if joined else "serving"
-        print(f"tracerl bus: cluster {cluster.name!r} {what} as {names}, "
-              f"replicas={server.config.replicas}", flush=True)
+        print(f"tracerl bus: cluster {cluster.name!r} {what} as {names}, replicas={server.config.replicas}", flush=True)
     print(f"tracerl bus: listening on {where} (runs: {', '.join(server.run_ids)})", flush=True)
     for role in server.credentials:
         print(f"  {role:<9} credentials: {server.credentials_file(role)}", flush=True)

@@ -64,7 +64,11 @@ def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
     watched = (s.nodes_stream, s.work_stream, s.trees_stream)
     streams = (
         api.StreamConfig(
-            name=s.nodes_stream, subjects=[s.nodes], retention=api.RetentionPolicy.LIMITS, max_age=limits.max_age_s, **common
+            name=s.nodes_stream,
+            subjects=[s.nodes],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=limits.max_age_s,
+            **common,
         ),
         api.StreamConfig(
             name=s.work_stream,
@@ -73,7 +77,11 @@ def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
             **common,
         ),
         api.StreamConfig(
-            name=s.trees_stream, subjects=[s.trees], retention=api.RetentionPolicy.LIMITS, max_age=limits.max_age_s, **common
+            name=s.trees_stream,
+            subjects=[s.trees],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=limits.max_age_s,
+            **common,
         ),
         api.StreamConfig(
             name=s.dead_letter_stream,

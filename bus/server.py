@@ -196,9 +196,7 @@ def plan_nodes(config: BusServerConfig, port_for: Callable[[str], int]) -> list[
         for index in range(cluster.local_nodes)
     ]
     # Each node routes to all the others; the full mesh forms without relying on gossip.
-    return [
-        replace(node, routes=tuple(peer.route_url for peer in unrouted if peer is not node)) for node in unrouted
-    ]
+    return [replace(node, routes=tuple(peer.route_url for peer in unrouted if peer is not node)) for node in unrouted]
 
 
 def route_url_with_credentials(route: str, credentials: RouteCredentials) -> str:
@@ -511,9 +509,7 @@ class BusServer:
         for node in live_nodes:
             while self._config_load_time(node) == before[node.file_stem]:
                 if time.monotonic() > deadline:
-                    raise BusServerError(
-                        f"nats-server did not reload within {timeout_s} s; see {self._log_path(node)}"
-                    )
+                    raise BusServerError(f"nats-server did not reload within {timeout_s} s; see {self._log_path(node)}")
                 time.sleep(0.01)
 
     def stop(self, timeout_s: float = 10.0) -> int | None:

@@ -51,7 +51,9 @@ MAX_TURNS_CAP = 8
 #: A solution's steps all fit in the turn cap with the answer turn after them.
 MAX_STEPS = MAX_TURNS_CAP - 1
 MAX_QUESTION_CHARS = 2000
-INSTRUCTION = "solve the problem . calculate with <calculate> expression </calculate> , then <answer> number </answer> ."
+INSTRUCTION = (
+    "solve the problem . calculate with <calculate> expression </calculate> , then <answer> number </answer> ."
+)
 PROMPT_PREFIX = "problem :"
 
 NO_ACTION_OBSERVATION = tags.information("error : write a calculation or an answer")
@@ -223,7 +225,10 @@ class MathEnvironment(TurnEnvironment):
 
     def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
         shown = snapshot.get("shown")
-        require(isinstance(shown, list) and all(isinstance(v, str) for v in shown), "snapshot shown must be a list of strings")
+        require(
+            isinstance(shown, list) and all(isinstance(v, str) for v in shown),
+            "snapshot shown must be a list of strings",
+        )
         require(len(shown) <= turn, f"snapshot shows {len(shown)} values after {turn} turns")
         for value in shown:
             try:
@@ -245,7 +250,14 @@ class MathEnvironment(TurnEnvironment):
 
 #: The operator of every phrase kind; combining kinds join two people's quantities.
 KIND_OPERATORS: dict[str, str] = {
-    "boxes": "*", "buys": "+", "gives": "-", "uses": "-", "times": "*", "splits": "/", "together": "+", "more": "-",
+    "boxes": "*",
+    "buys": "+",
+    "gives": "-",
+    "uses": "-",
+    "times": "*",
+    "splits": "/",
+    "together": "+",
+    "more": "-",
 }
 MAX_OPS = 6
 MAX_QUANTITIES = 3
@@ -267,9 +279,16 @@ class Item:
 
 
 ITEMS: tuple[Item, ...] = (
-    Item("apples", "basket"), Item("pencils", "tin"), Item("stickers", "sheet"), Item("marbles", "bag"),
-    Item("cookies", "jar"), Item("stamps", "album"), Item("shells", "bucket"), Item("cards", "pack"),
-    Item("liters of juice", "bottle", mass="juice"), Item("kilograms of rice", "sack", mass="rice"),
+    Item("apples", "basket"),
+    Item("pencils", "tin"),
+    Item("stickers", "sheet"),
+    Item("marbles", "bag"),
+    Item("cookies", "jar"),
+    Item("stamps", "album"),
+    Item("shells", "bucket"),
+    Item("cards", "pack"),
+    Item("liters of juice", "bottle", mass="juice"),
+    Item("kilograms of rice", "sack", mass="rice"),
 )
 
 
@@ -302,7 +321,9 @@ class _ProblemBuilder:
         rng, item = self.rng, self.item
         if boxed:
             count, each = rng.randint(2, 9), rng.randint(2, 12)
-            self.sentences.append(f"{person} has {count} {item.container}s with {each} {item.noun} in each {item.container} .")
+            self.sentences.append(
+                f"{person} has {count} {item.container}s with {each} {item.noun} in each {item.container} ."
+            )
             ref = self._step("boxes", str(count), str(each))
             return _Quantity(person, ref, self.values[-1])
         amount = rng.randint(5, 40)
@@ -322,7 +343,9 @@ class _ProblemBuilder:
             self.sentences.append(f"{who} ends up with {n} times as many {item.noun} .")
         elif kind == "splits":
             n = rng.choice(divisors)
-            self.sentences.append(f"{who} splits the {item.mass or item.noun} into {n} equal parts and keeps one part .")
+            self.sentences.append(
+                f"{who} splits the {item.mass or item.noun} into {n} equal parts and keeps one part ."
+            )
         else:
             n = rng.randint(1, min(30, int(value) - 1))
             self.sentences.append(
@@ -347,7 +370,9 @@ class _ProblemBuilder:
         total = self._step("together", first.ref, second.ref)
         for quantity in quantities[2:]:
             total = self._step("together", total, quantity.ref)
-        self.sentences.append(f"how many {noun} do {', '.join(names[:-1]).replace(',', ' ,')} and {names[-1]} have together ?")
+        self.sentences.append(
+            f"how many {noun} do {', '.join(names[:-1]).replace(',', ' ,')} and {names[-1]} have together ?"
+        )
 
 
 def draw_problem(rng: random.Random, ops: int, quantities: int, slack: int) -> WordProblem | None:
@@ -453,7 +478,9 @@ def load_gsm8k(path: str | os.PathLike[str]) -> list[DatasetProblem]:
             raise EnvironmentError_(f"{path}:{number}: field 'answer' must end with '#### <number>'")
         answer = parse_number(final.strip())
         if answer is None:
-            raise EnvironmentError_(f"{path}:{number}: the final answer {final.strip()[:40]!r} after '####' is not a number")
+            raise EnvironmentError_(
+                f"{path}:{number}: the final answer {final.strip()[:40]!r} after '####' is not a number"
+            )
         if len(question) > MAX_QUESTION_CHARS:
             raise EnvironmentError_(f"{path}:{number}: the question is longer than {MAX_QUESTION_CHARS} characters")
         steps = tuple(Step(expression) for expression in _usable_annotations(solution))[:MAX_STEPS]

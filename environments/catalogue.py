@@ -103,9 +103,7 @@ class Catalogue:
             raise ValueError("a catalogue needs at least one product")
         self.products: tuple[Product, ...] = tuple(products)
         self.by_asin: dict[str, Product] = {p.asin: p for p in products}
-        documents = [
-            Document(p.asin, p.title, " ".join((*p.attributes, p.type, p.department))) for p in products
-        ]
+        documents = [Document(p.asin, p.title, " ".join((*p.attributes, p.type, p.department))) for p in products]
         self._index = SearchIndex(documents)
 
     def search(self, query: str, top_k: int) -> tuple[Product, ...]:
@@ -127,27 +125,32 @@ class Department:
 
 DEPARTMENTS: tuple[Department, ...] = (
     Department(
-        "clothing", ("t-shirt", "hoodie", "jacket", "sweater"),
+        "clothing",
+        ("t-shirt", "hoodie", "jacket", "sweater"),
         ("cotton", "wool", "fleece", "breathable", "machine washable", "slim fit", "long sleeve", "water resistant"),
         (("size", ("small", "medium", "large", "x-large")), ("color", COLORS)),
     ),
     Department(
-        "footwear", ("sneakers", "boots", "sandals", "slippers"),
+        "footwear",
+        ("sneakers", "boots", "sandals", "slippers"),
         ("leather", "waterproof", "non slip", "lightweight", "breathable", "memory foam", "arch support", "slip on"),
         (("size", ("size 7", "size 8", "size 9", "size 10", "size 11")), ("color", COLORS)),
     ),
     Department(
-        "bags", ("backpack", "tote bag", "duffel bag", "wallet"),
+        "bags",
+        ("backpack", "tote bag", "duffel bag", "wallet"),
         ("waterproof", "leather", "lightweight", "padded", "anti theft", "usb port", "zipper", "large capacity"),
         (("color", COLORS),),
     ),
     Department(
-        "kitchen", ("mug", "kettle", "water bottle", "lunch box"),
+        "kitchen",
+        ("mug", "kettle", "water bottle", "lunch box"),
         ("stainless steel", "ceramic", "dishwasher safe", "insulated", "bpa free", "leak proof", "microwave safe"),
         (("capacity", ("12 oz", "16 oz", "20 oz", "32 oz")), ("color", COLORS)),
     ),
     Department(
-        "electronics", ("headphones", "speaker", "charger", "keyboard"),
+        "electronics",
+        ("headphones", "speaker", "charger", "keyboard"),
         ("wireless", "bluetooth", "noise cancelling", "fast charging", "portable", "rechargeable", "usb c"),
         (("color", ("black", "white", "grey", "blue")),),
     ),
@@ -169,15 +172,17 @@ def _draw_family(rng: random.Random, size: int) -> list[dict[str, Any]]:
         for dim, values in department.options:
             chosen = set(rng.sample(values, rng.randint(2, len(values))))
             options.append((dim, tuple(v for v in values if v in chosen)))
-        family.append({
-            "title": f"{brand} {attributes[0]} {attributes[1]} {kind}",
-            "department": department.name,
-            "type": kind,
-            "attributes": attributes,
-            "options": tuple(options),
-            # Whole dollars less a cent, as shops price.
-            "price": max(5, base + rng.randint(-10, 15)) - 0.01,
-        })
+        family.append(
+            {
+                "title": f"{brand} {attributes[0]} {attributes[1]} {kind}",
+                "department": department.name,
+                "type": kind,
+                "attributes": attributes,
+                "options": tuple(options),
+                # Whole dollars less a cent, as shops price.
+                "price": max(5, base + rng.randint(-10, 15)) - 0.01,
+            }
+        )
     return family
 
 

@@ -76,7 +76,11 @@ class MistakeProfile:
     toolcall_confusion_rate: float = 0.85
     toolcall_premature_share: tuple[tuple[int, float], ...] = ((1, 0.3), (2, 0.5), (3, 0.75))
     webshop_option_confusion: tuple[tuple[str, str], ...] = (
-        ("navy", "blue"), ("black", "grey"), ("large", "x-large"), ("size 9", "size 10"), ("16 oz", "20 oz"),
+        ("navy", "blue"),
+        ("black", "grey"),
+        ("large", "x-large"),
+        ("size 9", "size 10"),
+        ("16 oz", "20 oz"),
     )
     webshop_confusion_rate: float = 0.85
     webshop_hasty_share: float = 0.65
@@ -92,8 +96,14 @@ class MistakeProfile:
 
     def __post_init__(self) -> None:
         rates = (
-            "confusion_rate", "premature_consistency", "grid_confusion_rate", "math_confusion_rate",
-            "toolcall_confusion_rate", "webshop_confusion_rate", "webshop_hasty_share", "webshop_hasty_rate",
+            "confusion_rate",
+            "premature_consistency",
+            "grid_confusion_rate",
+            "math_confusion_rate",
+            "toolcall_confusion_rate",
+            "webshop_confusion_rate",
+            "webshop_hasty_share",
+            "webshop_hasty_rate",
         )
         for rate_name in rates:
             if not 0.0 <= getattr(self, rate_name) <= 1.0:
@@ -185,9 +195,7 @@ class Demo:
     reward: float
 
 
-def demo_episode(
-    env_name: str, task: TaskSpec, rng: random.Random, profile: MistakeProfile = DEFAULT_PROFILE
-) -> Demo:
+def demo_episode(env_name: str, task: TaskSpec, rng: random.Random, profile: MistakeProfile = DEFAULT_PROFILE) -> Demo:
     env = make_env(env_name)
     prompt = env.reset(task)
     if isinstance(env, MultihopEnvironment):
@@ -256,7 +264,9 @@ def _risky_context(env: GridEnvironment) -> bool:
     return False
 
 
-def _grid_demo(env: GridEnvironment, rng: random.Random, profile: MistakeProfile) -> tuple[list[tuple[str, str]], float]:
+def _grid_demo(
+    env: GridEnvironment, rng: random.Random, profile: MistakeProfile
+) -> tuple[list[tuple[str, str]], float]:
     turns = []
     while True:
         action = env.expert_action()

@@ -110,8 +110,13 @@ class SearchQAEnvironment(TurnEnvironment, abc.ABC):
 
     def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
         retrieved = snapshot.get("retrieved")
-        require(isinstance(retrieved, list) and all(type(i) is int for i in retrieved), "snapshot retrieved must be a list of ints")
-        require(all(0 <= i < len(self.episode.index.documents) for i in retrieved), "snapshot retrieved ids out of range")
+        require(
+            isinstance(retrieved, list) and all(type(i) is int for i in retrieved),
+            "snapshot retrieved must be a list of ints",
+        )
+        require(
+            all(0 <= i < len(self.episode.index.documents) for i in retrieved), "snapshot retrieved ids out of range"
+        )
         self._retrieved = set(retrieved)
 
     # -- shared helpers ----------------------------------------------------------------

@@ -115,7 +115,9 @@ class SearchQAJsonlEnvironment(SearchQAEnvironment):
         if type(top_k) is not int or not 1 <= top_k <= 20:
             raise EnvironmentError_(f"searchqa task {task.task_id!r}: 'top_k' must be an int in [1, 20]")
         if type(max_turns) is not int or not 1 <= max_turns <= MAX_TURNS_CAP:
-            raise EnvironmentError_(f"searchqa task {task.task_id!r}: 'max_turns' must be an int in [1, {MAX_TURNS_CAP}]")
+            raise EnvironmentError_(
+                f"searchqa task {task.task_id!r}: 'max_turns' must be an int in [1, {MAX_TURNS_CAP}]"
+            )
         self._question, self._golden = question, tuple(answers)
         return SearchEpisode(
             prompt=f"{INSTRUCTION}\nquestion : {question}",

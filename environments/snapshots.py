@@ -26,7 +26,9 @@ def task_from_plain(data: Any) -> TaskSpec:
         raise EnvironmentError_(f"corrupt snapshot: {err}") from err
 
 
-def episode_snapshot(env_name: str, task: TaskSpec, turn: int, done: bool, reward: float, **state: Any) -> dict[str, Any]:
+def episode_snapshot(
+    env_name: str, task: TaskSpec, turn: int, done: bool, reward: float, **state: Any
+) -> dict[str, Any]:
     """The fields every episode snapshot has, plus the environment's own ``state``."""
     return {"env": env_name, "task": task_to_plain(task), "turn": turn, "done": done, "reward": reward, **state}
 

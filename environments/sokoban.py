@@ -206,9 +206,12 @@ def generate_tasks(
     if not 4 <= min_size <= max_size <= 8:
         raise ValueError(f"need 4 <= min_size <= max_size <= 8, got {min_size}, {max_size}")
     if not 1 <= min_boxes <= max_boxes <= min(MAX_BOXES, (min_size - 2) ** 2 - 1 - inner_walls):
-        raise ValueError(f"need 1 <= min_boxes <= max_boxes <= {MAX_BOXES} and room for them, got {min_boxes}, {max_boxes}")
+        raise ValueError(
+            f"need 1 <= min_boxes <= max_boxes <= {MAX_BOXES} and room for them, got {min_boxes}, {max_boxes}"
+        )
     if not 1 <= min_moves <= MAX_TURNS_CAP:
         raise ValueError(f"min_moves must be in [1, {MAX_TURNS_CAP}], got {min_moves}")
+
     def draw(rng: random.Random) -> tuple[list[str], Callable[[], list | None]]:
         size = rng.randint(min_size, max_size)
         room, state = reverse_play_level(

@@ -134,7 +134,11 @@ def place_order(db: Database, args: dict[str, Any]) -> dict[str, Any]:
     user["balance"] -= total
     user["orders"].append(order_id)
     db["orders"][order_id] = {
-        "user_id": args["user_id"], "product": name, "quantity": quantity, "total": total, "status": "pending",
+        "user_id": args["user_id"],
+        "product": name,
+        "quantity": quantity,
+        "total": total,
+        "status": "pending",
     }
     return {"order_id": order_id, "status": "pending", "total": total, "balance": user["balance"]}
 
@@ -189,29 +193,49 @@ def next_order_id(db: Database) -> str:
 TOOLS: dict[str, Tool] = {
     tool.name: tool
     for tool in (
-        Tool("find_user", "look up a customer by full name", _arguments({"name": _string("full name")}), find_user,
-             False),
+        Tool(
+            "find_user", "look up a customer by full name", _arguments({"name": _string("full name")}), find_user, False
+        ),
         Tool("get_order", "the details of an order", _arguments({"order_id": _string("order id")}), get_order, False),
-        Tool("get_product", "price and stock of a product", _arguments({"product": _string("product name")}),
-             get_product, False),
+        Tool(
+            "get_product",
+            "price and stock of a product",
+            _arguments({"product": _string("product name")}),
+            get_product,
+            False,
+        ),
         Tool(
             "place_order",
             "order a product for a customer , paid from the balance",
-            _arguments({"user_id": _string("customer id"), "product": _string("product name"),
-                        "quantity": _quantity("how many")}),
+            _arguments(
+                {
+                    "user_id": _string("customer id"),
+                    "product": _string("product name"),
+                    "quantity": _quantity("how many"),
+                }
+            ),
             place_order,
             True,
         ),
         Tool(
             "cancel_order",
             "cancel a pending order and refund it",
-            _arguments({"order_id": _string("order id"),
-                        "reason": {"type": "string", "enum": list(REASONS), "description": "why"}}),
+            _arguments(
+                {
+                    "order_id": _string("order id"),
+                    "reason": {"type": "string", "enum": list(REASONS), "description": "why"},
+                }
+            ),
             cancel_order,
             True,
         ),
-        Tool("return_order", "return a delivered order and refund it", _arguments({"order_id": _string("order id")}),
-             return_order, True),
+        Tool(
+            "return_order",
+            "return a delivered order and refund it",
+            _arguments({"order_id": _string("order id")}),
+            return_order,
+            True,
+        ),
         Tool(
             "change_quantity",
             "change the quantity of a pending order",

@@ -332,7 +332,18 @@ class ToolCallEnvironment(TurnEnvironment):
 # -- generated tasks --------------------------------------------------------------------------
 
 PRODUCTS: tuple[str, ...] = (
-    "lamp", "mug", "kettle", "blanket", "pillow", "candle", "teapot", "towel", "vase", "clock", "rug", "plate",
+    "lamp",
+    "mug",
+    "kettle",
+    "blanket",
+    "pillow",
+    "candle",
+    "teapot",
+    "towel",
+    "vase",
+    "clock",
+    "rug",
+    "plate",
 )
 #: How a customer says each cancellation reason.
 REASON_PHRASES: dict[str, str] = dict(zip(REASONS, ("i no longer need it", "i ordered it by mistake")))
@@ -369,8 +380,11 @@ def _draw_database(rng: random.Random, max_orders: int) -> Database:
         product = rng.choice(sorted(products))
         quantity = rng.randint(1, 3)
         order = {
-            "user_id": user_id, "product": product, "quantity": quantity,
-            "total": quantity * products[product]["price"], "status": rng.choice(STATUS_DRAW),
+            "user_id": user_id,
+            "product": product,
+            "quantity": quantity,
+            "total": quantity * products[product]["price"],
+            "status": rng.choice(STATUS_DRAW),
         }
         if order["status"] == "cancelled":
             order["reason"] = rng.choice(REASONS)

@@ -118,9 +118,13 @@ def results_page(query: str, products: tuple[Product, ...]) -> str:
 def item_page(product: Product, selected: dict[str, str]) -> str:
     options = " ; ".join(f"{dim} : {' , '.join(values)}" for dim, values in product.options)
     chosen = " , ".join(f"{dim} {value}" for dim, value in selected.items()) or "none"
-    parts = [f"[ {product.asin} ] {product.title}", f"price : {_price(product.price)}",
-             f"attributes : {' , '.join(product.attributes) or 'none'}", *([options] if options else []),
-             f"selected : {chosen}"]
+    parts = [
+        f"[ {product.asin} ] {product.title}",
+        f"price : {_price(product.price)}",
+        f"attributes : {' , '.join(product.attributes) or 'none'}",
+        *([options] if options else []),
+        f"selected : {chosen}",
+    ]
     return " ; ".join(parts)
 
 
@@ -142,8 +146,12 @@ class ShopTask:
 
 def goal_params(goal: Goal) -> dict[str, Any]:
     return {
-        "asin": goal.asin, "type": goal.type, "department": goal.department, "attributes": list(goal.attributes),
-        "options": dict(goal.options), "price_upper": goal.price_upper,
+        "asin": goal.asin,
+        "type": goal.type,
+        "department": goal.department,
+        "attributes": list(goal.attributes),
+        "options": dict(goal.options),
+        "price_upper": goal.price_upper,
     }
 
 
@@ -416,8 +424,16 @@ def generate_tasks(
     if slack < 0:
         raise ValueError(f"slack must be >= 0, got {slack}")
     if products_file or train_file or heldout_file:
-        return dataset_tasks(split, count, seed, products_file=products_file, train_file=train_file,
-                             heldout_file=heldout_file, top_k=top_k, slack=slack)
+        return dataset_tasks(
+            split,
+            count,
+            seed,
+            products_file=products_file,
+            train_file=train_file,
+            heldout_file=heldout_file,
+            top_k=top_k,
+            slack=slack,
+        )
     if not MIN_PRODUCTS <= num_products <= MAX_PRODUCTS:
         raise ValueError(f"num_products must be in [{MIN_PRODUCTS}, {MAX_PRODUCTS}], got {num_products}")
     if num_catalogues < 1:
@@ -439,8 +455,12 @@ def generate_tasks(
             return None
         instruction = instruction_text(goal)
         params = {
-            "catalogue_seed": catalogue_seed, "num_products": num_products, "instruction": instruction,
-            "goal": goal_params(goal), "top_k": top_k, "max_turns": min(MAX_TURNS_CAP, 3 + len(goal.options) + slack),
+            "catalogue_seed": catalogue_seed,
+            "num_products": num_products,
+            "instruction": instruction,
+            "goal": goal_params(goal),
+            "top_k": top_k,
+            "max_turns": min(MAX_TURNS_CAP, 3 + len(goal.options) + slack),
         }
         return f"{catalogue_seed}:{num_products}:{instruction}:{goal.asin}", lambda: params
 
@@ -484,8 +504,14 @@ def load_instructions(path: str | os.PathLike[str], catalogue: Catalogue) -> lis
             attributes = [_normalised(a) for a in attributes]
         if isinstance(options, dict):
             options = {_normalised(d): _normalised(v) for d, v in options.items()}
-        plain = {"asin": asin, "type": target.type, "department": target.department, "attributes": attributes,
-                 "options": options, "price_upper": record.get("price_upper")}
+        plain = {
+            "asin": asin,
+            "type": target.type,
+            "department": target.department,
+            "attributes": attributes,
+            "options": options,
+            "price_upper": record.get("price_upper"),
+        }
         try:
             goal = read_goal(plain, catalogue)
         except EnvironmentError_ as err:
@@ -512,7 +538,10 @@ def dataset_tasks(
             env=NAME,
             task_id=f"{NAME}-{split}-{hashlib.sha256(r.key.encode()).hexdigest()[:16]}",
             params={
-                "products_file": resolved, "instruction": r.instruction, "goal": goal_params(r.goal), "top_k": top_k,
+                "products_file": resolved,
+                "instruction": r.instruction,
+                "goal": goal_params(r.goal),
+                "top_k": top_k,
                 "max_turns": min(MAX_TURNS_CAP, 3 + len(r.goal.options) + slack),
             },
         )

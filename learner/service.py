@@ -132,8 +132,12 @@ class LearnerService:
         tree_ids = self.ledger.checkpointed()
         if tree_ids:
             self.tree_records.write(
-                {"event": "trained", "policy_version": self.trainer.policy_version,
-                 "steps_done": self.trainer.steps_done, "tree_ids": tree_ids}
+                {
+                    "event": "trained",
+                    "policy_version": self.trainer.policy_version,
+                    "steps_done": self.trainer.steps_done,
+                    "tree_ids": tree_ids,
+                }
             )
             await self._settle(tree_ids)
 
@@ -185,13 +189,20 @@ class LearnerService:
             await self.bus.announce_weights(announcement)
 
         await self._until_done("weights_publish", put_then_announce)
-        log.info("weights_published", policy_version=announcement.policy_version, bytes=len(blob),
-                 object=announcement.object_name)
+        log.info(
+            "weights_published",
+            policy_version=announcement.policy_version,
+            bytes=len(blob),
+            object=announcement.object_name,
+        )
 
     def record(self, announcement: WeightsAnnouncement) -> None:
         self.announcements.write(
-            {"policy_version": announcement.policy_version, "sha256": announcement.sha256,
-             "steps_done": self.trainer.steps_done}
+            {
+                "policy_version": announcement.policy_version,
+                "sha256": announcement.sha256,
+                "steps_done": self.trainer.steps_done,
+            }
         )
 
     async def publish_weights(self) -> WeightsAnnouncement:
@@ -213,11 +224,20 @@ class LearnerService:
             Publication(checkpointed.policy_version, checkpointed.sha256), announced, recorded[-1] if recorded else None
         )
         announced_version = None if announced is None else announced.policy_version
-        log.info("weights_resume_plan", policy_version=plan.policy_version, announce=plan.announce,
-                 record=plan.record, announced=announced_version)
+        log.info(
+            "weights_resume_plan",
+            policy_version=plan.policy_version,
+            announce=plan.announce,
+            record=plan.record,
+            announced=announced_version,
+        )
         if plan.policy_version != checkpointed.policy_version:
-            log.warning("weights_rewound", checkpoint_version=checkpointed.policy_version,
-                        announced=announced_version, resumes_as=plan.policy_version)
+            log.warning(
+                "weights_rewound",
+                checkpoint_version=checkpointed.policy_version,
+                announced=announced_version,
+                resumes_as=plan.policy_version,
+            )
             self.trainer.policy_version = plan.policy_version
         announcement = self.announcement_for(blob)
         if plan.announce:
@@ -287,8 +307,13 @@ class LearnerService:
     def write_final_metrics(self) -> None:
         # Trees refused after the last step would otherwise be in no record.
         self.metrics.write(
-            {"final": True, "trees_received": self.trees_received, "trees_trained": self.trees_trained,
-             "policy_version": self.trainer.policy_version, **self.bus_counters()}
+            {
+                "final": True,
+                "trees_received": self.trees_received,
+                "trees_trained": self.trees_trained,
+                "policy_version": self.trainer.policy_version,
+                **self.bus_counters(),
+            }
         )
 
     async def train_loop(self) -> None:
@@ -324,8 +349,14 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> int:
     if limits.max_ack_pending is not None and limits.max_ack_pending > 0:
         # Provisioned by an older bus: held trees beyond the cap stop the deliveries.
         log.warning("trees_consumer_capped", max_ack_pending=limits.max_ack_pending)
-    log.info("learner_started", policy_version=trainer.policy_version, world_size=trainer.world_size,
-             ack_wait_s=limits.ack_wait, max_deliver=limits.max_deliver, trained_trees=len(trainer.trained_trees))
+    log.info(
+        "learner_started",
+        policy_version=trainer.policy_version,
+        world_size=trainer.world_size,
+        ack_wait_s=limits.ack_wait,
+        max_deliver=limits.max_deliver,
+        trained_trees=len(trainer.trained_trees),
+    )
     keep_alive = asyncio.create_task(service.keep_alive(keep_alive_interval_s(limits.ack_wait)), name="keep-alive")
     consume = asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5), name="consume-trees")
     train = asyncio.create_task(service.train_loop(), name="train")

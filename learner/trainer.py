@@ -441,8 +441,12 @@ class Trainer:
         trained_file = source / TRAINED_TREES_FILE
         if trained_file.exists():  # absent in checkpoints written before trees were recorded
             self.trained_trees.add(json.loads(trained_file.read_text()))
-        log.info("checkpoint_loaded", path=str(source), policy_version=self.policy_version,
-                 trained_trees=len(self.trained_trees))
+        log.info(
+            "checkpoint_loaded",
+            path=str(source),
+            policy_version=self.policy_version,
+            trained_trees=len(self.trained_trees),
+        )
 
     # ------------------------------------------------------------------ export
 

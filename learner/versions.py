@@ -51,8 +51,9 @@ def resume_plan(ours: Publication, announced: Publication | None, recorded: Publ
     weights, the checkpoint's weights go out under the next version after everything seen.
     """
     seen = [p for p in (announced, recorded) if p is not None]
-    if any(p.policy_version > ours.policy_version or (p.policy_version == ours.policy_version and p != ours)
-           for p in seen):
+    if any(
+        p.policy_version > ours.policy_version or (p.policy_version == ours.policy_version and p != ours) for p in seen
+    ):
         return ResumePlan(max(p.policy_version for p in seen) + 1, announce=True, record=True)
     return ResumePlan(
         ours.policy_version,

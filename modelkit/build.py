@@ -45,8 +45,12 @@ def build_random_model(
         torch.manual_seed(seed)
         model = Qwen3ForCausalLM(qwen3_config(arch, tokenizer)).to(torch.float32)
         save_model_dir(model, tokenizer, directory)
-        return {"kind": "random", "seed": seed, "parameters": sum(p.numel() for p in model.parameters()),
-                "build_seconds": round(time.monotonic() - started, 2)}
+        return {
+            "kind": "random",
+            "seed": seed,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "build_seconds": round(time.monotonic() - started, 2),
+        }
 
     path, built = cached_directory(cache_root(cache_dir), "random", key, build)
     log.info("random model ready", path=str(path), built_now=built)
@@ -76,23 +80,42 @@ def _build_into(directory: Path, config: ModelBuildConfig) -> dict[str, Any]:
     started = time.monotonic()
     torch.set_num_threads(config.threads)
     demos = demonstrations(config.demos)
-    log.info("demonstrations generated", count=len(demos), seconds=round(time.monotonic() - started, 1),
-             demo_success={env: round(_mean([d.reward for d in demos if d.env == env]), 3)
-                           for env in config.demos.environments})
+    log.info(
+        "demonstrations generated",
+        count=len(demos),
+        seconds=round(time.monotonic() - started, 1),
+        demo_success={
+            env: round(_mean([d.reward for d in demos if d.env == env]), 3) for env in config.demos.environments
+        },
+    )
     # A tokenizer needs far fewer examples than the model; a few thousand cover the vocabulary.
     corpus = [text for demo in demos[:: max(1, len(demos) // 3000)] for text in _demo_texts(demo)]
-    spec = TokenizerSpec(vocab_size=config.tokenizer_vocab_size, tags=environment_tags(config.demos.environments),
-                         whitespace=config.tokenizer_whitespace)
+    spec = TokenizerSpec(
+        vocab_size=config.tokenizer_vocab_size,
+        tags=environment_tags(config.demos.environments),
+        whitespace=config.tokenizer_whitespace,
+    )
     tokenizer = train_tokenizer(corpus, spec)
     encoded = encode_demos(tokenizer, demos, config.training.max_sequence_tokens)
-    log.info("demonstrations tokenised", kept=len(encoded), dropped=len(demos) - len(encoded), vocab=len(tokenizer),
-             mean_tokens=round(_mean([len(e.token_ids) for e in encoded]), 1))
+    log.info(
+        "demonstrations tokenised",
+        kept=len(encoded),
+        dropped=len(demos) - len(encoded),
+        vocab=len(tokenizer),
+        mean_tokens=round(_mean([len(e.token_ids) for e in encoded]), 1),
+    )
     torch.manual_seed(config.training.seed)
     model = Qwen3ForCausalLM(qwen3_config(config.architecture, tokenizer)).to(torch.float32)
     parameters = sum(p.numel() for p in model.parameters())
     log.info("warm start begins", parameters=parameters, steps=config.training.steps)
-    stats = train(model, encoded, tokenizer.pad_token_id, config.training, config.threads,
-                  progress=lambda row: log.info("warm start progress", **row))
+    stats = train(
+        model,
+        encoded,
+        tokenizer.pad_token_id,
+        config.training,
+        config.threads,
+        progress=lambda row: log.info("warm start progress", **row),
+    )
     save_model_dir(model, tokenizer, directory)
     return {
         "kind": "embedded",

@@ -39,9 +39,7 @@ def content_key(payload: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def cached_directory(
-    root: Path, name: str, key: str, build: Callable[[Path], dict[str, Any]]
-) -> tuple[Path, bool]:
+def cached_directory(root: Path, name: str, key: str, build: Callable[[Path], dict[str, Any]]) -> tuple[Path, bool]:
     """Return ``(root/name-key, built_now)``, running ``build(tmp_dir)`` only on a miss.
 
     ``build`` fills the directory and returns facts about the build, stored in the marker.

@@ -25,7 +25,9 @@ class MistakeConfig:
         default_factory=lambda: list(DEFAULT_PROFILE.premature_answer_share)
     )
     premature_consistency: float = DEFAULT_PROFILE.premature_consistency
-    grid_move_confusion: list[tuple[str, str]] = field(default_factory=lambda: list(DEFAULT_PROFILE.grid_move_confusion))
+    grid_move_confusion: list[tuple[str, str]] = field(
+        default_factory=lambda: list(DEFAULT_PROFILE.grid_move_confusion)
+    )
     grid_confusion_rate: float = DEFAULT_PROFILE.grid_confusion_rate
     math_operation_confusion: list[tuple[str, str]] = field(
         default_factory=lambda: list(DEFAULT_PROFILE.math_operation_confusion)
@@ -161,7 +163,9 @@ class ModelBuildConfig:
         from modelkit.tokenizer import WHITESPACE_MODES
 
         if self.tokenizer_whitespace not in WHITESPACE_MODES:
-            raise ValueError(f"tokenizer_whitespace must be one of {WHITESPACE_MODES}, got {self.tokenizer_whitespace!r}")
+            raise ValueError(
+                f"tokenizer_whitespace must be one of {WHITESPACE_MODES}, got {self.tokenizer_whitespace!r}"
+            )
 
     def recipe(self) -> dict[str, Any]:
         """The fields that determine the built weights: the cache key's content."""

@@ -65,7 +65,7 @@ class TransformersTurnGenerator:
                 return_dict_in_generate=True,
                 output_logits=True,
             )
-        token_ids = out.sequences[0, len(prompt_ids):].tolist()
+        token_ids = out.sequences[0, len(prompt_ids) :].tolist()
         temperature = 1.0 if greedy else sampling.temperature
         logprobs = [
             float(torch.log_softmax(step_logits[0].float() / temperature, dim=-1)[token])

@@ -28,7 +28,14 @@ PAD_TOKEN = "<|pad|>"
 
 #: The Search-R1 tags; ``environment_tags()`` is the authoritative list.
 SEARCH_R1_TAGS: tuple[str, ...] = (
-    "<think>", "</think>", "<search>", "</search>", "<information>", "</information>", "<answer>", "</answer>",
+    "<think>",
+    "</think>",
+    "<search>",
+    "</search>",
+    "<information>",
+    "</information>",
+    "<answer>",
+    "</answer>",
 )
 
 
@@ -60,7 +67,9 @@ def train_tokenizer(texts: Iterable[str], spec: TokenizerSpec) -> PreTrainedToke
     bpe = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if spec.whitespace == "isolated":
-        bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"), byte_level])
+        bpe.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(r"\s+"), behavior="isolated"), byte_level]
+        )
     else:
         bpe.pre_tokenizer = byte_level
     bpe.decoder = decoders.ByteLevel()

@@ -117,8 +117,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     children = _leftover_children()
     leftovers = _describe_leftovers(children)
     if leftovers:
-        sys.stderr.write("\ntest session left these behind (a teardown leak to fix):\n  "
-                         + "\n  ".join(leftovers) + "\n")
+        sys.stderr.write(
+            "\ntest session left these behind (a teardown leak to fix):\n  " + "\n  ".join(leftovers) + "\n"
+        )
         sys.stderr.flush()
     _kill(children)
     _exit_after_grace(config, SHUTDOWN_GRACE_S)

@@ -24,7 +24,9 @@ def start_role(role: str, config_path: Path, log_path: Path) -> subprocess.Popen
     with log_path.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "tracerl", role, "--config", str(config_path)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 

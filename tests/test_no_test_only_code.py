@@ -14,7 +14,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCTION_PACKAGES = {
-    "actors", "allocator", "bench", "bus", "environments", "learner", "modelkit", "protocol", "scripts", "tracerl",
+    "actors",
+    "allocator",
+    "bench",
+    "bus",
+    "environments",
+    "learner",
+    "modelkit",
+    "protocol",
+    "scripts",
+    "tracerl",
 }
 #: Files that may name a function or constant: code, docs, configs and build files.
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".yaml", ".yml", ".sh", ".cfg", ".ini", ".txt", ""}

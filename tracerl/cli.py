@@ -152,6 +152,8 @@ def report_command(
         typer.echo(f"tracerl: no run directory at {run_dir}", err=True)
         raise typer.Exit(2)
     typer.echo(plot_report(run_dir))
+
+
 role_command(
     "actor",
     "actors.config:ActorConfig",
@@ -186,10 +188,19 @@ def model_build_command(config: ConfigOption = None, set_: SetOption = None) -> 
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="An HF-format model directory (config.json + weights + tokenizer).")],
-    env: Annotated[str, typer.Option("--env", "-e", help="Environment: multihop, frozenlake, sokoban, math, toolcall, webshop or searchqa.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="An HF-format model directory (config.json + weights + tokenizer).")
+    ],
+    env: Annotated[
+        str,
+        typer.Option(
+            "--env", "-e", help="Environment: multihop, frozenlake, sokoban, math, toolcall, webshop or searchqa."
+        ),
+    ],
     tasks: Annotated[int, typer.Option("--tasks", "-n", help="Held-out tasks per decoding mode.")] = 100,
-    json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")
+    ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out task draw and of sampling.")] = 0,
     json_file: Annotated[
         Path | None, typer.Option("--json-file", help="Also write the JSON results to this file.", show_default=False)
@@ -217,22 +228,35 @@ def eval_command(
 
     raise typer.Exit(
         run_eval(
-            model, env, tasks, json_output, seed, str(json_file) if json_file else None,
-            str(checkpoints) if checkpoints else None, str(log_file) if log_file else None,
+            model,
+            env,
+            tasks,
+            json_output,
+            seed,
+            str(json_file) if json_file else None,
+            str(checkpoints) if checkpoints else None,
+            str(log_file) if log_file else None,
         )
     )
 
-bench_app = typer.Typer(help="Benchmarks; each prints its numbers and records them under bench/results/.", no_args_is_help=True)
+
+bench_app = typer.Typer(
+    help="Benchmarks; each prints its numbers and records them under bench/results/.", no_args_is_help=True
+)
 app.add_typer(bench_app, name="bench")
 
 BenchSetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a `tracerl up` config field for every run (repeatable).", show_default=False),
+    typer.Option(
+        "--set", "-s", help="Override a `tracerl up` config field for every run (repeatable).", show_default=False
+    ),
 ]
 
 
 def _bench_overrides(config: Path | None, set_: list[str] | None, steps: int) -> dict[str, Any]:
-    load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_)  # fail fast on a bad override, before any run starts
+    load_role_config(
+        _import("tracerl.upconfig:UpConfig"), config, set_
+    )  # fail fast on a bad override, before any run starts
     overrides: dict[str, Any] = {"learner.training.max_steps": steps}
     if config is not None:
         overrides = {**flatten_dotted(read_config_file(config)), **overrides}
@@ -242,7 +266,9 @@ def _bench_overrides(config: Path | None, set_: list[str] | None, steps: int) ->
 
 @bench_app.command("learning")
 def bench_learning(
-    strategies: Annotated[str, typer.Option(help="Comma-separated allocator strategies to compare.")] = "trace,grpo,tree-random,entropy,gps,dps,tsr-bon",
+    strategies: Annotated[
+        str, typer.Option(help="Comma-separated allocator strategies to compare.")
+    ] = "trace,grpo,tree-random,entropy,gps,dps,tsr-bon",
     seeds: Annotated[
         int,
         typer.Option(
@@ -253,7 +279,9 @@ def bench_learning(
     first_seed: Annotated[
         int, typer.Option(help="The first seed index (run a table's seeds in parts with --merge).")
     ] = 0,
-    steps: Annotated[int, typer.Option(help="Learner steps per run (the equal sampling cost, with the step budget).")] = 40,
+    steps: Annotated[
+        int, typer.Option(help="Learner steps per run (the equal sampling cost, with the step budget).")
+    ] = 40,
     config: ConfigOption = Path("configs/default.yaml"),
     set_: BenchSetOption = None,
     work_dir: Annotated[Path, typer.Option(help="Where the runs' directories go.")] = Path("runs/bench-learning"),
@@ -298,8 +326,16 @@ def bench_learning(
         raise typer.BadParameter("must be >= 0", param_hint="--first-seed")
     overrides = _bench_overrides(config, set_, steps)
     run_learning_bench(
-        [s.strip() for s in strategies.split(",") if s.strip()], seeds, overrides, work_dir, timeout_s, merge,
-        results_name, eval_tasks=eval_tasks, eval_every=eval_every, first_seed=first_seed,
+        [s.strip() for s in strategies.split(",") if s.strip()],
+        seeds,
+        overrides,
+        work_dir,
+        timeout_s,
+        merge,
+        results_name,
+        eval_tasks=eval_tasks,
+        eval_every=eval_every,
+        first_seed=first_seed,
     )
 
 
@@ -326,7 +362,12 @@ def bench_components() -> None:
     import subprocess
 
     failed = []
-    for module in ("bench.bus_throughput", "bench.allocator_latency", "bench.learner_throughput", "bench.actor_throughput"):
+    for module in (
+        "bench.bus_throughput",
+        "bench.allocator_latency",
+        "bench.learner_throughput",
+        "bench.actor_throughput",
+    ):
         typer.echo(f"== {module}")
         if subprocess.run([sys.executable, "-m", module]).returncode != 0:
             failed.append(module)
@@ -371,8 +412,13 @@ def bench_predictor(
 
     try:
         options = PredictorBenchOptions(
-            prompts=prompts, prefixes=prefixes, continuations=continuations, train_branches=train_branches, seed=seed,
-            chains_in_flight=chains_in_flight, models=tuple(str(m) for m in model or ()),
+            prompts=prompts,
+            prefixes=prefixes,
+            continuations=continuations,
+            train_branches=train_branches,
+            seed=seed,
+            chains_in_flight=chains_in_flight,
+            models=tuple(str(m) for m in model or ()),
             results_dir=str(results_dir) if results_dir else None,
         )
         run_predictor_bench(options, load_role_config(_import("tracerl.upconfig:UpConfig"), config, set_))
@@ -479,10 +525,18 @@ def bench_flood(
 
     try:
         options = FloodOptions(
-            seed=seed, messages=messages, steps=steps, flood_after_step=flood_after_step,
-            oversized_per_subject=oversized_per_subject, wrong_role_repeats=wrong_role_repeats,
-            server_oversized=server_oversized, baseline=baseline, eval_tasks=eval_tasks, timeout_s=timeout_s,
-            work_dir=str(work_dir), results_dir=str(results_dir) if results_dir else None,
+            seed=seed,
+            messages=messages,
+            steps=steps,
+            flood_after_step=flood_after_step,
+            oversized_per_subject=oversized_per_subject,
+            wrong_role_repeats=wrong_role_repeats,
+            server_oversized=server_oversized,
+            baseline=baseline,
+            eval_tasks=eval_tasks,
+            timeout_s=timeout_s,
+            work_dir=str(work_dir),
+            results_dir=str(results_dir) if results_dir else None,
         )
     except ValueError as err:
         typer.echo(f"tracerl bench flood: {err}", err=True)

@@ -11,7 +11,9 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure_logging(role: str, run_dir: str | Path | None = None, level: str = "info", json_file: bool = True) -> None:
+def configure_logging(
+    role: str, run_dir: str | Path | None = None, level: str = "info", json_file: bool = True
+) -> None:
     """Route structlog through stdlib logging so both sinks share one level and one pipeline."""
     shared = [
         structlog.contextvars.merge_contextvars,

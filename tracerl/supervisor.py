@@ -96,7 +96,9 @@ class Supervisor:
                 pass
         return reaped
 
-    def start(self, name: str, args: list[str], cpus: list[int] | None = None, env: dict[str, str] | None = None) -> ManagedProcess:
+    def start(
+        self, name: str, args: list[str], cpus: list[int] | None = None, env: dict[str, str] | None = None
+    ) -> ManagedProcess:
         """Run ``tracerl ARGS`` (the same CLI a user types) as process ``name``."""
         if name in self.processes and self.processes[name].alive:
             raise RuntimeError(f"process {name!r} is already running")

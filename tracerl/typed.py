@@ -120,12 +120,8 @@ def _dataclass_encoder(cls: type) -> Encoder:
     """
     hints = _hints(cls)
     names = tuple(f.name for f in dataclasses.fields(cls))
-    packed = tuple(
-        (name, marker.typecode) for name in names if (marker := _packed_marker(hints[name])) is not None
-    )
-    nested = tuple(
-        name for name in names if _packed_marker(hints[name]) is None and not _is_scalar_type(hints[name])
-    )
+    packed = tuple((name, marker.typecode) for name in names if (marker := _packed_marker(hints[name])) is not None)
+    nested = tuple(name for name in names if _packed_marker(hints[name]) is None and not _is_scalar_type(hints[name]))
     get_all = operator.attrgetter(*names) if len(names) > 1 else (lambda obj: (getattr(obj, names[0]),))
     # A frozen dataclass's __dict__ holds its fields (set once, by __init__), and copying it
     # is ten times cheaper than reading them one by one. Anything else there (fields kept

@@ -153,8 +153,23 @@ def eval_engine_log(json_file: Path) -> Path:
 def eval_argv(model_dir: str, env: str, tasks: int, json_file: Path, cpus: list[int], *extra: str) -> list[str]:
     """`tracerl eval` writing its JSON to ``json_file``, pinned to ``cpus``; run it as a child
     process, so that its vLLM engine is gone when it returns."""
-    argv = [sys.executable, "-m", "tracerl", "eval", "--model", model_dir, "--env", env, "--tasks", str(tasks),
-            "--json-file", str(json_file), "--log-file", str(eval_engine_log(json_file)), *extra]
+    argv = [
+        sys.executable,
+        "-m",
+        "tracerl",
+        "eval",
+        "--model",
+        model_dir,
+        "--env",
+        env,
+        "--tasks",
+        str(tasks),
+        "--json-file",
+        str(json_file),
+        "--log-file",
+        str(eval_engine_log(json_file)),
+        *extra,
+    ]
     return ["taskset", "-c", ",".join(map(str, cpus)), *argv] if cpus else argv
 
 
@@ -163,7 +178,9 @@ def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -
     raw = out.with_suffix(".raw.json")
     result = subprocess.run(eval_argv(model_dir, env, tasks, raw, cpus), capture_output=True, text=True)
     if result.returncode != 0 or not raw.is_file():
-        log.error("eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:], engine_log=str(eval_engine_log(raw)))
+        log.error(
+            "eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:], engine_log=str(eval_engine_log(raw))
+        )
         return None
     results = json.loads(raw.read_text())
     raw.unlink()
@@ -180,10 +197,15 @@ def eval_cache_key(model_dir: str, env: str, tasks: int) -> str:
     from modelkit.cache import content_key, model_fingerprint, source_fingerprint
 
     root = Path(__file__).resolve().parent.parent
-    code = [root / "modelkit" / "eval.py", root / "actors" / "episode.py", root / "actors" / "engine.py",
-            *sorted((root / "environments").glob("*.py"))]
-    return content_key({"model": model_fingerprint(Path(model_dir)), "env": env, "tasks": tasks,
-                        "code": source_fingerprint(code)})
+    code = [
+        root / "modelkit" / "eval.py",
+        root / "actors" / "episode.py",
+        root / "actors" / "engine.py",
+        *sorted((root / "environments").glob("*.py")),
+    ]
+    return content_key(
+        {"model": model_fingerprint(Path(model_dir)), "env": env, "tasks": tasks, "code": source_fingerprint(code)}
+    )
 
 
 def cached_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -> dict | None:
@@ -256,7 +278,9 @@ def run(up: UpConfig) -> int:
     started_at = time.time()
     try:
         start_roles(supervisor, up, list(configs), config_dir)
-        print(f"[up] run {up.run.run_id}: bus, learner, allocator and {up.num_actors} actor(s) started; logs in {run_dir / 'logs'}")
+        print(
+            f"[up] run {up.run.run_id}: bus, learner, allocator and {up.num_actors} actor(s) started; logs in {run_dir / 'logs'}"
+        )
         next_progress = time.time() + up.progress_interval_s
         while not interrupted:
             learner = supervisor.processes["learner"]
@@ -306,8 +330,10 @@ def run(up: UpConfig) -> int:
         print(
             "[up] success predictor: AUC {:.3f} at decisions, {:.3f} at every node ({:.3f} within a prompt); "
             "Brier {:.3f} = {:.2f}x the per-prompt baseline's".format(
-                predictor["predictor_auc"], predictor.get("predictor_loo_auc", float("nan")),
-                predictor.get("predictor_loo_auc_within_prompt", float("nan")), predictor["predictor_brier"],
+                predictor["predictor_auc"],
+                predictor.get("predictor_loo_auc", float("nan")),
+                predictor.get("predictor_loo_auc_within_prompt", float("nan")),
+                predictor["predictor_brier"],
                 predictor.get("predictor_brier_vs_beta", float("nan")),
             )
         )

@@ -46,9 +46,14 @@ def start_actor(bus_run, model_dir: Path, actor_id: str, tmp_path: Path) -> subp
     log = (tmp_path / f"{actor_id}.log").open("wb")
     # Own process group: a SIGKILL of the group takes vLLM's engine processes down at once, as a
     # host crash would (killing only the actor's pid ends them too, a moment later).
-    return subprocess.Popen([sys.executable, "-m", "actors", "--config", str(path)], cwd=REPO, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "actors", "--config", str(path)],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -95,7 +100,8 @@ class NodeWatch:
     def slots_ended(self, work_id: str, samplings: set[str] | None = None) -> set[int | str]:
         """Chain slots of the item ended by any sampling (or by one of ``samplings``)."""
         return {
-            chain_slot(n.node_id) for n in self.item_nodes(work_id)
+            chain_slot(n.node_id)
+            for n in self.item_nodes(work_id)
             if ISSUED[work_id].ends_chain(n) and (samplings is None or sampling_of(n.node_id) in samplings)
         }
 
@@ -211,8 +217,11 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
             watch.expected[item.work_id] = item.num_samples
             await allocator.publish(subjects.work_shared, item)
         await watch.pump(
-            lambda: len(branched_parents) == NUM_BRANCHES and len(watch.completed()) == len(watch.expected)
-            and watch.run_again(left_partial, first_samplings),
+            lambda: (
+                len(branched_parents) == NUM_BRANCHES
+                and len(watch.completed()) == len(watch.expected)
+                and watch.run_again(left_partial, first_samplings)
+            ),
             600,
         )
 
@@ -227,7 +236,9 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
         # not continued.
         actors_by_node = {name: sum(n.actor_id == name for n in watch.nodes.values()) for name in ("a1", "a2", "a3")}
         not_redelivered = left_partial - redelivered_work_ids(tmp_path, ("a2", "a3"))
-        assert not not_redelivered, f"a1's unfinished items never redelivered: {not_redelivered}; nodes by actor {actors_by_node}"
+        assert not not_redelivered, (
+            f"a1's unfinished items never redelivered: {not_redelivered}; nodes by actor {actors_by_node}"
+        )
         assert watch.run_again(left_partial, first_samplings)
         assert actors_by_node["a3"] > 0, f"the late joiner took no work; nodes by actor {actors_by_node}"
 

@@ -101,9 +101,20 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
     task = make_tasks("multihop", "train", 1, seed=3)[0]
     ctx = EpisodeContext(actor_id="t", max_model_len=engine.settings.max_model_len, sampling="s1")
     root = WorkItem(
-        run_id="t", work_id="r1", tree_id="T1", kind="root", task=task, num_samples=4, parent_id=None,
-        prefix_depth=0, prefix_token_ids=[], env_snapshot=b"", sampling=SamplingSpec(max_tokens_per_turn=16, seed=1),
-        max_turns=3, min_policy_version=0, issued_at=0.0,
+        run_id="t",
+        work_id="r1",
+        tree_id="T1",
+        kind="root",
+        task=task,
+        num_samples=4,
+        parent_id=None,
+        prefix_depth=0,
+        prefix_token_ids=[],
+        env_snapshot=b"",
+        sampling=SamplingSpec(max_tokens_per_turn=16, seed=1),
+        max_turns=3,
+        min_policy_version=0,
+        issued_at=0.0,
     )
     nodes = engine_runner.run(collect_work_item(engine, lambda: make_env(task.env), root, ctx))
     assert sum(root.ends_chain(n) for n in nodes) == 4
@@ -112,9 +123,20 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
         pytest.skip("random policy answered on every first turn")
     prefix = list(parent.prompt_token_ids) + list(parent.action_token_ids) + list(parent.observation_token_ids)
     branch = WorkItem(
-        run_id="t", work_id="b1", tree_id="T1", kind="branch", task=task, num_samples=3, parent_id=parent.node_id,
-        prefix_depth=parent.depth, prefix_token_ids=prefix, env_snapshot=parent.env_snapshot,
-        sampling=SamplingSpec(max_tokens_per_turn=16, seed=2), max_turns=2, min_policy_version=0, issued_at=0.0,
+        run_id="t",
+        work_id="b1",
+        tree_id="T1",
+        kind="branch",
+        task=task,
+        num_samples=3,
+        parent_id=parent.node_id,
+        prefix_depth=parent.depth,
+        prefix_token_ids=prefix,
+        env_snapshot=parent.env_snapshot,
+        sampling=SamplingSpec(max_tokens_per_turn=16, seed=2),
+        max_turns=2,
+        min_policy_version=0,
+        issued_at=0.0,
     )
     children = engine_runner.run(collect_work_item(engine, lambda: make_env(task.env), branch, ctx))
     assert sum(branch.ends_chain(n) for n in children) == 3

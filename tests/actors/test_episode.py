@@ -33,7 +33,9 @@ def run(coro):
 
 
 def test_turn_outcome_routes_terminal_truncated_and_open_turns():
-    assert turn_outcome(StepResult("o", True, 1.0), 2, 4, 10, 100) == turn_outcome(StepResult("o", True, 1.0), 4, 4, 10, 100)
+    assert turn_outcome(StepResult("o", True, 1.0), 2, 4, 10, 100) == turn_outcome(
+        StepResult("o", True, 1.0), 4, 4, 10, 100
+    )
     assert turn_outcome(StepResult("o", True, 1.0), 2, 4, 10, 100).reward == 1.0
     last = turn_outcome(StepResult("o", False, 0.0), 4, 4, 10, 100)
     assert (last.done, last.reward, last.truncated) == (True, 0.0, True)
@@ -86,7 +88,9 @@ def test_a_sampling_regenerates_its_ids_and_another_sampling_shares_none(tokeniz
     redone_ids = {n.node_id for n in redone}
     assert all(n.parent_id is None or n.parent_id in redone_ids for n in redone)
     # Both samplings fill the same chain slots, which is how the allocator tells an item done.
-    assert sorted({chain_slot(n.node_id) for n in first}) == sorted({chain_slot(n.node_id) for n in redone}) == [0, 1, 2]
+    assert (
+        sorted({chain_slot(n.node_id) for n in first}) == sorted({chain_slot(n.node_id) for n in redone}) == [0, 1, 2]
+    )
 
 
 def test_every_sampling_has_a_new_name_without_a_slash():
@@ -95,24 +99,46 @@ def test_every_sampling_has_a_new_name_without_a_slash():
 
 
 def test_the_environments_turn_cap_ends_the_episode_with_reward_zero(tokenizer):
-    nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, make_item(max_turns=9, num_samples=1), CTX))
+    nodes = run(
+        collect_work_item(
+            ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, make_item(max_turns=9, num_samples=1), CTX
+        )
+    )
     assert [n.depth for n in nodes] == [1, 2, 3, 4]  # CountingEnvironment.max_turns
     assert nodes[-1].done and nodes[-1].reward == 0.0 and not any(n.done for n in nodes[:-1])
 
 
 def test_an_items_turn_allowance_stops_the_chain_without_ending_the_episode(tokenizer):
     # Search strategies advance one turn per item and continue from the open node.
-    nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, make_item(max_turns=2, num_samples=1), CTX))
+    nodes = run(
+        collect_work_item(
+            ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, make_item(max_turns=2, num_samples=1), CTX
+        )
+    )
     assert [(n.depth, n.done, n.reward) for n in nodes] == [(1, False, None), (2, False, None)]
 
 
 def test_branch_max_turns_counts_turns_of_this_item_not_depth(tokenizer):
-    branch = make_item("branch", parent_id="p", prefix_depth=2, prefix_token_ids=[1, 2], max_turns=1, num_samples=2,
-                       env_snapshot=msgpack.packb({"actions": ["<search> x </search>"] * 2}))
+    branch = make_item(
+        "branch",
+        parent_id="p",
+        prefix_depth=2,
+        prefix_token_ids=[1, 2],
+        max_turns=1,
+        num_samples=2,
+        env_snapshot=msgpack.packb({"actions": ["<search> x </search>"] * 2}),
+    )
     nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, branch, CTX))
     assert sorted((n.depth, n.done, n.reward) for n in nodes) == [(3, False, None), (3, False, None)]
-    last = make_item("branch", parent_id="p", prefix_depth=3, prefix_token_ids=[1, 2], max_turns=1, num_samples=1,
-                     env_snapshot=msgpack.packb({"actions": ["<search> x </search>"] * 3}))
+    last = make_item(
+        "branch",
+        parent_id="p",
+        prefix_depth=3,
+        prefix_token_ids=[1, 2],
+        max_turns=1,
+        num_samples=1,
+        env_snapshot=msgpack.packb({"actions": ["<search> x </search>"] * 3}),
+    )
     nodes = run(collect_work_item(ScriptedEngine(tokenizer, answer_after=9), CountingEnvironment, last, CTX))
     assert [(n.depth, n.done, n.reward) for n in nodes] == [(4, True, 0.0)]  # the environment's cap
 
@@ -123,8 +149,13 @@ def test_branch_continues_from_snapshot_and_prefix(tokenizer):
     first = root_nodes[0]
     prefix = first.prompt_token_ids + first.action_token_ids + first.observation_token_ids
     branch = make_item(
-        "branch", work_id="w2", num_samples=2, parent_id=first.node_id, prefix_depth=1,
-        prefix_token_ids=prefix, env_snapshot=first.env_snapshot,
+        "branch",
+        work_id="w2",
+        num_samples=2,
+        parent_id=first.node_id,
+        prefix_depth=1,
+        prefix_token_ids=prefix,
+        env_snapshot=first.env_snapshot,
     )
     engine = ScriptedEngine(tokenizer, answer_after=2)
     nodes = run(collect_work_item(engine, CountingEnvironment, branch, CTX))
@@ -160,13 +191,22 @@ def test_unknown_task_is_rejected(tokenizer):
     from protocol.messages import TaskSpec
 
     with pytest.raises(EpisodeError) as err:
-        run(collect_work_item(ScriptedEngine(tokenizer), CountingEnvironment, make_item(task=TaskSpec("counting", "missing-1")), CTX))
+        run(
+            collect_work_item(
+                ScriptedEngine(tokenizer), CountingEnvironment, make_item(task=TaskSpec("counting", "missing-1")), CTX
+            )
+        )
     assert err.value.reason == "unknown_task"
 
 
 def test_a_prefix_longer_than_the_context_is_rejected(tokenizer):
-    branch = make_item("branch", parent_id="p", prefix_depth=1, prefix_token_ids=[1] * 600,
-                       env_snapshot=msgpack.packb({"actions": ["<search> x </search>"]}))
+    branch = make_item(
+        "branch",
+        parent_id="p",
+        prefix_depth=1,
+        prefix_token_ids=[1] * 600,
+        env_snapshot=msgpack.packb({"actions": ["<search> x </search>"]}),
+    )
     engine = ScriptedEngine(tokenizer)
     with pytest.raises(EpisodeError) as err:
         run(collect_work_item(engine, CountingEnvironment, branch, CTX))
@@ -183,9 +223,18 @@ def test_search_strategies_advance_turn_by_turn_through_the_real_episode_loop(to
     tasks = [TaskSpec("counting", f"t{i}") for i in range(8)]
     for strategy in ("tsr-bon", "tsr-beam"):
         core = AllocatorCore(
-            AllocatorCoreConfig(strategy=strategy, group_size=2, tsr_width=2, max_turns=4, step_budget_turns=64,
-                                max_open_steps=1, max_items_per_call=1000, plan_units_per_call=10**9),
-            tasks, seed=0,
+            AllocatorCoreConfig(
+                strategy=strategy,
+                group_size=2,
+                tsr_width=2,
+                max_turns=4,
+                step_budget_turns=64,
+                max_open_steps=1,
+                max_items_per_call=1000,
+                plan_units_per_call=10**9,
+            ),
+            tasks,
+            seed=0,
         )
         actors = [ActorLoad("a1", 0, 1000)]
         issued = core.schedule(0.0, actors)
@@ -194,7 +243,9 @@ def test_search_strategies_advance_turn_by_turn_through_the_real_episode_loop(to
         while issued:
             rounds += 1
             for routed in issued:
-                for node in run(collect_work_item(ScriptedEngine(tokenizer, answer_after=2), CountingEnvironment, routed.item, CTX)):
+                for node in run(
+                    collect_work_item(ScriptedEngine(tokenizer, answer_after=2), CountingEnvironment, routed.item, CTX)
+                ):
                     core.on_node(node, now)
             issued = [r for r in core.schedule(now, actors) if r.item.tree_id in first_step_trees]
             trees += [t for t in core.pop_completed(now) if t.tree_id in first_step_trees]

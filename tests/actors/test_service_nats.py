@@ -22,9 +22,19 @@ pytestmark = [pytest.mark.nats, pytest.mark.vllm]
 
 def root_item(run_id: str, work_id: str, task: TaskSpec, num_samples: int = 2, **changes) -> WorkItem:
     fields = dict(
-        run_id=run_id, work_id=work_id, tree_id=f"tree-{work_id}", kind="root", task=task, num_samples=num_samples,
-        parent_id=None, prefix_depth=0, prefix_token_ids=[], env_snapshot=b"",
-        sampling=SamplingSpec(max_tokens_per_turn=12, seed=3), max_turns=3, min_policy_version=0,
+        run_id=run_id,
+        work_id=work_id,
+        tree_id=f"tree-{work_id}",
+        kind="root",
+        task=task,
+        num_samples=num_samples,
+        parent_id=None,
+        prefix_depth=0,
+        prefix_token_ids=[],
+        env_snapshot=b"",
+        sampling=SamplingSpec(max_tokens_per_turn=12, seed=3),
+        max_turns=3,
+        min_policy_version=0,
         issued_at=time.time(),
     )
     fields.update(changes)
@@ -35,10 +45,20 @@ def root_item(run_id: str, work_id: str, task: TaskSpec, num_samples: int = 2, *
 
 def branch_item(parent: TurnNode, prefix: list[int], work_id: str, num_samples: int = 2, **changes) -> WorkItem:
     fields = dict(
-        run_id=parent.run_id, work_id=work_id, tree_id=parent.tree_id, kind="branch", task=parent.task,
-        num_samples=num_samples, parent_id=parent.node_id, prefix_depth=parent.depth, prefix_token_ids=prefix,
-        env_snapshot=parent.env_snapshot, sampling=SamplingSpec(max_tokens_per_turn=12, seed=4), max_turns=3,
-        min_policy_version=0, issued_at=time.time(),
+        run_id=parent.run_id,
+        work_id=work_id,
+        tree_id=parent.tree_id,
+        kind="branch",
+        task=parent.task,
+        num_samples=num_samples,
+        parent_id=parent.node_id,
+        prefix_depth=parent.depth,
+        prefix_token_ids=prefix,
+        env_snapshot=parent.env_snapshot,
+        sampling=SamplingSpec(max_tokens_per_turn=12, seed=4),
+        max_turns=3,
+        min_policy_version=0,
+        issued_at=time.time(),
     )
     fields.update(changes)
     item = WorkItem(**fields)
@@ -81,8 +101,14 @@ def test_actor_serves_roots_branches_weights_and_rejects_bad_items(engine_runner
         admin = await bus_run.connect("admin")
         actor_bus = await bus_run.connect("actor")
         config = ActorConfig(
-            run=bus_run.run, bus=bus_run.bus, model_dir=str(engine_model_dir), actor_id="inproc",
-            max_inflight_items=6, heartbeat_interval_s=0.5, metrics_interval_s=1.0, progress_interval_s=0.5,
+            run=bus_run.run,
+            bus=bus_run.bus,
+            model_dir=str(engine_model_dir),
+            actor_id="inproc",
+            max_inflight_items=6,
+            heartbeat_interval_s=0.5,
+            metrics_interval_s=1.0,
+            progress_interval_s=0.5,
             weights_dir=str(tmp_path / "weights"),
         )
         service = ActorService(config, engine, actor_bus, "inproc")
@@ -114,10 +140,20 @@ def test_actor_serves_roots_branches_weights_and_rejects_bad_items(engine_runner
         state = load_file(str(engine_model_dir / "model.safetensors"))
         blob = save({k: v + 0.01 for k, v in state.items()}, metadata={"format": "pt"})
         await learner.put_object("w-new", blob)
-        await learner.announce_weights(WeightsAnnouncement(
-            run_id=run_id, policy_version=old_version + 1, object_name="w-new",
-            sha256=hashlib.sha256(blob).hexdigest(), num_bytes=len(blob), format="safetensors", created_at=time.time()))
-        await drain_until(nodes_consumer, nodes, lambda: "b-own" in leaves_by_work(nodes) and leaves_by_work(nodes)["b-own"] == 2, 120)
+        await learner.announce_weights(
+            WeightsAnnouncement(
+                run_id=run_id,
+                policy_version=old_version + 1,
+                object_name="w-new",
+                sha256=hashlib.sha256(blob).hexdigest(),
+                num_bytes=len(blob),
+                format="safetensors",
+                created_at=time.time(),
+            )
+        )
+        await drain_until(
+            nodes_consumer, nodes, lambda: "b-own" in leaves_by_work(nodes) and leaves_by_work(nodes)["b-own"] == 2, 120
+        )
         branch_nodes = [n for n in nodes.values() if n.work_id == "b-own"]
         assert {n.parent_id for n in branch_nodes if n.depth == 2} == {parent.node_id}
         assert all(msgpack.unpackb(n.env_snapshot) is not None for n in branch_nodes)
@@ -133,10 +169,17 @@ def test_actor_serves_roots_branches_weights_and_rejects_bad_items(engine_runner
 
         bad_blob = save({**{k: v for k, v in state.items()}, "extra.weight": torch.zeros(2)}, metadata={"format": "pt"})
         await learner.put_object("w-bad", bad_blob)
-        await learner.announce_weights(WeightsAnnouncement(
-            run_id=run_id, policy_version=old_version + 2, object_name="w-bad",
-            sha256=hashlib.sha256(bad_blob).hexdigest(), num_bytes=len(bad_blob), format="safetensors",
-            created_at=time.time()))
+        await learner.announce_weights(
+            WeightsAnnouncement(
+                run_id=run_id,
+                policy_version=old_version + 2,
+                object_name="w-bad",
+                sha256=hashlib.sha256(bad_blob).hexdigest(),
+                num_bytes=len(bad_blob),
+                format="safetensors",
+                created_at=time.time(),
+            )
+        )
         deadline = time.monotonic() + 5
         while service.latest_announced != old_version + 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
@@ -156,6 +199,7 @@ def test_actor_serves_roots_branches_weights_and_rejects_bad_items(engine_runner
 
     async def traced() -> None:
         import traceback
+
         try:
             await main()
         except BaseException:

@@ -104,7 +104,9 @@ def make_service(tmp_path, bus: SwallowingBus) -> ActorService:
         metrics_interval_s=60.0,
         pull_timeout_s=0.1,
     )
-    return ActorService(config, ReloadingEngine(tokenizer=None), bus, "a1", make_env=lambda _name: CountingEnvironment())
+    return ActorService(
+        config, ReloadingEngine(tokenizer=None), bus, "a1", make_env=lambda _name: CountingEnvironment()
+    )
 
 
 async def stop_when(service: ActorService, ready, seconds: list[float], within_s: float = 10.0) -> int:

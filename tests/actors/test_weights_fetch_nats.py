@@ -56,8 +56,13 @@ def weights_blob(model_dir: Path, version: int) -> bytes:
 
 def announcement(run_id: str, version: int, object_name: str, blob: bytes) -> WeightsAnnouncement:
     return WeightsAnnouncement(
-        run_id=run_id, policy_version=version, object_name=object_name, sha256=hashlib.sha256(blob).hexdigest(),
-        num_bytes=len(blob), format="safetensors", created_at=time.time(),
+        run_id=run_id,
+        policy_version=version,
+        object_name=object_name,
+        sha256=hashlib.sha256(blob).hexdigest(),
+        num_bytes=len(blob),
+        format="safetensors",
+        created_at=time.time(),
     )
 
 
@@ -109,9 +114,13 @@ def test_a_failed_weights_fetch_keeps_the_old_version_within_the_bound_until_the
         allocator = await bus_run.connect("allocator")
         actor_bus = await bus_run.connect("actor")
         config = ActorConfig(
-            run=dataclasses.replace(bus_run.run, run_dir=str(run_dir)), bus=bus_run.bus,
-            model_dir=str(random_model_dir), actor_id="fetch",
-            heartbeat_interval_s=0.2, metrics_interval_s=60.0, weights_fetch_timeout_s=FETCH_TIMEOUT_S,
+            run=dataclasses.replace(bus_run.run, run_dir=str(run_dir)),
+            bus=bus_run.bus,
+            model_dir=str(random_model_dir),
+            actor_id="fetch",
+            heartbeat_interval_s=0.2,
+            metrics_interval_s=60.0,
+            weights_fetch_timeout_s=FETCH_TIMEOUT_S,
             weights_dir=str(weights_root),
         )
         # A read held up 20x the timeout: without the timeout the slow version would load.
@@ -134,8 +143,14 @@ def test_a_failed_weights_fetch_keeps_the_old_version_within_the_bound_until_the
                 await nodes_consumer.process_batch(on_node, batch=50, timeout=0.2)
 
         async def run_item(work_id: str, min_version: int) -> None:
-            item = make_item(run_id=run_id, work_id=work_id, tree_id=f"tree-{work_id}", num_samples=1,
-                             min_policy_version=min_version, issued_at=time.time())
+            item = make_item(
+                run_id=run_id,
+                work_id=work_id,
+                tree_id=f"tree-{work_id}",
+                num_samples=1,
+                min_policy_version=min_version,
+                issued_at=time.time(),
+            )
             await allocator.publish(subjects.work_shared, item)
 
         try:
@@ -183,5 +198,6 @@ def test_a_failed_weights_fetch_keeps_the_old_version_within_the_bound_until_the
     final = [r for r in read_metrics(metrics_path(run_dir, "actor-fetch")) if r.get("final")]
     assert len(final) == 1
     assert {k: v for k, v in final[0].items() if k.startswith("weights_")} == {
-        "weights_loaded": 2, f"weights_failed.{reason}": 1
+        "weights_loaded": 2,
+        f"weights_failed.{reason}": 1,
     }

@@ -26,8 +26,15 @@ TENSORS = {"a.weight": torch.zeros(3, 4), "b.bias": torch.ones(5)}
 
 
 def announce(blob: bytes, **changes) -> WeightsAnnouncement:
-    fields = dict(run_id="r", policy_version=1, object_name="w1", sha256=hashlib.sha256(blob).hexdigest(),
-                  num_bytes=len(blob), format="safetensors", created_at=0.0)
+    fields = dict(
+        run_id="r",
+        policy_version=1,
+        object_name="w1",
+        sha256=hashlib.sha256(blob).hexdigest(),
+        num_bytes=len(blob),
+        format="safetensors",
+        created_at=0.0,
+    )
     fields.update(changes)
     return WeightsAnnouncement(**fields)
 
@@ -36,7 +43,9 @@ def test_signature_reads_names_dtypes_and_shapes():
     assert safetensors_signature(save(TENSORS)) == {"a.weight": ("F32", (3, 4)), "b.bias": ("F32", (5,))}
 
 
-@pytest.mark.parametrize("blob", [b"", b"\x00" * 7, (10**9).to_bytes(8, "little") + b"{}", (2).to_bytes(8, "little") + b"[]"])
+@pytest.mark.parametrize(
+    "blob", [b"", b"\x00" * 7, (10**9).to_bytes(8, "little") + b"{}", (2).to_bytes(8, "little") + b"[]"]
+)
 def test_malformed_blobs_are_rejected(blob):
     with pytest.raises(WeightsError) as err:
         safetensors_signature(blob)
@@ -74,16 +83,44 @@ def test_version_dirs_are_written_whole_and_pruned(tmp_path):
 
 
 def test_rates_between_two_samples():
-    before = Counters(at=10.0, tokens_generated=100, turns_generated=4, prompt_tokens=1000, cached_tokens=200,
-                      items_started=2, queue_wait_s_total=1.0)
-    after = Counters(at=12.0, tokens_generated=500, turns_generated=8, prompt_tokens=2000, cached_tokens=950,
-                     items_started=4, queue_wait_s_total=2.0)
+    before = Counters(
+        at=10.0,
+        tokens_generated=100,
+        turns_generated=4,
+        prompt_tokens=1000,
+        cached_tokens=200,
+        items_started=2,
+        queue_wait_s_total=1.0,
+    )
+    after = Counters(
+        at=12.0,
+        tokens_generated=500,
+        turns_generated=8,
+        prompt_tokens=2000,
+        cached_tokens=950,
+        items_started=4,
+        queue_wait_s_total=2.0,
+    )
     rates = rates_between(before, after)
     assert rates.tokens_per_s == 200 and rates.turns_per_s == 2
     assert rates.prefix_cache_hit_rate == pytest.approx(0.75) and rates.mean_queue_wait_s == pytest.approx(0.5)
-    idle = rates_between(after, Counters(at=13.0, **{k: getattr(after, k) for k in
-                                                     ("tokens_generated", "turns_generated", "prompt_tokens",
-                                                      "cached_tokens", "items_started", "queue_wait_s_total")}))
+    idle = rates_between(
+        after,
+        Counters(
+            at=13.0,
+            **{
+                k: getattr(after, k)
+                for k in (
+                    "tokens_generated",
+                    "turns_generated",
+                    "prompt_tokens",
+                    "cached_tokens",
+                    "items_started",
+                    "queue_wait_s_total",
+                )
+            },
+        ),
+    )
     assert idle.prefix_cache_hit_rate == 0.0 and idle.mean_queue_wait_s == 0.0 and idle.tokens_per_s == 0
 
 
@@ -93,25 +130,54 @@ def test_version_lag_and_queue_wait():
 
 
 def test_interval_record_rounds_rates_and_carries_the_weights_and_bus_counters():
-    rates = Rates(interval_s=5.0, tokens_per_s=123.456, turns_per_s=1.2345, prefix_cache_hit_rate=0.12345,
-                  mean_queue_wait_s=0.98765)
+    rates = Rates(
+        interval_s=5.0,
+        tokens_per_s=123.456,
+        turns_per_s=1.2345,
+        prefix_cache_hit_rate=0.12345,
+        mean_queue_wait_s=0.98765,
+    )
     record = interval_record(
-        rates, latest_announced=7, policy_version=5, inflight_items=2, inflight_turns=3, items_completed=10,
-        items_rejected=1, nodes_published=40, weights_loaded=4,
+        rates,
+        latest_announced=7,
+        policy_version=5,
+        inflight_items=2,
+        inflight_turns=3,
+        items_completed=10,
+        items_rejected=1,
+        nodes_published=40,
+        weights_loaded=4,
         weights_failures={"sha256_mismatch": 1, "fetch_timeout": 2},
         bus_counters={"rejected.malformed": 3, "handled": 9},
     )
     assert record == {
-        "tokens_per_s": 123.5, "turns_per_s": 1.23, "prefix_cache_hit_rate": 0.123, "queue_wait_s": 0.988,
-        "version_lag": 2, "policy_version": 5, "inflight_items": 2, "inflight_turns": 3, "items_completed": 10,
-        "items_rejected": 1, "nodes_published": 40, "weights_loaded": 4, "weights_failed.fetch_timeout": 2,
-        "weights_failed.sha256_mismatch": 1, "bus.handled": 9, "bus.rejected.malformed": 3,
+        "tokens_per_s": 123.5,
+        "turns_per_s": 1.23,
+        "prefix_cache_hit_rate": 0.123,
+        "queue_wait_s": 0.988,
+        "version_lag": 2,
+        "policy_version": 5,
+        "inflight_items": 2,
+        "inflight_turns": 3,
+        "items_completed": 10,
+        "items_rejected": 1,
+        "nodes_published": 40,
+        "weights_loaded": 4,
+        "weights_failed.fetch_timeout": 2,
+        "weights_failed.sha256_mismatch": 1,
+        "bus.handled": 9,
+        "bus.rejected.malformed": 3,
     }
 
 
 def test_engine_kwargs_pick_cpu_and_gpu_defaults():
     cpu = engine_kwargs("m", EngineSettings(), gpu=False)
-    assert (cpu["dtype"], cpu["block_size"], cpu["enforce_eager"], cpu["enable_prefix_caching"]) == ("float32", 32, True, True)
+    assert (cpu["dtype"], cpu["block_size"], cpu["enforce_eager"], cpu["enable_prefix_caching"]) == (
+        "float32",
+        32,
+        True,
+        True,
+    )
     gpu = engine_kwargs("m", EngineSettings(), gpu=True)
     assert gpu["dtype"] == "auto" and "block_size" not in gpu and "enforce_eager" not in gpu
 
@@ -123,7 +189,11 @@ def test_turn_seeds_differ_per_sample_and_depth_and_are_reproducible():
 
 
 def test_turn_budget_and_logprob_extraction():
-    assert turn_token_budget(10, 100, 64) == 64 and turn_token_budget(90, 100, 64) == 10 and turn_token_budget(120, 100, 64) == 0
+    assert (
+        turn_token_budget(10, 100, 64) == 64
+        and turn_token_budget(90, 100, 64) == 10
+        and turn_token_budget(120, 100, 64) == 0
+    )
 
     class Lp:
         def __init__(self, v):
@@ -138,7 +208,12 @@ def test_actor_config_loads_with_overrides_and_checks_ranges():
     config = load_config(ActorConfig, None, ["actor_id=a1", "engine.block_size=64", "max_inflight_items=4"])
     assert config.actor_id == "a1" and config.engine.block_size == 64 and config.resolved_actor_id() == "a1"
     assert load_config(ActorConfig).resolved_actor_id().startswith("actor-")
-    for bad in ("max_inflight_items=0", "engine.block_size=20", "actor_id=a.b", "heartbeat_interval_s=0",
-                "weights_fetch_timeout_s=0"):
+    for bad in (
+        "max_inflight_items=0",
+        "engine.block_size=20",
+        "actor_id=a.b",
+        "heartbeat_interval_s=0",
+        "weights_fetch_timeout_s=0",
+    ):
         with pytest.raises(ConfigError):
             load_config(ActorConfig, None, [bad])

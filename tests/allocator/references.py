@@ -75,9 +75,7 @@ def allocate_roots_plain_greedy(values: Sequence[float], budget: int, max_per_pr
     cap = budget if max_per_prompt is None else max_per_prompt
     counts = [0] * len(values)
     for _ in range(budget):
-        gains = [
-            (v_root(v, m + 1) - v_root(v, m)) if m < cap else -np.inf for v, m in zip(values, counts)
-        ]
+        gains = [(v_root(v, m + 1) - v_root(v, m)) if m < cap else -np.inf for v, m in zip(values, counts)]
         if not gains or max(gains) == -np.inf:
             break
         counts[int(np.argmax(gains))] += 1

@@ -114,9 +114,7 @@ def test_prefix_greedy_takes_highest_gain_per_turn_and_respects_budget():
 def test_prefix_greedy_matches_brute_force_on_unit_costs():
     rng = np.random.default_rng(2)
     for _ in range(50):
-        cands = [
-            PrefixCandidate(str(i), float(rng.integers(0, 2)), float(rng.uniform()), 1, 3) for i in range(3)
-        ]
+        cands = [PrefixCandidate(str(i), float(rng.integers(0, 2)), float(rng.uniform()), 1, 3) for i in range(3)]
         budget = int(rng.integers(0, 7))
         chosen = allocate_prefixes_greedy(cands, budget)
         got = sum(v_pref(c.outcome, c.value, chosen.get(c.key, 0)) for c in cands)
@@ -174,7 +172,9 @@ def test_beta_power_means_are_rising_factorial_ratios():
     from allocator.allocation import beta_power_means
 
     # Beta(1, 1): E[V^j] = 1 / (j + 1).
-    np.testing.assert_allclose(beta_power_means(np.array([0.5]), np.array([2.0]), 4)[0], [1, 1 / 2, 1 / 3, 1 / 4, 1 / 5])
+    np.testing.assert_allclose(
+        beta_power_means(np.array([0.5]), np.array([2.0]), 4)[0], [1, 1 / 2, 1 / 3, 1 / 4, 1 / 5]
+    )
     # Beta(2, 1): E[V^j] = 2 / (j + 2).
     np.testing.assert_allclose(beta_power_means(np.array([2 / 3]), np.array([3.0]), 3)[0], [1, 2 / 3, 2 / 4, 2 / 5])
     # No strength: the point mass at the mean.

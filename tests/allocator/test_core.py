@@ -21,8 +21,11 @@ def _round(core, actor, rng, now, actors=ACTORS, version=None):
     nodes = []
     for r in routed:
         nodes += actor.rollout(
-            r.item, actor_id=r.target or "a0", policy_version=core.policy_version if version is None else version,
-            rng=rng, now=now,
+            r.item,
+            actor_id=r.target or "a0",
+            policy_version=core.policy_version if version is None else version,
+            rng=rng,
+            now=now,
         )
     return routed, nodes
 

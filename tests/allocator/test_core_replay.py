@@ -35,8 +35,13 @@ def _new_core(strategy: str, seed: int = 0) -> tuple[AllocatorCore, SimulatedAct
     sim = SimulatorConfig(num_prompts=48, early_stop=0.25)
     prompts = make_prompts(sim, np.random.default_rng(seed))
     cfg = AllocatorCoreConfig(
-        strategy=strategy, step_budget_turns=64, batch_prompts=4, max_open_steps=2, step_timeout_s=30.0,
-        orphan_timeout_s=5.0, plan_units_per_call=10**9,
+        strategy=strategy,
+        step_budget_turns=64,
+        batch_prompts=4,
+        max_open_steps=2,
+        step_timeout_s=30.0,
+        orphan_timeout_s=5.0,
+        plan_units_per_call=10**9,
     )
     return AllocatorCore(cfg, [p.task for p in prompts], seed=seed, run_id="test"), SimulatedActor(sim, prompts)
 
@@ -64,7 +69,9 @@ def _rebuild(old: AllocatorCore, streams: Streams, version: int, now: float) -> 
     return fresh
 
 
-def _run_with_crashes(strategy: str, seed: int, crash_rounds: set[int], rounds: int = 60) -> tuple[Streams, AllocatorCore]:
+def _run_with_crashes(
+    strategy: str, seed: int, crash_rounds: set[int], rounds: int = 60
+) -> tuple[Streams, AllocatorCore]:
     core, actor = _new_core(strategy, seed)
     rng = np.random.default_rng(seed + 1)
     streams = Streams()
@@ -161,7 +168,9 @@ def test_new_steps_after_a_replay_of_closed_steps_get_new_ids_and_open_at_once()
     assert routed, "the learner is taken as caught up: a new step opens"
     emitted = {t.tree_id for t in streams.trees}
     assert not {r.item.tree_id for r in routed} & emitted
-    assert min(int(r.item.tree_id[1:].split("-")[0]) for r in routed) == max(t.allocator_step for t in streams.trees) + 1
+    assert (
+        min(int(r.item.tree_id[1:].split("-")[0]) for r in routed) == max(t.allocator_step for t in streams.trees) + 1
+    )
 
 
 def test_a_tree_its_step_closed_without_stays_closed_after_replay():

@@ -23,8 +23,14 @@ def test_a_registered_planner_runs_the_step_without_the_core_knowing_its_name(mo
     sim = SimulatorConfig(num_prompts=16, early_stop=0.0)  # every chain runs to max_turns: no refunds
     rng = np.random.default_rng(0)
     prompts = make_prompts(sim, rng)
-    cfg = AllocatorCoreConfig(strategy="one-prompt", step_budget_turns=40, max_turns=4, max_per_prompt=6,
-                              max_open_steps=1, plan_units_per_call=10**9)
+    cfg = AllocatorCoreConfig(
+        strategy="one-prompt",
+        step_budget_turns=40,
+        max_turns=4,
+        max_per_prompt=6,
+        max_open_steps=1,
+        plan_units_per_call=10**9,
+    )
     core, actor = AllocatorCore(cfg, [p.task for p in prompts], seed=0), SimulatedActor(sim, prompts)
     rounds = []
     for t in range(10):

@@ -26,8 +26,14 @@ def test_scores_against_hand_computed_values():
 
 def test_featurize_is_deterministic_and_counts_structure():
     cfg = PredictorConfig(hash_bits=10)
-    view = PrefixView("who is the friend of ann", (("search friend", "error no result"),), 1, 4, env_score=0.5,
-                      previous_env_score=0.25)
+    view = PrefixView(
+        "who is the friend of ann",
+        (("search friend", "error no result"),),
+        1,
+        4,
+        env_score=0.5,
+        previous_env_score=0.25,
+    )
     a, b = featurize(view, cfg), featurize(view, cfg)
     np.testing.assert_array_equal(a.indices, b.indices)
     structured = dict(zip(a.indices.tolist(), a.values.tolist()))
@@ -124,16 +130,26 @@ class ScriptedMultihopActor:
                 node_id = f"{item.work_id}.{sample}.{depth}"
                 nodes.append(
                     TurnNode(
-                        run_id=item.run_id, tree_id=item.tree_id, node_id=node_id, parent_id=parent,
-                        work_id=item.work_id, actor_id=actor_id, task=item.task, depth=depth,
+                        run_id=item.run_id,
+                        tree_id=item.tree_id,
+                        node_id=node_id,
+                        parent_id=parent,
+                        work_id=item.work_id,
+                        actor_id=actor_id,
+                        task=item.task,
+                        depth=depth,
                         policy_version=policy_version,
                         prompt_token_ids=_ids(prompt) if depth == 1 else [],
-                        action_token_ids=_ids(action), action_logprobs=[-0.2] * len(_ids(action)),
-                        observation_token_ids=_ids(result.observation), action_text=action,
+                        action_token_ids=_ids(action),
+                        action_logprobs=[-0.2] * len(_ids(action)),
+                        observation_token_ids=_ids(result.observation),
+                        action_text=action,
                         observation_text=result.observation,
                         env_snapshot=msgpack.packb(env.snapshot(), use_bin_type=True),
-                        env_score=env.score(), done=result.done,
-                        reward=result.reward if result.done else None, created_at=now,
+                        env_score=env.score(),
+                        done=result.done,
+                        reward=result.reward if result.done else None,
+                        created_at=now,
                     )
                 )
                 parent = node_id

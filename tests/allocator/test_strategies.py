@@ -14,8 +14,12 @@ def _search_core(strategy, **overrides):
     rng = np.random.default_rng(4)
     prompts = make_prompts(sim, rng)
     cfg = AllocatorCoreConfig(
-        strategy=strategy, step_budget_turns=128, max_items_per_call=1000, plan_units_per_call=10**9,
-        max_open_steps=1, **overrides,
+        strategy=strategy,
+        step_budget_turns=128,
+        max_items_per_call=1000,
+        plan_units_per_call=10**9,
+        max_open_steps=1,
+        **overrides,
     )
     return AllocatorCore(cfg, [p.task for p in prompts], seed=4), SimulatedActor(sim, prompts), rng
 

@@ -141,14 +141,26 @@ def test_an_unbranched_tree_has_no_branch_groups():
     _build(tree)  # a has two children but d has one: only a is a sibling group, and it is mixed
     assert tree.mixed_branch_groups == 1
     chain = _tree()
-    for node in [make_node("a", None), make_node("a.b", "a", done=True, reward=1.0), make_node("c", None),
-                 make_node("c.d", "c", done=True, reward=0.0)]:
+    for node in [
+        make_node("a", None),
+        make_node("a.b", "a", done=True, reward=1.0),
+        make_node("c", None),
+        make_node("c.d", "c", done=True, reward=0.0),
+    ]:
         chain.add(node, 0.0)
     assert chain.mixed and chain.mixed_branch_groups == 0
 
 
-def _sampled(sampling: str, sample: int, depth: int, *, work_id: str = "s0-0.w1", parent: str | None = None,
-             prefix_depth: int = 0, **kw):
+def _sampled(
+    sampling: str,
+    sample: int,
+    depth: int,
+    *,
+    work_id: str = "s0-0.w1",
+    parent: str | None = None,
+    prefix_depth: int = 0,
+    **kw,
+):
     """A node named as an actor names it; the chain's first turn hangs under the item's ``parent``."""
     node_id = node_id_for(work_id, sampling, sample, depth)
     parent_id = parent if depth == prefix_depth + 1 else node_id_for(work_id, sampling, sample, depth - 1)
@@ -173,9 +185,12 @@ def test_a_redelivered_items_new_sampling_ends_its_slots_and_the_abandoned_chain
     completed, left_out = tree.to_completed(run_id="test", strategy="trace", status="complete", now=3.0)
     assert left_out == 1  # A's chain 1 never ended: no reward, so no path
     assert {(n.node_id, n.parent_id) for n in completed.nodes} == {
-        ("s0-0.w1/A/0/1", None), ("s0-0.w1/A/0/2", "s0-0.w1/A/0/1"),
-        ("s0-0.w1/B/0/1", None), ("s0-0.w1/B/0/2", "s0-0.w1/B/0/1"),
-        ("s0-0.w1/B/1/1", None), ("s0-0.w1/B/1/2", "s0-0.w1/B/1/1"),
+        ("s0-0.w1/A/0/1", None),
+        ("s0-0.w1/A/0/2", "s0-0.w1/A/0/1"),
+        ("s0-0.w1/B/0/1", None),
+        ("s0-0.w1/B/0/2", "s0-0.w1/B/0/1"),
+        ("s0-0.w1/B/1/1", None),
+        ("s0-0.w1/B/1/2", "s0-0.w1/B/1/1"),
     }
 
 

@@ -38,8 +38,14 @@ def weights_bytes() -> bytes:
 
 
 async def connect(role: str, servers: list[str], credentials_dir: Path, run_id: str) -> BusClient:
-    bus = BusConfig(servers=servers, credentials=str(credentials_dir / f"{role}.json"), connect_timeout_s=3.0,
-                    max_reconnect_attempts=2, reconnect_wait_s=0.2, request_timeout_s=5.0)
+    bus = BusConfig(
+        servers=servers,
+        credentials=str(credentials_dir / f"{role}.json"),
+        connect_timeout_s=3.0,
+        max_reconnect_attempts=2,
+        reconnect_wait_s=0.2,
+        request_timeout_s=5.0,
+    )
     return await BusClient.connect(role, bus, RunConfig(run_id=run_id, run_dir=str(credentials_dir)))
 
 
@@ -63,21 +69,34 @@ async def first_message(client: BusClient, stream: str, durable: str, expected: 
 
 async def trainer(servers: list[str], credentials_dir: Path, run_id: str) -> dict:
     weights = weights_bytes()
-    async with await connect("learner", servers, credentials_dir, run_id) as learner, await connect(
-        "allocator", servers, credentials_dir, run_id
-    ) as allocator:
+    async with (
+        await connect("learner", servers, credentials_dir, run_id) as learner,
+        await connect("allocator", servers, credentials_dir, run_id) as allocator,
+    ):
         s = learner.subjects
         await learner.put_object(WEIGHTS_OBJECT, weights)
-        await learner.announce_weights(WeightsAnnouncement(
-            run_id=run_id, policy_version=1, object_name=WEIGHTS_OBJECT, sha256=hashlib.sha256(weights).hexdigest(),
-            num_bytes=len(weights), format="safetensors", created_at=time.time(),
-        ))
+        await learner.announce_weights(
+            WeightsAnnouncement(
+                run_id=run_id,
+                policy_version=1,
+                object_name=WEIGHTS_OBJECT,
+                sha256=hashlib.sha256(weights).hexdigest(),
+                num_bytes=len(weights),
+                format="safetensors",
+                created_at=time.time(),
+            )
+        )
         work = next(m for m in sample_messages(run_id) if isinstance(m, WorkItem))
         await allocator.publish(s.work_shared, work, msg_id=work.work_id)
         node = await first_message(allocator, s.nodes_stream, s.allocator_consumer, TurnNode)
         assert isinstance(node, TurnNode)
-        return {"work_id": work.work_id, "node_id": node.node_id, "node_work_id": node.work_id,
-                "node_policy_version": node.policy_version, "server": allocator.nc.connected_url.netloc}
+        return {
+            "work_id": work.work_id,
+            "node_id": node.node_id,
+            "node_work_id": node.work_id,
+            "node_policy_version": node.policy_version,
+            "server": allocator.nc.connected_url.netloc,
+        }
 
 
 async def actor(servers: list[str], credentials_dir: Path, run_id: str) -> dict:
@@ -98,12 +117,20 @@ async def actor(servers: list[str], credentials_dir: Path, run_id: str) -> dict:
                 raise TimeoutError("no weights announced")
             await asyncio.sleep(0.2)
         weights = await client.get_object(announcement.object_name)
-        node = dataclasses.replace(realistic_turn_node(run_id, 0), work_id=work.work_id, tree_id=work.tree_id,
-                                   policy_version=announcement.policy_version)
+        node = dataclasses.replace(
+            realistic_turn_node(run_id, 0),
+            work_id=work.work_id,
+            tree_id=work.tree_id,
+            policy_version=announcement.policy_version,
+        )
         await client.publish(s.nodes, node, msg_id=node.node_id)
-        return {"refused": refused, "work_id": work.work_id, "weights_bytes": len(weights),
-                "weights_ok": hashlib.sha256(weights).hexdigest() == announcement.sha256,
-                "server": client.nc.connected_url.netloc}
+        return {
+            "refused": refused,
+            "work_id": work.work_id,
+            "weights_bytes": len(weights),
+            "weights_ok": hashlib.sha256(weights).hexdigest() == announcement.sha256,
+            "server": client.nc.connected_url.netloc,
+        }
 
 
 def main() -> int:

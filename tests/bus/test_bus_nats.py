@@ -52,9 +52,11 @@ def test_every_message_type_round_trips_through_jetstream(bus_run: BusRun) -> No
     sent = _by_type(s.run_id)
 
     async def main() -> None:
-        async with await bus_run.connect("actor") as actor, await bus_run.connect(
-            "allocator"
-        ) as allocator, await bus_run.connect("learner") as learner:
+        async with (
+            await bus_run.connect("actor") as actor,
+            await bus_run.connect("allocator") as allocator,
+            await bus_run.connect("learner") as learner,
+        ):
             await actor.publish(s.nodes, sent[TurnNode])
             await allocator.publish(s.work_shared, sent[WorkItem])
             await allocator.publish(s.trees, sent[CompletedTree])
@@ -125,8 +127,13 @@ def test_bad_messages_are_rejected_counted_and_dead_lettered_while_valid_traffic
 
             consumer = await allocator.pull_consumer(s.nodes_stream, s.allocator_consumer, TurnNode, max_bytes=64_000)
             total = len(traffic)
-            await _drain(consumer, keep, lambda: sum(
-                v for k, v in allocator.counters.items() if k.startswith("rejected.")) + len(received) >= total)
+            await _drain(
+                consumer,
+                keep,
+                lambda: (
+                    sum(v for k, v in allocator.counters.items() if k.startswith("rejected.")) + len(received) >= total
+                ),
+            )
             await consumer.close()
 
             assert received == valid  # all delivered, in order
@@ -156,8 +163,9 @@ def test_unauthenticated_and_wrong_password_clients_are_refused(bus_run: BusRun)
         for kwargs in ({}, {"user": "actor", "password": "wrong"}):
             started = time.monotonic()
             with pytest.raises((nats.errors.NoServersError, nats.errors.AuthorizationError, nats.errors.Error)):
-                await nats.connect(bus_run.server.url, allow_reconnect=False, connect_timeout=2,
-                                   max_reconnect_attempts=0, **kwargs)
+                await nats.connect(
+                    bus_run.server.url, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0, **kwargs
+                )
             assert time.monotonic() - started < 5
 
     asyncio.run(main())
@@ -200,7 +208,9 @@ def test_role_permissions_are_enforced(bus_run: BusRun) -> None:
             await denied(actor, actor.announce_weights(announcement))
             await denied(actor, actor.publish(s.work_shared, _by_type(s.run_id)[WorkItem]))
             await denied(actor, steal_nodes())
-            await denied(actor, actor.js.add_consumer(s.work_stream, durable_name="sneaky", filter_subject=s.work_shared))
+            await denied(
+                actor, actor.js.add_consumer(s.work_stream, durable_name="sneaky", filter_subject=s.work_shared)
+            )
             # Denied for the others.
             await denied(allocator, allocator.publish(s.nodes, _by_type(s.run_id)[TurnNode]))
             await denied(allocator, allocator.put_actor(_by_type(s.run_id)[Heartbeat]))
@@ -317,8 +327,10 @@ def test_pipelined_publish_acks_every_message_or_fails_the_batch(bus_run: BusRun
 
     async def main() -> None:
         # A window much smaller than the batch.
-        async with await BusClient.connect("actor", quick, bus_run.run, max_inflight_publishes=8) as actor, \
-                await bus_run.connect("admin") as admin:
+        async with (
+            await BusClient.connect("actor", quick, bus_run.run, max_inflight_publishes=8) as actor,
+            await bus_run.connect("admin") as admin,
+        ):
             acks = await actor.publish_batch(batch, msg_ids=ids)
             assert [a.seq for a in acks] == list(range(1, 51)) and not any(a.duplicate for a in acks)
             # A resent batch (say its acks were lost) is stored once: every ack is a duplicate.

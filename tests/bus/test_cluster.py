@@ -47,8 +47,13 @@ def bus_limits() -> StreamLimits:
 
 def client_config(server: BusServer) -> BusConfig:
     # Every node listed, short waits: a client must move to a live node within a second or so.
-    return BusConfig(servers=server.urls, connect_timeout_s=2.0, max_reconnect_attempts=30,
-                     reconnect_wait_s=0.2, request_timeout_s=2.0)
+    return BusConfig(
+        servers=server.urls,
+        connect_timeout_s=2.0,
+        max_reconnect_attempts=30,
+        reconnect_wait_s=0.2,
+        request_timeout_s=2.0,
+    )
 
 
 async def connect(server: BusServer, role: str) -> BusClient:
@@ -88,8 +93,14 @@ def test_cluster_provisions_every_stream_and_bucket_with_three_replicas(nats_clu
     async def main() -> None:
         async with await connect(nats_cluster, "admin") as admin:
             await provision_runs(admin, nats_cluster.config, [RUN_ID])
-            names = [s.nodes_stream, s.work_stream, s.trees_stream, s.dead_letter_stream,
-                     kv_stream(s.state_bucket), object_stream(s.weights_bucket)]
+            names = [
+                s.nodes_stream,
+                s.work_stream,
+                s.trees_stream,
+                s.dead_letter_stream,
+                kv_stream(s.state_bucket),
+                object_stream(s.weights_bucket),
+            ]
             for name in names:
                 info = await admin.js.stream_info(name)
                 assert info.config.num_replicas == 3, name
@@ -105,8 +116,10 @@ def test_cluster_provisions_every_stream_and_bucket_with_three_replicas(nats_clu
                 await c.put_object("probe", b"x" * 2048)
 
     asyncio.run(main())
-    configs = [json.loads((Path(nats_cluster.config.run.run_dir) / f"{n.file_stem}.conf").read_text())
-               for n in nats_cluster.nodes]
+    configs = [
+        json.loads((Path(nats_cluster.config.run.run_dir) / f"{n.file_stem}.conf").read_text())
+        for n in nats_cluster.nodes
+    ]
     assert len({json.dumps(c["authorization"], sort_keys=True) for c in configs}) == 1
     assert len({c["jetstream"]["store_dir"] for c in configs}) == 3
     assert len({c["server_name"] for c in configs}) == 3
@@ -144,9 +157,11 @@ def test_run_survives_killing_a_node_and_loses_nothing(nats_cluster: BusServer) 
     timeline = Timeline()
 
     async def main() -> float:
-        async with await connect(nats_cluster, "admin") as admin, await connect(
-            nats_cluster, "actor"
-        ) as actor, await connect(nats_cluster, "allocator") as allocator:
+        async with (
+            await connect(nats_cluster, "admin") as admin,
+            await connect(nats_cluster, "actor") as actor,
+            await connect(nats_cluster, "allocator") as allocator,
+        ):
             await provision_runs(admin, nats_cluster.config, [RUN_ID])
             victim = node_of(nats_cluster, actor)
             await move_stream_leader(admin, s.nodes_stream, victim)
@@ -203,12 +218,29 @@ def test_run_survives_killing_a_node_and_loses_nothing(nats_cluster: BusServer) 
 def test_tracerl_bus_starts_a_local_three_node_cluster_and_stops_all_of_it(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "tracerl"), "bus", *(
-            arg for setting in (f"run.run_dir={run_dir}", "run.run_id=dev", "port=0", "monitor_port=0",
-                                "cluster.name=dev", "cluster.local_nodes=3", "cluster.route_port=0",
-                                "log.level=warning", "log.json_file=false")
-            for arg in ("--set", setting))],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parents[2],
+        [
+            str(Path(sys.executable).parent / "tracerl"),
+            "bus",
+            *(
+                arg
+                for setting in (
+                    f"run.run_dir={run_dir}",
+                    "run.run_id=dev",
+                    "port=0",
+                    "monitor_port=0",
+                    "cluster.name=dev",
+                    "cluster.local_nodes=3",
+                    "cluster.route_port=0",
+                    "log.level=warning",
+                    "log.json_file=false",
+                )
+                for arg in ("--set", setting)
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parents[2],
     )
     try:
         lines: list[str] = []
@@ -225,8 +257,9 @@ def test_tracerl_bus_starts_a_local_three_node_cluster_and_stops_all_of_it(tmp_p
 
         async def nodes_stream_replicas() -> int:
             run = RunConfig(run_id="dev", run_dir=str(run_dir))
-            async with await BusClient.connect("admin", BusConfig(servers=urls[2:], max_reconnect_attempts=1),
-                                               run) as admin:
+            async with await BusClient.connect(
+                "admin", BusConfig(servers=urls[2:], max_reconnect_attempts=1), run
+            ) as admin:
                 info = await admin.js.stream_info(Subjects("dev").nodes_stream)
                 return info.config.num_replicas
 

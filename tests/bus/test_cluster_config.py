@@ -31,7 +31,9 @@ def test_local_cluster_plans_three_routed_nodes_on_consecutive_ports() -> None:
     nodes = plan_nodes(config, lambda host: pytest.fail("no free port needed when ports are configured"))
     assert [n.name for n in nodes] == ["c-n0", "c-n1", "c-n2"]
     assert [(n.port, n.monitor_port, n.route_port) for n in nodes] == [
-        (4222, 8222, 6222), (4223, 8223, 6223), (4224, 8224, 6224)
+        (4222, 8222, 6222),
+        (4223, 8223, 6223),
+        (4224, 8224, 6224),
     ]
     assert [n.store_dir for n in nodes] == ["/r/nats/c-n0", "/r/nats/c-n1", "/r/nats/c-n2"]
     assert nodes[0].routes == ("nats-route://127.0.0.1:6223", "nats-route://127.0.0.1:6224")
@@ -40,8 +42,9 @@ def test_local_cluster_plans_three_routed_nodes_on_consecutive_ports() -> None:
 
 
 def test_zero_ports_take_free_ones_and_a_wildcard_host_routes_over_loopback() -> None:
-    config = BusServerConfig(host="0.0.0.0", port=0, monitor_port=0,
-                             cluster=ClusterConfig(name="c", route_port=0, local_nodes=3))
+    config = BusServerConfig(
+        host="0.0.0.0", port=0, monitor_port=0, cluster=ClusterConfig(name="c", route_port=0, local_nodes=3)
+    )
     ports = _ports()
     nodes = plan_nodes(config, lambda host: next(ports))
     all_ports = [p for n in nodes for p in (n.port, n.monitor_port, n.route_port)]
@@ -68,9 +71,18 @@ def test_rendered_cluster_config_has_server_name_routes_and_route_auth() -> None
     nodes = plan_nodes(config, lambda host: 1)
     creds = generate_credentials(["nats://127.0.0.1:4222"], lambda: "pw")
     rendered = [
-        render_server_config(host=n.host, port=n.port, monitor_port=n.monitor_port, store_dir=n.store_dir,
-                             pid_file="/p", max_payload=8 << 20, credentials=creds, run_ids=["r1"], node=n,
-                             route_credentials=ROUTE)
+        render_server_config(
+            host=n.host,
+            port=n.port,
+            monitor_port=n.monitor_port,
+            store_dir=n.store_dir,
+            pid_file="/p",
+            max_payload=8 << 20,
+            credentials=creds,
+            run_ids=["r1"],
+            node=n,
+            route_credentials=ROUTE,
+        )
         for n in nodes
     ]
     first = rendered[0]
@@ -79,20 +91,39 @@ def test_rendered_cluster_config_has_server_name_routes_and_route_auth() -> None
     assert first["cluster"]["listen"] == "127.0.0.1:6222"
     assert first["cluster"]["authorization"] == {"user": "route", "password": "pw-route"}
     assert first["cluster"]["routes"] == [
-        "nats-route://route:pw-route@127.0.0.1:6223", "nats-route://route:pw-route@127.0.0.1:6224"
+        "nats-route://route:pw-route@127.0.0.1:6223",
+        "nats-route://route:pw-route@127.0.0.1:6224",
     ]
     # Clients may land on any node, so every node has the same users and permissions.
     assert all(r["authorization"] == first["authorization"] for r in rendered)
     with pytest.raises(ValueError, match="route credentials"):
-        render_server_config(host="h", port=1, monitor_port=2, store_dir="/s", pid_file="/p", max_payload=8 << 20,
-                             credentials=creds, run_ids=["r1"], node=nodes[0])
+        render_server_config(
+            host="h",
+            port=1,
+            monitor_port=2,
+            store_dir="/s",
+            pid_file="/p",
+            max_payload=8 << 20,
+            credentials=creds,
+            run_ids=["r1"],
+            node=nodes[0],
+        )
 
 
 def test_unclustered_rendering_has_no_cluster_section() -> None:
     creds = generate_credentials(["nats://127.0.0.1:1"], lambda: "pw")
     (node,) = plan_nodes(BusServerConfig(), lambda host: 1)
-    rendered = render_server_config(host="127.0.0.1", port=1, monitor_port=2, store_dir="/s", pid_file="/p",
-                                    max_payload=8 << 20, credentials=creds, run_ids=["r1"], node=node)
+    rendered = render_server_config(
+        host="127.0.0.1",
+        port=1,
+        monitor_port=2,
+        store_dir="/s",
+        pid_file="/p",
+        max_payload=8 << 20,
+        credentials=creds,
+        run_ids=["r1"],
+        node=node,
+    )
     assert "cluster" not in rendered and "server_name" not in rendered
 
 
@@ -148,10 +179,16 @@ def test_cluster_config_is_validated(kwargs: dict, message: str) -> None:
 
 
 def test_cluster_loads_from_command_line_overrides() -> None:
-    config = load_config(BusServerConfig, None, [
-        "cluster.name=trace", "cluster.node_name=h2", "cluster.join=true",
-        "cluster.routes=[nats-route://10.0.0.1:6222,nats-route://10.0.0.3:6222]",
-    ])
+    config = load_config(
+        BusServerConfig,
+        None,
+        [
+            "cluster.name=trace",
+            "cluster.node_name=h2",
+            "cluster.join=true",
+            "cluster.routes=[nats-route://10.0.0.1:6222,nats-route://10.0.0.3:6222]",
+        ],
+    )
     assert config.cluster.join and config.cluster.size == 3 and config.replicas == 3
 
 

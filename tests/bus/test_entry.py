@@ -30,9 +30,20 @@ LAUNCH = (
 def test_bus_entry_provisions_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-c", LAUNCH, f"run.run_dir={run_dir}", "run.run_id=e2e", "port=0", "monitor_port=0",
-         "log.level=warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parents[2],
+        [
+            sys.executable,
+            "-c",
+            LAUNCH,
+            f"run.run_dir={run_dir}",
+            "run.run_id=e2e",
+            "port=0",
+            "monitor_port=0",
+            "log.level=warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parents[2],
     )
     try:
         lines = []
@@ -49,7 +60,9 @@ def test_bus_entry_provisions_serves_and_stops_on_sigterm(tmp_path: Path) -> Non
 
         async def use_bus() -> None:
             run = RunConfig(run_id="e2e", run_dir=str(run_dir))
-            async with await BusClient.connect("actor", BusConfig(servers=[url], max_reconnect_attempts=1), run) as actor:
+            async with await BusClient.connect(
+                "actor", BusConfig(servers=[url], max_reconnect_attempts=1), run
+            ) as actor:
                 ack = await actor.publish(actor.subjects.nodes, realistic_turn_node("e2e", 0))
                 assert ack.stream == actor.subjects.nodes_stream
             async with await BusClient.connect("allocator", BusConfig(servers=[url]), run) as allocator:
@@ -85,7 +98,10 @@ def test_nats_server_stops_when_its_launcher_is_killed(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
         [sys.executable, "-c", LAUNCH, f"run.run_dir={run_dir}", "port=0", "monitor_port=0", "log.level=warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=Path(__file__).parents[2],
     )
     try:
         deadline = time.monotonic() + 20

@@ -59,7 +59,13 @@ def test_server_config_has_one_user_per_role_with_its_permissions() -> None:
     creds = generate_credentials(["nats://127.0.0.1:1"], lambda: f"pw{next(counter)}")
     assert [c.password for c in creds.values()] == ["pw0", "pw1", "pw2", "pw3"]
     rendered = render_server_config(
-        host="127.0.0.1", port=1, monitor_port=2, store_dir="/s", pid_file="/p", max_payload=8 << 20, credentials=creds,
+        host="127.0.0.1",
+        port=1,
+        monitor_port=2,
+        store_dir="/s",
+        pid_file="/p",
+        max_payload=8 << 20,
+        credentials=creds,
         run_ids=["r1"],
     )
     assert rendered["jetstream"] == {"store_dir": "/s"}
@@ -70,8 +76,9 @@ def test_server_config_has_one_user_per_role_with_its_permissions() -> None:
 
 
 def test_credentials_file_is_private_and_round_trips(tmp_path) -> None:
-    cred = RoleCredentials(role="actor", user="actor", password="s3cret", servers=["nats://h:1"],
-                           inbox_prefix="_INBOX_actor")
+    cred = RoleCredentials(
+        role="actor", user="actor", password="s3cret", servers=["nats://h:1"], inbox_prefix="_INBOX_actor"
+    )
     path = tmp_path / "credentials" / "actor.json"
     cred.write(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

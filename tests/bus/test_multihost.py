@@ -73,14 +73,18 @@ class Lab:
     def start(self, host: str, argv: list[str]) -> subprocess.Popen[str]:
         process = subprocess.Popen(
             ["ip", "netns", "exec", self.ns(host), *argv],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
         )
         self.processes.append(process)
         return process
 
     def run(self, host: str, argv: list[str], timeout: float = 20) -> str:
-        result = subprocess.run(["ip", "netns", "exec", self.ns(host), *argv], capture_output=True, text=True,
-                                cwd=REPO, timeout=timeout)
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.ns(host), *argv], capture_output=True, text=True, cwd=REPO, timeout=timeout
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
@@ -123,8 +127,9 @@ def lab() -> Iterator[Callable[[list[str]], Lab]]:
     finally:
         for built in labs:
             built.teardown()
-        leftovers = [line for line in _ip("netns", "list").stdout.splitlines()
-                     if any(line.startswith(b.prefix) for b in labs)]
+        leftovers = [
+            line for line in _ip("netns", "list").stdout.splitlines() if any(line.startswith(b.prefix) for b in labs)
+        ]
         assert not leftovers, f"namespaces left behind: {leftovers}"
 
 
@@ -139,8 +144,14 @@ def read_until(process: subprocess.Popen[str], done: Callable[[str], bool], time
 
 
 def start_bus(lab: Lab, host: str, run_dir: Path, *extra: str) -> subprocess.Popen[str]:
-    settings = [f"run.run_dir={run_dir}", "run.run_id=mh", f"host={lab.address[host]}", "log.level=warning",
-                "log.json_file=false", *extra]
+    settings = [
+        f"run.run_dir={run_dir}",
+        "run.run_id=mh",
+        f"host={lab.address[host]}",
+        "log.level=warning",
+        "log.json_file=false",
+        *extra,
+    ]
     return lab.start(host, [TRACERL, "bus", *(arg for s in settings for arg in ("--set", s))])
 
 
@@ -153,8 +164,21 @@ def copy_credentials(source: Path, roles: list[str], target: Path) -> Path:
 
 
 def role_program(lab: Lab, host: str, role: str, servers: list[str], credentials: Path) -> subprocess.Popen[str]:
-    return lab.start(host, [sys.executable, "-m", "tests.bus.multihost_roles", role, "--servers", ",".join(servers),
-                            "--credentials-dir", str(credentials), "--run-id", "mh"])
+    return lab.start(
+        host,
+        [
+            sys.executable,
+            "-m",
+            "tests.bus.multihost_roles",
+            role,
+            "--servers",
+            ",".join(servers),
+            "--credentials-dir",
+            str(credentials),
+            "--run-id",
+            "mh",
+        ],
+    )
 
 
 def result_of(process: subprocess.Popen[str], timeout: float = 45) -> dict:
@@ -191,20 +215,35 @@ def test_roles_on_other_hosts_reach_the_bus_only_through_their_own_addresses(
     assert actor_result["server"] == trainer_result["server"] == f"{hosts.address['bus']}:4222"
 
     # The bus saw each role arrive from its own host's address.
-    connz = json.loads(hosts.run("bus", [sys.executable, "-c", (
-        "import urllib.request; print(urllib.request.urlopen("
-        "'http://127.0.0.1:8222/connz?state=all&limit=1000').read().decode())")]))
+    connz = json.loads(
+        hosts.run(
+            "bus",
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import urllib.request; print(urllib.request.urlopen("
+                    "'http://127.0.0.1:8222/connz?state=all&limit=1000').read().decode())"
+                ),
+            ],
+        )
+    )
     seen = {(c.get("name"), c["ip"]) for c in connz["connections"] if c.get("name", "").startswith("tracerl-")}
-    assert {("tracerl-actor-mh", hosts.address["actor"]), ("tracerl-allocator-mh", hosts.address["trainer"]),
-            ("tracerl-learner-mh", hosts.address["trainer"])} <= seen
+    assert {
+        ("tracerl-actor-mh", hosts.address["actor"]),
+        ("tracerl-allocator-mh", hosts.address["trainer"]),
+        ("tracerl-learner-mh", hosts.address["trainer"]),
+    } <= seen
 
     bus.send_signal(signal.SIGTERM)
     assert bus.wait(timeout=15) == 0
 
 
 def _refused_on_loopback(hosts: Lab, host: str) -> str:
-    probe = ("import socket\ntry:\n    socket.create_connection(('127.0.0.1', 4222), timeout=2)\n"
-             "except OSError as err:\n    print(err)\n")
+    probe = (
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 4222), timeout=2)\n"
+        "except OSError as err:\n    print(err)\n"
+    )
     return hosts.run(host, [sys.executable, "-c", probe])
 
 
@@ -224,18 +263,33 @@ def test_a_three_host_cluster_forms_from_joining_nodes_and_serves_roles_on_any_n
     # Credentials exist as soon as the first node waits; the others join with a copy.
     for node in nodes[1:]:
         shutil.copytree(run_dirs["bus1"] / "credentials", run_dirs[node] / "credentials")
-    joiners = [start_bus(hosts, node, run_dirs[node], *cluster_settings(node), "cluster.join=true")
-               for node in nodes[1:]]
+    joiners = [
+        start_bus(hosts, node, run_dirs[node], *cluster_settings(node), "cluster.join=true") for node in nodes[1:]
+    ]
     for process in (first, *joiners):
         read_until(process, lambda line: "learner" in line and "credentials" in line, timeout=45)
 
     # Replicated: bus1 reports only streams it holds a copy of, with the peers other than itself.
-    jsz = json.loads(hosts.run("bus1", [sys.executable, "-c", (
-        "import urllib.request; print(urllib.request.urlopen("
-        "'http://127.0.0.1:8222/jsz?streams=true&config=true').read().decode())")]))
+    jsz = json.loads(
+        hosts.run(
+            "bus1",
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import urllib.request; print(urllib.request.urlopen("
+                    "'http://127.0.0.1:8222/jsz?streams=true&config=true').read().decode())"
+                ),
+            ],
+        )
+    )
     streams = [s for account in jsz["account_details"] for s in account.get("stream_detail", [])]
-    assert {s["name"] for s in streams} >= {"TRACERL_mh_NODES", "TRACERL_mh_WORK", "KV_tracerl_mh_state",
-                                             "OBJ_tracerl_mh_weights"}
+    assert {s["name"] for s in streams} >= {
+        "TRACERL_mh_NODES",
+        "TRACERL_mh_WORK",
+        "KV_tracerl_mh_state",
+        "OBJ_tracerl_mh_weights",
+    }
     for stream in streams:
         assert stream["config"]["num_replicas"] == 3, stream["name"]
         placed = {"bus1", stream["cluster"]["leader"], *(r["name"] for r in stream["cluster"]["replicas"])}
@@ -243,10 +297,20 @@ def test_a_three_host_cluster_forms_from_joining_nodes_and_serves_roles_on_any_n
 
     # Roles on two other hosts, each given a different node first: routes carry the traffic.
     urls = {node: f"nats://{hosts.address[node]}:4222" for node in nodes}
-    trainer = role_program(hosts, "trainer", "trainer", [urls["bus2"]],
-                           copy_credentials(run_dirs["bus1"], ["allocator", "learner"], tmp_path / "trainer-host"))
-    actor = role_program(hosts, "actor", "actor", [urls["bus3"], urls["bus1"]],
-                         copy_credentials(run_dirs["bus1"], ["actor"], tmp_path / "actor-host"))
+    trainer = role_program(
+        hosts,
+        "trainer",
+        "trainer",
+        [urls["bus2"]],
+        copy_credentials(run_dirs["bus1"], ["allocator", "learner"], tmp_path / "trainer-host"),
+    )
+    actor = role_program(
+        hosts,
+        "actor",
+        "actor",
+        [urls["bus3"], urls["bus1"]],
+        copy_credentials(run_dirs["bus1"], ["actor"], tmp_path / "actor-host"),
+    )
     actor_result, trainer_result = result_of(actor), result_of(trainer)
     assert "Authorization Violation" in actor_result["refused"]
     assert actor_result["weights_ok"]

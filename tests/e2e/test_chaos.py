@@ -17,10 +17,29 @@ pytestmark = [pytest.mark.slow, pytest.mark.nats, pytest.mark.vllm]
 def test_a_run_under_chaos_loses_and_repeats_nothing(tmp_path, embedded_model_dir):
     results = tmp_path / "results"
     argv = [
-        sys.executable, "-m", "tracerl", "bench", "chaos",
-        "--seed", "0", "--first-step", "1", "--steps-between", "1", "--steps-after", "2", "--max-delay-s", "2",
-        "--work-dir", str(tmp_path), "--results-dir", str(results), "--timeout-s", "400",
-        "--set", f"model_dir={embedded_model_dir}",
+        sys.executable,
+        "-m",
+        "tracerl",
+        "bench",
+        "chaos",
+        "--seed",
+        "0",
+        "--first-step",
+        "1",
+        "--steps-between",
+        "1",
+        "--steps-after",
+        "2",
+        "--max-delay-s",
+        "2",
+        "--work-dir",
+        str(tmp_path),
+        "--results-dir",
+        str(results),
+        "--timeout-s",
+        "400",
+        "--set",
+        f"model_dir={embedded_model_dir}",
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     report = (results / "chaos.md").read_text() if (results / "chaos.md").exists() else done.stdout[-4000:]

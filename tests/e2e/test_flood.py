@@ -25,10 +25,30 @@ PER_CONSUMED_SUBJECT = 286
 def test_a_flooded_run_survives_and_counts_every_reject(tmp_path, embedded_model_dir):
     results = tmp_path / "results"
     argv = [
-        sys.executable, "-m", "tracerl", "bench", "flood",
-        "--messages", str(MESSAGES), "--steps", "5", "--flood-after-step", "1", "--wrong-role-repeats", str(REPEATS),
-        "--no-baseline", "--eval-tasks", "0", "--timeout-s", "300",
-        "--work-dir", str(tmp_path), "--results-dir", str(results), "--set", f"model_dir={embedded_model_dir}",
+        sys.executable,
+        "-m",
+        "tracerl",
+        "bench",
+        "flood",
+        "--messages",
+        str(MESSAGES),
+        "--steps",
+        "5",
+        "--flood-after-step",
+        "1",
+        "--wrong-role-repeats",
+        str(REPEATS),
+        "--no-baseline",
+        "--eval-tasks",
+        "0",
+        "--timeout-s",
+        "300",
+        "--work-dir",
+        str(tmp_path),
+        "--results-dir",
+        str(results),
+        "--set",
+        f"model_dir={embedded_model_dir}",
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=400)
     report = (results / "flood.md").read_text() if (results / "flood.md").exists() else done.stdout[-4000:]

@@ -42,10 +42,20 @@ def test_multihop_mistakes_are_systematic_per_context():
 @pytest.mark.parametrize(
     "env_name, profile, knobs, first_name, tool",
     [
-        ("multihop", MistakeProfile(relation_confusion=(), premature_consistency=1.0), {"min_hops": 4, "max_hops": 4},
-         lambda params: params["start"].split()[0], "search"),
-        ("math", MistakeProfile(math_operation_confusion=(), premature_consistency=1.0), {"min_ops": 4, "max_ops": 4},
-         lambda params: params["question"].split()[0], "calculate"),
+        (
+            "multihop",
+            MistakeProfile(relation_confusion=(), premature_consistency=1.0),
+            {"min_hops": 4, "max_hops": 4},
+            lambda params: params["start"].split()[0],
+            "search",
+        ),
+        (
+            "math",
+            MistakeProfile(math_operation_confusion=(), premature_consistency=1.0),
+            {"min_ops": 4, "max_ops": 4},
+            lambda params: params["question"].split()[0],
+            "calculate",
+        ),
     ],
 )
 def test_premature_answers_depend_on_size_and_first_name(env_name, profile, knobs, first_name, tool):

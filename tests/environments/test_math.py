@@ -60,7 +60,9 @@ def test_expert_calculates_each_step_then_answers():
     assert final.done and final.reward == 1.0 and env.score() == 1.0
 
 
-@pytest.mark.parametrize("answer, reward", [("33", 1.0), ("33.0", 1.0), ("66/2", 1.0), ("+33", 1.0), ("32", 0.0), ("-33", 0.0)])
+@pytest.mark.parametrize(
+    "answer, reward", [("33", 1.0), ("33.0", 1.0), ("66/2", 1.0), ("+33", 1.0), ("32", 0.0), ("-33", 0.0)]
+)
 def test_answers_are_compared_as_exact_rationals(answer, reward):
     env = make_env("math")
     env.reset(hand_task())
@@ -252,7 +254,9 @@ def test_the_shipped_gsm8k_sample_loads_with_its_calculator_steps():
     assert by_line[9].answer == -7
     assert by_line[11].answer == 2700  # "#### 2,700"
     for problem in problems:
-        annotated = re.findall(r"<<([^=]+)=([^>]+)>>", json.loads(SAMPLE.read_text().splitlines()[problem.line - 1])["answer"])
+        annotated = re.findall(
+            r"<<([^=]+)=([^>]+)>>", json.loads(SAMPLE.read_text().splitlines()[problem.line - 1])["answer"]
+        )
         assert len(problem.steps) == len(annotated)
         for step, (_, result) in zip(problem.steps, annotated):
             assert evaluate(step.template) == Fraction(result)

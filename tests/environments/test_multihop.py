@@ -10,8 +10,15 @@ from protocol import TaskSpec
 
 
 def _task(start, path, kb_seed=4, top_k=3):
-    params = {"kb_seed": kb_seed, "num_people": 60, "num_relations": 4, "distractors": 2, "top_k": top_k,
-              "start": start, "path": list(path)}
+    params = {
+        "kb_seed": kb_seed,
+        "num_people": 60,
+        "num_relations": 4,
+        "distractors": 2,
+        "top_k": top_k,
+        "start": start,
+        "path": list(path),
+    }
     return TaskSpec(env="multihop", task_id="hand", params=params)
 
 

@@ -31,7 +31,8 @@ def test_env_names_lists_every_environment():
 
 def test_unknown_env_lists_valid_names():
     with pytest.raises(
-        EnvironmentError_, match="unknown environment 'chess'.*frozenlake, math, multihop, searchqa, sokoban, toolcall, webshop"
+        EnvironmentError_,
+        match="unknown environment 'chess'.*frozenlake, math, multihop, searchqa, sokoban, toolcall, webshop",
     ):
         make_env("chess")
     with pytest.raises(EnvironmentError_, match="valid names"):
@@ -46,7 +47,16 @@ def test_bad_split_and_unknown_knob_are_refused():
 
 
 def test_special_tokens_cover_every_tag():
-    search_r1 = ("<think>", "</think>", "<search>", "</search>", "<answer>", "</answer>", "<information>", "</information>")
+    search_r1 = (
+        "<think>",
+        "</think>",
+        "<search>",
+        "</search>",
+        "<answer>",
+        "</answer>",
+        "<information>",
+        "</information>",
+    )
     # New tags go last, so the ids of earlier ones never move.
     tools = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
     assert SPECIAL_TOKENS == (*search_r1, "<calculate>", "</calculate>", *tools)
@@ -60,9 +70,25 @@ def test_a_model_for_some_environments_gets_exactly_their_tags():
     assert env_special_tokens(["math"]) == (*search_r1[:2], *search_r1[4:], "<calculate>", "</calculate>")
     assert env_special_tokens(["math", "multihop"]) == SPECIAL_TOKENS[:10]
     # Qwen3's own tool tags; no search, calculator or information block.
-    tool_tags = ("<think>", "</think>", "<answer>", "</answer>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+    tool_tags = (
+        "<think>",
+        "</think>",
+        "<answer>",
+        "</answer>",
+        "<tool_call>",
+        "</tool_call>",
+        "<tool_response>",
+        "</tool_response>",
+    )
     assert env_special_tokens(["toolcall"]) == tool_tags
-    assert env_special_tokens(["webshop"]) == ("<think>", "</think>", "<answer>", "</answer>", "<information>", "</information>")
+    assert env_special_tokens(["webshop"]) == (
+        "<think>",
+        "</think>",
+        "<answer>",
+        "</answer>",
+        "<information>",
+        "</information>",
+    )
 
 
 @pytest.mark.parametrize("name", GENERATED)

@@ -12,8 +12,11 @@ CORPUS = [
     {"id": "3", "title": "Nairobi", "text": "Nairobi is the capital of Kenya."},
 ]
 TRAIN = [
-    {"id": "q1", "question": "Which city is where the river leaving Lake Tana meets the White Nile?",
-     "golden_answers": ["Khartoum"]},
+    {
+        "id": "q1",
+        "question": "Which city is where the river leaving Lake Tana meets the White Nile?",
+        "golden_answers": ["Khartoum"],
+    },
     {"id": "q2", "question": "What is the capital of Kenya?", "golden_answers": ["Nairobi", "Nairobi City"]},
 ]
 HELDOUT = [
@@ -95,7 +98,11 @@ def test_corrupt_question_line_names_file_and_line(tmp_path, line, message):
 
 @pytest.mark.parametrize(
     "line, message",
-    [("{oops", "not valid JSON"), ('{"id": "9"}', "needs 'contents' or 'text'"), ('{"title": 1, "text": "t"}', "title")],
+    [
+        ("{oops", "not valid JSON"),
+        ('{"id": "9"}', "needs 'contents' or 'text'"),
+        ('{"title": 1, "text": "t"}', "title"),
+    ],
 )
 def test_corrupt_corpus_line_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "corpus.jsonl"
@@ -108,5 +115,12 @@ def test_missing_files_are_reported(tmp_path):
     with pytest.raises(EnvironmentError_, match="cannot read"):
         load_questions(tmp_path / "nope.jsonl")
     with pytest.raises(EnvironmentError_, match="cannot read corpus"):
-        make_tasks("searchqa", "train", 1, seed=0, train_file=write_jsonl(tmp_path / "t.jsonl", TRAIN),
-                   heldout_file=str(tmp_path / "h.jsonl"), corpus_file=str(tmp_path / "missing.jsonl"))
+        make_tasks(
+            "searchqa",
+            "train",
+            1,
+            seed=0,
+            train_file=write_jsonl(tmp_path / "t.jsonl", TRAIN),
+            heldout_file=str(tmp_path / "h.jsonl"),
+            corpus_file=str(tmp_path / "missing.jsonl"),
+        )

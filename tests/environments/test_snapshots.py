@@ -43,17 +43,26 @@ def random_action(env, rng: random.Random) -> str:
     if env.name == "toolcall":
         if roll < 0.85:
             order = f"o{rng.randint(1, 9)}"
-            call = rng.choice([
-                {"name": "get_order", "arguments": {"order_id": order}},
-                {"name": "cancel_order", "arguments": {"order_id": order, "reason": "no longer needed"}},
-                {"name": "return_order", "arguments": {"order_id": order}},
-                {"name": "change_quantity", "arguments": {"order_id": order, "quantity": rng.randint(0, 4)}},
-                {"name": "place_order", "arguments": {"user_id": f"u{rng.randint(1, 3)}", "product": "mug", "quantity": 1}},
-            ])
+            call = rng.choice(
+                [
+                    {"name": "get_order", "arguments": {"order_id": order}},
+                    {"name": "cancel_order", "arguments": {"order_id": order, "reason": "no longer needed"}},
+                    {"name": "return_order", "arguments": {"order_id": order}},
+                    {"name": "change_quantity", "arguments": {"order_id": order, "quantity": rng.randint(0, 4)}},
+                    {
+                        "name": "place_order",
+                        "arguments": {"user_id": f"u{rng.randint(1, 3)}", "product": "mug", "quantity": 1},
+                    },
+                ]
+            )
             return f"<tool_call> {json.dumps(call)} </tool_call>"
         return "<answer> done </answer>"
     if env.name == "webshop":
-        return "<answer> " + rng.choice(["search[ mug ]", "back", "buy", "click[ p001 ]", "click[ navy ]", "click[ large ]"]) + " </answer>"
+        return (
+            "<answer> "
+            + rng.choice(["search[ mug ]", "back", "buy", "click[ p001 ]", "click[ navy ]", "click[ large ]"])
+            + " </answer>"
+        )
     return f"<answer> {rng.choice(['Up', 'Down', 'Left', 'Right', 'u', 'D'])} </answer>"
 
 
@@ -160,7 +169,11 @@ def test_corrupt_snapshots_raise_clear_errors(name, label, corrupt, message):
         ("math", lambda s: {**s, "shown": ["1/1"]}, "canonical"),
         ("math", lambda s: {**s, "shown": "48"}, "list of strings"),
         ("toolcall", lambda s: {**s, "calls": None}, "calls must be a list"),
-        ("toolcall", lambda s: {**s, "calls": [{"name": "drop_tables", "arguments": {}}]}, "call 0 is not a valid call"),
+        (
+            "toolcall",
+            lambda s: {**s, "calls": [{"name": "drop_tables", "arguments": {}}]},
+            "call 0 is not a valid call",
+        ),
         ("webshop", lambda s: {**s, "page": "cart"}, "page must be one of"),
         ("webshop", lambda s: {**s, "query": ""}, "query does not fit its page"),
     ],

@@ -83,7 +83,7 @@ def tool_call(function, **arguments):
 def response(result):
     text = result.observation
     assert text.startswith("<tool_response> ") and text.endswith(" </tool_response>"), text
-    return json.loads(text[len("<tool_response> "):-len(" </tool_response>")])
+    return json.loads(text[len("<tool_response> ") : -len(" </tool_response>")])
 
 
 def play(env, actions):
@@ -125,7 +125,14 @@ def test_the_expert_follows_the_solution_and_reaches_the_goal():
     assert response(first) == {"user_id": "u1", "name": "Ana Ruiz", "balance": 30, "orders": ["o1", "o2"]}
     assert env.score() == pytest.approx(1 / 6)
     observed = [response(env.step(env.expert_action())) for _ in range(4)]
-    assert observed[1] == {"order_id": "o2", "user_id": "u1", "product": "lamp", "quantity": 1, "total": 25, "status": "pending"}
+    assert observed[1] == {
+        "order_id": "o2",
+        "user_id": "u1",
+        "product": "lamp",
+        "quantity": 1,
+        "total": 25,
+        "status": "pending",
+    }
     assert observed[2] == {"order_id": "o2", "status": "cancelled", "refund": 25, "balance": 55}
     assert observed[3] == {"order_id": "o4", "status": "pending", "total": 24, "balance": 31}
     assert env.expert_action() == "<think> the request is done </think> <answer> done </answer>"
@@ -137,23 +144,30 @@ def test_any_call_sequence_that_reaches_the_goal_state_succeeds():
     """Judged by the final state, not the calls: buying first, guessing ids and extra reads all pass."""
     env = make_env("toolcall")
     env.reset(hand_task())
-    play(env, [
-        tool_call("place_order", user_id="u1", product="mug", quantity=3),
-        tool_call("get_product", product="lamp"),
-        tool_call("cancel_order", order_id="o2", reason="ordered by mistake"),
-    ])
+    play(
+        env,
+        [
+            tool_call("place_order", user_id="u1", product="mug", quantity=3),
+            tool_call("get_product", product="lamp"),
+            tool_call("cancel_order", order_id="o2", reason="ordered by mistake"),
+        ],
+    )
     assert env.step("<answer> all done </answer>").reward == 1.0
 
 
 @pytest.mark.parametrize(
     "actions",
     [
-        [tool_call("cancel_order", order_id="o2", reason="no longer needed"),
-         tool_call("place_order", user_id="u1", product="mug", quantity=3)],  # the wrong reason is recorded
+        [
+            tool_call("cancel_order", order_id="o2", reason="no longer needed"),
+            tool_call("place_order", user_id="u1", product="mug", quantity=3),
+        ],  # the wrong reason is recorded
         [tool_call("cancel_order", order_id="o2", reason="ordered by mistake")],  # the purchase is missing
-        [tool_call("cancel_order", order_id="o2", reason="ordered by mistake"),
-         tool_call("place_order", user_id="u1", product="mug", quantity=3),
-         tool_call("change_quantity", order_id="o3", quantity=2)],  # another customer's order changed too
+        [
+            tool_call("cancel_order", order_id="o2", reason="ordered by mistake"),
+            tool_call("place_order", user_id="u1", product="mug", quantity=3),
+            tool_call("change_quantity", order_id="o3", quantity=2),
+        ],  # another customer's order changed too
     ],
 )
 def test_any_other_final_state_fails(actions):
@@ -166,11 +180,14 @@ def test_any_other_final_state_fails(actions):
 def test_the_final_state_is_judged_at_the_turn_cap_too():
     env = make_env("toolcall")
     env.reset(hand_task(max_turns=3, solution=[]))
-    results = play(env, [
-        tool_call("cancel_order", order_id="o2", reason="ordered by mistake"),
-        tool_call("place_order", user_id="u1", product="mug", quantity=3),
-        "<think> nothing more </think>",
-    ])
+    results = play(
+        env,
+        [
+            tool_call("cancel_order", order_id="o2", reason="ordered by mistake"),
+            tool_call("place_order", user_id="u1", product="mug", quantity=3),
+            "<think> nothing more </think>",
+        ],
+    )
     assert [r.done for r in results] == [False, False, True] and results[-1].reward == 1.0
     env.reset(hand_task(max_turns=1, solution=[]))
     assert env.step(tool_call("get_order", order_id="o2")).reward == 0.0
@@ -185,25 +202,40 @@ def test_a_request_that_must_change_nothing_succeeds_by_replying():
 MALFORMED = [
     ("I would cancel the order", "no_action", "write <tool_call>"),
     ("<tool_call> </tool_call>", "no_action", "write <tool_call>"),
-    ('<tool_call> {"name": "find_user", "arguments": {"name": "Ana Ruiz"} </tool_call>', "invalid_json",
-     "Expecting ',' delimiter at character 55"),
+    (
+        '<tool_call> {"name": "find_user", "arguments": {"name": "Ana Ruiz"} </tool_call>',
+        "invalid_json",
+        "Expecting ',' delimiter at character 55",
+    ),
     ("<tool_call> find_user(name='Ana Ruiz') </tool_call>", "invalid_json", "Expecting value at character 0"),
     ("<tool_call> " + "[" * 1500 + " </tool_call>", "invalid_json", "nested too deeply"),
-    ("<tool_call> " + json.dumps({"name": "find_user", "arguments": {"name": "x" * 2100}}) + " </tool_call>",
-     "too_long", "at most 2000 characters"),
+    (
+        "<tool_call> " + json.dumps({"name": "find_user", "arguments": {"name": "x" * 2100}}) + " </tool_call>",
+        "too_long",
+        "at most 2000 characters",
+    ),
     ("<tool_call> [1, 2] </tool_call>", "bad_call", 'a tool call is {"name": string , "arguments": object}'),
     ('<tool_call> {"function": "find_user"} </tool_call>', "bad_call", "a tool call is"),
-    ('<tool_call> {"name": "find_user", "arguments": "Ana Ruiz"} </tool_call>', "bad_call",
-     "arguments must be an object, got str"),
+    (
+        '<tool_call> {"name": "find_user", "arguments": "Ana Ruiz"} </tool_call>',
+        "bad_call",
+        "arguments must be an object, got str",
+    ),
     (tool_call("delete_user", user_id="u1"), "unknown_function", "no function 'delete_user' ; available : find_user ,"),
     (tool_call("change_quantity", order_id="o2", quantity=0), "invalid_arguments", "schema of change_quantity"),
     (tool_call("get_order", order_id="o9"), "not_found", "no order with id 'o9'"),
     (tool_call("find_user", name="Ana Diaz"), "not_found", "no user named 'Ana Diaz'"),
-    (tool_call("return_order", order_id="o2"), "precondition_failed",
-     "order o2 is pending ; only delivered orders can be returned"),
+    (
+        tool_call("return_order", order_id="o2"),
+        "precondition_failed",
+        "order o2 is pending ; only delivered orders can be returned",
+    ),
     (tool_call("place_order", user_id="u1", product="lamp", quantity=2), "precondition_failed", "only 1 lamp in stock"),
-    (tool_call("place_order", user_id="u1", product="mug", quantity=4), "precondition_failed",
-     "balance 30 is less than the total 32"),
+    (
+        tool_call("place_order", user_id="u1", product="mug", quantity=4),
+        "precondition_failed",
+        "balance 30 is less than the total 32",
+    ),
 ]
 
 
@@ -250,11 +282,16 @@ def test_malformed_actions_never_end_the_episode_before_its_turn_limit():
         ({"tools": ["find_user", "drop_tables"]}, "tools must be a non-empty list of distinct names"),
         ({"tools": []}, "tools must be a non-empty list"),
         ({"initial": {"users": {}, "products": {}}}, "initial state: initial: missing required property 'orders'"),
-        ({"goal": {**INITIAL, "products": {"lamp": {"price": 0, "stock": 1}}}}, "goal.products.lamp.price: must be >= 1"),
+        (
+            {"goal": {**INITIAL, "products": {"lamp": {"price": 0, "stock": 1}}}},
+            "goal.products.lamp.price: must be >= 1",
+        ),
         ({"max_turns": 11}, "max_turns must be an int in \\[1, 10\\]"),
         ({"max_turns": 4}, "solution must be a list of at most max_turns calls"),
-        ({"solution": [call("cancel_order", order_id="o1", reason="ordered by mistake")]},
-         "solution fails: call 0 cancel_order: order o1 is delivered"),
+        (
+            {"solution": [call("cancel_order", order_id="o1", reason="ordered by mistake")]},
+            "solution fails: call 0 cancel_order: order o1 is delivered",
+        ),
         ({"solution": SOLUTION[:4]}, "solution does not reach the goal state"),
         ({"solution": [call("get_order", id="o1")]}, "solution call 0: arguments do not match the schema"),
         ({"tools": ["find_user", "get_order", "cancel_order"]}, "solution call 4: no function 'place_order'"),
@@ -274,7 +311,10 @@ def test_every_tool_schema_is_in_the_supported_subset():
         check_schema(tool.parameters)
         assert tool.parameters["additionalProperties"] is False
     assert sorted(name for name, tool in TOOLS.items() if tool.writes) == [
-        "cancel_order", "change_quantity", "place_order", "return_order",
+        "cancel_order",
+        "change_quantity",
+        "place_order",
+        "return_order",
     ]
     assert signature(TOOLS["get_order"]) == "get_order ( order_id : string ) : the details of an order"
 
@@ -293,12 +333,26 @@ def test_every_tool_schema_is_in_the_supported_subset():
         ("x", {"type": "string", "enum": ["a", "b"]}, ["v: must be one of ['a', 'b'], got 'x'"]),
         (None, {"enum": [None, 1]}, []),
         ({}, {"type": "object", "required": ["a"]}, ["v: missing required property 'a'"]),
-        ({"a": 1, "b": 2}, {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
-         ["v: unexpected property 'b'"]),
-        ({"a": 1, "b": "x"}, {"type": "object", "additionalProperties": {"type": "integer"}}, ["v.b: must be an integer, got 'x'"]),
-        ({"a": {"b": [1, "2"]}},
-         {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"type": "array", "items": {"type": "integer"}}}}}},
-         ["v.a.b[1]: must be an integer, got '2'"]),
+        (
+            {"a": 1, "b": 2},
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "additionalProperties": False},
+            ["v: unexpected property 'b'"],
+        ),
+        (
+            {"a": 1, "b": "x"},
+            {"type": "object", "additionalProperties": {"type": "integer"}},
+            ["v.b: must be an integer, got 'x'"],
+        ),
+        (
+            {"a": {"b": [1, "2"]}},
+            {
+                "type": "object",
+                "properties": {
+                    "a": {"type": "object", "properties": {"b": {"type": "array", "items": {"type": "integer"}}}}
+                },
+            },
+            ["v.a.b[1]: must be an integer, got '2'"],
+        ),
         ([], {"type": "object"}, ["v: must be an object, got []"]),
         ({"a": 1}, {"type": "array"}, ["v: must be an array, got {'a': 1}"]),
     ],
@@ -368,7 +422,7 @@ def test_difficulty_knobs_set_writes_lookups_and_turn_cap(min_goals, max_goals, 
         writes = [c for c in solution if TOOLS[c["name"]].writes]
         assert min_goals <= len(writes) <= max_goals
         assert solution[0]["name"] == "find_user"
-        assert all(c["name"] == "get_order" for c in solution[1:len(solution) - len(writes)])
+        assert all(c["name"] == "get_order" for c in solution[1 : len(solution) - len(writes)])
         assert all(len(u["orders"]) <= max_orders for u in task.params["initial"]["users"].values())
         assert task.params["max_turns"] == min(MAX_TURNS_CAP, len(solution) + 2)  # + the reply + slack 1
         assert task.params["instruction"].count(" . then ") == len(writes) - 1
@@ -423,13 +477,17 @@ def _random_action(env, rng):
         return env.expert_action()
     if roll < 0.8:
         order = f"o{rng.randint(1, 8)}"
-        return rng.choice([
-            tool_call("cancel_order", order_id=order, reason=rng.choice(["no longer needed", "ordered by mistake"])),
-            tool_call("return_order", order_id=order),
-            tool_call("change_quantity", order_id=order, quantity=rng.randint(1, 4)),
-            tool_call("place_order", user_id=f"u{rng.randint(1, 3)}", product="mug", quantity=rng.randint(1, 3)),
-            tool_call("get_order", order_id=order),
-        ])
+        return rng.choice(
+            [
+                tool_call(
+                    "cancel_order", order_id=order, reason=rng.choice(["no longer needed", "ordered by mistake"])
+                ),
+                tool_call("return_order", order_id=order),
+                tool_call("change_quantity", order_id=order, quantity=rng.randint(1, 4)),
+                tool_call("place_order", user_id=f"u{rng.randint(1, 3)}", product="mug", quantity=rng.randint(1, 3)),
+                tool_call("get_order", order_id=order),
+            ]
+        )
     if roll < 0.95:
         return rng.choice(["garbage", "<tool_call> {bad json </tool_call>", tool_call("nope"), "<tool_call>"])
     return "<answer> done </answer>"
@@ -510,9 +568,14 @@ def _line(**changes):
         (_line(goal=None), "missing field 'goal'"),
         (_line(answer="done"), "unknown fields \\['answer'\\]"),
         (_line(tools=["find_user", "refund_all"]), "tools must be a non-empty list of distinct names"),
-        (_line(initial={"users": {}, "products": {}, "orders": {}, "extra": {}}), "initial: unexpected property 'extra'"),
-        (_line(solution=[call("cancel_order", order_id="o1", reason="ordered by mistake")]),
-         "solution does not reach the goal state"),
+        (
+            _line(initial={"users": {}, "products": {}, "orders": {}, "extra": {}}),
+            "initial: unexpected property 'extra'",
+        ),
+        (
+            _line(solution=[call("cancel_order", order_id="o1", reason="ordered by mistake")]),
+            "solution does not reach the goal state",
+        ),
         (_line(max_turns="5"), "max_turns must be an int"),
     ],
 )

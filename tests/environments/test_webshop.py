@@ -36,8 +36,13 @@ INSTRUCTIONS = DATA / "webshop_instructions_sample.jsonl"
 BACKPACK_GOAL = Goal("b1", "backpack", "bags", ("waterproof", "padded"), (("color", "navy"),), 40.0)
 
 
-def product(type_="backpack", department="bags", attributes=("waterproof", "padded", "usb port"), price=34.99,
-            colors=("black", "navy", "blue")):
+def product(
+    type_="backpack",
+    department="bags",
+    attributes=("waterproof", "padded", "usb port"),
+    price=34.99,
+    colors=("black", "navy", "blue"),
+):
     return Product("b1", "t", department, type_, attributes, (("color", colors), ("size", ("small", "large"))), price)
 
 
@@ -105,16 +110,35 @@ def test_parse_command(text, parsed):
 
 
 def sample_task(top_k=3, max_turns=6):
-    goal = {"asin": "B05PACK001", "type": "backpack", "department": "bags", "attributes": ["padded", "usb port"],
-            "options": {"color": "grey"}, "price_upper": 50.0}
-    return TaskSpec("webshop", "hand", {"products_file": str(PRODUCTS), "instruction": "a padded backpack in grey",
-                                        "goal": goal, "top_k": top_k, "max_turns": max_turns})
+    goal = {
+        "asin": "B05PACK001",
+        "type": "backpack",
+        "department": "bags",
+        "attributes": ["padded", "usb port"],
+        "options": {"color": "grey"},
+        "price_upper": 50.0,
+    }
+    return TaskSpec(
+        "webshop",
+        "hand",
+        {
+            "products_file": str(PRODUCTS),
+            "instruction": "a padded backpack in grey",
+            "goal": goal,
+            "top_k": top_k,
+            "max_turns": max_turns,
+        },
+    )
 
 
-RESULTS = ("<information> results for padded usb port backpack : [ B05PACK001 ] summit padded laptop backpack $ 42.00 ; "
-           "[ B05PACK002 ] summit rolltop waterproof backpack $ 64.99 </information>")
-ITEM = ("<information> [ B05PACK001 ] summit padded laptop backpack ; price : $ 42.00 ; attributes : padded , "
-        "water resistant , usb port ; color : black , navy , grey ; selected : {} </information>")
+RESULTS = (
+    "<information> results for padded usb port backpack : [ B05PACK001 ] summit padded laptop backpack $ 42.00 ; "
+    "[ B05PACK002 ] summit rolltop waterproof backpack $ 64.99 </information>"
+)
+ITEM = (
+    "<information> [ B05PACK001 ] summit padded laptop backpack ; price : $ 42.00 ; attributes : padded , "
+    "water resistant , usb port ; color : black , navy , grey ; selected : {} </information>"
+)
 
 
 def test_registry_builds_the_webshop_environment():
@@ -127,7 +151,9 @@ def test_search_open_select_and_buy_with_the_pages_they_show():
     env = make_env("webshop")
     prompt = env.reset(sample_task())
     assert prompt.endswith("\ninstruction : a padded backpack in grey")
-    assert env.expert_action() == "<think> search the store </think> <answer> search[ padded usb port backpack ] </answer>"
+    assert (
+        env.expert_action() == "<think> search the store </think> <answer> search[ padded usb port backpack ] </answer>"
+    )
     assert env.step(env.expert_action()).observation == RESULTS
     assert env.score() == 0.5
     assert env.expert_action() == "<think> open B05PACK001 </think> <answer> click[ B05PACK001 ] </answer>"
@@ -146,7 +172,10 @@ def test_back_leaves_the_product_then_the_results():
     for action in ("search[ padded usb port backpack ]", "click[ b05pack001 ]", "click[ navy ]"):
         env.step(f"<answer> {action} </answer>")
     assert env.step("<answer> back </answer>").observation == RESULTS
-    assert env.step("<answer> back </answer>").observation == "<information> search page : write search[ words ] </information>"
+    assert (
+        env.step("<answer> back </answer>").observation
+        == "<information> search page : write search[ words ] </information>"
+    )
     env.step("<answer> search[ padded usb port backpack ] </answer>")
     assert env.step("<answer> click[ b05pack001 ] </answer>").observation == ITEM.format("none")  # options start afresh
 
@@ -158,7 +187,9 @@ def test_the_expert_leaves_a_wrong_product_and_searches_the_title_when_the_query
     env.step("<answer> click[ b05pack002 ] </answer>")
     assert env.expert_action() == "<think> not this one </think> <answer> back </answer>"
     env.step(env.expert_action())
-    assert env.expert_action() == "<think> search the store </think> <answer> search[ padded usb port backpack ] </answer>"
+    assert (
+        env.expert_action() == "<think> search the store </think> <answer> search[ padded usb port backpack ] </answer>"
+    )
     env.step("<answer> search[ wallet ] </answer>")  # nothing fulfils the goal here either
     assert env.step(env.expert_action()).observation == RESULTS
 
@@ -183,9 +214,18 @@ def test_malformed_and_misplaced_actions_are_observations_until_the_turn_limit()
         ("<answer> back </answer>", "error : nothing to go back to ; search first"),
         ("<answer> buy </answer>", "error : open a product before buying"),
         ("add to cart", "error : write <answer> search[ words ] </answer> , click[ id or option ] , back or buy"),
-        ("<answer> search[ padded usb port backpack ] </answer>", RESULTS[len("<information> "):-len(" </information>")]),
-        ("<answer> click[ b04mug0001 ] </answer>", "error : no product b04mug0001 on this page ; click an id shown in the results"),
-        ("<answer> click[ b05pack001 ] </answer>", ITEM.format("none")[len("<information> "):-len(" </information>")]),
+        (
+            "<answer> search[ padded usb port backpack ] </answer>",
+            RESULTS[len("<information> ") : -len(" </information>")],
+        ),
+        (
+            "<answer> click[ b04mug0001 ] </answer>",
+            "error : no product b04mug0001 on this page ; click an id shown in the results",
+        ),
+        (
+            "<answer> click[ b05pack001 ] </answer>",
+            ITEM.format("none")[len("<information> ") : -len(" </information>")],
+        ),
         ("<answer> click[ yellow ] </answer>", "error : this product has no option yellow"),
     ]
     for turn, (action, observation) in enumerate(actions, start=1):
@@ -233,8 +273,16 @@ def test_the_synthetic_catalogue_is_seeded_and_has_look_alike_families():
 
 @pytest.mark.parametrize("attributes, options", [(1, 0), (2, 1), (3, 2)])
 def test_difficulty_knobs_set_attributes_options_and_turn_cap(attributes, options):
-    tasks = generate_tasks("train", 40, 3, min_attributes=attributes, max_attributes=attributes,
-                           min_options=options, max_options=options, slack=1)
+    tasks = generate_tasks(
+        "train",
+        40,
+        3,
+        min_attributes=attributes,
+        max_attributes=attributes,
+        min_options=options,
+        max_options=options,
+        slack=1,
+    )
     assert len({t.task_id for t in tasks}) == 40
     for task in tasks:
         goal = task.params["goal"]
@@ -248,7 +296,9 @@ def test_each_split_has_its_own_catalogues():
         tasks = generate_tasks(split, 60, 2, num_catalogues=4)
         assert {t.params["catalogue_seed"] for t in tasks} <= {2 * i + parity for i in range(4)}
         for task in tasks:
-            description = f"{task.params['catalogue_seed']}:60:{task.params['instruction']}:{task.params['goal']['asin']}"
+            description = (
+                f"{task.params['catalogue_seed']}:60:{task.params['instruction']}:{task.params['goal']['asin']}"
+            )
             assert split_of_content(description) == split
 
 
@@ -289,7 +339,9 @@ def _random_action(env, rng):
     if roll < 0.75 and env.results():
         return f"<answer> click[ {rng.choice(env.results()).asin} ] </answer>"
     if roll < 0.9:
-        return "<answer> " + rng.choice(["back", "buy", "click[ navy ]", "click[ large ]", "search[ mug ]"]) + " </answer>"
+        return (
+            "<answer> " + rng.choice(["back", "buy", "click[ navy ]", "click[ large ]", "search[ mug ]"]) + " </answer>"
+        )
     return rng.choice(["garbage", "<answer> click[ p999 ] </answer>", "<answer>"])
 
 
@@ -337,7 +389,11 @@ def test_the_shipped_samples_load_and_the_expert_fulfils_every_instruction():
     assert len(products) == 10
     boots = next(p for p in products if p.asin == "B02BOOT001")
     assert boots.options == (("size", ("9", "10", "11", "12")),) and boots.price == 119.99
-    assert boots.title == "ridge leather hiking boots" and boots.attributes == ("leather", "waterproof", "ankle support")
+    assert boots.title == "ridge leather hiking boots" and boots.attributes == (
+        "leather",
+        "waterproof",
+        "ankle support",
+    )
     instructions = load_instructions(INSTRUCTIONS, file_catalogue(str(PRODUCTS)))
     assert [r.line for r in instructions] == [1, 2, 3, 4, 5, 6, 7]
     assert instructions[3].goal.options == (("capacity", "16 oz"), ("color", "silver"))
@@ -366,7 +422,10 @@ GOOD_PRODUCT = json.loads(PRODUCTS.read_text().splitlines()[0])
         (json.dumps({**GOOD_PRODUCT, "asin": "B01RUN0001"}), "asin 'B01RUN0001' appears twice"),
         (json.dumps({**GOOD_PRODUCT, "asin": "X", "attributes": "light"}), "field 'attributes' must be a list"),
         (json.dumps({**GOOD_PRODUCT, "asin": "X", "options": {"size": []}}), "field 'options.size' must be a list"),
-        (json.dumps({**GOOD_PRODUCT, "asin": "X", "options": {"a": ["red"], "b": ["red"]}}), "an option value appears twice"),
+        (
+            json.dumps({**GOOD_PRODUCT, "asin": "X", "options": {"a": ["red"], "b": ["red"]}}),
+            "an option value appears twice",
+        ),
         (json.dumps({**GOOD_PRODUCT, "asin": "X", "price": "12"}), "field 'price' must be a positive number"),
         (json.dumps({**GOOD_PRODUCT, "asin": "X", "price": 0}), "field 'price' must be a positive number"),
     ],

@@ -45,7 +45,12 @@ def test_packed_layout_of_a_small_tree():
     assert batch.target_predictor.tolist() == [1, 2, 4, 4]
     assert batch.target_weight.tolist() == [2.0, 2.0, 1.0, 1.0]
     assert sorted(zip(batch.path_of_pair.tolist(), batch.target_of_pair.tolist())) == [
-        (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 3)
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (1, 0),
+        (1, 1),
+        (1, 3),
     ]
     unpacked = unpacked_batch(t)
     assert unpacked.input_tokens == 12 and batch.input_tokens == 7

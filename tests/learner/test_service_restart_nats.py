@@ -96,7 +96,9 @@ def _step_trees(run_id: str, step: int, count: int = TREES_PER_STEP, version: in
     return [
         replace(
             random_tree(rng, f"s{step}-{i}", TINY_VOCAB, version=step if version is None else version),
-            run_id=run_id, allocator_step=step, step_tree_count=count,
+            run_id=run_id,
+            allocator_step=step,
+            step_tree_count=count,
         )
         for i in range(count)
     ]
@@ -119,9 +121,7 @@ async def _wait_started(run_dir: Path, count: int, learner: subprocess.Popen, ou
     await _until(f"start {count}", started, learner, out)
 
 
-def test_a_restarted_learner_does_not_announce_its_version_again_and_never_goes_back(
-    bus_run, tiny_model_dir, tmp_path
-):
+def test_a_restarted_learner_does_not_announce_its_version_again_and_never_goes_back(bus_run, tiny_model_dir, tmp_path):
     run_dir, config_path, out = _learner_files(bus_run, tiny_model_dir, tmp_path)
     run_id = bus_run.run.run_id
 
@@ -191,9 +191,7 @@ async def _wait_held(admin, count: int, learner: subprocess.Popen, out: Path) ->
     await _until(f"{count} trees held", held, learner, out)
 
 
-def test_a_killed_learner_loses_no_buffered_tree_and_its_successor_trains_each_once(
-    bus_run, tiny_model_dir, tmp_path
-):
+def test_a_killed_learner_loses_no_buffered_tree_and_its_successor_trains_each_once(bus_run, tiny_model_dir, tmp_path):
     run_dir, config_path, out = _learner_files(bus_run, tiny_model_dir, tmp_path)
     run_id = bus_run.run.run_id
     step0 = _step_trees(run_id, 0)

@@ -74,11 +74,14 @@ def test_difficulty_labels():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("env_name, labels", [
-    ("math", {f"steps={n}" for n in range(1, 5)}),
-    ("toolcall", {f"max_turns={n}" for n in range(3, 9)}),
-    ("webshop", {f"max_turns={n}" for n in range(5, 8)}),
-])
+@pytest.mark.parametrize(
+    "env_name, labels",
+    [
+        ("math", {f"steps={n}" for n in range(1, 5)}),
+        ("toolcall", {f"max_turns={n}" for n in range(3, 9)}),
+        ("webshop", {f"max_turns={n}" for n in range(5, 8)}),
+    ],
+)
 def test_tool_episodes_run_through_the_eval_loop(random_model_dir, env_name, labels):
     """The calculator's, the tool call's and the store's tags and stop strings reach the
     generator: a random policy's episodes end within the turn cap and are scored."""

@@ -41,9 +41,24 @@ def test_without_a_routed_log_the_block_leaves_the_streams_alone(monkeypatch, ca
 def test_eval_console_has_results_but_no_engine_logs_and_no_traceback(random_model_dir, tmp_path):
     engine_log = tmp_path / "engine.log"
     result = subprocess.run(
-        [sys.executable, "-m", "tracerl", "eval", "--model", str(random_model_dir), "--env", "multihop",
-         "--tasks", "2", "--log-file", str(engine_log)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "tracerl",
+            "eval",
+            "--model",
+            str(random_model_dir),
+            "--env",
+            "multihop",
+            "--tasks",
+            "2",
+            "--log-file",
+            str(engine_log),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     console = result.stdout + result.stderr
     assert result.returncode == 0, console[-3000:]

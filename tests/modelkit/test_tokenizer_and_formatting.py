@@ -25,11 +25,13 @@ def test_every_tag_is_one_token_and_survives_decoding(tokenizer):
 def test_a_name_has_the_same_ids_in_an_observation_a_thought_and_an_answer(tokenizer):
     name = tokenizer.encode(" Finn Ortiz", add_special_tokens=False)
     assert len(name) == 2, tokenizer.convert_ids_to_tokens(name)  # one id per word: a copy is one lookup
-    for text in ("<information> the mentor of Ada Park is Finn Ortiz ; the city of Ada Park is Rome </information>",
-                 "<think> the answer is Finn Ortiz </think> <answer> Finn Ortiz </answer>",
-                 "<search> mentor of Finn Ortiz </search>"):
+    for text in (
+        "<information> the mentor of Ada Park is Finn Ortiz ; the city of Ada Park is Rome </information>",
+        "<think> the answer is Finn Ortiz </think> <answer> Finn Ortiz </answer>",
+        "<search> mentor of Finn Ortiz </search>",
+    ):
         ids = tokenizer.encode(text, add_special_tokens=False)
-        assert any(ids[i:i + 2] == name for i in range(len(ids) - 1)), text
+        assert any(ids[i : i + 2] == name for i in range(len(ids) - 1)), text
         assert tokenizer.decode(ids) == text
 
 
@@ -53,8 +55,10 @@ def test_eos_and_pad_are_set_and_there_is_no_chat_template(tokenizer):
 def test_episode_ids_concatenate_rollout_segments_and_mask_only_actions(tokenizer):
     prompt = "question : who is the coach of Lina Lopez ?"
     turns = [
-        ("<think> need the coach of Lina Lopez </think> <search> coach of Lina Lopez </search>",
-         "<information> the coach of Lina Lopez is Ali Costa </information>"),
+        (
+            "<think> need the coach of Lina Lopez </think> <search> coach of Lina Lopez </search>",
+            "<information> the coach of Lina Lopez is Ali Costa </information>",
+        ),
         ("<think> the answer is Ali Costa </think> <answer> Ali Costa </answer>", ""),
     ]
     ids, is_action = episode_token_ids(tokenizer, prompt, turns)
@@ -88,7 +92,11 @@ def test_a_math_tokenizer_stops_on_one_token_and_reads_a_number_alike_everywhere
     tokenizer = train_tokenizer(texts, TokenizerSpec(vocab_size=600, tags=environment_tags(["math"])))
     assert stop_token_ids(tokenizer, make_env("math").stop_strings) is not None
     number = tokenizer.encode(" 48", add_special_tokens=False)
-    for text in ("Ana has 4 tins with 48 pencils", "<information> 48 </information>", "<calculate> 48 - 15 </calculate>"):
+    for text in (
+        "Ana has 4 tins with 48 pencils",
+        "<information> 48 </information>",
+        "<calculate> 48 - 15 </calculate>",
+    ):
         ids = tokenizer.encode(text, add_special_tokens=False)
         assert any(ids[i : i + len(number)] == number for i in range(len(ids))), text
 
@@ -96,10 +104,22 @@ def test_a_math_tokenizer_stops_on_one_token_and_reads_a_number_alike_everywhere
 @pytest.mark.parametrize(
     "env_name, word, texts",
     [
-        ("toolcall", "o4", ('<tool_response> {"orders": ["o2", "o4"]} </tool_response>',
-                            '<tool_call> {"name": "get_order", "arguments": {"order_id": "o4"}} </tool_call>')),
-        ("webshop", " p017", ("<information> results for mug : [ p017 ] apex ceramic mug $ 12.99 </information>",
-                              "<answer> click[ p017 ] </answer>")),
+        (
+            "toolcall",
+            "o4",
+            (
+                '<tool_response> {"orders": ["o2", "o4"]} </tool_response>',
+                '<tool_call> {"name": "get_order", "arguments": {"order_id": "o4"}} </tool_call>',
+            ),
+        ),
+        (
+            "webshop",
+            " p017",
+            (
+                "<information> results for mug : [ p017 ] apex ceramic mug $ 12.99 </information>",
+                "<answer> click[ p017 ] </answer>",
+            ),
+        ),
     ],
 )
 def test_a_tool_tokenizer_stops_on_one_token_and_reads_an_id_alike_in_the_page_and_the_action(env_name, word, texts):

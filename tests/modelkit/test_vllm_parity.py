@@ -57,7 +57,9 @@ def test_vllm_and_transformers_logprobs_agree(embedded_model_dir, engine, loop):
         ids = torch.tensor([prompt + generation.token_ids])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
-        reference = torch.log_softmax(logits.float(), dim=-1)[torch.arange(len(generation.token_ids)), generation.token_ids]
+        reference = torch.log_softmax(logits.float(), dim=-1)[
+            torch.arange(len(generation.token_ids)), generation.token_ids
+        ]
         diffs.extend((reference - torch.tensor(generation.logprobs)).abs().tolist())
     assert sum(diffs) / len(diffs) < 1e-3
 

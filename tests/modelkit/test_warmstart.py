@@ -40,7 +40,11 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
 
 def test_peak_rate_is_held_on_the_plateau_and_decays_after_leaving_it():
     config = TrainingConfig(
-        steps=1000, warmup_steps=10, learning_rate=1e-3, min_learning_rate=1e-4, plateau_exit_loss=0.3,
+        steps=1000,
+        warmup_steps=10,
+        learning_rate=1e-3,
+        min_learning_rate=1e-4,
+        plateau_exit_loss=0.3,
         steps_after_plateau=200,
     )
     assert learning_rate(4, config) == 1e-3 * 5 / 10

@@ -40,9 +40,14 @@ if __name__ == "__main__":
     spawned_outside = spawn.Process(target=time.sleep, args=(FOREVER_S,))
     spawned_outside.start()
     report = reader.recv()
-    print(json.dumps({
-        "tied": [spawned.pid, forked.pid, *report["grandchildren"]],
-        "untied": [executed.pid, spawned_outside.pid],
-        "shared_memory": report["shared_memory"],
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "tied": [spawned.pid, forked.pid, *report["grandchildren"]],
+                "untied": [executed.pid, spawned_outside.pid],
+                "shared_memory": report["shared_memory"],
+            }
+        ),
+        flush=True,
+    )
     time.sleep(FOREVER_S)

@@ -99,7 +99,14 @@ def _two_prefixes():
 def test_a_forecasters_samples_and_pairs():
     samples, pairs = forecast_samples(_two_prefixes(), "ours")
     assert [(s.prediction, s.outcome, s.prefix) for s in samples] == [
-        (0.8, 1, 0), (0.8, 1, 0), (0.8, 0, 0), (0.8, 1, 0), (0.2, 0, 1), (0.2, 0, 1), (0.2, 0, 1), (0.2, 1, 1)
+        (0.8, 1, 0),
+        (0.8, 1, 0),
+        (0.8, 0, 0),
+        (0.8, 1, 0),
+        (0.2, 0, 1),
+        (0.2, 0, 1),
+        (0.2, 0, 1),
+        (0.2, 1, 1),
     ]
     # pairs (1, 1) (0, 1) and (0, 0) (0, 1), each predicted 2 p (1 - p) = 0.32
     assert [s.prediction for s in pairs] == pytest.approx([0.32] * 4) and [s.outcome for s in pairs] == [0, 1, 0, 1]
@@ -109,7 +116,14 @@ def test_the_oracle_predicts_each_half_with_the_other():
     samples, pairs = split_half_samples(_two_prefixes())
     # A: halves (1, 1) and (0, 1); B: (0, 0) and (0, 1)
     assert [(s.prediction, s.outcome) for s in samples] == [
-        (1.0, 0), (1.0, 1), (0.5, 1), (0.5, 1), (0.0, 0), (0.0, 1), (0.5, 0), (0.5, 0)
+        (1.0, 0),
+        (1.0, 1),
+        (0.5, 1),
+        (0.5, 1),
+        (0.0, 0),
+        (0.0, 1),
+        (0.5, 0),
+        (0.5, 0),
     ]
     # the pair inside each half, predicted from the other half's mean as a known rate
     assert [(s.prediction, s.outcome) for s in pairs] == [(0.0, 1), (0.5, 0), (0.0, 1), (0.5, 0)]
@@ -151,7 +165,10 @@ def test_noise_ceiling_of_prefixes_that_never_vary_is_zero():
 def test_bad_options_are_one_line_errors():
     result = subprocess.run(
         [sys.executable, "-m", "tracerl", "bench", "predictor", "--continuations", "3"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     expected = "tracerl bench predictor: --continuations must be even and >= 2: the oracle is scored by halves"
@@ -168,12 +185,22 @@ def test_a_tiny_run_on_a_real_engine(random_model_dir, tmp_path):
     from tracerl.upconfig import UpConfig
 
     up = load_config(
-        UpConfig, ROOT / "configs" / "default.yaml",
-        [f"model_dir={random_model_dir}", "allocator.core.group_size=2", "allocator.core.batch_prompts=2",
-         "allocator.core.max_turns=3", "allocator.tasks.train_tasks=32"],
+        UpConfig,
+        ROOT / "configs" / "default.yaml",
+        [
+            f"model_dir={random_model_dir}",
+            "allocator.core.group_size=2",
+            "allocator.core.batch_prompts=2",
+            "allocator.core.max_turns=3",
+            "allocator.tasks.train_tasks=32",
+        ],
     )
     options = PredictorBenchOptions(
-        prompts=4, prefixes=5, continuations=2, train_branches=1, models=(str(random_model_dir),),
+        prompts=4,
+        prefixes=5,
+        continuations=2,
+        train_branches=1,
+        models=(str(random_model_dir),),
         results_dir=str(tmp_path),
     )
     payload = run_predictor_bench(options, up)

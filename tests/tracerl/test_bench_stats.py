@@ -55,20 +55,40 @@ def _run(strategy, seed, g5, g10, returncode=0, steps=10, auc=None):
     """A run whose greedy curve is (0.4, g5, g10) at versions 0, 5, 10, sampled 0.1 below."""
     curve = tuple(CurvePoint(v, g, g - 0.1) for v, g in ((0, 0.4), (5, g5), (10, g10)))
     return RunOutcome(
-        name=f"learn-{strategy}-s{seed}", run_dir=None, returncode=returncode, wall_seconds=100.0, learner_steps=steps,
-        heldout_greedy_before=0.4, heldout_greedy_after=g10, heldout_sampled_before=0.3,
+        name=f"learn-{strategy}-s{seed}",
+        run_dir=None,
+        returncode=returncode,
+        wall_seconds=100.0,
+        learner_steps=steps,
+        heldout_greedy_before=0.4,
+        heldout_greedy_after=g10,
+        heldout_sampled_before=0.3,
         heldout_sampled_after=g10 - 0.1,
-        effective_ratio=0.3, informative_token_share=0.5, mixed_root_groups_per_100_turns=2.0, generated_turns=960.0,
-        generated_tokens=9000.0, first_step_at=0.0, last_step_at=40.0, mixed_branch_groups_per_100_turns=1.0,
-        predictor_auc=auc, strategy=strategy, seed=seed, heldout_curve=curve, eval_seconds=60.0,
+        effective_ratio=0.3,
+        informative_token_share=0.5,
+        mixed_root_groups_per_100_turns=2.0,
+        generated_turns=960.0,
+        generated_tokens=9000.0,
+        first_step_at=0.0,
+        last_step_at=40.0,
+        mixed_branch_groups_per_100_turns=1.0,
+        predictor_auc=auc,
+        strategy=strategy,
+        seed=seed,
+        heldout_curve=curve,
+        eval_seconds=60.0,
     )
 
 
 def _table():
     return {
         # greedy curve means (0.4 + 2 g5 + g10) / 4: trace 0.6, 0.55, 0.75; grpo 0.5, 0.6, 0.4
-        "trace": [_run("trace", 0, 0.6, 0.8, auc=0.6), _run("trace", 1, 0.6, 0.6, auc=0.7),
-                  _run("trace", 2, 0.9, 0.9, returncode=1), _run("trace", 3, 0.8, 1.0)],
+        "trace": [
+            _run("trace", 0, 0.6, 0.8, auc=0.6),
+            _run("trace", 1, 0.6, 0.6, auc=0.7),
+            _run("trace", 2, 0.9, 0.9, returncode=1),
+            _run("trace", 3, 0.8, 1.0),
+        ],
         "grpo": [_run("grpo", 0, 0.5, 0.6), _run("grpo", 1, 0.6, 0.8), _run("grpo", 2, 0.4, 0.4)],
         "tree-random": [_run("tree-random", 0, 0.5, 0.5), _run("tree-random", 1, 0.5, 0.5, steps=7)],
     }

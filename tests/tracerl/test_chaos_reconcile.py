@@ -50,8 +50,14 @@ def test_every_node_is_accounted_for():
 
 def test_lost_duplicated_and_phantom_nodes_fail():
     trees = [("s0-0", ["a", "b"]), ("s0-0", ["a", "b"]), ("s1-0", ["z"])]
-    r = reconcile(["a", "b", "c", "d"], trees, [DropRecord("late", "s0-0", ("d",))], held=[], publications=[],
-                  trained_tokens_past_bound=0)
+    r = reconcile(
+        ["a", "b", "c", "d"],
+        trees,
+        [DropRecord("late", "s0-0", ("d",))],
+        held=[],
+        publications=[],
+        trained_tokens_past_bound=0,
+    )
     assert r.lost == ["c"]
     assert r.duplicated_in_trees == ["a", "b"] and r.trees_emitted_twice == ["s0-0"]
     assert r.phantom_in_trees == ["z"]
@@ -79,9 +85,15 @@ def test_versions_must_go_strictly_up():
 def test_markdown_names_every_check_and_the_verdict():
     r = reconcile(["a", "b"], [("s0-0", ["a"])], [DropRecord("left_out", "s0-0", ("b",))], [], _pubs((0, "a")), 0.0)
     result = ChaosResult(
-        seed=0, run_dir="runs/x", wall_seconds=10.0, learner_steps=4, finished=True,
-        events=[EventRecord("kill_actor", "actor-0", 2, 5.0, "actor-2", 3.5)], crashed_roles=[],
-        reconciliation=r, held_recorded=True,
+        seed=0,
+        run_dir="runs/x",
+        wall_seconds=10.0,
+        learner_steps=4,
+        finished=True,
+        events=[EventRecord("kill_actor", "actor-0", 2, 5.0, "actor-2", 3.5)],
+        crashed_roles=[],
+        reconciliation=r,
+        held_recorded=True,
     )
     text = chaos_markdown(result)
     assert "| 1 | kill_actor | actor-0 -> actor-2 | 2 | 5.0 | 3.5 |" in text

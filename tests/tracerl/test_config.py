@@ -202,8 +202,10 @@ def test_a_yaml_file_can_include_a_section_from_another(tmp_path):
     [
         ({"c.yaml": "inner: !include missing.yaml\n"}, "missing.yaml: config file not found"),
         ({"c.yaml": "inner: !include d.yaml\n", "d.yaml": "rate: [\n"}, "d.yaml: not valid YAML"),
-        ({"c.yaml": "inner: !include d.yaml\n", "d.yaml": "rate: 0.1\nextra: !include c.yaml\n"},
-         "includes a file that includes it"),
+        (
+            {"c.yaml": "inner: !include d.yaml\n", "d.yaml": "rate: 0.1\nextra: !include c.yaml\n"},
+            "includes a file that includes it",
+        ),
         ({"c.yaml": "inner: !include d.yaml\n", "d.yaml": "rate: fast\n"}, "field inner.rate"),
     ],
 )

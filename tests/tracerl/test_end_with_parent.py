@@ -25,8 +25,10 @@ from tracerl.end_with_parent import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-WATCH_REPORT = ("import os, threading; print(os.environ.get('TRACERL_OWNER_PID') == str(os.getpid()),"
-                " any(t.name == 'end-with-parent' for t in threading.enumerate()))")
+WATCH_REPORT = (
+    "import os, threading; print(os.environ.get('TRACERL_OWNER_PID') == str(os.getpid()),"
+    " any(t.name == 'end-with-parent' for t in threading.enumerate()))"
+)
 
 
 def test_the_state_is_read_after_the_last_parenthesis_of_the_name():
@@ -40,7 +42,8 @@ def test_the_hook_directory_comes_first_once():
     assert python_path_with_hook(None) == str(HOOK_DIR)
     assert python_path_with_hook("") == str(HOOK_DIR)
     assert python_path_with_hook(os.pathsep.join(["/a", str(HOOK_DIR), "", "/b"])) == os.pathsep.join(
-        [str(HOOK_DIR), "/a", "/b"])
+        [str(HOOK_DIR), "/a", "/b"]
+    )
 
 
 def test_the_block_restores_the_environment(monkeypatch):
@@ -55,13 +58,18 @@ def test_the_block_restores_the_environment(monkeypatch):
 
 def report_watch(report) -> None:
     """Runs in a spawned child."""
-    report.send((os.environ.get(OWNER_PID_ENV) == str(os.getpid()),
-                 any(thread.name == "end-with-parent" for thread in threading.enumerate())))
+    report.send(
+        (
+            os.environ.get(OWNER_PID_ENV) == str(os.getpid()),
+            any(thread.name == "end-with-parent" for thread in threading.enumerate()),
+        )
+    )
 
 
 def test_a_spawned_child_watches_its_parent_and_a_plain_interpreter_does_not(monkeypatch, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(
-        "import os, pathlib\npathlib.Path(os.environ['MARKER']).write_text('ran')\n")
+        "import os, pathlib\npathlib.Path(os.environ['MARKER']).write_text('ran')\n"
+    )
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), str(REPO)]))
     monkeypatch.setenv("MARKER", str(tmp_path / "marker"))
     spawn = multiprocessing.get_context("spawn")
@@ -80,8 +88,13 @@ def test_a_spawned_child_watches_its_parent_and_a_plain_interpreter_does_not(mon
 
 
 def test_a_sigkilled_owner_takes_its_children_and_grandchildren_but_nothing_else():
-    owner = subprocess.Popen([sys.executable, "-m", "tests.tracerl.descendants_owner"], cwd=REPO,
-                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "tests.tracerl.descendants_owner"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     started: list[psutil.Process] = []
     try:
         report = json.loads(owner.stdout.readline())

@@ -90,8 +90,16 @@ def test_kind_counts_cap_the_oversized_and_spread_the_rest():
     assert kind_counts(3, KINDS, oversized_cap=4)["oversized"] == 3
     no_invalid = kinds_for(WeightsAnnouncement)
     assert "invalid_value" not in no_invalid and kind_counts(21, no_invalid, 1) == {
-        "random_bytes": 3, "truncated": 3, "oversized": 1, "wrong_type": 2, "missing_field": 2, "extra_field": 2,
-        "bad_envelope": 2, "wrong_version": 2, "wrong_schema": 2, "wrong_run": 2,
+        "random_bytes": 3,
+        "truncated": 3,
+        "oversized": 1,
+        "wrong_type": 2,
+        "missing_field": 2,
+        "extra_field": 2,
+        "bad_envelope": 2,
+        "wrong_version": 2,
+        "wrong_schema": 2,
+        "wrong_run": 2,
     }
 
 
@@ -154,8 +162,12 @@ def test_a_plan_is_a_function_of_its_seed_and_hits_each_subject_as_counted():
     assert [m.payload for m in plan] != [m.payload for m in plan_flood(8, RUN, targets, 601, LIMIT, 2)]
     sent = sent_by_subject_and_kind(plan)
     assert {s: sum(k.values()) for s, k in sent.items()} == {
-        "tracerl.r1.nodes": 101, "tracerl.r1.work.shared": 100, "tracerl.r1.work.actor.actor-0": 100,
-        "tracerl.r1.trees": 100, "tracerl.r1.weights": 100, "tracerl.r1.dlq": 100,
+        "tracerl.r1.nodes": 101,
+        "tracerl.r1.work.shared": 100,
+        "tracerl.r1.work.actor.actor-0": 100,
+        "tracerl.r1.trees": 100,
+        "tracerl.r1.weights": 100,
+        "tracerl.r1.dlq": 100,
     }
     assert sent["tracerl.r1.nodes"] == kind_counts(101, kinds_for(TurnNode), 2)
     assert [m.subject for m in plan[:6]] != sorted(m.subject for m in plan[:6])  # shuffled, not by subject
@@ -183,15 +195,20 @@ def test_counted_rejects_sum_the_actors_and_ignore_other_counters():
         "actor-actor-1": {"bus.rejected.malformed": 1, "bus.rejected.wrong_run": 2},
     }
     assert counted_rejects(records) == {
-        "actors": {"malformed": 2, "wrong_run": 2}, "allocator": {"malformed": 3}, "learner": {},
+        "actors": {"malformed": 2, "wrong_run": 2},
+        "allocator": {"malformed": 3},
+        "learner": {},
     }
 
 
 def test_reconcile_rejects_reports_each_role_and_the_differences():
     checks = reconcile_rejects(
         {"allocator": {"malformed": 3, "wrong_run": 1}, "learner": {"malformed": 2}},
-        {"allocator": {"malformed": 3, "wrong_run": 1}, "learner": {"malformed": 1, "oversized": 1},
-         "actors": {"malformed": 4}},
+        {
+            "allocator": {"malformed": 3, "wrong_run": 1},
+            "learner": {"malformed": 1, "oversized": 1},
+            "actors": {"malformed": 4},
+        },
     )
     assert checks == [
         RejectCheck("actors", 0, {}, {"malformed": 4}),
@@ -235,9 +252,13 @@ def test_wrong_role_publishes_carry_a_well_formed_message_where_the_subject_take
 
 def test_permission_violations_are_parsed_and_reconciled_per_attempt():
     assert parse_violation('nats: permissions violation for publish to "tracerl.r1.trees"') == (
-        "publish", "tracerl.r1.trees")
-    assert parse_violation("nats: Permissions Violation for Subscription to \"TRACERL.R1.NODES\"") == (
-        "subscribe", "tracerl.r1.nodes")
+        "publish",
+        "tracerl.r1.trees",
+    )
+    assert parse_violation('nats: Permissions Violation for Subscription to "TRACERL.R1.NODES"') == (
+        "subscribe",
+        "tracerl.r1.nodes",
+    )
     assert parse_violation("nats: timeout") is None
     attempts = [
         WrongRoleAttempt("actor", "publish", "$JS.API.STREAM.DELETE.TRACERL_r1_NODES", "delete"),
@@ -254,10 +275,22 @@ def test_permission_violations_are_parsed_and_reconciled_per_attempt():
 
 def _summary(name, losses, tasks, completed, greedy=None, sampled=None, step_seconds=None, empty=()):
     return RunSummary(
-        name=name, run_dir=name, flooded=name == "f", steps=len(losses), finished=True, wall_seconds=100.0,
-        losses=losses, rewards=[0.5] * len(losses), step_seconds=step_seconds or [10.0] * len(losses),
-        heldout_greedy=greedy, heldout_sampled=sampled, heldout_tasks=100 if greedy is not None else 0,
-        step_tasks=tasks, step_completed_at=completed, empty_steps=list(empty), load_average=(1.0, 2.0, 3.0),
+        name=name,
+        run_dir=name,
+        flooded=name == "f",
+        steps=len(losses),
+        finished=True,
+        wall_seconds=100.0,
+        losses=losses,
+        rewards=[0.5] * len(losses),
+        step_seconds=step_seconds or [10.0] * len(losses),
+        heldout_greedy=greedy,
+        heldout_sampled=sampled,
+        heldout_tasks=100 if greedy is not None else 0,
+        step_tasks=tasks,
+        step_completed_at=completed,
+        empty_steps=list(empty),
+        load_average=(1.0, 2.0, 3.0),
     )
 
 
@@ -272,10 +305,24 @@ def test_divergence_step_standard_error_and_step_means():
 
 def test_comparison_explains_a_divergence_before_the_flood_and_noise_sized_gaps():
     # The flood began at t=30: step 2 of the flooded run is the first one completed under it.
-    flooded = _summary("f", [0.5, 0.4, 0.0], {0: ["a"], 1: ["b"], 2: ["c"]}, {0: 10.0, 1: 20.0, 2: 40.0},
-                       greedy=0.30, sampled=0.20, step_seconds=[10.0, 14.0, 12.0])
-    base = _summary("b", [0.5, 0.45, 0.35], {0: ["a"], 1: ["x"], 2: ["y"]}, {0: 11.0, 1: 21.0, 2: 41.0},
-                    greedy=0.27, sampled=0.40, step_seconds=[10.0, 9.0, 11.0])
+    flooded = _summary(
+        "f",
+        [0.5, 0.4, 0.0],
+        {0: ["a"], 1: ["b"], 2: ["c"]},
+        {0: 10.0, 1: 20.0, 2: 40.0},
+        greedy=0.30,
+        sampled=0.20,
+        step_seconds=[10.0, 14.0, 12.0],
+    )
+    base = _summary(
+        "b",
+        [0.5, 0.45, 0.35],
+        {0: ["a"], 1: ["x"], 2: ["y"]},
+        {0: 11.0, 1: 21.0, 2: 41.0},
+        greedy=0.27,
+        sampled=0.40,
+        step_seconds=[10.0, 9.0, 11.0],
+    )
     c = compare_runs(flooded, base, flood_steps=(1, 2), flood_started_at=30.0, accepted_flood_messages=0)
     assert c.first_divergent_allocator_step == 1 and c.diverged_before_flood is True
     assert c.final_loss == 0.0 and c.baseline_final_loss == 0.35

@@ -29,15 +29,26 @@ def test_phases_run_from_the_process_start_to_the_first_node():
     ]
     assert join_breakdown(START, events) == JoinBreakdown(
         total_s=40.0,
-        phases=(("start", 3.0), ("engine", 28.5), ("bus", 0.25), ("weights", 1.25), ("registered", 0.25),
-                ("first node", 6.75)),
+        phases=(
+            ("start", 3.0),
+            ("engine", 28.5),
+            ("bus", 0.25),
+            ("weights", 1.25),
+            ("registered", 0.25),
+            ("first node", 6.75),
+        ),
         policy_version=2,
     )
 
 
 def test_a_join_without_new_weights_has_no_weights_phase_and_no_node_means_no_join():
-    events = [_event("actor_starting", 1.0), _event("engine_started", 2.0), _event("bus_connected", 3.0),
-              _event("actor_serving", 4.0), _event("first_node_published", 9.0, policy_version=0)]
+    events = [
+        _event("actor_starting", 1.0),
+        _event("engine_started", 2.0),
+        _event("bus_connected", 3.0),
+        _event("actor_serving", 4.0),
+        _event("first_node_published", 9.0, policy_version=0),
+    ]
     breakdown = join_breakdown(START, events)
     assert [p for p, _ in breakdown.phases] == ["start", "engine", "bus", "registered", "first node"]
     assert dict(breakdown.phases)["registered"] == 1.0 and breakdown.total_s == 9.0

@@ -24,8 +24,16 @@ from tracerl.metrics import (
 
 
 def test_scalar_fields_are_the_numeric_fields_but_flags_and_time():
-    record = {"time": 5.0, "role": "learner", "train.loss": np.float32(0.5), "step": 3, "final": True,
-              "tree_ids": ["a"], "train.grad_norm": float("nan"), "skip_reason": None}
+    record = {
+        "time": 5.0,
+        "role": "learner",
+        "train.loss": np.float32(0.5),
+        "step": 3,
+        "final": True,
+        "tree_ids": ["a"],
+        "train.grad_norm": float("nan"),
+        "skip_reason": None,
+    }
     scalars = scalar_fields(record)
     assert set(scalars) == {"train.loss", "step", "train.grad_norm"}
     assert scalars["train.loss"] == 0.5 and scalars["step"] == 3.0 and math.isnan(scalars["train.grad_norm"])
@@ -57,8 +65,9 @@ def test_role_metrics_show_learner_loss_and_allocator_effective_ratio_in_tensorb
     run, logging = RunConfig(run_dir=str(tmp_path)), LogConfig()
     learner = role_metrics(run, logging, "learner", step_key="step")
     for step, loss in [(1, 0.75), (2, 0.5), (3, 0.25)]:
-        learner.write({"step": step, "train.loss": loss, "batch.effective_ratio": 0.5, "policy_version": step},
-                      now=100.0 + step)
+        learner.write(
+            {"step": step, "train.loss": loss, "batch.effective_ratio": 0.5, "policy_version": step}, now=100.0 + step
+        )
     learner.write({"final": True, "trees_trained": 12}, now=110.0)
     learner.close()
     allocator = role_metrics(run, logging, "allocator", step_key="step")

@@ -15,10 +15,26 @@ from tracerl.supervisor import parse_cpu_list
 
 def _terminal(tree_id: str, reward: float) -> TurnNode:
     return TurnNode(
-        run_id="r", tree_id=tree_id, node_id=f"{tree_id}-n", parent_id=None, work_id=f"{tree_id}-w",
-        actor_id="a", task=TaskSpec("multihop", "t"), depth=1, policy_version=0, prompt_token_ids=[1],
-        action_token_ids=[2], action_logprobs=[-0.1], observation_token_ids=[], action_text="x",
-        observation_text="", env_snapshot=b"", env_score=0.0, done=True, reward=reward, created_at=0.0,
+        run_id="r",
+        tree_id=tree_id,
+        node_id=f"{tree_id}-n",
+        parent_id=None,
+        work_id=f"{tree_id}-w",
+        actor_id="a",
+        task=TaskSpec("multihop", "t"),
+        depth=1,
+        policy_version=0,
+        prompt_token_ids=[1],
+        action_token_ids=[2],
+        action_logprobs=[-0.1],
+        observation_token_ids=[],
+        action_text="x",
+        observation_text="",
+        env_snapshot=b"",
+        env_score=0.0,
+        done=True,
+        reward=reward,
+        created_at=0.0,
     )
 
 
@@ -43,7 +59,9 @@ def test_heldout_probe_tallies_greedy_and_sampled_separately():
 
 
 def test_live_actor_loads_drop_silent_actors():
-    beat = dict(run_id="r", policy_version=0, inflight=1, capacity=4, tokens_generated=0, turns_generated=0, started_at=0.0)
+    beat = dict(
+        run_id="r", policy_version=0, inflight=1, capacity=4, tokens_generated=0, turns_generated=0, started_at=0.0
+    )
     actors = {
         "a": Heartbeat(actor_id="a", sent_at=100.0, **beat),
         "b": Heartbeat(actor_id="b", sent_at=80.0, **beat),
@@ -64,22 +82,47 @@ def test_parse_cpu_list_rejects_garbage(spec):
 
 def _record(node_id, parent, reward, done=True):
     return TreeNodeRecord(
-        node_id=node_id, parent_id=parent, depth=1 if parent is None else 2, policy_version=0,
-        action_token_ids=[1, 2], action_logprobs=[-0.1, -0.2], observation_token_ids=[], done=done,
-        reward=reward, value=float(reward or 0.0), visits=1, env_score=0.0,
+        node_id=node_id,
+        parent_id=parent,
+        depth=1 if parent is None else 2,
+        policy_version=0,
+        action_token_ids=[1, 2],
+        action_logprobs=[-0.1, -0.2],
+        observation_token_ids=[],
+        done=done,
+        reward=reward,
+        value=float(reward or 0.0),
+        visits=1,
+        env_score=0.0,
     )
 
 
 def test_tree_batch_stats_counts_mixed_groups_and_turns():
     mixed = CompletedTree(
-        run_id="r", tree_id="t1", task=TaskSpec("multihop", "a"), strategy="trace", allocator_step=0,
-        prompt_token_ids=[1], nodes=[_record("x", None, None, done=False), _record("y", "x", 1.0), _record("z", "x", 0.0)],
-        status="complete", budget_turns=3, step_tree_count=2, created_at=0.0,
+        run_id="r",
+        tree_id="t1",
+        task=TaskSpec("multihop", "a"),
+        strategy="trace",
+        allocator_step=0,
+        prompt_token_ids=[1],
+        nodes=[_record("x", None, None, done=False), _record("y", "x", 1.0), _record("z", "x", 0.0)],
+        status="complete",
+        budget_turns=3,
+        step_tree_count=2,
+        created_at=0.0,
     )
     all_fail = CompletedTree(
-        run_id="r", tree_id="t2", task=TaskSpec("multihop", "b"), strategy="trace", allocator_step=0,
-        prompt_token_ids=[1], nodes=[_record("u", None, 0.0), _record("v", None, 0.0)],
-        status="complete", budget_turns=2, step_tree_count=2, created_at=0.0,
+        run_id="r",
+        tree_id="t2",
+        task=TaskSpec("multihop", "b"),
+        strategy="trace",
+        allocator_step=0,
+        prompt_token_ids=[1],
+        nodes=[_record("u", None, 0.0), _record("v", None, 0.0)],
+        status="complete",
+        budget_turns=2,
+        step_tree_count=2,
+        created_at=0.0,
     )
     stats = tree_batch_stats([mixed, all_fail])
     assert stats["batch.effective_ratio"] == 0.5
@@ -90,8 +133,16 @@ def test_tree_batch_stats_counts_mixed_groups_and_turns():
 def test_metrics_round_trip_and_report_curves(tmp_path):
     learner = MetricsWriter(tmp_path, "learner")
     for step, turns in enumerate([10, 20, 30], start=1):
-        learner.write({"batch.turns": turns, "batch.reward_mean": 0.1 * step, "batch.effective_ratio": 0.5,
-                       "policy_version": step, "nan": float("nan")}, now=float(step))
+        learner.write(
+            {
+                "batch.turns": turns,
+                "batch.reward_mean": 0.1 * step,
+                "batch.effective_ratio": 0.5,
+                "policy_version": step,
+                "nan": float("nan"),
+            },
+            now=float(step),
+        )
     learner.close()
     allocator = MetricsWriter(tmp_path, "allocator")
     allocator.write({"heldout.policy_version": 2, "heldout.greedy_success": 0.4, "heldout.sampled_success": 0.3})

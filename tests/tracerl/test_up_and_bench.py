@@ -55,11 +55,23 @@ def test_benches_read_a_run_config_with_its_included_model_recipe():
 
 def _outcome(name, greedy_after, ratio):
     return RunOutcome(
-        name=name, run_dir=None, returncode=0, wall_seconds=10.0, learner_steps=3,
-        heldout_greedy_before=0.3, heldout_greedy_after=greedy_after, heldout_sampled_before=0.2,
-        heldout_sampled_after=greedy_after - 0.1, effective_ratio=ratio, informative_token_share=0.5,
-        mixed_root_groups_per_100_turns=4.0, generated_turns=100.0, generated_tokens=2000.0,
-        first_step_at=1.0, last_step_at=5.0, mixed_branch_groups_per_100_turns=1.5,
+        name=name,
+        run_dir=None,
+        returncode=0,
+        wall_seconds=10.0,
+        learner_steps=3,
+        heldout_greedy_before=0.3,
+        heldout_greedy_after=greedy_after,
+        heldout_sampled_before=0.2,
+        heldout_sampled_after=greedy_after - 0.1,
+        effective_ratio=ratio,
+        informative_token_share=0.5,
+        mixed_root_groups_per_100_turns=4.0,
+        generated_turns=100.0,
+        generated_tokens=2000.0,
+        first_step_at=1.0,
+        last_step_at=5.0,
+        mixed_branch_groups_per_100_turns=1.5,
     )
 
 
@@ -102,9 +114,20 @@ def test_a_results_name_must_be_a_plain_file_stem():
 
 def test_bench_learning_refuses_a_results_name_outside_the_results_dir_before_any_run(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "tracerl", "bench", "learning", "--results-name", "../escape",
-         "--work-dir", str(tmp_path / "runs")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "tracerl",
+            "bench",
+            "learning",
+            "--results-name",
+            "../escape",
+            "--work-dir",
+            str(tmp_path / "runs"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "--results-name" in result.stderr and "plain file stem" in result.stderr
