@@ -169,7 +169,7 @@ def sampled_logprobs(token_ids: Sequence[int], position_logprobs: Sequence[Any] 
     """The logprob of each sampled token from vLLM's per-position {token_id: Logprob} maps."""
     if position_logprobs is None or len(position_logprobs) != len(token_ids):
         raise RuntimeError("vLLM returned no logprob for some generated token; was logprobs=0 set?")
-    return [float(position[token_id].logprob) for token_id, position in zip(token_ids, position_logprobs)]
+    return [float(position[token_id].logprob) for token_id, position in zip(token_ids, position_logprobs, strict=True)]
 
 
 class _TurnGate:

@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
+from actors.engine import Generation, derive_turn_seed
 from modelkit.formatting import observation_token_ids, prompt_token_ids, stop_token_ids
 from protocol.messages import SamplingSpec, TurnNode, WorkItem, node_id_for
-
-from actors.engine import Generation, derive_turn_seed
 
 if TYPE_CHECKING:
     # Importing the environments package pulls in bm25s -> numba -> llvmlite; a process whose
@@ -103,13 +102,13 @@ def restore_environment(env: Environment, snapshot: bytes) -> None:
     """Load a branch's state; any decoding or validation failure is an ``EpisodeError``."""
     try:
         state = msgpack.unpackb(snapshot, raw=False, strict_map_key=True)
-    except Exception as err:  # msgpack raises several unrelated types for bad input
+    except Exception as err:  # noqa: BLE001 - msgpack raises several unrelated types for bad input
         raise EpisodeError("corrupt_snapshot", f"not valid msgpack ({type(err).__name__})") from None
     if not isinstance(state, dict):
         raise EpisodeError("corrupt_snapshot", f"snapshot is a {type(state).__name__}, not a mapping")
     try:
         env.restore(state)
-    except Exception as err:  # environments signal corruption with EnvironmentError_; trust none blindly
+    except Exception as err:  # noqa: BLE001 - environments signal corruption with EnvironmentError_; trust none blindly
         raise EpisodeError("corrupt_snapshot", f"{type(err).__name__}: {err}") from None
 
 
@@ -141,7 +140,7 @@ def prepare_chain(item: WorkItem, env: Environment, tokenizer: Any) -> list[int]
     if item.kind == "root":
         try:
             prompt = env.reset(item.task)
-        except Exception as err:  # environments signal bad tasks with EnvironmentError_; trust none blindly
+        except Exception as err:  # noqa: BLE001 - environments signal bad tasks with EnvironmentError_; trust none blindly
             raise EpisodeError("unknown_task", f"{type(err).__name__}: {err}") from None
         return prompt_token_ids(tokenizer, prompt)
     restore_environment(env, item.env_snapshot)
@@ -242,7 +241,7 @@ async def run_work_item(
             finished.put_nowait(None)
         except asyncio.CancelledError:
             raise
-        except BaseException as err:  # handed to the consumer, which re-raises it
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
             finished.put_nowait(err)
 
     tasks = [asyncio.create_task(chain(i, env, context)) for i, (env, context) in enumerate(starts)]

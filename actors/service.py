@@ -150,7 +150,7 @@ class ActorService:
                 for _ in range(taken):
                     self.slots.release()
                 raise
-            except Exception as err:  # timeouts and connection trouble: retry after a pause
+            except Exception as err:  # noqa: BLE001 - timeouts and connection trouble: retry after a pause
                 msgs = []
                 if not _is_timeout(err):
                     log.warning("fetch_failed", consumer=consumer.durable, error=repr(err))
@@ -182,7 +182,7 @@ class ActorService:
             )
         try:
             self.make_env(item.task.env)
-        except Exception as err:  # the registry signals unknown names with EnvironmentError_
+        except Exception as err:  # noqa: BLE001 - the registry signals unknown names with EnvironmentError_
             await self._reject(item, delivery, "unknown_env", f"{type(err).__name__}: {err}")
             return
         progress = asyncio.create_task(self._keep_alive(delivery))
@@ -247,7 +247,7 @@ class ActorService:
                     await self.apply_announcement(announcement)
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # a lost watch is re-established; the served version stays
+            except Exception as err:  # noqa: BLE001 - a lost watch is re-established; the served version stays
                 log.warning("weights_watch_failed", error=repr(err))
                 await sleep_or_stop(self.stop, 1.0)
 
@@ -276,7 +276,7 @@ class ActorService:
                 serving=self.engine.policy_version,
             )
             return False
-        except Exception as err:  # I/O or engine failure: the engine has put its last good weights back
+        except Exception as err:  # noqa: BLE001 - I/O or engine failure: the engine has put its last good weights back
             self.weights_failures["load_failed"] += 1
             log.error(
                 "weights_update_failed",
@@ -313,14 +313,14 @@ class ActorService:
         while not await sleep_or_stop(self.stop, self.config.heartbeat_interval_s):
             try:
                 await self.heartbeat()
-            except Exception as err:  # a missed beat is retried on the next tick
+            except Exception as err:  # noqa: BLE001 - a missed beat is retried on the next tick
                 log.warning("heartbeat_failed", error=repr(err))
 
     async def deregister(self) -> None:
         try:
             kv = await self.bus.js.key_value(self.subjects.state_bucket)
             await kv.delete(Subjects.actor_key(self.actor_id))
-        except Exception as err:  # the registry entry then ages out by its heartbeat time
+        except Exception as err:  # noqa: BLE001 - the registry entry then ages out by its heartbeat time
             log.warning("deregister_failed", error=repr(err))
 
     def counters(self) -> Counters:

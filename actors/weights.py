@@ -115,7 +115,7 @@ async def fetch_verified(
         blob = await asyncio.wait_for(get_object(announcement.object_name), timeout_s)
     except TimeoutError:
         raise WeightsError("fetch_timeout", f"{announcement.object_name} not read within {timeout_s:g} s") from None
-    except Exception as err:  # a missing object, a dropped connection, a purged chunk
+    except Exception as err:  # noqa: BLE001 - a missing object, a dropped connection, a purged chunk
         raise WeightsError("fetch_failed", f"{announcement.object_name}: {err!r}") from None
     verify_blob(blob, announcement, reference)
     return blob

@@ -41,10 +41,10 @@ from protocol import CompletedTree, SamplingSpec, TaskSpec, TurnNode, WorkItem
 from tracerl.logs import get_logger
 
 from .budget import BudgetLedger
-from .selection import paired_draw
 from .learning import OutcomeModel, Totals, TrainingBatch, allocator_metrics, default_prompt_text
 from .predictor import PredictorConfig
 from .replay import CrashReplay, ReplayState
+from .selection import paired_draw
 from .step import Issue, Issued, StepState, step_of_tree, tree_id_for, work_id_for
 from .strategies import STAGE2, STRATEGIES, planner_for, turn_entropy
 from .tree import NodeState, RolloutTree, WorkRecord, at_horizon

@@ -122,7 +122,7 @@ class DecisionScores:
                 out[f"{baseline_name}_depth{d}_brier"] = float(np.mean((b[at] - y[at]) ** 2))
                 out[f"{name}_depth{d}_success"] = float(y[at].mean())
         if self.groups:
-            predicted, mixed = (np.array(col, dtype=np.float64) for col in zip(*self.groups))
+            predicted, mixed = (np.array(col, dtype=np.float64) for col in zip(*self.groups, strict=True))
             out.update(
                 {
                     f"{name}_mixed_predicted": float(predicted.mean()),

@@ -157,7 +157,7 @@ class OutcomeModel:
         stale = [t for t in tasks if self._shared_root.get(t.task_id, (-1, 0.0))[0] != revision]
         if stale:
             probs, _ = self.predictor.predict_many([self._featurize_root(t) for t in stale])
-            for task, p in zip(stale, probs.tolist()):
+            for task, p in zip(stale, probs.tolist(), strict=True):
                 self._shared_root[task.task_id] = (revision, p)
         return [self._shared_root[t.task_id][1] for t in tasks]
 
@@ -182,7 +182,7 @@ class OutcomeModel:
 
     def predict_roots(self, tasks: Sequence[TaskSpec]) -> list[float]:
         shared = self._shared_roots(tasks)
-        return [self._root_value(t.task_id, mu) for t, mu in zip(tasks, shared)]
+        return [self._root_value(t.task_id, mu) for t, mu in zip(tasks, shared, strict=True)]
 
     def root_strengths(self, tasks: Sequence[TaskSpec]) -> list[float]:
         """How many leaves' worth of belief each root prediction holds: the concentration
@@ -204,7 +204,7 @@ class OutcomeModel:
         stale = [state for state in states if state.prediction_revision != revision]
         if stale:
             probs, _ = self.predictor.predict_many([state.features.sparse for state in stale])
-            for state, p in zip(stale, probs.tolist()):
+            for state, p in zip(stale, probs.tolist(), strict=True):
                 state.prediction, state.prediction_revision = p, revision
         return self.PREDICT_UNITS * len(stale)
 

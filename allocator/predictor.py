@@ -18,6 +18,7 @@ when the lag exceeds the staleness bound: evidence about an old policy counts le
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import re
 import zlib
@@ -117,7 +118,7 @@ def text_counts(namespace: str, text: str, config: PredictorConfig) -> dict[int,
     words = _tokens(text)
     keys = [f"{namespace}:{w}" for w in words]
     if config.use_bigrams:
-        keys += [f"{namespace}:{a} {b}" for a, b in zip(words, words[1:])]
+        keys += [f"{namespace}:{a} {b}" for a, b in itertools.pairwise(words)]
     for key in keys:
         h = _hash(key, config.hash_bits)
         counts[h] = counts.get(h, 0.0) + 1.0

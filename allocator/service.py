@@ -361,7 +361,7 @@ class AllocatorService:
                 },
                 now,
             )
-            log.info("heldout_success", **{k: v for k, v in result.__dict__.items()})
+            log.info("heldout_success", **vars(result))
 
 
 async def serve(config: AllocatorConfig) -> int:

@@ -138,10 +138,10 @@ async def run_over_nats(
 
 
 def start_bus(workdir: Path):
+    from bus.client import BusClient
     from bus.config import BusServerConfig, StreamLimits
     from bus.provision import provision_run
     from bus.server import BusServer
-    from bus.client import BusClient
 
     run = RunConfig(run_id="bench", run_dir=str(workdir))
     server = BusServer(
@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     for phase in result["phases"]:
         print(
-            f"{phase['name']:>10}: {phase['tokens']:6d} tokens in {phase['seconds']:7.2f} s = {phase['tokens_per_s']:8.1f} tokens/s"
+            f"{phase['name']:>10}: {phase['tokens']:6d} tokens in {phase['seconds']:7.2f} s"
+            f" = {phase['tokens_per_s']:8.1f} tokens/s"
         )
     print(f"over NATS / direct = {result['ratio_nats_to_direct']:.3f} (target >= {result['target_ratio']})")
     print(f"wrote {RESULTS}")

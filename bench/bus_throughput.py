@@ -81,7 +81,7 @@ def make_node(run_id: str, index: int) -> TurnNode:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def codec_cost(nodes: list[TurnNode]) -> dict[str, float]:
@@ -112,7 +112,7 @@ async def max_publish_rate(actor: BusClient, subjects: Subjects, nodes: list[Tur
 
 async def max_transport_rate(actor: BusClient, subjects: Subjects, nodes: list[TurnNode]) -> float:
     """The same, with payloads encoded beforehand: what the bus alone sustains."""
-    messages = [(subjects.nodes, encode(n), i) for n, i in zip(nodes, msg_ids("pre", nodes))]
+    messages = [(subjects.nodes, encode(n), i) for n, i in zip(nodes, msg_ids("pre", nodes), strict=True)]
     started = time.perf_counter()
     await actor.publish_encoded(messages)
     return len(nodes) / (time.perf_counter() - started)
@@ -128,7 +128,7 @@ async def paced_latency(actor: BusClient, subjects: Subjects, nodes: list[TurnNo
 
     tasks = []
     started = time.perf_counter()
-    for i, (node, msg_id) in enumerate(zip(nodes, msg_ids("paced", nodes))):
+    for i, (node, msg_id) in enumerate(zip(nodes, msg_ids("paced", nodes), strict=True)):
         due = started + i / rate
         delay = due - time.perf_counter()
         if delay > 0:

@@ -34,8 +34,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from learner.versions import Publication, read_publications
 from bench.harness import SMALL_RUN, BenchRun, bench_up_config, count_log_events, fresh_run_dir, learner_steps
+from learner.versions import Publication, read_publications
 from tracerl.logs import get_logger
 from tracerl.metrics import metrics_path, read_metrics
 

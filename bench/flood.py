@@ -237,7 +237,7 @@ async def refused_oversized(url: str, user: str, password: str, subject: str) ->
             if not chunk:
                 break
             reply += chunk
-    except (asyncio.TimeoutError, ConnectionError) as err:
+    except (TimeoutError, ConnectionError) as err:
         return False, f"{type(err).__name__}: {err}"
     finally:
         writer.close()
@@ -418,10 +418,10 @@ def _divergence(flooded: RunSummary, base: RunSummary, flood_started_at: float) 
             divergent,
             True,
             (
-                f"The runs chose {same}, and had parted before the flood began (its first step completed under the flood "
-                f"was {min(after) if after else 'none'}): with one seed, which actor takes which work item, when a step "
-                "times out and which policy version samples each turn depend on timing, and the allocator's predictor "
-                "learns from those outcomes."
+                f"The runs chose {same}, and had parted before the flood began (its first step completed under the "
+                f"flood was {min(after) if after else 'none'}): with one seed, which actor takes which work item, "
+                "when a step times out and which policy version samples each turn depend on timing, and the "
+                "allocator's predictor learns from those outcomes."
             ),
         )
     return (
@@ -429,8 +429,8 @@ def _divergence(flooded: RunSummary, base: RunSummary, flood_started_at: float) 
         False,
         (
             f"The runs chose {same} and differ from step {divergent} on, which was sampled while or after the flood "
-            "was absorbed: timing, which the flood's load shifts (see step times), decides which policy version samples "
-            "each turn and what the predictor learns, so later prompt choices differ."
+            "was absorbed: timing, which the flood's load shifts (see step times), decides which policy version "
+            "samples each turn and what the predictor learns, so later prompt choices differ."
         ),
     )
 
@@ -768,7 +768,7 @@ class FloodResult:
         out = [f"flooded run: {f}" for f in self.flooded.failures]
         flood = self.flooded.flood
         if flood is None:
-            return out + ["the flood was not sent"]
+            return [*out, "the flood was not sent"]
         dead = sorted(n for n, alive in self.flooded.alive_after_flood.items() if not alive)
         if dead:
             out.append(f"not alive after the flood: {dead}")

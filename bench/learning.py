@@ -275,6 +275,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
             ("heldout_sampled_curve_mean", "held-out sampled success (curve mean)"),
             ("mixed_groups_per_100_turns", "mixed root + branch groups / 100 turns"),
         ),
+        strict=True,
     ):
         means = [r[field][0] for r in rows]
         spreads = [r[field][1] for r in rows]

@@ -244,7 +244,9 @@ class VersionBench:
                     state = prefixes[int(index)]
                     items.append(self.grow(tree, self.core.branch_k, state))
                     self.model.record_decision(tree, items[-1].work_id, state)
-            await self.run(items, lambda item, node: self.feed(by_id[item.tree_id], node), "training branches")
+            await self.run(
+                items, lambda item, node, by_id=by_id: self.feed(by_id[item.tree_id], node), "training branches"
+            )
             training = TrainingBatch()
             for tree in step:
                 self.model.learn_from_tree(tree, training, self.version)
@@ -267,13 +269,21 @@ class VersionBench:
         prefixes = [(tree, state) for tree, state in chosen if state is not None]
         posterior, _ = model.predict_prefixes(prefixes)
         strength = model.prefix_strengths(prefixes)
-        by_state = {id(state): (float(p), float(s)) for (_, state), p, s in zip(prefixes, posterior, strength)}
+        by_state = {
+            id(state): (float(p), float(s)) for (_, state), p, s in zip(prefixes, posterior, strength, strict=True)
+        }
         tasks = [tree.task for tree in trees]
-        shared_root = dict(zip((t.task_id for t in tasks), model.predict_roots(tasks)))
+        shared_root = dict(zip((t.task_id for t in tasks), model.predict_roots(tasks), strict=True))
         # The allocator learns a closed tree's leaves into the prompt's counts: a root's evidence.
         for tree in trees:
             model.learn_from_tree(tree, TrainingBatch(), self.version)
-        root = dict(zip((t.task_id for t in tasks), zip(model.predict_roots(tasks), model.root_strengths(tasks))))
+        root = dict(
+            zip(
+                (t.task_id for t in tasks),
+                zip(model.predict_roots(tasks), model.root_strengths(tasks), strict=True),
+                strict=True,
+            )
+        )
         out = []
         for tree, state in chosen:
             task_id = tree.task.task_id
@@ -332,7 +342,7 @@ class VersionBench:
         outcomes = await self.continue_prefixes(chosen)
         prefixes = [
             DiagnosticPrefix(tree.task.task_id, 0 if state is None else state.node.depth, tuple(ys), f)
-            for (tree, state), ys, f in zip(chosen, outcomes, forecasts)
+            for (tree, state), ys, f in zip(chosen, outcomes, forecasts, strict=True)
         ]
         root_leaves = sum(tree.leaves for tree in trees)
         return {

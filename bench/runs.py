@@ -119,7 +119,7 @@ def run_up(name: str, run_dir: Path, overrides: dict[str, Any], timeout_s: float
     started = time.time()
     log_path = run_dir.parent / f"{name}.up.log"
     with log_path.open("w") as log:
-        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s).returncode
+        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False).returncode
     return summarise_run(name, run_dir, code, time.time() - started)
 
 

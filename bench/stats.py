@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ def curve_mean(points: Sequence[tuple[float, float]]) -> float:
     span = ordered[-1][0] - ordered[0][0]
     if span == 0:
         return statistics.fmean(value for _, value in ordered)
-    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(ordered, ordered[1:]))
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in itertools.pairwise(ordered))
     return area / span
 
 

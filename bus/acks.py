@@ -61,7 +61,7 @@ def _describe(err: Exception) -> str:
 class _Batch:
     """One ``publish_all`` call: a slot per message, resolved by the ack handler."""
 
-    __slots__ = ("acks", "pending", "sealed", "error", "done")
+    __slots__ = ("acks", "done", "error", "pending", "sealed")
 
     def __init__(self, done: asyncio.Future[None]) -> None:
         self.acks: list[api.PubAck | None] = []
@@ -186,7 +186,7 @@ class AckWindow:
             before = len(self._inflight)
             try:
                 await asyncio.wait_for(self._space.wait(), self.ack_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if len(self._inflight) >= before:
                     reason = f"window of {self.max_inflight} full, no ack for {self.ack_timeout} s"
                     raise PublishError(batch.pending, len(batch.acks), reason) from None
@@ -196,7 +196,7 @@ class AckWindow:
             before = batch.pending
             try:
                 await asyncio.wait_for(asyncio.shield(batch.done), self.ack_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if batch.pending >= before:
                     raise PublishError(batch.pending, len(batch.acks), f"no ack for {self.ack_timeout} s") from None
 

@@ -453,7 +453,7 @@ class PullConsumer(Generic[T]):
         """Fetch up to ``batch`` messages (waiting at most ``timeout``); returns how many were handled."""
         try:
             msgs = await self.sub.fetch(batch, timeout=timeout)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):  # fetch raises either
+        except (TimeoutError, nats.errors.TimeoutError):  # fetch raises either
             return 0
         handled = 0
         for msg in msgs:
@@ -510,7 +510,7 @@ class PullConsumer(Generic[T]):
                 log.warning("fetch_failed", consumer=self.durable, error=repr(err))
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
     async def limits(self) -> api.ConsumerConfig:

@@ -58,9 +58,11 @@ class Layout:
 
 def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
     s = subjects
-    common = dict(
-        storage=api.StorageType.FILE, duplicate_window=limits.duplicate_window_s, num_replicas=limits.num_replicas
-    )
+    common = {
+        "storage": api.StorageType.FILE,
+        "duplicate_window": limits.duplicate_window_s,
+        "num_replicas": limits.num_replicas,
+    }
     watched = (s.nodes_stream, s.work_stream, s.trees_stream)
     streams = (
         api.StreamConfig(
@@ -213,7 +215,7 @@ async def sweep_dead_letters(js: JetStreamContext, subjects: Subjects, *, batch:
         while True:
             try:
                 msgs = await sub.fetch(batch, timeout=wait_s)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):  # fetch raises either
+            except (TimeoutError, nats.errors.TimeoutError):  # fetch raises either
                 return moved
             for msg in msgs:
                 try:
@@ -243,9 +245,9 @@ async def run_dead_letter_sweeper(
     while not stop.is_set():
         try:
             await sweep_dead_letters(js, subjects, wait_s=interval_s)
-        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as err:
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
             log.warning("dlq_sweep_failed", run_id=subjects.run_id, error=repr(err))
             try:
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -99,7 +99,7 @@ async def read_stream(
         while True:
             try:
                 run = [await asyncio.wait_for(queue.get(), timeout=idle_timeout_s)]
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             while not queue.empty() and len(run) < 1024:
                 run.append(queue.get_nowait())
@@ -114,7 +114,7 @@ async def read_stream(
     finally:
         try:
             await sub.unsubscribe()
-        except (nats.errors.Error, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.Error):
             pass
 
 

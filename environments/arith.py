@@ -385,7 +385,7 @@ def draw_problem(rng: random.Random, ops: int, quantities: int, slack: int) -> W
     for _ in range(ops - (quantities - 1)):
         changes[rng.randrange(quantities)] += 1
     story = []
-    for person, count in zip(people, changes):
+    for person, count in zip(people, changes, strict=True):
         boxed = count > 0 and rng.random() < 0.4
         quantity = builder.start(person, boxed)
         for _ in range(count - boxed):

@@ -229,9 +229,12 @@ def _multihop_demo(
     question = env.question
     relations = question.kb.config.relations
     hops_to_search = question.hops
-    if question.hops > 1 and profile.answers_early(question.start.split()[0], question.hops):
-        if rng.random() < profile.premature_consistency:
-            hops_to_search -= 1
+    if (
+        question.hops > 1
+        and profile.answers_early(question.start.split()[0], question.hops)
+        and rng.random() < profile.premature_consistency
+    ):
+        hops_to_search -= 1
     entity = question.start
     turns = []
     for hop in range(hops_to_search):
@@ -285,9 +288,12 @@ def _math_demo(
 ) -> tuple[list[tuple[str, str]], float]:
     problem = env.problem
     steps_to_calculate = len(problem.steps)
-    if steps_to_calculate > 1 and profile.answers_math_early(problem.question.split()[0], steps_to_calculate):
-        if rng.random() < profile.premature_consistency:
-            steps_to_calculate -= 1
+    if (
+        steps_to_calculate > 1
+        and profile.answers_math_early(problem.question.split()[0], steps_to_calculate)
+        and rng.random() < profile.premature_consistency
+    ):
+        steps_to_calculate -= 1
     # The demo's own values: after a confused step, later steps build on its wrong result.
     values: list[Fraction] = []
     turns = []
@@ -319,9 +325,13 @@ def _toolcall_demo(
     plan = list(env.task.solution)
     writes = [index for index, call in enumerate(plan) if TOOLS[call.name].writes]
     first_name = _customer_first_name(plan)
-    if writes and first_name and profile.replies_early(first_name, len(writes)):
-        if rng.random() < profile.premature_consistency:
-            del plan[writes[-1]]
+    if (
+        writes
+        and first_name
+        and profile.replies_early(first_name, len(writes))
+        and rng.random() < profile.premature_consistency
+    ):
+        del plan[writes[-1]]
     turns = []
     for index, call in enumerate(plan):
         confused = profile.confused_reason(call.arguments.get("reason", "")) if call.name == "cancel_order" else None

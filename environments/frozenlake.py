@@ -12,15 +12,15 @@ and "." for frozen ice, one row per line, cells separated by spaces.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from collections.abc import Callable
 from typing import Any
 
 from protocol import TaskSpec
 
 from .base import EnvironmentError_
-from .grid import DELTAS, MAX_TURNS_CAP, generate_levels, GridEnvironment, State, Status, bfs_solve
+from .grid import DELTAS, MAX_TURNS_CAP, GridEnvironment, State, Status, bfs_solve, generate_levels
 from .splits import check_split
 
 NAME = "frozenlake"

@@ -19,7 +19,6 @@ from typing import Any
 from protocol import TaskSpec
 
 from . import tags
-from .base import EnvironmentError_
 from .retrieval import SearchIndex
 from .snapshots import require
 from .turns import TurnEnvironment

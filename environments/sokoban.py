@@ -13,15 +13,15 @@ Observations use the same characters, one row per line, cells separated by space
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from collections.abc import Callable
 from typing import Any
 
 from protocol import TaskSpec
 
 from .base import EnvironmentError_
-from .grid import DELTAS, MAX_TURNS_CAP, generate_levels, MOVES, GridEnvironment, State, Status, bfs_solve
+from .grid import DELTAS, MAX_TURNS_CAP, MOVES, GridEnvironment, State, Status, bfs_solve, generate_levels
 from .splits import check_split
 
 NAME = "sokoban"

@@ -46,12 +46,12 @@ from typing import Any
 from protocol import TaskSpec
 
 from . import tags
+from .argschema import validate
 from .base import EnvironmentError_
 from .datafiles import json_lines, sample_split
 from .kb import FIRST_NAMES, LAST_NAMES
 from .snapshots import require
 from .splits import Proposal, check_split, distinct_tasks
-from .argschema import validate
 from .storeapi import REASONS, TOOLS, Database, ToolError, copy_database, database_problems, signature
 from .turns import TurnEnvironment
 
@@ -346,7 +346,7 @@ PRODUCTS: tuple[str, ...] = (
     "plate",
 )
 #: How a customer says each cancellation reason.
-REASON_PHRASES: dict[str, str] = dict(zip(REASONS, ("i no longer need it", "i ordered it by mistake")))
+REASON_PHRASES: dict[str, str] = dict(zip(REASONS, ("i no longer need it", "i ordered it by mistake"), strict=True))
 #: Pending and delivered orders are what requests act on, so they are drawn more often.
 STATUS_DRAW: tuple[str, ...] = ("pending", "pending", "delivered", "delivered", "shipped", "cancelled", "returned")
 #: What the generated requests ask for; ``goal_kinds`` knob names a subset.

@@ -281,7 +281,7 @@ class WebShopEnvironment(TurnEnvironment):
         """On a product page: select the next wanted option it offers (outside ``skip_dims``), then buy."""
         product = self.product
         if product is not None and self.turns_left > 1:
-            for dim, value in self.shop.goal.options:
+            for _dim, value in self.shop.goal.options:
                 offered_dim = product.option_values.get(value)
                 if offered_dim is None or offered_dim in skip_dims or self._selected.get(offered_dim) == value:
                     continue

@@ -122,7 +122,7 @@ def tree_grpo_advantages(
 
 def value_difference_advantages(parent: Sequence[int], reward: Sequence[float | None]) -> list[float]:
     values, root_value = backup_values(parent, reward)
-    return [v - (root_value if p == ROOT else values[p]) for v, p in zip(values, parent)]
+    return [v - (root_value if p == ROOT else values[p]) for v, p in zip(values, parent, strict=True)]
 
 
 def node_advantages(

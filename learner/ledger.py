@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 #: How many in-progress signals fit in one ack_wait: one lost or late signal is not a redelivery.
 KEEP_ALIVES_PER_ACK_WAIT = 3
@@ -60,7 +60,7 @@ class TrainedTrees:
         return list(self._ids)
 
 
-class Arrival(str, Enum):
+class Arrival(StrEnum):
     """What the learner does with a delivered tree."""
 
     NEW = "new"  # buffer it for a step and hold its message

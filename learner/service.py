@@ -176,7 +176,7 @@ class LearnerService:
         while True:  # a bus failover takes seconds; the actors must not miss a version
             try:
                 return await action()
-            except Exception as err:  # noqa: BLE001 - retried until it lands or we stop
+            except Exception as err:  # retried until it lands or we stop
                 if self.stop.is_set():
                     raise
                 log.warning(f"{what}_failed_will_retry", policy_version=self.trainer.policy_version, error=repr(err))

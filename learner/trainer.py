@@ -302,7 +302,7 @@ class Trainer:
         sums = torch.zeros(6, dtype=torch.float64, device=self.accelerator.device)
         scale = float(self.world_size)
         self.optimiser.zero_grad(set_to_none=True)
-        work = list(zip(prepared, proximal)) or [None]  # a rank without trees still joins the all-reduce
+        work = list(zip(prepared, proximal, strict=True)) or [None]  # a rank without trees still joins the all-reduce
         for i, item in enumerate(work):
             last = i == len(work) - 1
             context = self.accelerator.no_sync(self.model) if not last else contextlib.nullcontext()

@@ -69,7 +69,7 @@ class TransformersTurnGenerator:
         temperature = 1.0 if greedy else sampling.temperature
         logprobs = [
             float(torch.log_softmax(step_logits[0].float() / temperature, dim=-1)[token])
-            for step_logits, token in zip(out.logits, token_ids)
+            for step_logits, token in zip(out.logits, token_ids, strict=True)
         ]
         finish = "stop" if token_ids and token_ids[-1] in stops else "length"
         self.tokens_generated += len(token_ids)

@@ -175,7 +175,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         tokens_seen += int(attention.sum())
-        recent = (recent + [loss.item()])[-50:]
+        recent = [*recent, loss.item()][-50:]
         step += 1
         if plateau_exit_step is None and left_plateau(recent, config):
             plateau_exit_step = step

@@ -52,7 +52,7 @@ def decode(
         raise ProtocolError("oversized", f"{len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
         envelope = msgpack.unpackb(payload, raw=False, strict_map_key=True)
-    except Exception as err:  # msgpack raises several unrelated types for bad input
+    except Exception as err:  # noqa: BLE001 - msgpack raises several unrelated types for bad input
         raise ProtocolError("malformed", f"not valid msgpack ({type(err).__name__}: {err})") from None
     if not isinstance(envelope, dict) or set(envelope) != {"schema", "version", "body"}:
         raise ProtocolError("bad_envelope", "expected a map with exactly schema, version and body")

@@ -67,7 +67,7 @@ def _describe_leftovers(children: list) -> list[str]:
     for child in children:
         try:
             lines.append(f"child process still alive: pid={child.pid} {' '.join(child.cmdline())[:160]}")
-        except Exception:  # the child may exit while we look at it
+        except Exception:  # noqa: BLE001 - the child may exit while we look at it
             lines.append(f"child process still alive: pid={child.pid}")
     return lines
 

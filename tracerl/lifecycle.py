@@ -44,6 +44,8 @@ EXIT_STOP_OVERRAN = 3
 LOOPS_END_S = 5.0
 #: After the bound, how long the C-level backstop waits for the loop-level watchdog.
 BACKSTOP_AFTER_S = 10.0
+#: The armed stop watchdogs, held until they finish.
+_WATCHDOGS: set[asyncio.Task[None]] = set()
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
@@ -122,8 +124,10 @@ def stop_on_signals(
         # Also covers a hang the loop cannot see: a blocked loop, or a thread joined at exit.
         faulthandler.dump_traceback_later(bound_s + backstop_after_s, repeat=False, file=sys.stderr, exit=True)
 
-    # Held by the loop's task set until the stop event; a set event arms at most once.
-    loop.create_task(arm_when_stopping(), name="stop-watchdog")
+    # The loop keeps only weak references to tasks; a set event arms at most once.
+    watchdog = loop.create_task(arm_when_stopping(), name="stop-watchdog")
+    _WATCHDOGS.add(watchdog)
+    watchdog.add_done_callback(_WATCHDOGS.discard)
 
 
 def run_role(main: Coroutine[Any, Any, int | None], leftover_grace_s: float = LOOPS_END_S) -> int:

@@ -132,7 +132,7 @@ def _dataclass_encoder(cls: type) -> Encoder:
     def encode(obj: Any) -> dict[str, Any]:
         out = obj.__dict__.copy() if copy_dict else None
         if out is None or len(out) != len(names):
-            out = dict(zip(names, get_all(obj)))
+            out = dict(zip(names, get_all(obj), strict=True))
         for name, typecode in packed:
             value = out[name]
             if value is not None:
@@ -260,7 +260,9 @@ def _sequence_converter(tp: Any, origin: Any) -> Converter:
                 raise SchemaError(path, f"expected a list, got {type(value).__name__}")
             if len(value) != len(args):
                 raise SchemaError(path, f"expected {len(args)} items, got {len(value)}")
-            return tuple(c(v, f"{path}[{i}]", lenient) for i, (c, v) in enumerate(zip(item_converters, value)))
+            return tuple(
+                c(v, f"{path}[{i}]", lenient) for i, (c, v) in enumerate(zip(item_converters, value, strict=True))
+            )
 
         return convert_fixed_tuple
     item = _converter(args[0] if args else Any)

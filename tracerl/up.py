@@ -44,7 +44,7 @@ def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> 
     nodes = up.bus.cluster.local_nodes or 1
     servers = [f"nats://127.0.0.1:{port + i}" for i in range(nodes)]
     client_bus = dataclasses.replace(up.actor.bus, servers=servers, credentials="")
-    shared = dict(run=up.run, log=up.log)
+    shared = {"run": up.run, "log": up.log}
     bus = dataclasses.replace(up.bus, port=port, monitor_port=monitor_port, **shared)
     if up.bus.cluster.local_nodes:
         # Free route ports: the fixed default would collide with another local cluster.
@@ -176,7 +176,7 @@ def eval_argv(model_dir: str, env: str, tasks: int, json_file: Path, cpus: list[
 def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -> dict | None:
     """Greedy and sampled success of ``model_dir``, also written to ``out``; None if the eval failed."""
     raw = out.with_suffix(".raw.json")
-    result = subprocess.run(eval_argv(model_dir, env, tasks, raw, cpus), capture_output=True, text=True)
+    result = subprocess.run(eval_argv(model_dir, env, tasks, raw, cpus), capture_output=True, text=True, check=False)
     if result.returncode != 0 or not raw.is_file():
         log.error(
             "eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:], engine_log=str(eval_engine_log(raw))
@@ -279,7 +279,8 @@ def run(up: UpConfig) -> int:
     try:
         start_roles(supervisor, up, list(configs), config_dir)
         print(
-            f"[up] run {up.run.run_id}: bus, learner, allocator and {up.num_actors} actor(s) started; logs in {run_dir / 'logs'}"
+            f"[up] run {up.run.run_id}: bus, learner, allocator and {up.num_actors} actor(s) started; "
+            f"logs in {run_dir / 'logs'}"
         )
         next_progress = time.time() + up.progress_interval_s
         while not interrupted:

@@ -85,7 +85,8 @@ def roots_round(core: AllocatorCore, step: StepState, pool: Sequence[TaskSpec], 
     """The root items of a stage-1 decision (``counts[i]`` rollouts of ``pool[i]``), which
     is kept in ``core.stage1_log``."""
     core.stage1_log.append((step.index, tuple(t.task_id for t in pool), tuple(counts)))
-    return [core.root_item(step, task, m) for task, m in zip(pool, counts) if m >= 1]
+    # No counts at all when the budget pays for no group: the pool is drawn anyway, to keep draws paired.
+    return [core.root_item(step, task, m) for task, m in zip(pool, counts, strict=False) if m >= 1]
 
 
 def starts_or_fits(core: AllocatorCore, cost: float, units: float) -> bool:

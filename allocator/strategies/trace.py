@@ -95,7 +95,7 @@ class RootsJob:
             self.counts = dp.allocation()
             core.stage1_log.append((step.index, tuple(t.task_id for t in self.pool), tuple(self.counts)))
         start, end = self.emitted, min(len(self.pool), self.emitted + max(1, int(units / _UNITS_EMIT)))
-        for task, m in zip(self.pool[start:end], self.counts[start:end]):
+        for task, m in zip(self.pool[start:end], self.counts[start:end], strict=True):
             if m >= 1:
                 self.plan.append(core.root_item(step, task, m))
         self.emitted = end
@@ -171,7 +171,7 @@ class BranchesJob:
             return None, units - cost
         start = len(self.plan)
         end = min(len(self.chosen), start + max(1, int(units / _UNITS_EMIT)))
-        for i, k in zip(self.chosen[start:end], self.continuations[start:end]):
+        for i, k in zip(self.chosen[start:end], self.continuations[start:end], strict=True):
             tree, state = self.candidates[i]
             self.plan.append(core.branch_item(step, tree, state, k))
         units -= _UNITS_EMIT * (end - start)

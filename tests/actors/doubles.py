@@ -116,21 +116,21 @@ class ReloadingEngine(ScriptedEngine):
 
 
 def make_item(kind: str = "root", **overrides: Any) -> WorkItem:
-    fields: dict[str, Any] = dict(
-        run_id="t",
-        work_id="w1",
-        tree_id="tree1",
-        kind=kind,
-        task=TaskSpec(env="counting", task_id="a"),
-        num_samples=3,
-        parent_id=None,
-        prefix_depth=0,
-        prefix_token_ids=[],
-        env_snapshot=b"",
-        sampling=SamplingSpec(seed=7),
-        max_turns=4,
-        min_policy_version=0,
-        issued_at=0.0,
-    )
+    fields: dict[str, Any] = {
+        "run_id": "t",
+        "work_id": "w1",
+        "tree_id": "tree1",
+        "kind": kind,
+        "task": TaskSpec(env="counting", task_id="a"),
+        "num_samples": 3,
+        "parent_id": None,
+        "prefix_depth": 0,
+        "prefix_token_ids": [],
+        "env_snapshot": b"",
+        "sampling": SamplingSpec(seed=7),
+        "max_turns": 4,
+        "min_policy_version": 0,
+        "issued_at": 0.0,
+    }
     fields.update(overrides)
     return WorkItem(**fields)

@@ -85,8 +85,8 @@ def test_prefix_cache_reuses_a_shared_prefix(engine_runner):
     sampling = SamplingSpec(max_tokens_per_turn=4)
 
     async def two_turns():
-        await engine.generate(prefix + [11, 12], sampling, seed=1)
-        return await engine.generate(prefix + [13, 14, 15], sampling, seed=2)
+        await engine.generate([*prefix, 11, 12], sampling, seed=1)
+        return await engine.generate([*prefix, 13, 14, 15], sampling, seed=2)
 
     second = engine_runner.run(two_turns())
     # Whole 32-token blocks of the shared 200-token prefix: at least 6 blocks.

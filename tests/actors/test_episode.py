@@ -172,14 +172,14 @@ def test_branch_continues_from_snapshot_and_prefix(tokenizer):
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
-        (dict(env_snapshot=b"\xc1garbage"), "corrupt_snapshot"),
-        (dict(env_snapshot=msgpack.packb({"actions": 5})), "corrupt_snapshot"),
-        (dict(env_snapshot=msgpack.packb([1, 2])), "corrupt_snapshot"),
-        (dict(prefix_depth=4, env_snapshot=msgpack.packb({"actions": []})), "no_turns_left"),
+        ({"env_snapshot": b"\xc1garbage"}, "corrupt_snapshot"),
+        ({"env_snapshot": msgpack.packb({"actions": 5})}, "corrupt_snapshot"),
+        ({"env_snapshot": msgpack.packb([1, 2])}, "corrupt_snapshot"),
+        ({"prefix_depth": 4, "env_snapshot": msgpack.packb({"actions": []})}, "no_turns_left"),
     ],
 )
 def test_bad_branch_items_are_rejected_before_any_generation(tokenizer, overrides, reason):
-    fields = dict(parent_id="p", prefix_depth=1, prefix_token_ids=[1])
+    fields = {"parent_id": "p", "prefix_depth": 1, "prefix_token_ids": [1]}
     fields.update(overrides)
     engine = ScriptedEngine(tokenizer)
     with pytest.raises(EpisodeError) as err:

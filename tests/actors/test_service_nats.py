@@ -21,22 +21,22 @@ pytestmark = [pytest.mark.nats, pytest.mark.vllm]
 
 
 def root_item(run_id: str, work_id: str, task: TaskSpec, num_samples: int = 2, **changes) -> WorkItem:
-    fields = dict(
-        run_id=run_id,
-        work_id=work_id,
-        tree_id=f"tree-{work_id}",
-        kind="root",
-        task=task,
-        num_samples=num_samples,
-        parent_id=None,
-        prefix_depth=0,
-        prefix_token_ids=[],
-        env_snapshot=b"",
-        sampling=SamplingSpec(max_tokens_per_turn=12, seed=3),
-        max_turns=3,
-        min_policy_version=0,
-        issued_at=time.time(),
-    )
+    fields = {
+        "run_id": run_id,
+        "work_id": work_id,
+        "tree_id": f"tree-{work_id}",
+        "kind": "root",
+        "task": task,
+        "num_samples": num_samples,
+        "parent_id": None,
+        "prefix_depth": 0,
+        "prefix_token_ids": [],
+        "env_snapshot": b"",
+        "sampling": SamplingSpec(max_tokens_per_turn=12, seed=3),
+        "max_turns": 3,
+        "min_policy_version": 0,
+        "issued_at": time.time(),
+    }
     fields.update(changes)
     item = WorkItem(**fields)
     ISSUED[item.work_id] = item
@@ -44,22 +44,22 @@ def root_item(run_id: str, work_id: str, task: TaskSpec, num_samples: int = 2, *
 
 
 def branch_item(parent: TurnNode, prefix: list[int], work_id: str, num_samples: int = 2, **changes) -> WorkItem:
-    fields = dict(
-        run_id=parent.run_id,
-        work_id=work_id,
-        tree_id=parent.tree_id,
-        kind="branch",
-        task=parent.task,
-        num_samples=num_samples,
-        parent_id=parent.node_id,
-        prefix_depth=parent.depth,
-        prefix_token_ids=prefix,
-        env_snapshot=parent.env_snapshot,
-        sampling=SamplingSpec(max_tokens_per_turn=12, seed=4),
-        max_turns=3,
-        min_policy_version=0,
-        issued_at=time.time(),
-    )
+    fields = {
+        "run_id": parent.run_id,
+        "work_id": work_id,
+        "tree_id": parent.tree_id,
+        "kind": "branch",
+        "task": parent.task,
+        "num_samples": num_samples,
+        "parent_id": parent.node_id,
+        "prefix_depth": parent.depth,
+        "prefix_token_ids": prefix,
+        "env_snapshot": parent.env_snapshot,
+        "sampling": SamplingSpec(max_tokens_per_turn=12, seed=4),
+        "max_turns": 3,
+        "min_policy_version": 0,
+        "issued_at": time.time(),
+    }
     fields.update(changes)
     item = WorkItem(**fields)
     ISSUED[item.work_id] = item
@@ -167,7 +167,7 @@ def test_actor_serves_roots_branches_weights_and_rejects_bad_items(engine_runner
         await drain_until(nodes_consumer, nodes, lambda: "after-reload" in leaves_by_work(nodes), 60)
         assert {n.policy_version for n in nodes.values() if n.work_id == "after-reload"} == {old_version + 1}
 
-        bad_blob = save({**{k: v for k, v in state.items()}, "extra.weight": torch.zeros(2)}, metadata={"format": "pt"})
+        bad_blob = save({**dict(state.items()), "extra.weight": torch.zeros(2)}, metadata={"format": "pt"})
         await learner.put_object("w-bad", bad_blob)
         await learner.announce_weights(
             WeightsAnnouncement(

@@ -26,15 +26,15 @@ TENSORS = {"a.weight": torch.zeros(3, 4), "b.bias": torch.ones(5)}
 
 
 def announce(blob: bytes, **changes) -> WeightsAnnouncement:
-    fields = dict(
-        run_id="r",
-        policy_version=1,
-        object_name="w1",
-        sha256=hashlib.sha256(blob).hexdigest(),
-        num_bytes=len(blob),
-        format="safetensors",
-        created_at=0.0,
-    )
+    fields = {
+        "run_id": "r",
+        "policy_version": 1,
+        "object_name": "w1",
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "num_bytes": len(blob),
+        "format": "safetensors",
+        "created_at": 0.0,
+    }
     fields.update(changes)
     return WeightsAnnouncement(**fields)
 

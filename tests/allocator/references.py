@@ -38,7 +38,7 @@ def v_root(v: float, m: int) -> float:
 
 def expected_mixed(values: Sequence[float], counts: Sequence[int]) -> float:
     """sum_i V_root(v_i, m_i): the expected number of mixed groups of an allocation."""
-    return float(sum(v_root(v, m) for v, m in zip(values, counts)))
+    return float(sum(v_root(v, m) for v, m in zip(values, counts, strict=True)))
 
 
 def allocate_roots_dp(values: Sequence[float], budget: int, max_per_prompt: int | None = None) -> list[int]:
@@ -75,7 +75,7 @@ def allocate_roots_plain_greedy(values: Sequence[float], budget: int, max_per_pr
     cap = budget if max_per_prompt is None else max_per_prompt
     counts = [0] * len(values)
     for _ in range(budget):
-        gains = [(v_root(v, m + 1) - v_root(v, m)) if m < cap else -np.inf for v, m in zip(values, counts)]
+        gains = [(v_root(v, m + 1) - v_root(v, m)) if m < cap else -np.inf for v, m in zip(values, counts, strict=True)]
         if not gains or max(gains) == -np.inf:
             break
         counts[int(np.argmax(gains))] += 1
@@ -193,7 +193,7 @@ def allocate_prefixes_greedy(candidates: Sequence[PrefixCandidate], budget_turns
         np.array([c.already for c in candidates], dtype=np.int64),
         budget_turns,
     )
-    return {c.key: int(k) for c, k in zip(candidates, counts) if k > 0}
+    return {c.key: int(k) for c, k in zip(candidates, counts, strict=True) if k > 0}
 
 
 @dataclass(frozen=True)

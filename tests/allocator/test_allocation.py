@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -119,7 +121,7 @@ def test_prefix_greedy_matches_brute_force_on_unit_costs():
         chosen = allocate_prefixes_greedy(cands, budget)
         got = sum(v_pref(c.outcome, c.value, chosen.get(c.key, 0)) for c in cands)
         best = max(
-            sum(v_pref(c.outcome, c.value, k) for c, k in zip(cands, ks))
+            sum(v_pref(c.outcome, c.value, k) for c, k in zip(cands, ks, strict=True))
             for ks in np.ndindex(4, 4, 4)
             if sum(ks) <= budget
         )
@@ -163,7 +165,7 @@ def test_vectorised_prefix_greedy_matches_its_definition_on_random_cases():
         # Fed in chunks, as the core does over several scheduler calls: the same answer.
         greedy = PrefixGreedy()
         cuts = sorted({0, n, *rng.integers(0, n + 1, size=3).tolist()})
-        for a, b in zip(cuts, cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             greedy.add(outcome[a:b], value[a:b], cost[a:b], limit[a:b], already[a:b])
         assert greedy.allocate(budget).tolist() == expected
 

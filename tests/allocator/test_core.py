@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -7,7 +9,10 @@ from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 ACTORS = [ActorLoad("a0", 0, 1000), ActorLoad("a1", 0, 1000)]
 
 
-def _setup(strategy="trace", seed=0, sim=SimulatorConfig(num_prompts=64), **overrides):
+SIM = SimulatorConfig(num_prompts=64)
+
+
+def _setup(strategy="trace", seed=0, sim=SIM, **overrides):
     rng = np.random.default_rng(seed)
     prompts = make_prompts(sim, rng)
     # One call plans a whole round: these tests look at what a round hands out.
@@ -83,7 +88,7 @@ def test_stage1_only_strategies_spend_refunds_on_more_groups():
 
 def test_node_outcomes_duplicate_unknown_late():
     core, actor, rng = _setup("grpo")
-    routed, nodes = _round(core, actor, rng, 0.0)
+    _routed, nodes = _round(core, actor, rng, 0.0)
     assert core.on_node(nodes[0], 0.0) == "accepted"
     assert core.on_node(nodes[0], 0.0) == "duplicate"
     foreign = type(nodes[0])(**{**nodes[0].__dict__, "tree_id": "s99-0"})
@@ -168,7 +173,7 @@ def _replay_case(strategy):
     core, actor, rng = _setup(strategy)
     node_log = []
     for t in range(2):
-        routed, nodes = _round(core, actor, rng, float(t))
+        _routed, nodes = _round(core, actor, rng, float(t))
         node_log += nodes
         for n in nodes:
             core.on_node(n, float(t))
@@ -208,7 +213,7 @@ def test_replaying_the_node_stream_rebuilds_the_state():
 
 
 def test_replay_keeps_an_unfinished_chain_outstanding_until_it_arrives():
-    core, actor, rng, node_log = _replay_case("grpo")
+    core, _actor, _rng, node_log = _replay_case("grpo")
     last_chain = node_log[-1]
     fresh = AllocatorCore(core.config, core.task_pool, seed=1, run_id="test")
     for n in node_log[:-1]:
@@ -222,7 +227,7 @@ def test_replay_keeps_an_unfinished_chain_outstanding_until_it_arrives():
 
 
 def test_restore_work_registers_pending_items():
-    core, actor, rng = _setup("grpo")
+    core, _actor, _rng = _setup("grpo")
     routed = core.schedule(0.0, ACTORS)
     fresh = AllocatorCore(core.config, core.task_pool, seed=1, run_id="test")
     for r in routed:
@@ -334,5 +339,5 @@ def test_strategies_with_the_same_seed_draw_the_same_prompts():
         draws = sorted((d[step] for d in first_draws.values()), key=len)
         assert len(draws[0]) < len(draws[-1])
         # a smaller draw lies inside a larger one: grpo's batch inside the candidate pools
-        assert all(small <= large for small, large in zip(draws, draws[1:]))
+        assert all(small <= large for small, large in itertools.pairwise(draws))
     assert first_draws["grpo"][0] != first_draws["grpo"][1]

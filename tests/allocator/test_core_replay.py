@@ -191,7 +191,7 @@ def test_a_tree_its_step_closed_without_stays_closed_after_replay():
     assert starved_ids and starved_ids <= streams.dropped
     fresh = _rebuild(core, streams, 1, 101.0)
     assert starved not in fresh.trees and not fresh.steps
-    late = [n for n in nodes if n.tree_id == starved and n.done][0]
+    late = next(n for n in nodes if n.tree_id == starved and n.done)
     assert fresh.on_node(late, 102.0) in ("late", "unknown_tree")
     assert [d[2] for d in fresh.pop_dropped()] == [late.node_id]
 

@@ -26,9 +26,9 @@ def test_each_leaf_of_a_decision_is_a_sample_scored_against_the_prediction_made_
     assert m["predictor_leaves"] == 6
     p = [0.6, 0.6, 0.6, 0.1, 0.1, 0.3]
     y = [1, 1, 0, 0, 0, 1]
-    assert m["predictor_brier"] == pytest.approx(sum((a - b) ** 2 for a, b in zip(p, y)) / 6)
+    assert m["predictor_brier"] == pytest.approx(sum((a - b) ** 2 for a, b in zip(p, y, strict=True)) / 6)
     base = [0.5] * 5 + [0.4]
-    assert m["beta_baseline_brier"] == pytest.approx(sum((a - b) ** 2 for a, b in zip(base, y)) / 6)
+    assert m["beta_baseline_brier"] == pytest.approx(sum((a - b) ** 2 for a, b in zip(base, y, strict=True)) / 6)
     assert m["predictor_brier_vs_beta"] == pytest.approx(m["predictor_brier"] / m["beta_baseline_brier"])
     # Positives score 0.6, 0.6, 0.3; negatives 0.6, 0.1, 0.1: 8 of 9 pairs ordered (one tie at 0.6 is half).
     assert m["predictor_auc"] == pytest.approx((2 * 2.5 + 1 * 2) / 9)

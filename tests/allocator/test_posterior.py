@@ -41,7 +41,7 @@ def _brute_loglik(kappa, pi, s, f, y, z):
 
 def test_beta_binomial_loglik_matches_the_gamma_function_form():
     rows = [(0.3, 1, 0, 2, 0), (0.8, 0, 3, 1, 1), (0.5, 0, 0, 0, 4), (0.01, 2, 2, 3, 0)]
-    pi, s, f, y, z = (np.array(col, dtype=float) for col in zip(*rows))
+    pi, s, f, y, z = (np.array(col, dtype=float) for col in zip(*rows, strict=True))
     for kappa in (0.05, 1.0, 7.5, 200.0):
         got = beta_binomial_loglik(kappa, pi, s, f, y, z)
         expected = sum(_brute_loglik(kappa, *row) for row in rows)

@@ -8,7 +8,6 @@ from allocator.core import AllocatorCore, AllocatorCoreConfig
 from allocator.predictor import (
     BetaBaseline,
     PredictorConfig,
-    PromptStats,
     SharedPredictor,
     auc,
     calibration_error,
@@ -36,7 +35,7 @@ def test_featurize_is_deterministic_and_counts_structure():
     )
     a, b = featurize(view, cfg), featurize(view, cfg)
     np.testing.assert_array_equal(a.indices, b.indices)
-    structured = dict(zip(a.indices.tolist(), a.values.tolist()))
+    structured = dict(zip(a.indices.tolist(), a.values.tolist(), strict=True))
     base = 1 << 10
     assert structured[base + 0] == 1.0  # bias
     assert structured[base + 1] == pytest.approx(0.25)  # depth / max turns
@@ -45,7 +44,7 @@ def test_featurize_is_deterministic_and_counts_structure():
     assert structured[base + 6] == pytest.approx(0.5)  # the environment's progress score
     assert structured[base + 7] == pytest.approx(0.25)  # and what the last turn added
     blind = featurize(view, PredictorConfig(hash_bits=10, use_env_score=False))
-    blind_structured = dict(zip(blind.indices.tolist(), blind.values.tolist()))
+    blind_structured = dict(zip(blind.indices.tolist(), blind.values.tolist(), strict=True))
     assert blind_structured[base + 6] == 0.0 and blind_structured[base + 7] == 0.0
 
 

@@ -163,11 +163,13 @@ class FakeFleet:
         for msg in msgs:
             tree = decode(msg.data, CompletedTree)
             self.trees_by_step.setdefault(tree.allocator_step, set()).add(tree.tree_id)
-            if len(self.trees_by_step[tree.allocator_step]) >= tree.step_tree_count:
-                if tree.allocator_step not in self.steps_trained:
-                    self.steps_trained.add(tree.allocator_step)
-                    self.version += 1
-                    await self.announce()
+            if (
+                len(self.trees_by_step[tree.allocator_step]) >= tree.step_tree_count
+                and tree.allocator_step not in self.steps_trained
+            ):
+                self.steps_trained.add(tree.allocator_step)
+                self.version += 1
+                await self.announce()
             await msg.ack()
 
 

@@ -142,7 +142,7 @@ async def publish_until(actor: BusClient, done: Callable[[], bool], timeline: Ti
             try:
                 await actor.publish(actor.subjects.nodes, node, msg_id=node.node_id, timeout=1.0)
                 break
-            except (nats.errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.Error):
                 timeline.publish_errors += 1
                 await asyncio.sleep(0.05)
         now = time.monotonic()

@@ -83,7 +83,12 @@ class Lab:
 
     def run(self, host: str, argv: list[str], timeout: float = 20) -> str:
         result = subprocess.run(
-            ["ip", "netns", "exec", self.ns(host), *argv], capture_output=True, text=True, cwd=REPO, timeout=timeout
+            ["ip", "netns", "exec", self.ns(host), *argv],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=timeout,
+            check=False,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout

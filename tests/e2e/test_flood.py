@@ -50,7 +50,7 @@ def test_a_flooded_run_survives_and_counts_every_reject(tmp_path, embedded_model
         "--set",
         f"model_dir={embedded_model_dir}",
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=400, check=False)
     report = (results / "flood.md").read_text() if (results / "flood.md").exists() else done.stdout[-4000:]
     assert done.returncode == 0, report + done.stderr[-3000:]
     result = json.loads((results / "flood.json").read_text())

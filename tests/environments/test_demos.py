@@ -35,7 +35,7 @@ def test_multihop_mistakes_are_systematic_per_context():
         relation = task.params["path"][0]
         outcome[relation].append(demo_episode("multihop", task, rng).reward)
     assert sum(outcome["manager"]) / len(outcome["manager"]) < 0.35
-    assert 0 < sum(outcome["manager"])  # the right action keeps some probability mass
+    assert sum(outcome["manager"]) > 0  # the right action keeps some probability mass
     assert all(r == 1.0 for rel in ("mentor", "friend", "coach") for r in outcome[rel])
 
 
@@ -81,7 +81,7 @@ def test_math_operation_confusion_is_systematic_per_phrase_kind():
         family = "confused" if kinds & {"splits", "more"} else "clean"
         outcome[family].append(demo_episode("math", task, rng, profile).reward)
     assert len(outcome["confused"]) > 30 and sum(outcome["confused"]) / len(outcome["confused"]) < 0.3
-    assert 0 < sum(outcome["confused"])  # the right operator keeps some probability mass
+    assert sum(outcome["confused"]) > 0  # the right operator keeps some probability mass
     assert all(r == 1.0 for r in outcome["clean"])
 
 

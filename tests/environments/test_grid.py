@@ -1,7 +1,6 @@
 import pytest
 
-from environments import EnvironmentError_, make_env, make_tasks
-from environments import frozenlake, sokoban
+from environments import EnvironmentError_, frozenlake, make_env, make_tasks, sokoban
 from environments.grid import MAX_TURNS_CAP, parse_move
 from protocol import TaskSpec
 

@@ -26,7 +26,8 @@ from tests.environments.roundtrip import assert_restores_at_every_turn
 SAMPLE = Path(__file__).resolve().parents[2] / "environments" / "data" / "gsm8k_sample.jsonl"
 #: Ana has 4 tins of 12 pencils, gives 15 away: 4 * 12 = 48, 48 - 15 = 33.
 HAND_PARAMS = {
-    "question": "Ana has 4 tins with 12 pencils in each tin . Ana gives 15 pencils to Omar . how many pencils does Ana have now ?",
+    "question": "Ana has 4 tins with 12 pencils in each tin . Ana gives 15 pencils to Omar . "
+    "how many pencils does Ana have now ?",
     "answer": "33",
     "steps": [{"template": "4 * 12", "kind": "boxes"}, {"template": "#0 - 15", "kind": "gives"}],
     "max_turns": 4,
@@ -258,7 +259,7 @@ def test_the_shipped_gsm8k_sample_loads_with_its_calculator_steps():
             r"<<([^=]+)=([^>]+)>>", json.loads(SAMPLE.read_text().splitlines()[problem.line - 1])["answer"]
         )
         assert len(problem.steps) == len(annotated)
-        for step, (_, result) in zip(problem.steps, annotated):
+        for step, (_, result) in zip(problem.steps, annotated, strict=True):
             assert evaluate(step.template) == Fraction(result)
 
 

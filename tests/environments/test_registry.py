@@ -11,8 +11,8 @@ from environments import (
     make_tasks,
 )
 from environments.base import Environment
-from tracerl.typed import from_plain, to_plain
 from protocol import TaskSpec
+from tracerl.typed import from_plain, to_plain
 
 GENERATED = ["multihop", "frozenlake", "sokoban", "math", "toolcall", "webshop"]
 STOPS = {"math": {"</calculate>", "</answer>"}, "toolcall": {"</tool_call>", "</answer>"}, "webshop": {"</answer>"}}
@@ -32,7 +32,7 @@ def test_env_names_lists_every_environment():
 def test_unknown_env_lists_valid_names():
     with pytest.raises(
         EnvironmentError_,
-        match="unknown environment 'chess'.*frozenlake, math, multihop, searchqa, sokoban, toolcall, webshop",
+        match=r"unknown environment 'chess'.*frozenlake, math, multihop, searchqa, sokoban, toolcall, webshop",
     ):
         make_env("chess")
     with pytest.raises(EnvironmentError_, match="valid names"):
@@ -59,7 +59,7 @@ def test_special_tokens_cover_every_tag():
     )
     # New tags go last, so the ids of earlier ones never move.
     tools = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
-    assert SPECIAL_TOKENS == (*search_r1, "<calculate>", "</calculate>", *tools)
+    assert (*search_r1, "<calculate>", "</calculate>", *tools) == SPECIAL_TOKENS
     assert STOP_STRINGS == ("</search>", "</answer>", "</calculate>", "</tool_call>")
 
 

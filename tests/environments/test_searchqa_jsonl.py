@@ -64,7 +64,7 @@ def test_expert_and_snapshot_on_local_corpus(files):
     env = make_env("searchqa")
     for task in make_tasks("searchqa", "heldout", 1, seed=0, **files):
         env.reset(task)
-        first = env.step(env.expert_action())
+        env.step(env.expert_action())
         clone = make_env("searchqa")
         clone.restore(env.snapshot())
         action = clone.expert_action()

@@ -63,7 +63,8 @@ SOLUTION = [
     call("place_order", user_id="u1", product="mug", quantity=3),
 ]
 HAND_PARAMS = {
-    "instruction": "i am Ana Ruiz . cancel my pending lamp order , i ordered it by mistake . then buy mug , quantity 3 .",
+    "instruction": "i am Ana Ruiz . cancel my pending lamp order , i ordered it by mistake . "
+    "then buy mug , quantity 3 .",
     "tools": list(TOOLS),
     "initial": INITIAL,
     "goal": _goal(),
@@ -107,9 +108,10 @@ def test_the_prompt_lists_each_tool_rendered_from_its_schema():
     assert lines[1:5] == [
         "tools :",
         "find_user ( name : string ) : look up a customer by full name",
-        'cancel_order ( order_id : string , reason : "no longer needed" | "ordered by mistake" ) : cancel a pending order and refund it',
-        "place_order ( user_id : string , product : string , quantity : integer 1 to 10 ) : order a product for a customer , "
-        "paid from the balance",
+        'cancel_order ( order_id : string , reason : "no longer needed" | "ordered by mistake" ) : '
+        "cancel a pending order and refund it",
+        "place_order ( user_id : string , product : string , quantity : integer 1 to 10 ) : "
+        "order a product for a customer , paid from the balance",
     ]
     assert lines[-1] == "request : " + HAND_PARAMS["instruction"]
     assert '<tool_call> {"name": tool , "arguments": {...}} </tool_call>' in lines[0]
@@ -119,7 +121,8 @@ def test_the_expert_follows_the_solution_and_reaches_the_goal():
     env = make_env("toolcall")
     env.reset(hand_task())
     assert env.expert_action() == (
-        '<think> step 1 find_user </think> <tool_call> {"name": "find_user", "arguments": {"name": "Ana Ruiz"}} </tool_call>'
+        "<think> step 1 find_user </think> "
+        '<tool_call> {"name": "find_user", "arguments": {"name": "Ana Ruiz"}} </tool_call>'
     )
     first = env.step(env.expert_action())
     assert response(first) == {"user_id": "u1", "name": "Ana Ruiz", "balance": 30, "orders": ["o1", "o2"]}
@@ -494,7 +497,7 @@ def _random_action(env, rng):
 
 
 def test_snapshot_restore_round_trips_at_every_turn():
-    tasks = generate_tasks("train", 20, 8, max_goals=3) + [hand_task()]
+    tasks = [*generate_tasks("train", 20, 8, max_goals=3), hand_task()]
     assert_restores_at_every_turn("toolcall", tasks, _random_action, MAX_TURNS_CAP, episodes_per_task=3)
 
 
@@ -614,7 +617,7 @@ def test_reason_confusion_is_systematic():
         family = "confused" if "ordered by mistake" in reasons else "clean"
         outcome[family].append(demo_episode("toolcall", task, rng, profile).reward)
     assert len(outcome["confused"]) > 30 and sum(outcome["confused"]) / len(outcome["confused"]) < 0.3
-    assert 0 < sum(outcome["confused"])  # the right reason keeps some probability mass
+    assert sum(outcome["confused"]) > 0  # the right reason keeps some probability mass
     assert all(r == 1.0 for r in outcome["clean"])
 
 

@@ -346,7 +346,7 @@ def _random_action(env, rng):
 
 
 def test_snapshot_restore_round_trips_at_every_turn():
-    tasks = generate_tasks("train", 20, 8, max_options=2) + [sample_task()]
+    tasks = [*generate_tasks("train", 20, 8, max_options=2), sample_task()]
     assert_restores_at_every_turn("webshop", tasks, _random_action, MAX_TURNS_CAP, episodes_per_task=3)
 
 

@@ -53,8 +53,8 @@ def test_lpo_forward_and_reverse_kl_on_a_group_of_two():
     q = (math.e / (math.e + 1), 1 / (math.e + 1))  # softmax of A/beta with A = (1, 0), beta = 1
     forward = lpo_group_loss(path_logprobs, t(1, 0), beta=1.0, divergence="forward_kl")
     reverse = lpo_group_loss(path_logprobs, t(1, 0), beta=1.0, divergence="reverse_kl")
-    assert forward.item() == pytest.approx(sum(qi * math.log(qi / pi) for pi, qi in zip(p, q)))
-    assert reverse.item() == pytest.approx(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)))
+    assert forward.item() == pytest.approx(sum(qi * math.log(qi / pi) for pi, qi in zip(p, q, strict=True)))
+    assert reverse.item() == pytest.approx(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True)))
     # beta scales the target: with beta = 0.5 the target is softmax(2, 0)
     sharp = lpo_group_loss(t(0.5, 0.5).log(), t(1, 0), beta=0.5, divergence="forward_kl")
     q2 = (math.e**2 / (math.e**2 + 1), 1 / (math.e**2 + 1))

@@ -44,7 +44,7 @@ def test_packed_layout_of_a_small_tree():
     assert batch.target_token.tolist() == [10, 11, 12, 13]
     assert batch.target_predictor.tolist() == [1, 2, 4, 4]
     assert batch.target_weight.tolist() == [2.0, 2.0, 1.0, 1.0]
-    assert sorted(zip(batch.path_of_pair.tolist(), batch.target_of_pair.tolist())) == [
+    assert sorted(zip(batch.path_of_pair.tolist(), batch.target_of_pair.tolist(), strict=True)) == [
         (0, 0),
         (0, 1),
         (0, 2),

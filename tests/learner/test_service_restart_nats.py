@@ -22,8 +22,8 @@ import pytest
 
 from bench.chaos import version_violations
 from learner.config import LearnerConfig, ModelSection, OptimiserSection, TrainingSection
-from learner.versions import Publication, read_publications
 from learner.service import TREES_METRICS
+from learner.versions import Publication, read_publications
 from protocol import CompletedTree, Subjects, WeightsAnnouncement
 from protocol.messages import replace
 from tests.learner.models import TINY_VOCAB

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 from learner.config import LearnerConfig, LossSection
 from learner.trainer import Trainer, checkpoint_version, complete_checkpoints, latest_checkpoint
 from protocol.messages import replace
-from tests.learner.models import build_tiny_qwen3
 from tests.learner.helpers import batches, learner_config
+from tests.learner.models import build_tiny_qwen3
 from tests.learner.trees import node, random_tree, tree
 from tracerl.config import ConfigError, load_config
 

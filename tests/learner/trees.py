@@ -92,5 +92,5 @@ def random_tree(
 def packed_token_count(tree: TrainingTree) -> int:
     """Tokens of a tree packed with shared prefixes once: the prompt and each node's own tokens."""
     return len(tree.prompt_token_ids) + sum(
-        len(a) + len(o) for a, o in zip(tree.action_token_ids, tree.observation_token_ids)
+        len(a) + len(o) for a, o in zip(tree.action_token_ids, tree.observation_token_ids, strict=True)
     )

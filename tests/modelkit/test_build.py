@@ -25,9 +25,9 @@ def test_an_unknown_tokenizer_whitespace_mode_is_reported_before_any_work(capsys
 def test_adding_an_environment_renames_no_other_model():
     """The shipped recipes keep the cache keys they had before the math environment existed:
     its mistake fields and tags stay out of recipes whose demos do not include it."""
+    from environments.tags import SEARCH_R1_TAGS
     from modelkit.build import recipe_key
     from modelkit.config import ModelBuildConfig
-    from environments.tags import SEARCH_R1_TAGS
     from modelkit.tokenizer import environment_tags
     from tracerl.config import load_config
 

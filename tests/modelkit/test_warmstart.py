@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import random
 
 import torch
@@ -33,7 +34,7 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     config = TrainingConfig(steps=100, warmup_steps=10, learning_rate=1e-3, min_learning_rate=1e-4, plateau_exit_loss=0)
     rates = [learning_rate(step, config) for step in range(101)]
     assert rates[0] < rates[9] == max(rates)
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert abs(rates[100] - 1e-4) < 1e-12
     assert total_steps(config, None) == 100
 
@@ -71,11 +72,11 @@ def test_loss_ignores_everything_but_action_tokens(random_model_dir):
     base = EncodedDemo(list(range(10, 23)), mask)
     # Only the observation tail differs: those are not targets, and causal attention keeps
     # them from influencing earlier positions.
-    changed = EncodedDemo(list(range(10, 20)) + [40, 41, 42], mask)
+    changed = EncodedDemo([*list(range(10, 20)), 40, 41, 42], mask)
     with torch.no_grad():
         loss_base = action_loss(model, *collate([base], 1))
         loss_changed = action_loss(model, *collate([changed], 1))
-        changed_action = EncodedDemo(list(range(10, 17)) + [50, 51, 52] + list(range(20, 23)), mask)
+        changed_action = EncodedDemo([*list(range(10, 17)), 50, 51, 52, *list(range(20, 23))], mask)
         loss_action = action_loss(model, *collate([changed_action], 1))
     assert torch.isclose(loss_base, loss_changed)
     assert not torch.isclose(loss_base, loss_action)

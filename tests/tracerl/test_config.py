@@ -73,7 +73,7 @@ def test_missing_and_unparsable_files(tmp_path):
         load_config(Outer, bad)
     wrong_suffix = tmp_path / "c.json"
     wrong_suffix.write_text("{}")
-    with pytest.raises(ConfigError, match="must be .yaml"):
+    with pytest.raises(ConfigError, match=r"must be \.yaml"):
         load_config(Outer, wrong_suffix)
 
 

@@ -34,7 +34,7 @@ from bench.hostile import (
     wrong_role_attempts,
 )
 from bus.permissions import role_permissions
-from protocol import MESSAGE_TYPES, Subjects, TurnNode, WeightsAnnouncement, decode, encode
+from protocol import MESSAGE_TYPES, ProtocolError, Subjects, TurnNode, WeightsAnnouncement, decode, encode
 from tracerl.typed import to_plain
 
 RUN = "r1"
@@ -142,7 +142,7 @@ def test_wrong_types_and_missing_fields_reach_every_field(cls):
             payload = hostile_payload(kind, cls, RUN, random.Random(seed), LIMIT)
             try:
                 decode(payload, cls)
-            except Exception as err:  # ProtocolError: its detail names the field, "<schema>.<field>..."
+            except ProtocolError as err:  # its detail names the field, "<schema>.<field>..."
                 hit.add(re.match(rf"{cls.SCHEMA}\.(\w+)", err.detail)[1])
         assert hit == fields, (kind, fields - hit)
 

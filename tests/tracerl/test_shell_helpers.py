@@ -59,9 +59,15 @@ def test_heldout_probe_tallies_greedy_and_sampled_separately():
 
 
 def test_live_actor_loads_drop_silent_actors():
-    beat = dict(
-        run_id="r", policy_version=0, inflight=1, capacity=4, tokens_generated=0, turns_generated=0, started_at=0.0
-    )
+    beat = {
+        "run_id": "r",
+        "policy_version": 0,
+        "inflight": 1,
+        "capacity": 4,
+        "tokens_generated": 0,
+        "turns_generated": 0,
+        "started_at": 0.0,
+    }
     actors = {
         "a": Heartbeat(actor_id="a", sent_at=100.0, **beat),
         "b": Heartbeat(actor_id="b", sent_at=80.0, **beat),
