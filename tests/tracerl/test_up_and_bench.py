@@ -42,13 +42,13 @@ def test_up_config_rejects_bad_pinning():
 def test_benches_read_a_run_config_with_its_included_model_recipe():
     from pathlib import Path
 
-    from tracerl.cli import _bench_overrides, _up_set_args
+    from bench.cli import bench_overrides, up_set_args
 
     config = Path(__file__).resolve().parents[2] / "configs" / "math.yaml"
-    overrides = _bench_overrides(config, ["run.seed=3"], steps=7)
+    overrides = bench_overrides(config, ["run.seed=3"], steps=7)
     assert overrides["model.demos.environments"] == ["math"] and overrides["allocator.tasks.env"] == "math"
     assert overrides["learner.training.max_steps"] == 7 and overrides["run.seed"] == 3
-    args = _up_set_args(config, ["num_actors=2"])
+    args = up_set_args(config, ["num_actors=2"])
     assert 'model.demos.environments=["math"]' in args and args[-1] == "num_actors=2"
     assert load_config(UpConfig, None, args).model.demos.environments == ["math"]
 
@@ -128,6 +128,7 @@ def test_bench_learning_refuses_a_results_name_outside_the_results_dir_before_an
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert "--results-name" in result.stderr and "plain file stem" in result.stderr
@@ -166,7 +167,7 @@ def test_before_eval_is_reused_until_the_model_changes(tmp_path, monkeypatch):
 
 
 def test_a_bench_run_never_resumes_an_earlier_sample(tmp_path):
-    from bench.runs import RUN_MARKER, run_up
+    from bench.runs import run_up
 
     foreign = tmp_path / "mine"
     (foreign / "checkpoints").mkdir(parents=True)
@@ -182,18 +183,18 @@ def _exponent_lr_config(tmp_path):
 
 
 def test_a_config_files_exponent_float_reaches_a_run_bench_as_a_float(tmp_path):
+    from bench.cli import up_set_args
     from bench.harness import bench_up_config
-    from tracerl.cli import _up_set_args
 
     # `tracerl bench chaos|flood|join --config user.yaml`: the file's fields become the run's --set arguments.
-    up = bench_up_config({}, _up_set_args(_exponent_lr_config(tmp_path), None))
+    up = bench_up_config({}, up_set_args(_exponent_lr_config(tmp_path), None))
     assert type(up.learner.optimiser.lr) is float and up.learner.optimiser.lr == 3e-5
 
 
 def test_a_config_files_exponent_float_reaches_the_learning_bench_as_a_float(tmp_path):
-    from tracerl.cli import _bench_overrides
+    from bench.cli import bench_overrides
 
     # `tracerl bench learning|throughput --config user.yaml`: these settings are each run's config and its record.
-    overrides = _bench_overrides(_exponent_lr_config(tmp_path), None, steps=5)
+    overrides = bench_overrides(_exponent_lr_config(tmp_path), None, steps=5)
     assert overrides == {"learner.optimiser.lr": 3e-5, "learner.training.max_steps": 5}
     assert type(overrides["learner.optimiser.lr"]) is float
