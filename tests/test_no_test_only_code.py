@@ -32,6 +32,9 @@ KEPT = {
     # Hot-reloads a running server's permissions for more runs. The shared test server needs it,
     # and moving it out would reach into the server's private state.
     "authorize_runs",
+    # The process of each node of a local cluster, so that a failover test can kill one; only the
+    # server holds its child processes.
+    "pids",
 }
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
