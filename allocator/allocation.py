@@ -47,7 +47,7 @@ def v_root_table(v: float | np.ndarray, max_m: int, strength: np.ndarray | None 
     more often than independent draws at the mean would, and an uncertain prompt is worth less.
     """
     v = np.asarray(v, dtype=np.float64)
-    table = 1.0 - beta_power_means(v, strength, max_m) - beta_power_means(1.0 - v, strength, max_m)
+    table: np.ndarray = 1.0 - beta_power_means(v, strength, max_m) - beta_power_means(1.0 - v, strength, max_m)
     table[..., : min(2, max_m + 1)] = 0.0
     return table
 
@@ -102,7 +102,7 @@ class RootsDP:
     @property
     def cells_per_prompt(self) -> int:
         """Table cells one ``add`` of a prompt computes: what a slice of work is sized by."""
-        return (self.budget + 1) * max(1, self.gains.shape[1] - 2)
+        return (self.budget + 1) * max(1, int(self.gains.shape[1]) - 2)
 
     @property
     def all_added(self) -> bool:

@@ -82,7 +82,8 @@ def beta_binomial_loglik(
     # B(α + y, β + z) / B(α, β) for whole y, z: the ratio of rising factorials.
     rows = _log_rising(alpha, y) + _log_rising(beta, z) - _log_rising(alpha + beta, y + z)
     w = np.ones(rows.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    return rows @ w
+    loglik: np.ndarray = rows @ w
+    return loglik
 
 
 def _log_rising(x: np.ndarray, counts: np.ndarray) -> np.ndarray:

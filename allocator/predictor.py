@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 _WORD = re.compile(r"[a-z0-9_]+|[^\sa-z0-9_]")
 _ERROR = re.compile(r"error|invalid|not found|no result|unknown|malformed", re.IGNORECASE)
@@ -306,10 +307,11 @@ def _stack(batch: Sequence[SparseFeatures]) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -40.0, 40.0)))
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(x, -40.0, 40.0)))
+    return out
 
 
-def auc(probabilities: Sequence[float], labels: Sequence[int]) -> float:
+def auc(probabilities: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     """Area under the ROC curve by the rank-sum formula, ties counted half."""
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
@@ -329,7 +331,7 @@ def auc(probabilities: Sequence[float], labels: Sequence[int]) -> float:
     return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def calibration_error(probabilities: Sequence[float], outcomes: Sequence[float], bins: int = 10) -> float:
+def calibration_error(probabilities: npt.ArrayLike, outcomes: npt.ArrayLike, bins: int = 10) -> float:
     """Expected calibration error: bin-weighted |mean prediction - mean outcome|."""
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(outcomes, dtype=np.float64)
@@ -344,7 +346,7 @@ def calibration_error(probabilities: Sequence[float], outcomes: Sequence[float],
     return float(total)
 
 
-def within_group_auc(probabilities: Sequence[float], labels: Sequence[int], groups: Sequence[str]) -> float:
+def within_group_auc(probabilities: npt.ArrayLike, labels: npt.ArrayLike, groups: Sequence[str]) -> float:
     """AUC over the (success, failure) pairs of the same group only, ties counted half.
 
     Groups are prompts: this is how well the scores order one prompt's own prefixes, which

@@ -87,14 +87,16 @@ def dps_prior() -> np.ndarray:
 
 
 def dps_predict(belief: np.ndarray, transition: np.ndarray) -> np.ndarray:
-    return belief @ transition
+    predicted: np.ndarray = belief @ transition
+    return predicted
 
 
 def dps_update(belief: np.ndarray, transition: np.ndarray, emission: np.ndarray, observed: int) -> np.ndarray:
     """Predict one step ahead, then condition on the observed category index."""
     predicted = dps_predict(belief, transition)
     posterior = predicted * emission[:, observed]
-    return posterior / posterior.sum()
+    normalised: np.ndarray = posterior / posterior.sum()
+    return normalised
 
 
 def dps_category(successes: int, leaves: int) -> int:

@@ -19,7 +19,9 @@ Building a layout is pure; ``target_logprobs`` is the only function that runs a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -56,7 +58,7 @@ class ForwardBatch:
         return int(self.target_token.numel())
 
 
-def _long(values: list[int]) -> torch.Tensor:
+def _long(values: Sequence[int] | Sequence[Sequence[int]]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.long)
 
 
@@ -68,7 +70,12 @@ def packed_batch(tree: TrainingTree) -> ForwardBatch:
     segment = [0] * n_prompt  # segment 0 is the prompt, node i is segment i + 1
     last_index: list[int] = []  # last packed index on the path ending with node i
     last_position: list[int] = []
-    targets: dict[str, list] = {k: [] for k in ("predictor", "token", "node", "weight", "behaviour")}
+    # Per trained token: the packed index predicting it, the token, its node, its weight, its behaviour logprob.
+    t_predictor: list[int] = []
+    t_token: list[int] = []
+    t_node: list[int] = []
+    t_weight: list[float] = []
+    t_behaviour: list[float] = []
     node_targets: list[list[int]] = []
 
     for node in range(tree.num_nodes):
@@ -85,12 +92,12 @@ def packed_batch(tree: TrainingTree) -> ForwardBatch:
         mine = []
         if not tree.stale[node]:
             for k, token in enumerate(tree.action_token_ids[node]):
-                mine.append(len(targets["token"]))
-                targets["predictor"].append(start + k - 1 if k else prev_index)
-                targets["token"].append(token)
-                targets["node"].append(node)
-                targets["weight"].append(float(multiplicity[node]))
-                targets["behaviour"].append(tree.behaviour_logprobs[node][k])
+                mine.append(len(t_token))
+                t_predictor.append(start + k - 1 if k else prev_index)
+                t_token.append(token)
+                t_node.append(node)
+                t_weight.append(float(multiplicity[node]))
+                t_behaviour.append(tree.behaviour_logprobs[node][k])
         node_targets.append(mine)
 
     ancestor = torch.zeros(tree.num_nodes + 1, tree.num_nodes + 1, dtype=torch.bool)
@@ -114,12 +121,12 @@ def packed_batch(tree: TrainingTree) -> ForwardBatch:
         input_ids=_long(tokens)[None],
         position_ids=_long(positions)[None],
         attention_mask=mask[None, None],
-        target_row=torch.zeros(len(targets["token"]), dtype=torch.long),
-        target_predictor=_long(targets["predictor"]),
-        target_token=_long(targets["token"]),
-        target_node=_long(targets["node"]),
-        target_weight=torch.tensor(targets["weight"], dtype=torch.float32),
-        behaviour_logprobs=torch.tensor(targets["behaviour"], dtype=torch.float32),
+        target_row=torch.zeros(len(t_token), dtype=torch.long),
+        target_predictor=_long(t_predictor),
+        target_token=_long(t_token),
+        target_node=_long(t_node),
+        target_weight=torch.tensor(t_weight, dtype=torch.float32),
+        behaviour_logprobs=torch.tensor(t_behaviour, dtype=torch.float32),
         path_of_pair=_long(path_of_pair),
         target_of_pair=_long(target_of_pair),
         path_leaf=_long([path[-1] for path in tree.paths]),
@@ -169,7 +176,7 @@ def forward_batch(tree: TrainingTree, packed: bool) -> ForwardBatch:
 
 def target_logprobs(model: torch.nn.Module, batch: ForwardBatch) -> torch.Tensor:
     """Log-probabilities of every target token under ``model``, in float32."""
-    logits = model(
+    logits: torch.Tensor = model(
         input_ids=batch.input_ids,
         position_ids=batch.position_ids,
         attention_mask=batch.attention_mask,
@@ -186,5 +193,5 @@ def path_logprob_sums(token_logprobs: torch.Tensor, batch: ForwardBatch) -> torc
 
 
 def to_device(batch: ForwardBatch, device: torch.device) -> ForwardBatch:
-    fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.__dict__.items()}
+    fields: dict[str, Any] = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(batch).items()}
     return ForwardBatch(**fields)
