@@ -313,7 +313,7 @@ class PolicyEngine:
             seed=(seed if seed is not None else sampling.seed) if self.request_seeds else None,
             logprobs=0,
             stop_token_ids=list(stop_token_ids or []),
-            stop=list(stop_strings) if use_strings else None,
+            stop=list(stop_strings or ()) if use_strings else None,
             include_stop_str_in_output=True,
             skip_special_tokens=False,
             # Text is decoded from the ids below; vLLM's detokenizer is only needed for stop strings.

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from allocator.config import AllocatorConfig
-from allocator.core import ActorLoad, AllocatorCore, RoutedWork
+from allocator.core import ActorLoad, AllocatorCore, DropReason, RoutedWork
 from allocator.heldout import HeldoutProbes, is_probe_tree
 from bus.client import BusClient, Delivery
 from bus.streams import read_stream, read_work_queue, stream_extent
@@ -104,7 +104,7 @@ async def rebuild_from_streams(
     started = time.monotonic()
     s = bus.subjects
     # The live consumer's rules: a message it would refuse must not enter the core by replay.
-    rules = {"run_id": s.run_id, "max_bytes": bus.bus.max_message_bytes}
+    rules: dict[str, Any] = {"run_id": s.run_id, "max_bytes": bus.bus.max_message_bytes}
     version = await bus.get_policy_version() or 0
     core.on_policy_version(version)
     nodes_until = (await stream_extent(bus.js, s.nodes_stream)).last_seq
@@ -198,7 +198,7 @@ class AllocatorService:
 
     def record_drops(self, now: float) -> None:
         """Append the core's dropped node ids, one line per (reason, tree), flushed at once."""
-        grouped: dict[tuple[str, str], list[str]] = {}
+        grouped: dict[tuple[DropReason, str], list[str]] = {}
         for reason, tree_id, node_id in self.core.pop_dropped():
             grouped.setdefault((reason, tree_id), []).append(node_id)
         for (reason, tree_id), node_ids in grouped.items():

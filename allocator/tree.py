@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from protocol import CompletedTree, TaskSpec, TreeNodeRecord, TurnNode
 from protocol.messages import chain_ends, chain_slot
@@ -143,7 +143,9 @@ class RolloutTree:
             parent.pending_children += record.num_samples
             parent.expansions += record.num_samples
 
-    def add(self, node: TurnNode, now: float) -> tuple[str, list[TurnNode]]:
+    def add(
+        self, node: TurnNode, now: float
+    ) -> tuple[Literal["accepted", "duplicate", "buffered_orphan"], list[TurnNode]]:
         """Insert ``node``; returns its outcome and every node attached as a result (in order)."""
         if node.node_id in self.nodes or node.node_id in self.orphan_ids:
             return "duplicate", []

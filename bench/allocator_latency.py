@@ -121,13 +121,15 @@ def main() -> None:
 
     for i in range(args.calls):
         assert not idle(core, 1.0 + i * 1e-3, actors)
+    assert held_back is not None, "stage 1 held back no node"
     core.on_node(held_back, 2.0)
 
     round_plan_s, plan_calls, issued = [], [], 0
     for _ in range(args.rounds):
         trial = copy.deepcopy(core)
         gc.collect()  # the deepcopy's garbage is a benchmark artefact, not the allocator's cost
-        calls_before, out = len(plan.wall), []
+        calls_before = len(plan.wall)
+        out: list[RoutedWork] = []
         while not out and (trial.busy or len(plan.wall) == calls_before):
             out = plan(trial, 3.0, actors)
         round_plan_s.append(sum(plan.wall[calls_before:]))

@@ -489,9 +489,9 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
         run.stop()
     _, held_recorded = read_held(run_dir)
     steps_log = learner_steps(run_dir)
-    for event in events:
-        after = [r["time"] for r in steps_log if r["time"] > started + event.at_s]
-        event.recovery_s = round(min(after) - started - event.at_s, 1) if after else None
+    for fired in events:
+        after = [r["time"] for r in steps_log if r["time"] > started + fired.at_s]
+        fired.recovery_s = round(min(after) - started - fired.at_s, 1) if after else None
     result = ChaosResult(
         seed=options.seed,
         run_dir=str(run_dir),

@@ -317,7 +317,7 @@ async def read_trees(run_dir: Path, run_id: str, servers: list[str], max_bytes: 
     trees = 0
     try:
         s = admin.subjects
-        rules = {"run_id": run_id, "max_bytes": max_bytes}
+        rules: dict[str, Any] = {"run_id": run_id, "max_bytes": max_bytes}
         async for _, tree in read_stream(admin.js, s.trees_stream, s.trees, CompletedTree, **rules):
             if isinstance(tree, ProtocolError) or is_probe_tree(tree.tree_id):
                 continue
@@ -868,8 +868,10 @@ def flood_markdown(result: FloodResult) -> str:
     ]
     for check in flood.reject_checks:
         for reason in sorted(set(check.expected) | set(check.counted)):
-            e, c = check.expected.get(reason, 0), check.counted.get(reason, 0)
-            lines.append(f"| {check.role} | {reason} | {e} | {c} | {'yes' if e == c else '**NO**'} |")
+            predicted, counted = check.expected.get(reason, 0), check.counted.get(reason, 0)
+            lines.append(
+                f"| {check.role} | {reason} | {predicted} | {counted} | {'yes' if predicted == counted else '**NO**'} |"
+            )
         lines.append(
             f"| {check.role} | **total** | {check.sent} | {sum(check.counted.values())} | "
             f"{'yes' if check.ok else '**NO**'} |"

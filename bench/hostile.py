@@ -86,7 +86,7 @@ _PADDING_FIELD: dict[type, str] = {
 }
 
 
-def kinds_for(cls: type) -> tuple[str, ...]:
+def kinds_for(cls: type[Any]) -> tuple[str, ...]:
     return tuple(k for k in KINDS if k != "invalid_value" or cls in _INVALID_VALUES)
 
 
@@ -138,7 +138,7 @@ def consumer_group(consumer: str) -> str:
 # ---------------------------------------------------------------------------- messages
 
 
-def template(cls: type, run_id: str, rng: random.Random) -> Any:
+def template(cls: type[Any], run_id: str, rng: random.Random) -> Any:
     """A valid message of ``cls`` for ``run_id`` whose ids are all flood ids."""
     n = rng.randrange(10**9)
     tree_id, node_id = f"{FLOOD_ID_PREFIX}t{n}", f"{FLOOD_ID_PREFIX}n{n}"
@@ -238,7 +238,7 @@ def template(cls: type, run_id: str, rng: random.Random) -> Any:
     raise TypeError(f"no template for {cls.__name__}")
 
 
-def _envelope(cls: type, body: Any, version: int | None = None, schema: str | None = None) -> bytes:
+def _envelope(cls: type[Any], body: Any, version: int | None = None, schema: str | None = None) -> bytes:
     envelope = {
         "schema": schema or cls.SCHEMA,
         "version": cls.SCHEMA_VERSION if version is None else version,
@@ -264,7 +264,7 @@ def padded(message: Any, min_bytes: int, rng: random.Random) -> bytes:
     return encode(dataclasses.replace(message, **{name: filler}))
 
 
-def hostile_payload(kind: str, cls: type, run_id: str, rng: random.Random, max_bytes: int) -> bytes:
+def hostile_payload(kind: str, cls: type[Any], run_id: str, rng: random.Random, max_bytes: int) -> bytes:
     """One message of ``kind`` aimed at a subject whose consumers expect ``cls``."""
     if kind == "random_bytes":
         return rng.randbytes(rng.randrange(0, 2048))
@@ -341,7 +341,7 @@ def plan_flood(
     return plan
 
 
-def rejection_reason(payload: bytes, cls: type, run_id: str, max_bytes: int) -> str | None:
+def rejection_reason(payload: bytes, cls: type[Any], run_id: str, max_bytes: int) -> str | None:
     """What a consumer of ``cls`` in ``run_id`` says about ``payload`` (None: it accepts it)."""
     try:
         decode(payload, cls, max_bytes=max_bytes, run_id=run_id)

@@ -84,10 +84,10 @@ def join_breakdown(started_at: float, events: Sequence[dict[str, Any]]) -> JoinB
     phases = []
     before = started_at
     for phase, name in PHASES:
-        event = first.get(name)
-        if event is None or event_time(event) > end_at:
+        reached = first.get(name)
+        if reached is None or event_time(reached) > end_at:
             continue
-        at = event_time(event)
+        at = event_time(reached)
         phases.append((phase, round(at - before, 3)))
         before = at
     return JoinBreakdown(round(end_at - started_at, 3), tuple(phases), end.get("policy_version"))

@@ -60,12 +60,17 @@ def mean_spread(values: Sequence[float | None]) -> tuple[float, float]:
 
 
 def run_scores(run: RunOutcome) -> dict[str, float]:
-    return {
+    """A completed run's scores: its held-out curve is whole, so none is missing."""
+    scores = {
         "heldout_greedy_curve_mean": run.heldout_greedy_curve_mean,
         "heldout_greedy_final": run.heldout_greedy_after,
         "heldout_sampled_curve_mean": run.heldout_sampled_curve_mean,
         "heldout_sampled_final": run.heldout_sampled_after,
     }
+    missing = sorted(name for name, value in scores.items() if value is None)
+    if missing:
+        raise ValueError(f"run {run.name} has no {', '.join(missing)}")
+    return {name: value for name, value in scores.items() if value is not None}
 
 
 def run_failure(run: RunOutcome, steps: int) -> str | None:

@@ -245,7 +245,9 @@ class VersionBench:
                     items.append(self.grow(tree, self.core.branch_k, state))
                     self.model.record_decision(tree, items[-1].work_id, state)
             await self.run(
-                items, lambda item, node, by_id=by_id: self.feed(by_id[item.tree_id], node), "training branches"
+                items,
+                lambda item, node: self.feed(by_id[item.tree_id], node),  # noqa: B023 - awaited in this iteration
+                "training branches",
             )
             training = TrainingBatch()
             for tree in step:

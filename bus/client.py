@@ -157,7 +157,8 @@ class BusClient:
         )
         self._js = self.nc.jetstream(timeout=self.bus.request_timeout_s)
         self._acks = AckWindow(self.nc, max_inflight=max_inflight_publishes, ack_timeout=self.bus.request_timeout_s)
-        log.info("bus_connected", role=self.role, run_id=self.subjects.run_id, server=self.nc.connected_url.netloc)
+        server = self.nc.connected_url.netloc if self.nc.connected_url else None
+        log.info("bus_connected", role=self.role, run_id=self.subjects.run_id, server=server)
 
     async def _on_error(self, err: Exception) -> None:
         self.last_error = err
@@ -231,6 +232,7 @@ class BusClient:
         ``msg_ids`` is then safe (the stream drops what it already holds).
         """
         # Encoded lazily, one message ahead of the socket, so a batch never sits in memory twice.
+        messages: Iterable[tuple[str, bytes, str | None]]
         if msg_ids is None:
             messages = ((subject, encode(message), None) for subject, message in items)
         else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -58,7 +59,7 @@ class Layout:
 
 def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
     s = subjects
-    common = {
+    common: dict[str, Any] = {
         "storage": api.StorageType.FILE,
         "duplicate_window": limits.duplicate_window_s,
         "num_replicas": limits.num_replicas,
@@ -141,6 +142,8 @@ def actor_consumer_config(subjects: Subjects, actor_id: str, limits: StreamLimit
 
 
 async def _ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> None:
+    if config.name is None:
+        raise ValueError("a stream config needs a name")
     try:
         await js.stream_info(config.name)
     except nats.js.errors.NotFoundError:

@@ -224,7 +224,7 @@ class MathEnvironment(TurnEnvironment):
         return {"shown": sorted(self._shown)}
 
     def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
-        shown = snapshot.get("shown")
+        shown: Any = snapshot.get("shown")
         require(
             isinstance(shown, list) and all(isinstance(v, str) for v in shown),
             "snapshot shown must be a list of strings",

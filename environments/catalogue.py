@@ -232,7 +232,7 @@ def read_product(path: Path, number: int, record: dict[str, Any]) -> Product:
     offered = [value for _, values in options for value in values]
     if len(set(offered)) != len(offered):
         raise EnvironmentError_(f"{path}:{number}: an option value appears twice (they must differ across dimensions)")
-    price = record.get("price")
+    price: Any = record.get("price")
     if type(price) not in (int, float) or not 0 < price < 1e6 or not math.isfinite(price):
         raise EnvironmentError_(f"{path}:{number}: field 'price' must be a positive number, got {price!r}")
     return Product(asin, title.lower(), department.lower(), kind.lower(), attributes, options, float(price))

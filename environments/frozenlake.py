@@ -150,7 +150,7 @@ def generate_tasks(
     if not 1 <= min_path <= MAX_TURNS_CAP:
         raise ValueError(f"min_path must be in [1, {MAX_TURNS_CAP}], got {min_path}")
 
-    def draw(rng: random.Random) -> tuple[list[str], Callable[[], list | None]]:
+    def draw(rng: random.Random) -> tuple[list[str], Callable[[], tuple[str, ...] | None]]:
         lake = random_lake(rng, rng.randint(min_size, max_size), hole_rate)
         return list(lake.rows), lambda: solve(lake, (lake.start,), MAX_TURNS_CAP)
 

@@ -193,7 +193,7 @@ class GridEnvironment(TurnEnvironment, abc.ABC):
         return {"state": list(self._state)}
 
     def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
-        cells = snapshot.get("state")
+        cells: Any = snapshot.get("state")
         require(isinstance(cells, list) and all(type(v) is int for v in cells), "snapshot state must be a list of ints")
         require(self._valid_state(tuple(cells)), f"snapshot state {cells!r} is impossible on this level")
         outcome = self._status(tuple(cells))
@@ -210,7 +210,7 @@ def generate_levels(
     *,
     min_solution: int,
     slack: int,
-    draw: Callable[[random.Random], tuple[list[str], Callable[[], list | None]]],
+    draw: Callable[[random.Random], tuple[list[str], Callable[[], tuple[str, ...] | None]]],
 ) -> list[TaskSpec]:
     """Distinct solvable levels of ``split``: ``draw(rng)`` gives a level's rows and a solver.
 

@@ -108,7 +108,7 @@ class SearchQAEnvironment(TurnEnvironment, abc.ABC):
         return {"retrieved": sorted(self._retrieved)}
 
     def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
-        retrieved = snapshot.get("retrieved")
+        retrieved: Any = snapshot.get("retrieved")
         require(
             isinstance(retrieved, list) and all(type(i) is int for i in retrieved),
             "snapshot retrieved must be a list of ints",

@@ -212,7 +212,7 @@ def generate_tasks(
     if not 1 <= min_moves <= MAX_TURNS_CAP:
         raise ValueError(f"min_moves must be in [1, {MAX_TURNS_CAP}], got {min_moves}")
 
-    def draw(rng: random.Random) -> tuple[list[str], Callable[[], list | None]]:
+    def draw(rng: random.Random) -> tuple[list[str], Callable[[], tuple[str, ...] | None]]:
         size = rng.randint(min_size, max_size)
         room, state = reverse_play_level(
             rng, size, rng.randint(min_boxes, max_boxes), inner_walls, pull_steps=rng.randint(4, 24)

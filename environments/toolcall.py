@@ -312,7 +312,7 @@ class ToolCallEnvironment(TurnEnvironment):
         return {"calls": [c.plain() for c in self._calls]}
 
     def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
-        plain_calls = snapshot.get("calls")
+        plain_calls: Any = snapshot.get("calls")
         require(isinstance(plain_calls, list), "snapshot calls must be a list")
         require(len(plain_calls) <= turn, f"snapshot has {len(plain_calls)} calls after {turn} turns")
         for index, plain in enumerate(plain_calls):
@@ -372,7 +372,9 @@ def _draw_database(rng: random.Random, max_orders: int) -> Database:
         name: {"price": rng.randint(3, 60), "stock": rng.randint(0, 6)} for name in rng.sample(PRODUCTS, NUM_PRODUCTS)
     }
     names = rng.sample([f"{f} {last}" for f in FIRST_NAMES for last in LAST_NAMES], NUM_USERS)
-    users = {f"u{i + 1}": {"name": name, "balance": rng.randint(10, 200), "orders": []} for i, name in enumerate(names)}
+    users: dict[str, dict[str, Any]] = {
+        f"u{i + 1}": {"name": name, "balance": rng.randint(10, 200), "orders": []} for i, name in enumerate(names)
+    }
     owners = [user_id for user_id in users for _ in range(rng.randint(1, max_orders))]
     rng.shuffle(owners)
     orders: dict[str, dict[str, Any]] = {}
@@ -438,7 +440,7 @@ def draw_task(
     the draw cannot make one (the caller draws again)."""
     initial = _draw_database(rng, max_orders)
     user_id = rng.choice(sorted(initial["users"]))
-    db, chosen, used = copy_database(initial), [], set()
+    db, chosen, used = copy_database(initial), [], set[str]()
     for _ in range(goals):
         candidates = _goal_candidates(rng, db, user_id, kinds, used)
         if not candidates:

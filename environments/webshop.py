@@ -189,7 +189,8 @@ def read_goal(plain: Any, catalogue: Catalogue) -> Goal:
     """A goal from its plain form; it must name a product of ``catalogue`` that fulfils it."""
     if not isinstance(plain, dict):
         raise EnvironmentError_(f"webshop goal must be an object, got {type(plain).__name__}")
-    asin, attributes, options, price_upper = (plain.get(k) for k in ("asin", "attributes", "options", "price_upper"))
+    fields: tuple[Any, ...] = tuple(plain.get(k) for k in ("asin", "attributes", "options", "price_upper"))
+    asin, attributes, options, price_upper = fields
     if not isinstance(asin, str) or asin not in catalogue.by_asin:
         raise EnvironmentError_(f"webshop goal asin {asin!r} is not in the catalogue")
     if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):
@@ -344,7 +345,8 @@ class WebShopEnvironment(TurnEnvironment):
         return {"page": self._page, "query": self._query, "asin": self._asin, "selected": dict(self._selected)}
 
     def _restore_own_state(self, snapshot: dict[str, Any], turn: int, done: bool, reward: float) -> None:
-        page, query, asin, selected = (snapshot.get(k) for k in ("page", "query", "asin", "selected"))
+        fields: tuple[Any, ...] = tuple(snapshot.get(k) for k in ("page", "query", "asin", "selected"))
+        page, query, asin, selected = fields
         require(page in PAGES, f"snapshot page must be one of {list(PAGES)}, got {page!r}")
         require(isinstance(query, str) and len(query) <= MAX_QUERY_CHARS, "snapshot query must be a short string")
         require(isinstance(asin, str), "snapshot asin must be a string")

@@ -357,6 +357,8 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> int:
         max_deliver=limits.max_deliver,
         trained_trees=len(trainer.trained_trees),
     )
+    if limits.ack_wait is None:
+        raise RuntimeError("the trees consumer reports no ack_wait")
     keep_alive = asyncio.create_task(service.keep_alive(keep_alive_interval_s(limits.ack_wait)), name="keep-alive")
     consume = asyncio.create_task(trees.run(service.on_tree, service.stop, batch=32, timeout=0.5), name="consume-trees")
     train = asyncio.create_task(service.train_loop(), name="train")

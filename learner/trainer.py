@@ -24,14 +24,14 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import safetensors.torch
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from learner.advantages import node_advantages
 from learner.config import LearnerConfig
@@ -76,13 +76,15 @@ class _PreparedTree:
     path_advantage: torch.Tensor
 
 
-def _untie_embeddings(model: torch.nn.Module) -> bool:
+def _untie_embeddings(model: PreTrainedModel) -> bool:
     """Give lm_head its own copy: vLLM's in-place reload mishandles tied parameters."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is None or head.weight.data_ptr() != embed.weight.data_ptr():
+    # Module attributes type as Tensor | Module; these two are the embedding matrices.
+    embed_weight = cast(torch.Tensor, embed.weight)
+    if head is None or cast(torch.Tensor, head.weight).data_ptr() != embed_weight.data_ptr():
         model.config.tie_word_embeddings = False
         return False
-    head.weight = torch.nn.Parameter(embed.weight.detach().clone())
+    head.weight = torch.nn.Parameter(embed_weight.detach().clone())
     model.config.tie_word_embeddings = False
     return True
 
@@ -144,7 +146,11 @@ class Trainer:
             self.reference.requires_grad_(False).eval().to(self.accelerator.device)
         opt = config.optimiser
         optimiser = torch.optim.AdamW(
-            model.parameters(), lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, weight_decay=opt.weight_decay
+            model.parameters(),
+            lr=opt.lr,
+            betas=(opt.betas[0], opt.betas[1]),
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
         )
         self.model, self.optimiser = self.accelerator.prepare(model, optimiser)
         self.model.train()
@@ -302,7 +308,9 @@ class Trainer:
         sums = torch.zeros(6, dtype=torch.float64, device=self.accelerator.device)
         scale = float(self.world_size)
         self.optimiser.zero_grad(set_to_none=True)
-        work = list(zip(prepared, proximal, strict=True)) or [None]  # a rank without trees still joins the all-reduce
+        work: list[tuple[_PreparedTree, torch.Tensor | None] | None] = list(zip(prepared, proximal, strict=True)) or [
+            None
+        ]  # a rank without trees still joins the all-reduce
         for i, item in enumerate(work):
             last = i == len(work) - 1
             context = self.accelerator.no_sync(self.model) if not last else contextlib.nullcontext()

@@ -43,7 +43,7 @@ def build_random_model(
         started = time.monotonic()
         tokenizer = train_tokenizer(corpus, spec)
         torch.manual_seed(seed)
-        model = Qwen3ForCausalLM(qwen3_config(arch, tokenizer)).to(torch.float32)
+        model = Qwen3ForCausalLM(qwen3_config(arch, tokenizer)).float()
         save_model_dir(model, tokenizer, directory)
         return {
             "kind": "random",
@@ -105,7 +105,7 @@ def _build_into(directory: Path, config: ModelBuildConfig) -> dict[str, Any]:
         mean_tokens=round(_mean([len(e.token_ids) for e in encoded]), 1),
     )
     torch.manual_seed(config.training.seed)
-    model = Qwen3ForCausalLM(qwen3_config(config.architecture, tokenizer)).to(torch.float32)
+    model = Qwen3ForCausalLM(qwen3_config(config.architecture, tokenizer)).float()
     parameters = sum(p.numel() for p in model.parameters())
     log.info("warm start begins", parameters=parameters, steps=config.training.steps)
     stats = train(

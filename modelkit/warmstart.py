@@ -144,7 +144,7 @@ def train(
     config: TrainingConfig,
     threads: int = 2,
     progress: Callable[[dict], None] | None = None,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """AdamW over length-grouped batches (cycling epochs) until the schedule ends; returns summary numbers."""
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)

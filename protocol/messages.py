@@ -307,7 +307,7 @@ class Heartbeat:
     sent_at: float
 
 
-MESSAGE_TYPES: dict[str, type] = {
+MESSAGE_TYPES: dict[str, type[Any]] = {
     cls.SCHEMA: cls for cls in (TurnNode, WorkItem, CompletedTree, WeightsAnnouncement, Heartbeat)
 }
 

@@ -8,7 +8,6 @@ commands so that ``--help`` stays instant.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,7 +51,7 @@ class _LazyEpilogCommand(TyperCommand):
 
     config_path = ""
 
-    @property  # type: ignore[override]
+    @property
     def epilog(self) -> str | None:
         return config_epilog(import_attr(self.config_path)) if self.config_path else self._static_epilog
 
@@ -211,4 +210,4 @@ app.add_typer(bench_app, name="bench")
 
 # Last, so that `python -m tracerl.cli` runs with every command registered.
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -101,7 +101,7 @@ def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         name = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             rows.extend(field_docs(tp, name + "."))
             continue
         if f.default is not dataclasses.MISSING:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import structlog
+from structlog.typing import Processor
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -15,7 +16,7 @@ def configure_logging(
     role: str, run_dir: str | Path | None = None, level: str = "info", json_file: bool = True
 ) -> None:
     """Route structlog through stdlib logging so both sinks share one level and one pipeline."""
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -209,7 +209,7 @@ def _build_converter(tp: Any) -> Converter:
 
     if tp is Any:
         return lambda value, path, lenient: _check_plain_data(value, path)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _dataclass_converter(tp)
 
     origin = get_origin(tp)

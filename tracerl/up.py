@@ -44,7 +44,7 @@ def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> 
     nodes = up.bus.cluster.local_nodes or 1
     servers = [f"nats://127.0.0.1:{port + i}" for i in range(nodes)]
     client_bus = dataclasses.replace(up.actor.bus, servers=servers, credentials="")
-    shared = {"run": up.run, "log": up.log}
+    shared: dict[str, Any] = {"run": up.run, "log": up.log}
     bus = dataclasses.replace(up.bus, port=port, monitor_port=monitor_port, **shared)
     if up.bus.cluster.local_nodes:
         # Free route ports: the fixed default would collide with another local cluster.
@@ -309,7 +309,7 @@ def run(up: UpConfig) -> int:
         after = run_eval(str(final_model), env, up.eval_tasks, run_dir / "eval_after.json", all_cpus)
         supervisor.reap_orphans(kill=True)
     report = plot_report(run_dir, title=f"{up.run.run_id}: {up.allocator.core.strategy} on {env}")
-    summary = {
+    summary: dict[str, Any] = {
         "run_id": up.run.run_id,
         "strategy": up.allocator.core.strategy,
         "env": env,

@@ -118,7 +118,9 @@ def _advance_best_of_n(tree: RolloutTree, chains: list[SearchChain], width: int,
     shared_root = [c for c in chains if c.frontier is None and not c.finished]
     if shared_root:
         # Round 0 sampled every chain's first candidates in one root item: split them.
-        candidates = _candidates_of(tree, shared_root[0].pending_work)
+        root_work = shared_root[0].pending_work
+        assert root_work is not None, "root chains are created with their root item"
+        candidates = _candidates_of(tree, root_work)
         for j, chain in enumerate(shared_root):
             _choose(tree, chain, candidates[j * width : (j + 1) * width], max_turns)
         return
