@@ -31,8 +31,10 @@ bench: install  ## run the benchmark suite; results land in bench/results/
 	$(TRACERL) bench flood
 	$(TRACERL) bench join
 
-lint: install  ## static checks
-	$(PY) -m compileall -q actors allocator bench bus environments learner modelkit protocol tracerl tests
+lint: install  ## static checks: ruff's rules and format, then mypy (all configured in pyproject.toml)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 clean:  ## remove the virtualenv and caches (keeps runs/)
 	rm -rf $(VENV) .pytest_cache .cache
