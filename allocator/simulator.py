@@ -74,7 +74,8 @@ def _pack_state(p: float) -> bytes:
 
 
 def _unpack_state(snapshot: bytes) -> float:
-    return struct.unpack("<d", snapshot)[0]
+    (p,) = struct.unpack("<d", snapshot)
+    return float(p)
 
 
 def _hint(before: float, after: float) -> str:
