@@ -81,6 +81,36 @@ def test_stage1_only_strategies_spend_refunds_on_more_groups():
     assert core.metrics()["budget_turns_used"] <= 96
 
 
+def _one_step_items(strategy, sim):
+    core, actor, rng = _setup(strategy, sim=sim)
+    items = []
+    for t in range(50):
+        routed, nodes = _round(core, actor, rng, float(t))
+        items += [r.item for r in routed]
+        for n in nodes:
+            core.on_node(n, float(t))
+        core.pop_completed(float(t))
+        if core.counters["steps_closed"]:
+            return core, [i for i in items if i.tree_id.startswith("s0-")]
+    raise AssertionError("the step did not close")
+
+
+def test_trace_stages_run_alone_for_the_decomposition():
+    sim = SimulatorConfig(num_prompts=64, early_stop=0.5)
+    # The root DP alone: only root items, refunds bought further DP-chosen groups.
+    core, items = _one_step_items("trace-roots", sim)
+    assert items and all(i.kind == "root" for i in items)
+    assert len({i.task.task_id for i in items}) > 1
+    assert core.metrics()["budget_turns_used"] <= 96
+    # Uniform roots, then TRACE's stage 2: every root group has group_size samples, and
+    # the refunds went to continuations from prefixes.
+    core, items = _one_step_items("trace-prefixes", sim)
+    roots = [i for i in items if i.kind == "root"]
+    assert roots and all(i.num_samples == core.config.group_size for i in roots)
+    assert any(i.kind != "root" and i.prefix_depth >= 1 for i in items)
+    assert core.metrics()["budget_turns_used"] <= 96
+
+
 def test_node_outcomes_duplicate_unknown_late():
     core, actor, rng = _setup("grpo")
     routed, nodes = _round(core, actor, rng, 0.0)
