@@ -247,6 +247,9 @@ class AllocatorCore(CrashReplay):
 
     def _settle(self, step: StepState, record: WorkRecord) -> None:
         record.settled = True
+        # Where the budget went, for the decomposition of what each stage buys.
+        where = "turns_roots" if record.prefix_depth == 0 else f"turns_branches_depth{record.prefix_depth}"
+        self.counters[where] += record.turns_used
         step.budget.settle(record.reserved_turns, record.turns_used)
         step.outstanding_items -= 1
         step.outstanding_samples -= record.num_samples

@@ -101,6 +101,7 @@ def test_trace_stages_run_alone_for_the_decomposition():
     core, items = _one_step_items("trace-roots", sim)
     assert items and all(i.kind == "root" for i in items)
     assert len({i.task.task_id for i in items}) > 1
+    assert core.metrics()["root_turn_share"] == 1.0
     assert core.metrics()["budget_turns_used"] <= 96
     # Uniform roots, then TRACE's stage 2: every root group has group_size samples, and
     # the refunds went to continuations from prefixes.
@@ -108,7 +109,15 @@ def test_trace_stages_run_alone_for_the_decomposition():
     roots = [i for i in items if i.kind == "root"]
     assert roots and all(i.num_samples == core.config.group_size for i in roots)
     assert any(i.kind != "root" and i.prefix_depth >= 1 for i in items)
-    assert core.metrics()["budget_turns_used"] <= 96
+    m = core.metrics()
+    assert m["budget_turns_used"] <= 96
+    # Every settled turn is counted once, at the depth its item started from.
+    by_depth = {k: v for k, v in m.items() if k.startswith("turns_branches_depth")}
+    assert by_depth and all(v > 0 for v in by_depth.values())
+    assert 0 < m["root_turn_share"] < 1
+    # budget_turns_used counts closed steps; settled items of open steps are counted too.
+    used = m["budget_turns_used"] + sum(step.budget.used_turns for step in core.steps.values())
+    assert m["budget_turns_used"] <= m["turns_roots"] + sum(by_depth.values()) <= used
 
 
 def test_node_outcomes_duplicate_unknown_late():
