@@ -120,6 +120,17 @@ def test_trace_stages_run_alone_for_the_decomposition():
     assert m["budget_turns_used"] <= m["turns_roots"] + sum(by_depth.values()) <= used
 
 
+def test_trace_roots_make_no_group_smaller_than_min_per_prompt():
+    sim = SimulatorConfig(num_prompts=64, early_stop=0.5)
+    _, items = _one_step_items("trace-roots", sim)
+    assert any(i.num_samples < 4 for i in items)  # the default makes pairs and triples
+    core, actor, rng = _setup("trace-roots", sim=sim, min_per_prompt=4)
+    routed, _ = _round(core, actor, rng, 0.0)
+    assert routed and all(r.item.num_samples >= 4 for r in routed)
+    with pytest.raises(ValueError, match="min_per_prompt"):
+        AllocatorCoreConfig(min_per_prompt=9)
+
+
 def test_node_outcomes_duplicate_unknown_late():
     core, actor, rng = _setup("grpo")
     routed, nodes = _round(core, actor, rng, 0.0)
