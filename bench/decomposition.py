@@ -39,8 +39,9 @@ EQUAL_COST_KEYS = (
     "curve.eval_tasks",
     "curve.every_versions",
 )
-#: Settings that say nothing about what a run did.
-IGNORED_KEYS = ("seeds", "run.run_id", "run.run_dir")
+#: Settings that say nothing about what a run did (the run limit only decides whether it
+#: finished, and a run that did not is left out).
+IGNORED_KEYS = ("seeds", "run.run_id", "run.run_dir", "timeout_s")
 MAX_DEPTH = 5
 
 

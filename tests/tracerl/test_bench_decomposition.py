@@ -27,7 +27,7 @@ def _payload(settings, runs):
 def test_a_variant_is_named_by_its_strategy_and_the_settings_that_differ():
     assert variant_label("trace", BASE, BASE) == "trace"
     # The seed count is per run, not a setting of the study.
-    assert variant_label("grpo", {**BASE, "seeds": 9}, BASE) == "grpo"
+    assert variant_label("grpo", {**BASE, "seeds": 9, "timeout_s": 2400}, BASE) == "grpo"
     assert (
         variant_label("trace", {**BASE, "allocator.core.min_per_prompt": 4}, BASE)
         == "trace [allocator.core.min_per_prompt=4]"
