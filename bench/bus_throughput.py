@@ -46,6 +46,7 @@ from tracerl.config import BusConfig, LogConfig, RunConfig
 from tracerl.logs import configure_logging
 
 RESULTS = Path(__file__).parent / "results" / "bus_throughput.json"
+ACTOR_ID = "actor-0"
 TARGET_NODES_PER_S = 20_000
 TARGET_P99_MS = 10.0
 # A fresh nats-server spends about twice the CPU per message on its first ~10k messages
@@ -61,7 +62,7 @@ def make_node(run_id: str, index: int) -> TurnNode:
         node_id=f"node-{index}",
         parent_id=None if index % 4 == 0 else f"node-{index - 1}",
         work_id=f"work-{index // 4}",
-        actor_id="actor-0",
+        actor_id=ACTOR_ID,
         task=TaskSpec(env="search_qa", task_id=f"q{index % 97}", params={"hops": 2}),
         depth=index % 4 + 1,
         policy_version=3,
@@ -106,13 +107,13 @@ def msg_ids(phase: str, nodes: list[TurnNode]) -> list[str]:
 
 async def max_publish_rate(actor: BusClient, subjects: Subjects, nodes: list[TurnNode], phase: str) -> float:
     started = time.perf_counter()
-    await actor.publish_batch(((subjects.nodes, n) for n in nodes), msg_ids=msg_ids(phase, nodes))
+    await actor.publish_batch(((subjects.nodes_from(ACTOR_ID), n) for n in nodes), msg_ids=msg_ids(phase, nodes))
     return len(nodes) / (time.perf_counter() - started)
 
 
 async def max_transport_rate(actor: BusClient, subjects: Subjects, nodes: list[TurnNode]) -> float:
     """The same, with payloads encoded beforehand: what the bus alone sustains."""
-    messages = [(subjects.nodes, encode(n), i) for n, i in zip(nodes, msg_ids("pre", nodes))]
+    messages = [(subjects.nodes_from(ACTOR_ID), encode(n), i) for n, i in zip(nodes, msg_ids("pre", nodes))]
     started = time.perf_counter()
     await actor.publish_encoded(messages)
     return len(nodes) / (time.perf_counter() - started)
@@ -123,7 +124,7 @@ async def paced_latency(actor: BusClient, subjects: Subjects, nodes: list[TurnNo
 
     async def publish_one(node: TurnNode, msg_id: str) -> None:
         sent = time.perf_counter()
-        await actor.publish_batch([(subjects.nodes, node)], msg_ids=[msg_id])
+        await actor.publish_batch([(subjects.nodes_from(ACTOR_ID), node)], msg_ids=[msg_id])
         latencies.append(time.perf_counter() - sent)
 
     tasks = []

@@ -45,6 +45,7 @@ from .config import StreamLimits
 from .permissions import ACTOR_KEY_PATTERN
 from .provision import actor_consumer_config
 from .server import RoleCredentials, credentials_path
+from .tls import client_context
 
 log = get_logger(__name__)
 
@@ -124,23 +125,35 @@ class BusClient:
         credentials: RoleCredentials | None = None,
         allow_reconnect: bool = True,
         max_inflight_publishes: int = 2000,
+        actor_id: str = "",
     ) -> BusClient:
-        """Connect as ``role`` with ``bus.credentials`` (default ``<run_dir>/credentials/<role>.json``).
+        """Connect as ``role`` with ``bus.credentials`` (default: ``actor_id``'s own
+        ``<run_dir>/credentials/actor-<id>.json`` if there is one, else ``<role>.json``).
 
         ``max_inflight_publishes`` bounds the messages ``publish_batch`` leaves unacked.
         """
         if credentials is None:
-            path = Path(bus.credentials) if bus.credentials else credentials_path(run.run_dir, role)
-            credentials = RoleCredentials.read(path)
+            credentials = RoleCredentials.read(_credentials_file(role, bus, run, actor_id))
         if credentials.role != role:
             raise ValueError(f"credentials are for role {credentials.role!r}, not {role!r}")
+        if actor_id and credentials.actor_id and credentials.actor_id != actor_id:
+            raise ValueError(f"credentials are actor {credentials.actor_id!r}'s own, not {actor_id!r}'s")
         client = cls(role, Subjects(run.run_id), credentials, bus)
         await client._open(allow_reconnect, max_inflight_publishes)
         return client
 
+    @property
+    def actor_id(self) -> str:
+        """The one actor id this client's credential may publish as; empty for a shared one."""
+        return self._credentials.actor_id
+
     async def _open(self, allow_reconnect: bool, max_inflight_publishes: int) -> None:
+        ca_pem = self._credentials.ca_pem
         self.nc = await nats.connect(
             servers=self.bus.servers or self._credentials.servers,
+            # With the run's CA the server must present a certificate it issued, for the
+            # address dialled; nats-py upgrades to TLS when the server asks for it.
+            tls=client_context(ca_pem) if ca_pem else None,
             user=self._credentials.user,
             password=self._credentials.password,
             name=f"tracerl-{self.role}-{self.subjects.run_id}",
@@ -523,6 +536,16 @@ class PullConsumer(Generic[T]):
             await self.sub.unsubscribe()
         except _ERRORS_NOT_FATAL:
             pass
+
+
+def _credentials_file(role: str, bus: BusConfig, run: RunConfig, actor_id: str) -> Path:
+    if bus.credentials:
+        return Path(bus.credentials)
+    if actor_id:
+        own = credentials_path(run.run_dir, role, actor_id)
+        if own.is_file():
+            return own
+    return credentials_path(run.run_dir, role)
 
 
 async def _wait_for_either(first: asyncio.Event, second: asyncio.Event | None, timeout: float) -> None:
