@@ -34,6 +34,7 @@ from allocator.config import AllocatorConfig
 from allocator.core import ActorLoad, AllocatorCore, RoutedWork
 from allocator.heldout import HeldoutProbes, is_probe_tree
 from bus.client import BusClient, Delivery
+from bus.permissions import ACTOR_MISMATCH
 from bus.streams import read_stream, read_work_queue, stream_extent
 from environments.registry import make_env, make_tasks
 from protocol import CompletedTree, Heartbeat, ProtocolError, Subjects, TaskSpec, TurnNode, WorkItem
@@ -45,8 +46,6 @@ from tracerl.metrics import MetricsWriter, role_metrics
 log = get_logger(__name__)
 
 DROPS_METRICS = "allocator_drops"
-#: Drop reason of a node that names an actor other than the one whose subject it came on.
-ACTOR_MISMATCH = "actor_mismatch"
 # Written once at a clean stop: the node ids held in open trees, which a restarted allocator
 # would replay. Only the last incarnation's record describes the end of a run.
 HELD_METRICS = "allocator_held"

@@ -42,7 +42,7 @@ from tracerl.logs import get_logger
 from . import deadletter
 from .acks import AckWindow, PublishError
 from .config import StreamLimits
-from .permissions import ACTOR_KEY_PATTERN
+from .permissions import ACTOR_KEY_PATTERN, ACTOR_MISMATCH
 from .provision import actor_consumer_config
 from .server import RoleCredentials, credentials_path
 from .tls import client_context
@@ -408,7 +408,8 @@ class BusClient:
         return await kv.put(Subjects.actor_key(heartbeat.actor_id), encode(heartbeat))
 
     async def get_actors(self) -> dict[str, Heartbeat]:
-        """Every registered actor's latest heartbeat; unreadable entries are counted and skipped."""
+        """Every registered actor's latest heartbeat; unreadable entries, and beats under
+        another actor's key, are counted and skipped."""
         kv = await self._state()
         watcher = await kv.watch(ACTOR_KEY_PATTERN, ignore_deletes=True)
         actors: dict[str, Heartbeat] = {}
@@ -436,7 +437,11 @@ class BusClient:
                     settle_until = loop.time() + REGISTRY_SETTLE_S
                     continue
                 beat = self._decode_entry(entry.value, Heartbeat, entry.key)
-                if beat is not None:
+                if beat is not None and entry.key != Subjects.actor_key(beat.actor_id):
+                    # An actor may write only its own key; a beat naming another actor is a forgery.
+                    self._counters[f"rejected.{ACTOR_MISMATCH}"] += 1
+                    log.warning("heartbeat_actor_mismatch", key=entry.key, claimed=beat.actor_id)
+                elif beat is not None:
                     actors[beat.actor_id] = beat
         finally:
             await watcher.stop()

@@ -56,6 +56,9 @@ class Permissions:
 
 #: Where a role's credential stands for any actor rather than one.
 ANY_ACTOR = "*"
+#: The reason counted (``rejected.<reason>``) when a message names an actor other than the
+#: one its subject or key belongs to.
+ACTOR_MISMATCH = "actor_mismatch"
 
 
 def inbox_prefix(role: str, actor_id: str = "") -> str:

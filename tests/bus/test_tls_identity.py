@@ -22,14 +22,15 @@ import pytest
 from allocator.config import AllocatorConfig, TaskPoolConfig
 from allocator.core import AllocatorCoreConfig
 from allocator.heldout import HeldoutConfig
-from allocator.service import ACTOR_MISMATCH, AllocatorService
+from allocator.service import AllocatorService
 from bench.chaos import read_drop_records
 from bus import tls
 from bus.client import BusClient, Delivery
 from bus.config import BusServerConfig
+from bus.permissions import ACTOR_MISMATCH
 from bus.provision import provision_run
 from bus.server import BusServer, BusServerError, RoleCredentials, credentials_path
-from protocol import Heartbeat, Subjects, TurnNode
+from protocol import Heartbeat, Subjects, TurnNode, encode
 from tests.protocol.strategies import realistic_turn_node
 from tracerl.config import BusConfig, LogConfig, RunConfig
 
@@ -291,5 +292,36 @@ def test_the_allocator_drops_and_counts_a_node_claiming_another_actor(secure_bus
             assert [r.node_ids for r in mismatched] == [(impostor.node_id,)]
             service.drops.close()
             service.metrics.close()
+
+    asyncio.run(main())
+
+
+def test_a_heartbeat_under_an_actors_own_key_naming_another_actor_is_not_registered(secure_bus: BusServer) -> None:
+    def beat(actor_id: str) -> Heartbeat:
+        return Heartbeat(
+            run_id=RUN_ID,
+            actor_id=actor_id,
+            policy_version=0,
+            inflight=0,
+            capacity=4,
+            tokens_generated=0,
+            turns_generated=0,
+            started_at=0.0,
+            sent_at=0.0,
+        )
+
+    async def main() -> None:
+        secure_bus.add_actor("a2")
+        async with (
+            await _connect(secure_bus, "actor", "a1") as a1,
+            await _connect(secure_bus, "actor", "a2") as a2,
+            await _connect(secure_bus, "allocator") as allocator,
+        ):
+            await a2.put_actor(beat("a2"))
+            kv = await a1.js.key_value(a1.subjects.state_bucket)
+            await kv.put(Subjects.actor_key("a1"), encode(beat("a2")))  # a1's own key, claiming a2
+            actors = await allocator.get_actors()
+            assert set(actors) == {"a2"} and actors["a2"].capacity == 4
+            assert allocator.counters[f"rejected.{ACTOR_MISMATCH}"] == 1
 
     asyncio.run(main())
