@@ -572,7 +572,8 @@ class BusServer:
             paths[role] = path
         if self.route_credentials is not None:
             self.route_credentials.write(route_credentials_path(self.config.run.run_dir))
-        for actor_id in self.config.actors:
+        # Actors added before a restart keep their passwords, with this start's servers and CA.
+        for actor_id in dict.fromkeys([*self.config.actors, *self.actor_credentials()]):
             paths[actor_user(actor_id)] = self.credentials_file("actor", actor_id)
             self._ensure_actor_file(actor_id)
         return paths

@@ -325,3 +325,23 @@ def test_a_heartbeat_under_an_actors_own_key_naming_another_actor_is_not_registe
             assert allocator.counters[f"rejected.{ACTOR_MISMATCH}"] == 1
 
     asyncio.run(main())
+
+
+def test_a_restarted_bus_keeps_its_ca_and_its_actors(tmp_path: Path) -> None:
+    config = _bus_config(tmp_path / "run", tls=True, shared_actor_credential=False, actors=["a1"])
+    with BusServer(config) as first:
+        first.add_actor("a2")
+        before = {a: RoleCredentials.read(credentials_path(config.run.run_dir, "actor", a)) for a in ("a1", "a2")}
+        ca = first.ca_pem
+    second = BusServer(config)
+    with second:
+        assert second.ca_pem == ca and set(second.actor_credentials()) == {"a1", "a2"}
+        for actor_id, earlier in before.items():
+            now = RoleCredentials.read(credentials_path(config.run.run_dir, "actor", actor_id))
+            assert now.password == earlier.password and now.servers == second.urls and now.ca_pem == ca
+
+            async def connect_as(actor_id: str = actor_id) -> None:
+                async with await _connect(second, "actor", actor_id) as client:
+                    assert client.nc.is_connected
+
+            asyncio.run(connect_as())
