@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 TRACERL := $(VENV)/bin/tracerl
 RUN_CONFIG ?= configs/default.yaml
 PYTEST_ARGS ?=
+# BFCL's multi-turn data and API classes (`--env bfcl`); pinned, since the tests score its data.
+BFCL_EVAL_VERSION := 2026.3.23
 
-.PHONY: install run test test-fast bench lint clean help
+.PHONY: install data-bfcl run test test-fast bench lint clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -14,13 +16,17 @@ help:  ## list targets
 install:  ## create .venv and install (CPU or GPU build chosen automatically)
 	@bash scripts/install.sh
 
+data-bfcl: install  ## add bfcl-eval for --env bfcl, without its dependencies (they conflict with vLLM's)
+	@$(PY) -c "import importlib.metadata as m, sys; sys.exit(m.version('bfcl-eval') != '$(BFCL_EVAL_VERSION)')" 2>/dev/null \
+		|| $(PY) -m pip install --quiet --no-deps "bfcl-eval==$(BFCL_EVAL_VERSION)"
+
 run: install  ## train the embedded agent with TRACE and show the result
 	$(TRACERL) up --config $(RUN_CONFIG)
 
-test: install  ## run the whole test suite (real NATS and real vLLM included)
+test: install data-bfcl  ## run the whole test suite (real NATS and real vLLM included)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: install  ## only the pure-function tests
+test-fast: install data-bfcl  ## only the pure-function tests
 	$(PY) -m pytest -m "not nats and not vllm and not slow" $(PYTEST_ARGS)
 
 bench: install  ## run the benchmark suite; results land in bench/results/

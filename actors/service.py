@@ -190,7 +190,7 @@ class ActorService:
             await self._wait_for_version(item.min_policy_version)
             try:
                 async for node in run_work_item(self.engine, lambda: self.make_env(item.task.env), item, ctx):
-                    await self.bus.publish(self.subjects.nodes, node, msg_id=node.node_id)
+                    await self.bus.publish(self.subjects.nodes_from(self.actor_id), node, msg_id=node.node_id)
                     self.nodes_published += 1
                     if self.nodes_published == 1:  # the end of joining a run (`tracerl bench join`)
                         log.info("first_node_published", node_id=node.node_id, policy_version=node.policy_version)
@@ -370,7 +370,7 @@ async def serve(config: ActorConfig, actor_id: str) -> int:
 
     engine = await PolicyEngine.start(config.model_dir, config.engine)
     try:
-        bus = await BusClient.connect(ROLE, config.bus, config.run)
+        bus = await BusClient.connect(ROLE, config.bus, config.run, actor_id=actor_id)
         try:
             service = ActorService(config, engine, bus, actor_id)
             stop_on_signals(service.stop, config.run.stop_timeout_s)
@@ -381,9 +381,22 @@ async def serve(config: ActorConfig, actor_id: str) -> int:
         engine.shutdown()
 
 
+def identity(config: ActorConfig) -> str:
+    """This actor's id: the configured one, else the one its own credentials file is for, else a fresh one.
+
+    An actor given a credential of its own (``tracerl bus add-actor``) may publish only as
+    that id, so a file named in ``bus.credentials`` decides the id when none is configured.
+    """
+    if config.actor_id or not config.bus.credentials:
+        return config.resolved_actor_id()
+    from bus.server import RoleCredentials
+
+    return RoleCredentials.read(Path(config.bus.credentials)).actor_id or config.resolved_actor_id()
+
+
 def run(config: ActorConfig) -> int:
     """Entry point of `tracerl actor`; returns the process exit code."""
-    actor_id = config.resolved_actor_id()
+    actor_id = identity(config)
     configure_logging(f"{ROLE}-{actor_id}", config.run.run_dir, config.log.level, config.log.json_file)
     route_engine_logs(Path(config.run.run_dir) / "logs" / f"{ROLE}-{actor_id}.engine.log", config.log.level)
     log.info("actor_starting", actor_id=actor_id, model_dir=config.model_dir, run_id=config.run.run_id)

@@ -34,7 +34,7 @@ def beta_power_means(mean: np.ndarray, strength: np.ndarray | None, max_j: int) 
     return np.concatenate([np.ones_like(mean * strength), np.cumprod(steps, axis=-1)], axis=-1)
 
 
-def v_root_table(v: float | np.ndarray, max_m: int, strength: np.ndarray | None = None) -> np.ndarray:
+def v_root_table(v: float | np.ndarray, max_m: int, strength: np.ndarray | None = None, min_m: int = 2) -> np.ndarray:
     """``[V_root(v, 0), ..., V_root(v, max_m)]`` as one vector; an array of ``v`` gives one row each.
 
     V_root(v, m), the probability that ``m`` independent rollouts with success probability ``v``
@@ -45,10 +45,14 @@ def v_root_table(v: float | np.ndarray, max_m: int, strength: np.ndarray | None 
     strength (1 - v)) (allocator/posterior.py), and the value is the expected probability
     1 - E[V^m] - E[(1-V)^m]: the rollouts of one prompt share its unknown rate, so they agree
     more often than independent draws at the mean would, and an uncertain prompt is worth less.
+
+    Groups smaller than ``min_m`` are worth 0, so an allocation never makes them: a mixed
+    pair counts as much as a mixed group of eight here, but its group baseline is one
+    other rollout, and the learner gets less from it.
     """
     v = np.asarray(v, dtype=np.float64)
     table: np.ndarray = 1.0 - beta_power_means(v, strength, max_m) - beta_power_means(1.0 - v, strength, max_m)
-    table[..., : min(2, max_m + 1)] = 0.0
+    table[..., : min(max(2, min_m), max_m + 1)] = 0.0
     return table
 
 
@@ -84,16 +88,18 @@ class RootsDP:
         budget: int,
         max_per_prompt: int | None = None,
         strengths: Sequence[float] | None = None,
+        min_per_prompt: int = 2,
     ) -> RootsDP:
         if budget < 0:
             raise ValueError("budget must be >= 0")
         cap = budget if max_per_prompt is None else min(budget, max_per_prompt)
         n = len(values)
-        if n == 0 or budget < 2 or cap < 2:
+        if n == 0 or budget < 2 or cap < max(2, min_per_prompt):
             # Nothing can be mixed: already finished with all-zero counts.
             return cls(np.zeros((n, 1)), budget, [0] * n, added=n, traced=n)
         strength = None if strengths is None else np.asarray(strengths, dtype=np.float64)
-        return cls(v_root_table(np.asarray(values, dtype=np.float64), cap, strength), budget, [0] * n)
+        gains = v_root_table(np.asarray(values, dtype=np.float64), cap, strength, min_per_prompt)
+        return cls(gains, budget, [0] * n)
 
     @property
     def size(self) -> int:

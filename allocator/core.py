@@ -75,6 +75,8 @@ class AllocatorCoreConfig:
     root_fraction: float = 0.75
     max_turns: int = 4
     max_per_prompt: int = 8
+    # The smallest root group TRACE's stage 1 makes (2: any group that can be mixed).
+    min_per_prompt: int = 2
     # Most continuations from one prefix in one stage-2 round.
     branch_k: int = 2
     staleness_eta: int = 2
@@ -120,6 +122,8 @@ class AllocatorCoreConfig:
             raise ValueError("allocator.group_size must be >= 2 (one rollout is never mixed)")
         if self.max_per_prompt < 2:
             raise ValueError("allocator.max_per_prompt must be >= 2")
+        if not 2 <= self.min_per_prompt <= self.max_per_prompt:
+            raise ValueError("allocator.min_per_prompt must be in [2, max_per_prompt]")
         if self.step_budget_turns < 2 * self.max_turns:
             raise ValueError("allocator.step_budget_turns must cover at least two full rollouts")
         if not 0 < self.root_fraction <= 1:
@@ -247,6 +251,9 @@ class AllocatorCore(CrashReplay):
 
     def _settle(self, step: StepState, record: WorkRecord) -> None:
         record.settled = True
+        # Where the budget went, for the decomposition of what each stage buys.
+        where = "turns_roots" if record.prefix_depth == 0 else f"turns_branches_depth{record.prefix_depth}"
+        self.counters[where] += record.turns_used
         step.budget.settle(record.reserved_turns, record.turns_used)
         step.outstanding_items -= 1
         step.outstanding_samples -= record.num_samples

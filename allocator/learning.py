@@ -495,6 +495,10 @@ class Totals:
                 self.informative_tokens += tokens
 
 
+def _settled_turns(counters: Counter[str]) -> int:
+    return sum(v for k, v in counters.items() if k == "turns_roots" or k.startswith("turns_branches_depth"))
+
+
 def allocator_metrics(
     counters: Counter[str],
     totals: Totals,
@@ -520,6 +524,7 @@ def allocator_metrics(
         budget_turns_used=turns,
         budget_tokens_used=totals.budget_tokens,
         budget_overspent_turns=totals.overspent_turns,
+        root_turn_share=(c["turns_roots"] / settled) if (settled := _settled_turns(c)) else 0.0,
         affinity_hit_rate=(hits / (hits + misses)) if hits + misses else 0.0,
         **scores,
         open_steps=open_steps,

@@ -34,9 +34,10 @@ from allocator.config import AllocatorConfig
 from allocator.core import ActorLoad, AllocatorCore, DropReason, RoutedWork
 from allocator.heldout import HeldoutProbes, is_probe_tree
 from bus.client import BusClient, Delivery
+from bus.permissions import ACTOR_MISMATCH
 from bus.streams import read_stream, read_work_queue, stream_extent
 from environments.registry import make_env, make_tasks
-from protocol import CompletedTree, Heartbeat, ProtocolError, TaskSpec, TurnNode, WorkItem
+from protocol import CompletedTree, Heartbeat, ProtocolError, Subjects, TaskSpec, TurnNode, WorkItem
 from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
@@ -109,7 +110,7 @@ async def rebuild_from_streams(
     core.on_policy_version(version)
     nodes_until = (await stream_extent(bus.js, s.nodes_stream)).last_seq
     rejected = trees = work_items = nodes = 0
-    async for _, tree in read_stream(bus.js, s.trees_stream, s.trees, CompletedTree, **rules):
+    async for _, _, tree in read_stream(bus.js, s.trees_stream, s.trees, CompletedTree, **rules):
         if isinstance(tree, ProtocolError):
             rejected += 1
             continue
@@ -127,8 +128,11 @@ async def rebuild_from_streams(
             if subject.startswith(actor_prefix):
                 routed[item.work_id] = (subject[len(actor_prefix) :], item)
     outcomes: dict[str, int] = {}
-    async for _, node in read_stream(bus.js, s.nodes_stream, s.nodes, TurnNode, until_seq=nodes_until, **rules):
-        if isinstance(node, ProtocolError):
+    async for _, subject, node in read_stream(
+        bus.js, s.nodes_stream, s.nodes, TurnNode, until_seq=nodes_until, **rules
+    ):
+        if isinstance(node, ProtocolError) or not sent_by_claimed_actor(s, subject, node):
+            # A node claiming another actor was dropped (and recorded) when it first arrived.
             rejected += 1
             continue
         if not is_probe_tree(node.tree_id):
@@ -149,6 +153,12 @@ async def rebuild_from_streams(
         seconds=time.monotonic() - started,
     )
     return summary, routed
+
+
+def sent_by_claimed_actor(subjects: Subjects, subject: str, node: TurnNode) -> bool:
+    """Whether ``node`` came on the nodes subject of the actor it names: the server lets an
+    actor with its own credential publish only on its own, so the subject is the proof."""
+    return subjects.sender_of_node(subject) == node.actor_id
 
 
 class AllocatorService:
@@ -190,11 +200,31 @@ class AllocatorService:
             # Unacked by the previous incarnation, already applied by the replay.
             self.replay_skipped += 1
             return
+        if not sent_by_claimed_actor(self.bus.subjects, delivery.subject, node):
+            self.drop_impostor(node, delivery.subject, now)
+            return
         outcome = self.core.on_node(node, now)
         if outcome != "accepted":
             log.debug("node_not_accepted", node_id=node.node_id, tree_id=node.tree_id, outcome=outcome)
             # Written before the ack, so a crash cannot lose the record of a late node.
             self.record_drops(now)
+
+    def drop_impostor(self, node: TurnNode, subject: str, now: float) -> None:
+        """Count and record a node whose ``actor_id`` is not the actor its subject names; it never enters a tree."""
+        sender = self.bus.subjects.sender_of_node(subject)
+        self.bus.count(f"rejected.{ACTOR_MISMATCH}")
+        log.warning("node_actor_mismatch", node_id=node.node_id, claimed=node.actor_id, sender=sender, subject=subject)
+        self.drops.write(
+            {
+                "reason": ACTOR_MISMATCH,
+                "tree_id": node.tree_id,
+                "node_ids": [node.node_id],
+                "claimed_actor": node.actor_id,
+                "sender": sender,
+            },
+            now,
+        )
+        self.nodes_dropped += 1
 
     def record_drops(self, now: float) -> None:
         """Append the core's dropped node ids, one line per (reason, tree), flushed at once."""

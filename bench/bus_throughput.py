@@ -1,6 +1,6 @@
 """TurnNodes through JetStream on a real nats-server: throughput and publish→ack latency.
 
-    python -m bench.bus_throughput [--nodes 20000] [--rate 1000] [--seconds 5] [--publishers 2]
+    python -m bench.bus_throughput [--nodes 20000] [--rate 1000] [--seconds 5] [--publishers 2] [--tls-comparison-only]
 
 Nodes are production-sized (300 generated tokens with logprobs, 50 observation tokens).
 Measured, each through the project's own launcher, permissions and BusClient:
@@ -12,7 +12,10 @@ Measured, each through the project's own launcher, permissions and BusClient:
 - publish→ack latency percentiles at a paced rate (default 1,000 nodes/s), encode included;
 - the aggregate publish rate of several actor processes at once (default 2), as in a run
   with several actors (the 20,000 nodes/s target is compared with one publisher's rate);
-- consume rate of the allocator's PullConsumer (fetch, decode, handler, ack).
+- consume rate of the allocator's PullConsumer (fetch, decode, handler, ack);
+- plain against TLS (``tls_comparison``): one pass each of publish and consume, on a bus
+  whose actor has a credential of its own either way, so only the encryption differs.
+  ``--tls-comparison-only`` runs just that and merges it into the existing results file.
 
 Rates are measured after a warm-up of 10,000 nodes, with the nodes built beforehand and kept
 out of the garbage collector (``build_nodes``). The machine's load average is recorded
@@ -46,6 +49,7 @@ from tracerl.config import BusConfig, LogConfig, RunConfig
 from tracerl.logs import configure_logging
 
 RESULTS = Path(__file__).parent / "results" / "bus_throughput.json"
+ACTOR_ID = "actor-0"
 TARGET_NODES_PER_S = 20_000
 TARGET_P99_MS = 10.0
 # A fresh nats-server spends about twice the CPU per message on its first ~10k messages
@@ -61,7 +65,7 @@ def make_node(run_id: str, index: int) -> TurnNode:
         node_id=f"node-{index}",
         parent_id=None if index % 4 == 0 else f"node-{index - 1}",
         work_id=f"work-{index // 4}",
-        actor_id="actor-0",
+        actor_id=ACTOR_ID,
         task=TaskSpec(env="search_qa", task_id=f"q{index % 97}", params={"hops": 2}),
         depth=index % 4 + 1,
         policy_version=3,
@@ -106,13 +110,15 @@ def msg_ids(phase: str, nodes: list[TurnNode]) -> list[str]:
 
 async def max_publish_rate(actor: BusClient, subjects: Subjects, nodes: list[TurnNode], phase: str) -> float:
     started = time.perf_counter()
-    await actor.publish_batch(((subjects.nodes, n) for n in nodes), msg_ids=msg_ids(phase, nodes))
+    await actor.publish_batch(((subjects.nodes_from(ACTOR_ID), n) for n in nodes), msg_ids=msg_ids(phase, nodes))
     return len(nodes) / (time.perf_counter() - started)
 
 
 async def max_transport_rate(actor: BusClient, subjects: Subjects, nodes: list[TurnNode]) -> float:
     """The same, with payloads encoded beforehand: what the bus alone sustains."""
-    messages = [(subjects.nodes, encode(n), i) for n, i in zip(nodes, msg_ids("pre", nodes), strict=True)]
+    messages = [
+        (subjects.nodes_from(ACTOR_ID), encode(n), i) for n, i in zip(nodes, msg_ids("pre", nodes), strict=True)
+    ]
     started = time.perf_counter()
     await actor.publish_encoded(messages)
     return len(nodes) / (time.perf_counter() - started)
@@ -123,7 +129,7 @@ async def paced_latency(actor: BusClient, subjects: Subjects, nodes: list[TurnNo
 
     async def publish_one(node: TurnNode, msg_id: str) -> None:
         sent = time.perf_counter()
-        await actor.publish_batch([(subjects.nodes, node)], msg_ids=[msg_id])
+        await actor.publish_batch([(subjects.nodes_from(ACTOR_ID), node)], msg_ids=[msg_id])
         latencies.append(time.perf_counter() - sent)
 
     tasks = []
@@ -256,14 +262,81 @@ async def run_bench(server: BusServer, args: argparse.Namespace) -> dict:
     return results
 
 
+def _comparison_config(run_dir: str, tls: bool) -> BusServerConfig:
+    return BusServerConfig(
+        run=RunConfig(run_id="bench", run_dir=run_dir),
+        log=LogConfig(level="warning"),
+        port=0,
+        monitor_port=0,
+        tls=tls,
+        shared_actor_credential=False,
+        actors=[ACTOR_ID],
+    )
+
+
+async def publish_consume_pass(server: BusServer, nodes: list[TurnNode]) -> dict:
+    """Warm up, publish ``nodes`` at full speed as the actor, then consume all as the allocator."""
+    run = RunConfig(run_id=server.config.run.run_id, run_dir=server.config.run.run_dir)
+    bus = BusConfig(servers=[server.url])
+    subjects = Subjects(run.run_id)
+    async with await BusClient.connect("admin", bus, run) as admin:
+        await provision_run(admin.js, subjects, server.config.streams)
+    actor = await BusClient.connect("actor", bus, run, actor_id=ACTOR_ID)
+    allocator = await BusClient.connect("allocator", bus, run)
+    try:
+        await max_publish_rate(actor, subjects, nodes[:WARM_UP], "warm-up")
+        published = await max_publish_rate(actor, subjects, nodes, "publish")
+        consumed = await consume_rate(allocator, subjects, len(nodes[:WARM_UP]) + len(nodes))
+        return {
+            "publish_nodes_per_s": published,
+            "consume_nodes_per_s": consumed,
+            "permission_violations": actor.counters.get("permission_violations", 0),
+        }
+    finally:
+        await actor.close()
+        await allocator.close()
+
+
+def tls_comparison(nodes: list[TurnNode]) -> dict:
+    """One pass on a plain bus, then one on a TLS bus, each a fresh nats-server; the ratios are TLS / plain."""
+    passes: dict[str, dict] = {}
+    for name, tls in (("plain", False), ("tls", True)):
+        load = os.getloadavg()[0]
+        with (
+            tempfile.TemporaryDirectory(prefix=f"bus-bench-{name}-") as tmp,
+            BusServer(_comparison_config(tmp, tls)) as server,
+        ):
+            assert server.url.startswith("tls://" if tls else "nats://")
+            passes[name] = {**asyncio.run(publish_consume_pass(server, nodes)), "load_average_1m_before": load}
+    return {
+        **passes,
+        "nodes": len(nodes),
+        "publish_ratio_tls_over_plain": passes["tls"]["publish_nodes_per_s"] / passes["plain"]["publish_nodes_per_s"],
+        "consume_ratio_tls_over_plain": passes["tls"]["consume_nodes_per_s"] / passes["plain"]["consume_nodes_per_s"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--publishers", type=int, default=2, help="processes for the aggregate rate (<2: skip)")
+    parser.add_argument(
+        "--tls-comparison-only",
+        action="store_true",
+        help="run only the plain-vs-TLS passes and merge them into the existing results file",
+    )
     args = parser.parse_args()
     configure_logging("bench", None, "warning", json_file=False)
+    if args.tls_comparison_only:
+        comparison = tls_comparison(build_nodes("bench", args.nodes))
+        comparison["machine"] = {"cpus": os.cpu_count(), "load_average_1m_after": os.getloadavg()[0]}
+        recorded = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({**recorded, "tls_comparison": comparison}, indent=2))
+        print(json.dumps(comparison, indent=2))
+        return
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bus-bench-") as tmp:
         config = BusServerConfig(
@@ -271,6 +344,7 @@ def main() -> None:
         )
         with BusServer(config) as server:
             results = asyncio.run(run_bench(server, args))
+    results["tls_comparison"] = tls_comparison(build_nodes("bench", args.nodes))
     results["targets"] = {
         "nodes_per_s": TARGET_NODES_PER_S,
         "paced_p99_ms": TARGET_P99_MS,

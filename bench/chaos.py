@@ -234,12 +234,12 @@ async def read_stream_ids(
         s = admin.subjects
         nodes = [
             n.node_id
-            async for _, n in read_stream(admin.js, s.nodes_stream, s.nodes, TurnNode)
+            async for _, _, n in read_stream(admin.js, s.nodes_stream, s.nodes, TurnNode)
             if not isinstance(n, ProtocolError) and not is_probe_tree(n.tree_id)
         ]
         trees = [
             (t.tree_id, [n.node_id for n in t.nodes])
-            async for _, t in read_stream(admin.js, s.trees_stream, s.trees, CompletedTree)
+            async for _, _, t in read_stream(admin.js, s.trees_stream, s.trees, CompletedTree)
             if not isinstance(t, ProtocolError)
         ]
     finally:

@@ -48,6 +48,7 @@ from bench.harness import (
     wait_actors_serving,
 )
 from bench.hostile import (
+    FLOOD_ACTOR,
     FLOOD_ID_PREFIX,
     FloodMessage,
     FloodTarget,
@@ -272,7 +273,7 @@ async def send_flood(
     )
     admin_creds = RoleCredentials.read(credentials_path(run_dir, "admin"))
     replies = [
-        await refused_oversized(servers[0], admin_creds.user, admin_creds.password, subjects.nodes)
+        await refused_oversized(servers[0], admin_creds.user, admin_creds.password, subjects.nodes_from(FLOOD_ACTOR))
         for _ in range(options.server_oversized)
     ]
     return FloodSent(
@@ -318,7 +319,7 @@ async def read_trees(run_dir: Path, run_id: str, servers: list[str], max_bytes: 
     try:
         s = admin.subjects
         rules: dict[str, Any] = {"run_id": run_id, "max_bytes": max_bytes}
-        async for _, tree in read_stream(admin.js, s.trees_stream, s.trees, CompletedTree, **rules):
+        async for _, _, tree in read_stream(admin.js, s.trees_stream, s.trees, CompletedTree, **rules):
             if isinstance(tree, ProtocolError) or is_probe_tree(tree.tree_id):
                 continue
             trees += 1
@@ -328,7 +329,7 @@ async def read_trees(run_dir: Path, run_id: str, servers: list[str], max_bytes: 
             )
             ids = [tree.tree_id, tree.task.task_id, *(n.node_id for n in tree.nodes)]
             flood_in_trees += sum(1 for i in ids if i.startswith(FLOOD_ID_PREFIX))
-        async for _, node in read_stream(admin.js, s.nodes_stream, s.nodes, TurnNode, **rules):
+        async for _, _, node in read_stream(admin.js, s.nodes_stream, s.nodes, TurnNode, **rules):
             # A node an actor generated for a flood work item: the item was not refused.
             if not isinstance(node, ProtocolError) and node.work_id.startswith(FLOOD_ID_PREFIX):
                 flood_work_nodes += 1

@@ -53,6 +53,8 @@ from tracerl.typed import to_plain
 # would be found by its id.
 FLOOD_ID_PREFIX = "flood-"
 OTHER_RUN_ID = "flood-other-run"
+#: The actor id the flood's well-formed TurnNodes claim, and the nodes subject they are sent on.
+FLOOD_ACTOR = f"{FLOOD_ID_PREFIX}actor"
 
 KINDS: tuple[str, ...] = (
     "random_bytes",
@@ -114,7 +116,8 @@ def run_targets(subjects: Subjects, actor_ids: Sequence[str]) -> list[FloodTarge
     """Every subject a run uses, in a fixed order."""
     s = subjects
     return [
-        FloodTarget(s.nodes, TurnNode, "allocator"),
+        # Under the id the flood's well-formed nodes claim, so the allocator judges their content.
+        FloodTarget(s.nodes_from(FLOOD_ACTOR), TurnNode, "allocator"),
         FloodTarget(s.work_shared, WorkItem, "actors"),
         *(FloodTarget(s.work_for_actor(a), WorkItem, f"actor:{a}") for a in actor_ids),
         FloodTarget(s.trees, CompletedTree, "learner"),
@@ -152,7 +155,7 @@ def template(cls: type[Any], run_id: str, rng: random.Random) -> Any:
             node_id=node_id,
             parent_id=None,
             work_id=f"{tree_id}-w",
-            actor_id=f"{FLOOD_ID_PREFIX}actor",
+            actor_id=FLOOD_ACTOR,
             task=task,
             depth=1,
             policy_version=0,
@@ -226,7 +229,7 @@ def template(cls: type[Any], run_id: str, rng: random.Random) -> Any:
     if cls is Heartbeat:
         return Heartbeat(
             run_id=run_id,
-            actor_id=f"{FLOOD_ID_PREFIX}actor",
+            actor_id=FLOOD_ACTOR,
             policy_version=0,
             inflight=0,
             capacity=1,
@@ -490,12 +493,12 @@ def wrong_role_attempts(subjects: Subjects) -> list[WrongRoleAttempt]:
                 f"$JS.API.CONSUMER.DELETE.{s.trees_stream}.{s.learner_consumer}",
                 "delete the learner's consumer",
             ),
-            ("publish", s.nodes, "publish a TurnNode"),
+            ("publish", s.nodes_from(FLOOD_ACTOR), "publish a TurnNode"),
             ("publish", registry_key, "register an actor"),
         ),
         *attempts(
             "learner",
-            ("publish", s.nodes, "publish a TurnNode"),
+            ("publish", s.nodes_from(FLOOD_ACTOR), "publish a TurnNode"),
             ("publish", s.work_shared, "issue work"),
             ("publish", s.trees, "publish a CompletedTree"),
             ("publish", registry_key, "register an actor"),
@@ -510,7 +513,7 @@ def attempt_payload(attempt: WrongRoleAttempt, subjects: Subjects, rng: random.R
     (so that nothing but the permission stands in the way), else an empty request."""
     s = subjects
     by_subject: dict[str, type] = {
-        s.nodes: TurnNode,
+        s.nodes_from(FLOOD_ACTOR): TurnNode,
         s.work_shared: WorkItem,
         s.trees: CompletedTree,
         s.weights_announce: WeightsAnnouncement,

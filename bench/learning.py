@@ -304,7 +304,8 @@ def table_order(strategies: Collection[str]) -> list[str]:
 
 def _comparable(settings: Mapping[str, Any]) -> dict[str, Any]:
     # Which seeds ran is per run; results recorded before that also listed a seed count here.
-    return {k: v for k, v in settings.items() if k != "seeds"}
+    # The run limit only decides whether a run finished, and an unfinished run never counts.
+    return {k: v for k, v in settings.items() if k not in ("seeds", "timeout_s")}
 
 
 def recorded_outcomes(

@@ -42,9 +42,10 @@ from tracerl.logs import get_logger
 from . import deadletter
 from .acks import AckWindow, PublishError
 from .config import StreamLimits
-from .permissions import ACTOR_KEY_PATTERN
+from .permissions import ACTOR_KEY_PATTERN, ACTOR_MISMATCH
 from .provision import actor_consumer_config
 from .server import RoleCredentials, credentials_path
+from .tls import client_context
 
 log = get_logger(__name__)
 
@@ -124,23 +125,35 @@ class BusClient:
         credentials: RoleCredentials | None = None,
         allow_reconnect: bool = True,
         max_inflight_publishes: int = 2000,
+        actor_id: str = "",
     ) -> BusClient:
-        """Connect as ``role`` with ``bus.credentials`` (default ``<run_dir>/credentials/<role>.json``).
+        """Connect as ``role`` with ``bus.credentials`` (default: ``actor_id``'s own
+        ``<run_dir>/credentials/actor-<id>.json`` if there is one, else ``<role>.json``).
 
         ``max_inflight_publishes`` bounds the messages ``publish_batch`` leaves unacked.
         """
         if credentials is None:
-            path = Path(bus.credentials) if bus.credentials else credentials_path(run.run_dir, role)
-            credentials = RoleCredentials.read(path)
+            credentials = RoleCredentials.read(_credentials_file(role, bus, run, actor_id))
         if credentials.role != role:
             raise ValueError(f"credentials are for role {credentials.role!r}, not {role!r}")
+        if actor_id and credentials.actor_id and credentials.actor_id != actor_id:
+            raise ValueError(f"credentials are actor {credentials.actor_id!r}'s own, not {actor_id!r}'s")
         client = cls(role, Subjects(run.run_id), credentials, bus)
         await client._open(allow_reconnect, max_inflight_publishes)
         return client
 
+    @property
+    def actor_id(self) -> str:
+        """The one actor id this client's credential may publish as; empty for a shared one."""
+        return self._credentials.actor_id
+
     async def _open(self, allow_reconnect: bool, max_inflight_publishes: int) -> None:
+        ca_pem = self._credentials.ca_pem
         self.nc = await nats.connect(
             servers=self.bus.servers or self._credentials.servers,
+            # With the run's CA the server must present a certificate it issued, for the
+            # address dialled; nats-py upgrades to TLS when the server asks for it.
+            tls=client_context(ca_pem) if ca_pem else None,
             user=self._credentials.user,
             password=self._credentials.password,
             name=f"tracerl-{self.role}-{self.subjects.run_id}",
@@ -397,7 +410,8 @@ class BusClient:
         return await kv.put(Subjects.actor_key(heartbeat.actor_id), encode(heartbeat))
 
     async def get_actors(self) -> dict[str, Heartbeat]:
-        """Every registered actor's latest heartbeat; unreadable entries are counted and skipped."""
+        """Every registered actor's latest heartbeat; unreadable entries, and beats under
+        another actor's key, are counted and skipped."""
         kv = await self._state()
         watcher = await kv.watch(ACTOR_KEY_PATTERN, ignore_deletes=True)
         actors: dict[str, Heartbeat] = {}
@@ -425,7 +439,11 @@ class BusClient:
                     settle_until = loop.time() + REGISTRY_SETTLE_S
                     continue
                 beat = self._decode_entry(entry.value, Heartbeat, entry.key)
-                if beat is not None:
+                if beat is not None and entry.key != Subjects.actor_key(beat.actor_id):
+                    # An actor may write only its own key; a beat naming another actor is a forgery.
+                    self._counters[f"rejected.{ACTOR_MISMATCH}"] += 1
+                    log.warning("heartbeat_actor_mismatch", key=entry.key, claimed=beat.actor_id)
+                elif beat is not None:
                     actors[beat.actor_id] = beat
         finally:
             await watcher.stop()
@@ -525,6 +543,16 @@ class PullConsumer(Generic[T]):
             await self.sub.unsubscribe()
         except _ERRORS_NOT_FATAL:
             pass
+
+
+def _credentials_file(role: str, bus: BusConfig, run: RunConfig, actor_id: str) -> Path:
+    if bus.credentials:
+        return Path(bus.credentials)
+    if actor_id:
+        own = credentials_path(run.run_dir, role, actor_id)
+        if own.is_file():
+            return own
+    return credentials_path(run.run_dir, role)
 
 
 async def _wait_for_either(first: asyncio.Event, second: asyncio.Event | None, timeout: float) -> None:

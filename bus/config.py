@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -145,6 +146,17 @@ class BusServerConfig:
     server_binary: str = ""
     startup_timeout_s: float = 15.0
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # Serve TLS with a certificate from the run's own CA (clients verify it with the CA in
+    # their credentials file). Unset means: on whenever the bus listens beyond loopback.
+    tls: bool | None = None
+    # Further names or addresses clients use to reach the bus (a DNS name, a public address),
+    # added to the server certificate besides the listen and route hosts and this hostname.
+    tls_hosts: list[str] = field(default_factory=list)
+    # The one `actor` credential any actor may use, publishing as any actor id. Unset means:
+    # only on loopback; beyond it each actor has its own (`actors`, `tracerl bus add-actor`).
+    shared_actor_credential: bool | None = None
+    # Actor ids given a credential of their own at start; more are added with `tracerl bus add-actor`.
+    actors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -159,6 +171,9 @@ class BusServerConfig:
         check_run_id(self.run.run_id)
         for run_id in self.extra_run_ids:
             check_run_id(run_id)
+        for actor_id in self.actors:
+            if not _NAME.match(actor_id):
+                raise ValueError(f"actors entry {actor_id!r} must be 1-64 characters of [A-Za-z0-9_-]")
         if self.streams.replicas > self.cluster.size:
             raise ValueError(
                 f"streams.replicas={self.streams.replicas} needs at least that many nodes; "
@@ -184,3 +199,27 @@ class BusServerConfig:
     @property
     def store_path(self) -> Path:
         return Path(self.store_dir) if self.store_dir else Path(self.run.run_dir) / "nats"
+
+    @property
+    def beyond_loopback(self) -> bool:
+        """Whether hosts other than this one can reach the bus (clients or cluster routes)."""
+        hosts = [self.host, *([self.cluster.route_host or self.host] if self.cluster.enabled else [])]
+        return not all(is_loopback(host) for host in hosts)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.beyond_loopback if self.tls is None else self.tls
+
+    @property
+    def shared_actor_enabled(self) -> bool:
+        return not self.beyond_loopback if self.shared_actor_credential is None else self.shared_actor_credential
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address keeps the bus on this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -19,7 +19,7 @@ from tracerl.logs import configure_logging, get_logger
 from .client import BusClient
 from .config import BusServerConfig
 from .provision import provision_run, run_dead_letter_sweeper
-from .server import BusServer
+from .server import BusServer, ca_paths
 
 log = get_logger(__name__)
 
@@ -103,7 +103,11 @@ def _announce(server: BusServer, *, joined: bool) -> None:
         names = ", ".join(node.name for node in server.nodes)
         what = "joined" if joined else "serving"
         print(f"tracerl bus: cluster {cluster.name!r} {what} as {names}, replicas={server.config.replicas}", flush=True)
-    print(f"tracerl bus: listening on {where} (runs: {', '.join(server.run_ids)})", flush=True)
+    security = "TLS, run CA " + str(ca_paths(server.config.run.run_dir)[0]) if server.ca is not None else "plain"
+    print(f"tracerl bus: listening on {where} (runs: {', '.join(server.run_ids)}; {security})", flush=True)
+    for actor_id in server.actor_credentials():
+        print(f"  actor {actor_id} credentials: {server.credentials_file('actor', actor_id)}", flush=True)
+    # Last, so that a line naming the learner's credentials means everything above was printed.
     for role in server.credentials:
         print(f"  {role:<9} credentials: {server.credentials_file(role)}", flush=True)
 

@@ -21,8 +21,16 @@ request on ``$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>``, so the actor ro
 allowed that API only with a filter under ``work.actor.*``: it can never create a consumer
 that competes for the shared queue or reads another stream. The work stream has
 work-queue retention, which already forbids two consumers with overlapping filters, so
-two processes cannot both claim one actor id. All actors share one credential, so
-"its own id" cannot be enforced more finely than that without per-actor users.
+two processes cannot both claim one actor id.
+
+Per-actor identity: an actor's TurnNodes go to ``nodes.<actor id>``. The shared ``actor``
+user (a single host's dev default) may publish under any id; a per-actor user
+(``tracerl bus add-actor``, the default beyond loopback) is allowed only its own node
+subject, its own registry key, its own durable ``actor_<id>`` filtered to its own work
+subject, the shared work durable, and a reply inbox of its own. The allocator drops a node
+whose ``actor_id`` differs from the id in its subject, so with per-actor users no actor can
+publish a node as another. Dead letters stay one shared sink: an actor copies there what it
+could not decode, and nothing reads the DLQ as coming from anyone in particular.
 """
 
 from __future__ import annotations
@@ -46,9 +54,16 @@ class Permissions:
         return {"publish": {"allow": list(self.publish)}, "subscribe": {"allow": list(self.subscribe)}}
 
 
-def inbox_prefix(role: str) -> str:
-    """Replies for a role land under its own prefix, so roles cannot read each other's replies."""
-    return f"_INBOX_{role}"
+#: Where a role's credential stands for any actor rather than one.
+ANY_ACTOR = "*"
+#: The reason counted (``rejected.<reason>``) when a message names an actor other than the
+#: one its subject or key belongs to.
+ACTOR_MISMATCH = "actor_mismatch"
+
+
+def inbox_prefix(role: str, actor_id: str = "") -> str:
+    """Replies for a role (or one actor) land under its own prefix, so no one reads another's replies."""
+    return f"_INBOX_{role}_{actor_id}" if actor_id else f"_INBOX_{role}"
 
 
 def kv_stream(bucket: str) -> str:
@@ -102,20 +117,32 @@ def _read_weights(s: Subjects) -> list[str]:
     return [*_read_via_ordered_consumer(object_stream(s.weights_bucket)), "$JS.API.STREAM.NAMES"]
 
 
+def _actor_publish(s: Subjects, actor_id: str) -> list[str]:
+    """An actor's publish allow-list: any actor's subjects for ``ANY_ACTOR``, else only its own."""
+    if actor_id == ANY_ACTOR:
+        own_nodes, own_key = s.nodes, ACTOR_KEY_PATTERN
+        own_consumer, own_work = "*", f"{s.prefix}.work.actor.*"
+        pulled = ["*"]
+    else:
+        own_nodes, own_key = s.nodes_from(actor_id), Subjects.actor_key(actor_id)
+        own_consumer, own_work = s.actor_work_consumer(actor_id), s.work_for_actor(actor_id)
+        pulled = [own_consumer, s.shared_work_consumer]
+    return [
+        own_nodes,
+        s.dead_letter,
+        f"$KV.{s.state_bucket}.{own_key}",
+        f"$JS.API.CONSUMER.CREATE.{s.work_stream}.{own_consumer}.{own_work}",
+        *(f"$JS.API.CONSUMER.INFO.{s.work_stream}.{name}" for name in pulled),
+        *(f"$JS.API.CONSUMER.MSG.NEXT.{s.work_stream}.{name}" for name in pulled),
+        *(f"$JS.ACK.{s.work_stream}.{name}.>" for name in pulled),
+        *_read_state(s),
+        *_read_weights(s),
+    ]
+
+
 def _role_publish(role: str, s: Subjects) -> list[str]:
     if role == "actor":
-        actor_work = f"{s.prefix}.work.actor.*"
-        return [
-            s.nodes,
-            s.dead_letter,
-            f"$KV.{s.state_bucket}.{ACTOR_KEY_PATTERN}",
-            f"$JS.API.CONSUMER.CREATE.{s.work_stream}.*.{actor_work}",
-            f"$JS.API.CONSUMER.INFO.{s.work_stream}.*",
-            f"$JS.API.CONSUMER.MSG.NEXT.{s.work_stream}.*",
-            f"$JS.ACK.{s.work_stream}.*.>",
-            *_read_state(s),
-            *_read_weights(s),
-        ]
+        return _actor_publish(s, ANY_ACTOR)
     if role == "allocator":
         return [
             s.work_shared,
@@ -144,17 +171,20 @@ def _role_publish(role: str, s: Subjects) -> list[str]:
     raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
 
 
-def role_permissions(role: str, run_ids: list[str]) -> Permissions:
-    """The allow-lists of ``role`` over every run served by one nats-server."""
+def role_permissions(role: str, run_ids: list[str], actor_id: str = "") -> Permissions:
+    """The allow-lists of ``role`` over every run served by one nats-server; with
+    ``actor_id``, those of that one actor's own credential."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+    if actor_id and role != "actor":
+        raise ValueError(f"only actors have per-identity credentials, not role {role!r}")
     if role == "admin":
         return Permissions(publish=(">",), subscribe=(">",))
     publish: list[str] = []
-    subscribe: list[str] = [f"{inbox_prefix(role)}.>"]
+    subscribe: list[str] = [f"{inbox_prefix(role, actor_id)}.>"]
     for run_id in run_ids:
         s = Subjects(run_id)
-        publish.extend(_role_publish(role, s))
+        publish.extend(_actor_publish(s, actor_id) if actor_id else _role_publish(role, s))
         if role in ("actor", "allocator"):
             subscribe.append(s.weights_announce)
     return Permissions(publish=tuple(dict.fromkeys(publish)), subscribe=tuple(dict.fromkeys(subscribe)))

@@ -4,7 +4,7 @@ and the sweeper that moves poisoned messages to the dead-letter stream.
 Stream layout per run (all file storage, each stream and bucket with ``limits.num_replicas``
 copies; the consumers inherit their stream's replica count):
 
-- NODES  ``tracerl.<run>.nodes``  limits retention; durable ``allocator``.
+- NODES  ``tracerl.<run>.nodes.<actor id>``  limits retention; durable ``allocator`` on all of them.
 - WORK   ``tracerl.<run>.work.shared`` and ``…work.actor.*``  work-queue retention;
   durable ``actors`` on the shared subject; per-actor durables are created by actors.
 - TREES  ``tracerl.<run>.trees``  limits retention; durable ``learner``, with no cap on

@@ -1,4 +1,4 @@
-"""Launch a real nats-server with JetStream, per-role users and per-run permissions.
+"""Launch a real nats-server with JetStream, per-role and per-actor users, per-run permissions, TLS.
 
 The config file is pure data built by ``render_server_config`` (nats-server reads JSON, a
 subset of its own format), and ``plan_nodes`` decides the ports, names and store of each
@@ -9,11 +9,19 @@ authorised, stop.
 Every node of a cluster gets the same users, passwords and permissions, so a client may
 reconnect to any of them; routes between nodes authenticate with a separate generated
 user that no client ever receives.
+
+With TLS (``BusServerConfig.tls_enabled``) each node serves a certificate issued by the
+run's CA (``bus.tls``), routes verify each other with it, and every credentials file holds
+the CA certificate, so a client verifies the bus with nothing but its own file. Actors
+with credentials of their own are users ``actor-<id>`` from ``credentials/actor-<id>.json``;
+the files are the record of who may connect, so adding one (``add_actor``) rewrites every
+local node's config from them and hot-reloads it.
 """
 
 from __future__ import annotations
 
 import ctypes
+import datetime
 import json
 import os
 import secrets
@@ -34,6 +42,7 @@ from typing import Any
 from tracerl.logs import get_logger
 from tracerl.typed import SchemaError, from_plain, to_plain
 
+from . import tls
 from .config import BusServerConfig
 from .permissions import ROLES, inbox_prefix, role_permissions
 
@@ -53,6 +62,10 @@ class RoleCredentials:
     password: str
     servers: list[str]
     inbox_prefix: str
+    # Set for an actor's own credential: the one actor id it may publish as.
+    actor_id: str = ""
+    # The run CA's certificate (PEM) when the bus serves TLS: the only server a client trusts.
+    ca_pem: str = ""
 
     def write(self, path: Path) -> None:
         _write_private_json(path, to_plain(self))
@@ -61,13 +74,107 @@ class RoleCredentials:
     def read(cls, path: Path) -> RoleCredentials:
         try:
             data = json.loads(Path(path).read_text())
-            return from_plain(cls, data)
+            return from_plain(cls, data, allow_missing_defaults=True)
         except (OSError, json.JSONDecodeError, SchemaError) as err:
             raise BusServerError(f"cannot read credentials {path}: {err}") from None
 
 
-def credentials_path(run_dir: str | Path, role: str) -> Path:
-    return Path(run_dir) / "credentials" / f"{role}.json"
+def credentials_path(run_dir: str | Path, role: str, actor_id: str = "") -> Path:
+    """``credentials/<role>.json``, or ``credentials/actor-<id>.json`` for one actor's own."""
+    return Path(run_dir) / "credentials" / (f"{actor_user(actor_id)}.json" if actor_id else f"{role}.json")
+
+
+def actor_user(actor_id: str) -> str:
+    return f"actor-{actor_id}"
+
+
+def actor_credentials(
+    actor_id: str, password: str, servers: list[str], ca_pem: str, role: str = "actor"
+) -> RoleCredentials:
+    """The credential of one actor: its own user, inbox and permissions (``bus.permissions``)."""
+    return RoleCredentials(
+        role=role,
+        user=actor_user(actor_id),
+        password=password,
+        servers=servers,
+        inbox_prefix=inbox_prefix(role, actor_id),
+        actor_id=actor_id,
+        ca_pem=ca_pem,
+    )
+
+
+def read_actor_credentials(run_dir: str | Path) -> dict[str, RoleCredentials]:
+    """Every actor's own credential in ``<run_dir>/credentials``, by actor id."""
+    found = {}
+    for path in sorted((Path(run_dir) / "credentials").glob(f"{actor_user('*')}.json")):
+        cred = RoleCredentials.read(path)
+        if cred.actor_id and path == credentials_path(run_dir, "actor", cred.actor_id):
+            found[cred.actor_id] = cred
+    return found
+
+
+def ensure_actor_credentials(run_dir: str | Path, actor_id: str, servers: list[str], ca_pem: str) -> RoleCredentials:
+    """``actor_id``'s credential file, written with a fresh password unless it exists already
+    (a copy brought to another cluster node, or an actor added before a restart)."""
+    path = credentials_path(run_dir, "actor", actor_id)
+    if path.is_file():
+        existing = RoleCredentials.read(path)
+        if existing.actor_id != actor_id:
+            raise BusServerError(f"{path} holds the credential of actor {existing.actor_id!r}, not {actor_id!r}")
+        cred = replace(existing, servers=servers, ca_pem=ca_pem)
+    else:
+        cred = actor_credentials(actor_id, secrets.token_urlsafe(24), servers, ca_pem)
+    cred.write(path)
+    return cred
+
+
+def with_user(rendered: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A server config with ``entry`` as its user of that name (added, or replacing the old one)."""
+    users = [u for u in rendered["authorization"]["users"] if u["user"] != entry["user"]]
+    return {**rendered, "authorization": {**rendered["authorization"], "users": [*users, entry]}}
+
+
+def add_actor_to_running_bus(config: BusServerConfig, actor_id: str, timeout_s: float = 10.0) -> RoleCredentials:
+    """``tracerl bus add-actor``: from another process, give ``actor_id`` a credential and
+    hot-reload every node this host's ``tracerl bus`` runs for ``config.run.run_dir``.
+
+    The servers and CA of the new file are those every other credentials file of the run has.
+    Nodes on other hosts reload when the same command runs there with a copy of the new file.
+    """
+    run_dir = Path(config.run.run_dir)
+    configs = sorted(run_dir.glob("nats-server*.conf"))
+    if not configs:
+        raise BusServerError(f"no nats-server config in {run_dir}: is `tracerl bus` running with this run_dir?")
+    known = [p for p in sorted((run_dir / "credentials").glob("*.json")) if p.stem in ROLES]
+    if not known:
+        raise BusServerError(f"no role credentials in {run_dir / 'credentials'} to take the servers and CA from")
+    template = RoleCredentials.read(known[0])
+    cred = ensure_actor_credentials(run_dir, actor_id, template.servers, template.ca_pem)
+    entry = user_entry(cred, config.run_ids)
+    for path in configs:
+        rendered = json.loads(path.read_text())
+        monitor = f"http://{rendered['http']}"
+        before = _varz(monitor)["config_load_time"]
+        _write_private_json(path, with_user(rendered, entry))
+        os.kill(int(Path(rendered["pid_file"]).read_text().strip()), signal.SIGHUP)
+        deadline = time.monotonic() + timeout_s
+        while _varz(monitor)["config_load_time"] == before:
+            if time.monotonic() > deadline:
+                raise BusServerError(f"nats-server of {path} did not reload within {timeout_s} s")
+            time.sleep(0.02)
+    log.info("actor_added", actor_id=actor_id, nodes=len(configs))
+    return cred
+
+
+def _varz(monitor_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{monitor_url}/varz", timeout=2.0) as resp:
+        return json.loads(resp.read())
+
+
+def ca_paths(run_dir: str | Path) -> tuple[Path, Path]:
+    """The run CA's certificate and private key (the key never leaves the bus hosts)."""
+    directory = Path(run_dir) / "credentials"
+    return directory / "ca.pem", directory / "ca-key.pem"
 
 
 @dataclass(frozen=True)
@@ -97,16 +204,48 @@ def _write_private_json(path: Path, data: Any) -> None:
     os.chmod(path, 0o600)
 
 
+def _write_private_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
 def route_credentials_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / "credentials" / "cluster-routes.json"
 
 
-def generate_credentials(servers: list[str], token: Callable[[], str]) -> dict[str, RoleCredentials]:
+def generate_credentials(
+    servers: list[str], token: Callable[[], str], *, ca_pem: str = "", roles: tuple[str, ...] = ROLES
+) -> dict[str, RoleCredentials]:
     """One user per role with a fresh password from ``token`` (randomness is injected)."""
     return {
-        role: RoleCredentials(role=role, user=role, password=token(), servers=servers, inbox_prefix=inbox_prefix(role))
-        for role in ROLES
+        role: RoleCredentials(
+            role=role, user=role, password=token(), servers=servers, inbox_prefix=inbox_prefix(role), ca_pem=ca_pem
+        )
+        for role in roles
     }
+
+
+def shared_roles(shared_actor: bool) -> tuple[str, ...]:
+    """The roles with one credential each: all of them, or all but ``actor`` when every actor has its own."""
+    return ROLES if shared_actor else tuple(role for role in ROLES if role != "actor")
+
+
+def user_entry(cred: RoleCredentials, run_ids: list[str]) -> dict[str, Any]:
+    """One user of the server config: a role's, or one actor's with only its own subjects."""
+    permissions = role_permissions(cred.role, run_ids, cred.actor_id)
+    return {"user": cred.user, "password": cred.password, "permissions": permissions.as_server_config()}
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where one node's certificate, key and the run's CA certificate are on disk."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
 
 
 @dataclass(frozen=True)
@@ -126,10 +265,11 @@ class NodePlan:
     route_port: int = 0
     # Peers' route URLs without credentials.
     routes: tuple[str, ...] = ()
+    tls: bool = False
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self.host}:{self.port}"
 
     @property
     def route_url(self) -> str:
@@ -158,6 +298,7 @@ def plan_nodes(config: BusServerConfig, port_for: Callable[[str], int]) -> list[
                 monitor_port=config.monitor_port or port_for("127.0.0.1"),
                 file_stem="nats-server",
                 store_dir=store,
+                tls=config.tls_enabled,
             )
         ]
     route_host = cluster.route_host or config.host
@@ -179,6 +320,7 @@ def plan_nodes(config: BusServerConfig, port_for: Callable[[str], int]) -> list[
                 route_host=route_host,
                 route_port=pick(cluster.route_port, 0, route_host),
                 routes=tuple(dict.fromkeys(cluster.routes)),
+                tls=config.tls_enabled,
             )
         ]
     unrouted = [
@@ -192,6 +334,7 @@ def plan_nodes(config: BusServerConfig, port_for: Callable[[str], int]) -> list[
             cluster_name=cluster.name,
             route_host=route_host,
             route_port=pick(cluster.route_port, index, route_host),
+            tls=config.tls_enabled,
         )
         for index in range(cluster.local_nodes)
     ]
@@ -218,15 +361,11 @@ def render_server_config(
     run_ids: list[str],
     node: NodePlan | None = None,
     route_credentials: RouteCredentials | None = None,
+    actors: dict[str, RoleCredentials] | None = None,
+    tls_files: TlsFiles | None = None,
 ) -> dict[str, Any]:
-    users = [
-        {
-            "user": cred.user,
-            "password": cred.password,
-            "permissions": role_permissions(role, run_ids).as_server_config(),
-        }
-        for role, cred in credentials.items()
-    ]
+    """The nats-server config of one node; ``tls_files`` turns on TLS for clients and routes."""
+    users = [user_entry(cred, run_ids) for cred in [*credentials.values(), *(actors or {}).values()]]
     rendered: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -236,6 +375,8 @@ def render_server_config(
         "jetstream": {"store_dir": store_dir},
         "authorization": {"users": users},
     }
+    if tls_files is not None:
+        rendered["tls"] = {"cert_file": tls_files.cert_file, "key_file": tls_files.key_file, "timeout": 5}
     if node is not None and node.cluster_name:
         if route_credentials is None:
             raise ValueError("a clustered node needs route credentials")
@@ -246,6 +387,15 @@ def render_server_config(
             "authorization": {"user": route_credentials.user, "password": route_credentials.password},
             "routes": [route_url_with_credentials(route, route_credentials) for route in node.routes],
         }
+        if tls_files is not None:
+            # Mutual: each node presents its certificate and checks the peer's against the run's CA.
+            rendered["cluster"]["tls"] = {
+                "cert_file": tls_files.cert_file,
+                "key_file": tls_files.key_file,
+                "ca_file": tls_files.ca_file,
+                "verify": True,
+                "timeout": 5,
+            }
     return rendered
 
 
@@ -312,6 +462,7 @@ class BusServer:
         self.port = self.nodes[0].port
         self.monitor_port = self.nodes[0].monitor_port
         self.run_ids = config.run_ids
+        self.ca = self._load_or_generate_ca() if config.tls_enabled else None
         self.credentials = self._load_or_generate_credentials()
         self.route_credentials = self._load_or_generate_route_credentials()
         self.config_path = self._config_path(self.nodes[0])
@@ -352,26 +503,56 @@ class BusServer:
         running = self._processes
         return {node.name: running[node.file_stem].pid for node in self.nodes if node.file_stem in running}
 
-    def credentials_file(self, role: str) -> Path:
-        return credentials_path(self.config.run.run_dir, role)
+    def credentials_file(self, role: str, actor_id: str = "") -> Path:
+        return credentials_path(self.config.run.run_dir, role, actor_id)
+
+    @property
+    def ca_pem(self) -> str:
+        return self.ca.cert_pem if self.ca is not None else ""
+
+    def _load_or_generate_ca(self) -> tls.KeyPair:
+        # Kept across restarts: clients hold the CA certificate in their credentials files.
+        cert_path, key_path = ca_paths(self.config.run.run_dir)
+        if cert_path.is_file() and key_path.is_file():
+            return tls.KeyPair(cert_path.read_text(), key_path.read_text())
+        if self.config.cluster.join:
+            raise BusServerError(
+                f"a joining cluster node needs the run's CA ({cert_path} and {key_path}) from the first node"
+            )
+        ca = tls.generate_ca(self.config.run.run_id, datetime.datetime.now(datetime.UTC))
+        _write_private_text(key_path, ca.key_pem)
+        _write_private_text(cert_path, ca.cert_pem)
+        return ca
 
     def _load_or_generate_credentials(self) -> dict[str, RoleCredentials]:
         # Reusing existing files lets a restarted bus accept roles that are still reconnecting,
         # and lets every node of a cluster accept the same users.
         servers = self.urls
-        paths = {role: credentials_path(self.config.run.run_dir, role) for role in ROLES}
+        roles = shared_roles(self.config.shared_actor_enabled)
+        paths = {role: credentials_path(self.config.run.run_dir, role) for role in roles}
         if all(p.is_file() for p in paths.values()):
             loaded = {role: RoleCredentials.read(p) for role, p in paths.items()}
-            return {
-                role: RoleCredentials(c.role, c.user, c.password, servers, c.inbox_prefix) for role, c in loaded.items()
-            }
+            return {role: replace(c, servers=servers, ca_pem=self.ca_pem) for role, c in loaded.items()}
         if self.config.cluster.join:
             missing = sorted(str(p) for p in paths.values() if not p.is_file())
             raise BusServerError(
                 "a joining cluster node needs the credentials of the first node (copy its "
                 f"<run_dir>/credentials directory here); missing: {', '.join(missing)}"
             )
-        return generate_credentials(servers, lambda: secrets.token_urlsafe(24))
+        return generate_credentials(servers, lambda: secrets.token_urlsafe(24), ca_pem=self.ca_pem, roles=roles)
+
+    def actor_credentials(self) -> dict[str, RoleCredentials]:
+        """The actors with credentials of their own, read from the credentials directory."""
+        return read_actor_credentials(self.config.run.run_dir)
+
+    def _ensure_actor_file(self, actor_id: str) -> RoleCredentials:
+        return ensure_actor_credentials(self.config.run.run_dir, actor_id, self.urls, self.ca_pem)
+
+    def add_actor(self, actor_id: str, timeout_s: float = 5.0) -> RoleCredentials:
+        """Give ``actor_id`` a credential of its own and hot-reload every running local node."""
+        cred = self._ensure_actor_file(actor_id)
+        self._reload(timeout_s)
+        return cred
 
     def _load_or_generate_route_credentials(self) -> RouteCredentials | None:
         if not self.config.cluster.enabled:
@@ -391,7 +572,28 @@ class BusServer:
             paths[role] = path
         if self.route_credentials is not None:
             self.route_credentials.write(route_credentials_path(self.config.run.run_dir))
+        # Actors added before a restart keep their passwords, with this start's servers and CA.
+        for actor_id in dict.fromkeys([*self.config.actors, *self.actor_credentials()]):
+            paths[actor_user(actor_id)] = self.credentials_file("actor", actor_id)
+            self._ensure_actor_file(actor_id)
         return paths
+
+    def _tls_files(self, node: NodePlan) -> TlsFiles | None:
+        """Issue this node a certificate for every address it may be dialled on (at each start)."""
+        if self.ca is None:
+            return None
+        directory = Path(self.config.run.run_dir) / "tls"
+        files = TlsFiles(
+            cert_file=str((directory / f"{node.file_stem}.pem").resolve()),
+            key_file=str((directory / f"{node.file_stem}-key.pem").resolve()),
+            ca_file=str(ca_paths(self.config.run.run_dir)[0].resolve()),
+        )
+        if not Path(files.cert_file).is_file():
+            hosts = tls.certificate_hosts(node.host, node.route_host, self.config.tls_hosts, [socket.gethostname()])
+            issued = tls.issue_server_cert(self.ca, hosts, datetime.datetime.now(datetime.UTC))
+            _write_private_text(Path(files.key_file), issued.key_pem)
+            _write_private_text(Path(files.cert_file), issued.cert_pem)
+        return files
 
     def _write_config(self, node: NodePlan) -> Path:
         rendered = render_server_config(
@@ -405,6 +607,8 @@ class BusServer:
             run_ids=self.run_ids,
             node=node,
             route_credentials=self.route_credentials,
+            actors=self.actor_credentials(),
+            tls_files=self._tls_files(node),
         )
         path = self._config_path(node)
         _write_private_json(path, rendered)
@@ -415,6 +619,10 @@ class BusServer:
             raise BusServerError("server already started")
         binary = find_server_binary(self.config.server_binary)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # Certificates are issued afresh for this start's addresses; the CA stays.
+        for node in self.nodes:
+            for stale in (Path(self.config.run.run_dir) / "tls").glob(f"{node.file_stem}*.pem"):
+                stale.unlink()
         self.write_credentials()
         started = time.monotonic()
         try:
@@ -484,8 +692,7 @@ class BusServer:
             time.sleep(0.1)
 
     def _config_load_time(self, node: NodePlan) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.monitor_port}/varz", timeout=2.0) as resp:
-            return json.loads(resp.read())["config_load_time"]
+        return _varz(f"http://127.0.0.1:{node.monitor_port}")["config_load_time"]
 
     def authorize_runs(self, run_ids: list[str], timeout_s: float = 5.0) -> None:
         """Add permissions for more runs and hot-reload; returns once every local node applied them.
@@ -496,12 +703,16 @@ class BusServer:
         merged = list(dict.fromkeys([*self.run_ids, *run_ids]))
         if merged == self.run_ids:
             return
+        self.run_ids = merged
+        self._reload(timeout_s)
+
+    def _reload(self, timeout_s: float) -> None:
+        """Rewrite every running local node's config and wait until each has loaded it."""
         running = {stem: p for stem, p in self._processes.items() if p.poll() is None}
         if not running:
             raise BusServerError("server is not running")
         live_nodes = [node for node in self.nodes if node.file_stem in running]
         before = {node.file_stem: self._config_load_time(node) for node in live_nodes}
-        self.run_ids = merged
         for node in live_nodes:
             self._write_config(node)
             running[node.file_stem].send_signal(signal.SIGHUP)

@@ -67,8 +67,9 @@ async def read_stream(
     idle_timeout_s: float = 5.0,
     run_id: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
-) -> AsyncIterator[tuple[int, T | ProtocolError]]:
-    """Every stored message on ``subject`` up to ``until_seq`` (default: the last one now).
+) -> AsyncIterator[tuple[int, str, T | ProtocolError]]:
+    """Every stored message on ``subject`` up to ``until_seq`` (default: the last one now), as
+    ``(sequence, subject, message)``: with a wildcard filter the subject says which one.
 
     ``idle_timeout_s`` bounds the wait for the next message; a stream whose tail was
     deleted meanwhile ends there instead of hanging.
@@ -108,7 +109,7 @@ async def read_stream(
                 seq = meta.sequence.stream
                 if seq > until_seq:
                     return
-                yield seq, _decoded(msg.data, expected, run_id, max_bytes)
+                yield seq, msg.subject, _decoded(msg.data, expected, run_id, max_bytes)
                 if seq >= until_seq or meta.num_pending == 0:
                     return
     finally:

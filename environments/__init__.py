@@ -1,6 +1,7 @@
 """Multi-turn text environments: multi-hop search QA, FrozenLake, Sokoban, local Search-R1
-datasets, word problems with a calculator, function calling against a stateful store API and
-a WebShop-style store, all speaking one tag format (see ``environments.tags``)."""
+datasets, word problems with a calculator, function calling against a stateful store API, the
+BFCL multi-turn benchmark and a WebShop-style store, all speaking one tag format (see
+``environments.tags``)."""
 
 from .base import Environment, EnvironmentError_, StepResult
 from .registry import env_names, env_special_tokens, make_env, make_tasks

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from protocol import TaskSpec
 
-from . import arith, frozenlake, multihop, searchqa_jsonl, sokoban, toolcall, webshop
+from . import arith, bfcl, frozenlake, multihop, searchqa_jsonl, sokoban, toolcall, webshop
 from .base import Environment, EnvironmentError_
 from .splits import check_split
 from .tags import ALL_TAGS
@@ -32,6 +32,7 @@ _REGISTRY: dict[str, EnvEntry] = {
     arith.NAME: EnvEntry(arith.MathEnvironment, arith.generate_tasks),
     toolcall.NAME: EnvEntry(toolcall.ToolCallEnvironment, toolcall.generate_tasks),
     webshop.NAME: EnvEntry(webshop.WebShopEnvironment, webshop.generate_tasks),
+    bfcl.NAME: EnvEntry(bfcl.BfclEnvironment, bfcl.generate_tasks),
 }
 
 

@@ -133,7 +133,9 @@ def tool_response(result_json: str) -> str:
     return wrap(TOOL_RESPONSE_OPEN, TOOL_RESPONSE_CLOSE, result_json)
 
 
-def parse_action(text: str, kinds: tuple[ActionKind, ...] = SEARCH_ACTIONS) -> ParsedAction | None:
+def parse_action(
+    text: str, kinds: tuple[ActionKind, ...] = SEARCH_ACTIONS, keep_spacing: bool = False
+) -> ParsedAction | None:
     """The first complete block of ``text`` among ``kinds`` (search or answer by default), or ``None``.
 
     Blocks of other kinds are not actions here: a calculator call in a search environment is
@@ -141,7 +143,9 @@ def parse_action(text: str, kinds: tuple[ActionKind, ...] = SEARCH_ACTIONS) -> P
 
     Uses ``str.find`` rather than a regular expression so the cost stays linear in the text
     length even for adversarial input (many opening tags and no closing one).
-    The content is whitespace-stripped; an empty block counts as no action.
+    The content is whitespace-stripped, and its inner runs of whitespace become one space unless
+    ``keep_spacing`` (for contents whose spacing is data, such as a file's text in a tool call's
+    arguments); an empty block counts as no action.
     """
     starts = {kind: text.find(_ACTION_TAGS[kind][0]) for kind in kinds}
     found = [(pos, kind) for kind, pos in starts.items() if pos >= 0]
@@ -153,7 +157,8 @@ def parse_action(text: str, kinds: tuple[ActionKind, ...] = SEARCH_ACTIONS) -> P
     end = text.find(close_tag, body_start)
     if end < 0:
         return None
-    content = " ".join(text[body_start:end].split())
+    body = text[body_start:end]
+    content = body.strip() if keep_spacing else " ".join(body.split())
     if not content:
         return None
     return ParsedAction(kind=kind, content=content)

@@ -46,7 +46,7 @@ from typing import Any
 from protocol import TaskSpec
 
 from . import tags
-from .argschema import validate
+from .argschema import Schema, validate
 from .base import EnvironmentError_
 from .datafiles import json_lines, sample_split
 from .kb import FIRST_NAMES, LAST_NAMES
@@ -110,8 +110,14 @@ def error(kind: str, message: str, **details: Any) -> dict[str, Any]:
 
 def read_call(text: str, tools: tuple[str, ...]) -> Call | dict[str, Any]:
     """The call in a tool call's JSON text, or the structured error saying what is wrong with it."""
-    if len(text) > MAX_CALL_CHARS:
-        return error("too_long", f"a tool call has at most {MAX_CALL_CHARS} characters")
+    return parse_call(text, {name: TOOLS[name].parameters for name in tools}, MAX_CALL_CHARS)
+
+
+def parse_call(text: str, schemas: dict[str, Schema], max_chars: int) -> Call | dict[str, Any]:
+    """The call in ``{"name": ..., "arguments": {...}}`` text to one of the functions whose argument
+    schemas ``schemas`` holds, or the structured error saying what is wrong with it."""
+    if len(text) > max_chars:
+        return error("too_long", f"a tool call has at most {max_chars} characters")
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -123,9 +129,9 @@ def read_call(text: str, tools: tuple[str, ...]) -> Call | dict[str, Any]:
     arguments = value.get("arguments", {})
     if not isinstance(arguments, dict):
         return error("bad_call", f"arguments must be an object, got {type(arguments).__name__}")
-    if value["name"] not in tools:
-        return error("unknown_function", f"no function {value['name'][:60]!r} ; available : {' , '.join(tools)}")
-    violations = validate(arguments, TOOLS[value["name"]].parameters, "arguments")
+    if value["name"] not in schemas:
+        return error("unknown_function", f"no function {value['name'][:60]!r} ; available : {' , '.join(schemas)}")
+    violations = validate(arguments, schemas[value["name"]], "arguments")
     if violations:
         message = f"arguments do not match the schema of {value['name']}"
         return error("invalid_arguments", message, violations=violations)

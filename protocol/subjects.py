@@ -49,7 +49,21 @@ class Subjects:
     # Subjects.
     @property
     def nodes(self) -> str:
-        return f"{self.prefix}.nodes"
+        """Every actor's nodes: the stream's subject and its consumers' filter (publish with ``nodes_from``)."""
+        return f"{self.prefix}.nodes.*"
+
+    def nodes_from(self, actor_id: str) -> str:
+        """Where ``actor_id`` publishes its TurnNodes: the sender is in the subject, so the
+        server's per-actor permissions decide who may claim an actor id, not the payload."""
+        check_run_id(actor_id)
+        return f"{self.prefix}.nodes.{actor_id}"
+
+    def sender_of_node(self, subject: str) -> str | None:
+        """The actor id a nodes subject names, or None if ``subject`` is not one of this run's."""
+        head, _, actor_id = subject.rpartition(".")
+        if head != f"{self.prefix}.nodes" or not _RUN_ID.match(actor_id):
+            return None
+        return actor_id
 
     @property
     def work_shared(self) -> str:

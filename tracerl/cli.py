@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
 
 from bench.cli import bench_app
 from tracerl.cli_params import ConfigOption, SetOption, import_attr, load_role_config
@@ -42,7 +42,7 @@ def config_epilog(config_cls: type) -> str:
     return "Config fields (file keys or --set):\n" + "\n".join(lines)
 
 
-class _LazyEpilogCommand(TyperCommand):
+class _LazyEpilog:
     """Renders the config-field table only when --help asks for it.
 
     Importing every role's config at start-up would pull torch, transformers and numba into
@@ -50,6 +50,7 @@ class _LazyEpilogCommand(TyperCommand):
     """
 
     config_path = ""
+    _static_epilog: str | None = None
 
     @property
     def epilog(self) -> str | None:
@@ -58,6 +59,10 @@ class _LazyEpilogCommand(TyperCommand):
     @epilog.setter
     def epilog(self, value: str | None) -> None:
         self._static_epilog = value
+
+
+class _LazyEpilogCommand(_LazyEpilog, TyperCommand):
+    pass
 
 
 def role_command(name: str, config_path: str, runner_path: str, help_text: str) -> None:
@@ -80,14 +85,49 @@ def main() -> None:  # pragma: no cover - console entry
     app(prog_name="tracerl")
 
 
-role_command(
-    "bus",
-    "bus.config:BusServerConfig",
-    "bus.entry:run",
-    "Start a real nats-server with JetStream for a run: writes per-role credentials (mode 0600) into "
-    "<run_dir>/credentials, provisions the run's streams, object store and KV bucket, and serves until "
-    "SIGINT/SIGTERM.",
-)
+class _BusGroup(_LazyEpilog, TyperGroup):
+    config_path = "bus.config:BusServerConfig"
+
+
+bus_app = typer.Typer(cls=_BusGroup, invoke_without_command=True)
+app.add_typer(bus_app, name="bus")
+
+
+@bus_app.callback()
+def bus(ctx: typer.Context, config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Start a real nats-server with JetStream for a run: writes per-role credentials (mode 0600) into
+    <run_dir>/credentials, provisions the run's streams, object store and KV bucket, and serves until
+    SIGINT/SIGTERM. Beyond loopback it serves TLS from a CA made for the run, and each actor needs a
+    credential of its own (`bus.actors`, or `tracerl bus add-actor` while it runs)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = load_role_config(import_attr("bus.config:BusServerConfig"), config, set_)
+    raise typer.Exit(import_attr("bus.entry:run")(cfg) or 0)
+
+
+@bus_app.command("add-actor")
+def bus_add_actor(
+    actor_id: Annotated[str, typer.Argument(help="The id the actor runs as (actor.actor_id).")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Give one actor a credential of its own on the running bus of this run directory, without a
+    restart: writes <run_dir>/credentials/actor-<id>.json and hot-reloads every nats-server this host's
+    `tracerl bus` runs. Takes the same config as `tracerl bus`. On a cluster across hosts, copy the file
+    into each other bus host's credentials directory and run the same command there."""
+    cfg = load_role_config(import_attr("bus.config:BusServerConfig"), config, set_)
+    from bus.server import BusServerError, add_actor_to_running_bus
+
+    try:
+        cred = add_actor_to_running_bus(cfg, actor_id)
+    except (BusServerError, ValueError, OSError) as err:
+        typer.echo(f"tracerl bus add-actor: {err}", err=True)
+        raise typer.Exit(1) from None
+    from bus.server import credentials_path
+
+    typer.echo(f"actor {cred.actor_id}: credentials {credentials_path(cfg.run.run_dir, 'actor', cred.actor_id)}")
+
+
 role_command(
     "allocator",
     "allocator.config:AllocatorConfig",

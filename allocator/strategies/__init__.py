@@ -35,6 +35,10 @@ STRATEGIES: dict[str, Callable[[AllocatorCoreConfig], Planner]] = {
     "tsr-beam": lambda config: Search(beam=True),
     "tsr-lookahead": lambda config: Search(lookahead_turns=config.tsr_lookahead_turns),
     "trace": lambda config: TwoStage(TraceRoots(), TraceBranches()),
+    # TRACE's stages one at a time, for the decomposition of what each adds: the root DP
+    # alone (refunds go to further DP-chosen groups), and uniform roots with TRACE's stage 2.
+    "trace-roots": lambda config: TwoStage(TraceRoots()),
+    "trace-prefixes": lambda config: TwoStage(UniformRoots(), TraceBranches()),
 }
 
 

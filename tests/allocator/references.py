@@ -49,8 +49,9 @@ def allocate_roots_dp(values: Sequence[float], budget: int, max_per_prompt: int 
     return dp.allocation()
 
 
-def brute_force_roots(values: Sequence[float], budget: int) -> tuple[float, list[int]]:
-    """Exhaustive optimum for small cases: the ground truth the DP is held to."""
+def brute_force_roots(values: Sequence[float], budget: int, min_per_prompt: int = 2) -> tuple[float, list[int]]:
+    """Exhaustive optimum for small cases: the ground truth the DP is held to. Groups of 1 up
+    to ``min_per_prompt - 1`` rollouts are not allowed."""
     n = len(values)
     best_value, best_counts = -1.0, [0] * n
 
@@ -62,6 +63,8 @@ def brute_force_roots(values: Sequence[float], budget: int) -> tuple[float, list
                 best_value, best_counts = value, list(counts)
             return
         for m in range(left + 1):
+            if 0 < m < min_per_prompt:
+                continue
             counts.append(m)
             recurse(i + 1, left - m, counts)
             counts.pop()

@@ -48,6 +48,29 @@ def test_dp_matches_brute_force_on_all_random_cases():
         assert expected_mixed(values, counts) == pytest.approx(best, abs=1e-12)
 
 
+def test_dp_with_a_smallest_group_matches_brute_force_and_makes_no_smaller_group():
+    # Four prompts at 0.5 and 8 rollouts: pairs (or 3 + 3 + 2) are worth 4 x 0.5 = 2, two
+    # groups of four 2 x (1 - 2 / 16) = 1.75, one group of eight 1 - 2 / 256.
+    assert expected_mixed([0.5] * 4, roots_dp_allocation([0.5] * 4, 8)) == pytest.approx(2.0)
+    assert roots_dp_allocation([0.5] * 4, 8, min_per_prompt=4) == [4, 4, 0, 0]
+    assert roots_dp_allocation([0.5] * 4, 3, min_per_prompt=4) == [0, 0, 0, 0]
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        values = list(rng.uniform(0, 1, size=int(rng.integers(1, 5))))
+        budget, smallest = int(rng.integers(0, 11)), int(rng.integers(2, 5))
+        best, _ = brute_force_roots(values, budget, smallest)
+        counts = roots_dp_allocation(values, budget, min_per_prompt=smallest)
+        assert sum(counts) <= budget and all(m == 0 or m >= smallest for m in counts)
+        assert expected_mixed(values, counts) == pytest.approx(best, abs=1e-12)
+
+
+def roots_dp_allocation(values, budget, min_per_prompt=2):
+    dp = RootsDP.start(values, budget, min_per_prompt=min_per_prompt)
+    dp.add(len(values))
+    dp.trace(len(values))
+    return dp.allocation()
+
+
 def test_dp_matches_brute_force_on_larger_pools():
     rng = np.random.default_rng(1)
     for _ in range(40):

@@ -86,6 +86,56 @@ def test_stage1_only_strategies_spend_refunds_on_more_groups():
     assert core.metrics()["budget_turns_used"] <= 96
 
 
+def _one_step_items(strategy, sim):
+    core, actor, rng = _setup(strategy, sim=sim)
+    items = []
+    for t in range(50):
+        routed, nodes = _round(core, actor, rng, float(t))
+        items += [r.item for r in routed]
+        for n in nodes:
+            core.on_node(n, float(t))
+        core.pop_completed(float(t))
+        if core.counters["steps_closed"]:
+            return core, [i for i in items if i.tree_id.startswith("s0-")]
+    raise AssertionError("the step did not close")
+
+
+def test_trace_stages_run_alone_for_the_decomposition():
+    sim = SimulatorConfig(num_prompts=64, early_stop=0.5)
+    # The root DP alone: only root items, refunds bought further DP-chosen groups.
+    core, items = _one_step_items("trace-roots", sim)
+    assert items and all(i.kind == "root" for i in items)
+    assert len({i.task.task_id for i in items}) > 1
+    assert core.metrics()["root_turn_share"] == 1.0
+    assert core.metrics()["budget_turns_used"] <= 96
+    # Uniform roots, then TRACE's stage 2: every root group has group_size samples, and
+    # the refunds went to continuations from prefixes.
+    core, items = _one_step_items("trace-prefixes", sim)
+    roots = [i for i in items if i.kind == "root"]
+    assert roots and all(i.num_samples == core.config.group_size for i in roots)
+    assert any(i.kind != "root" and i.prefix_depth >= 1 for i in items)
+    m = core.metrics()
+    assert m["budget_turns_used"] <= 96
+    # Every settled turn is counted once, at the depth its item started from.
+    by_depth = {k: v for k, v in m.items() if k.startswith("turns_branches_depth")}
+    assert by_depth and all(v > 0 for v in by_depth.values())
+    assert 0 < m["root_turn_share"] < 1
+    # budget_turns_used counts closed steps; settled items of open steps are counted too.
+    used = m["budget_turns_used"] + sum(step.budget.used_turns for step in core.steps.values())
+    assert m["budget_turns_used"] <= m["turns_roots"] + sum(by_depth.values()) <= used
+
+
+def test_trace_roots_make_no_group_smaller_than_min_per_prompt():
+    sim = SimulatorConfig(num_prompts=64, early_stop=0.5)
+    _, items = _one_step_items("trace-roots", sim)
+    assert any(i.num_samples < 4 for i in items)  # the default makes pairs and triples
+    core, actor, rng = _setup("trace-roots", sim=sim, min_per_prompt=4)
+    routed, _ = _round(core, actor, rng, 0.0)
+    assert routed and all(r.item.num_samples >= 4 for r in routed)
+    with pytest.raises(ValueError, match="min_per_prompt"):
+        AllocatorCoreConfig(min_per_prompt=9)
+
+
 def test_node_outcomes_duplicate_unknown_late():
     core, actor, rng = _setup("grpo")
     _routed, nodes = _round(core, actor, rng, 0.0)

@@ -146,7 +146,7 @@ class FakeFleet:
 
     async def publish_nodes(self, nodes) -> None:
         for node in nodes:
-            await self.actor.publish(self.bus_run.subjects.nodes, node, msg_id=node.node_id)
+            await self.actor.publish(self.bus_run.subjects.nodes_from(node.actor_id), node, msg_id=node.node_id)
 
     def rollout(self, msg):
         item = decode(msg.data, WorkItem)

@@ -5,8 +5,10 @@ the role's own copied credentials file. The result is one JSON line on stdout.
 
 ``trainer``  the learner's host: as ``learner`` puts a weights object and announces it, as
              ``allocator`` issues a WorkItem, then waits for the actor's TurnNode.
-``actor``    an actor host: is refused without credentials, then as ``actor`` pulls the
-             WorkItem, downloads and checks the weights, and publishes a TurnNode for it.
+``actor``    an actor host with its own credential (``actor-<id>.json``): is refused
+             without credentials, and with them but without the run's CA; then pulls the
+             WorkItem, downloads and checks the weights, publishes a TurnNode for it on its
+             own subject, and is refused publishing one as another actor.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ import nats
 import nats.errors
 
 from bus.client import BusClient, Delivery
+from bus.server import RoleCredentials
 from protocol import TurnNode, WeightsAnnouncement, WorkItem
 from tests.protocol.strategies import realistic_turn_node, sample_messages
 from tracerl.config import BusConfig, RunConfig
@@ -37,10 +41,10 @@ def weights_bytes() -> bytes:
     return b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(3 * 32768))
 
 
-async def connect(role: str, servers: list[str], credentials_dir: Path, run_id: str) -> BusClient:
+async def connect(role: str, servers: list[str], credentials_dir: Path, run_id: str, file_name: str = "") -> BusClient:
     bus = BusConfig(
         servers=servers,
-        credentials=str(credentials_dir / f"{role}.json"),
+        credentials=str(credentials_dir / (file_name or f"{role}.json")),
         connect_timeout_s=3.0,
         max_reconnect_attempts=2,
         reconnect_wait_s=0.2,
@@ -93,21 +97,41 @@ async def trainer(servers: list[str], credentials_dir: Path, run_id: str) -> dic
         return {
             "work_id": work.work_id,
             "node_id": node.node_id,
+            "node_actor": node.actor_id,
             "node_work_id": node.work_id,
             "node_policy_version": node.policy_version,
             "server": allocator.nc.connected_url.netloc,
         }
 
 
+async def refused_without_ca(servers: list[str], own: RoleCredentials) -> str:
+    """Connect with the right user and password but the system's CAs instead of the run's."""
+    try:
+        client = await nats.connect(
+            servers=servers, user=own.user, password=own.password, allow_reconnect=False, connect_timeout=3.0
+        )
+    except (nats.errors.Error, OSError, ssl.SSLError) as err:
+        return repr(err)
+    await client.close()
+    return ""
+
+
 async def actor(servers: list[str], credentials_dir: Path, run_id: str) -> dict:
     try:
-        anonymous = await nats.connect(servers=servers, allow_reconnect=False, connect_timeout=3.0)
+        anonymous = await nats.connect(
+            servers=servers,
+            allow_reconnect=False,
+            connect_timeout=3.0,
+            tls=ssl.create_default_context(cadata=_own_credentials(credentials_dir).ca_pem),
+        )
     except (nats.errors.Error, OSError) as err:
         refused = str(err)
     else:
         await anonymous.close()
         refused = ""
-    async with await connect("actor", servers, credentials_dir, run_id) as client:
+    own = _own_credentials(credentials_dir)
+    without_ca = await refused_without_ca(servers, own)
+    async with await connect("actor", servers, credentials_dir, run_id, f"{own.user}.json") as client:
         s = client.subjects
         work = await first_message(client, s.work_stream, s.shared_work_consumer, WorkItem)
         assert isinstance(work, WorkItem)
@@ -123,14 +147,31 @@ async def actor(servers: list[str], credentials_dir: Path, run_id: str) -> dict:
             tree_id=work.tree_id,
             policy_version=announcement.policy_version,
         )
-        await client.publish(s.nodes, node, msg_id=node.node_id)
+        node = dataclasses.replace(node, actor_id=own.actor_id)
+        await client.publish(s.nodes_from(own.actor_id), node, msg_id=node.node_id)
+        other = f"{own.actor_id}-other"
+        try:
+            await client.publish(s.nodes_from(other), dataclasses.replace(node, actor_id=other), timeout=2.0)
+            impostor = "accepted"
+        except (TimeoutError, nats.errors.Error):
+            impostor = repr(client.last_error)
         return {
             "refused": refused,
+            "refused_without_ca": without_ca,
+            "impostor": impostor,
+            "actor_id": own.actor_id,
+            "tls": bool(client.nc._server_info.get("tls_required")),
             "work_id": work.work_id,
             "weights_bytes": len(weights),
             "weights_ok": hashlib.sha256(weights).hexdigest() == announcement.sha256,
             "server": client.nc.connected_url.netloc,
         }
+
+
+def _own_credentials(credentials_dir: Path) -> RoleCredentials:
+    """The one actor credential copied to this host (``actor-<id>.json``)."""
+    (path,) = credentials_dir.glob("actor-*.json")
+    return RoleCredentials.read(path)
 
 
 def main() -> int:

@@ -57,7 +57,7 @@ def test_every_message_type_round_trips_through_jetstream(bus_run: BusRun) -> No
             await bus_run.connect("allocator") as allocator,
             await bus_run.connect("learner") as learner,
         ):
-            await actor.publish(s.nodes, sent[TurnNode])
+            await actor.publish(s.nodes_from("actor-0"), sent[TurnNode])
             await allocator.publish(s.work_shared, sent[WorkItem])
             await allocator.publish(s.trees, sent[CompletedTree])
             await learner.announce_weights(sent[WeightsAnnouncement])
@@ -118,7 +118,7 @@ def test_bad_messages_are_rejected_counted_and_dead_lettered_while_valid_traffic
 
     async def main() -> None:
         async with await bus_run.connect("admin") as admin, await bus_run.connect("allocator") as allocator:
-            futures = [await admin.js.publish_async(s.nodes, p) for p in traffic]
+            futures = [await admin.js.publish_async(s.nodes_from("actor-0"), p) for p in traffic]
             await asyncio.gather(*futures)
             received: list[TurnNode] = []
 
@@ -148,7 +148,7 @@ def test_bad_messages_are_rejected_counted_and_dead_lettered_while_valid_traffic
             letters = await _dead_letters(admin, bus_run)
             assert sorted(m.data or b"" for m in letters) == sorted(bad)
             assert {m.headers[deadletter.REASON] for m in letters} == set(rejected)
-            assert all(m.headers[deadletter.SOURCE_SUBJECT] == s.nodes for m in letters)
+            assert all(m.headers[deadletter.SOURCE_SUBJECT] == s.nodes_from("actor-0") for m in letters)
             info = await admin.js.consumer_info(s.nodes_stream, s.allocator_consumer)
             assert info.num_ack_pending == 0 and info.num_pending == 0
 
@@ -212,7 +212,7 @@ def test_role_permissions_are_enforced(bus_run: BusRun) -> None:
                 actor, actor.js.add_consumer(s.work_stream, durable_name="sneaky", filter_subject=s.work_shared)
             )
             # Denied for the others.
-            await denied(allocator, allocator.publish(s.nodes, _by_type(s.run_id)[TurnNode]))
+            await denied(allocator, allocator.publish(s.nodes_from("actor-0"), _by_type(s.run_id)[TurnNode]))
             await denied(allocator, allocator.put_actor(_by_type(s.run_id)[Heartbeat]))
             await denied(learner, learner.publish(s.work_shared, _by_type(s.run_id)[WorkItem]))
             assert await learner.get_object("policy-1") == b"w" * 10  # the denied overwrite changed nothing
@@ -321,7 +321,7 @@ def test_each_actor_pulls_its_own_work_subject(bus_run: BusRun) -> None:
 def test_pipelined_publish_acks_every_message_or_fails_the_batch(bus_run: BusRun) -> None:
     s = bus_run.subjects
     nodes = [realistic_turn_node(s.run_id, i, action_tokens=20, observation_tokens=5) for i in range(50)]
-    batch = [(s.nodes, n) for n in nodes]
+    batch = [(s.nodes_from("actor-0"), n) for n in nodes]
     ids = [n.node_id for n in nodes]
     quick = dataclasses.replace(bus_run.bus, request_timeout_s=0.5)
 
@@ -350,7 +350,7 @@ def test_pipelined_publish_acks_every_message_or_fails_the_batch(bus_run: BusRun
                 await actor.publish_batch([(s.work_shared, nodes[0])] * 20)
             assert err.value.unacked == 8 and "no ack" in str(err.value)
             assert actor.counters["publish_failed"] == 8
-            assert (await actor.publish_batch([(s.nodes, nodes[0])], msg_ids=["after"]))[0].seq == 51
+            assert (await actor.publish_batch([(s.nodes_from("actor-0"), nodes[0])], msg_ids=["after"]))[0].seq == 51
             assert actor.counters["published"] == 101
 
     asyncio.run(main())
@@ -363,9 +363,11 @@ def test_batched_publish_and_weights_watch(bus_run: BusRun) -> None:
 
     async def main() -> None:
         async with await bus_run.connect("actor") as actor, await bus_run.connect("learner") as learner:
-            acks = await actor.publish_batch([(s.nodes, n) for n in nodes], msg_ids=[n.node_id for n in nodes])
+            acks = await actor.publish_batch(
+                [(s.nodes_from("actor-0"), n) for n in nodes], msg_ids=[n.node_id for n in nodes]
+            )
             assert [a.seq for a in acks] == list(range(1, 301))
-            duplicate = await actor.publish(s.nodes, nodes[0], msg_id=nodes[0].node_id)
+            duplicate = await actor.publish(s.nodes_from("actor-0"), nodes[0], msg_id=nodes[0].node_id)
             assert duplicate.duplicate
 
             weights = bytes(range(256)) * 12_000  # 3 MB: several 1 MiB chunks

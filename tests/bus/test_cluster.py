@@ -140,7 +140,7 @@ async def publish_until(actor: BusClient, done: Callable[[], bool], timeline: Ti
         node = realistic_turn_node(RUN_ID, index)
         while True:
             try:
-                await actor.publish(actor.subjects.nodes, node, msg_id=node.node_id, timeout=1.0)
+                await actor.publish(actor.subjects.nodes_from(node.actor_id), node, msg_id=node.node_id, timeout=1.0)
                 break
             except (TimeoutError, nats.errors.Error):
                 timeline.publish_errors += 1

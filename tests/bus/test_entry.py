@@ -63,7 +63,7 @@ def test_bus_entry_provisions_serves_and_stops_on_sigterm(tmp_path: Path) -> Non
             async with await BusClient.connect(
                 "actor", BusConfig(servers=[url], max_reconnect_attempts=1), run
             ) as actor:
-                ack = await actor.publish(actor.subjects.nodes, realistic_turn_node("e2e", 0))
+                ack = await actor.publish(actor.subjects.nodes_from("actor-0"), realistic_turn_node("e2e", 0))
                 assert ack.stream == actor.subjects.nodes_stream
             async with await BusClient.connect("allocator", BusConfig(servers=[url]), run) as allocator:
                 consumer = await allocator.pull_consumer(

@@ -120,3 +120,139 @@ def test_bus_server_config_validates_and_loads(tmp_path) -> None:
     assert config.streams.ack_wait_s == 3.0 and config.port == 5000
     with pytest.raises(ConfigError):
         load_config(BusServerConfig, None, ["port=many"])
+
+
+def test_an_actors_own_credential_allows_only_its_own_subjects() -> None:
+    s = Subjects("r1")
+    own = role_permissions("actor", ["r1"], actor_id="a1")
+    publish = set(own.publish)
+    assert s.nodes_from("a1") in publish and s.dead_letter in publish
+    assert not any(p.startswith(f"{s.prefix}.nodes.") and p != s.nodes_from("a1") for p in publish)
+    assert f"$KV.{s.state_bucket}.{Subjects.actor_key('a1')}" in publish
+    assert not any(p.startswith(f"$KV.{s.state_bucket}.") and p.endswith("*") for p in publish)
+    creates = [p for p in publish if p.startswith(f"$JS.API.CONSUMER.CREATE.{s.work_stream}")]
+    assert creates == [f"$JS.API.CONSUMER.CREATE.{s.work_stream}.actor_a1.{s.work_for_actor('a1')}"]
+    pulled = {p.rsplit(".", 1)[1] for p in publish if p.startswith(f"$JS.API.CONSUMER.MSG.NEXT.{s.work_stream}.")}
+    assert pulled == {"actor_a1", s.shared_work_consumer}
+    # Its replies land in an inbox no other actor (or the shared actor user) may read.
+    assert own.subscribe == (f"{inbox_prefix('actor', 'a1')}.>", s.weights_announce)
+    assert inbox_prefix("actor", "a1") != inbox_prefix("actor", "a2") != inbox_prefix("actor")
+    # The shared actor credential stands for any actor.
+    assert s.nodes in role_permissions("actor", ["r1"]).publish
+    with pytest.raises(ValueError, match="only actors"):
+        role_permissions("allocator", ["r1"], actor_id="a1")
+
+
+def test_the_node_subject_names_its_sender() -> None:
+    s = Subjects("r1")
+    assert s.nodes_from("a-1") == "tracerl.r1.nodes.a-1" and s.nodes == "tracerl.r1.nodes.*"
+    assert s.sender_of_node("tracerl.r1.nodes.a-1") == "a-1"
+    assert s.sender_of_node("tracerl.r2.nodes.a-1") is None
+    assert s.sender_of_node("tracerl.r1.nodes") is None
+    assert s.sender_of_node("tracerl.r1.trees.a-1") is None
+    with pytest.raises(ValueError):
+        s.nodes_from("a.b")
+
+
+def test_tls_and_per_actor_credentials_are_the_default_beyond_loopback() -> None:
+    local = BusServerConfig()
+    assert not local.tls_enabled and local.shared_actor_enabled
+    wide = BusServerConfig(host="0.0.0.0")
+    assert wide.tls_enabled and not wide.shared_actor_enabled
+    assert BusServerConfig(host="10.0.0.5", tls=False).tls_enabled is False
+    assert BusServerConfig(host="::1").tls_enabled is False
+    assert BusServerConfig(host="localhost").tls_enabled is False
+    # A route beyond loopback carries the cluster's traffic to other hosts too.
+    routed = load_config(
+        BusServerConfig,
+        overrides=[
+            "cluster.name=c",
+            "cluster.node_name=n1",
+            "cluster.route_host=10.0.0.5",
+            "cluster.routes=[nats-route://10.0.0.6:6222]",
+        ],
+    )
+    assert routed.tls_enabled and not routed.shared_actor_enabled
+    with pytest.raises(ConfigError, match="actors"):
+        load_config(BusServerConfig, overrides=["actors=[a.b]"])
+
+
+def test_server_config_with_tls_and_an_actors_own_user() -> None:
+    from bus.server import NodePlan, TlsFiles, actor_credentials, shared_roles
+
+    counter = itertools.count()
+    creds = generate_credentials(["tls://h:1"], lambda: f"pw{next(counter)}", roles=shared_roles(False))
+    assert "actor" not in creds
+    own = actor_credentials("a1", "pwa", ["tls://h:1"], "CA")
+    files = TlsFiles(cert_file="/c.pem", key_file="/k.pem", ca_file="/ca.pem")
+    node = NodePlan(
+        name="n1",
+        host="10.0.0.5",
+        port=4222,
+        monitor_port=8222,
+        file_stem="x",
+        store_dir="/s",
+        cluster_name="c",
+        route_host="10.0.0.5",
+        route_port=6222,
+        routes=("nats-route://10.0.0.6:6222",),
+        tls=True,
+    )
+    from bus.server import RouteCredentials
+
+    rendered = render_server_config(
+        host="10.0.0.5",
+        port=4222,
+        monitor_port=8222,
+        store_dir="/s",
+        pid_file="/p",
+        max_payload=8 << 20,
+        credentials=creds,
+        run_ids=["r1"],
+        node=node,
+        route_credentials=RouteCredentials("route", "rp"),
+        actors={"a1": own},
+        tls_files=files,
+    )
+    users = {u["user"]: u for u in rendered["authorization"]["users"]}
+    assert set(users) == {"admin", "allocator", "learner", "actor-a1"}
+    assert users["actor-a1"]["permissions"] == role_permissions("actor", ["r1"], "a1").as_server_config()
+    assert rendered["tls"] == {"cert_file": "/c.pem", "key_file": "/k.pem", "timeout": 5}
+    assert rendered["cluster"]["tls"]["verify"] is True and rendered["cluster"]["tls"]["ca_file"] == "/ca.pem"
+    assert node.url == "tls://10.0.0.5:4222"
+    assert own.inbox_prefix == inbox_prefix("actor", "a1") and own.user == "actor-a1"
+
+
+def test_with_user_adds_or_replaces_one_user_and_keeps_the_rest() -> None:
+    from bus.server import with_user
+
+    rendered = {"port": 1, "authorization": {"users": [{"user": "admin"}, {"user": "actor-a1", "password": "old"}]}}
+    replaced = with_user(rendered, {"user": "actor-a1", "password": "new"})
+    assert replaced["authorization"]["users"] == [{"user": "admin"}, {"user": "actor-a1", "password": "new"}]
+    added = with_user(rendered, {"user": "actor-a2"})
+    assert [u["user"] for u in added["authorization"]["users"]] == ["admin", "actor-a1", "actor-a2"]
+    assert rendered["authorization"]["users"][1]["password"] == "old" and added["port"] == 1
+
+
+def test_server_certificate_names_every_address_and_chains_to_the_run_ca() -> None:
+    import datetime
+
+    from cryptography import x509
+
+    from bus import tls
+
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    ca = tls.generate_ca("r1", now)
+    hosts = tls.certificate_hosts("0.0.0.0", "10.0.0.5", ["bus.example"], ["myhost"])
+    assert hosts == ["0.0.0.0", "10.0.0.5", "bus.example", "127.0.0.1", "localhost", "myhost"]
+    issued = tls.issue_server_cert(ca, hosts, now)
+    cert = x509.load_pem_x509_certificate(issued.cert_pem.encode())
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.encode())
+    cert.verify_directly_issued_by(ca_cert)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"0.0.0.0", "10.0.0.5", "127.0.0.1"}
+    assert set(san.get_values_for_type(x509.DNSName)) == {"bus.example", "localhost", "myhost"}
+    assert cert.not_valid_before_utc == now - tls.CLOCK_SKEW
+    assert ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    with pytest.raises(ValueError):
+        tls.issue_server_cert(ca, [], now)

@@ -4,6 +4,8 @@ Each "host" is a namespace with one veth, address 10.203.7.x/24, and its own loo
 the bridge lives in a further namespace, so the test never touches the machine's own
 network. Role processes reach the bus only through their veth, with only their own
 role's credentials file copied over, exactly as the README's multi-host recipe says.
+Beyond loopback the bus serves TLS from the run's CA and every actor has its own
+credential: the actor host gets only ``actor-<id>.json``, which holds the CA certificate.
 
 Needs root and iproute2's ``ip``; skipped with the reason otherwise.
 """
@@ -160,12 +162,20 @@ def start_bus(lab: Lab, host: str, run_dir: Path, *extra: str) -> subprocess.Pop
     return lab.start(host, [TRACERL, "bus", *(arg for s in settings for arg in ("--set", s))])
 
 
-def copy_credentials(source: Path, roles: list[str], target: Path) -> Path:
-    """What an operator does with scp: each host gets only its own roles' files."""
+def copy_credentials(source: Path, names: list[str], target: Path) -> Path:
+    """What an operator does with scp: each host gets only its own roles' (or actor's) files."""
     target.mkdir(parents=True)
-    for role in roles:
-        shutil.copy2(source / "credentials" / f"{role}.json", target / f"{role}.json")
+    for name in names:
+        shutil.copy2(source / "credentials" / f"{name}.json", target / f"{name}.json")
     return target
+
+
+def assert_actor_held_to_its_identity(actor_result: dict) -> None:
+    """Refused without credentials, refused without the run's CA, refused publishing as another actor."""
+    assert "Authorization Violation" in actor_result["refused"]
+    assert "CERTIFICATE_VERIFY_FAILED" in actor_result["refused_without_ca"], actor_result["refused_without_ca"]
+    assert "permissions violation" in actor_result["impostor"].lower(), actor_result["impostor"]
+    assert actor_result["tls"] is True
 
 
 def role_program(lab: Lab, host: str, role: str, servers: list[str], credentials: Path) -> subprocess.Popen[str]:
@@ -199,10 +209,18 @@ def test_roles_on_other_hosts_reach_the_bus_only_through_their_own_addresses(
     bus_dir = tmp_path / "bus-host"
     bus = start_bus(hosts, "bus", bus_dir)
     read_until(bus, lambda line: "learner" in line and "credentials" in line, timeout=30)
-    url = f"nats://{hosts.address['bus']}:4222"
-    assert RoleCredentials.read(bus_dir / "credentials" / "actor.json").servers == [url]
+    url = f"tls://{hosts.address['bus']}:4222"
+    # Beyond loopback there is no credential any actor could use: each is added by id, while the bus runs.
+    assert not (bus_dir / "credentials" / "actor.json").exists()
+    added = hosts.run(
+        "bus",
+        [TRACERL, "bus", "add-actor", "a1", "--set", f"run.run_dir={bus_dir}", "--set", "run.run_id=mh"],
+        timeout=60,
+    )
+    assert "actor-a1.json" in added
+    assert RoleCredentials.read(bus_dir / "credentials" / "actor-a1.json").servers == [url]
 
-    actor_creds = copy_credentials(bus_dir, ["actor"], tmp_path / "actor-host")
+    actor_creds = copy_credentials(bus_dir, ["actor-a1"], tmp_path / "actor-host")
     trainer_creds = copy_credentials(bus_dir, ["allocator", "learner"], tmp_path / "trainer-host")
     # The actor's namespace has no other way out: only loopback and its veth address.
     addresses = hosts.run("actor", ["ip", "-4", "-o", "addr"])
@@ -213,7 +231,8 @@ def test_roles_on_other_hosts_reach_the_bus_only_through_their_own_addresses(
     actor = role_program(hosts, "actor", "actor", [url], actor_creds)
     actor_result, trainer_result = result_of(actor), result_of(trainer)
 
-    assert "Authorization Violation" in actor_result["refused"]
+    assert_actor_held_to_its_identity(actor_result)
+    assert trainer_result["node_actor"] == actor_result["actor_id"] == "a1"
     assert actor_result["weights_ok"] and actor_result["weights_bytes"] == 3 * 1024 * 1024
     assert actor_result["work_id"] == trainer_result["work_id"] == trainer_result["node_work_id"]
     assert trainer_result["node_policy_version"] == 1
@@ -233,7 +252,9 @@ def test_roles_on_other_hosts_reach_the_bus_only_through_their_own_addresses(
             ],
         )
     )
-    seen = {(c.get("name"), c["ip"]) for c in connz["connections"] if c.get("name", "").startswith("tracerl-")}
+    ours = [c for c in connz["connections"] if c.get("name", "").startswith("tracerl-")]
+    assert all(c.get("tls_version", "").startswith("1.") for c in ours), ours
+    seen = {(c.get("name"), c["ip"]) for c in ours}
     assert {
         ("tracerl-actor-mh", hosts.address["actor"]),
         ("tracerl-allocator-mh", hosts.address["trainer"]),
@@ -261,11 +282,11 @@ def test_a_three_host_cluster_forms_from_joining_nodes_and_serves_roles_on_any_n
 
     def cluster_settings(node: str) -> list[str]:
         peers = ",".join(f"nats-route://{hosts.address[p]}:6222" for p in nodes if p != node)
-        return ["cluster.name=trace", f"cluster.node_name={node}", f"cluster.routes=[{peers}]"]
+        return ["cluster.name=trace", f"cluster.node_name={node}", f"cluster.routes=[{peers}]", "actors=[a7]"]
 
     first = start_bus(hosts, "bus1", run_dirs["bus1"], *cluster_settings("bus1"))
     read_until(first, lambda line: "waiting for 3 JetStream nodes" in line, timeout=30)
-    # Credentials exist as soon as the first node waits; the others join with a copy.
+    # Credentials (with the run's CA and its key) exist as soon as the first node waits; the others join with a copy.
     for node in nodes[1:]:
         shutil.copytree(run_dirs["bus1"] / "credentials", run_dirs[node] / "credentials")
     joiners = [
@@ -300,8 +321,21 @@ def test_a_three_host_cluster_forms_from_joining_nodes_and_serves_roles_on_any_n
         placed = {"bus1", stream["cluster"]["leader"], *(r["name"] for r in stream["cluster"]["replicas"])}
         assert placed == set(nodes), stream["name"]
 
+    # The routes between the hosts are TLS too, each node checking its peer's certificate.
+    varz = json.loads(
+        hosts.run(
+            "bus1",
+            [
+                sys.executable,
+                "-c",
+                "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8222/varz').read().decode())",
+            ],
+        )
+    )
+    assert varz["cluster"]["tls_required"] and varz["cluster"]["tls_verify"], varz["cluster"]
+
     # Roles on two other hosts, each given a different node first: routes carry the traffic.
-    urls = {node: f"nats://{hosts.address[node]}:4222" for node in nodes}
+    urls = {node: f"tls://{hosts.address[node]}:4222" for node in nodes}
     trainer = role_program(
         hosts,
         "trainer",
@@ -314,10 +348,11 @@ def test_a_three_host_cluster_forms_from_joining_nodes_and_serves_roles_on_any_n
         "actor",
         "actor",
         [urls["bus3"], urls["bus1"]],
-        copy_credentials(run_dirs["bus1"], ["actor"], tmp_path / "actor-host"),
+        copy_credentials(run_dirs["bus1"], ["actor-a7"], tmp_path / "actor-host"),
     )
     actor_result, trainer_result = result_of(actor), result_of(trainer)
-    assert "Authorization Violation" in actor_result["refused"]
+    assert_actor_held_to_its_identity(actor_result)
+    assert trainer_result["node_actor"] == "a7"
     assert actor_result["weights_ok"]
     assert actor_result["work_id"] == trainer_result["node_work_id"]
     assert trainer_result["server"] == f"{hosts.address['bus2']}:4222"

@@ -15,24 +15,31 @@ from protocol import TaskSpec
 from tracerl.typed import from_plain, to_plain
 
 GENERATED = ["multihop", "frozenlake", "sokoban", "math", "toolcall", "webshop"]
-STOPS = {"math": {"</calculate>", "</answer>"}, "toolcall": {"</tool_call>", "</answer>"}, "webshop": {"</answer>"}}
+STOPS = {
+    "math": {"</calculate>", "</answer>"},
+    "toolcall": {"</tool_call>", "</answer>"},
+    "bfcl": {"</tool_call>", "</answer>"},
+    "webshop": {"</answer>"},
+}
+#: BFCL's conversations take up to 7 user turns and 10 calls, and room to explore.
+TURN_CAPS = {"bfcl": 60}
 
 
 def test_env_names_lists_every_environment():
-    assert env_names() == ["frozenlake", "math", "multihop", "searchqa", "sokoban", "toolcall", "webshop"]
+    assert env_names() == ["bfcl", "frozenlake", "math", "multihop", "searchqa", "sokoban", "toolcall", "webshop"]
     for name in env_names():
         env = make_env(name)
         assert isinstance(env, Environment)
         assert env.name == name
         assert set(env.stop_strings) == STOPS.get(name, {"</search>", "</answer>"})
         assert set(env.stop_strings) <= set(env.special_tokens) <= set(SPECIAL_TOKENS)
-        assert 1 <= env.max_turns <= 10
+        assert 1 <= env.max_turns <= TURN_CAPS.get(name, 10)
 
 
 def test_unknown_env_lists_valid_names():
     with pytest.raises(
         EnvironmentError_,
-        match=r"unknown environment 'chess'.*frozenlake, math, multihop, searchqa, sokoban, toolcall, webshop",
+        match=r"unknown environment 'chess'.*bfcl, frozenlake, math, multihop, searchqa, sokoban, toolcall, webshop",
     ):
         make_env("chess")
     with pytest.raises(EnvironmentError_, match="valid names"):

@@ -163,6 +163,8 @@ def test_merge_keeps_recorded_runs_except_the_strategy_and_seed_pairs_run_again(
     assert len(kept["tree-random"]) == 2
     assert recorded_outcomes(previous, {**settings, "curve.eval_tasks": 100}, planned=set()) == {}
     assert recorded_outcomes(None, settings, planned=set()) == {}
+    # A longer run limit on a loaded machine keeps the recorded runs comparable.
+    assert len(recorded_outcomes(previous, {**settings, "timeout_s": 2400}, planned=set())["trace"]) == 4
 
 
 def test_curve_points_start_at_the_initial_model_and_follow_the_versions():

@@ -106,7 +106,7 @@ def test_kind_counts_cap_the_oversized_and_spread_the_rest():
 def test_run_targets_cover_every_subject_of_the_run():
     targets = run_targets(S, ["actor-0", "actor-1"])
     assert [(t.subject, t.consumer) for t in targets] == [
-        ("tracerl.r1.nodes", "allocator"),
+        ("tracerl.r1.nodes.flood-actor", "allocator"),
         ("tracerl.r1.work.shared", "actors"),
         ("tracerl.r1.work.actor.actor-0", "actor:actor-0"),
         ("tracerl.r1.work.actor.actor-1", "actor:actor-1"),
@@ -162,14 +162,14 @@ def test_a_plan_is_a_function_of_its_seed_and_hits_each_subject_as_counted():
     assert [m.payload for m in plan] != [m.payload for m in plan_flood(8, RUN, targets, 601, LIMIT, 2)]
     sent = sent_by_subject_and_kind(plan)
     assert {s: sum(k.values()) for s, k in sent.items()} == {
-        "tracerl.r1.nodes": 101,
+        "tracerl.r1.nodes.flood-actor": 101,
         "tracerl.r1.work.shared": 100,
         "tracerl.r1.work.actor.actor-0": 100,
         "tracerl.r1.trees": 100,
         "tracerl.r1.weights": 100,
         "tracerl.r1.dlq": 100,
     }
-    assert sent["tracerl.r1.nodes"] == kind_counts(101, kinds_for(TurnNode), 2)
+    assert sent["tracerl.r1.nodes.flood-actor"] == kind_counts(101, kinds_for(TurnNode), 2)
     assert [m.subject for m in plan[:6]] != sorted(m.subject for m in plan[:6])  # shuffled, not by subject
     with pytest.raises(ValueError, match="cannot reach"):
         plan_flood(0, RUN, targets, 5, LIMIT, 0)
@@ -182,7 +182,7 @@ def test_expected_rejects_sum_the_consumed_subjects_per_role_and_refuse_a_valid_
     assert {g: sum(r.values()) for g, r in expected.items()} == {"actors": 300, "allocator": 100, "learner": 100}
     assert expected["allocator"]["oversized"] == 3 and expected["actors"]["oversized"] == 9
     assert expected["learner"]["wrong_run"] == kind_counts(100, KINDS, 3)["wrong_run"]
-    valid = FloodMessage(S.nodes, "valid", encode(template(TurnNode, RUN, random.Random(0))))
+    valid = FloodMessage(S.nodes_from("flood-actor"), "valid", encode(template(TurnNode, RUN, random.Random(0))))
     with pytest.raises(ValueError, match="would be accepted"):
         expected_rejects([valid], targets, RUN, LIMIT)
 
@@ -233,7 +233,9 @@ def test_every_wrong_role_attempt_is_outside_that_roles_permissions():
         assert not permitted(a.role, a.action, a.subject, [RUN]), a
         assert permitted("admin", a.action, a.subject, [RUN])
     # What each role does in a run is permitted: the table is not vacuously denied.
-    assert permitted("actor", "publish", S.nodes, [RUN]) and permitted("actor", "subscribe", S.weights_announce, [RUN])
+    assert permitted("actor", "publish", S.nodes_from("a1"), [RUN]) and permitted(
+        "actor", "subscribe", S.weights_announce, [RUN]
+    )
     assert permitted("allocator", "publish", S.trees, [RUN])
     assert permitted("learner", "publish", f"$O.{S.weights_bucket}.C.abc", [RUN])
     assert permitted("learner", "publish", f"$KV.{S.state_bucket}.{Subjects.POLICY_VERSION_KEY}", [RUN])
@@ -263,11 +265,11 @@ def test_permission_violations_are_parsed_and_reconciled_per_attempt():
     attempts = [
         WrongRoleAttempt("actor", "publish", "$JS.API.STREAM.DELETE.TRACERL_r1_NODES", "delete"),
         WrongRoleAttempt("actor", "subscribe", "tracerl.r1.trees", "read"),
-        WrongRoleAttempt("learner", "publish", "tracerl.r1.nodes", "nodes"),
+        WrongRoleAttempt("learner", "publish", "tracerl.r1.nodes.flood-actor", "nodes"),
     ]
     observed = {
         "actor": [("publish", "$js.api.stream.delete.tracerl_r1_nodes")] * 3 + [("subscribe", "tracerl.r1.trees")],
-        "learner": [("publish", "tracerl.r1.nodes")] * 3,
+        "learner": [("publish", "tracerl.r1.nodes.flood-actor")] * 3,
     }
     checks = reconcile_violations(attempts, 3, observed)
     assert [(c.sent, c.refused, c.ok) for c in checks] == [(3, 3, True), (3, 1, False), (3, 3, True)]
