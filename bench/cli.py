@@ -139,6 +139,7 @@ def bench_components() -> None:
         "bench.allocator_latency",
         "bench.learner_throughput",
         "bench.actor_throughput",
+        "bench.env_step",
     ):
         typer.echo(f"== {module}")
         if subprocess.run([sys.executable, "-m", module], check=False).returncode != 0:
@@ -146,6 +147,31 @@ def bench_components() -> None:
     if failed:
         typer.echo(f"failed: {', '.join(failed)}", err=True)
         raise typer.Exit(1)
+
+
+@bench_app.command("decomposition")
+def bench_decomposition(
+    results: Annotated[
+        list[str],
+        typer.Argument(
+            help="Learning results to read, by file stem under bench/results/ (the first is the study's base; "
+            "the others may differ in any setting but the equal-cost ones, which then name their variants)."
+        ),
+    ],
+) -> None:
+    """Why the strategies learn as they do: for every strategy (and setting) in the recorded learning results, the
+    paired difference to grpo of the held-out greedy curve mean and final point, mixed root and branch groups per
+    100 turns, prompts and leaves trained per step, the share of turns spent on roots, the share of trained tokens
+    with a non-zero advantage, and the predictor's AUC and Brier per prefix depth (from the runs' own metrics when
+    their directories are still here). Writes bench/results/decomposition.{md,json}."""
+    from bench.decomposition import run_decomposition
+
+    try:
+        md, _ = run_decomposition(results)
+    except (FileNotFoundError, ValueError) as err:
+        typer.echo(f"tracerl bench decomposition: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(md.read_text())
 
 
 @bench_app.command("predictor")

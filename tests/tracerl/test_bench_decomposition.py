@@ -118,3 +118,13 @@ def test_the_study_writes_its_tables_from_results_files(tmp_path):
     assert "`bench/results/main.json`" in md.read_text()
     with pytest.raises(FileNotFoundError):
         run_decomposition(["missing"], results_dir=tmp_path)
+
+
+def test_the_command_names_a_missing_results_file():
+    from typer.testing import CliRunner
+
+    from tracerl.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "decomposition", "no-such-study"])
+    assert result.exit_code == 2
+    assert "no learning results at" in result.output
