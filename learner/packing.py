@@ -235,7 +235,7 @@ def model_inputs(
     inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids, "use_cache": False}
     if batch.layout is None:
         return {**inputs, "attention_mask": batch.padding_mask}
-    config = model.config
+    config = getattr(model, "module", model).config  # DDP and FSDP wrap the model as .module
     if attention != "dense" and config._attn_implementation != TREE_ATTENTION:
         raise ValueError(f"attention {attention!r} needs a model loaded with attn_implementation={TREE_ATTENTION!r}")
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ["full_attention"]):
