@@ -190,11 +190,6 @@ class QueryChunks:
     keys: tuple[torch.Tensor, ...]
     mask: tuple[torch.Tensor, ...]
 
-    @property
-    def key_pairs(self) -> int:
-        """Query-key pairs the chunked attention computes (its work, mask included)."""
-        return sum(int(m.numel()) for m in self.mask)
-
 
 def query_chunks(layout: TreeLayout, chunk: int) -> QueryChunks:
     if chunk < 1:
