@@ -205,14 +205,28 @@ def measure(model_dir: str, path: str, length: int, threads: int, min_seconds: f
 
 
 def dense_extrapolation(rows: list[dict], path: str, length: int) -> tuple[float, float] | None:
-    """(peak bytes, seconds) of a dense run at ``length``, scaled quadratically from the
-    largest shorter length measured; None before any measurement."""
-    done = [r for r in rows if r["path"] == path and "skipped" not in r and r["length"] < length]
+    """(peak bytes, seconds) of a dense run at ``length`` from the two longest shorter runs
+    measured, fitted as a L + b L² (activations grow with L, the mask and the attention with
+    L²; a negative coefficient from noisy timings is dropped); from one run, b L² alone.
+    None before any measurement."""
+    done = sorted(
+        (r for r in rows if r["path"] == path and "skipped" not in r and r["length"] < length),
+        key=lambda r: r["length"],
+    )
     if not done:
         return None
-    last = max(done, key=lambda r: r["length"])
-    scale = (length / last["length"]) ** 2
-    return last["peak_memory_bytes"] * scale, last["seconds_per_call"] * scale
+
+    def fit(key: str) -> float:
+        if len(done) == 1:
+            return done[0][key] * (length / done[0]["length"]) ** 2
+        (x1, y1), (x2, y2) = ((r["length"], r[key]) for r in done[-2:])
+        quadratic = (y2 / x2 - y1 / x1) / (x2 - x1)
+        linear = y1 / x1 - quadratic * x1
+        if quadratic < 0 or linear < 0:
+            return done[-1][key] * (length / done[-1]["length"]) ** (2 if quadratic >= 0 else 1)
+        return linear * length + quadratic * length**2
+
+    return fit("peak_memory_bytes"), fit("seconds_per_call")
 
 
 def available_bytes() -> int:
@@ -252,7 +266,15 @@ def long_context(lengths: list[int], threads: int, min_seconds: float, timeout_s
                 elif seconds > timeout_s:
                     reason = f"takes about {seconds:.0f} s per call, more than the {timeout_s:.0f} s limit"
                 if reason:
-                    rows.append({"path": path, "length": length, "skipped": f"{reason} (quadratic from shorter runs)"})
+                    rows.append(
+                        {
+                            "path": path,
+                            "length": length,
+                            "skipped": f"{reason} (fitted to the shorter runs)",
+                            "estimated_peak_memory_bytes": need,
+                            "estimated_seconds_per_call": seconds,
+                        }
+                    )
                     print(f"{path:14s} L={length:6d} skipped: {rows[-1]['skipped']}", flush=True)
                     continue
             row = run_child(model_dir, path, length, threads, min_seconds, timeout_s)
