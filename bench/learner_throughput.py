@@ -1,12 +1,30 @@
-"""Learner throughput, tree-packed against one row per path, on default-run-shaped trees.
+"""Learner throughput: long tree contexts through each attention path, and whole training steps.
 
-    python -m bench.learner_throughput [--steps 4] [--threads 1]
+    python -m bench.learner_throughput [--lengths 1024 4096 16384] [--threads 1] [--steps 3]
 
-Trees: 8 prompts per step; each tree has 4 root chains of up to 4 turns (~24 action and
-~30 observation tokens per turn, prompt ~80 tokens), and nodes at depth 1-2 branch into
-2-4 continuations half the time. Model: a random ~1.2 M-parameter Qwen3 (hidden 128,
-4 layers, vocab 600), float32 on the CPU. "Path tokens" are what the unpacked layout
-computes, so path tokens per second compares both layouts on the same work.
+Long contexts. One synthetic agent tree per length L (prompt L/8; two root chains of six
+turns that branch in two at depths 2 and 4; random weights), packed into one forward of
+L tokens, through:
+
+* ``dense_forward`` / ``dense_train``: SDPA with the dense [L, L] tree mask (the
+  reference), without gradients / forward + backward;
+* ``flex_forward``: compiled FlexAttention with the tree block mask, without gradients;
+* ``lean_train``: the chunked CPU training path, forward + backward.
+
+Each (path, L) runs in a fresh child process, so that one measurement's allocations do
+not hide another's. Time covers building the mask and the forward (and backward); the
+first call is a warm-up (FlexAttention compiles there). Peak memory is the highest
+resident set sampled every millisecond during the timed calls, minus the resident set
+just before them, with glibc told to return large blocks to the system at once.
+
+Model FLOPs count useful work only: 2 x (projection and MLP weights) per token, the
+language-model head at the positions whose logits are kept, and 4 x head_dim x heads per
+allowed (query, key) pair per layer; forward + backward is 3x the forward. The matmul
+rate is a float32 [1024 x 1024] product timed in the same run with the same threads.
+
+Training steps. The trainer on default-run-shaped trees (8 trees per step, ~1.1 M
+parameters): packed with the dense mask, one tree per forward (the default); packed with
+the lean path and every tree of a step in one forward; and one row per path.
 """
 
 from __future__ import annotations
@@ -15,25 +33,297 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any, Self, cast
 
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from learner.config import LearnerConfig, ModelSection, OptimiserSection, TrainingSection
+from learner.config import AttentionKind, LearnerConfig, ModelSection, OptimiserSection, TrainingSection
+from learner.packing import packed_batch, target_logprobs
 from learner.sequences import prepare_tree
 from learner.trainer import Trainer
+from learner.tree_attention import TREE_ATTENTION
+from learner.tree_layout import dense_mask
 from tests.learner.models import build_tiny_qwen3
-from tests.learner.trees import random_tree
+from tests.learner.trees import node, random_tree, tree
 
 RESULTS = Path(__file__).parent / "results" / "learner_throughput.json"
 VOCAB = 600
+PATHS = ("dense_forward", "flex_forward", "dense_train", "lean_train")
+#: The long-context model: head_dim 64, so attention runs on realistic head widths.
+LONG_MODEL = {"hidden": 256, "layers": 4, "mlp": 1024}
+STEP_MODEL = {"hidden": 128, "layers": 4, "mlp": 512}
+#: A dense-mask run is skipped when its estimated memory passes this share of what is available.
+DENSE_MEMORY_SHARE = 0.5
 
 
-def make_batches(seed: int, steps: int, trees_per_step: int) -> list[list]:
+# ---------------------------------------------------------------------------- synthetic tree
+
+
+def synthetic_tree(length: int, seed: int = 0):
+    """An agent-like tree whose packed layout has about ``length`` tokens."""
+    rng = random.Random(seed)
+    shape: list[tuple[int | None, int]] = []  # (parent index, depth) in preorder
+
+    def grow(parent: int | None, depth: int) -> None:
+        shape.append((parent, depth))
+        me = len(shape) - 1
+        if depth < 6:
+            for _ in range(2 if depth in (2, 4) else 1):
+                grow(me, depth + 1)
+
+    for _ in range(2):
+        grow(None, 1)
+    prompt = length // 8
+    body = (length - prompt) // len(shape)
+    nodes = []
+    has_child = {p for p, _ in shape if p is not None}
+    for i, (parent, depth) in enumerate(shape):
+        leaf = i not in has_child
+        action = body if leaf else body // 3
+        tokens = [rng.randrange(1, VOCAB) for _ in range(body)]
+        nodes.append(
+            node(
+                f"n{i}",
+                None if parent is None else f"n{parent}",
+                depth,
+                tokens[:action],
+                tokens[action:],
+                reward=float(rng.random() < 0.5) if leaf else None,
+                logprobs=[-1.0] * action,
+            )
+        )
+    return prepare_tree(tree([rng.randrange(1, VOCAB) for _ in range(prompt)], nodes, f"synthetic-{length}"), 0, 0)
+
+
+# ---------------------------------------------------------------------------- accounting
+
+
+def model_flops(config, batch, train: bool) -> float:
+    """Useful FLOPs of one forward (x3 with the backward) of ``batch``."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    heads, kv_heads, head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    projections = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * config.intermediate_size
+    tokens = batch.input_tokens
+    pairs = int(dense_mask(batch.layout).sum())
+    kept = int(torch.unique(batch.target_predictor).numel())
+    forward = 2 * projections * layers * tokens + 4 * head_dim * heads * pairs * layers + 2 * hidden * VOCAB * kept
+    return float(forward * (3 if train else 1))
+
+
+def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakSampler:
+    """Highest resident set seen every ``interval_s`` while running."""
+
+    def __init__(self, interval_s: float = 0.001) -> None:
+        self.interval_s = interval_s
+        self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+# ---------------------------------------------------------------------------- one measurement (child)
+
+
+def measure(model_dir: str, path: str, length: int, threads: int, min_seconds: float) -> dict:
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=TREE_ATTENTION)
+    train = path.endswith("_train")
+    attention = cast(AttentionKind, path.split("_")[0])
+    model.train(train)
+    model.requires_grad_(train)
+    batch = packed_batch(synthetic_tree(length))
+
+    def once(batch=batch) -> None:
+        if train:
+            logprobs = target_logprobs(model, batch, attention)
+            (-(logprobs * batch.target_weight).sum()).backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                target_logprobs(model, batch, attention)
+
+    # Warm-up: FlexAttention compiles for this length; the others only need a short tree.
+    once(batch if attention == "flex" else packed_batch(synthetic_tree(256)))
+    baseline = _rss_bytes()
+    seconds: list[float] = []
+    with PeakSampler() as sampler:
+        while not seconds or (sum(seconds) < min_seconds and len(seconds) < 5):
+            start = time.perf_counter()
+            once()
+            seconds.append(time.perf_counter() - start)
+    step = statistics.median(seconds)
+    flops = model_flops(model.config, batch, train)
+    return {
+        "path": path,
+        "length": batch.input_tokens,
+        "calls": len(seconds),
+        "seconds_per_call": step,
+        "computed_tokens_per_s": batch.input_tokens / step,
+        "peak_memory_bytes": sampler.peak - baseline,
+        "model_flops_per_call": flops,
+        "model_flops_per_s": flops / step,
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def dense_extrapolation(rows: list[dict], path: str, length: int) -> tuple[float, float] | None:
+    """(peak bytes, seconds) of a dense run at ``length`` from the two longest shorter runs
+    measured, fitted as a L + b L² (activations grow with L, the mask and the attention with
+    L²; a negative coefficient from noisy timings is dropped); from one run, b L² alone.
+    None before any measurement."""
+    done = sorted(
+        (r for r in rows if r["path"] == path and "skipped" not in r and r["length"] < length),
+        key=lambda r: r["length"],
+    )
+    if not done:
+        return None
+
+    def fit(key: str) -> float:
+        if len(done) == 1:
+            return done[0][key] * (length / done[0]["length"]) ** 2
+        (x1, y1), (x2, y2) = ((r["length"], r[key]) for r in done[-2:])
+        quadratic = (y2 / x2 - y1 / x1) / (x2 - x1)
+        linear = y1 / x1 - quadratic * x1
+        if quadratic < 0 or linear < 0:
+            return done[-1][key] * (length / done[-1]["length"]) ** (2 if quadratic >= 0 else 1)
+        return linear * length + quadratic * length**2
+
+    return fit("peak_memory_bytes"), fit("seconds_per_call")
+
+
+def available_bytes() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def run_child(model_dir: Path, path: str, length: int, threads: int, min_seconds: float, timeout_s: float) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    command = [sys.executable, "-m", "bench.learner_throughput", "--child", str(model_dir), path, str(length)]
+    command += ["--threads", str(threads), "--min-seconds", str(min_seconds)]
+    try:
+        done = subprocess.run(command, check=False, capture_output=True, text=True, env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"path": path, "length": length, "skipped": f"did not finish within {timeout_s:.0f} s"}
+    if done.returncode != 0:
+        return {"path": path, "length": length, "skipped": f"failed: {done.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def long_context(lengths: list[int], threads: int, min_seconds: float, timeout_s: float, workdir: Path) -> dict:
+    model_dir = build_tiny_qwen3(workdir / "long", seed=0, **LONG_MODEL)
+    config = AutoConfig.from_pretrained(model_dir)
+    rows: list[dict[str, Any]] = []
+    for length in lengths:
+        for path in PATHS:
+            estimate = dense_extrapolation(rows, path, length) if path.startswith("dense") else None
+            if estimate is not None:
+                need, seconds = estimate
+                reason = ""
+                if need > DENSE_MEMORY_SHARE * available_bytes():
+                    reason = f"needs about {need / 2**30:.1f} GiB, more than {DENSE_MEMORY_SHARE:.0%} of the "
+                    reason += f"{available_bytes() / 2**30:.1f} GiB available"
+                elif seconds > timeout_s:
+                    reason = f"takes about {seconds:.0f} s per call, more than the {timeout_s:.0f} s limit"
+                if reason:
+                    rows.append(
+                        {
+                            "path": path,
+                            "length": length,
+                            "skipped": f"{reason} (fitted to the shorter runs)",
+                            "estimated_peak_memory_bytes": need,
+                            "estimated_seconds_per_call": seconds,
+                        }
+                    )
+                    print(f"{path:14s} L={length:6d} skipped: {rows[-1]['skipped']}", flush=True)
+                    continue
+            row = run_child(model_dir, path, length, threads, min_seconds, timeout_s)
+            rows.append(row)
+            if "skipped" in row:
+                print(f"{path:14s} L={length:6d} skipped: {row['skipped']}", flush=True)
+            else:
+                print(
+                    f"{path:14s} L={row['length']:6d} {row['computed_tokens_per_s']:9.0f} tok/s  "
+                    f"{row['peak_memory_bytes'] / 2**20:8.1f} MiB peak  {row['model_flops_per_s'] / 1e9:6.2f} GFLOP/s",
+                    flush=True,
+                )
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    return {
+        "model": {
+            "parameters": params,
+            "hidden": config.hidden_size,
+            "layers": config.num_hidden_layers,
+            "heads": config.num_attention_heads,
+            "kv_heads": config.num_key_value_heads,
+            "head_dim": config.head_dim,
+            "vocab": config.vocab_size,
+        },
+        "runs": rows,
+    }
+
+
+def summarise(runs: list[dict], matmul_rate: float) -> dict:
+    """Per length: speed-ups and memory ratios of the lean paths over the dense reference."""
+    by = {(r["path"], r["length"]): r for r in runs if "skipped" not in r}
+    summary = {}
+    for length in sorted({r["length"] for r in runs}):
+        entry = {}
+        for path in PATHS:
+            if (path, length) in by:
+                entry[f"{path}_share_of_matmul_rate"] = by[path, length]["model_flops_per_s"] / matmul_rate
+        for lean, dense in (("flex_forward", "dense_forward"), ("lean_train", "dense_train")):
+            if (lean, length) in by and (dense, length) in by:
+                a, b = by[lean, length], by[dense, length]
+                entry[f"{lean}_speedup"] = a["computed_tokens_per_s"] / b["computed_tokens_per_s"]
+                entry[f"{dense}_over_{lean}_peak_memory"] = b["peak_memory_bytes"] / max(a["peak_memory_bytes"], 1)
+        summary[str(length)] = entry
+    return summary
+
+
+# ---------------------------------------------------------------------------- training steps
+
+
+def step_batches(seed: int, steps: int, trees_per_step: int) -> list[list]:
     rng = random.Random(seed)
     return [
         [
@@ -55,15 +345,15 @@ def make_batches(seed: int, steps: int, trees_per_step: int) -> list[list]:
     ]
 
 
-def run(model_dir: Path, batches: list[list], packing: bool) -> dict:
+def run_steps(model_dir: Path, batches: list[list], model: ModelSection) -> dict:
     config = LearnerConfig(
-        model=ModelSection(model_dir=str(model_dir), packing=packing),
+        model=model,
         optimiser=OptimiserSection(lr=1e-5),
         training=TrainingSection(staleness_eta=len(batches) + 1),
     )
     trainer = Trainer(config)
     trainer.train_step(batches[0])  # warm-up, not timed
-    seconds, path_tokens, computed, trained = [], 0, 0, 0
+    seconds, path_tokens, computed, trained, forwards = [], 0, 0, 0, 0
     for batch in batches[1:]:
         start = time.perf_counter()
         metrics = trainer.train_step(batch)
@@ -72,11 +362,14 @@ def run(model_dir: Path, batches: list[list], packing: bool) -> dict:
         path_tokens += sum(t.path_token_counts()[2] for t in trees)
         computed += int(metrics["input_tokens"])
         trained += int(metrics["trained_tokens"])
+        forwards += int(metrics["forwards"])
     total = sum(seconds)
     return {
-        "parameters": sum(p.numel() for p in trainer.model.parameters()),
-        "packing": packing,
+        "packing": model.packing,
+        "attention": model.attention,
+        "max_tokens_per_forward": model.max_tokens_per_forward,
         "timed_steps": len(seconds),
+        "forwards_per_step": forwards / len(seconds),
         "seconds_per_step_median": statistics.median(seconds),
         "path_tokens_per_s": path_tokens / total,
         "computed_tokens_per_s": computed / total,
@@ -86,46 +379,74 @@ def run(model_dir: Path, batches: list[list], packing: bool) -> dict:
     }
 
 
+def training_steps(steps: int, trees_per_step: int, seed: int, workdir: Path) -> dict:
+    batches = step_batches(seed, steps + 1, trees_per_step)
+    model_dir = build_tiny_qwen3(workdir / "steps", seed=seed, **STEP_MODEL)
+    base = ModelSection(model_dir=str(model_dir))
+    layouts = {
+        "packed_dense": base,
+        "packed_lean_one_forward": ModelSection(
+            model_dir=str(model_dir), attention="lean", max_tokens_per_forward=16384
+        ),
+        "unpacked": ModelSection(model_dir=str(model_dir), packing=False),
+    }
+    out: dict[str, Any] = {}
+    for name, section in layouts.items():
+        out[name] = run_steps(model_dir, batches, section)
+        r = out[name]
+        print(
+            f"{name:24s} {r['path_tokens_per_s']:8.0f} path tok/s  {r['computed_tokens_per_s']:8.0f} computed tok/s  "
+            f"{r['seconds_per_step_median']:.2f} s/step",
+            flush=True,
+        )
+    config = AutoConfig.from_pretrained(model_dir)
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    out["model"] = {"parameters": params, "hidden": config.hidden_size, "layers": config.num_hidden_layers}
+    out["trees_per_step"] = trees_per_step
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per layout (plus one warm-up)")
-    parser.add_argument("--trees-per-step", type=int, default=8)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="timed calls per measurement last at least this")
+    parser.add_argument("--timeout-s", type=float, default=1800.0, help="limit per (path, length) measurement")
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps per layout (plus one warm-up)")
+    parser.add_argument("--trees-per-step", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", nargs=3, metavar=("MODEL_DIR", "PATH", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        model_dir, path, length = args.child
+        print(json.dumps(measure(model_dir, path, int(length), args.threads, args.min_seconds)))
+        return
+
     torch.set_num_threads(args.threads)
-    batches = make_batches(args.seed, args.steps + 1, args.trees_per_step)
+    started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_qwen3(Path(tmp) / "model", seed=args.seed, hidden=128, layers=4, mlp=512)
-        packed = run(model_dir, batches, packing=True)
-        unpacked = run(model_dir, batches, packing=False)
-        unpacked.pop("parameters")
-        config = AutoConfig.from_pretrained(model_dir)
+        matmul_before = matmul_flops_per_s()
+        print(f"matmul {matmul_before / 1e9:.1f} GFLOP/s", flush=True)
+        long = long_context(args.lengths, args.threads, args.min_seconds, args.timeout_s, Path(tmp))
+        matmul_after = matmul_flops_per_s()
+        steps = training_steps(args.steps, args.trees_per_step, args.seed, Path(tmp)) if args.steps else {}
+    matmul_rate = (matmul_before + matmul_after) / 2
     result = {
-        "model": {
-            "parameters": packed.pop("parameters"),
-            "hidden": config.hidden_size,
-            "layers": config.num_hidden_layers,
-            "vocab": config.vocab_size,
-        },
+        "torch": torch.__version__,
         "threads": args.threads,
+        "wall_seconds": time.time() - started,
         # Other processes share these cores; the load average says how much.
         "load_average_1m_at_end": os.getloadavg()[0],
-        "trees_per_step": args.trees_per_step,
-        "packed": packed,
-        "unpacked": unpacked,
-        "token_savings": 1 - packed["computed_tokens_per_step"] / unpacked["computed_tokens_per_step"],
-        "speedup_path_tokens_per_s": packed["path_tokens_per_s"] / unpacked["path_tokens_per_s"],
+        "matmul_flops_per_s": {"before": matmul_before, "after": matmul_after, "mean": matmul_rate},
+        "long_context": {**long, "summary": summarise(long["runs"], matmul_rate)},
+        "training_steps": steps,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
-    for name in ("packed", "unpacked"):
-        r = result[name]
-        print(
-            f"{name:9s} {r['path_tokens_per_s']:9.0f} path tok/s  {r['computed_tokens_per_s']:9.0f} computed tok/s  "
-            f"{r['trained_action_tokens_per_s']:8.0f} trained tok/s  {r['seconds_per_step_median']:.2f} s/step"
-        )
-    print(f"token savings {result['token_savings']:.1%}, speed-up {result['speedup_path_tokens_per_s']:.2f}x")
+    print(json.dumps(result["long_context"]["summary"], indent=2))
     print(f"wrote {RESULTS}")
 
 

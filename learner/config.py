@@ -9,6 +9,9 @@ from tracerl.config import BusConfig, LogConfig, RunConfig
 
 AdvantageKind = Literal["flat_grpo", "tree_grpo", "value_difference"]
 LossKind = Literal["ppo_clip", "decoupled_ppo", "lpo"]
+# How a packed forward computes attention; see ModelSection.attention and learner.tree_attention.
+AttentionKind = Literal["dense", "flex", "lean"]
+ATTENTION_KINDS: tuple[AttentionKind, ...] = ("dense", "flex", "lean")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,25 @@ class ModelSection:
     dtype: Literal["float32", "bfloat16"] = "float32"
     # Tree packing computes shared prefixes once; unpacked runs one row per root-to-leaf path.
     packing: bool = True
+    # How a packed forward computes attention (``learner.tree_attention``): "dense" builds the
+    # [L, L] tree mask for SDPA (the reference; quadratic memory); "flex" uses FlexAttention
+    # with the tree's block mask everywhere (GPUs: PyTorch has no CPU backward for it);
+    # "lean" trains by query chunks over each chunk's ancestor keys and runs forwards without
+    # gradients (proximal, reference) through FlexAttention. Unpacked rows always use SDPA.
+    attention: AttentionKind = "dense"
+    # Queries per chunk of the "lean" path: its transient scores are heads x chunk x keys.
+    lean_chunk_tokens: int = 256
+    # Packed trees share one forward up to this many tokens; 0 runs one tree per forward.
+    # A tree longer than the budget still gets a forward of its own.
+    max_tokens_per_forward: int = 0
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.lean_chunk_tokens < 1:
+            raise ValueError(f"lean_chunk_tokens must be >= 1, got {self.lean_chunk_tokens}")
+        if self.max_tokens_per_forward < 0:
+            raise ValueError(f"max_tokens_per_forward must be >= 0, got {self.max_tokens_per_forward}")
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,17 @@ from learner.losses import (
     ppo_clip_token_loss,
     truncated_importance_weight,
 )
-from learner.packing import ForwardBatch, forward_batch, path_logprob_sums, target_logprobs, to_device
+from learner.packing import (
+    ForwardBatch,
+    forward_batch,
+    forward_groups,
+    merge_packed,
+    path_logprob_sums,
+    target_logprobs,
+    to_device,
+)
 from learner.sequences import TrainingTree, TreeRejected, prepare_tree
+from learner.tree_attention import TREE_ATTENTION
 from protocol.messages import CompletedTree
 from tracerl.logs import get_logger
 
@@ -74,6 +83,30 @@ class _PreparedTree:
     batch: ForwardBatch
     target_advantage: torch.Tensor
     path_advantage: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """One model forward: one tree, or several packed trees (``model.max_tokens_per_forward``)."""
+
+    batch: ForwardBatch
+    target_advantage: torch.Tensor
+    path_advantage: torch.Tensor
+
+
+def _forwards(prepared: list[_PreparedTree], packing: bool, max_tokens: int) -> list[_Forward]:
+    groups = forward_groups([p.batch.input_tokens for p in prepared], max_tokens if packing else 0)
+    out = []
+    for group in groups:
+        members = [prepared[i] for i in group]
+        out.append(
+            _Forward(
+                merge_packed([p.batch for p in members]) if len(members) > 1 else members[0].batch,
+                torch.cat([p.target_advantage for p in members]),
+                torch.cat([p.path_advantage for p in members]),
+            )
+        )
+    return out
 
 
 def _untie_embeddings(model: PreTrainedModel) -> bool:
@@ -134,14 +167,21 @@ class Trainer:
         set_seed(config.run.seed)
         self.accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
         dtype = torch.bfloat16 if config.model.dtype == "bfloat16" else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(config.model.model_dir, dtype=dtype, attn_implementation="sdpa")
+        if config.model.attention == "flex" and self.accelerator.device.type == "cpu":
+            raise ValueError(
+                'model.attention "flex" trains through FlexAttention\'s backward, which PyTorch does not '
+                'implement on the CPU; use "lean" there'
+            )
+        model = AutoModelForCausalLM.from_pretrained(
+            config.model.model_dir, dtype=dtype, attn_implementation=TREE_ATTENTION
+        )
         if _untie_embeddings(model):
             log.info("untied_embeddings", model_dir=config.model.model_dir)
         self.vocab_size = int(model.config.vocab_size)
         self.reference = None
         if config.loss.kl_coef > 0:
             self.reference = AutoModelForCausalLM.from_pretrained(
-                config.model.model_dir, dtype=dtype, attn_implementation="sdpa"
+                config.model.model_dir, dtype=dtype, attn_implementation=TREE_ATTENTION
             )
             self.reference.requires_grad_(False).eval().to(self.accelerator.device)
         opt = config.optimiser
@@ -253,14 +293,16 @@ class Trainer:
             return {**metrics, "skipped": True, "skip_reason": "nothing_to_train"}
 
         updates = cfg.training.updates_per_batch
-        proximal: list[torch.Tensor | None] = [None] * len(prepared)
+        forwards = _forwards(prepared, cfg.model.packing, cfg.model.max_tokens_per_forward)
+        proximal: list[torch.Tensor | None] = [None] * len(forwards)
         if updates > 1:
             # Frozen before the first update, so later updates clip against the policy
             # the batch started from (with one update it is the current policy, detached).
             with torch.no_grad():
-                proximal = [target_logprobs(self.model, to_device(p.batch, device)) for p in prepared]
+                proximal = [self._logprobs(self.model, to_device(f.batch, device)) for f in forwards]
+        metrics["forwards"] = len(forwards)
         for update in range(updates):
-            totals = self._accumulate_gradients(prepared, proximal, token_weight, groups)
+            totals = self._accumulate_gradients(forwards, proximal, token_weight, groups)
             grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optimiser.max_grad_norm))
             diagnostics = {
                 "loss": totals[0],
@@ -297,18 +339,22 @@ class Trainer:
         past = (self.policy_version - versions) > self.config.training.staleness_eta
         return float(item.batch.target_weight[past].sum())
 
+    def _logprobs(self, model: torch.nn.Module, batch: ForwardBatch) -> torch.Tensor:
+        section = self.config.model
+        return target_logprobs(model, batch, section.attention, section.lean_chunk_tokens)
+
     def _accumulate_gradients(
         self,
-        prepared: list[_PreparedTree],
+        forwards: list[_Forward],
         proximal: list[torch.Tensor | None],
         token_weight: float,
         groups: float,
     ) -> list[float]:
-        """Backward over this rank's trees, all-reduced once; returns the global diagnostic sums."""
+        """Backward over this rank's forwards, all-reduced once; returns the global diagnostic sums."""
         sums = torch.zeros(6, dtype=torch.float64, device=self.accelerator.device)
         scale = float(self.world_size)
         self.optimiser.zero_grad(set_to_none=True)
-        work: list[tuple[_PreparedTree, torch.Tensor | None] | None] = list(zip(prepared, proximal, strict=True)) or [
+        work: list[tuple[_Forward, torch.Tensor | None] | None] = list(zip(forwards, proximal, strict=True)) or [
             None
         ]  # a rank without trees still joins the all-reduce
         for i, item in enumerate(work):
@@ -318,21 +364,21 @@ class Trainer:
                 if item is None:
                     loss = self._idle_loss()
                 else:
-                    loss, stats = self._tree_loss(item[0], item[1], token_weight, groups)
+                    loss, stats = self._forward_loss(item[0], item[1], token_weight, groups)
                     sums += stats
                     loss = loss * scale
                 self.accelerator.backward(loss)
         return self.accelerator.reduce(sums, "sum").tolist()
 
-    def _tree_loss(
-        self, item: _PreparedTree, proximal: torch.Tensor | None, token_weight: float, groups: float
+    def _forward_loss(
+        self, item: _Forward, proximal: torch.Tensor | None, token_weight: float, groups: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """This tree's share of the global loss, plus diagnostic sums (weighted by tokens)."""
+        """This forward's trees' share of the global loss, plus diagnostic sums (weighted by tokens)."""
         cfg = self.config.loss
         batch = to_device(item.batch, self.accelerator.device)
         adv = item.target_advantage.to(batch.input_ids.device)
         weight = batch.target_weight
-        current = target_logprobs(self.model, batch)
+        current = self._logprobs(self.model, batch)
         behaviour = batch.behaviour_logprobs
         if proximal is None:
             proximal = current.detach()
@@ -350,12 +396,17 @@ class Trainer:
             is_weight = truncated_importance_weight(proximal, behaviour, cfg.importance_cap)
         else:
             path_lp = path_logprob_sums(current, batch)
-            group = lpo_group_loss(path_lp, item.path_advantage.to(path_lp.device), cfg.lpo_beta, cfg.lpo_divergence)
-            loss = group / groups
+            path_adv = item.path_advantage.to(path_lp.device)
+            # Each tree is its own group: the loss is a sum of per-tree group losses.
+            per_tree = [
+                lpo_group_loss(lp, adv, cfg.lpo_beta, cfg.lpo_divergence)
+                for lp, adv in zip(path_lp.split(batch.tree_paths), path_adv.split(batch.tree_paths), strict=True)
+            ]
+            loss = torch.stack(per_tree).sum() / groups
         ref_kl = torch.zeros_like(current)
         if self.reference is not None:
             with torch.no_grad():
-                reference = target_logprobs(self.reference, batch)
+                reference = self._logprobs(self.reference, batch)
             ref_kl = k3_kl(current, reference)
             loss = loss + cfg.kl_coef * (ref_kl * weight).sum() / token_weight
         stats = torch.stack(

@@ -11,9 +11,22 @@ from tests.learner.trees import random_tree
 VOCAB = 600
 
 
-def learner_config(model_dir, packing: bool = True, loss_kind: str = "decoupled_ppo", **loss) -> LearnerConfig:
+def learner_config(
+    model_dir,
+    packing: bool = True,
+    loss_kind: str = "decoupled_ppo",
+    attention: str = "dense",
+    max_tokens_per_forward: int = 0,
+    **loss,
+) -> LearnerConfig:
     return LearnerConfig(
-        model=ModelSection(model_dir=str(model_dir), packing=packing),
+        model=ModelSection(
+            model_dir=str(model_dir),
+            packing=packing,
+            attention=attention,
+            max_tokens_per_forward=max_tokens_per_forward,
+            lean_chunk_tokens=32,
+        ),
         optimiser=OptimiserSection(lr=1e-3, max_grad_norm=1.0),
         loss=LossSection(kind=loss_kind, **loss),
         training=TrainingSection(staleness_eta=2),

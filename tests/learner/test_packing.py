@@ -10,6 +10,7 @@ from learner.advantages import node_advantages
 from learner.losses import lpo_group_loss, ppo_clip_token_loss
 from learner.packing import packed_batch, path_logprob_sums, target_logprobs, unpacked_batch
 from learner.sequences import prepare_tree
+from learner.tree_layout import dense_mask
 from protocol.messages import replace
 from tests.learner.models import TINY_VOCAB
 from tests.learner.trees import node, packed_token_count, random_tree, tree
@@ -37,7 +38,7 @@ def test_packed_layout_of_a_small_tree():
     assert batch.input_ids.tolist() == [[1, 2, 10, 11, 20, 12, 13]]
     # c restarts at the position after a's observation, like b
     assert batch.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 5]]
-    mask = batch.attention_mask[0, 0].int().tolist()
+    mask = dense_mask(batch.layout).int().tolist()
     assert mask[6] == [1, 1, 1, 1, 1, 0, 1]  # c sees prompt, a and itself, not b
     assert mask[5] == [1, 1, 1, 1, 1, 1, 0]
     # targets: a's two tokens (on both paths), then b, then c; each predicted from its predecessor

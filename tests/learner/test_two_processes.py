@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import safetensors.torch
 
 from learner.trainer import Trainer
@@ -21,12 +22,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("layout", ["packed", "lean"])
+def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path, layout):
+    """Either layout on two ranks against the default (dense, one tree per forward) on one."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     command = [
         sys.executable, "-m", "torch.distributed.run",
         "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-        str(REPO / "tests/learner/two_process_worker.py"), str(tiny_model_dir), str(tmp_path), "packed",
+        str(REPO / "tests/learner/two_process_worker.py"), str(tiny_model_dir), str(tmp_path), layout,
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -43,5 +46,8 @@ def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path
     two = safetensors.torch.load_file(str(tmp_path / "ckpt" / "model.safetensors"))
     one = single.accelerator.unwrap_model(single.model).state_dict()
     worst = max((two[k] - one[k]).abs().max().item() for k in one)
-    assert worst < 1e-6, worst
+    # The same arithmetic on both sides for "packed"; "lean" sums attention in another order,
+    # and Adam's first steps (size ~lr = 1e-3 whatever the gradient's scale) carry the last
+    # digits of small gradients into the weights: still under 1% of one step.
+    assert worst < (1e-6 if layout == "packed" else 1e-5), worst
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]

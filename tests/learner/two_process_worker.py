@@ -11,10 +11,17 @@ import torch
 from learner.trainer import Trainer
 from tests.learner.helpers import batches, learner_config
 
+#: Forward layouts by name: "lean" packs every tree of a rank into one forward through the chunked path.
+LAYOUTS = {
+    "packed": {"packing": True},
+    "unpacked": {"packing": False},
+    "lean": {"packing": True, "attention": "lean", "max_tokens_per_forward": 100_000},
+}
 
-def main(model_dir: str, out_dir: str, packing: str) -> None:
+
+def main(model_dir: str, out_dir: str, layout: str) -> None:
     torch.set_num_threads(1)
-    trainer = Trainer(learner_config(model_dir, packing=packing == "packed"))
+    trainer = Trainer(learner_config(model_dir, **LAYOUTS[layout]))
     losses, trees = [], []
     # Step 1: five trees split 3 / 2. Step 2: one tree, so rank 1 idles but must still
     # join the gradient all-reduce.
