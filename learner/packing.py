@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from learner.losses import path_sums
 from learner.sequences import NO_NODE, TrainingTree, path_sequences
 
 PAD_TOKEN_ID = 0  # padded positions are masked out; any valid id will do
@@ -188,8 +189,7 @@ def target_logprobs(model: torch.nn.Module, batch: ForwardBatch) -> torch.Tensor
 
 def path_logprob_sums(token_logprobs: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
     """Σ of trained token logprobs along each path (shared tokens counted in every path)."""
-    sums = torch.zeros(len(batch.path_leaf), dtype=token_logprobs.dtype, device=token_logprobs.device)
-    return sums.index_add(0, batch.path_of_pair, token_logprobs[batch.target_of_pair])
+    return path_sums(token_logprobs, batch.path_of_pair, batch.target_of_pair, len(batch.path_leaf))
 
 
 def to_device(batch: ForwardBatch, device: torch.device) -> ForwardBatch:
