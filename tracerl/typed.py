@@ -412,7 +412,7 @@ def _array_converter(packed: Packed) -> Converter:
     typecode = packed.typecode
     itemsize = array(typecode).itemsize
 
-    def convert_array(value: Any, path: str, lenient: bool) -> list:
+    def convert_array(value: Any, path: str, lenient: bool) -> list[Any]:
         arr = array(typecode)
         if isinstance(value, (bytes, bytearray)):  # the packed form: one memcpy
             if len(value) % itemsize:
