@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from learner.losses import path_sums
 from learner.sequences import NO_NODE, TrainingTree, path_sequences
 
 PAD_TOKEN_ID = 0  # padded positions are masked out; any valid id will do
@@ -185,11 +184,6 @@ def target_logprobs(model: torch.nn.Module, batch: ForwardBatch) -> torch.Tensor
     ).logits
     picked = logits[batch.target_row, batch.target_predictor].float()
     return picked.log_softmax(-1).gather(-1, batch.target_token[:, None]).squeeze(-1)
-
-
-def path_logprob_sums(token_logprobs: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-    """Σ of trained token logprobs along each path (shared tokens counted in every path)."""
-    return path_sums(token_logprobs, batch.path_of_pair, batch.target_of_pair, len(batch.path_leaf))
 
 
 def to_device(batch: ForwardBatch, device: torch.device) -> ForwardBatch:

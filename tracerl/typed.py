@@ -46,7 +46,6 @@ Int32List = typing.Annotated[list[int], Packed("i")]
 # float32 rounds each value to the nearest float32 (beyond its range: to +-inf); use it only
 # where the source is float32 anyway, so nothing is lost (vLLM's logprobs are).
 Float32List = typing.Annotated[list[float], Packed("f")]
-Float64List = typing.Annotated[list[float], Packed("d")]
 
 _hint_cache: dict[type, dict[str, Any]] = {}
 

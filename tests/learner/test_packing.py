@@ -7,8 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from learner.advantages import node_advantages
-from learner.losses import lpo_group_loss, ppo_clip_token_loss
-from learner.packing import packed_batch, path_logprob_sums, target_logprobs, unpacked_batch
+from learner.losses import lpo_group_loss, path_sums, ppo_clip_token_loss
+from learner.packing import ForwardBatch, packed_batch, target_logprobs, unpacked_batch
 from learner.sequences import prepare_tree
 from protocol.messages import replace
 from tests.learner.models import TINY_VOCAB
@@ -54,6 +54,10 @@ def test_packed_layout_of_a_small_tree():
     ]
     unpacked = unpacked_batch(t)
     assert unpacked.input_tokens == 12 and batch.input_tokens == 7
+
+
+def path_logprob_sums(token_logprobs: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+    return path_sums(token_logprobs, batch.path_of_pair, batch.target_of_pair, len(batch.path_leaf))
 
 
 def _loss(model, batch, advantages, kind):
