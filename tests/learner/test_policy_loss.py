@@ -52,7 +52,7 @@ def inputs(
 
 def stats_dict(stats) -> dict[str, float]:
     names = ("loss", "clipped", "mismatch_kl", "importance_weight", "reference_kl")
-    return dict(zip(names, stats.as_tensor().tolist()))
+    return dict(zip(names, stats.as_tensor().tolist(), strict=True))
 
 
 def k3(log_ratio: float) -> float:
@@ -123,7 +123,7 @@ def test_lpo_by_hand_on_two_paths_sharing_a_prefix_token():
     loss, stats = policy_loss(settings, batch, 4.0, 2.0)
     p = (0.2 / 0.5, 0.3 / 0.5)  # renormalised over the group
     q = (math.e / (math.e + 1), 1 / (math.e + 1))  # softmax(A / beta)
-    kl = sum(qi * LOG(qi / pi) for pi, qi in zip(p, q))
+    kl = sum(qi * LOG(qi / pi) for pi, qi in zip(p, q, strict=True))
     assert loss.item() == pytest.approx(kl / 2)  # divided by the batch's 2 groups
     got = stats_dict(stats)
     assert got["clipped"] == 0.0 and got["importance_weight"] == pytest.approx(4.0) and got["mismatch_kl"] == 0.0
@@ -199,9 +199,9 @@ def loop_policy_loss(
         log_zq = top + math.log(sum(math.exp(a - top) for a in scaled))
         log_q = [a - log_zq for a in scaled]
         if settings.lpo_divergence == "forward_kl":
-            kl = sum(math.exp(lq) * (lq - lp) for lp, lq in zip(log_p, log_q))
+            kl = sum(math.exp(lq) * (lq - lp) for lp, lq in zip(log_p, log_q, strict=True))
         else:
-            kl = sum(math.exp(lp) * (lp - lq) for lp, lq in zip(log_p, log_q))
+            kl = sum(math.exp(lp) * (lp - lq) for lp, lq in zip(log_p, log_q, strict=True))
         loss = kl / groups
         importance = sum(weights)
     mismatch = sum(weights[i] * k3(current[i] - behaviour[i]) for i in range(n))

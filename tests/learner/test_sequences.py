@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 import pytest
 
 from learner.sequences import NO_NODE, NO_VERSION, TreeRejected, path_sequences, prepare_tree

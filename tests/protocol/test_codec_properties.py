@@ -160,7 +160,7 @@ def test_completed_tree_records_carry_float32_logprobs_and_nothing_unread() -> N
 
     # Version 1 records also carried value, visits and env_score, with float64 action_logprobs.
     v1_nodes = []
-    for record, node in zip(records, tree.nodes):
+    for record, node in zip(records, tree.nodes, strict=True):
         v1 = {k: v for k, v in record.items() if k != "behaviour_logprobs"}
         logprobs = node.behaviour_logprobs
         v1_nodes.append(
