@@ -22,8 +22,9 @@ from protocol import (
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
-# Logprobs come from the engine as float32, which is what TurnNode carries on the wire.
-LOGPROB = st.floats(max_value=0.0, allow_nan=False, allow_infinity=False, width=32)
+# Logprobs come from the engine as float32, which is what TurnNode carries on the wire. Bounded
+# so that a node's (at most 40) sum to a finite float32, as check_behaviour_logprobs requires.
+LOGPROB = st.floats(min_value=-(2.0**119), max_value=0.0, width=32)
 IDS = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=16)
 TEXT = st.text(max_size=40)
 TOKENS = st.lists(INT32, max_size=40)
