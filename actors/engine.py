@@ -113,7 +113,7 @@ class Generation:
     """One generated turn: ids and behaviour logprobs align one to one."""
 
     token_ids: list[int]
-    logprobs: list[float]
+    behaviour_logprobs: list[float]
     text: str
     num_prompt_tokens: int
     num_cached_tokens: int
@@ -342,7 +342,7 @@ class PolicyEngine:
         self.cached_tokens += cached
         return Generation(
             token_ids=token_ids,
-            logprobs=logprobs,
+            behaviour_logprobs=logprobs,
             text=text,
             num_prompt_tokens=len(prompt_ids),
             num_cached_tokens=cached,

@@ -196,7 +196,7 @@ async def run_chain(
             policy_version=generation.policy_version,
             prompt_token_ids=prompt_ids if depth == 1 else [],
             action_token_ids=generation.token_ids,
-            action_logprobs=generation.logprobs,
+            behaviour_logprobs=generation.behaviour_logprobs,
             observation_token_ids=obs_ids,
             action_text=generation.text,
             observation_text=step.observation,

@@ -126,7 +126,7 @@ class SimulatedActor:
                         policy_version=policy_version,
                         prompt_token_ids=[1, 2, 3] if depth == 1 else [],
                         action_token_ids=list(range(10, 10 + cfg.tokens_per_action)),
-                        action_logprobs=logprobs,
+                        behaviour_logprobs=logprobs,
                         observation_token_ids=[] if done else [4, 5],
                         action_text=f"search step{depth}",
                         observation_text="" if done else _hint(p, new_p),

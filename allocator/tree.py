@@ -266,7 +266,7 @@ class RolloutTree:
     def to_completed(self, *, run_id: str, strategy: str, status: str, now: float) -> tuple[CompletedTree | None, int]:
         """The tree as the learner sees it, and the number of nodes left out.
 
-        Only nodes on complete root-to-leaf paths (visits >= 1) are kept: a chain that never
+        Only nodes on complete root-to-leaf paths (leaves >= 1) are kept: a chain that never
         reached a terminal turn (a lost branch, a pruned search candidate) has no reward to
         learn from. Returns ``None`` when no complete path exists.
         """
@@ -277,13 +277,10 @@ class RolloutTree:
                 depth=s.node.depth,
                 policy_version=s.node.policy_version,
                 action_token_ids=list(s.node.action_token_ids),
-                action_logprobs=list(s.node.action_logprobs),
+                behaviour_logprobs=list(s.node.behaviour_logprobs),
                 observation_token_ids=list(s.node.observation_token_ids),
                 done=s.node.done,
                 reward=s.node.reward,
-                value=min(1.0, max(0.0, s.value)),
-                visits=s.leaves,
-                env_score=s.node.env_score,
             )
             for s in self._topological()
             if s.leaves >= 1

@@ -71,7 +71,7 @@ def make_node(run_id: str, index: int) -> TurnNode:
         policy_version=3,
         prompt_token_ids=[],
         action_token_ids=[(index * 31 + k) % 32000 for k in range(300)],
-        action_logprobs=[-((index + k) % 997) / 1024 for k in range(300)],
+        behaviour_logprobs=[-((index + k) % 997) / 1024 for k in range(300)],
         observation_token_ids=[(index * 17 + k) % 32000 for k in range(50)],
         action_text="<think> the film was directed by someone </think> <search> director of the film </search>",
         observation_text="<information> Doc 1: ... Doc 2: ... </information>",

@@ -161,7 +161,7 @@ def template(cls: type[Any], run_id: str, rng: random.Random) -> Any:
             policy_version=0,
             prompt_token_ids=tokens[:4],
             action_token_ids=tokens,
-            action_logprobs=logprobs,
+            behaviour_logprobs=logprobs,
             observation_token_ids=tokens[:3],
             action_text="<search>x</search>",
             observation_text="nothing",
@@ -195,13 +195,10 @@ def template(cls: type[Any], run_id: str, rng: random.Random) -> Any:
             depth=1,
             policy_version=0,
             action_token_ids=tokens,
-            action_logprobs=logprobs,
+            behaviour_logprobs=logprobs,
             observation_token_ids=[],
             done=True,
             reward=1.0,
-            value=1.0,
-            visits=1,
-            env_score=1.0,
         )
         return CompletedTree(
             run_id=run_id,

@@ -82,7 +82,7 @@ def packed_batch(tree: TrainingTree) -> ForwardBatch:
     t_token: list[int] = []
     t_node: list[int] = []
     t_weight: list[float] = []
-    t_behaviour: list[float] = []
+    t_behaviour_logprobs: list[float] = []
     node_targets: list[list[int]] = []
 
     for node in range(tree.num_nodes):
@@ -104,7 +104,7 @@ def packed_batch(tree: TrainingTree) -> ForwardBatch:
                 t_token.append(token)
                 t_node.append(node)
                 t_weight.append(float(multiplicity[node]))
-                t_behaviour.append(tree.behaviour_logprobs[node][k])
+                t_behaviour_logprobs.append(tree.behaviour_logprobs[node][k])
         node_targets.append(mine)
 
     path_of_pair, target_of_pair = [], []
@@ -123,7 +123,7 @@ def packed_batch(tree: TrainingTree) -> ForwardBatch:
         target_token=_long(t_token),
         target_node=_long(t_node),
         target_weight=torch.tensor(t_weight, dtype=torch.float32),
-        behaviour_logprobs=torch.tensor(t_behaviour, dtype=torch.float32),
+        behaviour_logprobs=torch.tensor(t_behaviour_logprobs, dtype=torch.float32),
         path_of_pair=_long(path_of_pair),
         target_of_pair=_long(target_of_pair),
         path_leaf=_long([path[-1] for path in tree.paths]),
@@ -136,7 +136,7 @@ def unpacked_batch(tree: TrainingTree) -> ForwardBatch:
     rows = path_sequences(tree)
     width = max(len(r.token_ids) for r in rows)
     input_ids, positions, attention = [], [], []
-    t_row, t_pred, t_token, t_node, t_behaviour = [], [], [], [], []
+    t_row, t_pred, t_token, t_node, t_behaviour_logprobs = [], [], [], [], []
     path_of_pair = []
     for r, row in enumerate(rows):
         n = len(row.token_ids)
@@ -150,7 +150,7 @@ def unpacked_batch(tree: TrainingTree) -> ForwardBatch:
                 t_pred.append(t - 1)
                 t_token.append(row.token_ids[t])
                 t_node.append(row.node_index[t])
-                t_behaviour.append(row.behaviour_logprobs[t])
+                t_behaviour_logprobs.append(row.behaviour_logprobs[t])
     return ForwardBatch(
         input_ids=_long(input_ids),
         position_ids=_long(positions),
@@ -161,7 +161,7 @@ def unpacked_batch(tree: TrainingTree) -> ForwardBatch:
         target_token=_long(t_token),
         target_node=_long(t_node),
         target_weight=torch.ones(len(t_token), dtype=torch.float32),
-        behaviour_logprobs=torch.tensor(t_behaviour, dtype=torch.float32),
+        behaviour_logprobs=torch.tensor(t_behaviour_logprobs, dtype=torch.float32),
         path_of_pair=_long(path_of_pair),
         target_of_pair=torch.arange(len(t_token), dtype=torch.long),
         path_leaf=_long([row.leaf_index for row in rows]),
@@ -264,12 +264,6 @@ def target_logprobs(
     logits: torch.Tensor = model(**model_inputs(model, batch, attention, lean_chunk), logits_to_keep=keep).logits
     picked = logits[batch.target_row, torch.searchsorted(keep, batch.target_predictor)].float()
     return picked.log_softmax(-1).gather(-1, batch.target_token[:, None]).squeeze(-1)
-
-
-def path_logprob_sums(token_logprobs: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-    """Σ of trained token logprobs along each path (shared tokens counted in every path)."""
-    sums = torch.zeros(len(batch.path_leaf), dtype=token_logprobs.dtype, device=token_logprobs.device)
-    return sums.index_add(0, batch.path_of_pair, token_logprobs[batch.target_of_pair])
 
 
 def to_device(batch: ForwardBatch, device: torch.device) -> ForwardBatch:

@@ -112,15 +112,8 @@ def prepare_tree(
     for n in tree.nodes:  # arrival order is kept so the layout is deterministic
         children.setdefault(n.parent_id, []).append(n.node_id)
 
+    # Behaviour logprobs were checked when the message was decoded (protocol.messages).
     for n in tree.nodes:
-        if len(n.action_token_ids) != len(n.action_logprobs):
-            raise TreeRejected(
-                tid,
-                "misaligned_logprobs",
-                f"node {n.node_id}: {len(n.action_token_ids)} tokens, {len(n.action_logprobs)} logprobs",
-            )
-        if any(not math.isfinite(lp) or lp > 1e-6 for lp in n.action_logprobs):
-            raise TreeRejected(tid, "bad_logprob", f"node {n.node_id} has a NaN, infinite or positive logprob")
         if n.policy_version > learner_version:
             raise TreeRejected(
                 tid,
@@ -183,7 +176,7 @@ def prepare_tree(
         node_ids=tuple(order),
         parent=parent,
         action_token_ids=tuple(tuple(n.action_token_ids) for n in nodes),
-        behaviour_logprobs=tuple(tuple(n.action_logprobs) for n in nodes),
+        behaviour_logprobs=tuple(tuple(n.behaviour_logprobs) for n in nodes),
         observation_token_ids=tuple(tuple(n.observation_token_ids) for n in nodes),
         policy_version=tuple(n.policy_version for n in nodes),
         reward=tuple(n.reward if i not in has_child else None for i, n in enumerate(nodes)),

@@ -36,23 +36,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from learner.advantages import node_advantages
 from learner.config import LearnerConfig
 from learner.ledger import TrainedTrees
-from learner.losses import (
-    decoupled_ppo_token_loss,
-    k3_kl,
-    lpo_group_loss,
-    mismatch_kl,
-    ppo_clip_token_loss,
-    truncated_importance_weight,
-)
-from learner.packing import (
-    ForwardBatch,
-    forward_batch,
-    forward_groups,
-    merge_packed,
-    path_logprob_sums,
-    target_logprobs,
-    to_device,
-)
+from learner.losses import PolicyLossInputs, policy_loss
+from learner.packing import ForwardBatch, forward_batch, forward_groups, merge_packed, target_logprobs, to_device
 from learner.sequences import TrainingTree, TreeRejected, prepare_tree
 from learner.tree_attention import TREE_ATTENTION
 from protocol.messages import CompletedTree
@@ -374,52 +359,28 @@ class Trainer:
         self, item: _Forward, proximal: torch.Tensor | None, token_weight: float, groups: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """This forward's trees' share of the global loss, plus diagnostic sums (weighted by tokens)."""
-        cfg = self.config.loss
         batch = to_device(item.batch, self.accelerator.device)
-        adv = item.target_advantage.to(batch.input_ids.device)
-        weight = batch.target_weight
+        device = batch.input_ids.device
         current = self._logprobs(self.model, batch)
-        behaviour = batch.behaviour_logprobs
-        if proximal is None:
-            proximal = current.detach()
-        clipped = torch.zeros_like(current, dtype=torch.bool)
-        is_weight = torch.ones_like(current)
-        if cfg.kind == "ppo_clip":
-            token_loss, clipped = ppo_clip_token_loss(current, behaviour, adv, cfg.clip_eps)
-            loss = (token_loss * weight).sum() / token_weight
-            is_weight = torch.exp(proximal - behaviour)
-        elif cfg.kind == "decoupled_ppo":
-            token_loss, clipped = decoupled_ppo_token_loss(
-                current, proximal, behaviour, adv, cfg.clip_eps, cfg.importance_cap
-            )
-            loss = (token_loss * weight).sum() / token_weight
-            is_weight = truncated_importance_weight(proximal, behaviour, cfg.importance_cap)
-        else:
-            path_lp = path_logprob_sums(current, batch)
-            path_adv = item.path_advantage.to(path_lp.device)
-            # Each tree is its own group: the loss is a sum of per-tree group losses.
-            per_tree = [
-                lpo_group_loss(lp, adv, cfg.lpo_beta, cfg.lpo_divergence)
-                for lp, adv in zip(path_lp.split(batch.tree_paths), path_adv.split(batch.tree_paths), strict=True)
-            ]
-            loss = torch.stack(per_tree).sum() / groups
-        ref_kl = torch.zeros_like(current)
+        reference = None
         if self.reference is not None:
             with torch.no_grad():
                 reference = self._logprobs(self.reference, batch)
-            ref_kl = k3_kl(current, reference)
-            loss = loss + cfg.kl_coef * (ref_kl * weight).sum() / token_weight
-        stats = torch.stack(
-            [
-                loss.detach().double(),
-                (clipped.double() * weight).sum(),
-                (mismatch_kl(current, behaviour) * weight).sum().double(),
-                (is_weight.detach() * weight).sum().double(),
-                (ref_kl.detach() * weight).sum().double(),
-                torch.tensor(float(batch.input_tokens), dtype=torch.float64, device=weight.device),
-            ]
+        inputs = PolicyLossInputs(
+            current_logprobs=current,
+            behaviour_logprobs=batch.behaviour_logprobs,
+            proximal_logprobs=proximal,
+            reference_logprobs=reference,
+            advantages=item.target_advantage.to(device),
+            token_weights=batch.target_weight,
+            path_of_pair=batch.path_of_pair,
+            target_of_pair=batch.target_of_pair,
+            path_advantages=item.path_advantage.to(device),
+            tree_paths=batch.tree_paths,
         )
-        return loss, stats
+        loss, stats = policy_loss(self.config.loss, inputs, token_weight, groups)
+        input_tokens = torch.tensor([float(batch.input_tokens)], dtype=torch.float64, device=device)
+        return loss, torch.cat([stats.as_tensor(), input_tokens])
 
     def _idle_loss(self) -> torch.Tensor:
         ids = torch.zeros(1, 1, dtype=torch.long, device=self.accelerator.device)

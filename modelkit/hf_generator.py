@@ -75,7 +75,7 @@ class TransformersTurnGenerator:
         self.tokens_generated += len(token_ids)
         return Generation(
             token_ids=token_ids,
-            logprobs=logprobs,
+            behaviour_logprobs=logprobs,
             text=self.tokenizer.decode(token_ids, skip_special_tokens=False),
             num_prompt_tokens=len(prompt_ids),
             num_cached_tokens=0,

@@ -35,7 +35,8 @@ def encode(message: Any) -> bytes:
     if getattr(cls, "SCHEMA", None) not in MESSAGE_TYPES:
         raise TypeError(f"{cls.__name__} is not a protocol message")
     envelope = {"schema": cls.SCHEMA, "version": cls.SCHEMA_VERSION, "body": to_plain(message)}
-    return msgpack.packb(envelope, use_bin_type=True)
+    payload: bytes = msgpack.packb(envelope, use_bin_type=True)
+    return payload
 
 
 def decode(
@@ -72,4 +73,5 @@ def decode(
         raise ProtocolError("schema_violation", f"{schema}.{err}") from None
     if run_id is not None and message.run_id != run_id:
         raise ProtocolError("wrong_run", f"{schema} of run {message.run_id!r}, expected {run_id!r}")
-    return message
+    decoded: T = message
+    return decoded

@@ -5,18 +5,47 @@ Every message is a frozen dataclass. On the wire it is a msgpack map
 Bump a message's ``SCHEMA_VERSION`` whenever a field is added, removed or changes meaning:
 receivers refuse versions they do not know instead of guessing.
 
-Token ids and logprobs are packed arrays (``Int32List``/``Float32List``/``Float64List``)
-because they are most of every payload.
+Token ids and logprobs are packed arrays (``Int32List``/``Float32List``) because they are
+most of every payload.
+
+Behaviour logprobs (the sampling policy's logprob of each action token, as the engine
+computed it) have one name, ``behaviour_logprobs``, one type, float32, and one rule,
+``check_behaviour_logprobs``, applied whenever a message carrying them is built or decoded.
+The learner trains on them as decoded and checks them no further.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from tracerl.typed import Float32List, Float64List, Int32List
+from tracerl.typed import Float32List, Int32List
+
+FLOAT32_MAX = 3.4028234663852886e38
+# The engine's float32 log-softmax can round a near-certain token's logprob a hair above 0.
+LOGPROB_TOLERANCE = 1e-6
+
+
+def check_behaviour_logprobs(action_token_ids: Sequence[int], behaviour_logprobs: Sequence[float]) -> None:
+    """One logprob per action token, each at most ``LOGPROB_TOLERANCE``, their sum a finite float32.
+
+    The sum's bound says each value is a finite float32 (a value below float32's range
+    would reach the receiver as -inf, so it is refused where it is built, too), and the
+    learner's float32 path sums stay finite. NaN fails the comparison, +inf the maximum.
+    One ``sum`` and one ``max``, both C loops: several times cheaper than a Python
+    ``isfinite`` per value, at 300 values per node.
+    """
+    if len(action_token_ids) != len(behaviour_logprobs):
+        raise ValueError(
+            f"action_token_ids ({len(action_token_ids)}) and behaviour_logprobs "
+            f"({len(behaviour_logprobs)}) must have the same length"
+        )
+    if behaviour_logprobs and (
+        not sum(behaviour_logprobs) >= -FLOAT32_MAX or max(behaviour_logprobs) > LOGPROB_TOLERANCE
+    ):
+        raise ValueError(f"behaviour_logprobs must be finite float32 values <= {LOGPROB_TOLERANCE} with a finite sum")
 
 
 @dataclass(frozen=True)
@@ -57,13 +86,13 @@ class TurnNode:
     ``parent_id`` is ``None`` for the first turn under the root (the prompt).
     ``prompt_token_ids`` is filled only on first turns: it is the root's context.
     ``env_snapshot`` is the environment state *after* this turn, enough to branch from it.
-    ``action_logprobs`` travel as float32 (version 2; version 1 sent float64): the engine
-    computes them in float32, so the wire loses nothing and the node is a quarter smaller.
-    A value with more precision arrives rounded to the nearest float32.
+    ``behaviour_logprobs`` travel as float32: the engine computes them in float32, so the
+    wire loses nothing. A value with more precision arrives rounded to the nearest float32.
+    Version 1 sent them as float64 ``action_logprobs``, version 2 as float32 under that name.
     """
 
     SCHEMA: ClassVar[str] = "turn_node"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     run_id: str
     tree_id: str
@@ -76,7 +105,7 @@ class TurnNode:
     policy_version: int
     prompt_token_ids: Int32List
     action_token_ids: Int32List
-    action_logprobs: Float32List
+    behaviour_logprobs: Float32List
     observation_token_ids: Int32List
     action_text: str
     observation_text: str
@@ -87,11 +116,7 @@ class TurnNode:
     created_at: float
 
     def __post_init__(self) -> None:
-        if len(self.action_token_ids) != len(self.action_logprobs):
-            raise ValueError(
-                f"action_token_ids ({len(self.action_token_ids)}) and action_logprobs "
-                f"({len(self.action_logprobs)}) must have the same length"
-            )
+        check_behaviour_logprobs(self.action_token_ids, self.behaviour_logprobs)
         if self.depth < 1:
             raise ValueError("depth must be >= 1")
         if self.policy_version < 0:
@@ -100,11 +125,6 @@ class TurnNode:
             raise ValueError("a terminal node must carry a reward")
         if (self.depth == 1) != (self.parent_id is None):
             raise ValueError("exactly the depth-1 nodes have no parent")
-        # NaN or positive. Any NaN makes the sum NaN (+inf - inf too, and +inf fails max anyway):
-        # sum's float loop is several times cheaper than isnan per value, at 300 per node.
-        logprobs = self.action_logprobs
-        if logprobs and (math.isnan(sum(logprobs)) or max(logprobs) > 1e-6):
-            raise ValueError("action_logprobs must be finite and <= 0")
 
 
 def node_id_for(work_id: str, sampling: str, sample_index: int, depth: int) -> str:
@@ -212,30 +232,20 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class TreeNodeRecord:
-    """A node as the learner needs it: tokens, behaviour logprobs, version and backup value."""
+    """A node as the learner needs it: place in the tree, tokens, behaviour logprobs, version, reward."""
 
     node_id: str
     parent_id: str | None
     depth: int
     policy_version: int
     action_token_ids: Int32List
-    action_logprobs: Float64List
+    behaviour_logprobs: Float32List
     observation_token_ids: Int32List
     done: bool
     reward: float | None
-    value: float
-    visits: int
-    env_score: float
 
     def __post_init__(self) -> None:
-        if len(self.action_token_ids) != len(self.action_logprobs):
-            raise ValueError("action_token_ids and action_logprobs must have the same length")
-        if not 0.0 <= self.value <= 1.0:
-            raise ValueError("value must lie in [0, 1]")
-        if self.visits < 1:
-            raise ValueError("visits must be >= 1")
-        if any(map(math.isnan, self.action_logprobs)):
-            raise ValueError("action_logprobs contain NaN")
+        check_behaviour_logprobs(self.action_token_ids, self.behaviour_logprobs)
 
 
 @dataclass(frozen=True)
@@ -244,10 +254,12 @@ class CompletedTree:
 
     ``status`` is ``"partial"`` when the allocator gave up waiting for missing branches;
     the learner still trains on the complete root-to-leaf paths it contains.
+    Version 1 nodes carried float64 ``action_logprobs``, and the allocator's backup value,
+    visit count and env score, which no receiver read.
     """
 
     SCHEMA: ClassVar[str] = "completed_tree"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     run_id: str
     tree_id: str

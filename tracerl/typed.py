@@ -46,7 +46,6 @@ Int32List = typing.Annotated[list[int], Packed("i")]
 # float32 rounds each value to the nearest float32 (beyond its range: to +-inf); use it only
 # where the source is float32 anyway, so nothing is lost (vLLM's logprobs are).
 Float32List = typing.Annotated[list[float], Packed("f")]
-Float64List = typing.Annotated[list[float], Packed("d")]
 
 _hint_cache: dict[type, dict[str, Any]] = {}
 
@@ -412,7 +411,7 @@ def _array_converter(packed: Packed) -> Converter:
     typecode = packed.typecode
     itemsize = array(typecode).itemsize
 
-    def convert_array(value: Any, path: str, lenient: bool) -> list:
+    def convert_array(value: Any, path: str, lenient: bool) -> list[Any]:
         arr = array(typecode)
         if isinstance(value, (bytes, bytearray)):  # the packed form: one memcpy
             if len(value) % itemsize:

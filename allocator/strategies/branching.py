@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 
 def turn_entropy(node: TurnNode) -> float:
     """Mean -logprob of the sampled tokens: an unbiased estimate of the turn's token entropy."""
-    if not node.action_logprobs:
+    if not node.behaviour_logprobs:
         return 0.0
-    return -float(sum(node.action_logprobs)) / len(node.action_logprobs)
+    return -float(sum(node.behaviour_logprobs)) / len(node.behaviour_logprobs)
 
 
 class RandomBranches:

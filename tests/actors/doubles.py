@@ -82,7 +82,7 @@ class ScriptedEngine:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return Generation(
             token_ids=ids,
-            logprobs=[-0.5] * len(ids),
+            behaviour_logprobs=[-0.5] * len(ids),
             text=self.tokenizer.decode(ids, skip_special_tokens=False),
             num_prompt_tokens=len(prompt_ids),
             num_cached_tokens=0,

@@ -69,9 +69,9 @@ def test_logprobs_match_transformers_after_inplace_reloads(engine_runner, engine
     references = {v: load_reference(Path(d)) for v, d in versions.items() if v in seen_versions}
     old_reference = load_reference(Path(versions[start_version]))
     for prompt, generation in results:
-        assert len(generation.token_ids) == len(generation.logprobs) >= 1
+        assert len(generation.token_ids) == len(generation.behaviour_logprobs) >= 1
         expected = reference_logprobs(references[generation.policy_version], prompt, generation.token_ids)
-        got = torch.tensor(generation.logprobs)
+        got = torch.tensor(generation.behaviour_logprobs)
         assert (got - expected).abs().mean().item() < 1e-3, generation.policy_version
         if generation.policy_version != start_version:
             # The perturbation is large enough that serving the old weights would fail the check above.

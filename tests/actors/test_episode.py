@@ -63,7 +63,7 @@ def test_root_item_runs_k_concurrent_chains_with_valid_nodes(tokenizer):
     assert len(by_id) == 9
     for n in nodes:
         assert n.actor_id == "a1" and n.tree_id == "tree1" and n.policy_version == 0
-        assert len(n.action_token_ids) == len(n.action_logprobs) > 0
+        assert len(n.action_token_ids) == len(n.behaviour_logprobs) > 0
         assert n.observation_token_ids == tokenizer.encode(n.observation_text, add_special_tokens=False)
         if n.depth == 1:
             assert n.parent_id is None and n.prompt_token_ids

@@ -38,7 +38,7 @@ def make_node(
         policy_version=version,
         prompt_token_ids=[1, 2] if parent_id is None else [],
         action_token_ids=[7] * len(logprobs),
-        action_logprobs=list(logprobs),
+        behaviour_logprobs=list(logprobs),
         observation_token_ids=[8, 9],
         action_text=action_text,
         observation_text=observation_text,

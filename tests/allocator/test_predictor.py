@@ -140,7 +140,7 @@ class ScriptedMultihopActor:
                         policy_version=policy_version,
                         prompt_token_ids=_ids(prompt) if depth == 1 else [],
                         action_token_ids=_ids(action),
-                        action_logprobs=[-0.2] * len(_ids(action)),
+                        behaviour_logprobs=[-0.2] * len(_ids(action)),
                         observation_token_ids=_ids(result.observation),
                         action_text=action,
                         observation_text=result.observation,

@@ -86,8 +86,8 @@ def test_completed_tree_keeps_only_complete_paths():
     ids = [n.node_id for n in completed.nodes]
     assert ids == ["a", "a.b", "a.c", "d", "d.e"]  # parents before children
     assert completed.prompt_token_ids == [1, 2]
-    values = {n.node_id: (n.value, n.visits) for n in completed.nodes}
-    assert values["a"] == (0.5, 2) and values["d.e"] == (1.0, 1)
+    assert [n.reward for n in completed.nodes] == [None, 1.0, 0.0, None, 1.0]
+    assert [n.done for n in completed.nodes] == [False, True, True, False, True]
 
 
 def test_tree_without_complete_path_is_not_emitted():

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 from learner.config import LearnerConfig, LossSection, ModelSection, OptimiserSection, TrainingSection
+from learner.losses import path_sums
+from learner.packing import ForwardBatch
 from protocol.messages import CompletedTree
 from tests.learner.trees import random_tree
 
@@ -40,3 +44,8 @@ def batches(seed: int, steps: int, trees_per_step: int = 4) -> list[list[Complet
         [random_tree(rng, f"s{s}t{i}", VOCAB, chains=2, max_turns=3) for i in range(trees_per_step)]
         for s in range(steps)
     ]
+
+
+def path_logprob_sums(token_logprobs: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+    """Each path's summed target logprobs, in the batch's path order."""
+    return path_sums(token_logprobs, batch.path_of_pair, batch.target_of_pair, len(batch.path_leaf))

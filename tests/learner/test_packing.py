@@ -8,10 +8,11 @@ from transformers import AutoModelForCausalLM
 
 from learner.advantages import node_advantages
 from learner.losses import lpo_group_loss, ppo_clip_token_loss
-from learner.packing import packed_batch, path_logprob_sums, target_logprobs, unpacked_batch
+from learner.packing import packed_batch, target_logprobs, unpacked_batch
 from learner.sequences import prepare_tree
 from learner.tree_layout import dense_mask
 from protocol.messages import replace
+from tests.learner.helpers import path_logprob_sums
 from tests.learner.models import TINY_VOCAB
 from tests.learner.trees import node, packed_token_count, random_tree, tree
 

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from learner.sequences import NO_NODE, NO_VERSION, TreeRejected, path_sequences, prepare_tree
@@ -79,19 +77,6 @@ def _reason(bad_tree, **kwargs) -> str:
 
 def test_rejects_a_policy_version_newer_than_the_learner():
     assert _reason(small_tree(versions=(0, 4, 0, 0))) == "unknown_version"
-
-
-def test_rejects_misaligned_and_non_finite_logprobs():
-    # Records validate themselves on construction; these simulate ones that slipped past.
-    bad = small_tree()
-    object.__setattr__(bad.nodes[1], "action_logprobs", [-1.0, -2.0])
-    assert _reason(bad) == "misaligned_logprobs"
-    bad = small_tree()
-    object.__setattr__(bad.nodes[2], "action_logprobs", [-1.0, math.nan])
-    assert _reason(bad) == "bad_logprob"
-    bad = small_tree()
-    object.__setattr__(bad.nodes[2], "action_logprobs", [-1.0, 0.5])
-    assert _reason(bad) == "bad_logprob"
 
 
 def test_rejects_bad_structure_and_tokens():

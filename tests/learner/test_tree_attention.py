@@ -14,7 +14,6 @@ from learner.losses import lpo_group_loss, ppo_clip_token_loss
 from learner.packing import (
     merge_packed,
     packed_batch,
-    path_logprob_sums,
     target_logprobs,
     unpacked_batch,
 )
@@ -29,7 +28,7 @@ from learner.tree_attention import (
     lean_tree_mask,
 )
 from learner.tree_layout import concatenate, dense_mask, tree_segments
-from tests.learner.helpers import batches
+from tests.learner.helpers import batches, path_logprob_sums
 from tests.learner.models import TINY_VOCAB
 from tests.learner.test_tree_layout import random_preorder_parents
 from tests.learner.trees import random_tree

@@ -24,13 +24,10 @@ def node(
         depth=depth,
         policy_version=version,
         action_token_ids=actions,
-        action_logprobs=logprobs if logprobs is not None else [-1.0 - 0.1 * i for i in range(len(actions))],
+        behaviour_logprobs=logprobs if logprobs is not None else [-1.0 - 0.1 * i for i in range(len(actions))],
         observation_token_ids=observations,
         done=reward is not None,
         reward=reward,
-        value=0.5,
-        visits=1,
-        env_score=0.0,
     )
 
 

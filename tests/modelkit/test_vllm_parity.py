@@ -53,14 +53,14 @@ def test_vllm_and_transformers_logprobs_agree(embedded_model_dir, engine, loop):
         generation = loop.run_until_complete(
             engine.generate(prompt, SamplingSpec(temperature=1.0, max_tokens_per_turn=24, seed=7))
         )
-        assert len(generation.token_ids) == len(generation.logprobs) > 0
+        assert len(generation.token_ids) == len(generation.behaviour_logprobs) > 0
         ids = torch.tensor([prompt + generation.token_ids])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
         reference = torch.log_softmax(logits.float(), dim=-1)[
             torch.arange(len(generation.token_ids)), generation.token_ids
         ]
-        diffs.extend((reference - torch.tensor(generation.logprobs)).abs().tolist())
+        diffs.extend((reference - torch.tensor(generation.behaviour_logprobs)).abs().tolist())
     assert sum(diffs) / len(diffs) < 1e-3
 
 

@@ -22,8 +22,9 @@ from protocol import (
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
-# Logprobs come from the engine as float32, which is what TurnNode carries on the wire.
-LOGPROB = st.floats(max_value=0.0, allow_nan=False, width=32)
+# Logprobs come from the engine as float32, which is what TurnNode carries on the wire. Bounded
+# so that a node's (at most 40) sum to a finite float32, as check_behaviour_logprobs requires.
+LOGPROB = st.floats(min_value=-(2.0**119), max_value=0.0, width=32)
 IDS = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=16)
 TEXT = st.text(max_size=40)
 TOKENS = st.lists(INT32, max_size=40)
@@ -67,7 +68,7 @@ def turn_nodes(draw: st.DrawFn) -> TurnNode:
         policy_version=draw(st.integers(0, 2**31)),
         prompt_token_ids=draw(TOKENS),
         action_token_ids=ids,
-        action_logprobs=logprobs,
+        behaviour_logprobs=logprobs,
         observation_token_ids=draw(TOKENS),
         action_text=draw(TEXT),
         observation_text=draw(TEXT),
@@ -116,13 +117,10 @@ def completed_trees(draw: st.DrawFn) -> CompletedTree:
                 depth=1 if parent is None else nodes[parent].depth + 1,
                 policy_version=draw(st.integers(0, 1000)),
                 action_token_ids=ids,
-                action_logprobs=logprobs,
+                behaviour_logprobs=logprobs,
                 observation_token_ids=draw(TOKENS),
                 done=done,
                 reward=draw(FINITE) if done else None,
-                value=draw(st.floats(0.0, 1.0)),
-                visits=draw(st.integers(1, 100)),
-                env_score=draw(FINITE),
             )
         )
     return CompletedTree(
@@ -180,7 +178,7 @@ def realistic_turn_node(run_id: str, index: int, *, action_tokens: int = 300, ob
         policy_version=7,
         prompt_token_ids=list(range(120)) if index % 4 == 0 else [],
         action_token_ids=[(index * 31 + k) % 32000 for k in range(action_tokens)],
-        action_logprobs=[-((index + k) % 997) / 1024 for k in range(action_tokens)],  # float32-exact, as from vLLM
+        behaviour_logprobs=[-((index + k) % 997) / 1024 for k in range(action_tokens)],  # float32-exact, as from vLLM
         observation_token_ids=[(index * 17 + k) % 32000 for k in range(observation_tokens)],
         action_text="<search> who directed the film </search>",
         observation_text="Doc 1: ... Doc 2: ...",
@@ -227,13 +225,10 @@ def sample_messages(run_id: str) -> list:
                     depth=1,
                     policy_version=2,
                     action_token_ids=[1, 2],
-                    action_logprobs=[-0.5, -0.25],
+                    behaviour_logprobs=[-0.5, -0.25],
                     observation_token_ids=[9],
                     done=False,
                     reward=None,
-                    value=0.5,
-                    visits=2,
-                    env_score=0.0,
                 ),
                 TreeNodeRecord(
                     node_id="b",
@@ -241,13 +236,10 @@ def sample_messages(run_id: str) -> list:
                     depth=2,
                     policy_version=2,
                     action_token_ids=[3],
-                    action_logprobs=[-1.0],
+                    behaviour_logprobs=[-1.0],
                     observation_token_ids=[],
                     done=True,
                     reward=1.0,
-                    value=1.0,
-                    visits=1,
-                    env_score=1.0,
                 ),
             ],
             status="complete",

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import MESSAGE_TYPES, ProtocolError, decode, encode
+from protocol import MESSAGE_TYPES, CompletedTree, ProtocolError, decode, encode
 
 from .strategies import PLAIN, any_message, realistic_turn_node, sample_messages
 
@@ -114,18 +114,97 @@ def test_sample_messages_cover_every_type() -> None:
 def test_turn_node_logprobs_travel_as_float32() -> None:
     node = realistic_turn_node("r1", 1, action_tokens=3)
     body = _body(node)
-    assert body["action_logprobs"] == struct.pack("3f", *node.action_logprobs)
+    assert body["behaviour_logprobs"] == struct.pack("3f", *node.behaviour_logprobs)
 
     # A value finer than float32 arrives rounded, never rejected: the engine's are float32 already.
-    fine = dataclasses.replace(node, action_logprobs=[-0.1, -1e-3, -1e300])
-    assert decode(encode(fine)).action_logprobs == [*struct.unpack("2f", struct.pack("2f", -0.1, -1e-3)), -math.inf]
+    fine = dataclasses.replace(node, behaviour_logprobs=[-0.1, -1e-3, -1e-300])
+    assert decode(encode(fine)).behaviour_logprobs == [*struct.unpack("3f", struct.pack("3f", -0.1, -1e-3, -1e-300))]
+    # One beyond float32's range would arrive as -inf: refused where it is built.
+    with pytest.raises(ValueError, match="finite float32"):
+        dataclasses.replace(node, behaviour_logprobs=[-0.1, -1e-3, -1e300])
 
-    # Version 1 packed float64: the same bytes would read as twice as many float32 values.
-    v1 = {**body, "action_logprobs": struct.pack("3d", *node.action_logprobs)}
+    # Version 1 packed float64 and version 2 named them action_logprobs.
+    v1 = {**body, "action_logprobs": struct.pack("3d", *node.behaviour_logprobs)}
+    del v1["behaviour_logprobs"]
+    v2 = {**v1, "action_logprobs": body["behaviour_logprobs"]}
+    for version, old in ((1, v1), (2, v2)):
+        with pytest.raises(ProtocolError) as err:
+            decode(_envelope(node, old, version=version))
+        assert err.value.reason == "unsupported_version"
+
     with pytest.raises(ProtocolError) as err:
-        decode(_envelope(node, v1, version=1))
+        decode(_envelope(node, {**body, "behaviour_logprobs": body["behaviour_logprobs"][:-1]}))
+    assert err.value.reason == "schema_violation" and "multiple of 4" in err.value.detail
+
+
+def _completed_tree() -> CompletedTree:
+    (tree,) = [m for m in sample_messages("r1") if isinstance(m, CompletedTree)]
+    return tree
+
+
+def test_completed_tree_records_carry_float32_logprobs_and_nothing_unread() -> None:
+    tree = _completed_tree()
+    records = _body(tree)["nodes"]
+    assert [r["behaviour_logprobs"] for r in records] == [struct.pack("2f", -0.5, -0.25), struct.pack("f", -1.0)]
+    assert set(records[0]) == {
+        "node_id",
+        "parent_id",
+        "depth",
+        "policy_version",
+        "action_token_ids",
+        "behaviour_logprobs",
+        "observation_token_ids",
+        "done",
+        "reward",
+    }
+
+    # Version 1 records also carried value, visits and env_score, with float64 action_logprobs.
+    v1_nodes = []
+    for record, node in zip(records, tree.nodes, strict=True):
+        v1 = {k: v for k, v in record.items() if k != "behaviour_logprobs"}
+        logprobs = node.behaviour_logprobs
+        v1_nodes.append(
+            {
+                **v1,
+                "action_logprobs": struct.pack(f"{len(logprobs)}d", *logprobs),
+                "value": 0.5,
+                "visits": 1,
+                "env_score": 0.0,
+            }
+        )
+    with pytest.raises(ProtocolError) as err:
+        decode(_envelope(tree, {**_body(tree), "nodes": v1_nodes}, version=1), CompletedTree)
     assert err.value.reason == "unsupported_version"
 
-    with pytest.raises(ProtocolError) as err:
-        decode(_envelope(node, {**body, "action_logprobs": body["action_logprobs"][:-1]}))
-    assert err.value.reason == "schema_violation" and "multiple of 4" in err.value.detail
+
+@pytest.mark.parametrize(
+    "logprobs",
+    [[math.nan], [0.5], [-math.inf], [math.inf], [-0.5, -0.25]],
+    ids=["nan", "positive", "minus_inf", "plus_inf", "one_too_many"],
+)
+def test_bad_behaviour_logprobs_are_refused_at_decode_under_one_rule(logprobs: list[float]) -> None:
+    """The learner trains on decoded logprobs unchecked: this rule is the only guard."""
+    node, tree = realistic_turn_node("r1", 1, action_tokens=1), _completed_tree()
+    packed = struct.pack(f"{len(logprobs)}f", *logprobs)
+    tree_body = _body(tree)
+    tree_body["nodes"][1]["behaviour_logprobs"] = packed  # node "b" has one action token
+    for message, body in ((node, {**_body(node), "behaviour_logprobs": packed}), (tree, tree_body)):
+        with pytest.raises(ProtocolError) as err:
+            decode(_envelope(message, body))
+        assert err.value.reason == "schema_violation" and "behaviour_logprobs" in err.value.detail
+
+
+def test_a_logprob_just_above_zero_is_engine_rounding_and_accepted() -> None:
+    node = realistic_turn_node("r1", 1, action_tokens=2)
+    near_zero = dataclasses.replace(node, behaviour_logprobs=[5e-7, 0.0])
+    assert decode(encode(near_zero)).behaviour_logprobs == [struct.unpack("f", struct.pack("f", 5e-7))[0], 0.0]
+    with pytest.raises(ValueError, match="finite float32"):
+        dataclasses.replace(node, behaviour_logprobs=[2e-6, 0.0])
+
+
+def test_a_node_whose_logprobs_sum_below_float32_range_is_refused() -> None:
+    # Each is a finite float32, but the learner's float32 path sum would be -inf.
+    node = realistic_turn_node("r1", 1, action_tokens=2)
+    assert decode(encode(dataclasses.replace(node, behaviour_logprobs=[-1.5e38, -1.5e38]))).behaviour_logprobs
+    with pytest.raises(ValueError, match="finite sum"):
+        dataclasses.replace(node, behaviour_logprobs=[-2e38, -2e38])

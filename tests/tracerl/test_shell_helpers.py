@@ -26,7 +26,7 @@ def _terminal(tree_id: str, reward: float) -> TurnNode:
         policy_version=0,
         prompt_token_ids=[1],
         action_token_ids=[2],
-        action_logprobs=[-0.1],
+        behaviour_logprobs=[-0.1],
         observation_token_ids=[],
         action_text="x",
         observation_text="",
@@ -93,13 +93,10 @@ def _record(node_id, parent, reward, done=True):
         depth=1 if parent is None else 2,
         policy_version=0,
         action_token_ids=[1, 2],
-        action_logprobs=[-0.1, -0.2],
+        behaviour_logprobs=[-0.1, -0.2],
         observation_token_ids=[],
         done=done,
         reward=reward,
-        value=float(reward or 0.0),
-        visits=1,
-        env_score=0.0,
     )
 
 
