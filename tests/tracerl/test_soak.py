@@ -1,0 +1,138 @@
+"""The soak bench's pure core: least-squares growth after a warm-up, checked against hand-computed
+slopes, and a leak judge that flags a leaking series and passes a flat noisy one."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from bench.soak import (
+    Growth,
+    Sample,
+    SoakOptions,
+    growth_after_warmup,
+    hours_to_cap,
+    is_leak,
+    judge_series,
+    least_squares_slope,
+    summarise,
+    verdict_failures,
+)
+
+
+def test_least_squares_slope_matches_hand_computed_lines() -> None:
+    assert least_squares_slope([0, 1, 2, 3], [1, 3, 5, 7]) == pytest.approx(2.0)
+    # mean (1, 1): sum (x-1)(y-1) = 1 + 0 + 2 = 3 over sum (x-1)^2 = 2.
+    assert least_squares_slope([0, 1, 2], [0, 0, 3]) == pytest.approx(1.5)
+    assert least_squares_slope([5, 10], [4, 4]) == 0.0
+    with pytest.raises(ValueError):
+        least_squares_slope([1], [1])
+    with pytest.raises(ValueError):
+        least_squares_slope([2, 2, 2], [1, 2, 3])
+    with pytest.raises(ValueError):
+        least_squares_slope([1, 2], [1])
+
+
+def test_growth_leaves_the_warm_up_out_and_is_per_hour_relative_to_the_level() -> None:
+    # A start-up climb, then flat: no growth after a 60 s warm-up.
+    flat = growth_after_warmup("rss_bytes.learner", [(0, 100), (60, 200), (120, 200), (180, 200)], 60)
+    assert flat == Growth("rss_bytes.learner", 3, 200.0, 200.0, 0.0)
+    assert flat.relative_per_hour == 0.0
+    # 1000 + t/3.6: 1000 per hour; level at t = 600..2400 is 1000 + 1500/3.6.
+    points = [(t, 1000 + t / 3.6) for t in (0, 600, 1200, 1800, 2400)]
+    leak = growth_after_warmup("rss_bytes.actor-0", points, 600)
+    assert leak is not None and leak.points == 4
+    assert leak.per_hour == pytest.approx(1000.0)
+    assert leak.level == pytest.approx(1000 + 1500 / 3.6)
+    assert leak.relative_per_hour == pytest.approx(1000 / (1000 + 1500 / 3.6))
+    # Too few points after the warm-up say nothing.
+    assert growth_after_warmup("x", [(0, 1), (10, 2), (20, 3)], 10) is None
+    # From nothing, any growth is infinitely relative.
+    assert Growth("s", 3, 0.0, 0.0, 5.0).relative_per_hour == math.inf
+    assert Growth("s", 3, 0.0, 0.0, 0.0).relative_per_hour == 0.0
+
+
+def _series(rng: random.Random, minutes: int, level: float, relative_per_hour: float, noise: float):
+    return [
+        (60.0 * m, level * (1 + relative_per_hour * m / 60) * (1 + rng.gauss(0, noise))) for m in range(minutes + 1)
+    ]
+
+
+def test_the_judge_flags_a_leaking_series_and_passes_a_flat_noisy_one() -> None:
+    rng = random.Random(7)
+    # 60 minutes sampled each minute, 10 minutes of warm-up, a 10 %/h limit.
+    leaking = growth_after_warmup("rss_bytes.allocator", _series(rng, 60, 3e8, 0.30, 0.02), 600)
+    flat = growth_after_warmup("rss_bytes.allocator", _series(rng, 60, 3e8, 0.0, 0.02), 600)
+    assert leaking is not None and flat is not None
+    assert is_leak(leaking, 0.10) and leaking.relative_per_hour == pytest.approx(0.26, abs=0.05)
+    assert not is_leak(flat, 0.10) and abs(flat.relative_per_hour) < 0.03
+    # The same: a leak of 1 descriptor a minute on 100 is caught; a flat count that wobbles by one is not.
+    fds_leak = growth_after_warmup("open_fds.actor-0", [(60.0 * m, 100 + m) for m in range(31)], 300)
+    fds_flat = growth_after_warmup("open_fds.actor-0", [(60.0 * m, 100 + m % 2) for m in range(31)], 300)
+    assert fds_leak is not None and fds_flat is not None
+    assert judge_series(fds_leak, 0.10, {}).ok is False
+    assert judge_series(fds_flat, 0.10, {}).ok is True
+
+
+def test_capped_streams_are_judged_against_their_cap_and_the_rest_reported() -> None:
+    caps = {"nodes": 1000}
+    growing = Growth("store_bytes.nodes", 5, 400.0, 500.0, 100.0)
+    verdict = judge_series(growing, 0.10, caps)
+    assert (verdict.judged_by, verdict.ok, verdict.cap, verdict.hours_to_cap) == ("cap", True, 1000, 5.0)
+    assert not judge_series(Growth("store_bytes.nodes", 5, 1000.0, 1100.0, 10.0), 0.10, caps).ok
+    # Retention-bounded streams by slope; step counts, process counts and the total reported only.
+    assert judge_series(Growth("store_bytes.weights", 5, 100.0, 150.0, 50.0), 0.10, caps).ok is False
+    for name in ("learner_step", "processes.actor-0", "store_bytes.total"):
+        reported = judge_series(Growth(name, 5, 100.0, 150.0, 500.0), 0.10, caps)
+        assert (reported.judged_by, reported.ok) == ("", True)
+    assert hours_to_cap(Growth("store_bytes.trees", 3, 1.0, 1.0, 0.0), 10.0) is None
+    assert hours_to_cap(Growth("store_bytes.trees", 3, 1.0, 20.0, 1.0), 10.0) == 0.0
+
+
+def test_a_stalled_or_broken_run_fails_whatever_its_slopes() -> None:
+    assert verdict_failures([], 5, [], 0.1) == []
+    assert "stalled" in verdict_failures([], 0, [], 0.1)[0]
+    assert verdict_failures([], 3, ["learner exited with code 1"], 0.1) == [
+        "learner exited with code 1 exited during the soak"
+    ]
+
+
+def test_summarise_turns_samples_into_verdicts() -> None:
+    options = SoakOptions(minutes=4, interval_s=30, warmup_minutes=1)
+    samples = [
+        Sample(
+            at_s=30.0 * i,
+            values={
+                "rss_bytes.learner": 5e8 if i else 1e8,
+                "open_fds.learner": 40.0 + i,  # one more each sample: 120 an hour on about 45
+                "learner_step": float(2 * i),
+                "store_bytes.nodes": 1000.0 * i,
+            },
+        )
+        for i in range(9)
+    ]
+    # The first step at 30 s: the warm-up ends at 90 s, so samples 3..8 count.
+    result = summarise(options, "run", 240.0, samples, 30.0, {"nodes": 10**6})
+    by_series = {v.growth.series: v for v in result.verdicts}
+    assert result.steps_after_warmup == 10
+    assert by_series["rss_bytes.learner"].ok and by_series["rss_bytes.learner"].growth.per_hour == 0.0
+    assert not by_series["open_fds.learner"].ok
+    assert by_series["open_fds.learner"].growth.per_hour == pytest.approx(120.0)
+    assert by_series["store_bytes.nodes"].ok and by_series["store_bytes.nodes"].growth.per_hour == pytest.approx(
+        120_000
+    )
+    assert not result.ok and len(result.failures()) == 1
+    # A learner that never stepped leaves nothing to judge, and the soak fails.
+    never = summarise(options, "run", 240.0, samples, None, {"nodes": 10**6})
+    assert never.verdicts == [] and never.steps_after_warmup == 0 and not never.ok
+
+
+def test_options_need_enough_samples_after_the_warm_up() -> None:
+    assert SoakOptions(minutes=60).warmup_s == 600
+    assert SoakOptions(minutes=8, interval_s=30).warmup_s == 120
+    with pytest.raises(ValueError, match="fewer than"):
+        SoakOptions(minutes=3, interval_s=60)
+    with pytest.raises(ValueError, match="warmup"):
+        SoakOptions(minutes=3, interval_s=5, warmup_minutes=3)
