@@ -3,7 +3,9 @@ while the harness samples, every ``interval_s``:
 
 - each role's resident memory, open file descriptors and process count, summed over the
   role's process and its descendants (an actor's vLLM engine, the bus's nats-server);
-- the JetStream store on disk, per stream (its directory under the store), and in total;
+- the JetStream store: each stream's stored message bytes as the server accounts them
+  (monitoring endpoint ``/jsz``), which retention bounds, and each stream's directory on
+  disk, which also holds deleted messages until their file block empties (reported only);
 - the learner's step, so a stalled run cannot pass for a steady one.
 
 The soak's minutes and its warm-up count from the learner's first step, so a slow start-up
@@ -13,7 +15,9 @@ The verdict, judged by slope relative to level and never by an absolute figure:
 
 - memory and descriptors: no role grows by more than ``max_relative_growth_per_hour`` of
   its own level per hour;
-- the streams bounded by retention alone (work queue, weights, run state): the same test;
+- the streams bounded by retention alone (work queue, weights, run state): the same test,
+  with a level of at least ``STREAM_LEVEL_FLOOR``: relative to the few kilobytes a work
+  queue holds, its coming and going would read as growth;
 - the streams with a byte cap (nodes, trees, dead letters): at or below the cap, with the
   time left until the cap at the measured rate written down;
 - the learner kept taking steps after the warm-up, and no role exited.
@@ -24,9 +28,11 @@ The growth arithmetic and the verdict are pure functions; ``run_soak`` is the sh
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +52,16 @@ MIN_POINTS = 3
 CAP_SLACK = 0.05
 MARKER = ".bench-soak"
 
-MEMORY, DESCRIPTORS, PROCESSES, STORE, STEPS = "rss_bytes", "open_fds", "processes", "store_bytes", "learner_step"
+MEMORY, DESCRIPTORS, PROCESSES, STREAM, DISK, STEPS = (
+    "rss_bytes",
+    "open_fds",
+    "processes",
+    "stream_bytes",
+    "disk_bytes",
+    "learner_step",
+)
+#: The level below which a stream's growth is judged as if it held this much: one file-store block.
+STREAM_LEVEL_FLOOR = 8 * 2**20
 #: Streams whose size only retention bounds: judged by slope, like memory.
 RETENTION_BOUNDED = ("work", "weights", "state")
 #: Streams with a byte cap in ``bus.streams``: judged against it.
@@ -104,8 +119,15 @@ def growth_after_warmup(series: str, points: Sequence[tuple[float, float]], warm
     )
 
 
-def is_leak(growth: Growth, max_relative_per_hour: float) -> bool:
-    return growth.relative_per_hour > max_relative_per_hour
+def relative_growth(growth: Growth, level_floor: float = 0.0) -> float:
+    """Growth per hour relative to the level, or to ``level_floor`` when the level is below it."""
+    if level_floor > growth.level:
+        return growth.per_hour / level_floor
+    return growth.relative_per_hour
+
+
+def is_leak(growth: Growth, max_relative_per_hour: float, level_floor: float = 0.0) -> bool:
+    return relative_growth(growth, level_floor) > max_relative_per_hour
 
 
 def hours_to_cap(growth: Growth, cap: float) -> float | None:
@@ -144,6 +166,8 @@ class SeriesVerdict:
     growth: Growth
     judged_by: str  # "slope", "cap" or "" (reported only)
     ok: bool
+    # The growth per hour relative to the level the slope was judged against.
+    relative_per_hour: float | None = None
     cap: int | None = None
     hours_to_cap: float | None = None
 
@@ -152,9 +176,11 @@ def judge_series(growth: Growth, max_relative_per_hour: float, caps: Mapping[str
     """Memory, descriptors and retention-bounded streams by slope; capped streams by their cap."""
     kind = series_kind(growth.series)
     stream = growth.series.split(".", 1)[1] if "." in growth.series else ""
-    if kind in (MEMORY, DESCRIPTORS) or (kind == STORE and stream in RETENTION_BOUNDED):
-        return SeriesVerdict(growth, "slope", not is_leak(growth, max_relative_per_hour))
-    if kind == STORE and stream in caps:
+    if kind in (MEMORY, DESCRIPTORS) or (kind == STREAM and stream in RETENTION_BOUNDED):
+        floor = STREAM_LEVEL_FLOOR if kind == STREAM else 0.0
+        relative = relative_growth(growth, floor)
+        return SeriesVerdict(growth, "slope", relative <= max_relative_per_hour, relative_per_hour=relative)
+    if kind == STREAM and stream in caps:
         cap = caps[stream]
         return SeriesVerdict(
             growth, "cap", growth.last <= cap * (1 + CAP_SLACK), cap=cap, hours_to_cap=hours_to_cap(growth, cap)
@@ -173,7 +199,7 @@ def verdict_failures(
             continue
         if v.judged_by == "slope":
             failures.append(
-                f"{v.growth.series} grows {v.growth.relative_per_hour:+.1%} of its level per hour "
+                f"{v.growth.series} grows {v.relative_per_hour:+.1%} of its level per hour "
                 f"(limit {max_relative_per_hour:.0%})"
             )
         else:
@@ -279,7 +305,7 @@ def summarise(
 
 
 def _quantity(kind: str, value: float) -> str:
-    if kind in (MEMORY, STORE):
+    if kind in (MEMORY, STREAM, DISK):
         return f"{value / 2**20:.1f} MiB"
     return f"{value:.1f}"
 
@@ -299,10 +325,12 @@ def soak_markdown(result: SoakResult) -> str:
         ),
         "",
         (
-            "Judged by slope relative to level: memory, descriptors and the streams that only retention bounds "
-            f"(work, weights, state) must grow by at most {o.max_relative_growth_per_hour:.0%} of their level per "
-            "hour. Streams with a byte cap (nodes, trees, dead letters) must stay within it; the hours until the "
-            "cap at the measured rate are listed."
+            "Judged by slope relative to level: memory, descriptors and the stored bytes of the streams that only "
+            f"retention bounds (work, weights, state) must grow by at most {o.max_relative_growth_per_hour:.0%} of "
+            f"their level per hour (a stream's level counted as at least {STREAM_LEVEL_FLOOR / 2**20:.0f} MiB, one "
+            "file-store block). Streams with a byte cap (nodes, trees, dead letters) must stay within it; the hours "
+            "until the cap at the measured rate are listed. Bytes on disk (`disk_bytes`) also hold deleted messages "
+            "until their block empties, and are reported only."
         ),
         "",
         "| series | level after warm-up | last | growth per hour | relative per hour | judged by | ok |",
@@ -315,7 +343,7 @@ def soak_markdown(result: SoakResult) -> str:
         if v.judged_by == "cap" and v.cap is not None:
             until = "not growing" if v.hours_to_cap is None else f"{v.hours_to_cap:,.0f} h to cap"
             judged = f"cap {_quantity(kind, v.cap)} ({until})"
-        relative = "n/a" if math.isinf(g.relative_per_hour) else f"{g.relative_per_hour:+.1%}"
+        relative = "" if v.relative_per_hour is None else f"{v.relative_per_hour:+.1%}"
         lines.append(
             f"| {g.series} | {_quantity(kind, g.level)} | {_quantity(kind, g.last)} | "
             f"{'+' if g.per_hour >= 0 else '-'}{_quantity(kind, abs(g.per_hour))} | {relative} | "
@@ -341,7 +369,7 @@ def write_soak_results(result: SoakResult) -> tuple[Path, Path]:
         "series": [
             {
                 **dataclasses.asdict(v.growth),
-                "relative_per_hour": v.growth.relative_per_hour,
+                "relative_per_hour": v.relative_per_hour,
                 "judged_by": v.judged_by,
                 "ok": v.ok,
                 "cap": v.cap,
@@ -407,15 +435,36 @@ def stream_labels(subjects: Subjects) -> dict[str, str]:
     }
 
 
-def store_usage(store_dir: Path, labels: Mapping[str, str]) -> dict[str, float]:
+def disk_usage(store_dir: Path, labels: Mapping[str, str]) -> dict[str, float]:
     """Bytes on disk of every stream directory under a nats-server store, and of the whole store
     (the nodes of a local cluster keep their stores side by side: their copies are added up)."""
     usage: dict[str, float] = {}
     for directory in store_dir.glob("**/streams/*"):
-        key = f"{STORE}.{labels.get(directory.name, directory.name)}"
+        key = f"{DISK}.{labels.get(directory.name, directory.name)}"
         usage[key] = usage.get(key, 0.0) + directory_bytes(directory)
-    usage[f"{STORE}.total"] = float(directory_bytes(store_dir))
+    usage[f"{DISK}.total"] = float(directory_bytes(store_dir))
     return usage
+
+
+def stream_bytes(jsz: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, float]:
+    """The stored message bytes of the labelled streams in a ``/jsz?streams=true`` answer."""
+    usage: dict[str, float] = {}
+    for account in jsz.get("account_details") or ():
+        for stream in account.get("stream_detail") or ():
+            label = labels.get(stream.get("name", ""))
+            if label is not None:
+                usage[f"{STREAM}.{label}"] = float((stream.get("state") or {}).get("bytes", 0))
+    return usage
+
+
+def read_jsz(monitor_port: int) -> dict[str, Any]:
+    """The bus's JetStream report with per-stream detail; empty if the bus does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/jsz?streams=true", timeout=5.0) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError) as err:
+        log.warning("soak_jsz_unreadable", error=repr(err))
+        return {}
 
 
 def take_sample(run: BenchRun, started: float, labels: Mapping[str, str]) -> Sample:
@@ -424,7 +473,9 @@ def take_sample(run: BenchRun, started: float, labels: Mapping[str, str]) -> Sam
         usage = process_tree_usage(proc.popen.pid) if proc.alive else None
         if usage is not None:
             values[f"{MEMORY}.{name}"], values[f"{DESCRIPTORS}.{name}"], values[f"{PROCESSES}.{name}"] = usage
-    values.update(store_usage(run.configs["bus"].store_path, labels))
+    bus = run.configs["bus"]
+    values.update(stream_bytes(read_jsz(bus.monitor_port), labels))
+    values.update(disk_usage(bus.store_path, labels))
     values[STEPS] = float(run.step())
     return Sample(at_s=round(time.time() - started, 2), values=values)
 

@@ -17,6 +17,7 @@ from bench.soak import (
     is_leak,
     judge_series,
     least_squares_slope,
+    stream_bytes,
     summarise,
     verdict_failures,
 )
@@ -78,17 +79,19 @@ def test_the_judge_flags_a_leaking_series_and_passes_a_flat_noisy_one() -> None:
 
 def test_capped_streams_are_judged_against_their_cap_and_the_rest_reported() -> None:
     caps = {"nodes": 1000}
-    growing = Growth("store_bytes.nodes", 5, 400.0, 500.0, 100.0)
+    growing = Growth("stream_bytes.nodes", 5, 400.0, 500.0, 100.0)
     verdict = judge_series(growing, 0.10, caps)
     assert (verdict.judged_by, verdict.ok, verdict.cap, verdict.hours_to_cap) == ("cap", True, 1000, 5.0)
-    assert not judge_series(Growth("store_bytes.nodes", 5, 1000.0, 1100.0, 10.0), 0.10, caps).ok
+    assert not judge_series(Growth("stream_bytes.nodes", 5, 1000.0, 1100.0, 10.0), 0.10, caps).ok
     # Retention-bounded streams by slope; step counts, process counts and the total reported only.
-    assert judge_series(Growth("store_bytes.weights", 5, 100.0, 150.0, 50.0), 0.10, caps).ok is False
-    for name in ("learner_step", "processes.actor-0", "store_bytes.total"):
+    weights = Growth("stream_bytes.weights", 5, 25 * 2.0**20, 30 * 2.0**20, 5 * 2.0**20)
+    assert judge_series(weights, 0.10, caps).ok is False
+    assert judge_series(weights, 0.10, caps).relative_per_hour == pytest.approx(0.2)
+    for name in ("learner_step", "processes.actor-0", "disk_bytes.total"):
         reported = judge_series(Growth(name, 5, 100.0, 150.0, 500.0), 0.10, caps)
         assert (reported.judged_by, reported.ok) == ("", True)
-    assert hours_to_cap(Growth("store_bytes.trees", 3, 1.0, 1.0, 0.0), 10.0) is None
-    assert hours_to_cap(Growth("store_bytes.trees", 3, 1.0, 20.0, 1.0), 10.0) == 0.0
+    assert hours_to_cap(Growth("stream_bytes.trees", 3, 1.0, 1.0, 0.0), 10.0) is None
+    assert hours_to_cap(Growth("stream_bytes.trees", 3, 1.0, 20.0, 1.0), 10.0) == 0.0
 
 
 def test_a_stalled_or_broken_run_fails_whatever_its_slopes() -> None:
@@ -108,7 +111,7 @@ def test_summarise_turns_samples_into_verdicts() -> None:
                 "rss_bytes.learner": 5e8 if i else 1e8,
                 "open_fds.learner": 40.0 + i,  # one more each sample: 120 an hour on about 45
                 "learner_step": float(2 * i),
-                "store_bytes.nodes": 1000.0 * i,
+                "stream_bytes.nodes": 1000.0 * i,
             },
         )
         for i in range(9)
@@ -120,7 +123,7 @@ def test_summarise_turns_samples_into_verdicts() -> None:
     assert by_series["rss_bytes.learner"].ok and by_series["rss_bytes.learner"].growth.per_hour == 0.0
     assert not by_series["open_fds.learner"].ok
     assert by_series["open_fds.learner"].growth.per_hour == pytest.approx(120.0)
-    assert by_series["store_bytes.nodes"].ok and by_series["store_bytes.nodes"].growth.per_hour == pytest.approx(
+    assert by_series["stream_bytes.nodes"].ok and by_series["stream_bytes.nodes"].growth.per_hour == pytest.approx(
         120_000
     )
     assert not result.ok and len(result.failures()) == 1
@@ -136,3 +139,31 @@ def test_options_need_enough_samples_after_the_warm_up() -> None:
         SoakOptions(minutes=3, interval_s=60)
     with pytest.raises(ValueError, match="warmup"):
         SoakOptions(minutes=3, interval_s=5, warmup_minutes=3)
+
+
+def test_a_small_stream_is_judged_against_one_file_store_block_not_its_few_kilobytes() -> None:
+    # 50 KB of pending work growing 1 MiB an hour is 20x its level, but 1/8 of one 8 MiB block.
+    work = Growth("stream_bytes.work", 10, 50_000.0, 60_000.0, float(2**20))
+    verdict = judge_series(work, 0.2, {})
+    assert verdict.ok and verdict.relative_per_hour == pytest.approx(1 / 8)
+    assert not judge_series(work, 0.1, {}).ok
+    # Memory has no floor.
+    assert judge_series(Growth("rss_bytes.bus", 10, 100.0, 100.0, 50.0), 0.2, {}).relative_per_hour == 0.5
+
+
+def test_stream_bytes_reads_the_labelled_streams_of_a_jsz_report() -> None:
+    jsz = {
+        "account_details": [
+            {
+                "name": "$G",
+                "stream_detail": [
+                    {"name": "TRACERL_r_NODES", "state": {"messages": 3, "bytes": 450}},
+                    {"name": "OBJ_tracerl_r_weights", "state": {"messages": 0, "bytes": 0}},
+                    {"name": "SOMEONE_ELSES", "state": {"bytes": 9}},
+                ],
+            }
+        ]
+    }
+    labels = {"TRACERL_r_NODES": "nodes", "OBJ_tracerl_r_weights": "weights"}
+    assert stream_bytes(jsz, labels) == {"stream_bytes.nodes": 450.0, "stream_bytes.weights": 0.0}
+    assert stream_bytes({}, labels) == {}
