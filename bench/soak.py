@@ -126,10 +126,6 @@ def relative_growth(growth: Growth, level_floor: float = 0.0) -> float:
     return growth.relative_per_hour
 
 
-def is_leak(growth: Growth, max_relative_per_hour: float, level_floor: float = 0.0) -> bool:
-    return relative_growth(growth, level_floor) > max_relative_per_hour
-
-
 def hours_to_cap(growth: Growth, cap: float) -> float | None:
     """At the measured rate, hours until the series reaches ``cap`` (None if it does not grow)."""
     if growth.per_hour <= 0:

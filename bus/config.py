@@ -64,12 +64,6 @@ class StreamLimits:
             raise ValueError(f"streams.replicas must be in [0, {MAX_REPLICAS}], got {self.replicas}")
 
     @property
-    def capped_bytes(self) -> int | None:
-        """The most the capped streams can hold together; None if one of them has no cap."""
-        caps = (self.nodes_max_bytes, self.trees_max_bytes, self.dead_letter_max_bytes)
-        return sum(caps) if all(caps) else None
-
-    @property
     def num_replicas(self) -> int:
         """The replica count provisioning asks for; an undecided 0 provisions one copy."""
         return self.replicas or 1

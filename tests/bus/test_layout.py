@@ -127,10 +127,8 @@ def test_nodes_trees_and_dead_letters_are_capped_in_bytes_and_trees_outlive_thei
     s = Subjects("r1")
     caps = {c.name: c.max_bytes for c in run_layout(s, limits).streams}
     assert caps == {s.nodes_stream: 100, s.work_stream: None, s.trees_stream: 200, s.dead_letter_stream: 50}
-    assert limits.capped_bytes == 350
     uncapped = StreamLimits(nodes_max_bytes=0, trees_max_bytes=0, dead_letter_max_bytes=0)
     assert {c.max_bytes for c in run_layout(s, uncapped).streams} == {-1, None}
-    assert uncapped.capped_bytes is None
     for nodes, trees in ((100, 199), (0, 200)):
         with pytest.raises(ValueError, match="trees must outlive their nodes"):
             StreamLimits(nodes_max_bytes=nodes, trees_max_bytes=trees)

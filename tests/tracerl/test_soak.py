@@ -14,7 +14,6 @@ from bench.soak import (
     SoakOptions,
     growth_after_warmup,
     hours_to_cap,
-    is_leak,
     judge_series,
     least_squares_slope,
     stream_bytes,
@@ -67,8 +66,8 @@ def test_the_judge_flags_a_leaking_series_and_passes_a_flat_noisy_one() -> None:
     leaking = growth_after_warmup("rss_bytes.allocator", _series(rng, 60, 3e8, 0.30, 0.02), 600)
     flat = growth_after_warmup("rss_bytes.allocator", _series(rng, 60, 3e8, 0.0, 0.02), 600)
     assert leaking is not None and flat is not None
-    assert is_leak(leaking, 0.10) and leaking.relative_per_hour == pytest.approx(0.26, abs=0.05)
-    assert not is_leak(flat, 0.10) and abs(flat.relative_per_hour) < 0.03
+    assert not judge_series(leaking, 0.10, {}).ok and leaking.relative_per_hour == pytest.approx(0.26, abs=0.05)
+    assert judge_series(flat, 0.10, {}).ok and abs(flat.relative_per_hour) < 0.03
     # The same: a leak of 1 descriptor a minute on 100 is caught; a flat count that wobbles by one is not.
     fds_leak = growth_after_warmup("open_fds.actor-0", [(60.0 * m, 100 + m) for m in range(31)], 300)
     fds_flat = growth_after_warmup("open_fds.actor-0", [(60.0 * m, 100 + m % 2) for m in range(31)], 300)
