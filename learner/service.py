@@ -13,6 +13,9 @@ holds it and marks it in progress every third of the durable's ack_wait. A learn
 with trees buffered, or trained but not checkpointed, leaves them to its successor, which
 trains each once: the checkpoint lists the trees it holds. Every tree made durable is
 recorded by id in ``metrics/learner_trees.jsonl``, so a run can be reconciled tree by tree.
+
+Each version's weights are their own object; after each publication the versions no actor
+can use any more are deleted beside training (``learner.weights_retention``).
 """
 
 from __future__ import annotations
