@@ -5,7 +5,8 @@ while the harness samples, every ``interval_s``:
   role's process and its descendants (an actor's vLLM engine, the bus's nats-server);
 - the JetStream store: each stream's stored message bytes as the server accounts them
   (monitoring endpoint ``/jsz``), which retention bounds, and each stream's directory on
-  disk, which also holds deleted messages until their file block empties (reported only);
+  disk, which also holds deleted messages until their file block empties, and the run's
+  other files (logs, metrics, checkpoints; reported only);
 - the learner's step, so a stalled run cannot pass for a steady one.
 
 The soak's minutes and its warm-up count from the learner's first step, so a slow start-up
@@ -408,9 +409,11 @@ def process_tree_usage(pid: int) -> tuple[float, float, float] | None:
     return float(rss), float(fds), float(count)
 
 
-def directory_bytes(path: Path) -> int:
+def directory_bytes(path: Path, exclude: Path | None = None) -> int:
     total = 0
-    for folder, _, files in os.walk(path):
+    for folder, subfolders, files in os.walk(path):
+        if exclude is not None:
+            subfolders[:] = [d for d in subfolders if Path(folder, d).resolve() != exclude.resolve()]
         for name in files:
             try:
                 total += os.stat(os.path.join(folder, name)).st_size
@@ -472,6 +475,8 @@ def take_sample(run: BenchRun, started: float, labels: Mapping[str, str]) -> Sam
     bus = run.configs["bus"]
     values.update(stream_bytes(read_jsz(bus.monitor_port), labels))
     values.update(disk_usage(bus.store_path, labels))
+    # Logs, metrics, checkpoints and the actors' weights: the run's files beside the store.
+    values[f"{DISK}.run_files"] = float(directory_bytes(run.run_dir, exclude=bus.store_path))
     values[STEPS] = float(run.step())
     return Sample(at_s=round(time.time() - started, 2), values=values)
 

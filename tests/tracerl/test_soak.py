@@ -166,3 +166,16 @@ def test_stream_bytes_reads_the_labelled_streams_of_a_jsz_report() -> None:
     labels = {"TRACERL_r_NODES": "nodes", "OBJ_tracerl_r_weights": "weights"}
     assert stream_bytes(jsz, labels) == {"stream_bytes.nodes": 450.0, "stream_bytes.weights": 0.0}
     assert stream_bytes({}, labels) == {}
+
+
+def test_directory_bytes_adds_up_files_and_can_leave_one_folder_out(tmp_path) -> None:
+    from bench.soak import directory_bytes
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "a.jsonl").write_bytes(b"x" * 100)
+    (tmp_path / "nats" / "jetstream").mkdir(parents=True)
+    (tmp_path / "nats" / "jetstream" / "blk").write_bytes(b"y" * 1000)
+    (tmp_path / "top").write_bytes(b"z" * 10)
+    assert directory_bytes(tmp_path) == 1110
+    assert directory_bytes(tmp_path, exclude=tmp_path / "nats") == 110
+    assert directory_bytes(tmp_path / "missing") == 0
