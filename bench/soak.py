@@ -21,7 +21,8 @@ The verdict, judged by slope relative to level and never by an absolute figure:
   queue holds, its coming and going would read as growth;
 - the streams with a byte cap (nodes, trees, dead letters): at or below the cap, with the
   time left until the cap at the measured rate written down;
-- the learner kept taking steps after the warm-up, and no role exited.
+- the learner kept taking steps after the warm-up, no role exited during the soak, and
+  every role stopped cleanly at its end.
 
 The growth arithmetic and the verdict are pure functions; ``run_soak`` is the shell.
 """
@@ -188,7 +189,7 @@ def judge_series(growth: Growth, max_relative_per_hour: float, caps: Mapping[str
 def verdict_failures(
     verdicts: Sequence[SeriesVerdict], steps_after_warmup: int, exited: Sequence[str], max_relative_per_hour: float
 ) -> list[str]:
-    failures = [f"{role} exited during the soak" for role in exited]
+    failures = list(exited)
     if steps_after_warmup < 1:
         failures.append("the learner took no step after the warm-up: a stalled run proves nothing")
     for v in verdicts:
@@ -500,7 +501,7 @@ def run_soak(options: SoakOptions, overrides: Sequence[str]) -> SoakResult:
         while time.time() < deadline:
             failure = run.failure()
             if failure:
-                exited.append(failure.splitlines()[0])
+                exited.append(f"during the soak: {failure.splitlines()[0]}")
                 break
             if first_step_s is None and run.step() >= 1:
                 first_step_s = round(time.time() - started, 2)
@@ -514,6 +515,10 @@ def run_soak(options: SoakOptions, overrides: Sequence[str]) -> SoakResult:
         if not exited:
             samples.append(take_sample(run, started, labels))
         wall = time.time() - started
+        # In `tracerl up`'s order; a role that does not stop cleanly is a failure too.
+        for name, code in run.stop_each(["learner", "allocator", *run.actor_names, "bus"], timeout_s=120.0).items():
+            if code not in (0, None):
+                exited.append(f"{name} exited with code {code} on its stop")
     if first_step_s is None and not exited:
         notes.append(f"the learner took no step within {options.start_timeout_s:.0f} s")
     result = summarise(options, str(run_dir), round(wall, 1), samples, first_step_s, caps, exited, notes)

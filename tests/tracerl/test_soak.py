@@ -96,8 +96,8 @@ def test_capped_streams_are_judged_against_their_cap_and_the_rest_reported() -> 
 def test_a_stalled_or_broken_run_fails_whatever_its_slopes() -> None:
     assert verdict_failures([], 5, [], 0.1) == []
     assert "stalled" in verdict_failures([], 0, [], 0.1)[0]
-    assert verdict_failures([], 3, ["learner exited with code 1"], 0.1) == [
-        "learner exited with code 1 exited during the soak"
+    assert verdict_failures([], 3, ["learner exited with code 3 on its stop"], 0.1) == [
+        "learner exited with code 3 on its stop"
     ]
 
 
