@@ -479,6 +479,8 @@ def take_sample(run: BenchRun, started: float, labels: Mapping[str, str]) -> Sam
     # Logs, metrics, checkpoints and the actors' weights: the run's files beside the store.
     values[f"{DISK}.run_files"] = float(directory_bytes(run.run_dir, exclude=bus.store_path))
     values[STEPS] = float(run.step())
+    # How busy the machine was: on shared cores, memory settles later under load.
+    values["load_1min"] = os.getloadavg()[0]
     return Sample(at_s=round(time.time() - started, 2), values=values)
 
 
