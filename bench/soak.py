@@ -50,8 +50,6 @@ log = get_logger(__name__)
 SECONDS_PER_HOUR = 3600.0
 #: A slope from fewer points after the warm-up says nothing.
 MIN_POINTS = 3
-#: File-store indexes and a partly deleted first block may sit on top of a stream's byte cap.
-CAP_SLACK = 0.05
 MARKER = ".bench-soak"
 
 MEMORY, DESCRIPTORS, PROCESSES, STREAM, DISK, STEPS = (
@@ -180,9 +178,7 @@ def judge_series(growth: Growth, max_relative_per_hour: float, caps: Mapping[str
         return SeriesVerdict(growth, "slope", relative <= max_relative_per_hour, relative_per_hour=relative)
     if kind == STREAM and stream in caps:
         cap = caps[stream]
-        return SeriesVerdict(
-            growth, "cap", growth.last <= cap * (1 + CAP_SLACK), cap=cap, hours_to_cap=hours_to_cap(growth, cap)
-        )
+        return SeriesVerdict(growth, "cap", growth.last <= cap, cap=cap, hours_to_cap=hours_to_cap(growth, cap))
     return SeriesVerdict(growth, "", True)
 
 
