@@ -174,6 +174,50 @@ def bench_decomposition(
     typer.echo(md.read_text())
 
 
+@bench_app.command("soak")
+def bench_soak(
+    minutes: Annotated[float, typer.Option(help="How long the whole system runs.")] = 60.0,
+    interval_s: Annotated[float, typer.Option(help="Seconds between samples.")] = 60.0,
+    warmup_minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Samples before this are left out of the growth (default: a quarter, at most 10).", show_default=False
+        ),
+    ] = None,
+    max_relative_growth_per_hour: Annotated[
+        float, typer.Option(help="Largest growth per hour of memory and descriptors, as a fraction of their level.")
+    ] = 0.10,
+    config: ConfigOption = None,
+    set_: BenchSetOption = None,
+    work_dir: Annotated[Path, typer.Option(help="Where the run directory goes (<work_dir>/soak).")] = Path(
+        "runs/bench-soak"
+    ),
+    results_dir: Annotated[
+        Path | None, typer.Option(help="Where soak.json and soak.md go (default bench/results).", show_default=False)
+    ] = None,
+) -> None:
+    """The whole system (bus, learner, allocator, 2 actors) for --minutes, sampling each role's memory, open
+    descriptors and processes and the JetStream store per stream every --interval-s; each series' growth per hour
+    is its least-squares slope after the warm-up. Writes bench/results/soak.{md,json}; exits 1 if memory,
+    descriptors or a retention-bounded stream grow faster than allowed relative to their level, a capped stream
+    passes its cap, the learner stalls or a role exits."""
+    from bench.soak import SoakOptions, soak_command
+
+    try:
+        options = SoakOptions(
+            minutes=minutes,
+            interval_s=interval_s,
+            warmup_minutes=warmup_minutes,
+            max_relative_growth_per_hour=max_relative_growth_per_hour,
+            work_dir=str(work_dir),
+            results_dir=str(results_dir) if results_dir else None,
+        )
+    except ValueError as err:
+        typer.echo(f"tracerl bench soak: {err}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(soak_command(options, up_set_args(config, set_)))
+
+
 @bench_app.command("predictor")
 def bench_predictor(
     model: Annotated[

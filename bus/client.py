@@ -20,6 +20,7 @@ subjects come from ``protocol.Subjects``. What it adds over nats-py:
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -42,7 +43,7 @@ from tracerl.logs import get_logger
 from . import deadletter
 from .acks import AckWindow, PublishError
 from .config import StreamLimits
-from .permissions import ACTOR_KEY_PATTERN, ACTOR_MISMATCH
+from .permissions import ACTOR_KEY_PATTERN, ACTOR_MISMATCH, object_stream
 from .provision import actor_consumer_config
 from .server import RoleCredentials, credentials_path
 from .tls import client_context
@@ -324,6 +325,22 @@ class BusClient:
         sink = io.BytesIO()
         await store.get(name, writeinto=sink)
         return sink.getvalue()
+
+    async def list_objects(self) -> list[str]:
+        """The names of every object in the weights bucket (deleted ones excluded)."""
+        store = await self.js.object_store(self.subjects.weights_bucket)
+        try:
+            return [info.name for info in await store.list(ignore_deletes=True)]
+        except nats.js.errors.NotFoundError:  # nats-py's answer for an empty bucket
+            return []
+
+    async def delete_object(self, name: str) -> None:
+        """Delete an object's chunks and then its delete marker: a run of days deletes one name per
+        policy version, and the markers alone would keep growing."""
+        store = await self.js.object_store(self.subjects.weights_bucket)
+        await store.delete(name)
+        meta_subject = f"$O.{self.subjects.weights_bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+        await self.js.purge_stream(object_stream(self.subjects.weights_bucket), subject=meta_subject)
 
     # Run state (KV) -----------------------------------------------------------------
 

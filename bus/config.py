@@ -11,6 +11,7 @@ from protocol.subjects import check_run_id
 from tracerl.config import LogConfig, RunConfig
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 MAX_REPLICAS = 5
 DEFAULT_CLUSTER_REPLICAS = 3
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -26,6 +27,14 @@ class StreamLimits:
     max_deliver: int = 5
     # Nodes, trees and DLQ copies are kept this long (they are also useful for replay).
     max_age_s: float = 7 * 24 * 3600.0
+    # Byte caps of the same streams (0: none); past a cap the oldest messages go. A restarted
+    # allocator must never find a node whose tree is gone (it would reopen that tree), and a
+    # tree holds copies of its nodes, so the trees' cap is at least twice the nodes'.
+    # JetStream reserves each cap in the server's file-store budget when the stream is made,
+    # so the caps also limit how many runs one server can hold.
+    nodes_max_bytes: int = 512 * MIB
+    trees_max_bytes: int = 1 * GIB
+    dead_letter_max_bytes: int = 64 * MIB
     # Per-actor work consumers that see no actor for this long are removed by the server.
     actor_consumer_inactive_s: float = 3600.0
     duplicate_window_s: float = 120.0
@@ -40,6 +49,14 @@ class StreamLimits:
             raise ValueError("streams.max_deliver must be >= 1")
         if self.max_age_s <= 0:
             raise ValueError("streams.max_age_s must be > 0")
+        for name in ("nodes_max_bytes", "trees_max_bytes", "dead_letter_max_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"streams.{name} must be >= 0 (0: no cap)")
+        if self.trees_max_bytes and not (self.nodes_max_bytes and self.trees_max_bytes >= 2 * self.nodes_max_bytes):
+            raise ValueError(
+                "streams.trees_max_bytes needs a streams.nodes_max_bytes of at most half of it: "
+                "trees must outlive their nodes"
+            )
         if self.actor_consumer_inactive_s <= 0:
             raise ValueError("streams.actor_consumer_inactive_s must be > 0")
         if self.duplicate_window_s < 0:

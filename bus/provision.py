@@ -4,13 +4,20 @@ and the sweeper that moves poisoned messages to the dead-letter stream.
 Stream layout per run (all file storage, each stream and bucket with ``limits.num_replicas``
 copies; the consumers inherit their stream's replica count):
 
-- NODES  ``tracerl.<run>.nodes.<actor id>``  limits retention; durable ``allocator`` on all of them.
-- WORK   ``tracerl.<run>.work.shared`` and ``…work.actor.*``  work-queue retention;
-  durable ``actors`` on the shared subject; per-actor durables are created by actors.
-- TREES  ``tracerl.<run>.trees``  limits retention; durable ``learner``, with no cap on
-  unacked messages: the learner holds every tree until a checkpoint has it.
+- NODES  ``tracerl.<run>.nodes.<actor id>``  limits retention (``max_age_s``, ``nodes_max_bytes``);
+  durable ``allocator`` on all of them.
+- WORK   ``tracerl.<run>.work.shared`` and ``…work.actor.*``  work-queue retention: an item
+  is gone once acked; durable ``actors`` on the shared subject; per-actor durables are
+  created by actors.
+- TREES  ``tracerl.<run>.trees``  limits retention (``max_age_s``, ``trees_max_bytes``);
+  durable ``learner``, with no cap on unacked messages: the learner holds every tree until
+  a checkpoint has it.
 - DLQ    ``tracerl.<run>.dlq`` plus the server's MAX_DELIVERIES advisories for the three
-  streams above; durable ``dlq_sweeper`` on the advisories.
+  streams above (``max_age_s``, ``dead_letter_max_bytes``); durable ``dlq_sweeper`` on the
+  advisories.
+- KV     ``tracerl_<run>_state``: one value per key (the policy version, one heartbeat per
+  actor id). Object store ``tracerl_<run>_weights``: one object per policy version, pruned
+  by the learner (``learner.weights_retention``).
 
 When a message reaches ``max_deliver`` the server only publishes an advisory; the message
 stays in its stream (and blocks nothing, but is never delivered again). The sweeper reads
@@ -71,6 +78,7 @@ def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
             subjects=[s.nodes],
             retention=api.RetentionPolicy.LIMITS,
             max_age=limits.max_age_s,
+            max_bytes=limits.nodes_max_bytes or UNLIMITED,
             **common,
         ),
         api.StreamConfig(
@@ -84,6 +92,7 @@ def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
             subjects=[s.trees],
             retention=api.RetentionPolicy.LIMITS,
             max_age=limits.max_age_s,
+            max_bytes=limits.trees_max_bytes or UNLIMITED,
             **common,
         ),
         api.StreamConfig(
@@ -91,6 +100,7 @@ def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
             subjects=[s.dead_letter, *(max_deliveries_advisory(name) for name in watched)],
             retention=api.RetentionPolicy.LIMITS,
             max_age=limits.max_age_s,
+            max_bytes=limits.dead_letter_max_bytes or UNLIMITED,
             **common,
         ),
     )

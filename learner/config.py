@@ -122,6 +122,9 @@ class TrainingSection:
     # A checkpoint lists the ids of this many most recently trained trees, so a redelivered
     # tree it already holds is not trained twice (``learner.ledger``).
     trained_ids_kept: int = 50_000
+    # Published weights older than the staleness bound are deleted from the object store,
+    # unless an actor that sent a heartbeat within this many seconds still reports that version.
+    weights_actor_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.staleness_eta < 0:
@@ -140,6 +143,8 @@ class TrainingSection:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.trained_ids_kept < 1:
             raise ValueError(f"trained_ids_kept must be >= 1, got {self.trained_ids_kept}")
+        if self.weights_actor_timeout_s <= 0:
+            raise ValueError(f"weights_actor_timeout_s must be > 0, got {self.weights_actor_timeout_s}")
 
 
 @dataclass(frozen=True)

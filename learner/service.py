@@ -13,6 +13,9 @@ holds it and marks it in progress every third of the durable's ack_wait. A learn
 with trees buffered, or trained but not checkpointed, leaves them to its successor, which
 trains each once: the checkpoint lists the trees it holds. Every tree made durable is
 recorded by id in ``metrics/learner_trees.jsonl``, so a run can be reconciled tree by tree.
+
+Each version's weights are their own object; after each publication the versions no actor
+can use any more are deleted beside training (``learner.weights_retention``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from learner.config import LearnerConfig
 from learner.ledger import AckLedger, Arrival, keep_alive_interval_s
 from learner.trainer import Trainer, checkpoint_root, latest_checkpoint
 from learner.versions import WEIGHTS_METRICS, Publication, read_publications, resume_plan
+from learner.weights_retention import prune_weights, weights_object_name
 from protocol import CompletedTree, WeightsAnnouncement
 from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
@@ -47,14 +51,6 @@ T = TypeVar("T")
 #: ``metrics/learner_trees.jsonl``: the ids of the trees made durable, trained or turned away.
 TREES_METRICS = "learner_trees"
 _SETTLE_ERRORS = (nats.errors.Error, asyncio.TimeoutError)
-
-# Weights rotate through a few object names so that an actor still fetching version v is
-# not cut off by v+1; its sha256 check catches the rare overwrite of a slow fetch.
-WEIGHT_SLOTS = 3
-
-
-def weights_object_name(version: int) -> str:
-    return f"policy-slot{version % WEIGHT_SLOTS}"
 
 
 def tree_batch_stats(trees: list[CompletedTree]) -> dict[str, float]:
@@ -95,6 +91,9 @@ class LearnerService:
         # The newest delivery of every tree the ledger holds.
         self.deliveries: dict[str, Delivery] = {}
         self.started_at = time.time()
+        self.pruning: asyncio.Task | None = None
+        self.weights_deleted = 0
+        self.weights_prune_failed = 0
 
     async def on_tree(self, tree: CompletedTree, delivery: Delivery) -> None:
         self.trees_received += 1
@@ -210,7 +209,34 @@ class LearnerService:
         announcement = self.announcement_for(blob)
         await self.announce(blob, announcement)
         self.record(announcement)
+        self.start_pruning(announcement.policy_version)
         return announcement
+
+    def start_pruning(self, current_version: int) -> None:
+        """Delete the weights no actor can use any more, beside training (one pass at a time;
+        a version a pass skips is caught by the next)."""
+        if self.pruning is None or self.pruning.done():
+            self.pruning = asyncio.create_task(self.prune_weights(current_version), name="prune-weights")
+
+    async def prune_weights(self, current_version: int) -> None:
+        training = self.config.training
+        try:
+            pruned = await prune_weights(
+                self.bus, current_version, training.staleness_eta, training.weights_actor_timeout_s, time.time()
+            )
+        except Exception as err:  # noqa: BLE001 - pruning is never fatal: the store only grows until the next pass
+            self.weights_prune_failed += 1
+            log.warning("weights_prune_failed", policy_version=current_version, error=repr(err))
+            return
+        self.weights_deleted += len(pruned.deleted)
+        if pruned.deleted:
+            log.info(
+                "weights_pruned",
+                policy_version=current_version,
+                deleted=list(pruned.deleted),
+                kept=list(pruned.kept),
+                live_versions=list(pruned.live_versions),
+            )
 
     async def announce_resumed(self) -> None:
         """Announce the version the learner starts from, unless the run already has it; a
@@ -302,6 +328,8 @@ class LearnerService:
         counts = {f"bus.{name}": count for name, count in sorted(self.bus.counters.items())}
         counts.update({f"trees.{name}": count for name, count in sorted(self.tree_counts.items())})
         counts["trees.held"] = len(self.deliveries)
+        counts["weights.deleted"] = self.weights_deleted
+        counts["weights.prune_failed"] = self.weights_prune_failed
         return counts
 
     def write_final_metrics(self) -> None:
@@ -376,7 +404,7 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> int:
         await service.trees_checkpointed()
     await service.hand_back_unstarted()
     service.released.set()
-    stuck += await end_tasks([keep_alive])
+    stuck += await end_tasks([keep_alive, *([service.pruning] if service.pruning else [])])
     final_dir = Path(config.run.run_dir) / "final_model"
     await asyncio.to_thread(trainer.export_model_dir, final_dir)
     service.write_final_metrics()

@@ -256,3 +256,17 @@ def test_server_certificate_names_every_address_and_chains_to_the_run_ca() -> No
     assert ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     with pytest.raises(ValueError):
         tls.issue_server_cert(ca, [], now)
+
+
+def test_nodes_trees_and_dead_letters_are_capped_in_bytes_and_trees_outlive_their_nodes() -> None:
+    limits = StreamLimits(nodes_max_bytes=100, trees_max_bytes=200, dead_letter_max_bytes=50)
+    s = Subjects("r1")
+    caps = {c.name: c.max_bytes for c in run_layout(s, limits).streams}
+    assert caps == {s.nodes_stream: 100, s.work_stream: None, s.trees_stream: 200, s.dead_letter_stream: 50}
+    uncapped = StreamLimits(nodes_max_bytes=0, trees_max_bytes=0, dead_letter_max_bytes=0)
+    assert {c.max_bytes for c in run_layout(s, uncapped).streams} == {-1, None}
+    for nodes, trees in ((100, 199), (0, 200)):
+        with pytest.raises(ValueError, match="trees must outlive their nodes"):
+            StreamLimits(nodes_max_bytes=nodes, trees_max_bytes=trees)
+    with pytest.raises(ValueError, match=">= 0"):
+        StreamLimits(dead_letter_max_bytes=-1)

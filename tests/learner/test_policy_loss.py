@@ -7,8 +7,8 @@ torch, so that a vectorisation or masking slip in ``policy_loss`` cannot hide in
 
 from __future__ import annotations
 
-import itertools
 import dataclasses
+import itertools
 import math
 import random
 
