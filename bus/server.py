@@ -34,7 +34,7 @@ from typing import Any
 from tracerl.logs import get_logger
 from tracerl.typed import SchemaError, from_plain, to_plain
 
-from .config import BusServerConfig
+from .config import MIB, BusServerConfig
 from .permissions import ROLES, inbox_prefix, role_permissions
 
 log = get_logger(__name__)
@@ -218,6 +218,7 @@ def render_server_config(
     run_ids: list[str],
     node: NodePlan | None = None,
     route_credentials: RouteCredentials | None = None,
+    max_file_store: int = 0,
 ) -> dict[str, Any]:
     users = [
         {
@@ -236,6 +237,8 @@ def render_server_config(
         "jetstream": {"store_dir": store_dir},
         "authorization": {"users": users},
     }
+    if max_file_store:
+        rendered["jetstream"]["max_file_store"] = max_file_store
     if node is not None and node.cluster_name:
         if route_credentials is None:
             raise ValueError("a clustered node needs route credentials")
@@ -405,6 +408,7 @@ class BusServer:
             run_ids=self.run_ids,
             node=node,
             route_credentials=self.route_credentials,
+            max_file_store=self.config.max_store_mib * MIB,
         )
         path = self._config_path(node)
         _write_private_json(path, rendered)
