@@ -590,6 +590,8 @@ class ChaosResult:
     waiting_read: bool = True
     schedule: str = "fixed"
     planned: list[list[str]] = field(default_factory=list)
+    # The bus the run had: one nats-server or a cluster, and its store limit.
+    bus: str = ""
 
     def failures(self) -> list[str]:
         out = []
@@ -917,13 +919,17 @@ class FaultInjector:
                 int(self.options.fill_fraction * limit),
                 hold_s=self.lasts_s,
             )
+            refused_before = self.refused_publishes()
             filler.start()
             record.target = f"store ({self.bus_config.max_store_mib} MiB limit)"
 
             def release(filler: StoreFiller = filler) -> str:
                 filler.release.set()
                 filler.join(90.0)
-                return filler.detail()
+                weights, batches = (
+                    now - before for now, before in zip(self.refused_publishes(), refused_before, strict=True)
+                )
+                return f"{filler.detail()}; meanwhile {weights} weight and {batches} message-batch publishes refused"
 
             self.ongoing.append(Ongoing(record, release, finished=lambda f=filler: not f.is_alive()))
         else:
@@ -936,6 +942,14 @@ class FaultInjector:
             flush=True,
         )
         return record
+
+    def refused_publishes(self) -> tuple[int, int]:
+        """Weight publishes the learner retried and message batches any role saw refused, so far."""
+        logs = self.run.run_dir / "logs"
+        return (
+            count_log_events(self.run.run_dir, "learner", "weights_publish_failed_will_retry"),
+            sum(count_log_events(self.run.run_dir, p.stem, "publish_not_acked") for p in logs.glob("*.jsonl")),
+        )
 
     def end_due(self, force: bool = False) -> None:
         """End the lasting faults whose time has come (all of them with ``force``)."""
@@ -953,6 +967,12 @@ class FaultInjector:
         self.end_due(force=True)
         if self.cluster is not None:
             self.cluster.stop_restarted()
+
+
+def describe_bus(bus: Any) -> str:
+    nodes = bus.cluster.local_nodes
+    text = f"a {nodes}-node cluster, {bus.replicas} replicas" if nodes else "one nats-server"
+    return text + (f", store limit {bus.max_store_mib} MiB" if bus.max_store_mib else "")
 
 
 def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
@@ -1087,6 +1107,7 @@ def run_chaos(options: ChaosOptions, up_overrides: list[str]) -> ChaosResult:
         waiting_read=waiting_read,
         schedule=options.schedule,
         planned=[list(w.actions) for w in waves],
+        bus=describe_bus(bus),
     )
     if options.schedule == "fixed":
         write_chaos_results(result, Path(options.results_dir) if options.results_dir else None)
@@ -1116,7 +1137,8 @@ def chaos_markdown(result: ChaosResult, title: str = "# Chaos run") -> str:
         "",
         (
             f"Seed {result.seed}, {result.schedule} schedule; {result.learner_steps} learner steps in "
-            f"{result.wall_seconds:.0f} s; run directory `{result.run_dir}`."
+            f"{result.wall_seconds:.0f} s; run directory `{result.run_dir}`"
+            + (f"; the bus: {result.bus}." if result.bus else ".")
         ),
         "",
         "| # | wave | fault | target | at learner step | at s | ended at s | next learner step after (s) | detail |",

@@ -17,6 +17,7 @@ from bench.chaos import (
     TreeRecord,
     chaos_markdown,
     chaos_schedule,
+    describe_bus,
     plan_waves,
     random_markdown,
     random_schedule,
@@ -239,3 +240,13 @@ def test_lost_twice_trained_and_unknown_trees_fail():
     assert t.waiting == 1 and len(t.failures()) == 3
     with pytest.raises(ValueError, match="unknown learner tree record"):
         reconcile_training([], [TreeRecord("eaten", ("t1",))], [])
+
+
+def test_the_record_names_the_bus_it_ran_on():
+    from bus.config import BusServerConfig
+    from tracerl.config import load_config
+
+    assert describe_bus(BusServerConfig()) == "one nats-server"
+    cluster = load_config(BusServerConfig, None, ["cluster.name=c", "cluster.local_nodes=3", "max_store_mib=64"])
+    assert describe_bus(cluster) == "a 3-node cluster, 3 replicas, store limit 64 MiB"
+    assert "the bus: one nats-server." in chaos_markdown(_result(bus="one nats-server"))
