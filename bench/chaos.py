@@ -632,7 +632,7 @@ def _bus_healthy(monitor_port: int) -> bool:
         return False
 
 
-def _store_used(monitor_ports: Sequence[int]) -> int | None:
+def store_used(monitor_ports: Sequence[int]) -> int | None:
     """Bytes the fullest node's JetStream file store holds; None while no node answers."""
     used = []
     for port in monitor_ports:
@@ -727,7 +727,7 @@ class StoreFiller(threading.Thread):
             chunk = os.urandom(FILL_CHUNK)
             deadline = time.monotonic() + self.fill_timeout_s
             while not self.release.is_set() and time.monotonic() < deadline:
-                used = _store_used(self.monitor_ports)
+                used = store_used(self.monitor_ports)
                 if used is None:
                     await asyncio.sleep(0.5)
                     continue
@@ -743,7 +743,7 @@ class StoreFiller(threading.Thread):
                     await asyncio.sleep(0.5)
             hold_until = time.monotonic() + self.hold_s
             while not self.release.is_set() and time.monotonic() < hold_until:
-                self.peak_used = max(self.peak_used, _store_used(self.monitor_ports) or 0)
+                self.peak_used = max(self.peak_used, store_used(self.monitor_ports) or 0)
                 await asyncio.sleep(0.5)
 
             async def delete() -> None:

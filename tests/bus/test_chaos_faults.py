@@ -14,7 +14,7 @@ import psutil
 import pytest
 from nats.js import api
 
-from bench.chaos import ClusterNodes, StoreFiller, _store_used
+from bench.chaos import ClusterNodes, StoreFiller, store_used
 from bus.client import BusClient
 from bus.config import BusServerConfig
 from bus.server import BusServer
@@ -68,7 +68,7 @@ def test_the_store_refuses_publishes_past_its_limit(limited_bus):
     stored = asyncio.run(main())
     assert 2 * MIB <= stored <= 4 * MIB
     # The message that crosses the limit is the last one stored.
-    assert _store_used([limited_bus.monitor_port]) <= 4 * MIB + MIB // 4
+    assert store_used([limited_bus.monitor_port]) <= 4 * MIB + MIB // 4
 
 
 def test_the_filler_fills_toward_the_limit_then_deletes_its_stream(limited_bus):
@@ -95,7 +95,7 @@ def test_the_filler_fills_toward_the_limit_then_deletes_its_stream(limited_bus):
             await admin.close()
 
     assert filler.stream not in asyncio.run(streams())
-    assert _store_used([limited_bus.monitor_port]) < MIB
+    assert store_used([limited_bus.monitor_port]) < MIB
 
 
 def test_a_cluster_node_killed_alone_comes_back_on_its_own_config(nats_cluster):
