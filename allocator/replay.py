@@ -143,6 +143,13 @@ class CrashReplay:
             # next step opens now. Assuming it had trained none of them instead would hold new
             # steps for versions that only those steps' updates would bring.
             self._base_version = self.policy_version - self._next_step
+        elif self._base_version is not None and self._replay.emitted_steps:
+            # A step reopened from its nodes may be older than emitted ones: one that timed out
+            # empty, its nodes late. Counting versions from it would hold every new step for
+            # versions that steps without trees never bring; take the learner as caught up
+            # with the emitted steps, as above.
+            caught_up = self.policy_version - (max(self._replay.emitted_steps) + 1)
+            self._base_version = min(self._base_version, caught_up)
         for step in self.steps.values():
             for tree_id in step.tree_ids:
                 for record in self.trees[tree_id].work.values():

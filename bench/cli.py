@@ -279,9 +279,20 @@ def up_set_args(config: Path | None, set_: list[str] | None) -> list[str]:
 @bench_app.command("chaos")
 def bench_chaos(
     seed: Annotated[int, typer.Option(help="Seeds the order and timing of the faults and which actor dies.")] = 0,
-    actions: Annotated[str, typer.Option(help="Comma-separated faults, each once.")] = (
-        "kill_actor,kill_learner,kill_allocator,restart_bus"
-    ),
+    schedule: Annotated[
+        str, typer.Option(help="fixed: each fault once, one at a time; random: --faults drawn, some fired at once.")
+    ] = "fixed",
+    faults: Annotated[int, typer.Option(help="Faults a random schedule draws.")] = 8,
+    seeds: Annotated[
+        int, typer.Option(help="Random schedule: runs of seeds --seed, --seed+1, ... in bench/results/chaos-random.")
+    ] = 1,
+    actions: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated faults (default: every fault of the schedule): kill_actor, kill_learner, "
+            "kill_allocator, restart_bus; random also kill_cluster_node, stall_actor, fill_store."
+        ),
+    ] = "",
     first_step: Annotated[int, typer.Option(help="Learner steps before the first fault.")] = 2,
     steps_between: Annotated[int, typer.Option(help="Learner steps between faults.")] = 2,
     steps_after: Annotated[int, typer.Option(help="Learner steps after the last fault.")] = 2,
@@ -293,20 +304,25 @@ def bench_chaos(
     ),
     timeout_s: Annotated[float, typer.Option(help="Limit for the whole run in seconds.")] = 1800.0,
     results_dir: Annotated[
-        Path | None, typer.Option(help="Where chaos.json and chaos.md go (default bench/results).", show_default=False)
+        Path | None,
+        typer.Option(help="Where chaos[-random].json and .md go (default bench/results).", show_default=False),
     ] = None,
 ) -> None:
     """A real run (bus, allocator, 2 actors, learner) under a seeded schedule of SIGKILLs (an actor, replaced
-    by a new one; the learner; the allocator) and a nats-server restart; then every accepted TurnNode is
-    reconciled against the CompletedTrees and the allocator's recorded drops. Writes bench/results/chaos.{md,json};
-    exits 1 if anything was lost or duplicated, a token was trained past the staleness bound, or a policy
-    version went down."""
-    from bench.chaos import ChaosOptions, chaos_markdown, run_chaos
+    by a new one; the learner; the allocator) and a nats-server restart; a random schedule also stalls actors,
+    fills the store and kills cluster nodes, two faults at once at times. Then every accepted TurnNode is
+    reconciled against the CompletedTrees and the allocator's recorded drops, and every tree against what the
+    learner trained. Writes bench/results/chaos.{md,json} (random: chaos-random.{md,json}); exits 1 if anything
+    was lost or duplicated, a tree trained twice, a token trained past the staleness bound, or a policy version
+    went down."""
+    from bench.chaos import ChaosOptions, chaos_markdown, random_markdown, run_chaos, run_random_series
 
-    overrides = [f"run.run_id=chaos-s{seed}", f"run.run_dir={work_dir / f'chaos-s{seed}'}", *up_set_args(config, set_)]
+    user_overrides = up_set_args(config, set_)
     try:
         options = ChaosOptions(
             seed=seed,
+            schedule=schedule,
+            faults=faults,
             actions=tuple(a.strip() for a in actions.split(",") if a.strip()),
             first_step=first_step,
             steps_between=steps_between,
@@ -315,9 +331,16 @@ def bench_chaos(
             timeout_s=timeout_s,
             results_dir=str(results_dir) if results_dir else None,
         )
+        if seeds < 1 or (seeds > 1 and schedule != "random"):
+            raise ValueError("--seeds must be >= 1, and more than 1 only with --schedule random")
     except ValueError as err:
         typer.echo(f"tracerl bench chaos: {err}", err=True)
         raise typer.Exit(2) from None
+    if schedule == "random":
+        results = run_random_series(options, seeds, work_dir, user_overrides)
+        typer.echo(random_markdown(results, options))
+        raise typer.Exit(0 if all(r.ok for r in results) else 1)
+    overrides = [f"run.run_id=chaos-s{seed}", f"run.run_dir={work_dir / f'chaos-s{seed}'}", *user_overrides]
     result = run_chaos(options, overrides)
     typer.echo(chaos_markdown(result))
     raise typer.Exit(0 if result.ok else 1)

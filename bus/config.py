@@ -157,6 +157,9 @@ class BusServerConfig:
     # Empty means "<run_dir>/nats".
     store_dir: str = ""
     max_payload: int = 8 * MIB
+    # JetStream's file store limit on each node, in MiB; 0 leaves it to nats-server (a share of
+    # the free disk). Publishes past it are refused rather than filling the disk.
+    max_store_mib: int = 0
     # Further run ids served by the same server (several runs may share one deployment).
     extra_run_ids: list[str] = field(default_factory=list)
     # Empty means "<venv>/bin/nats-server next to this Python, else nats-server on PATH".
@@ -185,6 +188,8 @@ class BusServerConfig:
             raise ValueError(f"max_payload must be in [1 MiB, 64 MiB], got {self.max_payload}")
         if self.startup_timeout_s <= 0:
             raise ValueError("startup_timeout_s must be > 0")
+        if self.max_store_mib < 0:
+            raise ValueError(f"max_store_mib must be >= 0, got {self.max_store_mib}")
         check_run_id(self.run.run_id)
         for run_id in self.extra_run_ids:
             check_run_id(run_id)

@@ -43,7 +43,7 @@ from tracerl.logs import get_logger
 from tracerl.typed import SchemaError, from_plain, to_plain
 
 from . import tls
-from .config import BusServerConfig
+from .config import MIB, BusServerConfig
 from .permissions import ROLES, inbox_prefix, role_permissions
 
 log = get_logger(__name__)
@@ -363,6 +363,7 @@ def render_server_config(
     route_credentials: RouteCredentials | None = None,
     actors: dict[str, RoleCredentials] | None = None,
     tls_files: TlsFiles | None = None,
+    max_file_store: int = 0,
 ) -> dict[str, Any]:
     """The nats-server config of one node; ``tls_files`` turns on TLS for clients and routes."""
     users = [user_entry(cred, run_ids) for cred in [*credentials.values(), *(actors or {}).values()]]
@@ -377,6 +378,8 @@ def render_server_config(
     }
     if tls_files is not None:
         rendered["tls"] = {"cert_file": tls_files.cert_file, "key_file": tls_files.key_file, "timeout": 5}
+    if max_file_store:
+        rendered["jetstream"]["max_file_store"] = max_file_store
     if node is not None and node.cluster_name:
         if route_credentials is None:
             raise ValueError("a clustered node needs route credentials")
@@ -609,6 +612,7 @@ class BusServer:
             route_credentials=self.route_credentials,
             actors=self.actor_credentials(),
             tls_files=self._tls_files(node),
+            max_file_store=self.config.max_store_mib * MIB,
         )
         path = self._config_path(node)
         _write_private_json(path, rendered)

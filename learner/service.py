@@ -320,6 +320,10 @@ class LearnerService:
             # again, with other weights, by the restarted learner (versions must go strictly up).
             if await asyncio.to_thread(self.trainer.save_rolling_checkpoint) is not None:
                 await self.trees_checkpointed()
+            if metrics.get("skipped"):
+                # No weight changed: the run has this version already, and announcing it again
+                # would repeat it (versions must go strictly up).
+                continue
             await self.publish_weights()
 
     def bus_counters(self) -> dict[str, int]:

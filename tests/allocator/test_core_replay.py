@@ -250,3 +250,40 @@ def test_an_item_finished_by_a_second_sampling_is_settled_on_replay_despite_the_
     assert record.synthesized
     # One slot per chain, whichever sampling ran it: done and settled, not held to the step timeout.
     assert (record.num_samples, record.finished, record.settled) == (redone.num_samples, True, True)
+
+
+def test_a_replay_that_reopens_a_step_closed_empty_still_opens_new_steps():
+    """A step that timed out before any node came closes with no tree; its nodes come late and
+    stay on the stream. A replay after later steps were emitted reopens that step from them; it
+    must still take the learner as caught up with the emitted steps, or every new step is held
+    for versions that never come (seen in `tracerl bench chaos` on a loaded machine)."""
+    core, actor = _new_core("grpo")
+    rng = np.random.default_rng(0)
+    streams = Streams()
+    first = core.schedule(0.0, ACTORS)
+    late = [n for r in first for n in actor.rollout(r.item, actor_id="a0", policy_version=0, rng=rng, now=0.0)]
+    empty_steps = {step_of_tree(r.item.tree_id) for r in first}
+    _publish(core, streams, 31.0)  # past the step timeout: closed, nothing to emit
+    assert not streams.trees and not core.steps
+    for node in late:
+        streams.nodes.append(node)
+        core.on_node(node, 31.0)
+    version = 0
+    for t in range(32, 200):
+        for routed in core.schedule(float(t), ACTORS):
+            for node in actor.rollout(routed.item, actor_id="a0", policy_version=version, rng=rng, now=float(t)):
+                streams.nodes.append(node)
+                core.on_node(node, float(t))
+        version += _publish(core, streams, float(t))
+        core.on_policy_version(version)
+        if version >= 3 and not core.steps:
+            break
+    assert version >= 3 and not core.steps
+    newest_emitted = max(t.allocator_step for t in streams.trees)
+    fresh = _rebuild(core, streams, version, 300.0)
+    assert set(fresh.steps) <= empty_steps  # only the empty steps come back, from their late nodes
+    new_steps = set()
+    for t in range(301, 340):
+        new_steps |= {step_of_tree(r.item.tree_id) for r in fresh.schedule(float(t), ACTORS)}
+        _publish(fresh, streams, float(t))
+    assert any(step > newest_emitted for step in new_steps), "new steps are held for the learner"

@@ -70,6 +70,18 @@ def test_server_config_has_one_user_per_role_with_its_permissions() -> None:
     )
     assert rendered["jetstream"] == {"store_dir": "/s"}
     assert rendered["http"] == "127.0.0.1:2"
+    limited = render_server_config(
+        host="127.0.0.1",
+        port=1,
+        monitor_port=2,
+        store_dir="/s",
+        pid_file="/p",
+        max_payload=8 << 20,
+        credentials=creds,
+        run_ids=["r1"],
+        max_file_store=64 << 20,
+    )
+    assert limited["jetstream"] == {"store_dir": "/s", "max_file_store": 67108864}
     users = {u["user"]: u for u in rendered["authorization"]["users"]}
     assert set(users) == set(ROLES)
     assert users["actor"]["permissions"] == role_permissions("actor", ["r1"]).as_server_config()
@@ -115,6 +127,8 @@ def test_bus_server_config_validates_and_loads(tmp_path) -> None:
         BusServerConfig(run=RunConfig(run_id="a.b"))
     with pytest.raises(ValueError, match="max_deliver"):
         StreamLimits(max_deliver=0)
+    with pytest.raises(ValueError, match="max_store_mib"):
+        BusServerConfig(max_store_mib=-1)
     config = load_config(BusServerConfig, None, ["run.run_dir=/tmp/x", "streams.ack_wait_s=3", "port=5000"])
     assert config.store_path.as_posix() == "/tmp/x/nats"
     assert config.streams.ack_wait_s == 3.0 and config.port == 5000
