@@ -37,7 +37,6 @@ from protocol import (
     CompletedTree,
     Heartbeat,
     ProtocolError,
-    SamplingSpec,
     Subjects,
     TaskSpec,
     TreeNodeRecord,
@@ -172,18 +171,13 @@ def template(cls: type[Any], run_id: str, rng: random.Random) -> Any:
             created_at=0.0,
         )
     if cls is WorkItem:
-        return WorkItem(
+        return WorkItem.single_episode(
             run_id=run_id,
-            work_id=f"{tree_id}-w",
             tree_id=tree_id,
-            kind="root",
             task=task,
-            num_samples=1,
-            parent_id=None,
-            prefix_depth=0,
-            prefix_token_ids=[],
-            env_snapshot=b"",
-            sampling=SamplingSpec(),
+            temperature=1.0,
+            seed=0,
+            max_tokens_per_turn=64,
             max_turns=1,
             min_policy_version=0,
             issued_at=0.0,
