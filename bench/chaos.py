@@ -65,8 +65,16 @@ SCHEDULES = ("fixed", "random")
 
 CHAOS_RUN: dict[str, Any] = {**SMALL_RUN, "run.run_id": "chaos", "run.run_dir": "runs/bench-chaos/chaos"}
 # A random schedule fills the store toward its limit, so the run has one: room for the few
-# MiB a short run stores (3 weight slots of the 4 MiB model, the nodes and trees) and the filler.
-RANDOM_RUN: dict[str, Any] = {**CHAOS_RUN, "bus.max_store_mib": 64}
+# MiB a short run stores (a few weight versions of the 4 MiB model, the nodes and trees) and
+# the filler. The streams' byte caps are reserved from that limit when they are created, so
+# they are sized to leave the filler most of it.
+RANDOM_RUN: dict[str, Any] = {
+    **CHAOS_RUN,
+    "bus.max_store_mib": 64,
+    "bus.streams.nodes_max_bytes": 4 * 1024 * 1024,
+    "bus.streams.trees_max_bytes": 8 * 1024 * 1024,
+    "bus.streams.dead_letter_max_bytes": 1024 * 1024,
+}
 
 
 # ---------------------------------------------------------------------------- schedule

@@ -190,6 +190,14 @@ class BusServerConfig:
             raise ValueError("startup_timeout_s must be > 0")
         if self.max_store_mib < 0:
             raise ValueError(f"max_store_mib must be >= 0, got {self.max_store_mib}")
+        # nats-server reserves every stream's byte cap from the store limit when it creates the
+        # stream: caps past the limit would fail at provisioning with "insufficient storage".
+        capped = self.streams.nodes_max_bytes + self.streams.trees_max_bytes + self.streams.dead_letter_max_bytes
+        if self.max_store_mib and capped >= self.max_store_mib * MIB:
+            raise ValueError(
+                f"the streams' byte caps ({capped // MIB} MiB: streams.nodes_max_bytes, trees_max_bytes, "
+                f"dead_letter_max_bytes) must leave room within max_store_mib={self.max_store_mib}"
+            )
         check_run_id(self.run.run_id)
         for run_id in self.extra_run_ids:
             check_run_id(run_id)

@@ -16,7 +16,7 @@ from nats.js import api
 
 from bench.chaos import ClusterNodes, StoreFiller, store_used
 from bus.client import BusClient
-from bus.config import BusServerConfig
+from bus.config import BusServerConfig, StreamLimits
 from bus.server import BusServer
 from tracerl.config import BusConfig, LogConfig, RunConfig
 from tracerl.supervisor import wait_for
@@ -34,6 +34,8 @@ def limited_bus(tmp_path):
         port=0,
         monitor_port=0,
         max_store_mib=4,
+        # Uncapped streams reserve nothing from the 4 MiB limit.
+        streams=StreamLimits(nodes_max_bytes=0, trees_max_bytes=0, dead_letter_max_bytes=0),
     )
     server = BusServer(config).start()
     try:

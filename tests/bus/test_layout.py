@@ -129,6 +129,9 @@ def test_bus_server_config_validates_and_loads(tmp_path) -> None:
         StreamLimits(max_deliver=0)
     with pytest.raises(ValueError, match="max_store_mib"):
         BusServerConfig(max_store_mib=-1)
+    # The default caps (1.5 GiB and more) are reserved from a store limit they do not fit in.
+    with pytest.raises(ValueError, match="must leave room within max_store_mib=64"):
+        BusServerConfig(max_store_mib=64)
     config = load_config(BusServerConfig, None, ["run.run_dir=/tmp/x", "streams.ack_wait_s=3", "port=5000"])
     assert config.store_path.as_posix() == "/tmp/x/nats"
     assert config.streams.ack_wait_s == 3.0 and config.port == 5000

@@ -247,6 +247,7 @@ def test_the_record_names_the_bus_it_ran_on():
     from tracerl.config import load_config
 
     assert describe_bus(BusServerConfig()) == "one nats-server"
-    cluster = load_config(BusServerConfig, None, ["cluster.name=c", "cluster.local_nodes=3", "max_store_mib=64"])
+    caps = ["streams.nodes_max_bytes=4194304", "streams.trees_max_bytes=8388608", "streams.dead_letter_max_bytes=0"]
+    cluster = load_config(BusServerConfig, None, ["cluster.name=c", "cluster.local_nodes=3", "max_store_mib=64", *caps])
     assert describe_bus(cluster) == "a 3-node cluster, 3 replicas, store limit 64 MiB"
     assert "the bus: one nats-server." in chaos_markdown(_result(bus="one nats-server"))
