@@ -28,7 +28,7 @@ def _by_type(run_id: str) -> dict[type, object]:
     return {type(m): m for m in sample_messages(run_id)}
 
 
-async def _drain(consumer, handler, until, *, deadline_s: float = 10.0) -> None:
+async def _drain(consumer, handler, until, *, deadline_s: float = 30.0) -> None:
     deadline = time.monotonic() + deadline_s
     while not until():
         assert time.monotonic() < deadline, "consumer did not finish in time"
@@ -273,11 +273,11 @@ def test_a_message_that_keeps_failing_moves_to_the_dlq_and_leaves_the_work_strea
             assert actor.counters["handler_errors"] == bus_run.limits.max_deliver
             await consumer.close()
 
+            # The server's max-deliveries advisory can take seconds to arrive on a loaded machine.
             moved = 0
-            for _ in range(20):
+            deadline = time.monotonic() + 30
+            while not moved and time.monotonic() < deadline:
                 moved += await sweep_dead_letters(admin.js, s, wait_s=0.2)
-                if moved:
-                    break
             assert moved == 1
             info = await admin.js.stream_info(s.work_stream)
             assert info.state.messages == 0
