@@ -41,7 +41,7 @@ from protocol import CompletedTree, Heartbeat, ProtocolError, Subjects, TaskSpec
 from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
-from tracerl.metrics import MetricsWriter, role_metrics
+from tracerl.metrics import LatencyWindow, MetricsWriter, role_metrics
 
 log = get_logger(__name__)
 
@@ -190,9 +190,16 @@ class AllocatorService:
         self.rerouted = 0
         self.registry_read = False
         self.stop = asyncio.Event()
+        # Per metrics interval: the wall time of each schedule() call (the decision latency the
+        # control plane is sized by), and each node's age on arrival (its actor's publish to here).
+        self.schedule_latency = LatencyWindow()
+        # Its thread CPU time too: on shared cores the wall time also measures the neighbours.
+        self.schedule_cpu = LatencyWindow()
+        self.node_age = LatencyWindow()
 
     async def on_node(self, node: TurnNode, delivery: Delivery) -> None:
         now = time.time()
+        self.node_age.add(max(0.0, now - node.created_at))
         if is_probe_tree(node.tree_id):
             self.probes.on_node(node, now)
             return
@@ -344,7 +351,11 @@ class AllocatorService:
     async def schedule_loop(self) -> None:
         while not self.stop.is_set():
             now = time.time()
-            self.queue_work(self.core.schedule(now, self.actors))
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            routed = self.core.schedule(now, self.actors)
+            self.schedule_latency.add(time.perf_counter() - started)
+            self.schedule_cpu.add(time.thread_time() - started_cpu)
+            self.queue_work(routed)
             self.queue_trees(now)
             while self.outbox and not self.stop.is_set():
                 pending = len(self.outbox)
@@ -379,6 +390,9 @@ class AllocatorService:
             work_rerouted=self.rerouted,
             replay_skipped=self.replay_skipped,
         )
+        record.update(self.schedule_latency.summary("schedule_ms", scale=1000.0))
+        record.update(self.schedule_cpu.summary("schedule_cpu_ms", scale=1000.0))
+        record.update(self.node_age.summary("node_age_s"))
         self.metrics.write(record, now)
         for result in self.probes.pop_results():
             self.metrics.write(

@@ -47,6 +47,7 @@ from bus.server import BusServer
 from protocol import Subjects, TaskSpec, TurnNode, decode, encode
 from tracerl.config import BusConfig, LogConfig, RunConfig
 from tracerl.logs import configure_logging
+from tracerl.metrics import percentile
 
 RESULTS = Path(__file__).parent / "results" / "bus_throughput.json"
 ACTOR_ID = "actor-0"
@@ -81,11 +82,6 @@ def make_node(run_id: str, index: int) -> TurnNode:
         reward=1.0 if index % 4 == 3 else None,
         created_at=1_800_000_000.0 + index,
     )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def codec_cost(nodes: list[TurnNode]) -> dict[str, float]:

@@ -218,6 +218,94 @@ def bench_soak(
     raise typer.Exit(soak_command(options, up_set_args(config, set_)))
 
 
+@bench_app.command("scale")
+def bench_scale(
+    actors: Annotated[str, typer.Option(help="Comma-separated simulated actor counts to sweep.")] = "8,32,128,512",
+    seconds: Annotated[float, typer.Option(help="Measured window per point, after the warm-up.")] = 60.0,
+    warmup_s: Annotated[float, typer.Option(help="Seconds after every actor registered before measuring.")] = 30.0,
+    turn_seconds: Annotated[float, typer.Option(help="Mean seconds a simulated turn takes.")] = 2.0,
+    tokens_per_turn: Annotated[int, typer.Option(help="Tokens in each simulated turn.")] = 48,
+    learner_step_s: Annotated[float, typer.Option(help="Seconds the simulated learner 'trains' per step.")] = 1.0,
+    actors_per_host: Annotated[int, typer.Option(help="Simulated actors per host process.")] = 128,
+    config: ConfigOption = None,
+    set_: BenchSetOption = None,
+    work_dir: Annotated[Path, typer.Option(help="Where the runs go (<work_dir>/scale-<N>).")] = Path(
+        "runs/bench-scale"
+    ),
+    results_dir: Annotated[
+        Path | None, typer.Option(help="Where scale.json and scale.md go (default bench/results).", show_default=False)
+    ] = None,
+) -> None:
+    """The real nats-server and allocator fed by N simulated actors (the real actor service over an engine with no
+    model) and a simulated learner, for each N: nodes/s through the allocator, its schedule() p99, work latency,
+    allocator memory per open node and CPU per node, and the cores the bus and the actors used. Writes
+    bench/results/scale.{md,json} with the ceiling: the first N whose schedule p99 passes 5 ms or whose throughput
+    stops growing with N."""
+    from bench.scale import ScaleOptions, run_scale_bench
+
+    try:
+        options = ScaleOptions(
+            actors=tuple(int(n) for n in actors.split(",") if n.strip()),
+            seconds=seconds,
+            warmup_s=warmup_s,
+            turn_seconds=turn_seconds,
+            tokens_per_turn=tokens_per_turn,
+            learner_step_s=learner_step_s,
+            actors_per_host=actors_per_host,
+            work_dir=str(work_dir),
+            results_dir=str(results_dir) if results_dir else None,
+        )
+    except ValueError as err:
+        typer.echo(f"tracerl bench scale: {err}", err=True)
+        raise typer.Exit(2) from None
+    payload = run_scale_bench(options, up_set_args(config, set_))
+    raise typer.Exit(0 if payload["points"] and not payload["failures"] else 1)
+
+
+@bench_app.command("scale-actors", hidden=True)
+def bench_scale_actors(
+    config: Annotated[Path, typer.Option(help="The actor config every simulated actor shares.")],
+    actor_ids: Annotated[str, typer.Option(help="Comma-separated ids of the actors this host runs.")],
+    turn_seconds: Annotated[float, typer.Option()] = 2.0,
+    tokens_per_turn: Annotated[int, typer.Option()] = 48,
+    answer_probability: Annotated[float, typer.Option()] = 0.35,
+) -> None:
+    """One host of `tracerl bench scale`'s simulated actors (started by the bench)."""
+    import asyncio
+
+    from actors.config import ActorConfig
+    from bench.scale import serve_simulated_actors
+    from tracerl.config import load_config
+    from tracerl.logs import configure_logging
+
+    actor_config = load_config(ActorConfig, config, [])
+    configure_logging("scale-actors", actor_config.run.run_dir, "warning", actor_config.log.json_file)
+    ids = [i for i in actor_ids.split(",") if i]
+    raise typer.Exit(
+        asyncio.run(serve_simulated_actors(config, ids, turn_seconds, tokens_per_turn, answer_probability))
+    )
+
+
+@bench_app.command("scale-learner", hidden=True)
+def bench_scale_learner(
+    config: Annotated[Path, typer.Option(help="The run's learner config (bus and run).")],
+    step_seconds: Annotated[float, typer.Option()] = 1.0,
+) -> None:
+    """`tracerl bench scale`'s simulated learner (started by the bench)."""
+    import asyncio
+
+    from bench.scale import serve_simulated_learner
+    from learner.config import LearnerConfig
+    from tracerl.config import load_config
+    from tracerl.logs import configure_logging
+
+    learner_config = load_config(LearnerConfig, config, [])
+    configure_logging(
+        "scale-learner", learner_config.run.run_dir, learner_config.log.level, learner_config.log.json_file
+    )
+    raise typer.Exit(asyncio.run(serve_simulated_learner(config, step_seconds)))
+
+
 @bench_app.command("predictor")
 def bench_predictor(
     model: Annotated[

@@ -21,7 +21,6 @@ can use any more are deleted beside training (``learner.weights_retention``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -37,7 +36,7 @@ from learner.config import LearnerConfig
 from learner.ledger import AckLedger, Arrival, keep_alive_interval_s
 from learner.trainer import Trainer, checkpoint_root, latest_checkpoint
 from learner.versions import WEIGHTS_METRICS, Publication, read_publications, resume_plan
-from learner.weights_retention import prune_weights, weights_object_name
+from learner.weights_retention import prune_weights, weights_announcement
 from protocol import CompletedTree, WeightsAnnouncement
 from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
@@ -158,16 +157,7 @@ class LearnerService:
                     log.debug("tree_keep_alive_failed", tree_id=tree_id, error=repr(err))
 
     def announcement_for(self, blob: bytes) -> WeightsAnnouncement:
-        version = self.trainer.policy_version
-        return WeightsAnnouncement(
-            run_id=self.config.run.run_id,
-            policy_version=version,
-            object_name=weights_object_name(version),
-            sha256=hashlib.sha256(blob).hexdigest(),
-            num_bytes=len(blob),
-            format="safetensors",
-            created_at=time.time(),
-        )
+        return weights_announcement(self.config.run.run_id, self.trainer.policy_version, blob, time.time())
 
     async def _until_done(self, what: str, action: Callable[[], Awaitable[T]]) -> T:
         """Retry ``action`` with backoff until it succeeds or the learner stops."""

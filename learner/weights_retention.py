@@ -14,12 +14,13 @@ is the thin I/O shell the learner runs.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from protocol import Heartbeat
+from protocol import Heartbeat, WeightsAnnouncement
 
 WEIGHTS_OBJECT_PREFIX = "policy-v"
 _VERSIONED = re.compile(rf"^{re.escape(WEIGHTS_OBJECT_PREFIX)}(\d+)$")
@@ -27,6 +28,19 @@ _VERSIONED = re.compile(rf"^{re.escape(WEIGHTS_OBJECT_PREFIX)}(\d+)$")
 
 def weights_object_name(version: int) -> str:
     return f"{WEIGHTS_OBJECT_PREFIX}{version}"
+
+
+def weights_announcement(run_id: str, version: int, blob: bytes, now: float) -> WeightsAnnouncement:
+    """What the learner announces for ``blob`` as ``version``: its object, size and sha256."""
+    return WeightsAnnouncement(
+        run_id=run_id,
+        policy_version=version,
+        object_name=weights_object_name(version),
+        sha256=hashlib.sha256(blob).hexdigest(),
+        num_bytes=len(blob),
+        format="safetensors",
+        created_at=now,
+    )
 
 
 def weights_object_version(name: str) -> int | None:

@@ -80,6 +80,45 @@ class ScalarSink(Protocol):
     def close(self) -> None: ...
 
 
+def percentile(values: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0 <= q <= 1) of ``values``; nan for none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class LatencyWindow:
+    """Durations seen since the last summary, reported as count, p50, p99 and max.
+
+    Reset at every summary, so each metrics record describes its own interval; the samples
+    of one interval are kept (at most ``max_samples``, the latest) so the quantiles are exact.
+    """
+
+    def __init__(self, max_samples: int = 100_000) -> None:
+        self.max_samples = max_samples
+        self.samples: list[float] = []
+        self.count = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.samples.append(seconds)
+        if len(self.samples) > 2 * self.max_samples:  # trimmed in bulk: one copy per max_samples adds
+            del self.samples[: -self.max_samples]
+
+    def summary(self, prefix: str, scale: float = 1.0) -> dict[str, float]:
+        """``{prefix}.count/p50/p99/max`` over the interval, in seconds times ``scale``; then reset."""
+        window = self.samples[-self.max_samples :]
+        record = {
+            f"{prefix}.count": float(self.count),
+            f"{prefix}.p50": percentile(window, 0.50) * scale,
+            f"{prefix}.p99": percentile(window, 0.99) * scale,
+            f"{prefix}.max": (max(window) if window else math.nan) * scale,
+        }
+        self.samples, self.count = [], 0
+        return record
+
+
 class MetricsWriter:
     """One role's metrics: a JSONL line per record, plus each record's scalars to ``sinks``.
 

@@ -91,7 +91,7 @@ BUS_READY_LINE = "tracerl bus: listening on"
 
 
 def start_roles(supervisor: Supervisor, up: UpConfig, names: list[str], config_dir: Path) -> None:
-    """The bus first (and wait until it has provisioned the run), then the other roles.
+    """The bus first (and wait until it has provisioned the run), then the other roles of ``names``.
 
     A role started before provisioning would find no stream or bucket; a cluster takes
     seconds to elect the leaders its replicated streams need.
@@ -108,7 +108,8 @@ def start_roles(supervisor: Supervisor, up: UpConfig, names: list[str], config_d
     wait_for(lambda: ready() or not supervisor.processes["bus"].alive, up.startup_timeout_s, what="the bus")
     check_alive(supervisor)
     for name in ("learner", "allocator", *(n for n in names if n.startswith("actor-"))):
-        start_role(supervisor, up, name, config_dir)
+        if name in names:
+            start_role(supervisor, up, name, config_dir)
 
 
 def stop_roles(supervisor: Supervisor, timeout_s: float = 60.0) -> None:
