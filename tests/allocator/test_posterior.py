@@ -107,3 +107,39 @@ def test_within_group_auc_counts_only_pairs_inside_a_group():
     # One score per group (a per-prompt counter) orders nothing inside a group.
     assert within_group_auc([0.7, 0.7, 0.2, 0.2], [1, 0, 1, 0], ["a", "a", "b", "b"]) == pytest.approx(0.5)
     assert math.isnan(within_group_auc([0.5, 0.6], [1, 1], ["a", "a"]))
+
+
+def test_the_running_fit_equals_a_fit_over_the_window_after_every_decision():
+    """The per-depth sums kept as decisions come and leave the window pick the κ a fresh fit
+    over the window's decisions picks, for each depth and pooled over the prefixes."""
+    rng = np.random.default_rng(7)
+    fit = ConcentrationFit(max_depth=2, window=30, min_decisions=5)
+    for index in range(200):
+        depth = int(rng.integers(0, 3))
+        old = int(rng.integers(0, 3))
+        old_successes = int(rng.integers(0, old + 1))
+        new = int(rng.integers(1, 4))
+        p = float(rng.uniform(0.05, 0.95))
+        # Polarised at depth 2, coin-like at depth 0: the fitted κ differ across depths.
+        new_successes = int(rng.binomial(new, p if depth < 2 else float(rng.random() < p)))
+        fit.add(Decision(depth, p, old_successes, old - old_successes, new_successes, new - new_successes))
+        fit.refit()
+
+        def fresh(decisions):
+            return fit_concentration(
+                [d.prior_mean for d in decisions],
+                [d.successes for d in decisions],
+                [d.failures for d in decisions],
+                [d.new_successes for d in decisions],
+                [d.new_failures for d in decisions],
+            )
+
+        for d, decisions in fit.by_depth.items():
+            assert len(decisions) <= 30
+            if len(decisions) >= 5:
+                assert fit.concentrations[d] == fresh(list(decisions)), (index, d)
+                np.testing.assert_allclose(fit.loglik_sums[d], fit.exact_loglik(decisions), rtol=1e-9, atol=1e-7)
+        prefixes = [x for d, ds in fit.by_depth.items() if d >= 1 for x in ds]
+        assert fit.pooled == (fresh(prefixes) if len(prefixes) >= 5 else None), index
+    assert {len(ds) for ds in fit.by_depth.values()} == {30}
+    assert len({fit.concentrations[d] for d in fit.by_depth}) > 1
