@@ -6,7 +6,14 @@ import random
 
 import torch
 
-from learner.config import LearnerConfig, LossSection, ModelSection, OptimiserSection, TrainingSection
+from learner.config import (
+    LearnerConfig,
+    LossSection,
+    ModelSection,
+    OptimiserSection,
+    ParallelSection,
+    TrainingSection,
+)
 from learner.losses import path_sums
 from learner.packing import ForwardBatch
 from protocol.messages import CompletedTree
@@ -21,6 +28,7 @@ def learner_config(
     loss_kind: str = "decoupled_ppo",
     attention: str = "dense",
     max_tokens_per_forward: int = 0,
+    strategy: str = "ddp",
     **loss,
 ) -> LearnerConfig:
     return LearnerConfig(
@@ -34,6 +42,7 @@ def learner_config(
         optimiser=OptimiserSection(lr=1e-3, max_grad_norm=1.0),
         loss=LossSection(kind=loss_kind, **loss),
         training=TrainingSection(staleness_eta=2),
+        parallel=ParallelSection(strategy=strategy),
     )
 
 

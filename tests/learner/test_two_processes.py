@@ -22,9 +22,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("layout", ["packed", "lean"])
+@pytest.mark.parametrize("layout", ["packed", "lean", "fsdp"])
 def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path, layout):
-    """Either layout on two ranks against the default (dense, one tree per forward) on one."""
+    """Each layout on two ranks against the default (dense, one tree per forward, unsharded) on one."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     command = [
         sys.executable, "-m", "torch.distributed.run",
@@ -35,6 +35,7 @@ def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in reports] == [2, 2]  # really two processes
+    assert {r["parameter_type"] for r in reports} == {"DTensor" if layout == "fsdp" else "Parameter"}
     assert reports[0]["trees"] == reports[1]["trees"] == [5, 1]  # both saw rank 0's batches
 
     single = Trainer(learner_config(tiny_model_dir, packing=True))
@@ -49,5 +50,6 @@ def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path
     # The same arithmetic on both sides for "packed"; "lean" sums attention in another order,
     # and Adam's first steps (size ~lr = 1e-3 whatever the gradient's scale) carry the last
     # digits of small gradients into the weights: still under 1% of one step.
+    # FSDP reduce-scatters gradients where DDP all-reduces them: the same sums in another order.
     assert worst < (1e-6 if layout == "packed" else 1e-5), worst
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]

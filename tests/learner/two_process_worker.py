@@ -11,11 +11,14 @@ import torch
 from learner.trainer import Trainer
 from tests.learner.helpers import batches, learner_config
 
-#: Forward layouts by name: "lean" packs every tree of a rank into one forward through the chunked path.
+#: Forward layouts by name: "lean" packs every tree of a rank into one forward through the chunked path;
+#: "fsdp" shards the model over the ranks instead of replicating it.
 LAYOUTS = {
     "packed": {"packing": True},
     "unpacked": {"packing": False},
     "lean": {"packing": True, "attention": "lean", "max_tokens_per_forward": 100_000},
+    # Sharded with FSDP2; rank 0's three trees against rank 1's two make rank 1 run an idle pass.
+    "fsdp": {"packing": True, "strategy": "fsdp"},
 }
 
 
@@ -33,7 +36,15 @@ def main(model_dir: str, out_dir: str, layout: str) -> None:
         trees.append(metrics["trees"])
     out = Path(out_dir)
     (out / f"rank{trainer.rank}.json").write_text(
-        json.dumps({"world_size": trainer.world_size, "losses": losses, "trees": trees})
+        json.dumps(
+            {
+                "world_size": trainer.world_size,
+                "losses": losses,
+                "trees": trees,
+                # DTensor once sharded, a plain Parameter replicated by DDP.
+                "parameter_type": type(next(trainer.model.parameters())).__name__,
+            }
+        )
     )
     trainer.save_checkpoint(out / "ckpt")
 
