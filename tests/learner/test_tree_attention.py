@@ -21,6 +21,7 @@ from learner.sequences import prepare_tree
 from learner.trainer import Trainer
 from learner.tree_attention import (
     TREE_ATTENTION,
+    FlexTreeMask,
     flex_padded_length,
     flex_tree_attention,
     flex_tree_mask,
@@ -105,6 +106,28 @@ def test_flex_attention_equals_dense_sdpa():
         )
         out = flex_tree_attention(q, k, v, flex_tree_mask(layout), None)
     assert (out - reference).abs().max().item() < 1e-5
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="FlexAttention has a backward on CUDA only (scripts/gpu-check.sh)"
+)
+def test_flex_attention_gradients_equal_dense_sdpa_on_cuda():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    layout = several_tree_layout(3)
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(1, heads, layout.length, 16, device="cuda", requires_grad=True) for heads in (4, 2, 2))
+    upstream = torch.randn(1, 4, layout.length, 16, device="cuda")
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=dense_mask(layout)[None, None].cuda(), enable_gqa=True
+    )
+    reference_grads = torch.autograd.grad((reference * upstream).sum(), (q, k, v))
+    mask = flex_tree_mask(layout)
+    out = flex_tree_attention(q, k, v, FlexTreeMask(mask.block_mask.to("cuda"), mask.length), None)
+    grads = torch.autograd.grad((out * upstream).sum(), (q, k, v))
+    assert (out - reference).abs().max().item() < 1e-5
+    for mine, theirs in zip(grads, reference_grads, strict=True):
+        assert (mine - theirs).abs().max().item() < 1e-5
+        assert theirs.abs().max().item() > 1e-3
 
 
 def test_every_path_gives_the_dense_logprobs_with_several_trees_in_one_forward(model):
