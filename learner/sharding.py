@@ -66,6 +66,29 @@ def load_full_state(
     set_optimizer_state_dict(model, optimiser, optim_state_dict=optim, options=_LOAD)
 
 
+def parameter_names(model: torch.nn.Module) -> list[str]:
+    """Parameter names in the order the optimiser was given them (``model.parameters()``)."""
+    return [name for name, _ in model.named_parameters()]
+
+
+def optimiser_state_by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """A gathered optimiser state, keyed by parameter name, in ``Optimizer.state_dict``'s own form
+    (parameters numbered in order): a checkpoint reads the same whether its learner was sharded."""
+    index = {name: i for i, name in enumerate(names)}
+    return {
+        "state": {index[name]: value for name, value in state["state"].items()},
+        "param_groups": [{**group, "params": [index[n] for n in group["params"]]} for group in state["param_groups"]],
+    }
+
+
+def optimiser_state_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The inverse of ``optimiser_state_by_index``: what a sharded optimiser loads."""
+    return {
+        "state": {names[i]: value for i, value in state["state"].items()},
+        "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]],
+    }
+
+
 def local_value(tensor: torch.Tensor) -> float:
     """A reduced scalar as a float, whether a plain tensor or a replicated DTensor."""
     full = getattr(tensor, "full_tensor", None)

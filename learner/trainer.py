@@ -43,7 +43,16 @@ from learner.ledger import TrainedTrees
 from learner.losses import PolicyLossInputs, policy_loss
 from learner.packing import ForwardBatch, forward_batch, forward_groups, merge_packed, target_logprobs, to_device
 from learner.sequences import TrainingTree, TreeRejected, prepare_tree
-from learner.sharding import full_model_state, full_optimiser_state, load_full_state, local_value, shard_model
+from learner.sharding import (
+    full_model_state,
+    full_optimiser_state,
+    load_full_state,
+    local_value,
+    optimiser_state_by_index,
+    optimiser_state_by_name,
+    parameter_names,
+    shard_model,
+)
 from learner.tree_attention import TREE_ATTENTION
 from protocol.messages import CompletedTree
 from tracerl.logs import get_logger
@@ -452,11 +461,16 @@ class Trainer:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
         torch.save(rng, tmp / f"rng_rank{self.rank}.pt")
-        # Sharded, the optimiser state is gathered by every rank together.
-        optimiser_state = full_optimiser_state(self.model, self.optimiser) if self.sharded else None
+        # Sharded, the optimiser state is gathered by every rank together, and saved in the
+        # unsharded form, so either kind of learner resumes from either kind of checkpoint.
+        if self.sharded:
+            gathered = full_optimiser_state(self.model, self.optimiser)
+            optimiser_state = optimiser_state_by_index(gathered, parameter_names(self.model)) if gathered else {}
+        else:
+            optimiser_state = self.optimiser.state_dict()
         if self.accelerator.is_main_process:
             safetensors.torch.save_file(self._model_state(), str(tmp / WEIGHTS_FILE))
-            torch.save(optimiser_state or self.optimiser.state_dict(), tmp / OPTIMISER_FILE)
+            torch.save(optimiser_state, tmp / OPTIMISER_FILE)
             state = {
                 "policy_version": self.policy_version,
                 "steps_done": self.steps_done,
@@ -491,7 +505,8 @@ class Trainer:
         weights = safetensors.torch.load_file(str(source / WEIGHTS_FILE))
         optimiser_state = torch.load(source / OPTIMISER_FILE, weights_only=False)
         if self.sharded:
-            load_full_state(self.model, self.optimiser, weights, optimiser_state)
+            names = parameter_names(self.model)
+            load_full_state(self.model, self.optimiser, weights, optimiser_state_by_name(optimiser_state, names))
             self._gather_weights()
         else:
             self.accelerator.unwrap_model(self.model).load_state_dict(weights, strict=True)

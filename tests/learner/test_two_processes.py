@@ -53,3 +53,15 @@ def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path
     # FSDP reduce-scatters gradients where DDP all-reduces them: the same sums in another order.
     assert worst < (1e-6 if layout == "packed" else 1e-5), worst
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
+
+    # The two ranks' checkpoint (weights and optimiser state) resumed by one process, and by the
+    # two ranks themselves: the same third step.
+    resumed = Trainer(learner_config(tiny_model_dir, packing=True))
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.policy_version == 2
+    metrics = resumed.train_step(batches(seed=3, steps=1, trees_per_step=3)[0])
+    assert abs(metrics["loss"] - reports[0]["losses"][2]) < 1e-5
+    two = safetensors.torch.load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    one = resumed.accelerator.unwrap_model(resumed.model).state_dict()
+    worst = max((two[k] - one[k]).abs().max().item() for k in one)
+    assert worst < 1e-5, worst

@@ -1,4 +1,4 @@
-"""Run by torchrun from test_two_processes: one train_step on a fixed batch, then save."""
+"""Run by torchrun from test_two_processes: two train_steps on fixed batches, save, load, a third, save."""
 
 from __future__ import annotations
 
@@ -35,6 +35,12 @@ def main(model_dir: str, out_dir: str, layout: str) -> None:
         losses.append(metrics["loss"])
         trees.append(metrics["trees"])
     out = Path(out_dir)
+    trainer.save_checkpoint(out / "ckpt")
+    # Resumed from its own checkpoint, a third step on three trees.
+    trainer.load_checkpoint(out / "ckpt")
+    mine = batches(seed=3, steps=1, trees_per_step=3)[0] if trainer.rank == 0 else None
+    losses.append(trainer.train_step(trainer.share_batch(mine))["loss"])
+    trainer.save_checkpoint(out / "resumed")
     (out / f"rank{trainer.rank}.json").write_text(
         json.dumps(
             {
@@ -46,7 +52,6 @@ def main(model_dir: str, out_dir: str, layout: str) -> None:
             }
         )
     )
-    trainer.save_checkpoint(out / "ckpt")
 
 
 if __name__ == "__main__":
