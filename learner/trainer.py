@@ -307,9 +307,10 @@ class Trainer:
         if updates > 1:
             # Frozen before the first update, so later updates clip against the policy
             # the batch started from (with one update it is the current policy, detached).
+            passes = self._passes(len(forwards))  # counted before any pass: it is a collective too
             with torch.no_grad():
                 proximal = [self._logprobs(self.model, to_device(f.batch, device)) for f in forwards]
-                for _ in range(self._passes(len(forwards)) - len(forwards)):
+                for _ in range(passes - len(forwards)):
                     self._idle_loss()
         metrics["forwards"] = len(forwards)
         for update in range(updates):

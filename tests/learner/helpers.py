@@ -29,6 +29,7 @@ def learner_config(
     attention: str = "dense",
     max_tokens_per_forward: int = 0,
     strategy: str = "ddp",
+    updates_per_batch: int = 1,
     **loss,
 ) -> LearnerConfig:
     return LearnerConfig(
@@ -41,7 +42,7 @@ def learner_config(
         ),
         optimiser=OptimiserSection(lr=1e-3, max_grad_norm=1.0),
         loss=LossSection(kind=loss_kind, **loss),
-        training=TrainingSection(staleness_eta=2),
+        training=TrainingSection(staleness_eta=2, updates_per_batch=updates_per_batch),
         parallel=ParallelSection(strategy=strategy),
     )
 

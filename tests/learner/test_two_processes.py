@@ -12,6 +12,7 @@ import safetensors.torch
 
 from learner.trainer import Trainer
 from tests.learner.helpers import batches, learner_config
+from tests.learner.two_process_worker import LAYOUTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,7 +23,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("layout", ["packed", "lean", "fsdp"])
+@pytest.mark.parametrize("layout", ["packed", "lean", "fsdp", "fsdp-ppo2"])
 def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path, layout):
     """Each layout on two ranks against the default (dense, one tree per forward, unsharded) on one."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
@@ -35,10 +36,11 @@ def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in reports] == [2, 2]  # really two processes
-    assert {r["parameter_type"] for r in reports} == {"DTensor" if layout == "fsdp" else "Parameter"}
+    assert {r["parameter_type"] for r in reports} == {"DTensor" if layout.startswith("fsdp") else "Parameter"}
     assert reports[0]["trees"] == reports[1]["trees"] == [5, 1]  # both saw rank 0's batches
 
-    single = Trainer(learner_config(tiny_model_dir, packing=True))
+    updates = LAYOUTS[layout].get("updates_per_batch", 1)
+    single = Trainer(learner_config(tiny_model_dir, packing=True, updates_per_batch=updates))
     for step, size in enumerate((5, 1)):
         metrics = single.train_step(batches(seed=9 + size, steps=1, trees_per_step=size)[0])
         assert abs(metrics["loss"] - reports[0]["losses"][step]) < 1e-5
@@ -56,7 +58,7 @@ def test_two_gloo_processes_give_the_one_process_update(tiny_model_dir, tmp_path
 
     # The two ranks' checkpoint (weights and optimiser state) resumed by one process, and by the
     # two ranks themselves: the same third step.
-    resumed = Trainer(learner_config(tiny_model_dir, packing=True))
+    resumed = Trainer(learner_config(tiny_model_dir, packing=True, updates_per_batch=updates))
     resumed.load_checkpoint(tmp_path / "ckpt")
     assert resumed.policy_version == 2
     metrics = resumed.train_step(batches(seed=3, steps=1, trees_per_step=3)[0])

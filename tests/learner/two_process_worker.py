@@ -19,6 +19,8 @@ LAYOUTS = {
     "lean": {"packing": True, "attention": "lean", "max_tokens_per_forward": 100_000},
     # Sharded with FSDP2; rank 0's three trees against rank 1's two make rank 1 run an idle pass.
     "fsdp": {"packing": True, "strategy": "fsdp"},
+    # Two PPO updates per batch: the proximal forwards before the first also run on every rank.
+    "fsdp-ppo2": {"packing": True, "strategy": "fsdp", "updates_per_batch": 2},
 }
 
 
