@@ -8,14 +8,18 @@ Several processes. Every rank calls ``train_step`` with the same batch (``share_
 broadcasts rank 0's); rank r trains on trees r, r + W, r + 2W, ... and Accelerate's DDP
 averages gradients over the W ranks. Each rank's loss is scaled by W / (global token
 weight), so the average of the ranks' gradients is the gradient of the one-process
-token mean. The same code runs with NCCL on GPUs. With ``parallel.strategy: fsdp`` the model
-is sharded instead (``learner.sharding``): every forward then gathers each layer from all
-ranks, so every rank runs as many forwards and backwards as the busiest one (idle ones on
-a dummy token), and the full weights are gathered to rank 0 after every step, while all
-ranks are in ``train_step``, so that rank 0 alone can export and publish them. Next step there: send new weights to
-actors by an NCCL broadcast from the learner's rank 0 into a process group that includes
-the vLLM workers, instead of the safetensors round trip through the object store; the
-bytes produced by ``export_weights`` stay the fallback and the checkpoint format.
+token mean. The same code runs with NCCL on GPUs.
+
+With ``parallel.strategy: fsdp`` the model is sharded instead (``learner.sharding``): every
+forward then gathers each layer from all ranks, so every rank runs as many forwards and
+backwards as the busiest one (idle ones on a dummy token), and the full weights are
+gathered to rank 0 at the end of every step, while all ranks are in ``train_step``, so
+that rank 0 alone can export and publish them.
+
+Next step on GPUs: send new weights to actors by an NCCL broadcast from the learner's rank 0
+into a process group that includes the vLLM workers, instead of the safetensors round trip
+through the object store (``bench/results/weight_sync.md``: far slower than a step at 14B);
+the bytes produced by ``export_weights`` stay the fallback and the checkpoint format.
 """
 
 from __future__ import annotations
