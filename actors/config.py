@@ -26,6 +26,8 @@ class EngineSettings:
     # KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.
     cpu_kv_cache_gib: int = 1
     gpu_memory_utilization: float = 0.85
+    # GPUs one engine shards the model over (vLLM's tensor parallelism); GPU only.
+    tensor_parallel_size: int = 1
     max_num_seqs: int = 256
     # The behaviour policy is the distribution the token was actually sampled from, i.e. after
     # temperature and top-p; "raw_logprobs" gives the untempered model distribution instead.
@@ -41,6 +43,8 @@ class EngineSettings:
             raise ValueError("engine.cpu_kv_cache_gib must be >= 1")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("engine.gpu_memory_utilization must be in (0, 1]")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("engine.tensor_parallel_size must be >= 1")
         if self.max_num_seqs < 1:
             raise ValueError("engine.max_num_seqs must be >= 1")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):

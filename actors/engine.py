@@ -140,9 +140,12 @@ def engine_kwargs(model_dir: str, settings: EngineSettings, gpu: bool) -> dict[s
     if gpu:
         kwargs["dtype"] = settings.dtype
         kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        kwargs["tensor_parallel_size"] = settings.tensor_parallel_size
         if settings.block_size:
             kwargs["block_size"] = settings.block_size
     else:
+        if settings.tensor_parallel_size != 1:
+            raise ValueError("engine.tensor_parallel_size > 1 shards the model over GPUs; there are none here")
         kwargs["dtype"] = "float32" if settings.dtype == "auto" else settings.dtype
         kwargs["enforce_eager"] = True
         kwargs["block_size"] = settings.block_size or CPU_BLOCK_SIZE

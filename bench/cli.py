@@ -532,3 +532,48 @@ def bench_join(
     result = run_join(chosen, joins, work_dir, up_set_args(config, set_), timeout_s, results_dir)
     typer.echo(join_markdown(result))
     raise typer.Exit(0 if result.ok else 1)
+
+
+@bench_app.command("weight-sync")
+def bench_weight_sync(
+    sizes_mib: Annotated[str, typer.Option(help="Comma-separated object sizes in MiB.")] = "256,1024",
+    fetchers: Annotated[str, typer.Option(help="Comma-separated counts of concurrent fetcher processes.")] = "1,2,4",
+    model_gb: Annotated[float, typer.Option(help="Bytes of one version of the projected model, in GB.")] = 28.0,
+    model_params_b: Annotated[float, typer.Option(help="Parameters of the projected model, in billions.")] = 14.0,
+    actors: Annotated[str, typer.Option(help="Comma-separated actor counts to project to.")] = "8,64",
+    step_tokens: Annotated[int, typer.Option(help="Tokens one learner step trains on (assumed).")] = 1_048_576,
+    learner_gpus: Annotated[int, typer.Option(help="Accelerators of the learner (assumed).")] = 8,
+    gpu_tflops: Annotated[float, typer.Option(help="bf16 dense peak of one accelerator in TFLOP/s.")] = 989.0,
+    mfu: Annotated[float, typer.Option(help="The learner's model FLOPs utilisation (assumed).")] = 0.4,
+    broadcast_gbps: Annotated[float, typer.Option(help="A broadcast link's rate in GB/s (assumed).")] = 25.0,
+    results_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where weight_sync.json and .md go (default bench/results).", show_default=False),
+    ] = None,
+) -> None:
+    """Weights at the size of real models: a real nats-server, the learner role puts an object of each size into
+    the weights bucket (1 MiB chunks, as the learner publishes), then 1, 2, 4 actor processes fetch it at once and
+    check its sha256; put and fetch GB/s. Projects the sync time per version of a --model-gb model to --actors
+    actors next to a learner step's time from the stated assumptions. Writes bench/results/weight_sync.{md,json}."""
+    from bench.weight_sync import SyncAssumptions, markdown, run_weight_sync
+
+    try:
+        assumptions = SyncAssumptions(
+            model_bytes=model_gb * 1e9,
+            model_parameters=model_params_b * 1e9,
+            actors=tuple(int(a) for a in actors.split(",") if a.strip()),
+            step_tokens=step_tokens,
+            learner_gpus=learner_gpus,
+            gpu_peak_flops=gpu_tflops * 1e12,
+            mfu=mfu,
+            broadcast_bytes_per_s=broadcast_gbps * 1e9,
+        )
+        sizes = [int(s) for s in sizes_mib.split(",") if s.strip()]
+        counts = [int(c) for c in fetchers.split(",") if c.strip()]
+        if not sizes or min(sizes) < 1 or not counts or min(counts) < 1:
+            raise ValueError("--sizes-mib and --fetchers must list integers >= 1")
+    except ValueError as err:
+        typer.echo(f"tracerl bench weight-sync: {err}", err=True)
+        raise typer.Exit(2) from None
+    results = run_weight_sync(sizes, counts, assumptions, results_dir or Path(__file__).parent / "results")
+    typer.echo(markdown(results))

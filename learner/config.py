@@ -148,6 +148,21 @@ class TrainingSection:
 
 
 @dataclass(frozen=True)
+class ParallelSection:
+    """How several learner processes (``torchrun --nproc_per_node N -m tracerl learner``) share the model."""
+
+    # "ddp": every rank holds the whole model and optimiser, gradients are averaged.
+    # "fsdp": parameters, gradients and optimiser state are sharded over the ranks with PyTorch
+    # FSDP2 (``learner.sharding``), each decoder layer gathered only for its own forward and
+    # backward; needed once the model and its Adam state outgrow one device. One process: no effect.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel.strategy must be ddp or fsdp, got {self.strategy!r}")
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     """Everything `tracerl learner` needs; the seed is ``run.seed``."""
 
@@ -159,3 +174,4 @@ class LearnerConfig:
     advantage: AdvantageSection = field(default_factory=AdvantageSection)
     loss: LossSection = field(default_factory=LossSection)
     training: TrainingSection = field(default_factory=TrainingSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)

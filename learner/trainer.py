@@ -8,10 +8,18 @@ Several processes. Every rank calls ``train_step`` with the same batch (``share_
 broadcasts rank 0's); rank r trains on trees r, r + W, r + 2W, ... and Accelerate's DDP
 averages gradients over the W ranks. Each rank's loss is scaled by W / (global token
 weight), so the average of the ranks' gradients is the gradient of the one-process
-token mean. The same code runs with NCCL on GPUs. Next step there: send new weights to
-actors by an NCCL broadcast from the learner's rank 0 into a process group that includes
-the vLLM workers, instead of the safetensors round trip through the object store; the
-bytes produced by ``export_weights`` stay the fallback and the checkpoint format.
+token mean. The same code runs with NCCL on GPUs.
+
+With ``parallel.strategy: fsdp`` the model is sharded instead (``learner.sharding``): every
+forward then gathers each layer from all ranks, so every rank runs as many forwards and
+backwards as the busiest one (idle ones on a dummy token), and the full weights are
+gathered to rank 0 at the end of every step, while all ranks are in ``train_step``, so
+that rank 0 alone can export and publish them.
+
+Next step on GPUs: send new weights to actors by an NCCL broadcast from the learner's rank 0
+into a process group that includes the vLLM workers, instead of the safetensors round trip
+through the object store (``bench/results/weight_sync.md``: far slower than a step at 14B);
+the bytes produced by ``export_weights`` stay the fallback and the checkpoint format.
 """
 
 from __future__ import annotations
@@ -39,6 +47,16 @@ from learner.ledger import TrainedTrees
 from learner.losses import PolicyLossInputs, policy_loss
 from learner.packing import ForwardBatch, forward_batch, forward_groups, merge_packed, target_logprobs, to_device
 from learner.sequences import TrainingTree, TreeRejected, prepare_tree
+from learner.sharding import (
+    full_model_state,
+    full_optimiser_state,
+    load_full_state,
+    local_value,
+    optimiser_state_by_index,
+    optimiser_state_by_name,
+    parameter_names,
+    shard_model,
+)
 from learner.tree_attention import TREE_ATTENTION
 from protocol.messages import CompletedTree
 from tracerl.logs import get_logger
@@ -170,6 +188,10 @@ class Trainer:
             )
             self.reference.requires_grad_(False).eval().to(self.accelerator.device)
         opt = config.optimiser
+        self.sharded = config.parallel.strategy == "fsdp" and self.accelerator.num_processes > 1
+        if self.sharded:
+            # Sharded before the optimiser exists: it must hold the shards, not the full tensors.
+            shard_model(model.to(self.accelerator.device))
         optimiser = torch.optim.AdamW(
             model.parameters(),
             lr=opt.lr,
@@ -177,8 +199,14 @@ class Trainer:
             eps=opt.eps,
             weight_decay=opt.weight_decay,
         )
-        self.model, self.optimiser = self.accelerator.prepare(model, optimiser)
+        if self.sharded:
+            self.model, self.optimiser = model, optimiser
+        else:
+            self.model, self.optimiser = self.accelerator.prepare(model, optimiser)
         self.model.train()
+        # Sharded: the full weights as of the last step, on rank 0 (``_gather_weights``).
+        self._gathered: dict[str, torch.Tensor] = {}
+        self._gather_weights()
         self.policy_version = 0
         self.steps_done = 0
         self.trained_trees = TrainedTrees(config.training.trained_ids_kept)
@@ -283,12 +311,15 @@ class Trainer:
         if updates > 1:
             # Frozen before the first update, so later updates clip against the policy
             # the batch started from (with one update it is the current policy, detached).
+            passes = self._passes(len(forwards))  # counted before any pass: it is a collective too
             with torch.no_grad():
                 proximal = [self._logprobs(self.model, to_device(f.batch, device)) for f in forwards]
+                for _ in range(passes - len(forwards)):
+                    self._idle_loss()
         metrics["forwards"] = len(forwards)
         for update in range(updates):
             totals = self._accumulate_gradients(forwards, proximal, token_weight, groups)
-            grad_norm = float(self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.optimiser.max_grad_norm))
+            grad_norm = self._clip_gradients(cfg.optimiser.max_grad_norm)
             diagnostics = {
                 "loss": totals[0],
                 "grad_norm": grad_norm,
@@ -311,6 +342,7 @@ class Trainer:
             self.optimiser.step()
             self.optimiser.zero_grad(set_to_none=True)
             metrics["updates_applied"] = update + 1
+        self._gather_weights()
         self.policy_version += 1
         self.steps_done += 1
         self.trained_trees.add(tree.tree_id for tree in trees)
@@ -339,9 +371,9 @@ class Trainer:
         sums = torch.zeros(6, dtype=torch.float64, device=self.accelerator.device)
         scale = float(self.world_size)
         self.optimiser.zero_grad(set_to_none=True)
-        work: list[tuple[_Forward, torch.Tensor | None] | None] = list(zip(forwards, proximal, strict=True)) or [
-            None
-        ]  # a rank without trees still joins the all-reduce
+        work: list[tuple[_Forward, torch.Tensor | None] | None] = list(zip(forwards, proximal, strict=True))
+        # A rank without trees still joins the all-reduce; a sharded one every layer's gathers.
+        work += [None] * (self._passes(len(work)) - len(work))
         for i, item in enumerate(work):
             last = i == len(work) - 1
             context = self.accelerator.no_sync(self.model) if not last else contextlib.nullcontext()
@@ -382,14 +414,38 @@ class Trainer:
         input_tokens = torch.tensor([float(batch.input_tokens)], dtype=torch.float64, device=device)
         return loss, torch.cat([stats.as_tensor(), input_tokens])
 
+    def _passes(self, mine: int) -> int:
+        """Forward passes this rank must run: its own (at least one), or the most of any rank when sharded."""
+        if not self.sharded:
+            return max(1, mine)
+        count = torch.tensor([max(1, mine)], dtype=torch.long, device=self.accelerator.device)
+        return int(self.accelerator.reduce(count, "max").item())
+
+    def _clip_gradients(self, max_norm: float) -> float:
+        if not self.sharded:
+            return float(self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm))
+        # The norm over DTensor gradients is reduced over the shards by PyTorch itself.
+        return local_value(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+
     def _idle_loss(self) -> torch.Tensor:
         ids = torch.zeros(1, 1, dtype=torch.long, device=self.accelerator.device)
         return self.model(input_ids=ids, use_cache=False).logits.sum() * 0.0
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _gather_weights(self) -> None:
+        """Sharded: the full weights onto rank 0, every rank joining (all of them are in this step)."""
+        if self.sharded:
+            self._gathered = full_model_state(self.model)
+
     def _model_state(self) -> dict[str, torch.Tensor]:
-        state = self.accelerator.unwrap_model(self.model).state_dict()
+        """The whole model's weights; when sharded, as of the last step and on rank 0 only."""
+        if self.sharded:
+            state = self._gathered
+            if self.accelerator.is_main_process and not state:
+                raise RuntimeError("the sharded model's weights were not gathered")
+        else:
+            state = self.accelerator.unwrap_model(self.model).state_dict()
         # Cloned so that no two entries share storage (safetensors refuses shared tensors).
         return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
@@ -410,9 +466,16 @@ class Trainer:
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
         torch.save(rng, tmp / f"rng_rank{self.rank}.pt")
+        # Sharded, the optimiser state is gathered by every rank together, and saved in the
+        # unsharded form, so either kind of learner resumes from either kind of checkpoint.
+        if self.sharded:
+            gathered = full_optimiser_state(self.model, self.optimiser)
+            optimiser_state = optimiser_state_by_index(gathered, parameter_names(self.model)) if gathered else {}
+        else:
+            optimiser_state = self.optimiser.state_dict()
         if self.accelerator.is_main_process:
             safetensors.torch.save_file(self._model_state(), str(tmp / WEIGHTS_FILE))
-            torch.save(self.optimiser.state_dict(), tmp / OPTIMISER_FILE)
+            torch.save(optimiser_state, tmp / OPTIMISER_FILE)
             state = {
                 "policy_version": self.policy_version,
                 "steps_done": self.steps_done,
@@ -445,8 +508,14 @@ class Trainer:
         source = Path(directory)
         state = json.loads((source / STATE_FILE).read_text())
         weights = safetensors.torch.load_file(str(source / WEIGHTS_FILE))
-        self.accelerator.unwrap_model(self.model).load_state_dict(weights, strict=True)
-        self.optimiser.load_state_dict(torch.load(source / OPTIMISER_FILE, weights_only=False))
+        optimiser_state = torch.load(source / OPTIMISER_FILE, weights_only=False)
+        if self.sharded:
+            names = parameter_names(self.model)
+            load_full_state(self.model, self.optimiser, weights, optimiser_state_by_name(optimiser_state, names))
+            self._gather_weights()
+        else:
+            self.accelerator.unwrap_model(self.model).load_state_dict(weights, strict=True)
+            self.optimiser.load_state_dict(optimiser_state)
         rng_file = source / f"rng_rank{self.rank}.pt"
         if rng_file.exists():  # absent when resuming on more ranks than were saved
             rng = torch.load(rng_file, weights_only=False)

@@ -180,6 +180,10 @@ def test_engine_kwargs_pick_cpu_and_gpu_defaults():
     )
     gpu = engine_kwargs("m", EngineSettings(), gpu=True)
     assert gpu["dtype"] == "auto" and "block_size" not in gpu and "enforce_eager" not in gpu
+    assert gpu["tensor_parallel_size"] == 1
+    assert engine_kwargs("m", EngineSettings(tensor_parallel_size=4), gpu=True)["tensor_parallel_size"] == 4
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        engine_kwargs("m", EngineSettings(tensor_parallel_size=2), gpu=False)
 
 
 def test_turn_seeds_differ_per_sample_and_depth_and_are_reproducible():

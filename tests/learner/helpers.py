@@ -6,7 +6,14 @@ import random
 
 import torch
 
-from learner.config import LearnerConfig, LossSection, ModelSection, OptimiserSection, TrainingSection
+from learner.config import (
+    LearnerConfig,
+    LossSection,
+    ModelSection,
+    OptimiserSection,
+    ParallelSection,
+    TrainingSection,
+)
 from learner.losses import path_sums
 from learner.packing import ForwardBatch
 from protocol.messages import CompletedTree
@@ -21,6 +28,8 @@ def learner_config(
     loss_kind: str = "decoupled_ppo",
     attention: str = "dense",
     max_tokens_per_forward: int = 0,
+    strategy: str = "ddp",
+    updates_per_batch: int = 1,
     **loss,
 ) -> LearnerConfig:
     return LearnerConfig(
@@ -33,7 +42,8 @@ def learner_config(
         ),
         optimiser=OptimiserSection(lr=1e-3, max_grad_norm=1.0),
         loss=LossSection(kind=loss_kind, **loss),
-        training=TrainingSection(staleness_eta=2),
+        training=TrainingSection(staleness_eta=2, updates_per_batch=updates_per_batch),
+        parallel=ParallelSection(strategy=strategy),
     )
 
 

@@ -27,7 +27,7 @@ from learner.tree_attention import (
     lean_tree_attention,
     lean_tree_mask,
 )
-from learner.tree_layout import concatenate, dense_mask, tree_segments
+from learner.tree_layout import TreeLayout, concatenate, dense_mask, tree_segments
 from tests.learner.helpers import batches, path_logprob_sums
 from tests.learner.models import TINY_VOCAB
 from tests.learner.test_tree_layout import random_preorder_parents
@@ -105,6 +105,29 @@ def test_flex_attention_equals_dense_sdpa():
         )
         out = flex_tree_attention(q, k, v, flex_tree_mask(layout), None)
     assert (out - reference).abs().max().item() < 1e-5
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="FlexAttention has a backward on CUDA only (scripts/gpu-check.sh)"
+)
+def test_flex_attention_gradients_equal_dense_sdpa_on_cuda():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    cpu_layout = several_tree_layout(3)
+    # On the device, as the trainer's batches are (packing.to_device): the mask is built there.
+    layout = TreeLayout(cpu_layout.segment.cuda(), cpu_layout.segment_end.cuda(), cpu_layout.segments)
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(1, heads, layout.length, 16, device="cuda", requires_grad=True) for heads in (4, 2, 2))
+    upstream = torch.randn(1, 4, layout.length, 16, device="cuda")
+    reference = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=dense_mask(layout)[None, None], enable_gqa=True
+    )
+    reference_grads = torch.autograd.grad((reference * upstream).sum(), (q, k, v))
+    out = flex_tree_attention(q, k, v, flex_tree_mask(layout), None)
+    grads = torch.autograd.grad((out * upstream).sum(), (q, k, v))
+    assert (out - reference).abs().max().item() < 1e-5
+    for mine, theirs in zip(grads, reference_grads, strict=True):
+        assert (mine - theirs).abs().max().item() < 1e-5
+        assert theirs.abs().max().item() > 1e-3
 
 
 def test_every_path_gives_the_dense_logprobs_with_several_trees_in_one_forward(model):

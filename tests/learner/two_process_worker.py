@@ -1,4 +1,4 @@
-"""Run by torchrun from test_two_processes: one train_step on a fixed batch, then save."""
+"""Run by torchrun from test_two_processes: two train_steps on fixed batches, save, load, a third, save."""
 
 from __future__ import annotations
 
@@ -11,11 +11,16 @@ import torch
 from learner.trainer import Trainer
 from tests.learner.helpers import batches, learner_config
 
-#: Forward layouts by name: "lean" packs every tree of a rank into one forward through the chunked path.
+#: Forward layouts by name: "lean" packs every tree of a rank into one forward through the chunked path;
+#: "fsdp" shards the model over the ranks instead of replicating it.
 LAYOUTS = {
     "packed": {"packing": True},
     "unpacked": {"packing": False},
     "lean": {"packing": True, "attention": "lean", "max_tokens_per_forward": 100_000},
+    # Sharded with FSDP2; rank 0's three trees against rank 1's two make rank 1 run an idle pass.
+    "fsdp": {"packing": True, "strategy": "fsdp"},
+    # Two PPO updates per batch: the proximal forwards before the first also run on every rank.
+    "fsdp-ppo2": {"packing": True, "strategy": "fsdp", "updates_per_batch": 2},
 }
 
 
@@ -32,10 +37,23 @@ def main(model_dir: str, out_dir: str, layout: str) -> None:
         losses.append(metrics["loss"])
         trees.append(metrics["trees"])
     out = Path(out_dir)
-    (out / f"rank{trainer.rank}.json").write_text(
-        json.dumps({"world_size": trainer.world_size, "losses": losses, "trees": trees})
-    )
     trainer.save_checkpoint(out / "ckpt")
+    # Resumed from its own checkpoint, a third step on three trees.
+    trainer.load_checkpoint(out / "ckpt")
+    mine = batches(seed=3, steps=1, trees_per_step=3)[0] if trainer.rank == 0 else None
+    losses.append(trainer.train_step(trainer.share_batch(mine))["loss"])
+    trainer.save_checkpoint(out / "resumed")
+    (out / f"rank{trainer.rank}.json").write_text(
+        json.dumps(
+            {
+                "world_size": trainer.world_size,
+                "losses": losses,
+                "trees": trees,
+                # DTensor once sharded, a plain Parameter replicated by DDP.
+                "parameter_type": type(next(trainer.model.parameters())).__name__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
