@@ -20,6 +20,7 @@ The learner trains on them as decoded and checks them no further.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -77,6 +78,34 @@ class TaskSpec(Message, frozen=True):
     env: str
     task_id: str
     params: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        check_plain_data(self.params, "params")
+
+
+MAX_PLAIN_DEPTH = 16
+
+
+def check_plain_data(value: Any, path: str, depth: int = 0) -> None:
+    """A free-form field (task params) holds only finite numbers, strings, bytes, booleans,
+    None, lists and string-keyed maps, nested at most ``MAX_PLAIN_DEPTH`` deep."""
+    if depth > MAX_PLAIN_DEPTH:
+        raise ValueError(f"{path}: nested more than {MAX_PLAIN_DEPTH} deep")
+    if value is None or type(value) in (bool, int, str, bytes):
+        return
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: non-finite number {value}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_plain_data(item, f"{path}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: non-string key {key!r}")
+            check_plain_data(item, f"{path}.{key}", depth + 1)
+    else:
+        raise ValueError(f"{path}: unsupported value of type {type(value).__name__}")
 
 
 class TurnNode(Message, frozen=True):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import MESSAGE_TYPES, CompletedTree, ProtocolError, decode, encode, plain_body, replace
+from protocol import MESSAGE_TYPES, CompletedTree, ProtocolError, TaskSpec, decode, encode, plain_body, replace
 
 from .strategies import PLAIN, any_message, realistic_turn_node, sample_messages
 
@@ -212,3 +212,18 @@ def test_a_node_whose_logprobs_sum_below_float32_range_is_refused() -> None:
     assert decode(encode(replace(node, behaviour_logprobs=[-1.5e38, -1.5e38]))).behaviour_logprobs
     with pytest.raises(ValueError, match="finite sum"):
         replace(node, behaviour_logprobs=[-2e38, -2e38])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"x": math.nan}, {"x": [math.inf]}, {"x": {1: "a"}}, {"x": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}],
+    ids=["nan", "inf_in_list", "int_key", "too_deep"],
+)
+def test_task_params_hold_only_plain_finite_data(params: dict) -> None:
+    node = realistic_turn_node("r1", 1, action_tokens=1)
+    body = _body(node)
+    with pytest.raises(ProtocolError) as err:
+        decode(_envelope(node, {**body, "task": {**body["task"], "params": params}}))
+    assert err.value.reason == "schema_violation" and "params" in err.value.detail
+    with pytest.raises(ValueError, match="params"):
+        TaskSpec(env="e", task_id="t", params=params)
