@@ -28,7 +28,6 @@ on a complete path) is listed by ``pop_dropped``, so that the shell can record i
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -37,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 
-from protocol import CompletedTree, SamplingSpec, TaskSpec, TurnNode, WorkItem
+from protocol import CompletedTree, SamplingSpec, TaskSpec, TurnNode, WorkItem, replace
 from tracerl.logs import get_logger
 
 from .budget import BudgetLedger
@@ -567,7 +566,7 @@ class AllocatorCore(CrashReplay):
             if too_stale:
                 self.counters["predictor_samples_too_stale"] += too_stale
         # The learner trains one allocator step per update, so it must know when a step is whole.
-        self._completed.extend(dataclasses.replace(tree, step_tree_count=len(emitted)) for tree in emitted)
+        self._completed.extend(replace(tree, step_tree_count=len(emitted)) for tree in emitted)
         self.outcomes.evaluate_then_train(batch)
         self.totals.add_step(step.budget)
         del self.steps[step.index]

@@ -22,12 +22,11 @@ Both are maintained incrementally: a leaf updates its ancestors' sums on arrival
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from protocol import CompletedTree, TaskSpec, TreeNodeRecord, TurnNode
+from protocol import CompletedTree, TaskSpec, TreeNodeRecord, TurnNode, replace
 from protocol.messages import chain_ends, chain_slot
 
 SUCCESS_THRESHOLD = 0.5
@@ -74,7 +73,7 @@ def at_horizon(node: TurnNode, horizon: int) -> TurnNode:
     """
     if node.done or node.depth < horizon:
         return node
-    return dataclasses.replace(node, done=True, reward=0.0)
+    return replace(node, done=True, reward=0.0)
 
 
 @dataclass

@@ -130,7 +130,7 @@ def bench_throughput(
 @bench_app.command("components")
 def bench_components() -> None:
     """The component benchmarks: bus throughput, allocator latency, learner packed vs unpacked, actor over NATS
-    vs in-process."""
+    vs in-process, environment branch points, the wire codec per message."""
     import subprocess
 
     failed = []
@@ -140,6 +140,7 @@ def bench_components() -> None:
         "bench.learner_throughput",
         "bench.actor_throughput",
         "bench.env_step",
+        "bench.codec",
     ):
         typer.echo(f"== {module}")
         if subprocess.run([sys.executable, "-m", module], check=False).returncode != 0:

@@ -21,7 +21,6 @@ answers (tests/tracerl/test_flood.py); bench.flood does the sending and the read
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 from collections import Counter
@@ -45,8 +44,9 @@ from protocol import (
     WorkItem,
     decode,
     encode,
+    plain_body,
+    replace,
 )
-from tracerl.typed import to_plain
 
 # Every id the flood makes up starts with this, so a flood message that got into a tree
 # would be found by its id.
@@ -255,7 +255,7 @@ def padded(message: Any, min_bytes: int, rng: random.Random) -> bytes:
     # the old one's: the payload ends up at least min_bytes + 1 bytes long.
     size = min_bytes - len(encode(message)) + len(current) + 1 + rng.randrange(4096)
     filler: Any = b"x" * size if isinstance(current, bytes) else "x" * size
-    return encode(dataclasses.replace(message, **{name: filler}))
+    return encode(replace(message, **{name: filler}))
 
 
 def hostile_payload(kind: str, cls: type[Any], run_id: str, rng: random.Random, max_bytes: int) -> bytes:
@@ -263,7 +263,7 @@ def hostile_payload(kind: str, cls: type[Any], run_id: str, rng: random.Random, 
     if kind == "random_bytes":
         return rng.randbytes(rng.randrange(0, 2048))
     valid = template(cls, run_id, rng)
-    body = to_plain(valid)
+    body = plain_body(valid)
     if kind == "truncated":
         payload = encode(valid)
         return payload[: rng.randrange(len(payload))]
@@ -287,7 +287,7 @@ def hostile_payload(kind: str, cls: type[Any], run_id: str, rng: random.Random, 
         other = rng.choice(sorted((c for c in MESSAGE_TYPES.values() if c is not cls), key=lambda c: c.SCHEMA))
         return encode(template(other, run_id, rng))
     if kind == "wrong_run":
-        return encode(dataclasses.replace(valid, run_id=OTHER_RUN_ID))
+        return encode(replace(valid, run_id=OTHER_RUN_ID))
     if kind == "invalid_value":
         return _envelope(cls, {**body, **_INVALID_VALUES[cls]})
     raise ValueError(f"unknown flood kind {kind!r}")

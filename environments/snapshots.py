@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from protocol import TaskSpec
-from tracerl.typed import SchemaError, from_plain, to_plain
 
 from .base import EnvironmentError_
 
@@ -16,14 +17,15 @@ def require(condition: bool, message: str) -> None:
 
 
 def task_to_plain(task: TaskSpec) -> dict[str, Any]:
-    return to_plain(task)
+    plain: dict[str, Any] = msgspec.to_builtins(task, builtin_types=(bytes,))
+    return plain
 
 
 def task_from_plain(data: Any) -> TaskSpec:
     try:
-        return from_plain(TaskSpec, data, "task")
-    except SchemaError as err:
-        raise EnvironmentError_(f"corrupt snapshot: {err}") from err
+        return msgspec.convert(data, TaskSpec)
+    except msgspec.ValidationError as err:
+        raise EnvironmentError_(f"corrupt snapshot: task: {err}") from err
 
 
 def episode_snapshot(

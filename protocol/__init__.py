@@ -1,6 +1,6 @@
 """Versioned wire protocol between actors, allocator and learner."""
 
-from .codec import ProtocolError, decode, encode
+from .codec import ProtocolError, decode, encode, plain_body
 from .messages import (
     MESSAGE_TYPES,
     CompletedTree,
@@ -11,6 +11,7 @@ from .messages import (
     TurnNode,
     WeightsAnnouncement,
     WorkItem,
+    replace,
 )
 from .subjects import Subjects
 
@@ -28,4 +29,6 @@ __all__ = [
     "WorkItem",
     "decode",
     "encode",
+    "plain_body",
+    "replace",
 ]

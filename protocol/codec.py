@@ -8,12 +8,12 @@ keep serving.
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
-import msgpack
+import msgspec
 
-from tracerl.typed import SchemaError, from_plain, to_plain
-
+from .arrays import dec_hook, enc_hook
 from .messages import MESSAGE_TYPES
 
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -30,13 +30,52 @@ class ProtocolError(ValueError):
         super().__init__(f"{reason}: {detail}")
 
 
+class _Envelope(msgspec.Struct, frozen=True):
+    schema: str
+    version: int
+    body: Any
+
+
+class _ReceivedEnvelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Exactly schema, version and body; the body is decoded once its schema is known, and
+    schema and version are judged by ``decode`` so that each mismatch has its own reason."""
+
+    schema: Any
+    version: Any
+    body: msgspec.Raw
+
+
+_encoder = msgspec.msgpack.Encoder(enc_hook=enc_hook)
+_envelope_decoder = msgspec.msgpack.Decoder(_ReceivedEnvelope)
+_body_decoders = {schema: msgspec.msgpack.Decoder(cls, dec_hook=dec_hook) for schema, cls in MESSAGE_TYPES.items()}
+
+
 def encode(message: Any) -> bytes:
     cls = type(message)
     if getattr(cls, "SCHEMA", None) not in MESSAGE_TYPES:
         raise TypeError(f"{cls.__name__} is not a protocol message")
-    envelope = {"schema": cls.SCHEMA, "version": cls.SCHEMA_VERSION, "body": to_plain(message)}
-    payload: bytes = msgpack.packb(envelope, use_bin_type=True)
-    return payload
+    return _encoder.encode(_Envelope(cls.SCHEMA, cls.SCHEMA_VERSION, message))
+
+
+def plain_body(message: Any) -> dict[str, Any]:
+    """A message's body as the plain msgpack data a receiver sees (packed arrays as bytes)."""
+    body: dict[str, Any] = msgspec.msgpack.decode(encode(message))["body"]
+    return body
+
+
+def _violation(schema: str, error: str) -> str:
+    """msgspec's "<what> - at `$.a.b`" as "<schema>.a.b: <what>", naming a missing field too."""
+    what, at, path = error.rpartition(" - at `$")
+    if not at:
+        what, path = error, ""
+    path = path.rstrip("`")
+    missing = _MISSING_FIELD.match(what)
+    if missing:
+        path = f"{path}.{missing[1]}"
+    return f"{schema}{path}: {what}"
+
+
+_MISSING_FIELD = re.compile(r"Object missing required field `(\w+)`")
 
 
 def decode(
@@ -52,12 +91,12 @@ def decode(
     if len(payload) > max_bytes:
         raise ProtocolError("oversized", f"{len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
-        envelope = msgpack.unpackb(payload, raw=False, strict_map_key=True)
-    except Exception as err:  # noqa: BLE001 - msgpack raises several unrelated types for bad input
-        raise ProtocolError("malformed", f"not valid msgpack ({type(err).__name__}: {err})") from None
-    if not isinstance(envelope, dict) or set(envelope) != {"schema", "version", "body"}:
-        raise ProtocolError("bad_envelope", "expected a map with exactly schema, version and body")
-    schema, version = envelope["schema"], envelope["version"]
+        envelope = _envelope_decoder.decode(payload)
+    except msgspec.ValidationError:
+        raise ProtocolError("bad_envelope", "expected a map with exactly schema, version and body") from None
+    except msgspec.DecodeError as err:
+        raise ProtocolError("malformed", f"not valid msgpack ({err})") from None
+    schema, version = envelope.schema, envelope.version
     cls = MESSAGE_TYPES.get(schema) if isinstance(schema, str) else None
     if cls is None:
         raise ProtocolError("unknown_schema", f"unknown schema {schema!r}")
@@ -68,9 +107,9 @@ def decode(
             "unsupported_version", f"{schema} version {version!r} (this build speaks {cls.SCHEMA_VERSION})"
         )
     try:
-        message = from_plain(cls, envelope["body"])
-    except SchemaError as err:
-        raise ProtocolError("schema_violation", f"{schema}.{err}") from None
+        message = _body_decoders[schema].decode(envelope.body)
+    except msgspec.DecodeError as err:  # a ValidationError, or a body that is not one msgpack value
+        raise ProtocolError("schema_violation", _violation(schema, str(err))) from None
     if run_id is not None and message.run_id != run_id:
         raise ProtocolError("wrong_run", f"{schema} of run {message.run_id!r}, expected {run_id!r}")
     decoded: T = message

@@ -1,12 +1,16 @@
 """Typed, versioned messages exchanged over the bus.
 
-Every message is a frozen dataclass. On the wire it is a msgpack map
+Every message is a frozen ``msgspec.Struct``. On the wire it is a msgpack map
 ``{"schema": <name>, "version": <int>, "body": {...}}``; see ``protocol.codec``.
 Bump a message's ``SCHEMA_VERSION`` whenever a field is added, removed or changes meaning:
 receivers refuse versions they do not know instead of guessing.
 
-Token ids and logprobs are packed arrays (``Int32List``/``Float32List``) because they are
-most of every payload.
+A field's type and range (``msgspec.Meta``) are checked where a message is decoded, which
+is where untrusted data enters; ``__post_init__`` holds the cross-field rules, and runs
+both when a message is built and when one is decoded. Unknown fields are refused.
+
+Token ids and logprobs are packed arrays (``Int32Array``/``Float32Array``, ``protocol.arrays``)
+because they are most of every payload.
 
 Behaviour logprobs (the sampling policy's logprob of each action token, as the engine
 computed it) have one name, ``behaviour_logprobs``, one type, float32, and one rule,
@@ -16,12 +20,14 @@ The learner trains on them as decoded and checks them no further.
 
 from __future__ import annotations
 
-import dataclasses
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from tracerl.typed import Float32List, Int32List
+import msgspec
+from msgspec import Meta
+
+from .arrays import Float32Array, Int32Array, pack_fields
 
 FLOAT32_MAX = 3.4028234663852886e38
 # The engine's float32 log-softmax can round a near-certain token's logprob a hair above 0.
@@ -48,35 +54,61 @@ def check_behaviour_logprobs(action_token_ids: Sequence[int], behaviour_logprobs
         raise ValueError(f"behaviour_logprobs must be finite float32 values <= {LOGPROB_TOLERANCE} with a finite sum")
 
 
-@dataclass(frozen=True)
-class SamplingSpec:
+class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The options every message and every part of one is declared with (a type checker
+    wants ``frozen=True`` repeated on each)."""
+
+
+AtLeast0 = Annotated[int, Meta(ge=0)]
+AtLeast1 = Annotated[int, Meta(ge=1)]
+
+
+class SamplingSpec(Message, frozen=True):
     """Per-turn sampling parameters that the allocator chooses and the actor obeys."""
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens_per_turn: int = 64
+    temperature: Annotated[float, Meta(ge=0)] = 1.0
+    top_p: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    max_tokens_per_turn: AtLeast1 = 64
     seed: int | None = None
 
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.max_tokens_per_turn < 1:
-            raise ValueError("max_tokens_per_turn must be >= 1")
 
-
-@dataclass(frozen=True)
-class TaskSpec:
+class TaskSpec(Message, frozen=True):
     """Which environment and which task instance; ``params`` is the environment's own spec."""
 
     env: str
     task_id: str
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        check_plain_data(self.params, "params")
 
 
-@dataclass(frozen=True)
-class TurnNode:
+MAX_PLAIN_DEPTH = 16
+
+
+def check_plain_data(value: Any, path: str, depth: int = 0) -> None:
+    """A free-form field (task params) holds only finite numbers, strings, bytes, booleans,
+    None, lists and string-keyed maps, nested at most ``MAX_PLAIN_DEPTH`` deep."""
+    if depth > MAX_PLAIN_DEPTH:
+        raise ValueError(f"{path}: nested more than {MAX_PLAIN_DEPTH} deep")
+    if value is None or type(value) in (bool, int, str, bytes):
+        return
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: non-finite number {value}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_plain_data(item, f"{path}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: non-string key {key!r}")
+            check_plain_data(item, f"{path}.{key}", depth + 1)
+    else:
+        raise ValueError(f"{path}: unsupported value of type {type(value).__name__}")
+
+
+class TurnNode(Message, frozen=True):
     """One ReAct turn: the policy's thought+action tokens and the environment's reply.
 
     ``node_id`` is made by ``node_id_for``: it names the work item, the sampling (one run
@@ -101,12 +133,12 @@ class TurnNode:
     work_id: str
     actor_id: str
     task: TaskSpec
-    depth: int
-    policy_version: int
-    prompt_token_ids: Int32List
-    action_token_ids: Int32List
-    behaviour_logprobs: Float32List
-    observation_token_ids: Int32List
+    depth: AtLeast1
+    policy_version: AtLeast0
+    prompt_token_ids: Int32Array
+    action_token_ids: Int32Array
+    behaviour_logprobs: Float32Array
+    observation_token_ids: Int32Array
     action_text: str
     observation_text: str
     env_snapshot: bytes
@@ -116,15 +148,23 @@ class TurnNode:
     created_at: float
 
     def __post_init__(self) -> None:
+        pack_fields(self, _TURN_NODE_ARRAYS)
         check_behaviour_logprobs(self.action_token_ids, self.behaviour_logprobs)
-        if self.depth < 1:
-            raise ValueError("depth must be >= 1")
-        if self.policy_version < 0:
-            raise ValueError("policy_version must be >= 0")
         if self.done and self.reward is None:
             raise ValueError("a terminal node must carry a reward")
         if (self.depth == 1) != (self.parent_id is None):
             raise ValueError("exactly the depth-1 nodes have no parent")
+
+
+_TURN_NODE_ARRAYS = {
+    "prompt_token_ids": Int32Array,
+    "action_token_ids": Int32Array,
+    "behaviour_logprobs": Float32Array,
+    "observation_token_ids": Int32Array,
+}
+_RECORD_ARRAYS = {k: v for k, v in _TURN_NODE_ARRAYS.items() if k != "prompt_token_ids"}
+_PROMPT = {"prompt_token_ids": Int32Array}
+_PREFIX = {"prefix_token_ids": Int32Array}
 
 
 def node_id_for(work_id: str, sampling: str, sample_index: int, depth: int) -> str:
@@ -151,8 +191,7 @@ def chain_ends(node: TurnNode, prefix_depth: int, max_turns: int) -> bool:
     return node.done or node.depth >= prefix_depth + max_turns
 
 
-@dataclass(frozen=True)
-class WorkItem:
+class WorkItem(Message, frozen=True):
     """A unit of sampling work for an actor.
 
     ``kind == "root"``: roll out ``task`` from scratch ``num_samples`` times, each a new
@@ -174,25 +213,22 @@ class WorkItem:
     tree_id: str
     kind: Literal["root", "branch"]
     task: TaskSpec
-    num_samples: int
+    num_samples: AtLeast1
     parent_id: str | None
-    prefix_depth: int
-    prefix_token_ids: Int32List
+    prefix_depth: AtLeast0
+    prefix_token_ids: Int32Array
     env_snapshot: bytes
     sampling: SamplingSpec
-    max_turns: int
-    min_policy_version: int
+    max_turns: AtLeast1
+    min_policy_version: AtLeast0
     issued_at: float
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ValueError("num_samples must be >= 1")
+        pack_fields(self, _PREFIX)
         if self.kind == "root" and (self.parent_id is not None or self.prefix_depth != 0):
             raise ValueError("a root work item has no parent and prefix_depth 0")
         if self.kind == "branch" and (self.parent_id is None or self.prefix_depth < 1 or not self.prefix_token_ids):
             raise ValueError("a branch work item needs parent_id, prefix_depth >= 1 and prefix tokens")
-        if self.max_turns < 1:
-            raise ValueError("max_turns must be >= 1")
 
     def ends_chain(self, node: TurnNode) -> bool:
         return chain_ends(node, self.prefix_depth, self.max_turns)
@@ -230,26 +266,25 @@ class WorkItem:
         )
 
 
-@dataclass(frozen=True)
-class TreeNodeRecord:
+class TreeNodeRecord(Message, frozen=True):
     """A node as the learner needs it: place in the tree, tokens, behaviour logprobs, version, reward."""
 
     node_id: str
     parent_id: str | None
-    depth: int
-    policy_version: int
-    action_token_ids: Int32List
-    behaviour_logprobs: Float32List
-    observation_token_ids: Int32List
+    depth: AtLeast1
+    policy_version: AtLeast0
+    action_token_ids: Int32Array
+    behaviour_logprobs: Float32Array
+    observation_token_ids: Int32Array
     done: bool
     reward: float | None
 
     def __post_init__(self) -> None:
+        pack_fields(self, _RECORD_ARRAYS)
         check_behaviour_logprobs(self.action_token_ids, self.behaviour_logprobs)
 
 
-@dataclass(frozen=True)
-class CompletedTree:
+class CompletedTree(Message, frozen=True):
     """A finished rollout tree for one prompt, ready for the learner.
 
     ``status`` is ``"partial"`` when the allocator gave up waiting for missing branches;
@@ -266,17 +301,16 @@ class CompletedTree:
     task: TaskSpec
     strategy: str
     allocator_step: int
-    prompt_token_ids: Int32List
+    prompt_token_ids: Int32Array
     nodes: list[TreeNodeRecord]
     status: Literal["complete", "partial"]
     budget_turns: int
     # How many trees the allocator emitted for this step: the learner's batch boundary.
-    step_tree_count: int
+    step_tree_count: AtLeast1
     created_at: float
 
     def __post_init__(self) -> None:
-        if self.step_tree_count < 1:
-            raise ValueError("step_tree_count must be >= 1")
+        pack_fields(self, _PROMPT)
         ids = {n.node_id for n in self.nodes}
         if len(ids) != len(self.nodes):
             raise ValueError("duplicate node ids in tree")
@@ -285,8 +319,7 @@ class CompletedTree:
                 raise ValueError(f"node {n.node_id} has unknown parent {n.parent_id}")
 
 
-@dataclass(frozen=True)
-class WeightsAnnouncement:
+class WeightsAnnouncement(Message, frozen=True):
     """A new policy version is in the object store under ``object_name``."""
 
     SCHEMA: ClassVar[str] = "weights_announcement"
@@ -301,8 +334,7 @@ class WeightsAnnouncement:
     created_at: float
 
 
-@dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(Message, frozen=True):
     """An actor's liveness and load, written to the run-state KV bucket."""
 
     SCHEMA: ClassVar[str] = "heartbeat"
@@ -323,7 +355,9 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
     cls.SCHEMA: cls for cls in (TurnNode, WorkItem, CompletedTree, WeightsAnnouncement, Heartbeat)
 }
 
+M = TypeVar("M", bound=Message)
 
-def replace(message: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` re-exported so callers do not mutate frozen messages by hand."""
-    return dataclasses.replace(message, **changes)
+
+def replace(message: M, **changes: Any) -> M:
+    """A copy of ``message`` with ``changes``, its cross-field rules checked again."""
+    return msgspec.structs.replace(message, **changes)

@@ -64,11 +64,11 @@ def test_root_item_runs_k_concurrent_chains_with_valid_nodes(tokenizer):
     for n in nodes:
         assert n.actor_id == "a1" and n.tree_id == "tree1" and n.policy_version == 0
         assert len(n.action_token_ids) == len(n.behaviour_logprobs) > 0
-        assert n.observation_token_ids == tokenizer.encode(n.observation_text, add_special_tokens=False)
+        assert list(n.observation_token_ids) == tokenizer.encode(n.observation_text, add_special_tokens=False)
         if n.depth == 1:
             assert n.parent_id is None and n.prompt_token_ids
         else:
-            assert by_id[n.parent_id].depth == n.depth - 1 and n.prompt_token_ids == []
+            assert by_id[n.parent_id].depth == n.depth - 1 and not n.prompt_token_ids
         assert msgpack.unpackb(n.env_snapshot)["actions"][-1] == n.action_text
     leaves = [n for n in nodes if n.done]
     assert len(leaves) == 3 and all(n.reward == 1.0 and n.depth == 3 for n in leaves)
@@ -147,7 +147,7 @@ def test_branch_continues_from_snapshot_and_prefix(tokenizer):
     engine = ScriptedEngine(tokenizer, answer_after=2)
     root_nodes = run(collect_work_item(engine, CountingEnvironment, make_item(num_samples=1), CTX))
     first = root_nodes[0]
-    prefix = first.prompt_token_ids + first.action_token_ids + first.observation_token_ids
+    prefix = [*first.prompt_token_ids, *first.action_token_ids, *first.observation_token_ids]
     branch = make_item(
         "branch",
         work_id="w2",
@@ -166,7 +166,7 @@ def test_branch_continues_from_snapshot_and_prefix(tokenizer):
     leaves = [n for n in nodes if n.done]
     # The restored env remembers the first search: the answer is its third action, as on the root chain.
     assert [len(msgpack.unpackb(n.env_snapshot)["actions"]) for n in leaves] == [3, 3]
-    assert all(n.reward == 1.0 and n.prompt_token_ids == [] for n in nodes if n.done)
+    assert all(n.reward == 1.0 and not n.prompt_token_ids for n in nodes if n.done)
 
 
 @pytest.mark.parametrize(

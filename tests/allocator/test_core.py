@@ -5,6 +5,7 @@ import pytest
 
 from allocator.core import STRATEGIES, ActorLoad, AllocatorCore, AllocatorCoreConfig
 from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
+from protocol.messages import replace
 
 ACTORS = [ActorLoad("a0", 0, 1000), ActorLoad("a1", 0, 1000)]
 
@@ -142,7 +143,7 @@ def test_node_outcomes_duplicate_unknown_late():
     _routed, nodes = _round(core, actor, rng, 0.0)
     assert core.on_node(nodes[0], 0.0) == "accepted"
     assert core.on_node(nodes[0], 0.0) == "duplicate"
-    foreign = type(nodes[0])(**{**nodes[0].__dict__, "tree_id": "s99-0"})
+    foreign = replace(nodes[0], tree_id="s99-0")
     assert core.on_node(foreign, 0.0) == "unknown_tree"
     for n in nodes[1:]:
         core.on_node(n, 0.0)
@@ -178,7 +179,7 @@ def test_branches_route_to_the_prefix_owner_when_it_has_room():
     tree = core.trees[b.tree_id]
     parent = tree.nodes[b.parent_id].node
     assert b.prefix_depth == parent.depth and b.env_snapshot == parent.env_snapshot
-    assert b.prefix_token_ids == tree.prefix_token_ids(b.parent_id)
+    assert list(b.prefix_token_ids) == tree.prefix_token_ids(b.parent_id)
     assert b.max_turns == core.config.max_turns - parent.depth
 
 

@@ -4,7 +4,6 @@ core's drop record (``pop_dropped``)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -14,7 +13,7 @@ import pytest
 from allocator.core import ActorLoad, AllocatorCore, AllocatorCoreConfig, step_of_tree
 from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 from protocol import CompletedTree, TurnNode, WorkItem
-from protocol.messages import node_id_for
+from protocol.messages import node_id_for, replace
 
 ACTORS = [ActorLoad("a0", 0, 1000), ActorLoad("a1", 0, 1000)]
 
@@ -230,7 +229,7 @@ def _as_sampling(node: TurnNode, sampling: str) -> TurnNode:
         return node_id_for(work_id, sampling, int(sample), int(depth))
 
     parent_id = None if node.parent_id is None else rename(node.parent_id)
-    return dataclasses.replace(node, node_id=rename(node.node_id), parent_id=parent_id)
+    return replace(node, node_id=rename(node.node_id), parent_id=parent_id)
 
 
 def test_an_item_finished_by_a_second_sampling_is_settled_on_replay_despite_the_abandoned_first():

@@ -85,7 +85,7 @@ def test_completed_tree_keeps_only_complete_paths():
     assert left_out == 1
     ids = [n.node_id for n in completed.nodes]
     assert ids == ["a", "a.b", "a.c", "d", "d.e"]  # parents before children
-    assert completed.prompt_token_ids == [1, 2]
+    assert list(completed.prompt_token_ids) == [1, 2]
     assert [n.reward for n in completed.nodes] == [None, 1.0, 0.0, None, 1.0]
     assert [n.done for n in completed.nodes] == [False, True, True, False, True]
 

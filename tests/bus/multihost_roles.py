@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import hashlib
 import json
 import ssl
@@ -29,6 +28,7 @@ import nats.errors
 from bus.client import BusClient, Delivery
 from bus.server import RoleCredentials
 from protocol import TurnNode, WeightsAnnouncement, WorkItem
+from protocol.messages import replace
 from tests.protocol.strategies import realistic_turn_node, sample_messages
 from tracerl.config import BusConfig, RunConfig
 
@@ -141,17 +141,17 @@ async def actor(servers: list[str], credentials_dir: Path, run_id: str) -> dict:
                 raise TimeoutError("no weights announced")
             await asyncio.sleep(0.2)
         weights = await client.get_object(announcement.object_name)
-        node = dataclasses.replace(
+        node = replace(
             realistic_turn_node(run_id, 0),
             work_id=work.work_id,
             tree_id=work.tree_id,
             policy_version=announcement.policy_version,
         )
-        node = dataclasses.replace(node, actor_id=own.actor_id)
+        node = replace(node, actor_id=own.actor_id)
         await client.publish(s.nodes_from(own.actor_id), node, msg_id=node.node_id)
         other = f"{own.actor_id}-other"
         try:
-            await client.publish(s.nodes_from(other), dataclasses.replace(node, actor_id=other), timeout=2.0)
+            await client.publish(s.nodes_from(other), replace(node, actor_id=other), timeout=2.0)
             impostor = "accepted"
         except (TimeoutError, nats.errors.Error):
             impostor = repr(client.last_error)

@@ -31,6 +31,7 @@ from bus.permissions import ACTOR_MISMATCH
 from bus.provision import provision_run
 from bus.server import BusServer, BusServerError, RoleCredentials, credentials_path
 from protocol import Heartbeat, Subjects, TurnNode, encode
+from protocol.messages import replace
 from tests.protocol.strategies import realistic_turn_node
 from tracerl.config import BusConfig, LogConfig, RunConfig
 
@@ -78,7 +79,7 @@ async def _connect(server: BusServer, role: str, actor_id: str = "") -> BusClien
 
 def _node(actor_id: str, index: int) -> TurnNode:
     node = realistic_turn_node(RUN_ID, index)
-    return dataclasses.replace(node, actor_id=actor_id, node_id=f"{actor_id}-{node.node_id}")
+    return replace(node, actor_id=actor_id, node_id=f"{actor_id}-{node.node_id}")
 
 
 def _connz(server: BusServer) -> list[dict]:
@@ -193,7 +194,7 @@ def test_an_actor_may_publish_pull_and_register_only_as_itself(secure_bus: BusSe
             # Another actor's: refused by the server.
             await refused(a1, a1.publish(s.nodes_from("a2"), _node("a2", 2), timeout=1.0))
             await refused(a1, a1.ensure_actor_consumer("a2", secure_bus.config.streams))
-            await refused(a1, a1.put_actor(dataclasses.replace(beat, actor_id="a2")))
+            await refused(a1, a1.put_actor(replace(beat, actor_id="a2")))
             await refused(a1, a1.js.consumer_info(s.work_stream, s.actor_work_consumer("a2"), timeout=1.0))
         with pytest.raises(ValueError, match="a1"):
             await BusClient.connect(

@@ -11,8 +11,7 @@ from environments import (
     make_tasks,
 )
 from environments.base import Environment
-from protocol import TaskSpec
-from tracerl.typed import from_plain, to_plain
+from environments.snapshots import task_from_plain, task_to_plain
 
 GENERATED = ["multihop", "frozenlake", "sokoban", "math", "toolcall", "webshop"]
 STOPS = {
@@ -108,8 +107,8 @@ def test_tasks_are_deterministic_distinct_and_plain(name):
     assert len({t.task_id for t in first}) == 40
     for task in first:
         assert task.env == name
-        wire = msgpack.unpackb(msgpack.packb(to_plain(task)))
-        assert from_plain(TaskSpec, wire) == task
+        wire = msgpack.unpackb(msgpack.packb(task_to_plain(task)))
+        assert task_from_plain(wire) == task
 
 
 @pytest.mark.parametrize("name", GENERATED)

@@ -1,14 +1,13 @@
 """One learner update per allocator step, robust to duplicates and lost trees."""
 
-import dataclasses
-
 from learner.batching import StepBatcher
+from protocol.messages import replace
 from tests.learner.trees import node, tree
 
 
 def _tree(step: int, index: int, count: int):
     base = tree([1, 2], [node("a", None, 1, [3], [], reward=1.0)])
-    return dataclasses.replace(base, tree_id=f"s{step}-{index}", allocator_step=step, step_tree_count=count)
+    return replace(base, tree_id=f"s{step}-{index}", allocator_step=step, step_tree_count=count)
 
 
 def test_a_step_is_released_only_when_whole():

@@ -28,7 +28,9 @@ def test_paths_are_prompt_then_action_observation_per_turn():
     assert first.token_ids == (1, 2, 10, 11, 20, 12)
     assert first.action_mask == (0, 0, 1, 1, 0, 1)
     assert first.loss_mask == (0, 0, 1, 1, 0, 1)
-    assert first.behaviour_logprobs == (0.0, 0.0, -1.0, -1.1, 0.0, -1.0)
+    # A message holds its logprobs as float32 from the moment it is built: -1.1 is the nearest float32.
+    assert first.behaviour_logprobs == pytest.approx((0.0, 0.0, -1.0, -1.1, 0.0, -1.0), rel=1e-7)
+    assert first.behaviour_logprobs[3] != -1.1
     assert first.policy_version == (NO_VERSION, NO_VERSION, 0, 0, NO_VERSION, 0)
     assert first.node_index == (NO_NODE, NO_NODE, 0, 0, 0, 1)
     assert second.token_ids == (1, 2, 10, 11, 20, 13, 14)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 
 from learner.config import LearnerConfig
 from learner.ledger import TrainedTrees
 from learner.service import LearnerService
 from learner.versions import read_publications
+from protocol.messages import replace
 from tests.learner.trees import random_tree
 from tracerl.config import RunConfig
 
@@ -64,7 +64,7 @@ def test_a_step_that_changed_no_weight_announces_no_version(tmp_path):
     rng = random.Random(0)
     for step in range(3):
         tree = random_tree(rng, f"s{step}-0", 600)
-        service.batcher.add(dataclasses.replace(tree, allocator_step=step, step_tree_count=1), 0.0)
+        service.batcher.add(replace(tree, allocator_step=step, step_tree_count=1), 0.0)
     asyncio.run(service.train_ready_batches())
     assert trainer.skips == [] and trainer.policy_version == 8
     assert bus.announced == [7, 8]

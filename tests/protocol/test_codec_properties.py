@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import struct
 
 import msgpack
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import MESSAGE_TYPES, CompletedTree, ProtocolError, decode, encode
+from protocol import MESSAGE_TYPES, CompletedTree, ProtocolError, TaskSpec, decode, encode, plain_body, replace
 
 from .strategies import PLAIN, any_message, realistic_turn_node, sample_messages
 
@@ -46,7 +46,7 @@ def test_arbitrary_envelopes_raise_only_protocol_error(schema: str, version: int
 
 
 def _body(message: object) -> dict:
-    return msgpack.unpackb(encode(message), raw=False)["body"]
+    return plain_body(message)
 
 
 def _envelope(message: object, body: dict, version: int | None = None) -> bytes:
@@ -98,7 +98,7 @@ def test_fixed_examples_round_trip_and_size_limit(message: object) -> None:
 
 @pytest.mark.parametrize("message", sample_messages("r1"), ids=lambda m: type(m).__name__)
 def test_a_message_of_another_run_is_refused_only_when_the_run_is_pinned(message: object) -> None:
-    payload = encode(dataclasses.replace(message, run_id="r2"))
+    payload = encode(replace(message, run_id="r2"))
     assert decode(payload, type(message)).run_id == "r2"
     assert decode(payload, type(message), run_id="r2").run_id == "r2"
     with pytest.raises(ProtocolError) as err:
@@ -108,7 +108,7 @@ def test_a_message_of_another_run_is_refused_only_when_the_run_is_pinned(message
 
 def test_sample_messages_cover_every_type() -> None:
     assert {type(m) for m in sample_messages("r1")} == set(MESSAGE_TYPES.values())
-    assert all(dataclasses.is_dataclass(m) for m in sample_messages("r1"))
+    assert all(isinstance(m, msgspec.Struct) for m in sample_messages("r1"))
 
 
 def test_turn_node_logprobs_travel_as_float32() -> None:
@@ -116,12 +116,16 @@ def test_turn_node_logprobs_travel_as_float32() -> None:
     body = _body(node)
     assert body["behaviour_logprobs"] == struct.pack("3f", *node.behaviour_logprobs)
 
-    # A value finer than float32 arrives rounded, never rejected: the engine's are float32 already.
-    fine = dataclasses.replace(node, behaviour_logprobs=[-0.1, -1e-3, -1e-300])
-    assert decode(encode(fine)).behaviour_logprobs == [*struct.unpack("3f", struct.pack("3f", -0.1, -1e-3, -1e-300))]
+    # A value finer than float32 is stored rounded, never rejected: the engine's are float32 already.
+    fine = replace(node, behaviour_logprobs=[-0.1, -1e-3, -1e-300])
+    assert (
+        list(fine.behaviour_logprobs)
+        == list(decode(encode(fine)).behaviour_logprobs)
+        == [*struct.unpack("3f", struct.pack("3f", -0.1, -1e-3, -1e-300))]
+    )
     # One beyond float32's range would arrive as -inf: refused where it is built.
     with pytest.raises(ValueError, match="finite float32"):
-        dataclasses.replace(node, behaviour_logprobs=[-0.1, -1e-3, -1e300])
+        replace(node, behaviour_logprobs=[-0.1, -1e-3, -1e300])
 
     # Version 1 packed float64 and version 2 named them action_logprobs.
     v1 = {**body, "action_logprobs": struct.pack("3d", *node.behaviour_logprobs)}
@@ -196,15 +200,30 @@ def test_bad_behaviour_logprobs_are_refused_at_decode_under_one_rule(logprobs: l
 
 def test_a_logprob_just_above_zero_is_engine_rounding_and_accepted() -> None:
     node = realistic_turn_node("r1", 1, action_tokens=2)
-    near_zero = dataclasses.replace(node, behaviour_logprobs=[5e-7, 0.0])
-    assert decode(encode(near_zero)).behaviour_logprobs == [struct.unpack("f", struct.pack("f", 5e-7))[0], 0.0]
+    near_zero = replace(node, behaviour_logprobs=[5e-7, 0.0])
+    assert list(decode(encode(near_zero)).behaviour_logprobs) == [struct.unpack("f", struct.pack("f", 5e-7))[0], 0.0]
     with pytest.raises(ValueError, match="finite float32"):
-        dataclasses.replace(node, behaviour_logprobs=[2e-6, 0.0])
+        replace(node, behaviour_logprobs=[2e-6, 0.0])
 
 
 def test_a_node_whose_logprobs_sum_below_float32_range_is_refused() -> None:
     # Each is a finite float32, but the learner's float32 path sum would be -inf.
     node = realistic_turn_node("r1", 1, action_tokens=2)
-    assert decode(encode(dataclasses.replace(node, behaviour_logprobs=[-1.5e38, -1.5e38]))).behaviour_logprobs
+    assert decode(encode(replace(node, behaviour_logprobs=[-1.5e38, -1.5e38]))).behaviour_logprobs
     with pytest.raises(ValueError, match="finite sum"):
-        dataclasses.replace(node, behaviour_logprobs=[-2e38, -2e38])
+        replace(node, behaviour_logprobs=[-2e38, -2e38])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"x": math.nan}, {"x": [math.inf]}, {"x": {1: "a"}}, {"x": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}],
+    ids=["nan", "inf_in_list", "int_key", "too_deep"],
+)
+def test_task_params_hold_only_plain_finite_data(params: dict) -> None:
+    node = realistic_turn_node("r1", 1, action_tokens=1)
+    body = _body(node)
+    with pytest.raises(ProtocolError) as err:
+        decode(_envelope(node, {**body, "task": {**body["task"], "params": params}}))
+    assert err.value.reason == "schema_violation" and "params" in err.value.detail
+    with pytest.raises(ValueError, match="params"):
+        TaskSpec(env="e", task_id="t", params=params)

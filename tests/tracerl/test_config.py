@@ -136,6 +136,14 @@ def test_exponent_floats_parse_as_numbers():
     assert config.optimiser.lr == pytest.approx(3e-4)
 
 
+def test_an_exponent_float_in_a_yaml_file_reaches_the_config_as_a_float(tmp_path):
+    # Plain YAML 1.1 (yaml.safe_load) reads 1e-5 as the string "1e-5": no dot in the mantissa.
+    path = tmp_path / "lr.yaml"
+    path.write_text("optimiser:\n  lr: 1e-5\n")
+    config = load_config(LearnerConfig, path)
+    assert type(config.optimiser.lr) is float and config.optimiser.lr == 1e-5
+
+
 def test_a_string_where_a_float_is_declared_is_refused_naming_the_field(tmp_path):
     path = tmp_path / "quoted.yaml"
     path.write_text("optimiser:\n  lr: '3e-4'\n")

@@ -1,11 +1,11 @@
 """The flood bench's pure parts: hostile messages from a seed, the permission table, and the
 reconciliation of what was sent against what the run counted."""
 
-import dataclasses
 import math
 import random
 import re
 
+import msgspec
 import pytest
 
 from bench.flood import RunSummary, compare_runs, difference_se, first_divergent_step, mean_over
@@ -34,8 +34,7 @@ from bench.hostile import (
     wrong_role_attempts,
 )
 from bus.permissions import role_permissions
-from protocol import MESSAGE_TYPES, ProtocolError, Subjects, TurnNode, WeightsAnnouncement, decode, encode
-from tracerl.typed import to_plain
+from protocol import MESSAGE_TYPES, ProtocolError, Subjects, TurnNode, WeightsAnnouncement, decode, encode, plain_body
 
 RUN = "r1"
 S = Subjects(RUN)
@@ -121,7 +120,9 @@ def test_run_targets_cover_every_subject_of_the_run():
 def test_templates_are_valid_messages_of_the_run_with_flood_ids(cls):
     message = template(cls, RUN, random.Random(0))
     assert decode(encode(message), cls, run_id=RUN) == message
-    ids = [v for k, v in dataclasses.asdict(message).items() if k.endswith(("_id", "_name")) and k != "run_id" and v]
+    ids = [
+        v for k, v in msgspec.structs.asdict(message).items() if k.endswith(("_id", "_name")) and k != "run_id" and v
+    ]
     assert ids and all(i.startswith(FLOOD_ID_PREFIX) for i in ids)
 
 
@@ -135,7 +136,7 @@ def test_every_kind_is_refused_for_the_reason_it_is_meant_to_provoke(cls):
 
 @pytest.mark.parametrize("cls", sorted(MESSAGE_TYPES.values(), key=lambda c: c.SCHEMA), ids=lambda c: c.__name__)
 def test_wrong_types_and_missing_fields_reach_every_field(cls):
-    fields = set(to_plain(template(cls, RUN, random.Random(0))))
+    fields = set(plain_body(template(cls, RUN, random.Random(0))))
     for kind in ("wrong_type", "missing_field"):
         hit = set()
         for seed in range(400):
