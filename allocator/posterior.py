@@ -203,7 +203,7 @@ class ConcentrationFit:
         prefix_depths = [depth for depth in self.by_depth if depth >= 1]
         prefix_count = sum(len(self.by_depth[depth]) for depth in prefix_depths)
         if prefix_count >= self.min_decisions:
-            self.pooled = best_on_grid(sum(self.loglik_sums[depth] for depth in prefix_depths), self.grid)
+            self.pooled = best_on_grid(np.sum([self.loglik_sums[depth] for depth in prefix_depths], axis=0), self.grid)
         else:
             self.pooled = None
         self.concentrations = {

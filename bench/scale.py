@@ -271,9 +271,14 @@ async def serve_simulated_actors(
         own = dataclasses.replace(config, actor_id=actor_id)
         services.append(ActorService(own, engine, client, actor_id))  # type: ignore[arg-type]
         clients.append(client)
+
+    def stop_all() -> None:
+        for service in services:
+            service.stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: [s.stop.set() for s in services])
+        loop.add_signal_handler(sig, stop_all)
     codes = await asyncio.gather(*(s.serve() for s in services), return_exceptions=True)
     for client in clients:
         await client.close()

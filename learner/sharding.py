@@ -50,7 +50,7 @@ def shard_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The whole state dict on rank 0's CPU, empty elsewhere (collective)."""
-    return get_model_state_dict(model, options=_GATHER)
+    return get_model_state_dict(model, options=_GATHER)  # type: ignore[return-value]
 
 
 def full_optimiser_state(model: torch.nn.Module, optimiser: torch.optim.Optimizer) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def load_full_state(
     model: torch.nn.Module, optimiser: torch.optim.Optimizer, weights: dict[str, torch.Tensor], optim: dict[str, Any]
 ) -> None:
     """Each rank keeps its shard of a full model and optimiser state (collective)."""
-    set_model_state_dict(model, weights, options=_LOAD)
+    set_model_state_dict(model, weights, options=_LOAD)  # type: ignore[arg-type]
     set_optimizer_state_dict(model, optimiser, optim_state_dict=optim, options=_LOAD)
 
 
