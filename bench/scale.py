@@ -67,6 +67,10 @@ MARKER = ".bench-scale"
 TARGET_P99_MS = 5.0
 #: Throughput must grow by at least this fraction of the growth in actors to count as scaling.
 MIN_SCALING_EFFICIENCY = 0.5
+#: The GPU actor the README's arithmetic assumes: an H100 serving a 14B model over its batch,
+#: with agent turns of this many tokens.
+GPU_ACTOR_TOKENS_PER_S = 2500.0
+GPU_TURN_TOKENS = 250.0
 #: The tensor of the simulated model: what the simulated learner publishes and every actor verifies.
 SIM_TENSOR = "simulated.weight"
 
@@ -577,6 +581,14 @@ def scale_markdown(points: Sequence[ScalePoint], options: ScaleOptions, settings
             f"One allocator core at the sweep's worst cost per node ({worst:.3f} ms) takes "
             f"{_num(projected, 0)} nodes/s."
         )
+        for cost in sorted({worst, min(costs)}):
+            ceiling_nodes = projected_node_ceiling(cost)
+            if ceiling_nodes:
+                served = gpu_actors_served(ceiling_nodes, GPU_ACTOR_TOKENS_PER_S, GPU_TURN_TOKENS)
+                lines.append(
+                    f"At {cost:.3f} CPU ms per node, one allocator core serves {served:.0f} GPU actors of "
+                    f"{GPU_ACTOR_TOKENS_PER_S:g} tokens/s in turns of {GPU_TURN_TOKENS:g} tokens (assumed)."
+                )
     return "\n".join(lines) + "\n"
 
 
