@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from actors.config import EngineSettings
-from actors.engine_worker import WORKER_EXTENSION
 from protocol.messages import SamplingSpec
 from tracerl.end_with_parent import multiprocessing_children_end_with_this_process
 from tracerl.logs import get_logger
@@ -137,7 +136,6 @@ def engine_kwargs(model_dir: str, settings: EngineSettings, gpu: bool) -> dict[s
         "max_num_seqs": settings.max_num_seqs,
         "logprobs_mode": settings.logprobs_mode,
         "seed": settings.seed,
-        "worker_extension_cls": WORKER_EXTENSION,
     }
     if gpu:
         kwargs["dtype"] = settings.dtype
@@ -380,5 +378,3 @@ class PolicyEngine:
         await self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights_dir)})
         # Cached KV blocks were computed by the old weights; reusing them would mix policies.
         await self._llm.reset_prefix_cache()
-        # The gate is closed, so no turn waits on it; see actors/engine_worker.py.
-        await self._llm.collective_rpc("release_free_memory")

@@ -217,15 +217,3 @@ def test_actor_config_loads_with_overrides_and_checks_ranges():
     ):
         with pytest.raises(ConfigError):
             load_config(ActorConfig, None, [bad])
-
-
-def test_engine_workers_carry_the_memory_release_method():
-    import importlib
-
-    from actors.engine_worker import MemoryReleasingWorker, release_free_memory
-
-    qualname = engine_kwargs("m", EngineSettings(), gpu=False)["worker_extension_cls"]
-    module, _, name = qualname.rpartition(".")
-    assert getattr(importlib.import_module(module), name) is MemoryReleasingWorker
-    # These machines run glibc, which has malloc_trim.
-    assert release_free_memory() is True and MemoryReleasingWorker().release_free_memory() is True
