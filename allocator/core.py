@@ -51,6 +51,7 @@ from .tree import NodeState, RolloutTree, WorkRecord, at_horizon
 log = get_logger(__name__)
 
 STAGE2_CHOICES = tuple(STAGE2)
+STAGE1_LOG_STEPS = 256
 
 # Why a received node will never reach the learner; see ``AllocatorCore.pop_dropped``.
 DropReason = Literal["late", "unknown_tree", "orphan_expired", "orphan_at_close", "left_out"]
@@ -188,6 +189,7 @@ class AllocatorCore(CrashReplay):
             dps_stickiness=config.dps_stickiness,
             prompt_text=prompt_text,
         )
+        self.outcomes.prepare_prompts(self.task_pool)
         self.policy_version = 0
         self._base_version: int | None = None
         self._next_step = 0
@@ -202,8 +204,9 @@ class AllocatorCore(CrashReplay):
         self._dropped: list[tuple[DropReason, str, str]] = []
         self.counters: Counter[str] = Counter()
         self.totals = Totals()
-        # Recent stage-1 decisions (step, candidate task ids, rollouts each) for diagnostics.
-        self.stage1_log: deque[tuple[int, tuple[str, ...], tuple[int, ...]]] = deque(maxlen=4096)
+        # Recent stage-1 decisions (step, candidate task ids, rollouts each) for diagnostics. A
+        # short window: an entry holds a whole candidate pool, and 4096 of them took hours to fill.
+        self.stage1_log: deque[tuple[int, tuple[str, ...], tuple[int, ...]]] = deque(maxlen=STAGE1_LOG_STEPS)
 
     # ------------------------------------------------------------------ inputs
 

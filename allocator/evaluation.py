@@ -8,7 +8,8 @@ baseline would have said), and every leaf that item produces is a labelled sampl
 and it may use every outcome known at that moment (the prefix's own chain included),
 none after.
 
-Scored over a sliding window: AUC (all decisions, roots, prefixes, and within a prompt,
+Scored over a sliding window (``Window``: columns allocated once at their full size, so a
+long run's memory does not climb while the window fills): AUC (all decisions, roots, prefixes, and within a prompt,
 which stage 2 depends on), Brier score against the baseline's, calibration error, and per
 depth; plus the calibration of predicted P(mixed) for the sibling groups the decisions made.
 
@@ -24,10 +25,11 @@ that leaf, with the model as it was before it trained on the tree.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
 from .allocation import v_root_table
 from .posterior import posterior_mean
@@ -64,35 +66,99 @@ def p_mixed(p: float, k: int, strength: float | None = None) -> float:
     return float(v_root_table(p, max(k, 1), None if strength is None else np.asarray(strength))[k]) if k >= 2 else 0.0
 
 
+class Window:
+    """The last ``capacity`` rows of a few typed columns, in arrays allocated once at full size.
+
+    A deque of row objects grows with every row until it is full, which on a long run reads
+    as a leak for hours; these columns hold the same rows in a fixed footprint. Row order is
+    not kept: every score taken over a window is order-free.
+    """
+
+    def __init__(self, capacity: int, **dtypes: npt.DTypeLike) -> None:
+        if capacity < 1:
+            raise ValueError("a window needs a capacity of at least one row")
+        self.capacity = capacity
+        self._columns = {name: np.zeros(capacity, dtype=dtype) for name, dtype in dtypes.items()}
+        self._size = 0
+        self._next = 0  # the slot the next row overwrites once the window is full
+
+    def __len__(self) -> int:
+        return self._size
+
+    def extend(self, **columns: Sequence[object] | np.ndarray) -> None:
+        """Append rows given column by column; beyond ``capacity`` the oldest rows give way."""
+        if set(columns) != set(self._columns):
+            raise ValueError(f"a window row has the columns {sorted(self._columns)}, got {sorted(columns)}")
+        lengths = {len(values) for values in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError("every column of the rows must be as long as the others")
+        n = lengths.pop()
+        skip = max(0, n - self.capacity)  # rows that would be overwritten within this call
+        slots = (self._next + np.arange(n - skip)) % self.capacity
+        for name, values in columns.items():
+            column = self._columns[name]
+            if column.dtype == object:
+                # An object column takes references as they are (no conversion to a fixed-width str).
+                for slot, value in zip(slots.tolist(), list(values)[skip:], strict=True):
+                    column[slot] = value
+            else:
+                column[slots] = np.asarray(values)[skip:]
+        self._next = (self._next + n - skip) % self.capacity
+        self._size = min(self.capacity, self._size + n - skip)
+
+    def column(self, name: str) -> np.ndarray:
+        """The rows held (a view while the window is filling, the whole array once full)."""
+        return self._columns[name][: self._size]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the columns' arrays (for an object column, its references only)."""
+        return sum(column.nbytes for column in self._columns.values())
+
+
 @dataclass
 class DecisionScores:
     window: int = 20_000
     max_depth: int = 8
 
     def __post_init__(self) -> None:
-        self.samples: deque[Sample] = deque(maxlen=self.window)
+        self.samples = Window(
+            self.window, prediction=np.float64, baseline=np.float64, outcome=np.int8, depth=np.int16, task_id=object
+        )
         # (predicted P(mixed), whether the group of a decision's leaves was mixed)
-        self.groups: deque[tuple[float, int]] = deque(maxlen=self.window)
+        self.groups = Window(self.window, predicted=np.float64, mixed=np.int8)
 
     def add_samples(self, samples: list[Sample]) -> None:
-        self.samples.extend(samples)
+        self.samples.extend(
+            prediction=[s.prediction for s in samples],
+            baseline=[s.baseline for s in samples],
+            outcome=[s.outcome for s in samples],
+            depth=[s.depth for s in samples],
+            task_id=[s.task_id for s in samples],
+        )
 
     def add(self, record: DecisionRecord, outcomes: list[int]) -> None:
-        for y in outcomes:
-            self.samples.append(Sample(record.prediction, record.baseline, int(y), record.task_id, record.depth))
-        if len(outcomes) >= 2:
-            predicted = p_mixed(record.prediction, len(outcomes), record.strength)
-            self.groups.append((predicted, int(0 < sum(outcomes) < len(outcomes))))
+        n = len(outcomes)
+        self.samples.extend(
+            prediction=[record.prediction] * n,
+            baseline=[record.baseline] * n,
+            outcome=[int(y) for y in outcomes],
+            depth=[record.depth] * n,
+            task_id=[record.task_id] * n,
+        )
+        if n >= 2:
+            predicted = p_mixed(record.prediction, n, record.strength)
+            self.groups.extend(predicted=[predicted], mixed=[int(0 < sum(outcomes) < n)])
 
     def metrics(self, name: str = "predictor", baseline_name: str = "beta_baseline") -> dict[str, float | int]:
         out: dict[str, float | int] = {f"{name}_leaves": len(self.samples)}
         if not self.samples:
             return out
-        p = np.array([s.prediction for s in self.samples])
-        b = np.array([s.baseline for s in self.samples])
-        y = np.array([s.outcome for s in self.samples])
-        depth = np.array([s.depth for s in self.samples])
-        groups = [s.task_id for s in self.samples]
+        p = self.samples.column("prediction")
+        b = self.samples.column("baseline")
+        y = self.samples.column("outcome").astype(np.int64)
+        depth = self.samples.column("depth").astype(np.int64)
+        groups = self.samples.column("task_id").tolist()
         brier = float(np.mean((p - y) ** 2))
         baseline = float(np.mean((b - y) ** 2))
         out.update(
@@ -121,8 +187,9 @@ class DecisionScores:
                 out[f"{name}_depth{d}_brier"] = float(np.mean((p[at] - y[at]) ** 2))
                 out[f"{baseline_name}_depth{d}_brier"] = float(np.mean((b[at] - y[at]) ** 2))
                 out[f"{name}_depth{d}_success"] = float(y[at].mean())
-        if self.groups:
-            predicted, mixed = (np.array(col, dtype=np.float64) for col in zip(*self.groups, strict=True))
+        if len(self.groups):
+            predicted = self.groups.column("predicted")
+            mixed = self.groups.column("mixed").astype(np.float64)
             out.update(
                 {
                     f"{name}_mixed_predicted": float(predicted.mean()),

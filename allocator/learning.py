@@ -15,7 +15,7 @@ predictor's scores into the metrics the shell publishes.
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -25,7 +25,7 @@ import numpy as np
 from protocol import TaskSpec
 
 from .budget import BudgetLedger
-from .evaluation import DecisionRecord, DecisionScores, NodeEvidence, leave_one_out
+from .evaluation import DecisionRecord, DecisionScores, NodeEvidence, Window, leave_one_out
 from .posterior import ConcentrationFit, Decision, posterior_mean, shifted_prior
 from .predictor import (
     BetaBaseline,
@@ -125,10 +125,7 @@ class OutcomeModel:
         # The shared model's root prediction of a prompt and the revision it was made at.
         self._shared_root: dict[str, tuple[int, float]] = {}
         # The shared model's own prequential scores (no evidence): how much the text knows.
-        self._evaluation: dict[str, deque[float]] = {
-            "p": deque(maxlen=self.EVALUATION_WINDOW),
-            "target": deque(maxlen=self.EVALUATION_WINDOW),
-        }
+        self._evaluation = Window(self.EVALUATION_WINDOW, p=np.float64, target=np.float64)
 
     @property
     def revision(self) -> int:
@@ -136,6 +133,16 @@ class OutcomeModel:
         return self.predictor.revision
 
     # ------------------------------------------------------------------ trees and nodes
+
+    def prepare_prompts(self, tasks: Sequence[TaskSpec]) -> None:
+        """Build the root features of every prompt in ``tasks`` now.
+
+        They are kept per prompt once built, so their memory is bounded by the pool either
+        way; built at start, it does not climb for the hour or more a run takes to draw most
+        of a pool of thousands of prompts, which a soak could not tell from a leak.
+        """
+        for task in tasks:
+            self._featurize_root(task)
 
     def open_tree(self, tree_id: str, task: TaskSpec) -> None:
         self._root_features[tree_id] = self._featurize_root(task)
@@ -391,8 +398,7 @@ class OutcomeModel:
         if batch.samples:
             # Prequential: every sample is scored before the model has seen it.
             probs, _ = self.predictor.predict_many(batch.samples)
-            self._evaluation["p"].extend(probs.tolist())
-            self._evaluation["target"].extend(batch.targets)
+            self._evaluation.extend(p=probs, target=batch.targets)
             self.predictor.update(batch.samples, batch.targets, batch.weights)
         self.concentrations.refit()
 
@@ -400,14 +406,14 @@ class OutcomeModel:
         """The predictor's decision-time scores (allocator/evaluation.py) with the Beta
         baseline's on the same leaves, the shared model's own prequential scores, and the
         fitted concentrations (NaN before any sample)."""
-        p = self._evaluation["p"]
-        y = self._evaluation["target"]
+        p = self._evaluation.column("p")
+        y = self._evaluation.column("target")
         out: dict[str, float] = dict(self.decision_scores.metrics())
         out.update(self.loo_scores.metrics("predictor_loo", "beta_loo"))
         out.update(
-            shared_model_brier=float(np.mean((np.asarray(p) - np.asarray(y)) ** 2)) if p else math.nan,
-            shared_model_auc=auc_score(list(p), [int(t >= 0.5) for t in y]) if p else math.nan,
-            shared_model_calibration_error=calibration_error(p, y) if p else math.nan,
+            shared_model_brier=float(np.mean((p - y) ** 2)) if len(p) else math.nan,
+            shared_model_auc=auc_score(p, (y >= 0.5).astype(np.int64)) if len(p) else math.nan,
+            shared_model_calibration_error=calibration_error(p, y) if len(p) else math.nan,
         )
         for depth in range(self.max_turns + 1):
             out[f"predictor_concentration_depth{depth}"] = self.concentrations.concentration(depth)

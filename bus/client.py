@@ -55,6 +55,11 @@ T = TypeVar("T")
 OBJECT_CHUNK_BYTES = 1024 * 1024
 #: How long a registry read keeps listening after nats-py says the current state is complete.
 REGISTRY_SETTLE_S = 0.25
+# How long the server keeps a registry read's consumer once the reader has let it go. Each
+# read is a KV watch, an ephemeral consumer; nats-py asks for 5 minutes unless told, so a
+# role reading the registry every second kept about 300 of them alive, and nats-server's
+# memory grew with them for as long as the run was warming up to that many.
+REGISTRY_WATCH_INACTIVE_S = 5.0
 _ERRORS_NOT_FATAL = (nats.errors.Error, asyncio.TimeoutError)
 
 
@@ -430,7 +435,7 @@ class BusClient:
         """Every registered actor's latest heartbeat; unreadable entries, and beats under
         another actor's key, are counted and skipped."""
         kv = await self._state()
-        watcher = await kv.watch(ACTOR_KEY_PATTERN, ignore_deletes=True)
+        watcher = await kv.watch(ACTOR_KEY_PATTERN, ignore_deletes=True, inactive_threshold=REGISTRY_WATCH_INACTIVE_S)
         actors: dict[str, Heartbeat] = {}
         loop = asyncio.get_running_loop()
         settle_until: float | None = None

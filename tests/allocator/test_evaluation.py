@@ -2,9 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 
-from allocator.evaluation import DecisionRecord, DecisionScores, NodeEvidence, leave_one_out, p_mixed
+from allocator.evaluation import DecisionRecord, DecisionScores, NodeEvidence, Window, leave_one_out, p_mixed
 
 
 def record(task_id, depth, prediction, baseline=0.5):
@@ -65,3 +66,33 @@ def test_loo_metrics_carry_their_own_names():
     scores.add_samples(leave_one_out([NodeEvidence("a", 0, 0.5, 2.0, 1, 1, (1, 1), 1, 1)]))
     m = scores.metrics("predictor_loo", "beta_loo")
     assert m["predictor_loo_leaves"] == 2 and "beta_loo_brier" in m and "predictor_brier" not in m
+
+
+def test_a_window_keeps_the_last_rows_in_arrays_allocated_once():
+    window = Window(3, value=np.float64, name=object)
+    size = window.nbytes
+    window.extend(value=[1.0, 2.0], name=["a", "b"])
+    assert len(window) == 2 and sorted(window.column("value").tolist()) == [1.0, 2.0]
+    window.extend(value=[3.0, 4.0], name=["c", "d"])  # 1.0 gives way
+    assert sorted(window.column("value").tolist()) == [2.0, 3.0, 4.0]
+    assert sorted(window.column("name").tolist()) == ["b", "c", "d"]
+    window.extend(value=[5.0, 6.0, 7.0, 8.0], name=["e", "f", "g", "h"])  # more than it holds in one call
+    assert sorted(window.column("value").tolist()) == [6.0, 7.0, 8.0]
+    assert sorted(window.column("name").tolist()) == ["f", "g", "h"]
+    assert len(window) == 3 and window.nbytes == size
+    with pytest.raises(ValueError, match="columns"):
+        window.extend(value=[1.0])
+    with pytest.raises(ValueError, match="as long"):
+        window.extend(value=[1.0], name=[])
+
+
+def test_scores_over_a_full_window_are_those_of_its_last_rows():
+    scores = DecisionScores(window=4)
+    scores.add(record("a", 0, 0.9), [0, 0])  # pushed out below
+    scores.add(record("a", 0, 0.8), [1, 1])
+    scores.add(record("b", 1, 0.2), [0, 0])
+    m = scores.metrics()
+    assert m["predictor_leaves"] == 4
+    assert m["predictor_auc"] == 1.0  # 0.8 for the successes, 0.2 for the failures
+    assert m["predictor_brier"] == pytest.approx((0.2**2 * 2 + 0.2**2 * 2) / 4)
+    assert m["predictor_mixed_observed"] == 0.0  # the three pairs: none mixed

@@ -14,7 +14,7 @@ import pytest
 
 from bus import deadletter
 from bus.acks import PublishError
-from bus.client import BusClient, Delivery
+from bus.client import REGISTRY_WATCH_INACTIVE_S, BusClient, Delivery
 from bus.provision import sweep_dead_letters
 from protocol import CompletedTree, Heartbeat, TurnNode, WeightsAnnouncement, WorkItem, encode
 from protocol.messages import replace
@@ -82,6 +82,31 @@ def test_every_message_type_round_trips_through_jetstream(bus_run: BusRun) -> No
             assert await allocator.get_actors() == {"a1": sent[Heartbeat]}
             for client in (actor, allocator, learner):
                 assert client.counters.get("permission_violations", 0) == 0
+
+    asyncio.run(main())
+
+
+def test_registry_reads_leave_no_consumer_on_the_server(bus_run: BusRun) -> None:
+    """A registry read is a KV watch, an ephemeral consumer: once the read is over the server
+    must let the consumer go within seconds, or a role reading every second piles them up."""
+    s = bus_run.subjects
+    heartbeat = _by_type(s.run_id)[Heartbeat]
+    reads = 12
+
+    async def main() -> None:
+        async with await bus_run.connect("actor") as actor, await bus_run.connect("allocator") as allocator:
+            await actor.put_actor(heartbeat)
+            stream = f"KV_{s.state_bucket}"
+            before = (await allocator.js.stream_info(stream)).state.consumer_count or 0
+            for _ in range(reads):
+                assert await allocator.get_actors() == {heartbeat.actor_id: heartbeat}
+            deadline = time.monotonic() + REGISTRY_WATCH_INACTIVE_S + 25.0
+            while True:
+                left = (await allocator.js.stream_info(stream)).state.consumer_count or 0
+                if left <= before or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            assert left <= before, f"{left - before} of {reads} registry reads still hold a consumer"
 
     asyncio.run(main())
 
