@@ -98,6 +98,12 @@ class AllocatorCoreConfig:
     # allocator/strategies/base.py), so planning a round over 10^4 open nodes is spread
     # over calls too.
     plan_units_per_call: int = 300
+    # How many of a closed step's trees the predictor learns from per schedule() call; 0
+    # learns from all of them in the call that closes the step. Learning costs milliseconds
+    # a tree, so with hundreds of prompts a step that one call holds the shell for a second
+    # (bench/scale.py); a bound spreads it over the following calls, which then plan with
+    # the predictor as it was before those trees.
+    learn_trees_per_call: int = 0
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
 
@@ -118,6 +124,8 @@ class AllocatorCoreConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"allocator.{name} must be >= 1")
+        if self.learn_trees_per_call < 0:
+            raise ValueError("allocator.learn_trees_per_call must be >= 0 (0: all at the step's close)")
         if self.group_size < 2:
             raise ValueError("allocator.group_size must be >= 2 (one rollout is never mixed)")
         if self.max_per_prompt < 2:
@@ -138,6 +146,15 @@ class AllocatorCoreConfig:
             raise ValueError("allocator.dps_stickiness must be in [0, 1]")
         if self.tsr_lookahead_turns < 0:
             raise ValueError("allocator.tsr_lookahead_turns must be >= 0")
+
+
+@dataclass
+class PendingLearning:
+    """A closed step's trees the predictor is still to learn from, and the batch they make."""
+
+    policy_version: int
+    trees: deque[RolloutTree] = field(default_factory=deque)
+    batch: TrainingBatch = field(default_factory=TrainingBatch)
 
 
 @dataclass(frozen=True)
@@ -206,6 +223,8 @@ class AllocatorCore(CrashReplay):
         self.totals = Totals()
         # Recent stage-1 decisions (step, candidate task ids, rollouts each) for diagnostics. A
         # short window: an entry holds a whole candidate pool, and 4096 of them took hours to fill.
+        # Closed steps' trees the predictor has not learned from yet (``learn_trees_per_call``).
+        self._learning: deque[PendingLearning] = deque()
         self.stage1_log: deque[tuple[int, tuple[str, ...], tuple[int, ...]]] = deque(maxlen=STAGE1_LOG_STEPS)
 
     # ------------------------------------------------------------------ inputs
@@ -267,6 +286,8 @@ class AllocatorCore(CrashReplay):
         previous round has fully come back, and at most ``plan_units_per_call`` of it per
         call (see ``busy``)."""
         self._expire(now)
+        if self._learning:
+            self.learn_closed_trees(self.config.learn_trees_per_call or None)
         routed: list[RoutedWork] = []
         assigned: Counter[str] = Counter()
         load = {a.actor_id: a for a in actors}
@@ -315,7 +336,7 @@ class AllocatorCore(CrashReplay):
     def busy(self) -> bool:
         """A round is part-planned or planned work waits: the shell should call ``schedule``
         again right away (after serving its other tasks) instead of a tick later."""
-        return any(step.job is not None or step.queue for step in self.steps.values())
+        return bool(self._learning) or any(step.job is not None or step.queue for step in self.steps.values())
 
     def is_outstanding(self, tree_id: str, work_id: str) -> bool:
         """Whether a work item issued for an open tree still has chains to come back."""
@@ -537,7 +558,7 @@ class AllocatorCore(CrashReplay):
     # ------------------------------------------------------------------ closing
 
     def _close_step(self, step: StepState, now: float, forced: bool) -> None:
-        batch = TrainingBatch()
+        learning = PendingLearning(self.policy_version)
         emitted: list[CompletedTree] = []
         for tree_id in step.tree_ids:
             tree = self.trees.pop(tree_id, None)
@@ -565,12 +586,13 @@ class AllocatorCore(CrashReplay):
                 self.counters["groups_mixed"] += 1
             self.counters["branch_groups_mixed"] += tree.mixed_branch_groups
             self.totals.add_tree(tree)
-            too_stale = self.outcomes.learn_from_tree(tree, batch, self.policy_version)
-            if too_stale:
-                self.counters["predictor_samples_too_stale"] += too_stale
+            learning.trees.append(tree)
         # The learner trains one allocator step per update, so it must know when a step is whole.
         self._completed.extend(replace(tree, step_tree_count=len(emitted)) for tree in emitted)
-        self.outcomes.evaluate_then_train(batch)
+        self._learning.append(learning)
+        spread = self.config.learn_trees_per_call and not self._replay.active
+        if not spread:  # a replay rebuilds the predictor as it was, whatever the calls to come
+            self.learn_closed_trees(None)
         self.totals.add_step(step.budget)
         del self.steps[step.index]
         self.counters["steps_closed_forced" if forced else "steps_closed"] += 1
@@ -582,6 +604,23 @@ class AllocatorCore(CrashReplay):
             budget=step.budget.total_turns,
             forced=forced,
         )
+
+    def learn_closed_trees(self, limit: int | None) -> None:
+        """Teach the predictor from closed trees, oldest step first, at most ``limit`` trees
+        (None: all); a step's batch trains the shared model once its last tree is learned."""
+        while self._learning and (limit is None or limit > 0):
+            pending = self._learning[0]
+            while pending.trees and (limit is None or limit > 0):
+                tree = pending.trees.popleft()
+                too_stale = self.outcomes.learn_from_tree(tree, pending.batch, pending.policy_version)
+                if too_stale:
+                    self.counters["predictor_samples_too_stale"] += too_stale
+                if limit is not None:
+                    limit -= 1
+            if pending.trees:
+                return
+            self.outcomes.evaluate_then_train(pending.batch)
+            self._learning.popleft()
 
     # ------------------------------------------------------------------ metrics
 

@@ -85,6 +85,10 @@ SCALE_RUN: dict[str, Any] = {
     "allocator.core.step_timeout_s": 120.0,
     "allocator.heldout.every_versions": 0,
     "allocator.metrics_interval_s": 2.0,
+    # A step's tree learning spread over schedule() calls, one tree a call: with one prompt
+    # per actor, learning a step in the call that closes it would hold the allocator for
+    # about a second at 512 actors (allocator.core.learn_trees_per_call).
+    "allocator.core.learn_trees_per_call": 1,
     # No learner role: the run's progress line (learner steps) would say nothing.
     "progress_interval_s": 1e9,
 }
