@@ -589,6 +589,13 @@ class AllocatorCore(CrashReplay):
             learning.trees.append(tree)
         # The learner trains one allocator step per update, so it must know when a step is whole.
         self._completed.extend(replace(tree, step_tree_count=len(emitted)) for tree in emitted)
+        if not emitted and self._base_version is not None:
+            # The learner gets nothing of this step, so no version comes of it: later steps
+            # expect one version fewer. Otherwise steps that time out empty (every node late,
+            # e.g. engines still starting) hold every new step for versions that never come,
+            # while the learner waits for trees that never come.
+            self._base_version -= 1
+            self.counters["steps_closed_empty"] += 1
         self._learning.append(learning)
         spread = self.config.learn_trees_per_call and not self._replay.active
         if not spread:  # a replay rebuilds the predictor as it was, whatever the calls to come
