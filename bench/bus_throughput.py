@@ -30,16 +30,15 @@ import argparse
 import asyncio
 import gc
 import json
-import multiprocessing
 import os
 import platform
-import queue
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.harness import results_of_processes
 from bus.client import BusClient, Delivery
 from bus.config import BusServerConfig
 from bus.provision import provision_run
@@ -185,25 +184,9 @@ def aggregate_rate(bus: BusConfig, run: RunConfig, publishers: int, count: int) 
 
     perf_counter is CLOCK_MONOTONIC, one clock for every process on the machine.
     """
-    ctx = multiprocessing.get_context("spawn")  # the parent runs an event loop and sockets
-    start, out = ctx.Barrier(publishers), ctx.Queue()
-    procs = [ctx.Process(target=publisher_process, args=(bus, run, w, count, start, out)) for w in range(publishers)]
-    for proc in procs:
-        proc.start()
-    spans: list[tuple[float, float]] = []
-    try:
-        while len(spans) < publishers:
-            try:
-                spans.append(out.get(timeout=1.0))
-            except queue.Empty:
-                failed = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
-                if failed:
-                    raise RuntimeError(f"publisher process exited with {failed[0]}") from None
-    finally:
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.terminate()
+    spans = results_of_processes(
+        publisher_process, [(bus, run, w, count) for w in range(publishers)], "publisher", join_timeout_s=30.0
+    )
     first, last = min(s for s, _ in spans), max(e for _, e in spans)
     return {
         "publishers": publishers,

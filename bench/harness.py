@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import queue
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +212,31 @@ def wait_actors_serving(run: BenchRun, timeout_s: float) -> str | None:
         timeout_s,
         "every actor to serve",
     )
+
+
+def results_of_processes(
+    target: Callable[..., None], args: Sequence[tuple[Any, ...]], what: str, join_timeout_s: float = 60.0
+) -> list[Any]:
+    """Run ``target(*a, start, out)`` in one spawned process per ``a`` of ``args``, released
+    together by the barrier ``start``; each puts one result on ``out``. The results, in the
+    order they came; a process that exits with an error ends the wait with a RuntimeError."""
+    ctx = multiprocessing.get_context("spawn")  # the parent runs an event loop and sockets
+    start, out = ctx.Barrier(len(args)), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, start, out)) for a in args]
+    for proc in procs:
+        proc.start()
+    results: list[Any] = []
+    try:
+        while len(results) < len(procs):
+            try:
+                results.append(out.get(timeout=1.0))
+            except queue.Empty:
+                failed = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
+                if failed:
+                    raise RuntimeError(f"{what} process exited with {failed[0]}") from None
+    finally:
+        for proc in procs:
+            proc.join(timeout=join_timeout_s)
+            if proc.is_alive():
+                proc.terminate()
+    return results

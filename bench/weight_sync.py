@@ -33,16 +33,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import multiprocessing
 import os
 import platform
-import queue
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.harness import results_of_processes
 from bus.client import OBJECT_CHUNK_BYTES, BusClient
 from bus.config import MIB, BusServerConfig, StreamLimits
 from bus.provision import provision_run
@@ -187,25 +186,7 @@ def _fetcher_process(bus: BusConfig, run: RunConfig, name: str, sha256: str, sta
 
 def fetch_round(bus: BusConfig, run: RunConfig, name: str, size: int, sha256: str, fetchers: int) -> FetchRound:
     """``fetchers`` actor processes read the object at once; perf_counter is one clock machine-wide."""
-    ctx = multiprocessing.get_context("spawn")
-    start, out = ctx.Barrier(fetchers), ctx.Queue()
-    procs = [ctx.Process(target=_fetcher_process, args=(bus, run, name, sha256, start, out)) for _ in range(fetchers)]
-    for proc in procs:
-        proc.start()
-    spans: list[tuple[float, float, bool]] = []
-    try:
-        while len(spans) < fetchers:
-            try:
-                spans.append(out.get(timeout=1.0))
-            except queue.Empty:
-                failed = [proc.exitcode for proc in procs if proc.exitcode not in (None, 0)]
-                if failed:
-                    raise RuntimeError(f"fetcher process exited with {failed[0]}") from None
-    finally:
-        for proc in procs:
-            proc.join(timeout=60)
-            if proc.is_alive():
-                proc.terminate()
+    spans = results_of_processes(_fetcher_process, [(bus, run, name, sha256)] * fetchers, "fetcher")
     first, last = min(s for s, _, _ in spans), max(e for _, e, _ in spans)
     return FetchRound(
         fetchers=fetchers,
