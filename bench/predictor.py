@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from allocator.core import AllocatorCoreConfig
@@ -430,7 +431,7 @@ def bench_settings(options: PredictorBenchOptions, up: Any, base_dir: Path) -> d
         "batch_prompts": core.batch_prompts,
         "branch_k": core.branch_k,
         "max_turns": core.max_turns,
-        "sampling": dataclasses.asdict(core.sampling) | {"seed": None},
+        "sampling": msgspec.structs.asdict(core.sampling) | {"seed": None},
         "predictor": dataclasses.asdict(core.predictor),
     }
 
