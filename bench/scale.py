@@ -375,13 +375,10 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its living descendants (0 if it is gone)."""
     import psutil
 
-    try:
-        root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
+    from bench.soak import process_tree
+
     total = 0.0
-    for proc in tree:
+    for proc in process_tree(pid) or []:
         try:
             times = proc.cpu_times()
             total += times.user + times.system

@@ -384,14 +384,23 @@ def write_soak_results(result: SoakResult) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------------- sampling (I/O)
 
 
-def process_tree_usage(pid: int) -> tuple[float, float, float] | None:
-    """Resident bytes, open descriptors and live processes of ``pid`` and its descendants."""
+def process_tree(pid: int) -> list[Any] | None:
+    """``pid`` and its descendants as psutil processes; None if ``pid`` is gone."""
     import psutil
 
     try:
         root = psutil.Process(pid)
-        tree = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
+        return None
+
+
+def process_tree_usage(pid: int) -> tuple[float, float, float] | None:
+    """Resident bytes, open descriptors and live processes of ``pid`` and its descendants."""
+    import psutil
+
+    tree = process_tree(pid)
+    if tree is None:
         return None
     rss = fds = count = 0
     for proc in tree:
