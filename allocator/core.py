@@ -39,6 +39,7 @@ import numpy as np
 from protocol import CompletedTree, SamplingSpec, TaskSpec, TurnNode, WorkItem, replace
 from tracerl.logs import get_logger
 
+from .allocation import ROOT_OBJECTIVES
 from .budget import BudgetLedger
 from .learning import OutcomeModel, Totals, TrainingBatch, allocator_metrics, default_prompt_text
 from .predictor import PredictorConfig
@@ -77,6 +78,9 @@ class AllocatorCoreConfig:
     max_per_prompt: int = 8
     # The smallest root group TRACE's stage 1 makes (2: any group that can be mixed).
     min_per_prompt: int = 2
+    # What TRACE's stage 1 maximises: "mixed_groups" (the paper's sum of V_root) or
+    # "informative_rollouts" (rollouts with a non-zero advantage; allocation.root_gain_table).
+    root_objective: str = "mixed_groups"
     # Most continuations from one prefix in one stage-2 round.
     branch_k: int = 2
     staleness_eta: int = 2
@@ -110,6 +114,10 @@ class AllocatorCoreConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"allocator.strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
+        if self.root_objective not in ROOT_OBJECTIVES:
+            raise ValueError(
+                f"allocator.root_objective must be one of {', '.join(ROOT_OBJECTIVES)}; got {self.root_objective!r}"
+            )
         if self.stage2 not in STAGE2_CHOICES:
             raise ValueError(f"allocator.stage2 must be one of {', '.join(STAGE2_CHOICES)}; got {self.stage2!r}")
         for name in (

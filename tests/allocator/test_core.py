@@ -43,6 +43,8 @@ def test_config_rejects_unknown_strategy_and_bad_ranges():
         AllocatorCoreConfig(group_size=1)
     with pytest.raises(ValueError, match="root_fraction"):
         AllocatorCoreConfig(root_fraction=0.0)
+    with pytest.raises(ValueError, match="root_objective"):
+        AllocatorCoreConfig(root_objective="most_tokens")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
