@@ -25,6 +25,12 @@ class EngineSettings:
     dtype: str = "auto"
     # KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.
     cpu_kv_cache_gib: int = 1
+    # Entries of oneDNN's primitive cache in the engine processes (ONEDNN_PRIMITIVE_CACHE_CAPACITY);
+    # CPU only. The default 1024 keeps a compiled kernel per matmul shape, and agentic batches
+    # bring new shapes for hours: a worker grew about 0.35-0.85 MB per learner step under 1024,
+    # and levelled off within about 80 varied batches under 16, at the same speed
+    # (README, "Soak"). 0 keeps oneDNN's default.
+    cpu_onednn_primitive_cache: int = 16
     gpu_memory_utilization: float = 0.85
     # GPUs one engine shards the model over (vLLM's tensor parallelism); GPU only.
     tensor_parallel_size: int = 1
@@ -41,6 +47,8 @@ class EngineSettings:
             raise ValueError("engine.block_size must be 0 (platform default) or a positive multiple of 16")
         if self.cpu_kv_cache_gib < 1:
             raise ValueError("engine.cpu_kv_cache_gib must be >= 1")
+        if self.cpu_onednn_primitive_cache < 0:
+            raise ValueError("engine.cpu_onednn_primitive_cache must be >= 0 (0: oneDNN's default)")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("engine.gpu_memory_utilization must be in (0, 1]")
         if self.tensor_parallel_size < 1:

@@ -142,3 +142,25 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
     assert sum(branch.ends_chain(n) for n in children) == 3
     assert {n.parent_id for n in children if n.depth == parent.depth + 1} == {parent.node_id}
     assert all(n.depth <= parent.depth + 2 and n.reward in (None, 0.0, 1.0) for n in children)
+
+
+def test_engine_processes_start_with_a_bounded_onednn_kernel_cache(engine_runner):
+    """Every engine process inherits the cap: the worker that runs the matmuls is where the
+    unbounded default grew (README, "Soak")."""
+    import os
+
+    import psutil
+
+    from actors.config import EngineSettings
+    from actors.engine import cpu_engine_environment, on_gpu
+
+    if on_gpu():
+        pytest.skip("oneDNN's cache is a CPU engine setting")
+    wanted = cpu_engine_environment(EngineSettings())
+    assert wanted["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(EngineSettings().cpu_onednn_primitive_cache)
+    engine_processes = [p for p in psutil.Process(os.getpid()).children(recursive=True) if p.name().startswith("VLLM")]
+    assert engine_processes, "the shared engine runs no engine process of its own"
+    for process in engine_processes:
+        environment = process.environ()
+        for name, value in wanted.items():
+            assert environment.get(name) == value, (process.name(), name)
