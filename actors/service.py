@@ -190,7 +190,9 @@ class ActorService:
             await self._wait_for_version(item.min_policy_version)
             try:
                 async for node in run_work_item(self.engine, lambda: self.make_env(item.task.env), item, ctx):
-                    await self.bus.publish(self.subjects.nodes_from(self.actor_id), node, msg_id=node.node_id)
+                    await self.bus.publish(
+                        self.subjects.nodes_from(self.actor_id, item.shard), node, msg_id=node.node_id
+                    )
                     self.nodes_published += 1
                     if self.nodes_published == 1:  # the end of joining a run (`tracerl bench join`)
                         log.info("first_node_published", node_id=node.node_id, policy_version=node.policy_version)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from allocator.core import AllocatorCoreConfig
 from allocator.heldout import HeldoutConfig
+from allocator.shard import ShardConfig, shard_share, shard_step
 from tracerl.config import BusConfig, LogConfig, RunConfig
 
 
@@ -30,6 +31,9 @@ class AllocatorConfig:
     core: AllocatorCoreConfig = field(default_factory=AllocatorCoreConfig)
     tasks: TaskPoolConfig = field(default_factory=TaskPoolConfig)
     heldout: HeldoutConfig = field(default_factory=HeldoutConfig)
+    # Which of ``count`` allocator processes this is; each plans its own prompts with its share
+    # of ``core``'s step (allocator.shard). `tracerl up` starts ``count`` of them.
+    shard: ShardConfig = field(default_factory=ShardConfig)
     # How often the scheduler runs and how often the actor registry is re-read.
     schedule_interval_s: float = 0.05
     registry_interval_s: float = 1.0
@@ -46,3 +50,15 @@ class AllocatorConfig:
             raise ValueError("actor_timeout_s must be > 0")
         if self.max_steps < 0:
             raise ValueError("max_steps must be >= 0")
+        for index in range(self.shard.count):
+            share = shard_share(self.core.step_budget_turns, ShardConfig(index, self.shard.count))
+            if share < 2 * self.core.max_turns:
+                raise ValueError(
+                    f"allocator.core.step_budget_turns={self.core.step_budget_turns} split over "
+                    f"{self.shard.count} shards leaves shard {index} {share} turns, fewer than two full rollouts"
+                )
+
+    @property
+    def shard_core(self) -> AllocatorCoreConfig:
+        """``core`` with this shard's share of the step."""
+        return shard_step(self.core, self.shard)

@@ -228,6 +228,9 @@ def bench_scale(
     tokens_per_turn: Annotated[int, typer.Option(help="Tokens in each simulated turn.")] = 48,
     learner_step_s: Annotated[float, typer.Option(help="Seconds the simulated learner 'trains' per step.")] = 1.0,
     actors_per_host: Annotated[int, typer.Option(help="Simulated actors per host process.")] = 128,
+    shards: Annotated[
+        int, typer.Option(help="Allocator shards (processes) sharing the run; results go to scale-k<K>.{md,json}.")
+    ] = 1,
     config: ConfigOption = None,
     set_: BenchSetOption = None,
     work_dir: Annotated[Path, typer.Option(help="Where the runs go (<work_dir>/scale-<N>).")] = Path(
@@ -241,7 +244,7 @@ def bench_scale(
     model) and a simulated learner, for each N: nodes/s through the allocator, its schedule() p99, work latency,
     allocator memory per open node and CPU per node, and the cores the bus and the actors used. Writes
     bench/results/scale.{md,json} with the ceiling: the first N whose schedule p99 passes 5 ms or whose throughput
-    stops growing with N."""
+    stops growing with N. With --shards K, K allocator shards share the run and each is reported too."""
     from bench.scale import ScaleOptions, run_scale_bench
 
     try:
@@ -253,6 +256,7 @@ def bench_scale(
             tokens_per_turn=tokens_per_turn,
             learner_step_s=learner_step_s,
             actors_per_host=actors_per_host,
+            shards=shards,
             work_dir=str(work_dir),
             results_dir=str(results_dir) if results_dir else None,
         )

@@ -12,6 +12,8 @@ Policy (see PLATFORM-NOTES "NATS roles, permissions"):
   ``actors.<id>`` (never ``policy_version``, never the weights bucket).
 - ``allocator`` consumes nodes, publishes work and trees, reads the state KV bucket, and
   may read (never consume) the nodes, trees and work streams to rebuild after a restart.
+  An allocator shard k > 0 (``allocator.shard``) creates its own durable on the nodes
+  stream, filtered to that shard's node subjects.
 - ``learner`` consumes trees, writes the weights object store, the ``policy_version`` key
   and the weights announcement.
 
@@ -23,7 +25,8 @@ that competes for the shared queue or reads another stream. The work stream has
 work-queue retention, which already forbids two consumers with overlapping filters, so
 two processes cannot both claim one actor id.
 
-Per-actor identity: an actor's TurnNodes go to ``nodes.<actor id>``. The shared ``actor``
+Per-actor identity: an actor's TurnNodes go to ``nodes.<actor id>`` (``nodes.<actor id>.<k>``
+for the work of allocator shard k > 0). The shared ``actor``
 user (a single host's dev default) may publish under any id; a per-actor user
 (``tracerl bus add-actor``, the default beyond loopback) is allowed only its own node
 subject, its own registry key, its own durable ``actor_<id>`` filtered to its own work
@@ -120,15 +123,16 @@ def _read_weights(s: Subjects) -> list[str]:
 def _actor_publish(s: Subjects, actor_id: str) -> list[str]:
     """An actor's publish allow-list: any actor's subjects for ``ANY_ACTOR``, else only its own."""
     if actor_id == ANY_ACTOR:
-        own_nodes, own_key = s.nodes, ACTOR_KEY_PATTERN
+        own_nodes, own_key = [s.nodes, s.sharded_nodes], ACTOR_KEY_PATTERN
         own_consumer, own_work = "*", f"{s.prefix}.work.actor.*"
         pulled = ["*"]
     else:
-        own_nodes, own_key = s.nodes_from(actor_id), Subjects.actor_key(actor_id)
+        # Its nodes for allocator shard 0, and for any other shard (Subjects.nodes_from).
+        own_nodes, own_key = [s.nodes_from(actor_id), f"{s.nodes_from(actor_id)}.*"], Subjects.actor_key(actor_id)
         own_consumer, own_work = s.actor_work_consumer(actor_id), s.work_for_actor(actor_id)
         pulled = [own_consumer, s.shared_work_consumer]
     return [
-        own_nodes,
+        *own_nodes,
         s.dead_letter,
         f"$KV.{s.state_bucket}.{own_key}",
         f"$JS.API.CONSUMER.CREATE.{s.work_stream}.{own_consumer}.{own_work}",
@@ -150,6 +154,10 @@ def _role_publish(role: str, s: Subjects) -> list[str]:
             s.trees,
             s.dead_letter,
             *_pull_consumer(s.nodes_stream, s.allocator_consumer),
+            # Allocator shards k > 0 each create their own durable filtered to their nodes
+            # (allocator.service.shard_consumer_config), and read the single allocator's to copy it.
+            f"$JS.API.CONSUMER.CREATE.{s.nodes_stream}.*.{s.sharded_nodes}",
+            *_pull_consumer(s.nodes_stream, "*"),
             # Rebuilding after a restart (allocator.service.rebuild_from_streams).
             *_replay_stream(s.nodes_stream),
             *_replay_stream(s.trees_stream),

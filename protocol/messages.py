@@ -203,10 +203,13 @@ class WorkItem(Message, frozen=True):
     prefix (search strategies advance one turn at a time); the environment's own turn cap
     still ends an episode earlier. A chain that stops at ``max_turns`` without being done
     is a finished chain for the allocator, not a failure.
+    ``shard`` is the allocator shard that issued the item (``allocator.shard``): the actor
+    publishes the item's nodes on that shard's nodes subject (``Subjects.nodes_from``).
+    Version 1 had no ``shard``.
     """
 
     SCHEMA: ClassVar[str] = "work_item"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     run_id: str
     work_id: str
@@ -222,6 +225,7 @@ class WorkItem(Message, frozen=True):
     max_turns: AtLeast1
     min_policy_version: AtLeast0
     issued_at: float
+    shard: AtLeast0 = 0
 
     def __post_init__(self) -> None:
         pack_fields(self, _PREFIX)
@@ -289,12 +293,15 @@ class CompletedTree(Message, frozen=True):
 
     ``status`` is ``"partial"`` when the allocator gave up waiting for missing branches;
     the learner still trains on the complete root-to-leaf paths it contains.
+    ``shard`` is the allocator shard that built the tree, one of ``shard_count``: a learner
+    step is the trees of one ``allocator_step`` from every shard, and ``step_tree_count``
+    counts the trees of this tree's shard (``learner.batching``).
     Version 1 nodes carried float64 ``action_logprobs``, and the allocator's backup value,
-    visit count and env score, which no receiver read.
+    visit count and env score, which no receiver read. Version 2 had no shard fields.
     """
 
     SCHEMA: ClassVar[str] = "completed_tree"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     run_id: str
     tree_id: str
@@ -305,12 +312,16 @@ class CompletedTree(Message, frozen=True):
     nodes: list[TreeNodeRecord]
     status: Literal["complete", "partial"]
     budget_turns: int
-    # How many trees the allocator emitted for this step: the learner's batch boundary.
+    # How many trees the allocator (shard) emitted for this step: the learner's batch boundary.
     step_tree_count: AtLeast1
     created_at: float
+    shard: AtLeast0 = 0
+    shard_count: AtLeast1 = 1
 
     def __post_init__(self) -> None:
         pack_fields(self, _PROMPT)
+        if self.shard >= self.shard_count:
+            raise ValueError(f"shard {self.shard} is not one of {self.shard_count} shards")
         ids = {n.node_id for n in self.nodes}
         if len(ids) != len(self.nodes):
             raise ValueError("duplicate node ids in tree")

@@ -99,11 +99,14 @@ def work_items(draw: st.DrawFn) -> WorkItem:
         max_turns=draw(st.integers(1, 16)),
         min_policy_version=draw(st.integers(0, 1000)),
         issued_at=draw(FINITE),
+        shard=draw(st.integers(0, 15)),
     )
 
 
 @st.composite
 def completed_trees(draw: st.DrawFn) -> CompletedTree:
+    shard_count = draw(st.integers(1, 8))
+    shard = draw(st.integers(0, shard_count - 1))
     count = draw(st.integers(0, 6))
     nodes = []
     for index in range(count):
@@ -135,6 +138,8 @@ def completed_trees(draw: st.DrawFn) -> CompletedTree:
         budget_turns=draw(st.integers(0, 1000)),
         step_tree_count=draw(st.integers(1, 64)),
         created_at=draw(FINITE),
+        shard=shard,
+        shard_count=shard_count,
     )
 
 
