@@ -195,6 +195,8 @@ def template(cls: type[Any], run_id: str, rng: random.Random) -> Any:
             reward=1.0,
         )
         return CompletedTree(
+            shard=0,
+            shard_count=1,
             run_id=run_id,
             tree_id=tree_id,
             task=task,

@@ -225,7 +225,7 @@ class WorkItem(Message, frozen=True):
     max_turns: AtLeast1
     min_policy_version: AtLeast0
     issued_at: float
-    shard: AtLeast0 = 0
+    shard: AtLeast0
 
     def __post_init__(self) -> None:
         pack_fields(self, _PREFIX)
@@ -267,6 +267,8 @@ class WorkItem(Message, frozen=True):
             max_turns=max_turns,
             min_policy_version=min_policy_version,
             issued_at=issued_at,
+            # Held-out probes are shard 0's alone (allocator.shard), and evaluations read no subject.
+            shard=0,
         )
 
 
@@ -315,8 +317,8 @@ class CompletedTree(Message, frozen=True):
     # How many trees the allocator (shard) emitted for this step: the learner's batch boundary.
     step_tree_count: AtLeast1
     created_at: float
-    shard: AtLeast0 = 0
-    shard_count: AtLeast1 = 1
+    shard: AtLeast0
+    shard_count: AtLeast1
 
     def __post_init__(self) -> None:
         pack_fields(self, _PROMPT)

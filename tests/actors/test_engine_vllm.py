@@ -101,6 +101,7 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
     task = make_tasks("multihop", "train", 1, seed=3)[0]
     ctx = EpisodeContext(actor_id="t", max_model_len=engine.settings.max_model_len, sampling="s1")
     root = WorkItem(
+        shard=0,
         run_id="t",
         work_id="r1",
         tree_id="T1",
@@ -123,6 +124,7 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
         pytest.skip("random policy answered on every first turn")
     prefix = list(parent.prompt_token_ids) + list(parent.action_token_ids) + list(parent.observation_token_ids)
     branch = WorkItem(
+        shard=0,
         run_id="t",
         work_id="b1",
         tree_id="T1",

@@ -201,6 +201,7 @@ def sample_messages(run_id: str) -> list:
     return [
         realistic_turn_node(run_id, 1),
         WorkItem(
+            shard=0,
             run_id=run_id,
             work_id="w1",
             tree_id="t1",
@@ -217,6 +218,8 @@ def sample_messages(run_id: str) -> list:
             issued_at=1.5,
         ),
         CompletedTree(
+            shard=0,
+            shard_count=1,
             run_id=run_id,
             tree_id="t1",
             task=task,
