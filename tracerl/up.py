@@ -52,13 +52,17 @@ def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> 
     configs: dict[str, Any] = {
         "bus": bus,
         "learner": dataclasses.replace(
-            up.learner, bus=client_bus, model=dataclasses.replace(up.learner.model, model_dir=model_dir), **shared
+            up.learner,
+            bus=client_bus,
+            model=dataclasses.replace(up.learner.model, model_dir=model_dir),
+            weights=up.weights,
+            **shared,
         ),
         "allocator": dataclasses.replace(up.allocator, bus=client_bus, **shared),
     }
     for index in range(up.num_actors):
         configs[f"actor-{index}"] = dataclasses.replace(
-            up.actor, bus=client_bus, model_dir=model_dir, actor_id=f"actor-{index}", **shared
+            up.actor, bus=client_bus, model_dir=model_dir, actor_id=f"actor-{index}", weights=up.weights, **shared
         )
     return configs
 
