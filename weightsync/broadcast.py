@@ -38,6 +38,7 @@ log = get_logger(__name__)
 T = TypeVar("T")
 GO, ABANDON = b"go", b"abandon"
 _CHECK_IN_POLL_S = 0.05
+REJOIN_BACKOFF_MAX_S = 600.0
 
 
 async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -298,32 +299,47 @@ class BroadcastReceiver:
         )
 
     async def run(self, stop: asyncio.Event, deliver: Deliver) -> None:
-        await self.ask_to_join()
+        """Until ``stop``: ask to join, then be a member of each epoch that lists this actor.
+
+        After a failed epoch the actor asks again, later each time it fails in a row (up to
+        ``REJOIN_BACKOFF_MAX_S``): an actor that cannot reach the learner costs the learner one
+        ``join_timeout_s`` per attempt, not one per version."""
         seen: tuple[str, int] | None = None
+        backoff_s = self.config.poll_interval_s
+        asked = False
         while not stop.is_set():
             try:
+                if not asked:
+                    await self.ask_to_join()
+                    asked = True
                 group = await self.bus.get_broadcast_group()
-            except Exception as err:  # noqa: BLE001 - read again after the poll interval
+            except Exception as err:  # noqa: BLE001 - the bus is back in a moment: try again after the poll interval
                 log.debug("weights_broadcast_read_failed", error=repr(err))
                 group = None
             if group is None or (group.group_id, group.epoch) == seen or self.actor_id not in group.members:
                 await sleep_or_stop(stop, self.config.poll_interval_s)
                 continue
             seen = (group.group_id, group.epoch)
+            received_before = self.counts["versions_received"]
             try:
                 await self._member_of(group, stop, deliver)
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # noqa: BLE001 - the object store has every version; join the next epoch
+            except Exception as err:  # noqa: BLE001 - the object store has every version; join a later epoch
                 self.counts["group_failed"] += 1
-                log.warning("weights_broadcast_left", epoch=group.epoch, error=repr(err))
-                await self.ask_to_join()
+                if self.counts["versions_received"] > received_before:
+                    backoff_s = self.config.poll_interval_s
+                log.warning("weights_broadcast_left", epoch=group.epoch, error=repr(err), rejoin_in_s=backoff_s)
+                await sleep_or_stop(stop, backoff_s)
+                backoff_s = min(2 * backoff_s, REJOIN_BACKOFF_MAX_S)
+                asked = False
 
     async def _member_of(self, group: BroadcastGroup, stop: asyncio.Event, deliver: Deliver) -> None:
         process_group = await in_daemon_thread(self._join, group)
         if process_group is None:
+            # Someone (maybe this actor, checking in late) was missing: asking again puts it in a later epoch.
             self.counts["epochs_abandoned"] += 1
-            return
+            raise RuntimeError(f"epoch {group.epoch} abandoned by the learner")
         self.counts["epochs_joined"] += 1
         log.info("weights_broadcast_joined", epoch=group.epoch, rank=group.members.index(self.actor_id) + 1)
         device = device_for(group.backend)

@@ -6,7 +6,9 @@ processes of their own, each verifying every blob with the actor's ``verify_blob
 the announcement the broadcast carried. Two actors get versions 1 and 2 by broadcast. A
 late joiner, outside the group, gets version 2 from the object store with the actor's own
 fetch (``fetch_verified``), then asks to join; version 3 then goes to all three in a new
-epoch formed at that version boundary.
+epoch formed at that version boundary. Then an actor that asked to join and beats but never
+checks in is left out: version 4 goes to the other three in the epoch formed again without
+it, and version 5 in the same epoch (it is not tried again until it asks again).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from safetensors.torch import save
 from actors.weights import TensorSignature, fetch_verified, safetensors_signature, verify_blob
 from bus.client import BusClient
 from learner.weights_retention import weights_announcement
-from protocol import Heartbeat, WeightsAnnouncement
+from protocol import BroadcastJoin, Heartbeat, WeightsAnnouncement
 from tracerl.config import BusConfig, RunConfig, WeightsConfig
 from tracerl.logs import configure_logging
 from weightsync.broadcast import BroadcastReceiver
@@ -34,7 +36,7 @@ from weightsync.transport import BroadcastPublisher, make_publisher
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(600)]
 
 # Small buckets, so a version of about 3 MB is several of them.
-WEIGHTS = WeightsConfig(transport="broadcast", bucket_mib=1, join_timeout_s=60.0, poll_interval_s=0.2)
+WEIGHTS = WeightsConfig(transport="broadcast", bucket_mib=1, join_timeout_s=20.0, poll_interval_s=0.2)
 EVENT_TIMEOUT_S = 240.0
 
 
@@ -156,8 +158,8 @@ def test_two_actors_get_versions_by_broadcast_and_a_late_joiner_from_the_object_
             return [_next_event(events, deadline) for _ in range(count)]
 
         try:
-            start("actor-a", 3, fetch_first=False)
-            start("actor-b", 3, fetch_first=False)
+            start("actor-a", 5, fetch_first=False)
+            start("actor-b", 5, fetch_first=False)
             await until_asked(learner, {"actor-a", "actor-b"})
 
             assert await publish(1) == ("actor-a", "actor-b")
@@ -173,7 +175,7 @@ def test_two_actors_get_versions_by_broadcast_and_a_late_joiner_from_the_object_
             assert await learner.get_weights_announcement() == sent[2]
             assert hashlib.sha256(await learner.get_object(sent[1].object_name)).hexdigest() == sent[1].sha256
 
-            start("actor-late", 1, fetch_first=True)
+            start("actor-late", 3, fetch_first=True)
             assert expect(1) == [("object_store", "actor-late", 2, sent[2].sha256)]
             await until_asked(learner, {"actor-late"})
 
@@ -187,6 +189,22 @@ def test_two_actors_get_versions_by_broadcast_and_a_late_joiner_from_the_object_
                 ("actor-late", 3, sent[3].sha256),
             ]
             assert all(kind == "broadcast" for kind, *_ in got)
+
+            # An actor that asks and beats, but whose receiver never checks in.
+            async with await bus_run.connect("actor") as ghost:
+                await _beat(ghost, bus_run.run.run_id, "actor-ghost")
+                await ghost.put_broadcast_join(
+                    BroadcastJoin(run_id=bus_run.run.run_id, actor_id="actor-ghost", sent_at=time.time())
+                )
+            assert await publish(4) == ("actor-a", "actor-b", "actor-late")
+            assert publisher.sender.epoch == 4  # 3: with the ghost, abandoned; 4: without it
+            assert publisher.sender.counts["members_left_out"] == 1
+            assert await publish(5) == ("actor-a", "actor-b", "actor-late")
+            assert publisher.sender.epoch == 4
+            got = expect(6)
+            assert sorted(e[1:] for e in got) == sorted(
+                (actor, v, sent[v].sha256) for actor in ("actor-a", "actor-b", "actor-late") for v in (4, 5)
+            )
             assert publisher.sender.counts["broadcast_failed"] == 0
         finally:
             await publisher.close()
