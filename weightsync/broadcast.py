@@ -30,7 +30,7 @@ from tracerl.config import WeightsConfig
 from tracerl.lifecycle import sleep_or_stop
 from tracerl.logs import get_logger
 
-from .frames import HEADER_BYTES, FrameError, FrameKind, bucket_views, decode_header, encode_header, flat_bytes
+from .frames import HEADER_BYTES, FrameKind, bucket_views, decode_header, encode_header, flat_bytes
 from .membership import plan_epoch, split_check_ins, wanted_members
 
 log = get_logger(__name__)
@@ -368,6 +368,3 @@ class BroadcastReceiver:
         return make_process_group(
             store, f"{prefix}pg/", rank, len(group.members) + 1, group.backend, self.config.idle_timeout_s
         )
-
-
-__all__ = ["BroadcastReceiver", "BroadcastSender", "FrameError", "in_daemon_thread"]

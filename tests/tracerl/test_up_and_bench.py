@@ -26,6 +26,17 @@ def test_role_configs_share_run_bus_address_and_model():
     assert configs["actor-1"].model_dir == "/models/m" and configs["actor-1"].actor_id == "actor-1"
 
 
+def test_one_weights_section_reaches_the_learner_and_every_actor():
+    default = role_configs(load_config(UpConfig, None, ["num_actors=2"]), "/models/m", port=4555, monitor_port=8555)
+    assert {default[n].weights.transport for n in ("learner", "actor-0", "actor-1")} == {"object_store"}
+    up = load_config(UpConfig, None, ["num_actors=2", "weights.transport=broadcast", "weights.bucket_mib=64"])
+    configs = role_configs(up, "/models/m", port=4555, monitor_port=8555)
+    for name in ("learner", "actor-0", "actor-1"):
+        assert configs[name].weights.transport == "broadcast" and configs[name].weights.bucket_bytes == 64 * 2**20
+    with pytest.raises(ValueError, match="transport"):
+        load_config(UpConfig, None, ["weights.transport=carrier-pigeon"])
+
+
 def test_role_configs_list_every_node_of_a_local_cluster():
     up = load_config(UpConfig, None, ["bus.cluster.name=c", "bus.cluster.local_nodes=3"])
     configs = role_configs(up, "/models/m", port=4555, monitor_port=8555)
