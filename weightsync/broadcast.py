@@ -321,15 +321,18 @@ class BroadcastReceiver:
                 continue
             seen = (group.group_id, group.epoch)
             received_before = self.counts["versions_received"]
+            failure: Exception | None = None
             try:
                 await self._member_of(group, stop, deliver)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001 - the object store has every version; join a later epoch
+                failure = err
+            if self.counts["versions_received"] > received_before:
+                backoff_s = self.config.poll_interval_s  # it worked for a while: not failing in a row
+            if failure is not None:
                 self.counts["group_failed"] += 1
-                if self.counts["versions_received"] > received_before:
-                    backoff_s = self.config.poll_interval_s
-                log.warning("weights_broadcast_left", epoch=group.epoch, error=repr(err), rejoin_in_s=backoff_s)
+                log.warning("weights_broadcast_left", epoch=group.epoch, error=repr(failure), rejoin_in_s=backoff_s)
                 await sleep_or_stop(stop, backoff_s)
                 backoff_s = min(2 * backoff_s, REJOIN_BACKOFF_MAX_S)
                 asked = False
