@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from protocol.subjects import check_run_id
-from tracerl.config import BusConfig, LogConfig, RunConfig
+from tracerl.config import BusConfig, LogConfig, RunConfig, WeightsConfig
 
 LogprobsMode = Literal["processed_logprobs", "raw_logprobs"]
 
@@ -71,6 +71,7 @@ class ActorConfig:
     bus: BusConfig = field(default_factory=BusConfig)
     log: LogConfig = field(default_factory=LogConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
     # HF-format directory with the initial policy (version 0) and its tokenizer.
     model_dir: str = "runs/default/model"
     # Empty means a fresh random id; a fixed id keeps the per-actor work subject across restarts.

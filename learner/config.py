@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tracerl.config import BusConfig, LogConfig, RunConfig
+from tracerl.config import BusConfig, LogConfig, RunConfig, WeightsConfig
 
 AdvantageKind = Literal["flat_grpo", "tree_grpo", "value_difference"]
 LossKind = Literal["ppo_clip", "decoupled_ppo", "lpo"]
@@ -175,3 +175,4 @@ class LearnerConfig:
     loss: LossSection = field(default_factory=LossSection)
     training: TrainingSection = field(default_factory=TrainingSection)
     parallel: ParallelSection = field(default_factory=ParallelSection)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)

@@ -364,8 +364,50 @@ class Heartbeat(Message, frozen=True):
     sent_at: float
 
 
+class BroadcastJoin(Message, frozen=True):
+    """An actor asks to receive weights by broadcast, written to its own ``broadcast.<id>`` key.
+
+    The learner takes it into the next broadcast group it forms (``weightsync.membership``);
+    an actor writes a fresh one (a later ``sent_at``) to be taken in again after a failure.
+    """
+
+    SCHEMA: ClassVar[str] = "broadcast_join"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    actor_id: str
+    sent_at: float
+
+
+class BroadcastGroup(Message, frozen=True):
+    """The learner's current broadcast group (one epoch), under the ``weights_broadcast`` key.
+
+    The learner is rank 0; ``members[i]`` is rank i + 1. ``group_id`` names the learner
+    process that formed it, so a restarted learner's epoch 1 is not mistaken for an old one.
+    ``host``/``port`` is the learner's TCP rendezvous store.
+    """
+
+    SCHEMA: ClassVar[str] = "broadcast_group"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    group_id: str
+    epoch: AtLeast1
+    host: str
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    backend: Literal["gloo", "nccl"]
+    members: list[str]
+    bucket_bytes: AtLeast1
+    created_at: float
+
+    def __post_init__(self) -> None:
+        if len(set(self.members)) != len(self.members):
+            raise ValueError("members must be distinct")
+
+
 MESSAGE_TYPES: dict[str, type[Any]] = {
-    cls.SCHEMA: cls for cls in (TurnNode, WorkItem, CompletedTree, WeightsAnnouncement, Heartbeat)
+    cls.SCHEMA: cls
+    for cls in (TurnNode, WorkItem, CompletedTree, WeightsAnnouncement, Heartbeat, BroadcastJoin, BroadcastGroup)
 }
 
 M = TypeVar("M", bound=Message)

@@ -153,7 +153,14 @@ class Subjects:
 
     # KV keys.
     POLICY_VERSION_KEY = "policy_version"
+    # The learner's current weights broadcast group (``BroadcastGroup``).
+    BROADCAST_GROUP_KEY = "weights_broadcast"
 
     @staticmethod
     def actor_key(actor_id: str) -> str:
         return f"actors.{check_run_id(actor_id)}"
+
+    @staticmethod
+    def broadcast_join_key(actor_id: str) -> str:
+        """Where an actor asks to join the weights broadcast (``BroadcastJoin``)."""
+        return f"broadcast.{check_run_id(actor_id)}"

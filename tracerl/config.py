@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -87,6 +87,53 @@ class LogConfig:
             raise ValueError(f"level must be debug, info, warning or error, not {self.level!r}")
         if self.wandb and not package_installed("wandb"):
             raise ValueError("wandb=true needs the wandb package, which is not installed (pip install wandb)")
+
+
+WeightsTransport = Literal["object_store", "broadcast"]
+
+
+@dataclass(frozen=True)
+class WeightsConfig:
+    """How a policy version's bytes reach the actors; the learner and every actor set the same.
+
+    ``object_store``: every actor reads every version from the bus's object store.
+    ``broadcast``: the learner is rank 0 of a ``torch.distributed`` group the actors join
+    (``weightsync``); the object store still holds every version, for the actors outside
+    the group. Versions, checksums and the staleness bound are the same either way.
+    """
+
+    transport: WeightsTransport = "object_store"
+    # gloo moves host memory (CPU, or any machine); nccl moves GPU memory over the GPUs' network.
+    backend: Literal["gloo", "nccl"] = "gloo"
+    # The address the actors reach the learner's rendezvous store at, and its port (0: any free one).
+    host: str = "127.0.0.1"
+    port: int = 0
+    # A version is broadcast as flat byte buckets of this size.
+    bucket_mib: int = 128
+    # How long the learner waits for the actors of a new group to check in, and then for the
+    # group to connect; an actor that does not check in is left out until it asks again.
+    join_timeout_s: float = 30.0
+    # The learner's bound on one version's broadcast; past it the group is dissolved.
+    broadcast_timeout_s: float = 600.0
+    # How long a member waits for the next version (a learner step) before it leaves the group.
+    idle_timeout_s: float = 3600.0
+    # How often an actor reads the group key while it is outside a group.
+    poll_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("weights.port must be in [0, 65535]")
+        if self.bucket_mib < 1:
+            raise ValueError("weights.bucket_mib must be >= 1")
+        for name in ("join_timeout_s", "broadcast_timeout_s", "idle_timeout_s", "poll_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"weights.{name} must be > 0")
+        if not self.host:
+            raise ValueError("weights.host must be set")
+
+    @property
+    def bucket_bytes(self) -> int:
+        return self.bucket_mib * 1024 * 1024
 
 
 def package_installed(name: str) -> bool:

@@ -53,7 +53,11 @@ def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> 
     configs: dict[str, Any] = {
         "bus": bus,
         "learner": dataclasses.replace(
-            up.learner, bus=client_bus, model=dataclasses.replace(up.learner.model, model_dir=model_dir), **shared
+            up.learner,
+            bus=client_bus,
+            model=dataclasses.replace(up.learner.model, model_dir=model_dir),
+            weights=up.weights,
+            **shared,
         ),
     }
     # `allocator.shard.count` allocator processes, each its own shard (allocator.shard).
@@ -61,7 +65,7 @@ def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> 
         configs[shard.role_name] = dataclasses.replace(up.allocator, bus=client_bus, shard=shard, **shared)
     for index in range(up.num_actors):
         configs[f"actor-{index}"] = dataclasses.replace(
-            up.actor, bus=client_bus, model_dir=model_dir, actor_id=f"actor-{index}", **shared
+            up.actor, bus=client_bus, model_dir=model_dir, actor_id=f"actor-{index}", weights=up.weights, **shared
         )
     return configs
 

@@ -12,7 +12,7 @@ from allocator.config import AllocatorConfig
 from bus.config import BusServerConfig
 from learner.config import LearnerConfig
 from modelkit.config import ModelBuildConfig
-from tracerl.config import LogConfig, RunConfig
+from tracerl.config import LogConfig, RunConfig, WeightsConfig
 from tracerl.supervisor import parse_cpu_list
 
 
@@ -40,6 +40,8 @@ class UpConfig:
     model_dir: str = ""
     model: ModelBuildConfig = field(default_factory=ModelBuildConfig)
     num_actors: int = 1
+    # How weights reach the actors; the learner and every actor get this section.
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
     actor: ActorConfig = field(default_factory=ActorConfig)
     allocator: AllocatorConfig = field(default_factory=AllocatorConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)

@@ -30,6 +30,18 @@ def test_actor_may_never_write_weights_or_the_policy_version() -> None:
     assert creates == [f"$JS.API.CONSUMER.CREATE.{s.work_stream}.*.{s.prefix}.work.actor.*"]
 
 
+def test_actors_ask_to_join_the_broadcast_under_their_own_key_and_only_the_learner_sets_the_group() -> None:
+    s = Subjects("r1")
+    group_key = f"$KV.{s.state_bucket}.{Subjects.BROADCAST_GROUP_KEY}"
+    shared = role_permissions("actor", ["r1"]).publish
+    assert f"$KV.{s.state_bucket}.broadcast.*" in shared and group_key not in shared
+    one = role_permissions("actor", ["r1"], actor_id="a1").publish
+    assert f"$KV.{s.state_bucket}.{Subjects.broadcast_join_key('a1')}" in one
+    assert not any(p.endswith(("broadcast.*", "broadcast.a2")) for p in one) and group_key not in one
+    assert group_key in role_permissions("learner", ["r1"]).publish
+    assert group_key not in role_permissions("allocator", ["r1"]).publish
+
+
 def test_only_the_learner_writes_weights_and_only_admin_has_everything() -> None:
     s = Subjects("r1")
     learner = role_permissions("learner", ["r1"]).publish

@@ -9,6 +9,8 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from protocol import (
+    BroadcastGroup,
+    BroadcastJoin,
     CompletedTree,
     Heartbeat,
     SamplingSpec,
@@ -274,5 +276,17 @@ def sample_messages(run_id: str) -> list:
             turns_generated=5,
             started_at=0.0,
             sent_at=4.0,
+        ),
+        BroadcastJoin(run_id=run_id, actor_id="a1", sent_at=5.0),
+        BroadcastGroup(
+            run_id=run_id,
+            group_id="g1",
+            epoch=2,
+            host="10.0.0.1",
+            port=29500,
+            backend="nccl",
+            members=["a1", "a2"],
+            bucket_bytes=128 * 1024 * 1024,
+            created_at=6.0,
         ),
     ]

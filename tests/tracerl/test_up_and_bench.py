@@ -57,6 +57,17 @@ def test_a_role_takes_the_keys_of_its_section_of_the_up_config():
     assert role_relative(None, "allocator", AllocatorConfig) is None
 
 
+def test_one_weights_section_reaches_the_learner_and_every_actor():
+    default = role_configs(load_config(UpConfig, None, ["num_actors=2"]), "/models/m", port=4555, monitor_port=8555)
+    assert {default[n].weights.transport for n in ("learner", "actor-0", "actor-1")} == {"object_store"}
+    up = load_config(UpConfig, None, ["num_actors=2", "weights.transport=broadcast", "weights.bucket_mib=64"])
+    configs = role_configs(up, "/models/m", port=4555, monitor_port=8555)
+    for name in ("learner", "actor-0", "actor-1"):
+        assert configs[name].weights.transport == "broadcast" and configs[name].weights.bucket_bytes == 64 * 2**20
+    with pytest.raises(ValueError, match="transport"):
+        load_config(UpConfig, None, ["weights.transport=carrier-pigeon"])
+
+
 def test_role_configs_list_every_node_of_a_local_cluster():
     up = load_config(UpConfig, None, ["bus.cluster.name=c", "bus.cluster.local_nodes=3"])
     configs = role_configs(up, "/models/m", port=4555, monitor_port=8555)
