@@ -36,7 +36,8 @@ from weightsync.transport import BroadcastPublisher, make_publisher
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(600)]
 
 # Small buckets, so a version of about 3 MB is several of them.
-WEIGHTS = WeightsConfig(transport="broadcast", bucket_mib=1, join_timeout_s=20.0, poll_interval_s=0.2)
+# Joining means spawning a process, importing torch and meeting in gloo: generous for a loaded CI machine.
+WEIGHTS = WeightsConfig(transport="broadcast", bucket_mib=1, join_timeout_s=60.0, poll_interval_s=0.2)
 EVENT_TIMEOUT_S = 240.0
 
 
