@@ -477,20 +477,41 @@ def training_steps(steps: int, trees_per_step: int, seed: int, workdir: Path) ->
 
 
 def rerun_section(args: argparse.Namespace) -> None:
-    """Measure ``args.paths`` at ``args.lengths`` into ``long_context.reruns[args.section]``, row by row."""
+    """Measure ``args.paths`` at ``args.lengths`` into ``long_context.reruns[args.section]``, row by row.
+
+    Rows the section already holds for other (path, length) pairs stay; new rows carry the
+    commit they were measured at. With ``args.reference``, the summary also compares with
+    that earlier section's rows for pairs the section has not measured (listed apart, as
+    ``reference_runs``).
+    """
     results = json.loads(RESULTS.read_text())
     reruns = results["long_context"].setdefault("reruns", {})
+    earlier = reruns.get(args.section, {}).get("runs", [])
+    reference = _section_runs(results, args.reference) if args.reference else []
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, cwd=RESULTS.parent
+    ).stdout.strip()
     started = time.time()
 
     def record(rows: list[dict]) -> None:
+        new = [{**row, "commit": commit} for row in rows]
+        fresh = {(r["path"], r["length"]) for r in new}
+        runs = [r for r in earlier if (r["path"], r["length"]) not in fresh] + new
+        measured = {(r["path"], r["length"]) for r in runs if "skipped" not in r}
+        borrowed = [
+            {**r, "from_section": args.reference}
+            for r in reference
+            if "skipped" not in r and (r["path"], r["length"]) not in measured
+        ]
         reruns[args.section] = {
             "note": args.note,
             "torch": torch.__version__,
             "threads": args.threads,
             "wall_seconds": time.time() - started,
-            "runs": rows,
-            # Every measured row carries the matmul rate its own child timed.
-            "summary": summarise(rows, results["matmul_flops_per_s"]["mean"]),
+            "runs": runs,
+            "reference_runs": borrowed,
+            # Rows measured here carry the matmul rate their own child timed; borrowed rows may not.
+            "summary": summarise(runs + borrowed, results["matmul_flops_per_s"]["mean"]),
         }
         RESULTS.write_text(json.dumps(results, indent=2))
 
@@ -498,6 +519,15 @@ def rerun_section(args: argparse.Namespace) -> None:
         long_context(args.lengths, args.paths, args.threads, args.min_seconds, args.timeout_s, Path(tmp), record)
     print(json.dumps(reruns[args.section]["summary"], indent=2))
     print(f"wrote {RESULTS} (long_context.reruns.{args.section})")
+
+
+def _section_runs(results: dict, name: str) -> list[dict]:
+    """The rows of ``long_context[name]`` or ``long_context.reruns[name]``."""
+    long = results["long_context"]
+    section = long.get(name) or long.get("reruns", {}).get(name)
+    if not section:
+        raise SystemExit(f"no section {name!r} in {RESULTS}")
+    return list(section["runs"])
 
 
 def main() -> None:
@@ -514,6 +544,7 @@ def main() -> None:
         "--section", help="measure only --paths at --lengths into long_context.reruns.SECTION of the results file"
     )
     parser.add_argument("--note", default="", help="why the --section was measured, kept with it")
+    parser.add_argument("--reference", help="with --section: an earlier section whose rows fill the comparisons")
     parser.add_argument("--child", nargs=3, metavar=("MODEL_DIR", "PATH", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

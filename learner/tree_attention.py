@@ -13,7 +13,9 @@ the forward was given:
 * ``LeanTreeMask``: attention by query chunks over each chunk's gathered ancestor keys,
   with a hand-written backward that recomputes each chunk's probabilities (the
   FlashAttention recipe) instead of storing them. Memory grows with L x (ancestor
-  length); saved activations are only q, k, v, the output and the log-sum-exp.
+  length); saved activations are only q, k, v, the output and the log-sum-exp. The rest
+  of a decoder layer's saved activations (its MLP's above all) are what
+  ``learner.recompute`` trades for time.
 
 The rule itself lives in ``learner.tree_layout``; everything here derives from it.
 """
@@ -162,16 +164,18 @@ class _LeanTreeAttention(torch.autograd.Function):
         kv_heads, group, _, dim = query.shape
         out = torch.empty_like(query)
         lse = torch.empty(query.shape[:-1], dtype=query.dtype, device=query.device)
-        workspace = _ChunkWorkspace(query, chunks, buffers=1)
+        workspace = _ChunkWorkspace(query, chunks, buffers=2)
         for start, keys, mask in zip(chunks.starts, chunks.keys, chunks.mask, strict=True):
             stop = start + mask.shape[0]
             q_chunk = query[:, :, start:stop].reshape(kv_heads, -1, dim)
             scores = workspace.scores(0, q_chunk, key[:, keys], mask, scale)
-            # softmax in place: the workspace becomes the probabilities
+            # torch.logsumexp's own steps, then exp(s - lse) as the backward recomputes it, so that
+            # forward and backward see the same probabilities to the last bit
             top = scores.amax(-1, keepdim=True)
-            total = scores.sub_(top).exp_().sum(-1, keepdim=True)
-            lse[:, :, start:stop] = (top + total.log()).view(kv_heads, group, -1)
-            probs = scores.div_(total).view(kv_heads, -1, keys.shape[0])
+            shifted = torch.sub(scores, top, out=workspace.buffer(1, scores.shape))
+            chunk_lse = shifted.exp_().sum(-1, keepdim=True).log_().add_(top)
+            lse[:, :, start:stop] = chunk_lse.view(kv_heads, group, -1)
+            probs = scores.sub_(chunk_lse).exp_()
             out[:, :, start:stop] = torch.bmm(probs, value[:, keys]).view(kv_heads, group, -1, dim)
         ctx.save_for_backward(query, key, value, out, lse)
         ctx.chunks, ctx.scale = chunks, scale
