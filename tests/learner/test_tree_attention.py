@@ -295,3 +295,8 @@ def test_flex_training_on_the_cpu_is_refused(tiny_model_dir):
     config = LearnerConfig(model=ModelSection(model_dir=str(tiny_model_dir), attention="flex"))
     with pytest.raises(ValueError, match="lean"):
         Trainer(config)
+
+
+def test_an_unknown_lean_recompute_is_refused():
+    with pytest.raises(ValueError, match="lean_recompute must be one of"):
+        ModelSection(lean_recompute="attention")  # type: ignore[arg-type]
