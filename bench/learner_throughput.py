@@ -9,7 +9,10 @@ L tokens, through:
 * ``dense_forward`` / ``dense_train``: SDPA with the dense [L, L] tree mask (the
   reference), without gradients / forward + backward;
 * ``flex_forward``: compiled FlexAttention with the tree block mask, without gradients;
-* ``lean_train``: the chunked CPU training path, forward + backward.
+* ``lean_train``: the chunked CPU training path, forward + backward, recomputing in
+  backward what ``learner.model.lean_recompute`` says by default (``learner.recompute``);
+  ``lean_train_recompute_none`` and ``lean_train_recompute_layers`` are the same path with
+  the other choices (``--paths``).
 
 Each (path, L) runs in a fresh child process, so that one measurement's allocations do
 not hide another's. Time covers building the mask and the forward (and backward); the
@@ -20,7 +23,13 @@ just before them, with glibc told to return large blocks to the system at once.
 Model FLOPs count useful work only: 2 x (projection and MLP weights) per token, the
 language-model head at the positions whose logits are kept, and 4 x head_dim x heads per
 allowed (query, key) pair per layer; forward + backward is 3x the forward. The matmul
-rate is a float32 [1024 x 1024] product timed in the same run with the same threads.
+rate is a float32 [1024 x 1024] product timed in the same run with the same threads; each
+child also times it right after its own calls, and records the CPU time of its calls, so
+that on a machine shared with other work the share of the matmul rate can be read from CPU
+time as well as from the wall clock.
+
+``--section NAME`` measures only ``--paths`` at ``--lengths`` and merges each row, as it
+finishes, into ``long_context.reruns.NAME`` of the results file, keeping the rest of it.
 
 Training steps. The trainer on default-run-shaped trees (8 trees per step, ~1.1 M
 parameters): packed with the dense mask, one tree per forward (the default); packed with
@@ -40,14 +49,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from learner.config import AttentionKind, LearnerConfig, ModelSection, OptimiserSection, TrainingSection
+from learner.config import (
+    AttentionKind,
+    LearnerConfig,
+    ModelSection,
+    OptimiserSection,
+    RecomputeKind,
+    TrainingSection,
+)
 from learner.packing import packed_batch, target_logprobs
+from learner.recompute import recompute_in_backward
 from learner.sequences import prepare_tree
 from learner.trainer import Trainer
 from learner.tree_attention import TREE_ATTENTION
@@ -57,7 +75,16 @@ from tests.learner.trees import node, random_tree, tree
 
 RESULTS = Path(__file__).parent / "results" / "learner_throughput.json"
 VOCAB = 600
-PATHS = ("dense_forward", "flex_forward", "dense_train", "lean_train")
+#: Measured paths: (attention, with a backward, what the backward recomputes).
+PATHS: dict[str, tuple[AttentionKind, bool, RecomputeKind]] = {
+    "dense_forward": ("dense", False, "none"),
+    "flex_forward": ("flex", False, "none"),
+    "dense_train": ("dense", True, "none"),
+    "lean_train": ("lean", True, ModelSection().lean_recompute),
+    "lean_train_recompute_none": ("lean", True, "none"),
+    "lean_train_recompute_layers": ("lean", True, "layers"),
+}
+DEFAULT_PATHS = ("dense_forward", "flex_forward", "dense_train", "lean_train")
 #: The long-context model: head_dim 64, so attention runs on realistic head widths.
 LONG_MODEL = {"hidden": 256, "layers": 4, "mlp": 1024}
 STEP_MODEL = {"hidden": 128, "layers": 4, "mlp": 512}
@@ -119,14 +146,15 @@ def model_flops(config, batch, train: bool) -> float:
     return float(forward * (3 if train else 1))
 
 
-def matmul_flops_per_s(n: int = 1024, repeats: int = 10) -> float:
+def matmul_flops_per_s(n: int = 1024, repeats: int = 10, clock: Callable[[], float] = time.perf_counter) -> float:
+    """FLOP/s of the fastest of ``repeats`` [n x n] products by ``clock`` (wall or process CPU time)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         a @ b
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return 2 * n**3 / best
 
 
@@ -165,10 +193,10 @@ class PeakSampler:
 def measure(model_dir: str, path: str, length: int, threads: int, min_seconds: float) -> dict:
     torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=TREE_ATTENTION)
-    train = path.endswith("_train")
-    attention = cast(AttentionKind, path.split("_")[0])
+    attention, train, recompute = PATHS[path]
     model.train(train)
     model.requires_grad_(train)
+    recompute_in_backward(model, recompute)
     batch = packed_batch(synthetic_tree(length))
 
     def once(batch=batch) -> None:
@@ -184,22 +212,30 @@ def measure(model_dir: str, path: str, length: int, threads: int, min_seconds: f
     once(batch if attention == "flex" else packed_batch(synthetic_tree(256)))
     baseline = _rss_bytes()
     seconds: list[float] = []
+    cpu_seconds: list[float] = []
     with PeakSampler() as sampler:
         while not seconds or (sum(seconds) < min_seconds and len(seconds) < 5):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             once()
             seconds.append(time.perf_counter() - start)
-    step = statistics.median(seconds)
+            cpu_seconds.append(time.process_time() - cpu_start)
+    step, cpu_step = statistics.median(seconds), statistics.median(cpu_seconds)
     flops = model_flops(model.config, batch, train)
     return {
         "path": path,
+        "recompute": recompute,
         "length": batch.input_tokens,
         "calls": len(seconds),
         "seconds_per_call": step,
+        "cpu_seconds_per_call": cpu_step,
         "computed_tokens_per_s": batch.input_tokens / step,
         "peak_memory_bytes": sampler.peak - baseline,
         "model_flops_per_call": flops,
         "model_flops_per_s": flops / step,
+        "model_flops_per_cpu_s": flops / cpu_step,
+        "matmul_flops_per_s": matmul_flops_per_s(),
+        "matmul_flops_per_cpu_s": matmul_flops_per_s(clock=time.process_time),
+        "load_average_1m": os.getloadavg()[0],
         "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
@@ -250,12 +286,21 @@ def run_child(model_dir: Path, path: str, length: int, threads: int, min_seconds
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def long_context(lengths: list[int], threads: int, min_seconds: float, timeout_s: float, workdir: Path) -> dict:
+def long_context(
+    lengths: list[int],
+    paths: list[str],
+    threads: int,
+    min_seconds: float,
+    timeout_s: float,
+    workdir: Path,
+    on_row: Callable[[list[dict]], None] = lambda rows: None,
+) -> dict:
+    """Each of ``paths`` at each of ``lengths``, one child at a time; ``on_row`` sees the rows so far after each."""
     model_dir = build_tiny_qwen3(workdir / "long", seed=0, **LONG_MODEL)
     config = AutoConfig.from_pretrained(model_dir)
     rows: list[dict[str, Any]] = []
     for length in lengths:
-        for path in PATHS:
+        for path in paths:
             estimate = dense_extrapolation(rows, path, length) if path.startswith("dense") else None
             if estimate is not None:
                 need, seconds = estimate
@@ -276,14 +321,16 @@ def long_context(lengths: list[int], threads: int, min_seconds: float, timeout_s
                         }
                     )
                     print(f"{path:14s} L={length:6d} skipped: {rows[-1]['skipped']}", flush=True)
+                    on_row(rows)
                     continue
             row = run_child(model_dir, path, length, threads, min_seconds, timeout_s)
             rows.append(row)
+            on_row(rows)
             if "skipped" in row:
                 print(f"{path:14s} L={length:6d} skipped: {row['skipped']}", flush=True)
             else:
                 print(
-                    f"{path:14s} L={row['length']:6d} {row['computed_tokens_per_s']:9.0f} tok/s  "
+                    f"{path:27s} L={row['length']:6d} {row['computed_tokens_per_s']:9.0f} tok/s  "
                     f"{row['peak_memory_bytes'] / 2**20:8.1f} MiB peak  {row['model_flops_per_s'] / 1e9:6.2f} GFLOP/s",
                     flush=True,
                 )
@@ -302,20 +349,40 @@ def long_context(lengths: list[int], threads: int, min_seconds: float, timeout_s
     }
 
 
+#: (lean path, the dense reference it is compared with).
+COMPARISONS = (
+    ("flex_forward", "dense_forward"),
+    *((path, "dense_train") for path in PATHS if path.startswith("lean_train")),
+)
+
+
 def summarise(runs: list[dict], matmul_rate: float) -> dict:
-    """Per length: speed-ups and memory ratios of the lean paths over the dense reference."""
+    """Per length: speed-ups and memory ratios of the lean paths over the dense reference.
+
+    A row that timed the matmul itself is set against its own rate (and, where it recorded
+    CPU time, also against the matmul's rate by CPU time); older rows against ``matmul_rate``.
+    """
     by = {(r["path"], r["length"]): r for r in runs if "skipped" not in r}
     summary = {}
     for length in sorted({r["length"] for r in runs}):
         entry = {}
         for path in PATHS:
             if (path, length) in by:
-                entry[f"{path}_share_of_matmul_rate"] = by[path, length]["model_flops_per_s"] / matmul_rate
-        for lean, dense in (("flex_forward", "dense_forward"), ("lean_train", "dense_train")):
+                row = by[path, length]
+                entry[f"{path}_share_of_matmul_rate"] = row["model_flops_per_s"] / row.get(
+                    "matmul_flops_per_s", matmul_rate
+                )
+                if "model_flops_per_cpu_s" in row:
+                    entry[f"{path}_share_of_matmul_rate_by_cpu_time"] = (
+                        row["model_flops_per_cpu_s"] / row["matmul_flops_per_cpu_s"]
+                    )
+        for lean, dense in COMPARISONS:
             if (lean, length) in by and (dense, length) in by:
                 a, b = by[lean, length], by[dense, length]
                 entry[f"{lean}_speedup"] = a["computed_tokens_per_s"] / b["computed_tokens_per_s"]
                 entry[f"{dense}_over_{lean}_peak_memory"] = b["peak_memory_bytes"] / max(a["peak_memory_bytes"], 1)
+                if "cpu_seconds_per_call" in a and "cpu_seconds_per_call" in b:
+                    entry[f"{lean}_speedup_by_cpu_time"] = b["cpu_seconds_per_call"] / a["cpu_seconds_per_call"]
         summary[str(length)] = entry
     return summary
 
@@ -409,6 +476,60 @@ def training_steps(steps: int, trees_per_step: int, seed: int, workdir: Path) ->
 # ---------------------------------------------------------------------------- main
 
 
+def rerun_section(args: argparse.Namespace) -> None:
+    """Measure ``args.paths`` at ``args.lengths`` into ``long_context.reruns[args.section]``, row by row.
+
+    Rows the section already holds for other (path, length) pairs stay; new rows carry the
+    commit they were measured at. With ``args.reference``, the summary also compares with
+    that earlier section's rows for pairs the section has not measured (listed apart, as
+    ``reference_runs``).
+    """
+    results = json.loads(RESULTS.read_text())
+    reruns = results["long_context"].setdefault("reruns", {})
+    earlier = reruns.get(args.section, {}).get("runs", [])
+    reference = _section_runs(results, args.reference) if args.reference else []
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False, cwd=RESULTS.parent
+    ).stdout.strip()
+    started = time.time()
+
+    def record(rows: list[dict]) -> None:
+        new = [{**row, "commit": commit} for row in rows]
+        fresh = {(r["path"], r["length"]) for r in new}
+        runs = [r for r in earlier if (r["path"], r["length"]) not in fresh] + new
+        measured = {(r["path"], r["length"]) for r in runs if "skipped" not in r}
+        borrowed = [
+            {**r, "from_section": args.reference}
+            for r in reference
+            if "skipped" not in r and (r["path"], r["length"]) not in measured
+        ]
+        reruns[args.section] = {
+            "note": args.note,
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "wall_seconds": time.time() - started,
+            "runs": runs,
+            "reference_runs": borrowed,
+            # Rows measured here carry the matmul rate their own child timed; borrowed rows may not.
+            "summary": summarise(runs + borrowed, results["matmul_flops_per_s"]["mean"]),
+        }
+        RESULTS.write_text(json.dumps(results, indent=2))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        long_context(args.lengths, args.paths, args.threads, args.min_seconds, args.timeout_s, Path(tmp), record)
+    print(json.dumps(reruns[args.section]["summary"], indent=2))
+    print(f"wrote {RESULTS} (long_context.reruns.{args.section})")
+
+
+def _section_runs(results: dict, name: str) -> list[dict]:
+    """The rows of ``long_context[name]`` or ``long_context.reruns[name]``."""
+    long = results["long_context"]
+    section = long.get(name) or long.get("reruns", {}).get(name)
+    if not section:
+        raise SystemExit(f"no section {name!r} in {RESULTS}")
+    return list(section["runs"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
@@ -418,11 +539,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed training steps per layout (plus one warm-up)")
     parser.add_argument("--trees-per-step", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(DEFAULT_PATHS))
+    parser.add_argument(
+        "--section", help="measure only --paths at --lengths into long_context.reruns.SECTION of the results file"
+    )
+    parser.add_argument("--note", default="", help="why the --section was measured, kept with it")
+    parser.add_argument("--reference", help="with --section: an earlier section whose rows fill the comparisons")
     parser.add_argument("--child", nargs=3, metavar=("MODEL_DIR", "PATH", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         model_dir, path, length = args.child
         print(json.dumps(measure(model_dir, path, int(length), args.threads, args.min_seconds)))
+        return
+    if args.section:
+        rerun_section(args)
         return
 
     torch.set_num_threads(args.threads)
@@ -430,7 +560,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         matmul_before = matmul_flops_per_s()
         print(f"matmul {matmul_before / 1e9:.1f} GFLOP/s", flush=True)
-        long = long_context(args.lengths, args.threads, args.min_seconds, args.timeout_s, Path(tmp))
+        long = long_context(args.lengths, args.paths, args.threads, args.min_seconds, args.timeout_s, Path(tmp))
         matmul_after = matmul_flops_per_s()
         steps = training_steps(args.steps, args.trees_per_step, args.seed, Path(tmp)) if args.steps else {}
     matmul_rate = (matmul_before + matmul_after) / 2

@@ -12,6 +12,9 @@ LossKind = Literal["ppo_clip", "decoupled_ppo", "lpo"]
 # How a packed forward computes attention; see ModelSection.attention and learner.tree_attention.
 AttentionKind = Literal["dense", "flex", "lean"]
 ATTENTION_KINDS: tuple[AttentionKind, ...] = ("dense", "flex", "lean")
+# What the "lean" training path recomputes in backward instead of keeping; see learner.recompute.
+RecomputeKind = Literal["none", "mlp", "layers"]
+RECOMPUTE_KINDS: tuple[RecomputeKind, ...] = ("none", "mlp", "layers")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class ModelSection:
     attention: AttentionKind = "dense"
     # Queries per chunk of the "lean" path: its transient scores are heads x chunk x keys.
     lean_chunk_tokens: int = 256
+    # Activations the "lean" path recomputes in backward instead of storing (its attention
+    # probabilities are always recomputed): "mlp" each decoder layer's MLP, whose [L,
+    # intermediate] activations are half of what a long forward keeps, at a few percent more
+    # time; "layers" whole decoder layers (least memory, one more forward); "none".
+    lean_recompute: RecomputeKind = "mlp"
     # Packed trees share one forward up to this many tokens; 0 runs one tree per forward.
     # A tree longer than the budget still gets a forward of its own.
     max_tokens_per_forward: int = 0
@@ -37,6 +45,8 @@ class ModelSection:
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if self.lean_recompute not in RECOMPUTE_KINDS:
+            raise ValueError(f"lean_recompute must be one of {RECOMPUTE_KINDS}, got {self.lean_recompute!r}")
         if self.lean_chunk_tokens < 1:
             raise ValueError(f"lean_chunk_tokens must be >= 1, got {self.lean_chunk_tokens}")
         if self.max_tokens_per_forward < 0:

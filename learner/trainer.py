@@ -45,6 +45,7 @@ from learner.config import LearnerConfig
 from learner.ledger import TrainedTrees
 from learner.losses import PolicyLossInputs, policy_loss
 from learner.packing import ForwardBatch, forward_batch, forward_groups, merge_packed, target_logprobs, to_device
+from learner.recompute import recompute_in_backward
 from learner.sequences import TrainingTree, TreeRejected, prepare_tree
 from learner.sharding import (
     full_model_state,
@@ -179,6 +180,8 @@ class Trainer:
         )
         if _untie_embeddings(model):
             log.info("untied_embeddings", model_dir=config.model.model_dir)
+        if config.model.attention == "lean":
+            recompute_in_backward(model, config.model.lean_recompute)
         self.vocab_size = int(model.config.vocab_size)
         self.reference = None
         if config.loss.kl_coef > 0:

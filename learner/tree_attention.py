@@ -13,7 +13,9 @@ the forward was given:
 * ``LeanTreeMask``: attention by query chunks over each chunk's gathered ancestor keys,
   with a hand-written backward that recomputes each chunk's probabilities (the
   FlashAttention recipe) instead of storing them. Memory grows with L x (ancestor
-  length); saved activations are only q, k, v, the output and the log-sum-exp.
+  length); saved activations are only q, k, v, the output and the log-sum-exp. The rest
+  of a decoder layer's saved activations (its MLP's above all) are what
+  ``learner.recompute`` trades for time.
 
 The rule itself lives in ``learner.tree_layout``; everything here derives from it.
 """
@@ -151,17 +153,30 @@ class _LeanTreeAttention(torch.autograd.Function):
 
     Shapes: query [kv_heads, group, L, d], key/value [kv_heads, L, d]; the group axis holds
     the query heads that share one key/value head, so GQA needs no repeated keys.
+
+    Every chunk's [heads, chunk, keys] scores are computed into one workspace allocated per
+    call and updated in place: per-chunk temporaries at long contexts are tens of MB each,
+    and allocating them afresh would cost the kernel zeroing new pages again for every chunk.
     """
 
     @staticmethod
     def forward(ctx, query, key, value, chunks: QueryChunks, scale: float):
+        kv_heads, group, _, dim = query.shape
         out = torch.empty_like(query)
         lse = torch.empty(query.shape[:-1], dtype=query.dtype, device=query.device)
+        workspace = _ChunkWorkspace(query, chunks, buffers=2)
         for start, keys, mask in zip(chunks.starts, chunks.keys, chunks.mask, strict=True):
             stop = start + mask.shape[0]
-            probs, chunk_lse = _chunk_probabilities(query[:, :, start:stop], key[:, keys], mask, scale)
-            out[:, :, start:stop] = probs @ value[:, None, keys]
-            lse[:, :, start:stop] = chunk_lse
+            q_chunk = query[:, :, start:stop].reshape(kv_heads, -1, dim)
+            scores = workspace.scores(0, q_chunk, key[:, keys], mask, scale)
+            # torch.logsumexp's own steps, then exp(s - lse) as the backward recomputes it, so that
+            # forward and backward see the same probabilities to the last bit
+            top = scores.amax(-1, keepdim=True)
+            shifted = torch.sub(scores, top, out=workspace.buffer(1, scores.shape))
+            chunk_lse = shifted.exp_().sum(-1, keepdim=True).log_().add_(top)
+            lse[:, :, start:stop] = chunk_lse.view(kv_heads, group, -1)
+            probs = scores.sub_(chunk_lse).exp_()
+            out[:, :, start:stop] = torch.bmm(probs, value[:, keys]).view(kv_heads, group, -1, dim)
         ctx.save_for_backward(query, key, value, out, lse)
         ctx.chunks, ctx.scale = chunks, scale
         return out
@@ -176,33 +191,47 @@ class _LeanTreeAttention(torch.autograd.Function):
         kv_heads, group, _, dim = query.shape
         # D_i = sum_j P_ij dP_ij = dO_i . O_i
         delta = (grad_out * out).sum(-1)
+        workspace = _ChunkWorkspace(query, chunks, buffers=2)
         for start, keys, mask in zip(chunks.starts, chunks.keys, chunks.mask, strict=True):
             stop = start + mask.shape[0]
-            q_chunk, k_chunk, v_chunk = query[:, :, start:stop], key[:, keys], value[:, keys]
-            scores = (q_chunk @ k_chunk[:, None].transpose(-1, -2)) * scale
-            probs = (scores.masked_fill_(~mask, -math.inf) - lse[:, :, start:stop, None]).exp_()
-            d_out = grad_out[:, :, start:stop]
-            rows = group * (stop - start)
-            grad_value.index_add_(
-                1, keys, probs.reshape(kv_heads, rows, -1).transpose(1, 2) @ d_out.reshape(kv_heads, rows, dim)
-            )
-            d_scores = probs.mul_((d_out @ v_chunk[:, None].transpose(-1, -2)).sub_(delta[:, :, start:stop, None]))
-            grad_query[:, :, start:stop] = (d_scores @ k_chunk[:, None]) * scale
-            grad_key.index_add_(
-                1,
-                keys,
-                (d_scores.reshape(kv_heads, rows, -1).transpose(1, 2) @ q_chunk.reshape(kv_heads, rows, dim)) * scale,
-            )
+            q_chunk = query[:, :, start:stop].reshape(kv_heads, -1, dim)
+            k_chunk, v_chunk = key[:, keys], value[:, keys]
+            d_out = grad_out[:, :, start:stop].reshape(kv_heads, -1, dim)
+            probs = workspace.scores(0, q_chunk, k_chunk, mask, scale)
+            probs.sub_(lse[:, :, start:stop].reshape(kv_heads, -1, 1)).exp_()
+            grad_value.index_add_(1, keys, torch.bmm(probs.transpose(1, 2), d_out))
+            d_probs = workspace.buffer(1, probs.shape)
+            torch.bmm(d_out, v_chunk.transpose(1, 2), out=d_probs)
+            d_scores = probs.mul_(d_probs.sub_(delta[:, :, start:stop].reshape(kv_heads, -1, 1)))
+            grad_query[:, :, start:stop] = (torch.bmm(d_scores, k_chunk) * scale).view(kv_heads, group, -1, dim)
+            grad_key.index_add_(1, keys, torch.bmm(d_scores.transpose(1, 2), q_chunk).mul_(scale))
         return grad_query, grad_key, grad_value, None, None
 
 
-def _chunk_probabilities(
-    q_chunk: torch.Tensor, k_chunk: torch.Tensor, mask: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    scores = (q_chunk @ k_chunk[:, None].transpose(-1, -2)) * scale
-    scores.masked_fill_(~mask, -math.inf)
-    lse = torch.logsumexp(scores, -1)
-    return (scores - lse[..., None]).exp_(), lse
+class _ChunkWorkspace:
+    """Buffers that hold the largest chunk's [kv_heads, group x chunk, keys] scores, reused by every chunk."""
+
+    def __init__(self, query: torch.Tensor, chunks: QueryChunks, buffers: int) -> None:
+        kv_heads, group = query.shape[:2]
+        largest = max(mask.numel() for mask in chunks.mask)
+        self.flat = [query.new_empty(kv_heads * group * largest) for _ in range(buffers)]
+        self.blocked = torch.empty(largest, dtype=torch.bool, device=query.device)
+        self.group = group
+
+    def buffer(self, index: int, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+        return self.flat[index][: math.prod(shape)].view(shape)
+
+    def scores(
+        self, index: int, q_chunk: torch.Tensor, k_chunk: torch.Tensor, mask: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """Scaled scores of ``q_chunk`` [kv_heads, group x n, d] against ``k_chunk`` [kv_heads, keys, d],
+        -inf where ``mask`` [n, keys] forbids, in buffer ``index``."""
+        kv_heads, rows, _ = q_chunk.shape
+        scores = self.buffer(index, (kv_heads, rows, k_chunk.shape[1]))
+        torch.bmm(q_chunk, k_chunk.transpose(1, 2), out=scores).mul_(scale)
+        blocked = torch.logical_not(mask, out=self.blocked[: mask.numel()].view(mask.shape))
+        scores.view(kv_heads, self.group, *mask.shape).masked_fill_(blocked, -math.inf)
+        return scores
 
 
 def lean_tree_attention(

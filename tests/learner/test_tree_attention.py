@@ -17,6 +17,7 @@ from learner.packing import (
     target_logprobs,
     unpacked_batch,
 )
+from learner.recompute import recompute_in_backward
 from learner.sequences import prepare_tree
 from learner.trainer import Trainer
 from learner.tree_attention import (
@@ -200,6 +201,71 @@ def test_lean_training_gradients_equal_the_unpacked_path_for_several_trees(model
     assert reference.abs().max().item() > 1e-4  # a real gradient, not two zeros
 
 
+def _lean_loss(model, trees, kind="ppo_clip"):
+    """Every tree in one packed forward through the chunked path; the loss of _tree_loss over them."""
+    total_weight = sum(unpacked_batch(t).num_targets for t in trees)
+    per_tree = [packed_batch(t) for t in trees]
+    logprobs = target_logprobs(model, merge_packed(per_tree), "lean", lean_chunk=16)
+    pieces = logprobs.split([b.num_targets for b in per_tree])
+    return torch.stack(
+        [_tree_loss(lp, b, t, kind, total_weight) for lp, b, t in zip(pieces, per_tree, trees, strict=True)]
+    ).sum()
+
+
+def _saved_for_backward(model, trees) -> list[torch.Tensor]:
+    """The tensors autograd keeps from the lean forward of ``trees`` (one entry per storage)."""
+    saved: dict[int, torch.Tensor] = {}
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        saved.setdefault(tensor.untyped_storage().data_ptr(), tensor)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        _lean_loss(model, trees)
+    return list(saved.values())
+
+
+@pytest.mark.parametrize("recompute", ["mlp", "layers"])
+def test_lean_training_with_recompute_keeps_the_unpacked_gradients_and_stores_less(model, tiny_model_dir, recompute):
+    trees = training_trees(5, 4)
+    total_weight = sum(unpacked_batch(t).num_targets for t in trees)
+    model.zero_grad()
+    reference_loss = torch.stack(
+        [
+            _tree_loss(target_logprobs(model, unpacked_batch(t)), unpacked_batch(t), t, "ppo_clip", total_weight)
+            for t in trees
+        ]
+    ).sum()
+    reference_loss.backward()
+    reference = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad()
+
+    recomputing = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, dtype=torch.float32, attn_implementation=TREE_ATTENTION
+    ).train()
+    stored_before = sum(t.untyped_storage().nbytes() for t in _saved_for_backward(recomputing, trees))
+    recompute_in_backward(recomputing, recompute)
+    saved = _saved_for_backward(recomputing, trees)
+    loss = _lean_loss(recomputing, trees)
+    loss.backward()
+    gradients = torch.cat([p.grad.flatten() for p in recomputing.parameters()])
+
+    assert loss.item() == pytest.approx(reference_loss.item(), abs=1e-5)
+    assert (gradients - reference).abs().max().item() < 1e-5
+    assert reference.abs().max().item() > 1e-4
+    config, length = recomputing.config, merge_packed([packed_batch(t) for t in trees]).input_tokens
+    stored_after = sum(t.untyped_storage().nbytes() for t in saved)
+    if recompute == "mlp":
+        # Per layer the gated MLP kept gate, up, act(gate) and their product ([L, intermediate]
+        # each) and its three weights; now only what recomputes them is kept.
+        per_layer = 4 * length * config.intermediate_size + 3 * config.hidden_size * config.intermediate_size
+        assert stored_before - stored_after == config.num_hidden_layers * per_layer * 4
+    else:
+        # Whole layers come back in backward: no per-head attention tensor and no MLP activation stays.
+        assert not [t.shape for t in saved if t.dim() == 4 or t.shape[-1] == config.intermediate_size]
+        assert stored_after < stored_before / 3
+
+
 def test_trainer_with_lean_attention_and_packed_forwards_matches_dense(tiny_model_dir):
     step = batches(seed=11, steps=1, trees_per_step=4)[0]
     results = []
@@ -229,3 +295,8 @@ def test_flex_training_on_the_cpu_is_refused(tiny_model_dir):
     config = LearnerConfig(model=ModelSection(model_dir=str(tiny_model_dir), attention="flex"))
     with pytest.raises(ValueError, match="lean"):
         Trainer(config)
+
+
+def test_an_unknown_lean_recompute_is_refused():
+    with pytest.raises(ValueError, match="lean_recompute must be one of"):
+        ModelSection(lean_recompute="attention")  # type: ignore[arg-type]
