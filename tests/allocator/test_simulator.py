@@ -3,21 +3,24 @@ import numpy as np
 from allocator.core import AllocatorCore, AllocatorCoreConfig
 from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 from tests.allocator.helpers import drive, true_value
-from tests.allocator.references import expected_mixed, oracle_expected_mixed, uniform_expected_mixed
+from tests.allocator.references import expected_mixed, oracle_expected_mixed, uniform_expected_mixed, v_root
 
 WARMUP_STEPS = 10
 
 
-def _stage1_run(seed: int, steps: int = 25):
+def _stage1_run(seed: int, steps: int = 25, objective: str = "mixed_groups"):
     sim = SimulatorConfig()
     rng = np.random.default_rng(seed)
     prompts = make_prompts(sim, rng)
     p0 = {p.task.task_id: p.p0 for p in prompts}
     # 256 turns of 4-turn chains = 64 rollouts, the uniform batch being 16 prompts x 4
-    cfg = AllocatorCoreConfig(strategy="trace", root_fraction=1.0, step_budget_turns=256, batch_prompts=16)
+    cfg = AllocatorCoreConfig(
+        strategy="trace", root_fraction=1.0, step_budget_turns=256, batch_prompts=16, root_objective=objective
+    )
     core = AllocatorCore(cfg, [p.task for p in prompts], seed=seed)
     drive(core, SimulatedActor(sim, prompts), steps=steps, rng=rng)
     ours = oracle = uniform = 0.0
+    informative = 0.0
     for step, task_ids, counts in core.stage1_log:
         if step < WARMUP_STEPS:
             continue
@@ -25,9 +28,10 @@ def _stage1_run(seed: int, steps: int = 25):
         assert sum(counts) <= 64
         truth = [p0[t] for t in task_ids]
         ours += expected_mixed(truth, counts)
+        informative += sum(m * v_root(p, m) for p, m in zip(truth, counts, strict=True) if m >= 2)
         oracle += oracle_expected_mixed(truth, 64, cfg.max_per_prompt)
         uniform += uniform_expected_mixed(list(p0.values()), 4, 16)
-    return ours, oracle, uniform, core.metrics()
+    return ours, oracle, uniform, informative
 
 
 def test_trace_stage1_beats_uniform_and_nears_the_true_probability_allocation():
@@ -41,6 +45,18 @@ def test_trace_stage1_beats_uniform_and_nears_the_true_probability_allocation():
     # (an uncertain prompt is worth less); scored here against point truths, it gives up a
     # little of the oracle, which knows every p0 exactly.
     assert ours >= 0.93 * oracle
+
+
+def test_the_informative_objective_trades_mixed_groups_for_rollouts_with_an_advantage():
+    """Each objective wins by its own measure, scored against the true probabilities: the
+    informative one holds more rollouts with a non-zero advantage (larger groups on the
+    uncertain prompts), the mixed-group one more mixed groups (pairs spread wider)."""
+    mixed_runs = [_stage1_run(seed, steps=18) for seed in (0, 1)]
+    informative_runs = [_stage1_run(seed, steps=18, objective="informative_rollouts") for seed in (0, 1)]
+    mixed_groups = sum(run[0] for run in mixed_runs), sum(run[0] for run in informative_runs)
+    informative = sum(run[3] for run in mixed_runs), sum(run[3] for run in informative_runs)
+    assert informative[1] > 1.1 * informative[0]
+    assert mixed_groups[0] > mixed_groups[1]
 
 
 def test_trace_realised_mixed_groups_beat_grpo_at_equal_cost():
