@@ -6,6 +6,7 @@ import pytest
 from allocator.core import STRATEGIES, ActorLoad, AllocatorCore, AllocatorCoreConfig
 from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 from protocol.messages import replace
+from tracerl.config import ConfigError, load_config
 
 ACTORS = [ActorLoad("a0", 0, 1000), ActorLoad("a1", 0, 1000)]
 
@@ -38,11 +39,11 @@ def _round(core, actor, rng, now, actors=ACTORS, version=None):
 
 def test_config_rejects_unknown_strategy_and_bad_ranges():
     with pytest.raises(ValueError, match="strategy"):
-        AllocatorCoreConfig(strategy="greedy")
-    with pytest.raises(ValueError, match="group_size"):
-        AllocatorCoreConfig(group_size=1)
-    with pytest.raises(ValueError, match="root_fraction"):
-        AllocatorCoreConfig(root_fraction=0.0)
+        AllocatorCoreConfig(strategy="greedy")  # a cross-field rule: checked however the config is built
+    with pytest.raises(ConfigError, match=r"field group_size = 1: Expected `int` >= 2"):
+        load_config(AllocatorCoreConfig, None, ["group_size=1"])
+    with pytest.raises(ConfigError, match=r"field root_fraction = 0\.0: Expected `float` > 0\.0"):
+        load_config(AllocatorCoreConfig, None, ["root_fraction=0.0"])
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
