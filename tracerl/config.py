@@ -183,12 +183,11 @@ def _describe(err: msgspec.ValidationError, data: Any) -> str:
         return reason or str(err)
     path = where.rstrip("`").lstrip(".")
     value = _value_at(data, path)
-    shown = "" if isinstance(value, (dict, list, _Missing)) else f" = {value!r}"
+    shown = "" if value is _ABSENT or isinstance(value, (dict, list)) else f" = {value!r}"
     return f"field {path}{shown}: {reason}"
 
 
-class _Missing:
-    pass
+_ABSENT = object()
 
 
 def _value_at(data: Any, path: str) -> Any:
@@ -200,7 +199,7 @@ def _value_at(data: Any, path: str) -> Any:
         elif index and isinstance(node, list) and int(index) < len(node):
             node = node[int(index)]
         else:
-            return _Missing()
+            return _ABSENT
     return node
 
 
