@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from msgspec import Meta
 
 from protocol.subjects import check_run_id
-from tracerl.config import AtLeast1, BusConfig, Config, LogConfig, Positive, RunConfig
+from tracerl.config import AtLeast0, AtLeast1, BusConfig, Config, LogConfig, Positive, RunConfig, WeightsConfig
 
 LogprobsMode = Literal["processed_logprobs", "raw_logprobs"]
 
@@ -25,6 +25,12 @@ class EngineSettings(Config, frozen=True):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     # KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE); ignored on GPU.
     cpu_kv_cache_gib: AtLeast1 = 1
+    # Entries of oneDNN's primitive cache in the engine processes (ONEDNN_PRIMITIVE_CACHE_CAPACITY);
+    # CPU only. The default 1024 keeps a compiled kernel per matmul shape, and agentic batches
+    # bring new shapes for hours: a worker grew about 0.35-0.85 MB per learner step under 1024,
+    # and levelled off within about 80 varied batches under 16, at the same speed
+    # (README, "Soak"). 0 keeps oneDNN's default.
+    cpu_onednn_primitive_cache: AtLeast0 = 16
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.85
     # GPUs one engine shards the model over (vLLM's tensor parallelism); GPU only.
     tensor_parallel_size: AtLeast1 = 1
@@ -46,6 +52,7 @@ class ActorConfig(Config, frozen=True):
     bus: BusConfig = BusConfig()
     log: LogConfig = LogConfig()
     engine: EngineSettings = EngineSettings()
+    weights: WeightsConfig = WeightsConfig()
     # HF-format directory with the initial policy (version 0) and its tokenizer.
     model_dir: Annotated[str, Meta(min_length=1)] = "runs/default/model"
     # Empty means a fresh random id; a fixed id keeps the per-actor work subject across restarts.

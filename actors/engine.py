@@ -127,6 +127,14 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def cpu_engine_environment(settings: EngineSettings) -> dict[str, str]:
+    """Environment variables the CPU engine's processes read at start-up."""
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kv_cache_gib)}
+    if settings.cpu_onednn_primitive_cache:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(settings.cpu_onednn_primitive_cache)
+    return env
+
+
 def engine_kwargs(model_dir: str, settings: EngineSettings, gpu: bool) -> dict[str, Any]:
     """AsyncEngineArgs keyword arguments; the CPU and GPU paths differ only in these defaults."""
     kwargs: dict[str, Any] = {
@@ -246,8 +254,10 @@ class PolicyEngine:
         model_dir = str(model_dir)
         gpu = on_gpu()
         if not gpu:
-            # Read by the engine-core process vLLM spawns, so it must be set before start-up.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
+            # Read by the engine processes vLLM spawns, so they must be set before start-up; a
+            # value the user exported wins.
+            for name, value in cpu_engine_environment(settings).items():
+                os.environ.setdefault(name, value)
         started = time.perf_counter()
         # The engine core and its workers are processes of their own: without this, a SIGKILL of
         # this process would leave them running, holding their memory and device.

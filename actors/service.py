@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -29,12 +29,20 @@ from actors.config import ActorConfig
 from actors.engine import PolicyEngine, route_engine_logs
 from actors.episode import EpisodeContext, EpisodeError, new_sampling, run_work_item
 from actors.metrics import Counters, Rates, interval_record, queue_wait_s, rates_between
-from actors.weights import WeightsError, fetch_verified, model_dir_signature, prune_versions, write_version_dir
+from actors.weights import (
+    WeightsError,
+    fetch_verified,
+    model_dir_signature,
+    prune_versions,
+    verify_blob,
+    write_version_dir,
+)
 from environments.base import Environment
 from protocol import Heartbeat, Subjects, WeightsAnnouncement, WorkItem
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import role_metrics
+from weightsync.broadcast import BroadcastReceiver
 
 log = get_logger(__name__)
 
@@ -81,6 +89,14 @@ class ActorService:
         self.reference_signature = model_dir_signature(config.model_dir)
         self.weights_root = Path(config.weights_dir or Path(config.run.run_dir) / "actors" / actor_id / "weights")
         self._version_changed = asyncio.Condition()
+        # One version is fetched or loaded at a time, whichever way it came.
+        self._loading = asyncio.Lock()
+        self.broadcast = (
+            BroadcastReceiver(bus, config.weights, config.run.run_id, actor_id)
+            if config.weights.transport == "broadcast"
+            else None
+        )
+        self._broadcast_loads: set[asyncio.Task[bool]] = set()
         self.metrics = role_metrics(config.run, config.log, f"{ROLE}-{actor_id}")
         self._metrics_base = self.counters()
 
@@ -105,6 +121,7 @@ class ActorService:
             asyncio.create_task(self._pull_loop(own, max_batch=1), name="pull-own"),
             asyncio.create_task(self._pull_loop(shared, max_batch=16), name="pull-shared"),
             asyncio.create_task(self._watch_weights(), name="weights"),
+            *([asyncio.create_task(self._receive_broadcasts(), name="weights-broadcast")] if self.broadcast else []),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._metrics_loop(), name="metrics"),
         ]
@@ -112,7 +129,7 @@ class ActorService:
         log.info("actor_stopping", actor_id=self.actor_id, inflight=len(self.inflight))
         if await end_tasks(background):
             self.exit_code = EXIT_STOP_OVERRAN
-        for task in list(self.inflight):
+        for task in [*self.inflight, *self._broadcast_loads]:
             task.cancel()
         if self.inflight:
             # A generation cancelled in its first moments has been seen to never return from
@@ -190,7 +207,9 @@ class ActorService:
             await self._wait_for_version(item.min_policy_version)
             try:
                 async for node in run_work_item(self.engine, lambda: self.make_env(item.task.env), item, ctx):
-                    await self.bus.publish(self.subjects.nodes_from(self.actor_id), node, msg_id=node.node_id)
+                    await self.bus.publish(
+                        self.subjects.nodes_from(self.actor_id, item.shard), node, msg_id=node.node_id
+                    )
                     self.nodes_published += 1
                     if self.nodes_published == 1:  # the end of joining a run (`tracerl bench join`)
                         log.info("first_node_published", node_id=node.node_id, policy_version=node.policy_version)
@@ -251,42 +270,74 @@ class ActorService:
                 log.warning("weights_watch_failed", error=repr(err))
                 await sleep_or_stop(self.stop, 1.0)
 
+    async def _receive_broadcasts(self) -> None:
+        """Versions broadcast by the learner (``weights.transport: broadcast``); the KV watch
+        above still fetches from the object store whatever the broadcast did not bring."""
+        assert self.broadcast is not None
+
+        async def deliver(announcement: WeightsAnnouncement, blob: bytearray) -> None:
+            # Loaded beside the receiver, which must be back in the group for the next version.
+            task = asyncio.create_task(self.apply_broadcast(announcement, blob))
+            self._broadcast_loads.add(task)
+            task.add_done_callback(self._broadcast_loads.discard)
+
+        await self.broadcast.run(self.stop, deliver)
+
     async def apply_announcement(self, announcement: WeightsAnnouncement) -> bool:
-        """Fetch, verify and load a newer version; any failure keeps the current one."""
+        """Fetch, verify and load a newer version from the object store; any failure keeps the current one."""
+
+        async def fetch() -> bytes:
+            return await fetch_verified(
+                self.bus.get_object, announcement, self.reference_signature, self.config.weights_fetch_timeout_s
+            )
+
+        return await self._apply(announcement, fetch)
+
+    async def apply_broadcast(self, announcement: WeightsAnnouncement, blob: bytearray) -> bool:
+        """Verify and load a broadcast version, checked as an object-store blob is."""
+
+        async def verified() -> bytearray:
+            verify_blob(blob, announcement, self.reference_signature)
+            return blob
+
+        return await self._apply(announcement, verified)
+
+    async def _apply(
+        self, announcement: WeightsAnnouncement, obtain: Callable[[], Awaitable[bytes | bytearray]]
+    ) -> bool:
         if announcement.run_id != self.config.run.run_id:
             return False
         self.latest_announced = max(self.latest_announced or 0, announcement.policy_version)
-        if announcement.policy_version <= self.engine.policy_version:
-            return False
-        try:
-            blob = await fetch_verified(
-                self.bus.get_object, announcement, self.reference_signature, self.config.weights_fetch_timeout_s
-            )
-            directory = await asyncio.to_thread(
-                write_version_dir, blob, self.config.model_dir, self.weights_root, announcement.policy_version
-            )
-            await self.engine.reload_weights(directory, announcement.policy_version)
-        except WeightsError as err:
-            self.weights_failures[err.reason] += 1
-            log.error(
-                "weights_rejected",
-                policy_version=announcement.policy_version,
-                reason=err.reason,
-                detail=err.detail,
-                serving=self.engine.policy_version,
-            )
-            return False
-        except Exception as err:  # noqa: BLE001 - I/O or engine failure: the engine has put its last good weights back
-            self.weights_failures["load_failed"] += 1
-            log.error(
-                "weights_update_failed",
-                policy_version=announcement.policy_version,
-                error=repr(err),
-                serving=self.engine.policy_version,
-            )
-            return False
-        self.weights_loaded += 1
-        prune_versions(self.weights_root, keep={announcement.policy_version})
+        async with self._loading:
+            if announcement.policy_version <= self.engine.policy_version:
+                return False
+            try:
+                blob = await obtain()
+                directory = await asyncio.to_thread(
+                    write_version_dir, blob, self.config.model_dir, self.weights_root, announcement.policy_version
+                )
+                await self.engine.reload_weights(directory, announcement.policy_version)
+            except WeightsError as err:
+                self.weights_failures[err.reason] += 1
+                log.error(
+                    "weights_rejected",
+                    policy_version=announcement.policy_version,
+                    reason=err.reason,
+                    detail=err.detail,
+                    serving=self.engine.policy_version,
+                )
+                return False
+            except Exception as err:  # noqa: BLE001 - I/O or engine failure: the engine has put its last good weights back
+                self.weights_failures["load_failed"] += 1
+                log.error(
+                    "weights_update_failed",
+                    policy_version=announcement.policy_version,
+                    error=repr(err),
+                    serving=self.engine.policy_version,
+                )
+                return False
+            self.weights_loaded += 1
+            prune_versions(self.weights_root, keep={announcement.policy_version})
         async with self._version_changed:
             self._version_changed.notify_all()
         return True
@@ -320,6 +371,8 @@ class ActorService:
         try:
             kv = await self.bus.js.key_value(self.subjects.state_bucket)
             await kv.delete(Subjects.actor_key(self.actor_id))
+            if self.broadcast is not None:
+                await self.bus.delete_broadcast_join(self.actor_id)
         except Exception as err:  # noqa: BLE001 - the registry entry then ages out by its heartbeat time
             log.warning("deregister_failed", error=repr(err))
 
@@ -356,7 +409,8 @@ class ActorService:
             bus_counters=self.bus.counters,
         )
         log.info("actor_metrics", **record)
-        self.metrics.write({**record, "actor_id": self.actor_id, **({"final": True} if final else {})})
+        broadcast = {f"weights_broadcast.{k}": v for k, v in self.broadcast.counts.items()} if self.broadcast else {}
+        self.metrics.write({**record, **broadcast, "actor_id": self.actor_id, **({"final": True} if final else {})})
 
 
 def _is_timeout(err: Exception) -> bool:

@@ -33,7 +33,7 @@ class WeightsError(ValueError):
         super().__init__(f"{reason}: {detail}")
 
 
-def safetensors_signature(blob: bytes) -> TensorSignature:
+def safetensors_signature(blob: bytes | bytearray) -> TensorSignature:
     """Tensor name -> (dtype, shape) from a safetensors header, checking the data extents."""
     if len(blob) < 8:
         raise WeightsError("malformed", "shorter than a safetensors header")
@@ -90,7 +90,7 @@ def signature_mismatch(expected: TensorSignature, got: TensorSignature) -> str |
     return None
 
 
-def verify_blob(blob: bytes, announcement: WeightsAnnouncement, reference: TensorSignature) -> None:
+def verify_blob(blob: bytes | bytearray, announcement: WeightsAnnouncement, reference: TensorSignature) -> None:
     if announcement.format != "safetensors":
         raise WeightsError("unsupported_format", announcement.format)
     if len(blob) != announcement.num_bytes:
@@ -121,7 +121,9 @@ async def fetch_verified(
     return blob
 
 
-def write_version_dir(blob: bytes, model_dir: str | Path, weights_root: str | Path, policy_version: int) -> Path:
+def write_version_dir(
+    blob: bytes | bytearray, model_dir: str | Path, weights_root: str | Path, policy_version: int
+) -> Path:
     """Write a verified blob as a loadable directory; written aside, then renamed, so never half-present."""
     root = Path(weights_root)
     target = root / f"v{policy_version}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -56,6 +57,31 @@ def v_root_table(v: float | np.ndarray, max_m: int, strength: np.ndarray | None 
     return table
 
 
+#: What stage 1 maximises (``root_gain_table``); the config field is declared with this type.
+RootObjective = Literal["mixed_groups", "informative_rollouts"]
+ROOT_OBJECTIVES: tuple[str, ...] = get_args(RootObjective)
+
+
+def root_gain_table(
+    v: np.ndarray, max_m: int, strength: np.ndarray | None, min_m: int, objective: str = "mixed_groups"
+) -> np.ndarray:
+    """What stage 1 maximises per prompt, for m = 0..max_m rollouts.
+
+    ``mixed_groups``: V_root(v, m), the expected number of mixed groups (TRACE's objective).
+    ``informative_rollouts``: m V_root(v, m), the expected number of rollouts whose group-relative
+    advantage is non-zero (every rollout of a mixed group has one, none of a unanimous group).
+    The first counts a mixed pair as much as a mixed group of eight, so it spreads the budget
+    into many small groups; the second counts what reaches the learner's gradient, so a
+    larger group on an uncertain prompt is worth more than two pairs on it.
+    """
+    if objective not in ROOT_OBJECTIVES:
+        raise ValueError(f"root objective must be one of {', '.join(ROOT_OBJECTIVES)}; got {objective!r}")
+    table = v_root_table(v, max_m, strength, min_m)
+    if objective == "informative_rollouts":
+        table = table * np.arange(max_m + 1, dtype=np.float64)
+    return table
+
+
 @dataclass
 class RootsDP:
     """A knapsack over prompts: ``rows[i][b]`` is the best value with ``b`` units over prompts
@@ -89,6 +115,7 @@ class RootsDP:
         max_per_prompt: int | None = None,
         strengths: Sequence[float] | None = None,
         min_per_prompt: int = 2,
+        objective: str = "mixed_groups",
     ) -> RootsDP:
         if budget < 0:
             raise ValueError("budget must be >= 0")
@@ -98,7 +125,7 @@ class RootsDP:
             # Nothing can be mixed: already finished with all-zero counts.
             return cls(np.zeros((n, 1)), budget, [0] * n, added=n, traced=n)
         strength = None if strengths is None else np.asarray(strengths, dtype=np.float64)
-        gains = v_root_table(np.asarray(values, dtype=np.float64), cap, strength, min_per_prompt)
+        gains = root_gain_table(np.asarray(values, dtype=np.float64), cap, strength, min_per_prompt, objective)
         return cls(gains, budget, [0] * n)
 
     @property
@@ -127,7 +154,7 @@ class RootsDP:
         for i in range(self.added, min(self.size, self.added + max(0, prompts))):
             previous, gains = self._previous(i), self.gains[i]
             row = previous.copy()
-            # m = 1 never wins: rows are non-decreasing in b and V_root(v, 1) = 0.
+            # m = 1 never wins: rows are non-decreasing in b and the gain of one rollout is 0.
             for m in range(2, cap + 1):
                 np.maximum(row[m:], previous[:-m] + gains[m], out=row[m:])
             self.rows.append(row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from allocator.core import AllocatorCoreConfig
 from allocator.heldout import HeldoutConfig
+from allocator.shard import ShardConfig, shard_share, shard_step
 from tracerl.config import AtLeast0, AtLeast1, BusConfig, Config, LogConfig, Positive, RunConfig
 
 
@@ -22,6 +23,9 @@ class AllocatorConfig(Config, frozen=True):
     core: AllocatorCoreConfig = AllocatorCoreConfig()
     tasks: TaskPoolConfig = TaskPoolConfig()
     heldout: HeldoutConfig = HeldoutConfig()
+    # Which of ``count`` allocator processes this is; each plans its own prompts with its share
+    # of ``core``'s step (allocator.shard). `tracerl up` starts ``count`` of them.
+    shard: ShardConfig = ShardConfig()
     # How often the scheduler runs and how often the actor registry is re-read.
     schedule_interval_s: Positive = 0.05
     registry_interval_s: Positive = 1.0
@@ -30,3 +34,17 @@ class AllocatorConfig(Config, frozen=True):
     metrics_interval_s: Positive = 5.0
     # Stop after emitting the trees of this many steps (0: run until stopped).
     max_steps: AtLeast0 = 0
+
+    def __post_init__(self) -> None:
+        for index in range(self.shard.count):
+            share = shard_share(self.core.step_budget_turns, ShardConfig(index=index, count=self.shard.count))
+            if share < 2 * self.core.max_turns:
+                raise ValueError(
+                    f"allocator.core.step_budget_turns={self.core.step_budget_turns} split over "
+                    f"{self.shard.count} shards leaves shard {index} {share} turns, fewer than two full rollouts"
+                )
+
+    @property
+    def shard_core(self) -> AllocatorCoreConfig:
+        """``core`` with this shard's share of the step."""
+        return shard_step(self.core, self.shard)

@@ -41,11 +41,13 @@ from protocol import CompletedTree, SamplingSpec, TaskSpec, TurnNode, WorkItem, 
 from tracerl.config import AtLeast0, AtLeast1, Config, Fraction, Positive
 from tracerl.logs import get_logger
 
+from .allocation import RootObjective
 from .budget import BudgetLedger
 from .learning import OutcomeModel, Totals, TrainingBatch, allocator_metrics, default_prompt_text
 from .predictor import PredictorConfig
 from .replay import CrashReplay, ReplayState
 from .selection import paired_draw
+from .shard import ShardConfig
 from .step import Issue, Issued, StepState, step_of_tree, tree_id_for, work_id_for
 from .strategies import STAGE2, STRATEGIES, planner_for, turn_entropy
 from .tree import NodeState, RolloutTree, WorkRecord, at_horizon
@@ -79,6 +81,9 @@ class AllocatorCoreConfig(Config, frozen=True):
     max_per_prompt: Annotated[int, Meta(ge=2)] = 8
     # The smallest root group TRACE's stage 1 makes (2: any group that can be mixed).
     min_per_prompt: int = 2
+    # What TRACE's stage 1 maximises: "mixed_groups" (the paper's sum of V_root) or
+    # "informative_rollouts" (rollouts with a non-zero advantage; allocation.root_gain_table).
+    root_objective: RootObjective = "mixed_groups"
     # Most continuations from one prefix in one stage-2 round.
     branch_k: AtLeast1 = 2
     staleness_eta: AtLeast0 = 2
@@ -158,16 +163,22 @@ class AllocatorCore(CrashReplay):
         run_id: str = "default",
         prompt_text: Callable[[TaskSpec], str] = default_prompt_text,
         id_prefix: str = "",
+        shard: ShardConfig | None = None,
     ) -> None:
         """``id_prefix`` starts every tree id (and so every work and node id); give each
         allocator incarnation that does not replay its predecessor's streams a new one, so
-        ids never collide with an earlier run's in JetStream's duplicate window."""
+        ids never collide with an earlier run's in JetStream's duplicate window.
+        ``shard`` is the allocator shard this core is (``allocator.shard``): its work items
+        and trees name it, and its tree ids start with its own prefix, so ids never collide
+        across shards. Partitioning the pool and the step is the caller's (``shard_pool``,
+        ``shard_step``)."""
         if not task_pool:
             raise ValueError("the task pool is empty")
         self.config = config
         self.task_pool = list(task_pool)
         self.run_id = run_id
-        self.id_prefix = id_prefix
+        self.shard = shard or ShardConfig()
+        self.id_prefix = self.shard.tree_prefix + id_prefix
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.planner = planner_for(config)
@@ -491,6 +502,7 @@ class AllocatorCore(CrashReplay):
             max_turns=max_turns,
             min_policy_version=max(0, self.policy_version - self.config.staleness_eta),
             issued_at=now,
+            shard=self.shard.index,
         )
         self._register_work(step, tree, WorkRecord(item.work_id, None, 0, samples, max_turns, reserved))
         self.outcomes.record_decision(tree, item.work_id, None)
@@ -519,6 +531,7 @@ class AllocatorCore(CrashReplay):
             max_turns=max_turns,
             min_policy_version=max(0, self.policy_version - self.config.staleness_eta),
             issued_at=now,
+            shard=self.shard.index,
         )
         self._register_work(
             step, tree, WorkRecord(item.work_id, node.node_id, node.depth, samples, max_turns, reserved)
@@ -560,7 +573,10 @@ class AllocatorCore(CrashReplay):
             self.totals.add_tree(tree)
             learning.trees.append(tree)
         # The learner trains one allocator step per update, so it must know when a step is whole.
-        self._completed.extend(replace(tree, step_tree_count=len(emitted)) for tree in emitted)
+        self._completed.extend(
+            replace(tree, step_tree_count=len(emitted), shard=self.shard.index, shard_count=self.shard.count)
+            for tree in emitted
+        )
         if not emitted and self._base_version is not None:
             # The learner gets nothing of this step, so no version comes of it: later steps
             # expect one version fewer. Otherwise steps that time out empty (every node late,

@@ -20,24 +20,33 @@ Every node the core drops is recorded by id in ``metrics/allocator_drops.jsonl``
 the trees of its step are published, and a clean stop records the nodes its open trees
 hold in ``metrics/allocator_held.jsonl``, so a run can be reconciled node by node
 (``bench.chaos``).
+
+An allocator shard (``allocator.shard``, K > 1) is the same shell over its own part of the
+task pool: it consumes its own nodes subjects through its own durable, rebuilds from its own
+trees, work and nodes only, and writes its metrics and records under its own name
+(``ShardConfig.role_name``: ``allocator-<k>`` for k > 0). Held-out probes are shard 0's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from nats.js import api
+
 from allocator.config import AllocatorConfig
 from allocator.core import ActorLoad, AllocatorCore, DropReason, RoutedWork
 from allocator.heldout import HeldoutProbes, is_probe_tree
-from bus.client import BusClient, Delivery
+from allocator.shard import ShardConfig, shard_pool
+from bus.client import BusClient, Delivery, PullConsumer
 from bus.permissions import ACTOR_MISMATCH
 from bus.streams import read_stream, read_work_queue, stream_extent
 from environments.registry import make_env, make_tasks
-from protocol import CompletedTree, Heartbeat, ProtocolError, Subjects, TaskSpec, TurnNode, WorkItem
+from protocol import CompletedTree, Heartbeat, ProtocolError, Subjects, TaskSpec, TurnNode, WorkItem, replace
 from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
@@ -45,10 +54,21 @@ from tracerl.metrics import LatencyWindow, MetricsWriter, role_metrics
 
 log = get_logger(__name__)
 
-DROPS_METRICS = "allocator_drops"
-# Written once at a clean stop: the node ids held in open trees, which a restarted allocator
-# would replay. Only the last incarnation's record describes the end of a run.
-HELD_METRICS = "allocator_held"
+
+def drops_metrics(shard: ShardConfig) -> str:
+    return f"{shard.role_name}_drops"
+
+
+def held_metrics(shard: ShardConfig) -> str:
+    """Written once at a clean stop: the node ids held in open trees, which a restarted
+    allocator would replay. Only the last incarnation's record describes the end of a run."""
+    return f"{shard.role_name}_held"
+
+
+DROPS_METRICS = drops_metrics(ShardConfig())
+HELD_METRICS = held_metrics(ShardConfig())
+#: Why a node was recorded as dropped by the shell: it came on another allocator shard's subject.
+WRONG_SHARD = "wrong_shard"
 
 
 def live_actor_loads(actors: dict[str, Heartbeat], now: float, timeout_s: float) -> list[ActorLoad]:
@@ -100,7 +120,8 @@ async def rebuild_from_streams(
     The nodes stream is read up to its last sequence at the start: nodes stored later come
     through the durable consumer like any live node. Held-out probe messages are skipped;
     an interrupted probe is simply not tallied. Also returns the queued items that wait on
-    an actor's own subject, by work id, with that actor's id.
+    an actor's own subject, by work id, with that actor's id. Only ``core.shard``'s own
+    trees, work and nodes are replayed: the other shards' are theirs.
     """
     started = time.monotonic()
     s = bus.subjects
@@ -109,10 +130,13 @@ async def rebuild_from_streams(
     version = await bus.get_policy_version() or 0
     core.on_policy_version(version)
     nodes_until = (await stream_extent(bus.js, s.nodes_stream)).last_seq
+    shard = core.shard.index
     rejected = trees = work_items = nodes = 0
     async for _, _, tree in read_stream(bus.js, s.trees_stream, s.trees, CompletedTree, **rules):
         if isinstance(tree, ProtocolError):
             rejected += 1
+            continue
+        if tree.shard != shard:
             continue
         core.restore_emitted(tree.tree_id, [n.node_id for n in tree.nodes])
         trees += 1
@@ -122,14 +146,14 @@ async def rebuild_from_streams(
         if isinstance(item, ProtocolError):
             rejected += 1
             continue
-        if not is_probe_tree(item.tree_id):
+        if item.shard == shard and not is_probe_tree(item.tree_id):
             core.restore_work(item, now)
             work_items += 1
             if subject.startswith(actor_prefix):
                 routed[item.work_id] = (subject[len(actor_prefix) :], item)
     outcomes: dict[str, int] = {}
     async for _, subject, node in read_stream(
-        bus.js, s.nodes_stream, s.nodes, TurnNode, until_seq=nodes_until, **rules
+        bus.js, s.nodes_stream, s.nodes_for_shard(shard), TurnNode, until_seq=nodes_until, **rules
     ):
         if isinstance(node, ProtocolError) or not sent_by_claimed_actor(s, subject, node):
             # A node claiming another actor was dropped (and recorded) when it first arrived.
@@ -165,14 +189,17 @@ class AllocatorService:
     def __init__(self, config: AllocatorConfig, bus: BusClient) -> None:
         self.config = config
         self.bus = bus
-        pool = make_tasks(config.tasks.env, "train", config.tasks.train_tasks, config.tasks.seed)
+        shard = config.shard
+        pool = shard_pool(make_tasks(config.tasks.env, "train", config.tasks.train_tasks, config.tasks.seed), shard)
         heldout = make_tasks(config.tasks.env, "heldout", config.heldout.tasks, config.tasks.seed)
         self.core = AllocatorCore(
-            config.core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts()
+            config.shard_core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts(), shard=shard
         )
-        self.probes = HeldoutProbes(config.heldout, heldout, config.run.run_id)
-        self.metrics = role_metrics(config.run, config.log, "allocator", step_key="step")
-        self.drops = MetricsWriter(config.run.run_dir, DROPS_METRICS)
+        # One shard probes the held-out set: K probes of one version would say nothing new.
+        probing = config.heldout if shard.index == 0 else replace(config.heldout, every_versions=0)
+        self.probes = HeldoutProbes(probing, heldout, config.run.run_id)
+        self.metrics = role_metrics(config.run, config.log, shard.role_name, step_key="step")
+        self.drops = MetricsWriter(config.run.run_dir, drops_metrics(shard))
         self.nodes_dropped = 0
         # Nodes up to this stream sequence were applied by the replay at start.
         self.replayed_until_seq = 0
@@ -210,6 +237,9 @@ class AllocatorService:
         if not sent_by_claimed_actor(self.bus.subjects, delivery.subject, node):
             self.drop_impostor(node, delivery.subject, now)
             return
+        if self.config.shard.count > 1 and not self.own_shard(delivery.subject):
+            self.drop_other_shards(node, delivery.subject, now)
+            return
         outcome = self.core.on_node(node, now)
         if outcome != "accepted":
             log.debug("node_not_accepted", node_id=node.node_id, tree_id=node.tree_id, outcome=outcome)
@@ -233,6 +263,18 @@ class AllocatorService:
         )
         self.nodes_dropped += 1
 
+    def own_shard(self, subject: str) -> bool:
+        parts = self.bus.subjects.node_subject_parts(subject)
+        return parts is not None and parts[1] == self.config.shard.index
+
+    def drop_other_shards(self, node: TurnNode, subject: str, now: float) -> None:
+        """Record a node that came on another shard's subject; its own shard has its copy.
+        The consumer's filter lets none through: this is the check that it does not."""
+        self.bus.count(f"rejected.{WRONG_SHARD}")
+        log.warning("node_of_another_shard", node_id=node.node_id, tree_id=node.tree_id, subject=subject)
+        self.drops.write({"reason": WRONG_SHARD, "tree_id": node.tree_id, "node_ids": [node.node_id]}, now)
+        self.nodes_dropped += 1
+
     def record_drops(self, now: float) -> None:
         """Append the core's dropped node ids, one line per (reason, tree), flushed at once."""
         grouped: dict[tuple[DropReason, str], list[str]] = {}
@@ -248,7 +290,7 @@ class AllocatorService:
             (m.tree_id, [n.node_id for n in m.nodes]) for _, m, _ in self.outbox if isinstance(m, CompletedTree)
         ]
         held = self.core.held_nodes() + unpublished
-        writer = MetricsWriter(self.config.run.run_dir, HELD_METRICS)
+        writer = MetricsWriter(self.config.run.run_dir, held_metrics(self.config.shard))
         try:
             for tree_id, node_ids in held:
                 writer.write({"incarnation": self.incarnation, "tree_id": tree_id, "node_ids": node_ids}, now)
@@ -408,16 +450,43 @@ class AllocatorService:
             log.info("heldout_success", **vars(result))
 
 
+def shard_consumer_config(subjects: Subjects, shard: int, single: api.ConsumerConfig) -> api.ConsumerConfig:
+    """Shard ``shard``'s durable on the nodes stream: the single allocator's (as the bus
+    provisioned it: ack wait, redeliveries) under the shard's name and filter."""
+    name = subjects.allocator_shard_consumer(shard)
+    return dataclasses.replace(
+        single, name=name, durable_name=name, filter_subject=subjects.nodes_for_shard(shard), filter_subjects=None
+    )
+
+
+async def nodes_consumer(bus: BusClient, shard: ShardConfig) -> PullConsumer[TurnNode]:
+    """Bind to this shard's durable on the nodes stream; a shard k > 0 creates its own first
+    (creating it again with the same config is a no-op, so a restart re-binds)."""
+    s = bus.subjects
+    if shard.index > 0:
+        single = await bus.js.consumer_info(s.nodes_stream, s.allocator_consumer)
+        config = shard_consumer_config(s, shard.index, single.config)
+        await bus.js.add_consumer(s.nodes_stream, config=config)
+    return await bus.pull_consumer(s.nodes_stream, s.allocator_shard_consumer(shard.index), TurnNode)
+
+
 async def serve(config: AllocatorConfig) -> int:
     bus = await BusClient.connect("allocator", config.bus, config.run)
     service = AllocatorService(config, bus)
     stop_on_signals(service.stop, config.run.stop_timeout_s)
-    nodes = await bus.pull_consumer(bus.subjects.nodes_stream, bus.subjects.allocator_consumer, TurnNode)
+    nodes = await nodes_consumer(bus, config.shard)
     replay, service.routed = await rebuild_from_streams(service.core, bus, time.time())
     service.replayed_until_seq = replay.nodes_until_seq
     service.record_drops(time.time())
     log.info("allocator_rebuilt", **replay.__dict__)
-    log.info("allocator_started", strategy=config.core.strategy, env=config.tasks.env, pool=len(service.core.task_pool))
+    log.info(
+        "allocator_started",
+        strategy=config.core.strategy,
+        env=config.tasks.env,
+        pool=len(service.core.task_pool),
+        shard=config.shard.index,
+        shards=config.shard.count,
+    )
     tasks = [
         asyncio.create_task(nodes.run(service.on_node, service.stop, batch=256, timeout=0.2), name="consume-nodes"),
         asyncio.create_task(service.watch_policy(), name="watch-policy"),
@@ -441,6 +510,6 @@ async def serve(config: AllocatorConfig) -> int:
 
 
 def run(config: AllocatorConfig) -> int:
-    configure_logging("allocator", config.run.run_dir, config.log.level, config.log.json_file)
-    write_resolved_config(config, "allocator")
+    configure_logging(config.shard.role_name, config.run.run_dir, config.log.level, config.log.json_file)
+    write_resolved_config(config, config.shard.role_name)
     return run_role(serve(config))

@@ -288,6 +288,8 @@ class RolloutTree:
         if not records:
             return None, left_out
         tree = CompletedTree(
+            shard=0,
+            shard_count=1,
             run_id=run_id,
             tree_id=self.tree_id,
             task=self.task,

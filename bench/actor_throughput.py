@@ -52,6 +52,7 @@ def workload(run_id: str, items: int, samples: int, max_tokens: int, prefix: str
     tasks = make_tasks("multihop", "train", items, seed=7)
     return [
         WorkItem(
+            shard=0,
             run_id=run_id,
             work_id=f"{prefix}{i}",
             tree_id=f"T{i}",

@@ -51,6 +51,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from allocator.shard import ShardConfig
 from bench.harness import SMALL_RUN, BenchRun, bench_up_config, count_log_events, fresh_run_dir, learner_steps
 from learner.versions import Publication, read_publications
 from tracerl.logs import get_logger
@@ -375,21 +376,22 @@ def reconcile_training(
 # ---------------------------------------------------------------------------- run records
 
 
-def read_drop_records(run_dir: Path) -> list[DropRecord]:
-    from allocator.service import DROPS_METRICS
+def read_drop_records(run_dir: Path, shard: ShardConfig | None = None) -> list[DropRecord]:
+    """The drop records of the allocator (of allocator shard ``shard``)."""
+    from allocator.service import drops_metrics
 
     return [
         DropRecord(r["reason"], r["tree_id"], tuple(r["node_ids"]))
-        for r in read_metrics(metrics_path(run_dir, DROPS_METRICS))
+        for r in read_metrics(metrics_path(run_dir, drops_metrics(shard or ShardConfig())))
         if "node_ids" in r
     ]
 
 
-def read_held(run_dir: Path) -> tuple[list[str], bool]:
-    """Node ids the allocator's last incarnation held at its clean stop, and whether it recorded one."""
-    from allocator.service import HELD_METRICS
+def read_held(run_dir: Path, shard: ShardConfig | None = None) -> tuple[list[str], bool]:
+    """Node ids the allocator's (shard's) last incarnation held at its clean stop, and whether it recorded one."""
+    from allocator.service import held_metrics
 
-    records = list(read_metrics(metrics_path(run_dir, HELD_METRICS)))
+    records = list(read_metrics(metrics_path(run_dir, held_metrics(shard or ShardConfig()))))
     stops = [r["incarnation"] for r in records if r.get("stopped")]
     if not stops:
         return [], False

@@ -228,6 +228,9 @@ def bench_scale(
     tokens_per_turn: Annotated[int, typer.Option(help="Tokens in each simulated turn.")] = 48,
     learner_step_s: Annotated[float, typer.Option(help="Seconds the simulated learner 'trains' per step.")] = 1.0,
     actors_per_host: Annotated[int, typer.Option(help="Simulated actors per host process.")] = 128,
+    shards: Annotated[
+        int, typer.Option(help="Allocator shards (processes) sharing the run; results go to scale-k<K>.{md,json}.")
+    ] = 1,
     config: ConfigOption = None,
     set_: BenchSetOption = None,
     work_dir: Annotated[Path, typer.Option(help="Where the runs go (<work_dir>/scale-<N>).")] = Path(
@@ -241,7 +244,7 @@ def bench_scale(
     model) and a simulated learner, for each N: nodes/s through the allocator, its schedule() p99, work latency,
     allocator memory per open node and CPU per node, and the cores the bus and the actors used. Writes
     bench/results/scale.{md,json} with the ceiling: the first N whose schedule p99 passes 5 ms or whose throughput
-    stops growing with N."""
+    stops growing with N. With --shards K, K allocator shards share the run and each is reported too."""
     from bench.scale import ScaleOptions, run_scale_bench
 
     try:
@@ -253,6 +256,7 @@ def bench_scale(
             tokens_per_turn=tokens_per_turn,
             learner_step_s=learner_step_s,
             actors_per_host=actors_per_host,
+            shards=shards,
             work_dir=str(work_dir),
             results_dir=str(results_dir) if results_dir else None,
         )
@@ -539,6 +543,10 @@ def bench_join(
 def bench_weight_sync(
     sizes_mib: Annotated[str, typer.Option(help="Comma-separated object sizes in MiB.")] = "256,1024",
     fetchers: Annotated[str, typer.Option(help="Comma-separated counts of concurrent fetcher processes.")] = "1,2,4",
+    receivers: Annotated[
+        str, typer.Option(help="Comma-separated counts of broadcast receiver processes (gloo; empty skips it).")
+    ] = "1,2,4",
+    bucket_mib: Annotated[int, typer.Option(help="Bucket size of the broadcast in MiB.")] = 128,
     model_gb: Annotated[float, typer.Option(help="Bytes of one version of the projected model, in GB.")] = 28.0,
     model_params_b: Annotated[float, typer.Option(help="Parameters of the projected model, in billions.")] = 14.0,
     actors: Annotated[str, typer.Option(help="Comma-separated actor counts to project to.")] = "8,64",
@@ -554,8 +562,10 @@ def bench_weight_sync(
 ) -> None:
     """Weights at the size of real models: a real nats-server, the learner role puts an object of each size into
     the weights bucket (1 MiB chunks, as the learner publishes), then 1, 2, 4 actor processes fetch it at once and
-    check its sha256; put and fetch GB/s. Projects the sync time per version of a --model-gb model to --actors
-    actors next to a learner step's time from the stated assumptions. Writes bench/results/weight_sync.{md,json}."""
+    check its sha256; put and fetch GB/s. Then the broadcast transport: rank 0 sends a version of each size to
+    1, 2, 4 receiver processes over gloo (loopback here), each checking its sha256, timed against the object store.
+    Projects the sync time per version of a --model-gb model to --actors actors next to a learner step's time from
+    the stated assumptions. Writes bench/results/weight_sync.{md,json}."""
     from bench.weight_sync import SyncAssumptions, markdown, run_weight_sync
 
     try:
@@ -571,10 +581,15 @@ def bench_weight_sync(
         )
         sizes = [int(s) for s in sizes_mib.split(",") if s.strip()]
         counts = [int(c) for c in fetchers.split(",") if c.strip()]
+        receiver_counts = [int(c) for c in receivers.split(",") if c.strip()]
         if not sizes or min(sizes) < 1 or not counts or min(counts) < 1:
             raise ValueError("--sizes-mib and --fetchers must list integers >= 1")
+        if (receiver_counts and min(receiver_counts) < 1) or bucket_mib < 1:
+            raise ValueError("--receivers and --bucket-mib must be integers >= 1")
     except ValueError as err:
         typer.echo(f"tracerl bench weight-sync: {err}", err=True)
         raise typer.Exit(2) from None
-    results = run_weight_sync(sizes, counts, assumptions, results_dir or Path(__file__).parent / "results")
+    results = run_weight_sync(
+        sizes, counts, assumptions, results_dir or Path(__file__).parent / "results", receiver_counts, bucket_mib
+    )
     typer.echo(markdown(results))

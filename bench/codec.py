@@ -98,6 +98,8 @@ def completed_tree(index: int) -> CompletedTree:
                 )
             )
     return CompletedTree(
+        shard=0,
+        shard_count=1,
         run_id="bench",
         tree_id=f"tree-{index}",
         task=_task(index),
@@ -114,6 +116,7 @@ def completed_tree(index: int) -> CompletedTree:
 
 def work_item(index: int) -> WorkItem:
     return WorkItem(
+        shard=0,
         run_id="bench",
         work_id=f"tree-{index}-b{index}",
         tree_id=f"tree-{index}",

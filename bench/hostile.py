@@ -33,6 +33,8 @@ import msgpack
 from bus.permissions import object_stream
 from protocol import (
     MESSAGE_TYPES,
+    BroadcastGroup,
+    BroadcastJoin,
     CompletedTree,
     Heartbeat,
     ProtocolError,
@@ -84,6 +86,8 @@ _PADDING_FIELD: dict[type, str] = {
     CompletedTree: "strategy",
     WeightsAnnouncement: "object_name",
     Heartbeat: "actor_id",
+    BroadcastJoin: "actor_id",
+    BroadcastGroup: "host",
 }
 
 
@@ -195,6 +199,8 @@ def template(cls: type[Any], run_id: str, rng: random.Random) -> Any:
             reward=1.0,
         )
         return CompletedTree(
+            shard=0,
+            shard_count=1,
             run_id=run_id,
             tree_id=tree_id,
             task=task,
@@ -228,6 +234,20 @@ def template(cls: type[Any], run_id: str, rng: random.Random) -> Any:
             turns_generated=0,
             started_at=0.0,
             sent_at=0.0,
+        )
+    if cls is BroadcastJoin:
+        return BroadcastJoin(run_id=run_id, actor_id=FLOOD_ACTOR, sent_at=0.0)
+    if cls is BroadcastGroup:
+        return BroadcastGroup(
+            run_id=run_id,
+            group_id=f"{FLOOD_ID_PREFIX}group{n}",
+            epoch=1,
+            host="127.0.0.1",
+            port=1,
+            backend="gloo",
+            members=[FLOOD_ACTOR],
+            bucket_bytes=1,
+            created_at=0.0,
         )
     raise TypeError(f"no template for {cls.__name__}")
 

@@ -150,6 +150,7 @@ class VersionBench:
         base = self.core.sampling
         seed = int(self.rng.integers(0, 2**31 - 1))
         return WorkItem(
+            shard=0,
             run_id=RUN_ID,
             work_id=work_id_for(tree.tree_id, self.work_seq),
             tree_id=tree.tree_id,

@@ -30,7 +30,12 @@ For each N, after a warm-up, over ``seconds``:
   ceiling of one allocator core, ``1000 / cpu_ms_per_node`` nodes/s.
 
 The ceiling is the first N whose schedule CPU p99 passes 5 ms or whose throughput grew by less
-than half the growth in actors from the previous N (``find_ceiling``). On a 2-core machine
+than half the growth in actors from the previous N (``find_ceiling``).
+
+With ``--shards K``, K allocator processes share the run (``allocator.shard``: the prompts
+partitioned among them, each with 1/K of the step). A point then reports each shard's
+nodes/s, schedule p99 and cores, and as the whole: the nodes/s of all shards, the worst
+shard's p99, and the CPU of all shards per node. Results go to ``scale-k<K>.{md,json}``. On a 2-core machine
 the actor hosts compete with the allocator and the bus for the same cores, so the run also
 says when the hosts were the bottleneck; the per-node CPU cost is what carries over to a
 machine where the allocator has its own core.
@@ -109,6 +114,21 @@ class ScalePoint:
     allocator_rss_per_open_node_kib: float | None
     open_nodes: float
     cores_busy: Mapping[str, float]
+    # Each allocator shard's own figures when there are several (``--shards``).
+    shards: tuple[ShardPoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShardPoint:
+    """One allocator shard's part of a point."""
+
+    name: str
+    nodes_per_s: float
+    schedule_cpu_p99_ms: float
+    schedule_p99_ms: float
+    cores_busy: float
+    cpu_ms_per_node: float
+    open_nodes: float
 
 
 def step_shape(actors: int, group_size: int, turns_per_episode: float = 3.0) -> dict[str, int]:
@@ -303,6 +323,7 @@ async def serve_simulated_learner(config_path: Path, step_seconds: float) -> int
     """Take the allocator's trees; after each step's last tree, wait ``step_seconds`` and
     publish the next version of the simulated weights, pruned as the real learner prunes."""
     from bus.client import BusClient, Delivery
+    from learner.batching import step_is_whole
     from learner.config import LearnerConfig
     from learner.weights_retention import prune_weights, weights_announcement
     from protocol import CompletedTree
@@ -315,7 +336,7 @@ async def serve_simulated_learner(config_path: Path, step_seconds: float) -> int
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    step_trees: dict[int, set[str]] = {}
+    step_trees: dict[int, list[CompletedTree]] = {}
     version = trees = 0
 
     async def publish(new_version: int) -> None:
@@ -328,9 +349,9 @@ async def serve_simulated_learner(config_path: Path, step_seconds: float) -> int
     async def on_tree(tree: CompletedTree, delivery: Delivery) -> None:
         nonlocal version, trees
         trees += 1
-        seen = step_trees.setdefault(tree.allocator_step, set())
-        seen.add(tree.tree_id)
-        if len(seen) >= tree.step_tree_count:
+        seen = step_trees.setdefault(tree.allocator_step, [])
+        seen.append(tree)
+        if step_is_whole(seen):
             del step_trees[tree.allocator_step]
             await asyncio.sleep(step_seconds)
             version += 1
@@ -358,6 +379,7 @@ class ScaleOptions:
     answer_probability: float = 0.35
     learner_step_s: float = 1.0
     actors_per_host: int = 128
+    shards: int = 1
     work_dir: str = "runs/bench-scale"
     results_dir: str | None = None
     start_timeout_s: float = 300.0
@@ -369,6 +391,19 @@ class ScaleOptions:
             raise ValueError("--seconds and --turn-seconds must be > 0, --warmup-s and --learner-step-s >= 0")
         if self.tokens_per_turn < 8 or not 0 < self.answer_probability <= 1 or self.actors_per_host < 1:
             raise ValueError("--tokens-per-turn >= 8, 0 < --answer-probability <= 1, --actors-per-host >= 1")
+        if self.shards < 1:
+            raise ValueError("--shards must be >= 1")
+
+    @property
+    def results_name(self) -> str:
+        return "scale" if self.shards == 1 else f"scale-k{self.shards}"
+
+    @property
+    def shard_names(self) -> list[str]:
+        """The allocator shards' process (and metrics) names."""
+        from allocator.shard import ShardConfig
+
+        return [ShardConfig(index=index, count=self.shards).role_name for index in range(self.shards)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -400,7 +435,7 @@ def role_pids(run: BenchRun) -> dict[str, list[int]]:
     """The processes whose CPU the point reports: the nats-server, the allocator, the actor hosts."""
     pids: dict[str, list[int]] = {"allocator": [], "nats_server": [], "actor_hosts": [], "learner_sim": []}
     for name, proc in run.supervisor.processes.items():
-        if name == "allocator":
+        if name == "allocator" or name.startswith("allocator-"):
             pids["allocator"].append(proc.popen.pid)
         elif name.startswith("scale-actors"):
             pids["actor_hosts"].append(proc.popen.pid)
@@ -416,10 +451,11 @@ def cpu_by_role(pids: Mapping[str, Sequence[int]]) -> dict[str, float]:
     return {role: sum(cpu_seconds(pid) for pid in group) for role, group in pids.items()}
 
 
-def allocator_records(run_dir: Path, since: float, until: float) -> list[dict[str, Any]]:
+def allocator_records(run_dir: Path, since: float, until: float, name: str = "allocator") -> list[dict[str, Any]]:
+    """The metrics records of allocator (shard) ``name`` in ``[since, until]``."""
     return [
         r
-        for r in read_metrics(metrics_path(run_dir, "allocator"))
+        for r in read_metrics(metrics_path(run_dir, name))
         if "live_actors" in r and since <= float(r["time"]) <= until
     ]
 
@@ -457,15 +493,22 @@ def measure_point(actors: int, options: ScaleOptions, overrides: Sequence[str]) 
     run_dir = Path(options.work_dir) / f"scale-{actors}"
     fresh_run_dir(run_dir, MARKER, "scale")
     shape = [f"{k}={v}" for k, v in step_shape(actors, int(SCALE_RUN["allocator.core.group_size"])).items()]
-    up = bench_up_config(SCALE_RUN, [f"run.run_dir={run_dir}", *shape, *overrides], ["num_actors=0", "eval_tasks=0"])
+    shards = [f"allocator.shard.count={options.shards}"] if options.shards > 1 else []
+    up = bench_up_config(
+        SCALE_RUN, [f"run.run_dir={run_dir}", *shape, *shards, *overrides], ["num_actors=0", "eval_tasks=0"]
+    )
+    names = options.shard_names
     with BenchRun(up, f"scale N={actors}") as run:
-        start_roles(run.supervisor, up, ["bus", "allocator"], run.config_dir)
+        start_roles(run.supervisor, up, ["bus", *names], run.config_dir)
         failure = run.wait_until(
-            lambda: bool(allocator_records(run.run_dir, 0, float("inf"))), options.start_timeout_s, "the allocator"
+            lambda: all(allocator_records(run.run_dir, 0, float("inf"), name) for name in names),
+            options.start_timeout_s,
+            "the allocator",
         )
         if failure:
             raise RuntimeError(f"N={actors}: {failure}")
-        base_rss = rss_bytes(run.supervisor.processes["allocator"].popen.pid)
+        shard_pids = {name: run.supervisor.processes[name].popen.pid for name in names}
+        base_rss = sum(rss_bytes(pid) for pid in shard_pids.values())
         sim_model = make_simulated_model_dir(run.model_dir, run.run_dir / "simulated-model")
         actor_config = replace(
             up.actor, bus=run.configs["allocator"].bus, model_dir=str(sim_model), run=up.run, log=up.log
@@ -490,21 +533,42 @@ def measure_point(actors: int, options: ScaleOptions, overrides: Sequence[str]) 
             raise RuntimeError(f"N={actors}: {failure}")
         failure = hold(run, options.warmup_s)
         pids = role_pids(run)
-        cpu_start, window_start = cpu_by_role(pids), time.time()
+        cpu_start, shard_cpu_start, window_start = cpu_by_role(pids), cpu_by_role(_each(shard_pids)), time.time()
         failure = failure or hold(run, options.seconds)
-        cpu_end, window_end = cpu_by_role(pids), time.time()
-        end_rss = rss_bytes(pids["allocator"][0])
+        cpu_end, shard_cpu_end, window_end = cpu_by_role(pids), cpu_by_role(_each(shard_pids)), time.time()
+        end_rss = sum(rss_bytes(pid) for pid in shard_pids.values())
         # The simulated roles first: the bus must outlive their goodbyes.
         run.stop_each(["scale-learner", *(n for n in run.supervisor.processes if n.startswith("scale-actors"))])
         if failure:
             raise RuntimeError(f"N={actors}: {failure}")
-    return summarise_point(actors, run_dir, window_start, window_end, cpu_start, cpu_end, base_rss, end_rss)
+    seconds = window_end - window_start
+    shard_cores = {name: (shard_cpu_end[name] - shard_cpu_start[name]) / seconds for name in names}
+    return summarise_point(
+        actors, run_dir, window_start, window_end, cpu_start, cpu_end, base_rss, end_rss, shard_cores
+    )
+
+
+def _each(pids: Mapping[str, int]) -> dict[str, list[int]]:
+    return {name: [pid] for name, pid in pids.items()}
 
 
 def hold(run: BenchRun, seconds: float) -> str | None:
     """Let the run go on for ``seconds``; the failure of a role that exited meanwhile, if any."""
     until = time.time() + seconds
     return run.wait_until(lambda: time.time() >= until, seconds + 60.0, f"{seconds:.0f} s")
+
+
+def _p99s(records: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+    """A shard's per-interval p99s of ``key`` (the first record's interval began before the window)."""
+    return [float(r[key]) for r in records[1:] if r.get(key) is not None]
+
+
+def _accepted(records: Sequence[Mapping[str, Any]]) -> float:
+    return float(records[-1].get("core.nodes_accepted") or 0.0) - float(records[0].get("core.nodes_accepted") or 0.0)
+
+
+def _worst(values: Sequence[float]) -> float:
+    return max(values) if values else float("nan")
 
 
 def summarise_point(
@@ -516,31 +580,55 @@ def summarise_point(
     cpu_end: Mapping[str, float],
     base_rss: float,
     end_rss: float,
+    shard_cores: Mapping[str, float] | None = None,
 ) -> ScalePoint:
-    records = allocator_records(run_dir, window_start - 2.5, window_end + 2.5)
-    if len(records) < 2:
-        raise RuntimeError(f"N={actors}: fewer than two allocator metrics records in the window")
-    first, last = records[0], records[-1]
+    """The point over every allocator shard in ``shard_cores`` (by default the single allocator):
+    nodes/s added up, the worst shard's p99, CPU per node over all of them."""
+    names = list(shard_cores) if shard_cores else ["allocator"]
+    by_shard = {name: allocator_records(run_dir, window_start - 2.5, window_end + 2.5, name) for name in names}
+    for name, records in by_shard.items():
+        if len(records) < 2:
+            raise RuntimeError(f"N={actors}: fewer than two {name} metrics records in the window")
     seconds = window_end - window_start
-    nodes_per_s = rate(first, last, "core.nodes_accepted")
-    p99s = [float(r["schedule_ms.p99"]) for r in records[1:] if r.get("schedule_ms.p99") is not None]
-    cpu_p99s = [float(r["schedule_cpu_ms.p99"]) for r in records[1:] if r.get("schedule_cpu_ms.p99") is not None]
-    ages = [float(r["node_age_s.p50"]) for r in records[1:] if r.get("node_age_s.p50") is not None]
+    p99s = [v for records in by_shard.values() for v in _p99s(records, "schedule_ms.p99")]
+    cpu_p99s = [v for records in by_shard.values() for v in _p99s(records, "schedule_cpu_ms.p99")]
+    ages = [v for records in by_shard.values() for v in _p99s(records, "node_age_s.p50")]
     cores = {role: (cpu_end[role] - cpu_start[role]) / seconds for role in cpu_end}
-    accepted = float(last.get("core.nodes_accepted") or 0.0) - float(first.get("core.nodes_accepted") or 0.0)
-    open_nodes = statistics.fmean(float(r.get("core.open_nodes") or 0.0) for r in records)
+    accepted = sum(_accepted(records) for records in by_shard.values())
+
+    def open_nodes_of(records: Sequence[Mapping[str, Any]]) -> float:
+        return statistics.fmean(float(r.get("core.open_nodes") or 0.0) for r in records)
+
+    open_nodes = sum(open_nodes_of(records) for records in by_shard.values())
+    shards: tuple[ShardPoint, ...] = ()
+    if shard_cores and len(names) > 1:
+        shards = tuple(
+            ShardPoint(
+                name=name,
+                nodes_per_s=rate(records[0], records[-1], "core.nodes_accepted"),
+                schedule_cpu_p99_ms=_worst(_p99s(records, "schedule_cpu_ms.p99")),
+                schedule_p99_ms=_worst(_p99s(records, "schedule_ms.p99")),
+                cores_busy=shard_cores[name],
+                cpu_ms_per_node=1000.0 * shard_cores[name] * seconds / _accepted(records)
+                if _accepted(records)
+                else float("nan"),
+                open_nodes=open_nodes_of(records),
+            )
+            for name, records in by_shard.items()
+        )
     return ScalePoint(
         actors=actors,
-        nodes_per_s=nodes_per_s,
-        schedule_p99_ms=max(p99s) if p99s else float("nan"),
+        nodes_per_s=sum(rate(records[0], records[-1], "core.nodes_accepted") for records in by_shard.values()),
+        schedule_p99_ms=_worst(p99s),
         schedule_p99_ms_median=statistics.median(p99s) if p99s else float("nan"),
-        schedule_cpu_p99_ms=max(cpu_p99s) if cpu_p99s else float("nan"),
+        schedule_cpu_p99_ms=_worst(cpu_p99s),
         work_latency_s=actor_queue_wait_s(run_dir, window_start, window_end)
         + (statistics.median(ages) if ages else float("nan")),
         allocator_cpu_ms_per_node=1000.0 * cores["allocator"] * seconds / accepted if accepted else float("nan"),
         allocator_rss_per_open_node_kib=(end_rss - base_rss) / 1024.0 / open_nodes if open_nodes else None,
         open_nodes=open_nodes,
         cores_busy=cores,
+        shards=shards,
     )
 
 
@@ -551,7 +639,7 @@ def _num(value: float | None, digits: int = 2) -> str:
 def scale_markdown(points: Sequence[ScalePoint], options: ScaleOptions, settings: Mapping[str, Any]) -> str:
     ceiling, why = find_ceiling(points)
     lines = [
-        "# Control plane to its ceiling",
+        "# Control plane to its ceiling" + ("" if options.shards == 1 else f", {options.shards} allocator shards"),
         "",
         "The real nats-server and the real allocator (TRACE, one prompt per actor per step) fed by N simulated actors "
         "(the real actor service over an engine with no model; bench/scale.py) and a simulated learner. "
@@ -573,6 +661,24 @@ def scale_markdown(points: Sequence[ScalePoint], options: ScaleOptions, settings
             f"| {_num(p.allocator_rss_per_open_node_kib, 1)} | {_num(p.open_nodes, 0)} "
             f"| {_num(c.get('nats_server'))} / {_num(c.get('allocator'))} / {_num(c.get('actor_hosts'))} |"
         )
+    sharded = [p for p in sorted(points, key=lambda p: p.actors) if p.shards]
+    if sharded:
+        lines += [
+            "",
+            f"{options.shards} allocator shards: the table's nodes/s add up the shards, its p99 is the worst shard's "
+            "and its allocator CPU per node is all shards' CPU over all their nodes. Each shard:",
+            "",
+            "| N | shard | nodes/s | schedule p99 CPU ms | schedule p99 wall ms | allocator CPU ms/node "
+            "| open nodes | cores |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for p in sharded:
+            for shard in p.shards:
+                lines.append(
+                    f"| {p.actors} | {shard.name} | {_num(shard.nodes_per_s, 1)} | {_num(shard.schedule_cpu_p99_ms)} "
+                    f"| {_num(shard.schedule_p99_ms)} | {_num(shard.cpu_ms_per_node, 3)} "
+                    f"| {_num(shard.open_nodes, 0)} | {_num(shard.cores_busy)} |"
+                )
     lines += ["", f"Ceiling: {'N = ' + str(ceiling) if ceiling else 'none'} ({why})."]
     costs = [p.allocator_cpu_ms_per_node for p in points if p.allocator_cpu_ms_per_node == p.allocator_cpu_ms_per_node]
     if costs:
@@ -614,6 +720,12 @@ def run_scale_bench(options: ScaleOptions, overrides: Sequence[str]) -> dict[str
             f"allocator {point.allocator_cpu_ms_per_node:.3f} CPU ms/node",
             flush=True,
         )
+        for shard in point.shards:
+            print(
+                f"[bench scale] N={actors} {shard.name}: {shard.nodes_per_s:.1f} nodes/s, "
+                f"schedule p99 {shard.schedule_cpu_p99_ms:.2f} CPU ms ({shard.schedule_p99_ms:.2f} wall)",
+                flush=True,
+            )
     ceiling, why = find_ceiling(points)
     costs = [p.allocator_cpu_ms_per_node for p in points if p.allocator_cpu_ms_per_node == p.allocator_cpu_ms_per_node]
     settings = {**dataclasses.asdict(options), "overrides": list(overrides), "cpu_count": os.cpu_count()}
@@ -627,7 +739,7 @@ def run_scale_bench(options: ScaleOptions, overrides: Sequence[str]) -> dict[str
         "projected_nodes_per_s_one_allocator_core": projected_node_ceiling(max(costs)) if costs else None,
     }
     write_results(
-        "scale",
+        options.results_name,
         payload,
         scale_markdown(points, options, settings),
         Path(options.results_dir) if options.results_dir else None,

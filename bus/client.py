@@ -12,8 +12,9 @@ subjects come from ``protocol.Subjects``. What it adds over nats-py:
   after ``max_deliver`` attempts the bus's sweeper moves it to the DLQ), or later by a
   handler that holds it (``Delivery.hold``);
 - weights in the Object Store with 1 MiB chunks and a linear-time get;
-- KV helpers for the current weights announcement (policy version) and the actor
-  registry (one ``Heartbeat`` per ``actors.<id>`` key);
+- KV helpers for the current weights announcement (policy version), the actor
+  registry (one ``Heartbeat`` per ``actors.<id>`` key) and the weights broadcast's
+  membership (``BroadcastJoin`` per ``broadcast.<id>`` key, the learner's ``BroadcastGroup``);
 - ``counters``: a flat dict of counts for metrics.
 """
 
@@ -35,7 +36,16 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from protocol import Heartbeat, ProtocolError, Subjects, WeightsAnnouncement, decode, encode
+from protocol import (
+    BroadcastGroup,
+    BroadcastJoin,
+    Heartbeat,
+    ProtocolError,
+    Subjects,
+    WeightsAnnouncement,
+    decode,
+    encode,
+)
 from protocol.codec import DEFAULT_MAX_BYTES
 from tracerl.config import BusConfig, RunConfig
 from tracerl.logs import get_logger
@@ -43,7 +53,7 @@ from tracerl.logs import get_logger
 from . import deadletter
 from .acks import AckWindow, PublishError
 from .config import StreamLimits
-from .permissions import ACTOR_KEY_PATTERN, ACTOR_MISMATCH, object_stream
+from .permissions import ACTOR_KEY_PATTERN, ACTOR_MISMATCH, BROADCAST_JOIN_KEY_PATTERN, object_stream
 from .provision import actor_consumer_config
 from .server import RoleCredentials, credentials_path
 from .tls import client_context
@@ -51,6 +61,7 @@ from .tls import client_context
 log = get_logger(__name__)
 
 T = TypeVar("T")
+PerActor = TypeVar("PerActor", Heartbeat, BroadcastJoin)
 
 OBJECT_CHUNK_BYTES = 1024 * 1024
 #: How long a registry read keeps listening after nats-py says the current state is complete.
@@ -434,9 +445,44 @@ class BusClient:
     async def get_actors(self) -> dict[str, Heartbeat]:
         """Every registered actor's latest heartbeat; unreadable entries, and beats under
         another actor's key, are counted and skipped."""
+        return await self._read_per_actor(ACTOR_KEY_PATTERN, Heartbeat, Subjects.actor_key)
+
+    # Weights broadcast membership (KV) ----------------------------------------------
+
+    async def put_broadcast_join(self, join: BroadcastJoin) -> int:
+        """Actor: ask to join the learner's weights broadcast (key ``broadcast.<id>``)."""
         kv = await self._state()
-        watcher = await kv.watch(ACTOR_KEY_PATTERN, ignore_deletes=True, inactive_threshold=REGISTRY_WATCH_INACTIVE_S)
-        actors: dict[str, Heartbeat] = {}
+        return await kv.put(Subjects.broadcast_join_key(join.actor_id), encode(join))
+
+    async def delete_broadcast_join(self, actor_id: str) -> None:
+        kv = await self._state()
+        await kv.delete(Subjects.broadcast_join_key(actor_id))
+
+    async def get_broadcast_joins(self) -> dict[str, BroadcastJoin]:
+        """Every actor's latest request to join the broadcast, checked like the registry."""
+        return await self._read_per_actor(BROADCAST_JOIN_KEY_PATTERN, BroadcastJoin, Subjects.broadcast_join_key)
+
+    async def put_broadcast_group(self, group: BroadcastGroup) -> int:
+        """Learner only: make ``group`` the current broadcast group."""
+        kv = await self._state()
+        return await kv.put(Subjects.BROADCAST_GROUP_KEY, encode(group))
+
+    async def get_broadcast_group(self) -> BroadcastGroup | None:
+        kv = await self._state()
+        try:
+            entry = await kv.get(Subjects.BROADCAST_GROUP_KEY)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return self._decode_entry(entry.value, BroadcastGroup, Subjects.BROADCAST_GROUP_KEY)
+
+    async def _read_per_actor(
+        self, pattern: str, expected: type[PerActor], key_of: Callable[[str], str]
+    ) -> dict[str, PerActor]:
+        """The latest entry under every key of ``pattern``, by actor id. An entry naming an
+        actor other than its key's is counted (``rejected.actor_mismatch``) and skipped."""
+        kv = await self._state()
+        watcher = await kv.watch(pattern, ignore_deletes=True, inactive_threshold=REGISTRY_WATCH_INACTIVE_S)
+        entries: dict[str, PerActor] = {}
         loop = asyncio.get_running_loop()
         settle_until: float | None = None
         try:
@@ -460,16 +506,16 @@ class BusClient:
                     # (bounded: live heartbeats keep arriving).
                     settle_until = loop.time() + REGISTRY_SETTLE_S
                     continue
-                beat = self._decode_entry(entry.value, Heartbeat, entry.key)
-                if beat is not None and entry.key != Subjects.actor_key(beat.actor_id):
-                    # An actor may write only its own key; a beat naming another actor is a forgery.
+                value = self._decode_entry(entry.value, expected, entry.key)
+                if value is not None and entry.key != key_of(value.actor_id):
+                    # An actor may write only its own key; an entry naming another actor is a forgery.
                     self._counters[f"rejected.{ACTOR_MISMATCH}"] += 1
-                    log.warning("heartbeat_actor_mismatch", key=entry.key, claimed=beat.actor_id)
-                elif beat is not None:
-                    actors[beat.actor_id] = beat
+                    log.warning("kv_entry_actor_mismatch", key=entry.key, claimed=value.actor_id)
+                elif value is not None:
+                    entries[value.actor_id] = value
         finally:
             await watcher.stop()
-        return actors
+        return entries
 
 
 class PullConsumer(Generic[T]):

@@ -9,11 +9,14 @@ Policy (see PLATFORM-NOTES "NATS roles, permissions"):
   consumers, and it runs the dead-letter sweeper.
 - ``actor`` publishes TurnNodes and dead letters, pulls from the shared work consumer,
   reads the weights object store and the state KV bucket, and writes only registry keys
-  ``actors.<id>`` (never ``policy_version``, never the weights bucket).
+  ``actors.<id>`` and broadcast join requests ``broadcast.<id>`` (never ``policy_version``
+  or ``weights_broadcast``, never the weights bucket).
 - ``allocator`` consumes nodes, publishes work and trees, reads the state KV bucket, and
   may read (never consume) the nodes, trees and work streams to rebuild after a restart.
-- ``learner`` consumes trees, writes the weights object store, the ``policy_version`` key
-  and the weights announcement.
+  An allocator shard k > 0 (``allocator.shard``) creates its own durable on the nodes
+  stream, filtered to that shard's node subjects.
+- ``learner`` consumes trees, writes the weights object store, the ``policy_version`` and
+  ``weights_broadcast`` keys and the weights announcement.
 
 Per-actor work subjects: each actor creates (or re-binds) its own durable pull consumer
 ``actor_<id>`` on the work stream, filtered to ``work.actor.<id>``. nats-py sends that
@@ -23,10 +26,11 @@ that competes for the shared queue or reads another stream. The work stream has
 work-queue retention, which already forbids two consumers with overlapping filters, so
 two processes cannot both claim one actor id.
 
-Per-actor identity: an actor's TurnNodes go to ``nodes.<actor id>``. The shared ``actor``
+Per-actor identity: an actor's TurnNodes go to ``nodes.<actor id>`` (``nodes.<actor id>.<k>``
+for the work of allocator shard k > 0). The shared ``actor``
 user (a single host's dev default) may publish under any id; a per-actor user
 (``tracerl bus add-actor``, the default beyond loopback) is allowed only its own node
-subject, its own registry key, its own durable ``actor_<id>`` filtered to its own work
+subject, its own registry and broadcast join keys, its own durable ``actor_<id>`` filtered to its own work
 subject, the shared work durable, and a reply inbox of its own. The allocator drops a node
 whose ``actor_id`` differs from the id in its subject, so with per-actor users no actor can
 publish a node as another. Dead letters stay one shared sink: an actor copies there what it
@@ -43,6 +47,8 @@ ROLES: tuple[str, ...] = ("admin", "actor", "allocator", "learner")
 
 # Every key Subjects.actor_key can produce (KV keys are subject tokens, so "*" is one id).
 ACTOR_KEY_PATTERN = Subjects.actor_key("any").rpartition(".")[0] + ".*"
+# Every key Subjects.broadcast_join_key can produce.
+BROADCAST_JOIN_KEY_PATTERN = Subjects.broadcast_join_key("any").rpartition(".")[0] + ".*"
 
 
 @dataclass(frozen=True)
@@ -120,17 +126,20 @@ def _read_weights(s: Subjects) -> list[str]:
 def _actor_publish(s: Subjects, actor_id: str) -> list[str]:
     """An actor's publish allow-list: any actor's subjects for ``ANY_ACTOR``, else only its own."""
     if actor_id == ANY_ACTOR:
-        own_nodes, own_key = s.nodes, ACTOR_KEY_PATTERN
+        own_nodes, own_key, own_join_key = [s.nodes, s.sharded_nodes], ACTOR_KEY_PATTERN, BROADCAST_JOIN_KEY_PATTERN
         own_consumer, own_work = "*", f"{s.prefix}.work.actor.*"
         pulled = ["*"]
     else:
-        own_nodes, own_key = s.nodes_from(actor_id), Subjects.actor_key(actor_id)
+        # Its nodes for allocator shard 0, and for any other shard (Subjects.nodes_from).
+        own_nodes, own_key = [s.nodes_from(actor_id), f"{s.nodes_from(actor_id)}.*"], Subjects.actor_key(actor_id)
+        own_join_key = Subjects.broadcast_join_key(actor_id)
         own_consumer, own_work = s.actor_work_consumer(actor_id), s.work_for_actor(actor_id)
         pulled = [own_consumer, s.shared_work_consumer]
     return [
-        own_nodes,
+        *own_nodes,
         s.dead_letter,
         f"$KV.{s.state_bucket}.{own_key}",
+        f"$KV.{s.state_bucket}.{own_join_key}",
         f"$JS.API.CONSUMER.CREATE.{s.work_stream}.{own_consumer}.{own_work}",
         *(f"$JS.API.CONSUMER.INFO.{s.work_stream}.{name}" for name in pulled),
         *(f"$JS.API.CONSUMER.MSG.NEXT.{s.work_stream}.{name}" for name in pulled),
@@ -150,6 +159,10 @@ def _role_publish(role: str, s: Subjects) -> list[str]:
             s.trees,
             s.dead_letter,
             *_pull_consumer(s.nodes_stream, s.allocator_consumer),
+            # Allocator shards k > 0 each create their own durable filtered to their nodes
+            # (allocator.service.shard_consumer_config), and read the single allocator's to copy it.
+            f"$JS.API.CONSUMER.CREATE.{s.nodes_stream}.*.{s.sharded_nodes}",
+            *_pull_consumer(s.nodes_stream, "*"),
             # Rebuilding after a restart (allocator.service.rebuild_from_streams).
             *_replay_stream(s.nodes_stream),
             *_replay_stream(s.trees_stream),
@@ -164,6 +177,7 @@ def _role_publish(role: str, s: Subjects) -> list[str]:
             f"$O.{s.weights_bucket}.>",
             f"$JS.API.STREAM.PURGE.{weights_stream}",
             f"$KV.{s.state_bucket}.{Subjects.POLICY_VERSION_KEY}",
+            f"$KV.{s.state_bucket}.{Subjects.BROADCAST_GROUP_KEY}",
             *_pull_consumer(s.trees_stream, s.learner_consumer),
             *_read_state(s),
             *_read_weights(s),

@@ -4,8 +4,9 @@ and the sweeper that moves poisoned messages to the dead-letter stream.
 Stream layout per run (all file storage, each stream and bucket with ``limits.num_replicas``
 copies; the consumers inherit their stream's replica count):
 
-- NODES  ``tracerl.<run>.nodes.<actor id>``  limits retention (``max_age_s``, ``nodes_max_bytes``);
-  durable ``allocator`` on all of them.
+- NODES  ``tracerl.<run>.nodes.<actor id>`` and ``…nodes.<actor id>.<shard>``  limits retention
+  (``max_age_s``, ``nodes_max_bytes``); durable ``allocator`` on the first (allocator shard 0);
+  each allocator shard k > 0 creates its own on ``…nodes.*.<k>``.
 - WORK   ``tracerl.<run>.work.shared`` and ``…work.actor.*``  work-queue retention: an item
   is gone once acked; durable ``actors`` on the shared subject; per-actor durables are
   created by actors.
@@ -75,7 +76,7 @@ def run_layout(subjects: Subjects, limits: StreamLimits) -> Layout:
     streams = (
         api.StreamConfig(
             name=s.nodes_stream,
-            subjects=[s.nodes],
+            subjects=[s.nodes, s.sharded_nodes],
             retention=api.RetentionPolicy.LIMITS,
             max_age=limits.max_age_s,
             max_bytes=limits.nodes_max_bytes or UNLIMITED,

@@ -4,13 +4,32 @@ By default one update consumes exactly the trees of one allocator step. The allo
 emits a step's trees together and stamps each with ``step_tree_count``, so a step is whole
 when that many have arrived. Keeping updates aligned with allocator steps is what lets the
 allocator's staleness bound ("at most eta steps ahead of the learner") mean versions.
+
+With K allocator shards (``allocator.shard``) a learner step is the trees of one step index
+from every shard: each shard stamps its trees with its index, the shard count and its own
+``step_tree_count``, and the step is whole when every shard's part is (``step_is_whole``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from protocol import CompletedTree
+
+
+def step_is_whole(trees: Iterable[CompletedTree]) -> bool:
+    """Whether ``trees`` (of one allocator step, duplicates allowed) hold every tree of the
+    step: from each of the ``shard_count`` shards, as many distinct trees as that shard
+    emitted. A shard none of whose trees has come yet is not whole."""
+    by_shard: dict[int, set[str]] = {}
+    expected: dict[int, int] = {}
+    shards = 0
+    for tree in trees:
+        by_shard.setdefault(tree.shard, set()).add(tree.tree_id)
+        expected[tree.shard] = max(expected.get(tree.shard, 0), tree.step_tree_count)
+        shards = max(shards, tree.shard_count)
+    return shards > 0 and all(len(by_shard.get(k, ())) >= expected.get(k, 1) for k in range(shards))
 
 
 @dataclass
@@ -35,12 +54,10 @@ class StepBatcher:
             return [tree for _, tree in taken]
         oldest_step = min(tree.allocator_step for _, tree in self._pending)
         members = [(t, tree) for t, tree in self._pending if tree.allocator_step == oldest_step]
-        expected = max(tree.step_tree_count for _, tree in members)
-        # Duplicates (a redelivered tree) must not complete a step early.
-        distinct = {tree.tree_id for _, tree in members}
         later_waiting = [t for t, tree in self._pending if tree.allocator_step != oldest_step]
         overdue = bool(later_waiting) and now - min(later_waiting) >= self.step_wait_s
-        if len(distinct) < expected and not overdue:
+        # Duplicates (a redelivered tree) must not complete a step early.
+        if not overdue and not step_is_whole(tree for _, tree in members):
             return None
         self._pending = [(t, tree) for t, tree in self._pending if tree.allocator_step != oldest_step]
         unique: dict[str, CompletedTree] = {}

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from tracerl.config import AtLeast0, AtLeast1, BusConfig, Config, LogConfig, Positive, RunConfig
+from tracerl.config import AtLeast0, AtLeast1, BusConfig, Config, LogConfig, Positive, RunConfig, WeightsConfig
 
 AdvantageKind = Literal["flat_grpo", "tree_grpo", "value_difference"]
 LossKind = Literal["ppo_clip", "decoupled_ppo", "lpo"]
@@ -112,3 +112,4 @@ class LearnerConfig(Config, frozen=True):
     loss: LossSection = LossSection()
     training: TrainingSection = TrainingSection()
     parallel: ParallelSection = ParallelSection()
+    weights: WeightsConfig = WeightsConfig()

@@ -42,6 +42,7 @@ from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter, role_metrics
+from weightsync.transport import WeightsPublisher, make_publisher
 
 log = get_logger(__name__)
 
@@ -71,10 +72,16 @@ def tree_batch_stats(trees: list[CompletedTree]) -> dict[str, float]:
 
 
 class LearnerService:
-    def __init__(self, config: LearnerConfig, trainer: Trainer, bus: BusClient) -> None:
+    def __init__(
+        self, config: LearnerConfig, trainer: Trainer, bus: BusClient, publisher: WeightsPublisher | None = None
+    ) -> None:
         self.config = config
         self.trainer = trainer
         self.bus = bus
+        # How versions reach the actors (``weights.transport``).
+        self.publisher = publisher or make_publisher(
+            bus, config.weights, config.run.run_id, config.training.weights_actor_timeout_s
+        )
         self.batcher = StepBatcher(config.training.trees_per_step, config.training.step_wait_s)
         self.metrics = role_metrics(config.run, config.log, "learner", step_key="step")
         # Every announcement in order, across restarts: versions must go strictly up.
@@ -172,12 +179,16 @@ class LearnerService:
                 await sleep_or_stop(self.stop, delay)
                 delay = min(delay * 2, 10.0)
 
-    async def announce(self, blob: bytes, announcement: WeightsAnnouncement) -> None:
-        async def put_then_announce() -> None:
-            await self.bus.put_object(announcement.object_name, blob)
-            await self.bus.announce_weights(announcement)
-
-        await self._until_done("weights_publish", put_then_announce)
+    async def announce(self, blob: bytes, announcement: WeightsAnnouncement, *, record: bool) -> None:
+        """Publish a version through the transport and, with ``record``, log it. Where actors may
+        hold a version before the KV announces it (a broadcast), it is logged first: a restarted
+        learner must not reuse a number an actor has served (``resume_plan``)."""
+        logged_first = record and self.publisher.reaches_actors_before_announcement
+        if logged_first:
+            self.record(announcement)
+        await self._until_done("weights_publish", lambda: self.publisher.publish(blob, announcement))
+        if record and not logged_first:
+            self.record(announcement)
         log.info(
             "weights_published",
             policy_version=announcement.policy_version,
@@ -197,8 +208,7 @@ class LearnerService:
     async def publish_weights(self) -> WeightsAnnouncement:
         blob = await asyncio.to_thread(self.trainer.export_weights)
         announcement = self.announcement_for(blob)
-        await self.announce(blob, announcement)
-        self.record(announcement)
+        await self.announce(blob, announcement, record=True)
         self.start_pruning(announcement.policy_version)
         return announcement
 
@@ -257,8 +267,8 @@ class LearnerService:
             self.trainer.policy_version = plan.policy_version
         announcement = self.announcement_for(blob)
         if plan.announce:
-            await self.announce(blob, announcement)
-        if plan.record:
+            await self.announce(blob, announcement, record=plan.record)
+        elif plan.record:
             self.record(announcement)
 
     async def train_ready_batches(self) -> None:
@@ -324,6 +334,8 @@ class LearnerService:
         counts["trees.held"] = len(self.deliveries)
         counts["weights.deleted"] = self.weights_deleted
         counts["weights.prune_failed"] = self.weights_prune_failed
+        sender = getattr(self.publisher, "sender", None)
+        counts.update({f"weights.broadcast.{k}": v for k, v in sorted(getattr(sender, "counts", {}).items())})
         return counts
 
     def write_final_metrics(self) -> None:
@@ -364,6 +376,7 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> int:
     bus = await BusClient.connect("learner", config.bus, config.run)
     service = LearnerService(config, trainer, bus)
     stop_on_signals(service.stop, config.run.stop_timeout_s)
+    await service.publisher.start()
     # Announce the starting point so actors and the allocator agree on the version.
     await service.announce_resumed()
     trees = await bus.pull_consumer(bus.subjects.trees_stream, bus.subjects.learner_consumer, CompletedTree)
@@ -401,6 +414,7 @@ async def serve(config: LearnerConfig, trainer: Trainer) -> int:
     stuck += await end_tasks([keep_alive, *([service.pruning] if service.pruning else [])])
     final_dir = Path(config.run.run_dir) / "final_model"
     await asyncio.to_thread(trainer.export_model_dir, final_dir)
+    await service.publisher.close()
     service.write_final_metrics()
     service.metrics.close()
     service.announcements.close()

@@ -16,10 +16,9 @@ backwards as the busiest one (idle ones on a dummy token), and the full weights 
 gathered to rank 0 at the end of every step, while all ranks are in ``train_step``, so
 that rank 0 alone can export and publish them.
 
-Next step on GPUs: send new weights to actors by an NCCL broadcast from the learner's rank 0
-into a process group that includes the vLLM workers, instead of the safetensors round trip
-through the object store (``bench/results/weight_sync.md``: far slower than a step at 14B);
-the bytes produced by ``export_weights`` stay the fallback and the checkpoint format.
+The bytes ``export_weights`` produces are what every transport carries (``weightsync``): the
+object store, or a broadcast from rank 0 to the actors in its group (``weights.transport``),
+and the checkpoint format.
 """
 
 from __future__ import annotations

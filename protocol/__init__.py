@@ -3,6 +3,8 @@
 from .codec import ProtocolError, decode, encode, plain_body
 from .messages import (
     MESSAGE_TYPES,
+    BroadcastGroup,
+    BroadcastJoin,
     CompletedTree,
     Heartbeat,
     SamplingSpec,
@@ -17,6 +19,8 @@ from .subjects import Subjects
 
 __all__ = [
     "MESSAGE_TYPES",
+    "BroadcastGroup",
+    "BroadcastJoin",
     "CompletedTree",
     "Heartbeat",
     "ProtocolError",

@@ -203,10 +203,13 @@ class WorkItem(Message, frozen=True):
     prefix (search strategies advance one turn at a time); the environment's own turn cap
     still ends an episode earlier. A chain that stops at ``max_turns`` without being done
     is a finished chain for the allocator, not a failure.
+    ``shard`` is the allocator shard that issued the item (``allocator.shard``): the actor
+    publishes the item's nodes on that shard's nodes subject (``Subjects.nodes_from``).
+    Version 1 had no ``shard``.
     """
 
     SCHEMA: ClassVar[str] = "work_item"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
 
     run_id: str
     work_id: str
@@ -222,6 +225,7 @@ class WorkItem(Message, frozen=True):
     max_turns: AtLeast1
     min_policy_version: AtLeast0
     issued_at: float
+    shard: AtLeast0
 
     def __post_init__(self) -> None:
         pack_fields(self, _PREFIX)
@@ -263,6 +267,8 @@ class WorkItem(Message, frozen=True):
             max_turns=max_turns,
             min_policy_version=min_policy_version,
             issued_at=issued_at,
+            # Held-out probes are shard 0's alone (allocator.shard), and evaluations read no subject.
+            shard=0,
         )
 
 
@@ -289,12 +295,15 @@ class CompletedTree(Message, frozen=True):
 
     ``status`` is ``"partial"`` when the allocator gave up waiting for missing branches;
     the learner still trains on the complete root-to-leaf paths it contains.
+    ``shard`` is the allocator shard that built the tree, one of ``shard_count``: a learner
+    step is the trees of one ``allocator_step`` from every shard, and ``step_tree_count``
+    counts the trees of this tree's shard (``learner.batching``).
     Version 1 nodes carried float64 ``action_logprobs``, and the allocator's backup value,
-    visit count and env score, which no receiver read.
+    visit count and env score, which no receiver read. Version 2 had no shard fields.
     """
 
     SCHEMA: ClassVar[str] = "completed_tree"
-    SCHEMA_VERSION: ClassVar[int] = 2
+    SCHEMA_VERSION: ClassVar[int] = 3
 
     run_id: str
     tree_id: str
@@ -305,12 +314,16 @@ class CompletedTree(Message, frozen=True):
     nodes: list[TreeNodeRecord]
     status: Literal["complete", "partial"]
     budget_turns: int
-    # How many trees the allocator emitted for this step: the learner's batch boundary.
+    # How many trees the allocator (shard) emitted for this step: the learner's batch boundary.
     step_tree_count: AtLeast1
     created_at: float
+    shard: AtLeast0
+    shard_count: AtLeast1
 
     def __post_init__(self) -> None:
         pack_fields(self, _PROMPT)
+        if self.shard >= self.shard_count:
+            raise ValueError(f"shard {self.shard} is not one of {self.shard_count} shards")
         ids = {n.node_id for n in self.nodes}
         if len(ids) != len(self.nodes):
             raise ValueError("duplicate node ids in tree")
@@ -351,8 +364,50 @@ class Heartbeat(Message, frozen=True):
     sent_at: float
 
 
+class BroadcastJoin(Message, frozen=True):
+    """An actor asks to receive weights by broadcast, written to its own ``broadcast.<id>`` key.
+
+    The learner takes it into the next broadcast group it forms (``weightsync.membership``);
+    an actor writes a fresh one (a later ``sent_at``) to be taken in again after a failure.
+    """
+
+    SCHEMA: ClassVar[str] = "broadcast_join"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    actor_id: str
+    sent_at: float
+
+
+class BroadcastGroup(Message, frozen=True):
+    """The learner's current broadcast group (one epoch), under the ``weights_broadcast`` key.
+
+    The learner is rank 0; ``members[i]`` is rank i + 1. ``group_id`` names the learner
+    process that formed it, so a restarted learner's epoch 1 is not mistaken for an old one.
+    ``host``/``port`` is the learner's TCP rendezvous store.
+    """
+
+    SCHEMA: ClassVar[str] = "broadcast_group"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    run_id: str
+    group_id: str
+    epoch: AtLeast1
+    host: str
+    port: Annotated[int, Meta(ge=1, le=65535)]
+    backend: Literal["gloo", "nccl"]
+    members: list[str]
+    bucket_bytes: AtLeast1
+    created_at: float
+
+    def __post_init__(self) -> None:
+        if len(set(self.members)) != len(self.members):
+            raise ValueError("members must be distinct")
+
+
 MESSAGE_TYPES: dict[str, type[Any]] = {
-    cls.SCHEMA: cls for cls in (TurnNode, WorkItem, CompletedTree, WeightsAnnouncement, Heartbeat)
+    cls.SCHEMA: cls
+    for cls in (TurnNode, WorkItem, CompletedTree, WeightsAnnouncement, Heartbeat, BroadcastJoin, BroadcastGroup)
 }
 
 S = TypeVar("S", bound=msgspec.Struct)

@@ -18,6 +18,12 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+def _check_shard(shard: int) -> int:
+    if type(shard) is not int or shard < 0:
+        raise ValueError(f"allocator shard {shard!r} must be an int >= 0")
+    return shard
+
+
 @dataclass(frozen=True)
 class Subjects:
     run_id: str
@@ -49,21 +55,48 @@ class Subjects:
     # Subjects.
     @property
     def nodes(self) -> str:
-        """Every actor's nodes: the stream's subject and its consumers' filter (publish with ``nodes_from``)."""
+        """Every actor's nodes for allocator shard 0 (the single allocator): a stream subject
+        and that shard's consumer filter (publish with ``nodes_from``)."""
         return f"{self.prefix}.nodes.*"
 
-    def nodes_from(self, actor_id: str) -> str:
-        """Where ``actor_id`` publishes its TurnNodes: the sender is in the subject, so the
-        server's per-actor permissions decide who may claim an actor id, not the payload."""
+    @property
+    def sharded_nodes(self) -> str:
+        """Every actor's nodes for the allocator shards k > 0: the stream's other subject."""
+        return f"{self.prefix}.nodes.*.*"
+
+    def nodes_for_shard(self, shard: int) -> str:
+        """The filter of allocator shard ``shard``'s nodes consumer: ``*`` is exactly one
+        token, so no shard's filter matches another shard's subjects."""
+        return self.nodes if shard == 0 else f"{self.prefix}.nodes.*.{_check_shard(shard)}"
+
+    def nodes_from(self, actor_id: str, shard: int = 0) -> str:
+        """Where ``actor_id`` publishes its TurnNodes for the work of allocator shard ``shard``
+        (``WorkItem.shard``): the sender is in the subject, so the server's per-actor
+        permissions decide who may claim an actor id, not the payload. Shard 0 keeps the
+        single allocator's subject."""
         check_run_id(actor_id)
-        return f"{self.prefix}.nodes.{actor_id}"
+        base = f"{self.prefix}.nodes.{actor_id}"
+        return base if shard == 0 else f"{base}.{_check_shard(shard)}"
+
+    def node_subject_parts(self, subject: str) -> tuple[str, int] | None:
+        """The actor id and allocator shard a nodes subject names, or None if ``subject`` is
+        not one of this run's nodes subjects."""
+        head = f"{self.prefix}.nodes."
+        if not subject.startswith(head):
+            return None
+        actor_id, dot, shard = subject[len(head) :].partition(".")
+        if not _RUN_ID.match(actor_id):
+            return None
+        if not dot:
+            return actor_id, 0
+        if not shard.isdecimal() or shard != str(int(shard)) or int(shard) == 0:
+            return None
+        return actor_id, int(shard)
 
     def sender_of_node(self, subject: str) -> str | None:
         """The actor id a nodes subject names, or None if ``subject`` is not one of this run's."""
-        head, _, actor_id = subject.rpartition(".")
-        if head != f"{self.prefix}.nodes" or not _RUN_ID.match(actor_id):
-            return None
-        return actor_id
+        parts = self.node_subject_parts(subject)
+        return parts[0] if parts is not None else None
 
     @property
     def work_shared(self) -> str:
@@ -103,6 +136,10 @@ class Subjects:
     def allocator_consumer(self) -> str:
         return "allocator"
 
+    def allocator_shard_consumer(self, shard: int) -> str:
+        """Allocator shard ``shard``'s durable on the nodes stream; shard 0 is the single allocator's."""
+        return self.allocator_consumer if shard == 0 else f"allocator_shard{_check_shard(shard)}"
+
     @property
     def learner_consumer(self) -> str:
         return "learner"
@@ -116,7 +153,14 @@ class Subjects:
 
     # KV keys.
     POLICY_VERSION_KEY = "policy_version"
+    # The learner's current weights broadcast group (``BroadcastGroup``).
+    BROADCAST_GROUP_KEY = "weights_broadcast"
 
     @staticmethod
     def actor_key(actor_id: str) -> str:
         return f"actors.{check_run_id(actor_id)}"
+
+    @staticmethod
+    def broadcast_join_key(actor_id: str) -> str:
+        """Where an actor asks to join the weights broadcast (``BroadcastJoin``)."""
+        return f"broadcast.{check_run_id(actor_id)}"

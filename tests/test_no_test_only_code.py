@@ -24,6 +24,7 @@ PRODUCTION_PACKAGES = {
     "protocol",
     "scripts",
     "tracerl",
+    "weightsync",
 }
 #: Files that may name a function or constant: code, docs, configs and build files.
 TEXT_SUFFIXES = {".py", ".md", ".toml", ".yaml", ".yml", ".sh", ".cfg", ".ini", ".txt", ""}

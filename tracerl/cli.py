@@ -74,7 +74,7 @@ def role_command(name: str, config_path: str, runner_path: str, help_text: str) 
     """
 
     def command(config: ConfigOption = None, set_: SetOption = None) -> None:
-        cfg = load_role_config(import_attr(config_path), config, set_)
+        cfg = load_role_config(import_attr(config_path), config, set_, role=name)
         runner: Callable[[Any], int | None] = import_attr(runner_path)
         raise typer.Exit(runner(cfg) or 0)
 

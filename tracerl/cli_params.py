@@ -25,7 +25,23 @@ SetOption = Annotated[
 ]
 
 
-def load_role_config(config_cls: type, config: Path | None, overrides: list[str] | None) -> Any:
+def role_relative(overrides: list[str] | None, role: str, config_cls: type) -> list[str] | None:
+    """``ROLE.key=value`` as ``key=value`` when ``config_cls`` has no field named ``role``: a
+    role accepts the keys of its section of `tracerl up`'s config, e.g. ``tracerl allocator
+    --set allocator.shard.index=1``."""
+    prefix = f"{role}."
+    if overrides is None or role in getattr(config_cls, "__struct_fields__", ()):
+        return overrides
+    return [item[len(prefix) :] if item.startswith(prefix) else item for item in overrides]
+
+
+def load_role_config(
+    config_cls: type, config: Path | None, overrides: list[str] | None, role: str | None = None
+) -> Any:
+    """``config_cls`` from defaults, ``config`` and ``overrides``; with ``role``, overrides may
+    also name fields as ``ROLE.key`` (``role_relative``)."""
+    if role is not None:
+        overrides = role_relative(overrides, role, config_cls)
     try:
         return load_config(config_cls, config, overrides)
     except ConfigError as err:

@@ -94,6 +94,41 @@ class LogConfig(Config, frozen=True):
             raise ValueError("wandb=true needs the wandb package, which is not installed (pip install wandb)")
 
 
+WeightsTransport = Literal["object_store", "broadcast"]
+
+
+class WeightsConfig(Config, frozen=True):
+    """How a policy version's bytes reach the actors; the learner and every actor set the same.
+
+    ``object_store``: every actor reads every version from the bus's object store.
+    ``broadcast``: the learner is rank 0 of a ``torch.distributed`` group the actors join
+    (``weightsync``); the object store still holds every version, for the actors outside
+    the group. Versions, checksums and the staleness bound are the same either way.
+    """
+
+    transport: WeightsTransport = "object_store"
+    # gloo moves host memory (CPU, or any machine); nccl moves GPU memory over the GPUs' network.
+    backend: Literal["gloo", "nccl"] = "gloo"
+    # The address the actors reach the learner's rendezvous store at, and its port (0: any free one).
+    host: Annotated[str, Meta(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    # A version is broadcast as flat byte buckets of this size.
+    bucket_mib: AtLeast1 = 128
+    # How long the learner waits for the actors of a new group to check in, and then for the
+    # group to connect; an actor that does not check in is left out until it asks again.
+    join_timeout_s: Positive = 30.0
+    # The learner's bound on one version's broadcast; past it the group is dissolved.
+    broadcast_timeout_s: Positive = 600.0
+    # How long a member waits for the next version (a learner step) before it leaves the group.
+    idle_timeout_s: Positive = 3600.0
+    # How often an actor reads the group key while it is outside a group.
+    poll_interval_s: Positive = 1.0
+
+    @property
+    def bucket_bytes(self) -> int:
+        return self.bucket_mib * 1024 * 1024
+
+
 def package_installed(name: str) -> bool:
     """Whether ``name`` can be imported, without importing it (a package may be slow to import)."""
     return importlib.util.find_spec(name) is not None

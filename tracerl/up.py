@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from allocator.shard import ShardConfig
 from protocol import replace
 from tracerl.config import dump_config, write_resolved_config
 from tracerl.logs import configure_logging, get_logger
@@ -51,12 +52,20 @@ def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> 
         bus = replace(bus, cluster=replace(up.bus.cluster, route_port=0))
     configs: dict[str, Any] = {
         "bus": bus,
-        "learner": replace(up.learner, bus=client_bus, model=replace(up.learner.model, model_dir=model_dir), **shared),
-        "allocator": replace(up.allocator, bus=client_bus, **shared),
+        "learner": replace(
+            up.learner,
+            bus=client_bus,
+            model=replace(up.learner.model, model_dir=model_dir),
+            weights=up.weights,
+            **shared,
+        ),
     }
+    # `allocator.shard.count` allocator processes, each its own shard (allocator.shard).
+    for shard in allocator_shards(up.allocator.shard.count):
+        configs[shard.role_name] = replace(up.allocator, bus=client_bus, shard=shard, **shared)
     for index in range(up.num_actors):
         configs[f"actor-{index}"] = replace(
-            up.actor, bus=client_bus, model_dir=model_dir, actor_id=f"actor-{index}", **shared
+            up.actor, bus=client_bus, model_dir=model_dir, actor_id=f"actor-{index}", weights=up.weights, **shared
         )
     return configs
 
@@ -77,9 +86,22 @@ def write_role_config(config_dir: Path, name: str, config: Any) -> Path:
     return path
 
 
+def allocator_shards(count: int) -> list[ShardConfig]:
+    return [ShardConfig(index=index, count=count) for index in range(count)]
+
+
+def role_of(name: str) -> str:
+    """The role a process name runs: actors are ``actor-*``, allocator shards ``allocator-*``."""
+    for role in ("actor", "allocator"):
+        if name.startswith(f"{role}-"):
+            return role
+    return name
+
+
 def start_role(supervisor: Supervisor, up: UpConfig, name: str, config_dir: Path) -> None:
-    """``tracerl ROLE --config <config_dir>/<name>.yaml`` on the role's cores; actors are ``actor-*``."""
-    role = "actor" if name.startswith("actor-") else name
+    """``tracerl ROLE --config <config_dir>/<name>.yaml`` on the role's cores; actors are
+    ``actor-*``, allocator shards past the first ``allocator-*``."""
+    role = role_of(name)
     cpus = getattr(up.cpus, "actors" if role == "actor" else role)
     supervisor.start(name, [role, "--config", str(config_dir / f"{name}.yaml")], parse_cpu_list(cpus))
 
@@ -105,14 +127,16 @@ def start_roles(supervisor: Supervisor, up: UpConfig, names: list[str], config_d
     start_role(supervisor, up, "bus", config_dir)
     wait_for(lambda: ready() or not supervisor.processes["bus"].alive, up.startup_timeout_s, what="the bus")
     check_alive(supervisor)
-    for name in ("learner", "allocator", *(n for n in names if n.startswith("actor-"))):
+    allocators = [n for n in names if role_of(n) == "allocator"]
+    for name in ("learner", *allocators, *(n for n in names if n.startswith("actor-"))):
         if name in names:
             start_role(supervisor, up, name, config_dir)
 
 
 def stop_roles(supervisor: Supervisor, timeout_s: float = 60.0) -> None:
     """Learner, allocator, actors, then the bus they all need to shut down cleanly."""
-    order = ["learner", "allocator", *[n for n in supervisor.processes if n.startswith("actor-")], "bus"]
+    allocators = [n for n in supervisor.processes if role_of(n) == "allocator"]
+    order = ["learner", *allocators, *[n for n in supervisor.processes if n.startswith("actor-")], "bus"]
     supervisor.stop_all(order=[n for n in order if n in supervisor.processes], timeout_s=timeout_s)
 
 

@@ -10,7 +10,7 @@ from allocator.config import AllocatorConfig
 from bus.config import BusServerConfig
 from learner.config import LearnerConfig
 from modelkit.config import ModelBuildConfig
-from tracerl.config import AtLeast0, Config, LogConfig, Positive, RunConfig
+from tracerl.config import AtLeast0, Config, LogConfig, Positive, RunConfig, WeightsConfig
 from tracerl.supervisor import parse_cpu_list
 
 
@@ -36,6 +36,8 @@ class UpConfig(Config, frozen=True):
     model_dir: str = ""
     model: ModelBuildConfig = ModelBuildConfig()
     num_actors: AtLeast0 = 1
+    # How weights reach the actors; the learner and every actor get this section.
+    weights: WeightsConfig = WeightsConfig()
     actor: ActorConfig = ActorConfig()
     allocator: AllocatorConfig = AllocatorConfig()
     learner: LearnerConfig = LearnerConfig()

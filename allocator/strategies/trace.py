@@ -80,7 +80,9 @@ class RootsJob:
             return None, units
         if self.dp is None:
             strengths = core.outcomes.root_strengths(self.pool)
-            self.dp = RootsDP.start(self.values, self.rollouts, cfg.max_per_prompt, strengths, cfg.min_per_prompt)
+            self.dp = RootsDP.start(
+                self.values, self.rollouts, cfg.max_per_prompt, strengths, cfg.min_per_prompt, cfg.root_objective
+            )
         dp = self.dp
         if not dp.all_added:
             row_units = dp.cells_per_prompt / _DP_CELLS_PER_UNIT

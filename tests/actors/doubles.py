@@ -133,4 +133,4 @@ def make_item(kind: str = "root", **overrides: Any) -> WorkItem:
         "issued_at": 0.0,
     }
     fields.update(overrides)
-    return WorkItem(**fields)
+    return WorkItem(shard=0, **fields)

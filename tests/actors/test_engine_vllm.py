@@ -101,6 +101,7 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
     task = make_tasks("multihop", "train", 1, seed=3)[0]
     ctx = EpisodeContext(actor_id="t", max_model_len=engine.settings.max_model_len, sampling="s1")
     root = WorkItem(
+        shard=0,
         run_id="t",
         work_id="r1",
         tree_id="T1",
@@ -123,6 +124,7 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
         pytest.skip("random policy answered on every first turn")
     prefix = list(parent.prompt_token_ids) + list(parent.action_token_ids) + list(parent.observation_token_ids)
     branch = WorkItem(
+        shard=0,
         run_id="t",
         work_id="b1",
         tree_id="T1",
@@ -142,3 +144,27 @@ def test_multihop_root_and_branch_on_the_real_engine(engine_runner):
     assert sum(branch.ends_chain(n) for n in children) == 3
     assert {n.parent_id for n in children if n.depth == parent.depth + 1} == {parent.node_id}
     assert all(n.depth <= parent.depth + 2 and n.reward in (None, 0.0, 1.0) for n in children)
+
+
+def test_engine_processes_start_with_a_bounded_onednn_kernel_cache(engine_runner):
+    """Every engine process inherits the cap: the worker that runs the matmuls is where the
+    unbounded default grew (README, "Soak")."""
+    import os
+
+    import psutil
+
+    from actors.config import EngineSettings
+    from actors.engine import cpu_engine_environment, on_gpu
+
+    if on_gpu():
+        pytest.skip("oneDNN's cache is a CPU engine setting")
+    wanted = cpu_engine_environment(EngineSettings())
+    assert wanted["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(EngineSettings().cpu_onednn_primitive_cache)
+    engine_processes = [p for p in psutil.Process(os.getpid()).children(recursive=True) if p.name().startswith("VLLM")]
+    assert any(p.name() == "VLLM::Worker" for p in engine_processes), [p.name() for p in engine_processes]
+    for process in engine_processes:
+        # Raw, not psutil.Process.environ(): vLLM renames its processes over the start of their
+        # environment block (setproctitle), and psutil's parser stops at the blanked entries.
+        entries = set(Path(f"/proc/{process.pid}/environ").read_bytes().split(b"\0"))
+        for variable, value in wanted.items():
+            assert f"{variable}={value}".encode() in entries, (process.name(), variable)

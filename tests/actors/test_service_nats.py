@@ -38,7 +38,7 @@ def root_item(run_id: str, work_id: str, task: TaskSpec, num_samples: int = 2, *
         "issued_at": time.time(),
     }
     fields.update(changes)
-    item = WorkItem(**fields)
+    item = WorkItem(shard=0, **fields)
     ISSUED[item.work_id] = item
     return item
 
@@ -61,7 +61,7 @@ def branch_item(parent: TurnNode, prefix: list[int], work_id: str, num_samples: 
         "issued_at": time.time(),
     }
     fields.update(changes)
-    item = WorkItem(**fields)
+    item = WorkItem(shard=0, **fields)
     ISSUED[item.work_id] = item
     return item
 

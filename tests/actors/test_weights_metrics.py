@@ -186,6 +186,19 @@ def test_engine_kwargs_pick_cpu_and_gpu_defaults():
         engine_kwargs("m", EngineSettings(tensor_parallel_size=2), gpu=False)
 
 
+def test_cpu_engine_environment_bounds_the_onednn_kernel_cache():
+    from actors.engine import cpu_engine_environment
+
+    assert cpu_engine_environment(EngineSettings(cpu_kv_cache_gib=2, cpu_onednn_primitive_cache=16)) == {
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16",
+    }
+    # 0 leaves oneDNN's own default in place.
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in cpu_engine_environment(EngineSettings(cpu_onednn_primitive_cache=0))
+    with pytest.raises(ConfigError, match=r"field engine.cpu_onednn_primitive_cache = -1: Expected `int` >= 0"):
+        load_config(ActorConfig, None, ["engine.cpu_onednn_primitive_cache=-1"])
+
+
 def test_turn_seeds_differ_per_sample_and_depth_and_are_reproducible():
     seeds = {derive_turn_seed(7, s, d) for s in range(8) for d in range(1, 6)}
     assert len(seeds) == 40 and derive_turn_seed(7, 1, 2) == derive_turn_seed(7, 1, 2)

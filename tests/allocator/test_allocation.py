@@ -226,3 +226,53 @@ def test_prefix_gains_under_a_beta_belief_are_differences_of_agreement_probabili
     # Gains 1 - 1/2, 1/2 - 1/3, 1/3 - 1/4, in decreasing order.
     np.testing.assert_allclose(-np.concatenate(greedy.keys), [1 / 2, 1 / 6, 1 / 12])
     assert greedy.allocate(2).tolist() == [2]
+
+
+def test_informative_rollouts_objective_counts_each_rollout_of_a_mixed_group():
+    from allocator.allocation import root_gain_table
+
+    # m * (1 - 0.5^m - 0.5^m) for m = 0..4, with groups below two worth nothing.
+    np.testing.assert_allclose(
+        root_gain_table(np.asarray(0.5), 4, None, 2, "informative_rollouts"), [0, 0, 1.0, 2.25, 3.5]
+    )
+    np.testing.assert_allclose(root_gain_table(np.asarray(0.5), 4, None, 2), v_root_table(0.5, 4))
+    with pytest.raises(ValueError, match="root objective"):
+        root_gain_table(np.asarray(0.5), 4, None, 2, "most_tokens")
+
+
+def test_the_two_root_objectives_split_an_uncertain_budget_differently():
+    # Two prompts at 0.5 and 4 rollouts: two mixed pairs are worth 1.0 expected mixed groups
+    # against 0.875 for one group of four; but one group of four holds 3.5 informative
+    # rollouts against 2.0 for the pairs.
+    def allocate(objective):
+        dp = RootsDP.start([0.5, 0.5], 4, objective=objective)
+        dp.add(2)
+        dp.trace(2)
+        return dp.allocation()
+
+    assert allocate("mixed_groups") == [2, 2]
+    assert sorted(allocate("informative_rollouts")) == [0, 4]
+
+
+def test_informative_objective_dp_matches_brute_force():
+    from allocator.allocation import root_gain_table
+
+    def informative(values, counts):
+        return sum(m * v_root(v, m) if m >= 2 else 0.0 for v, m in zip(values, counts, strict=True))
+
+    rng = np.random.default_rng(11)
+    for _ in range(150):
+        n, budget = int(rng.integers(1, 5)), int(rng.integers(0, 10))
+        values = list(rng.uniform(0, 1, size=n))
+        best = max(
+            informative(values, counts)
+            for counts in itertools.product(range(budget + 1), repeat=n)
+            if sum(counts) <= budget and all(m != 1 for m in counts)
+        )
+        dp = RootsDP.start(values, budget, objective="informative_rollouts")
+        dp.add(n)
+        dp.trace(n)
+        counts = dp.allocation()
+        assert sum(counts) <= budget and all(m != 1 for m in counts)
+        assert informative(values, counts) == pytest.approx(best, abs=1e-12)
+        assert root_gain_table(np.asarray(values), 3, None, 2, "informative_rollouts").shape == (n, 4)

@@ -1,8 +1,10 @@
 import itertools
 
+import msgspec.inspect as mi
 import numpy as np
 import pytest
 
+from allocator.allocation import ROOT_OBJECTIVES
 from allocator.core import STRATEGIES, ActorLoad, AllocatorCore, AllocatorCoreConfig
 from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 from protocol.messages import replace
@@ -44,6 +46,14 @@ def test_config_rejects_unknown_strategy_and_bad_ranges():
         load_config(AllocatorCoreConfig, None, ["group_size=1"])
     with pytest.raises(ConfigError, match=r"field root_fraction = 0\.0: Expected `float` > 0\.0"):
         load_config(AllocatorCoreConfig, None, ["root_fraction=0.0"])
+    with pytest.raises(ConfigError, match=r"field root_objective = 'most_tokens': Invalid enum value 'most_tokens'"):
+        load_config(AllocatorCoreConfig, None, ["root_objective=most_tokens"])
+
+
+def test_the_root_objective_field_offers_exactly_the_objectives_root_gain_table_knows():
+    fields = {f.name: f.type for f in mi.type_info(AllocatorCoreConfig).fields}
+    assert isinstance(fields["root_objective"], mi.LiteralType)
+    assert set(fields["root_objective"].values) == set(ROOT_OBJECTIVES) == {"mixed_groups", "informative_rollouts"}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

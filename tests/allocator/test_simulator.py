@@ -66,7 +66,7 @@ def test_simulated_values_are_martingales():
     from protocol import SamplingSpec, WorkItem
 
     item = WorkItem(
-        "r", "w", "s0-0", "root", make_prompts(sim, rng)[0].task, 4000, None, 0, [], b"", SamplingSpec(), 1, 0, 0.0
+        "r", "w", "s0-0", "root", make_prompts(sim, rng)[0].task, 4000, None, 0, [], b"", SamplingSpec(), 1, 0, 0.0, 0
     )
     nodes = actor.rollout(item, actor_id="a", policy_version=0, rng=rng, now=0.0)
     assert abs(np.mean([true_value(n) for n in nodes]) - 0.5) < 0.02

@@ -15,7 +15,17 @@ from bus import deadletter
 from bus.acks import PublishError
 from bus.client import REGISTRY_WATCH_INACTIVE_S, BusClient, Delivery
 from bus.provision import sweep_dead_letters
-from protocol import CompletedTree, Heartbeat, TurnNode, WeightsAnnouncement, WorkItem, encode
+from protocol import (
+    BroadcastGroup,
+    BroadcastJoin,
+    CompletedTree,
+    Heartbeat,
+    Subjects,
+    TurnNode,
+    WeightsAnnouncement,
+    WorkItem,
+    encode,
+)
 from protocol.messages import replace
 from tests.fixtures.nats import BusRun
 from tests.protocol.strategies import realistic_turn_node, sample_messages
@@ -81,6 +91,22 @@ def test_every_message_type_round_trips_through_jetstream(bus_run: BusRun) -> No
             assert await allocator.get_actors() == {"a1": sent[Heartbeat]}
             for client in (actor, allocator, learner):
                 assert client.counters.get("permission_violations", 0) == 0
+
+    asyncio.run(main())
+
+
+def test_a_broadcast_join_under_another_actors_key_is_refused_and_counted(bus_run: BusRun) -> None:
+    s = bus_run.subjects
+    join = _by_type(s.run_id)[BroadcastJoin]
+
+    async def main() -> None:
+        async with await bus_run.connect("actor") as actor, await bus_run.connect("learner") as learner:
+            await actor.put_broadcast_join(join)
+            # The shared actor credential may write any broadcast key; the learner checks whose it is.
+            kv = await actor.js.key_value(s.state_bucket)
+            await kv.put(Subjects.broadcast_join_key("a2"), encode(join))
+            assert await learner.get_broadcast_joins() == {join.actor_id: join}
+            assert learner.counters["rejected.actor_mismatch"] == 1
 
     asyncio.run(main())
 
@@ -239,6 +265,14 @@ def test_role_permissions_are_enforced(bus_run: BusRun) -> None:
             await denied(allocator, allocator.publish(s.nodes_from("actor-0"), _by_type(s.run_id)[TurnNode]))
             await denied(allocator, allocator.put_actor(_by_type(s.run_id)[Heartbeat]))
             await denied(learner, learner.publish(s.work_shared, _by_type(s.run_id)[WorkItem]))
+            # The broadcast's membership: actors ask under their own keys, only the learner sets the group.
+            join, group = _by_type(s.run_id)[BroadcastJoin], _by_type(s.run_id)[BroadcastGroup]
+            await actor.put_broadcast_join(join)
+            await learner.put_broadcast_group(group)
+            assert await learner.get_broadcast_joins() == {join.actor_id: join}
+            assert await actor.get_broadcast_group() == group
+            await denied(actor, actor.put_broadcast_group(group))
+            await denied(allocator, allocator.put_broadcast_join(join))
             assert await learner.get_object("policy-1") == b"w" * 10  # the denied overwrite changed nothing
             assert actor.counters["permission_violations"] >= 5  # one per denied call, some send twice
             assert actor.nc is not None and actor.nc.is_connected  # the connection survives

@@ -30,6 +30,18 @@ def test_actor_may_never_write_weights_or_the_policy_version() -> None:
     assert creates == [f"$JS.API.CONSUMER.CREATE.{s.work_stream}.*.{s.prefix}.work.actor.*"]
 
 
+def test_actors_ask_to_join_the_broadcast_under_their_own_key_and_only_the_learner_sets_the_group() -> None:
+    s = Subjects("r1")
+    group_key = f"$KV.{s.state_bucket}.{Subjects.BROADCAST_GROUP_KEY}"
+    shared = role_permissions("actor", ["r1"]).publish
+    assert f"$KV.{s.state_bucket}.broadcast.*" in shared and group_key not in shared
+    one = role_permissions("actor", ["r1"], actor_id="a1").publish
+    assert f"$KV.{s.state_bucket}.{Subjects.broadcast_join_key('a1')}" in one
+    assert not any(p.endswith(("broadcast.*", "broadcast.a2")) for p in one) and group_key not in one
+    assert group_key in role_permissions("learner", ["r1"]).publish
+    assert group_key not in role_permissions("allocator", ["r1"]).publish
+
+
 def test_only_the_learner_writes_weights_and_only_admin_has_everything() -> None:
     s = Subjects("r1")
     learner = role_permissions("learner", ["r1"]).publish
@@ -144,7 +156,9 @@ def test_an_actors_own_credential_allows_only_its_own_subjects() -> None:
     own = role_permissions("actor", ["r1"], actor_id="a1")
     publish = set(own.publish)
     assert s.nodes_from("a1") in publish and s.dead_letter in publish
-    assert not any(p.startswith(f"{s.prefix}.nodes.") and p != s.nodes_from("a1") for p in publish)
+    # Its own node subjects for allocator shard 0 and for the other shards, no one else's.
+    own_nodes = {p for p in publish if p.startswith(f"{s.prefix}.nodes.")}
+    assert own_nodes == {s.nodes_from("a1"), f"{s.nodes_from('a1')}.*"}
     assert f"$KV.{s.state_bucket}.{Subjects.actor_key('a1')}" in publish
     assert not any(p.startswith(f"$KV.{s.state_bucket}.") and p.endswith("*") for p in publish)
     creates = [p for p in publish if p.startswith(f"$JS.API.CONSUMER.CREATE.{s.work_stream}")]
@@ -169,6 +183,43 @@ def test_the_node_subject_names_its_sender() -> None:
     assert s.sender_of_node("tracerl.r1.trees.a-1") is None
     with pytest.raises(ValueError):
         s.nodes_from("a.b")
+
+
+def test_node_subjects_name_the_allocator_shard_and_shard_zero_keeps_the_single_allocators() -> None:
+    s = Subjects("r1")
+    assert s.nodes_from("a-1", 0) == s.nodes_from("a-1") == "tracerl.r1.nodes.a-1"
+    assert s.nodes_from("a-1", 2) == "tracerl.r1.nodes.a-1.2"
+    assert s.node_subject_parts("tracerl.r1.nodes.a-1.2") == ("a-1", 2)
+    assert s.node_subject_parts("tracerl.r1.nodes.a-1") == ("a-1", 0)
+    assert s.sender_of_node("tracerl.r1.nodes.a-1.2") == "a-1"
+    # Shard 0 is never spelled out, and a shard is a plain decimal: one subject per (actor, shard).
+    for bad in (
+        "tracerl.r1.nodes.a-1.0",
+        "tracerl.r1.nodes.a-1.01",
+        "tracerl.r1.nodes.a-1.x",
+        "tracerl.r1.nodes.a.1.2",
+    ):
+        assert s.node_subject_parts(bad) is None, bad
+    assert s.nodes_for_shard(0) == s.nodes and s.nodes_for_shard(3) == "tracerl.r1.nodes.*.3"
+    assert s.allocator_shard_consumer(0) == s.allocator_consumer == "allocator"
+    assert s.allocator_shard_consumer(1) == "allocator_shard1"
+    with pytest.raises(ValueError):
+        s.nodes_from("a1", -1)
+    layout = run_layout(s, StreamLimits())
+    nodes_stream = next(c for c in layout.streams if c.name == s.nodes_stream)
+    assert nodes_stream.subjects == [s.nodes, s.sharded_nodes]
+
+
+def test_allocator_shards_may_create_and_pull_their_own_nodes_durables_only() -> None:
+    s = Subjects("r1")
+    publish = set(role_permissions("allocator", ["r1"]).publish)
+    creates = {p for p in publish if p.startswith(f"$JS.API.CONSUMER.CREATE.{s.nodes_stream}.")}
+    # Named creates only with a shard's filter (the unnamed create is the replay's ordered consumer).
+    assert creates == {f"$JS.API.CONSUMER.CREATE.{s.nodes_stream}.*.{s.sharded_nodes}"}
+    assert f"$JS.API.CONSUMER.MSG.NEXT.{s.nodes_stream}.*" in publish
+    assert not any(p.startswith(f"$JS.API.CONSUMER.CREATE.{s.work_stream}") for p in publish)
+    actor = set(role_permissions("actor", ["r1"]).publish)
+    assert {s.nodes, s.sharded_nodes} <= actor
 
 
 def test_tls_and_per_actor_credentials_are_the_default_beyond_loopback() -> None:

@@ -176,6 +176,7 @@ def test_an_actor_may_publish_pull_and_register_only_as_itself(secure_bus: BusSe
             assert a1.actor_id == "a1"
             # Its own subjects work.
             await a1.publish(s.nodes_from("a1"), _node("a1", 1), msg_id="own")
+            await a1.publish(s.nodes_from("a1", 1), _node("a1", 3), msg_id="own-shard1")  # allocator shard 1's
             assert await a1.ensure_actor_consumer("a1", secure_bus.config.streams) == "actor_a1"
             beat = Heartbeat(
                 run_id=RUN_ID,
@@ -192,6 +193,7 @@ def test_an_actor_may_publish_pull_and_register_only_as_itself(secure_bus: BusSe
             await a1.pull_consumer(s.work_stream, s.shared_work_consumer, TurnNode)
             # Another actor's: refused by the server.
             await refused(a1, a1.publish(s.nodes_from("a2"), _node("a2", 2), timeout=1.0))
+            await refused(a1, a1.publish(s.nodes_from("a2", 1), _node("a2", 4), timeout=1.0))
             await refused(a1, a1.ensure_actor_consumer("a2", secure_bus.config.streams))
             await refused(a1, a1.put_actor(replace(beat, actor_id="a2")))
             await refused(a1, a1.js.consumer_info(s.work_stream, s.actor_work_consumer("a2"), timeout=1.0))

@@ -33,6 +33,8 @@ def node(
 
 def tree(prompt: list[int], nodes: list[TreeNodeRecord], tree_id: str = "t0") -> CompletedTree:
     return CompletedTree(
+        shard=0,
+        shard_count=1,
         run_id="test",
         tree_id=tree_id,
         task=TaskSpec(env="test", task_id=tree_id),

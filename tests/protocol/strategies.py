@@ -9,6 +9,8 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from protocol import (
+    BroadcastGroup,
+    BroadcastJoin,
     CompletedTree,
     Heartbeat,
     SamplingSpec,
@@ -99,11 +101,14 @@ def work_items(draw: st.DrawFn) -> WorkItem:
         max_turns=draw(st.integers(1, 16)),
         min_policy_version=draw(st.integers(0, 1000)),
         issued_at=draw(FINITE),
+        shard=draw(st.integers(0, 15)),
     )
 
 
 @st.composite
 def completed_trees(draw: st.DrawFn) -> CompletedTree:
+    shard_count = draw(st.integers(1, 8))
+    shard = draw(st.integers(0, shard_count - 1))
     count = draw(st.integers(0, 6))
     nodes = []
     for index in range(count):
@@ -135,6 +140,8 @@ def completed_trees(draw: st.DrawFn) -> CompletedTree:
         budget_turns=draw(st.integers(0, 1000)),
         step_tree_count=draw(st.integers(1, 64)),
         created_at=draw(FINITE),
+        shard=shard,
+        shard_count=shard_count,
     )
 
 
@@ -196,6 +203,7 @@ def sample_messages(run_id: str) -> list:
     return [
         realistic_turn_node(run_id, 1),
         WorkItem(
+            shard=0,
             run_id=run_id,
             work_id="w1",
             tree_id="t1",
@@ -212,6 +220,8 @@ def sample_messages(run_id: str) -> list:
             issued_at=1.5,
         ),
         CompletedTree(
+            shard=0,
+            shard_count=1,
             run_id=run_id,
             tree_id="t1",
             task=task,
@@ -266,5 +276,17 @@ def sample_messages(run_id: str) -> list:
             turns_generated=5,
             started_at=0.0,
             sent_at=4.0,
+        ),
+        BroadcastJoin(run_id=run_id, actor_id="a1", sent_at=5.0),
+        BroadcastGroup(
+            run_id=run_id,
+            group_id="g1",
+            epoch=2,
+            host="10.0.0.1",
+            port=29500,
+            backend="nccl",
+            members=["a1", "a2"],
+            bucket_bytes=128 * 1024 * 1024,
+            created_at=6.0,
         ),
     ]

@@ -11,7 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol import MESSAGE_TYPES, CompletedTree, ProtocolError, TaskSpec, decode, encode, plain_body, replace
+from protocol import (
+    MESSAGE_TYPES,
+    CompletedTree,
+    ProtocolError,
+    TaskSpec,
+    WorkItem,
+    decode,
+    encode,
+    plain_body,
+    replace,
+)
 
 from .strategies import PLAIN, any_message, realistic_turn_node, sample_messages
 
@@ -227,3 +237,25 @@ def test_task_params_hold_only_plain_finite_data(params: dict) -> None:
     assert err.value.reason == "schema_violation" and "params" in err.value.detail
     with pytest.raises(ValueError, match="params"):
         TaskSpec(env="e", task_id="t", params=params)
+
+
+def test_work_items_and_trees_name_their_allocator_shard_since_their_last_version() -> None:
+    """Version 1 work items and version 2 trees had no shard: refused, not read as shard 0."""
+    item = next(m for m in sample_messages("r1") if isinstance(m, WorkItem))
+    sharded = replace(item, shard=3)
+    assert decode(encode(sharded), WorkItem).shard == 3
+    old_item = {k: v for k, v in _body(item).items() if k != "shard"}
+    with pytest.raises(ProtocolError) as err:
+        decode(_envelope(item, old_item, version=1), WorkItem)
+    assert err.value.reason == "unsupported_version"
+    tree = _completed_tree()
+    assert (tree.shard, tree.shard_count) == (0, 1)
+    old_tree = {k: v for k, v in _body(tree).items() if k not in ("shard", "shard_count")}
+    with pytest.raises(ProtocolError) as err:
+        decode(_envelope(tree, old_tree, version=2), CompletedTree)
+    assert err.value.reason == "unsupported_version"
+    with pytest.raises(ProtocolError) as err:
+        decode(_envelope(tree, {**_body(tree), "shard": 2, "shard_count": 2}), CompletedTree)
+    assert err.value.reason == "schema_violation"
+    with pytest.raises(ValueError):
+        replace(tree, shard=1)

@@ -2,6 +2,7 @@
 and the simulated engine's turns (the real actor service runs them in the bench)."""
 
 import asyncio
+import json
 import math
 
 import pytest
@@ -18,6 +19,7 @@ from bench.scale import (
     scaling_efficiency,
     simulated_weights,
     step_shape,
+    summarise_point,
 )
 from environments.tags import parse_action
 from protocol import SamplingSpec
@@ -121,3 +123,51 @@ def test_the_simulated_engine_answers_with_a_parseable_action_of_the_asked_lengt
     assert all(lp <= 0 for g in generations for lp in g.behaviour_logprobs)
     assert engine.turns_generated == 20 and engine.tokens_generated == 800
     assert engine.inflight_turns == 0
+
+
+def _write_metrics(run_dir, name, records):
+    path = run_dir / "metrics" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _allocator_records(accepted, p99s, cpu_p99s, open_nodes):
+    return [
+        {
+            "time": 100.0 + 10.0 * i,
+            "live_actors": 4,
+            "core.nodes_accepted": n,
+            "schedule_ms.p99": p,
+            "schedule_cpu_ms.p99": c,
+            "node_age_s.p50": 0.1,
+            "core.open_nodes": o,
+        }
+        for i, (n, p, c, o) in enumerate(zip(accepted, p99s, cpu_p99s, open_nodes, strict=True))
+    ]
+
+
+def test_a_sharded_point_adds_up_the_shards_and_takes_the_worst_p99(tmp_path):
+    # Shard 0: 200 nodes in 20 s, p99s after the first record 3 and 7 ms CPU; shard 1: 100 nodes, 4 and 2 ms.
+    _write_metrics(tmp_path, "allocator", _allocator_records([0, 100, 200], [9, 5, 8], [9, 3, 7], [10, 20, 30]))
+    _write_metrics(tmp_path, "allocator-1", _allocator_records([0, 60, 100], [1, 6, 4], [1, 4, 2], [5, 5, 5]))
+    cores = {"allocator": 0.3, "nats_server": 0.1, "actor_hosts": 0.2, "learner_sim": 0.0}
+    zero = dict.fromkeys(cores, 0.0)
+    busy = {role: share * 20.0 for role, share in cores.items()}
+    point = summarise_point(
+        4, tmp_path, 100.0, 120.0, zero, busy, 0.0, 1024.0 * 45, {"allocator": 0.2, "allocator-1": 0.1}
+    )
+    assert point.nodes_per_s == pytest.approx(10.0 + 5.0)
+    assert point.schedule_cpu_p99_ms == 7.0 and point.schedule_p99_ms == 8.0
+    assert point.schedule_p99_ms_median == pytest.approx(5.5)  # of 5, 8, 6, 4
+    # All shards' CPU (0.3 cores over 20 s) over all their 300 nodes.
+    assert point.allocator_cpu_ms_per_node == pytest.approx(1000.0 * 0.3 * 20.0 / 300.0)
+    assert point.open_nodes == pytest.approx(20.0 + 5.0)
+    assert point.allocator_rss_per_open_node_kib == pytest.approx(45.0 / 25.0)
+    first, second = point.shards
+    assert (first.name, first.nodes_per_s, first.schedule_cpu_p99_ms, first.cores_busy) == ("allocator", 10.0, 7.0, 0.2)
+    assert (second.name, second.nodes_per_s, second.schedule_cpu_p99_ms) == ("allocator-1", 5.0, 4.0)
+    assert second.cpu_ms_per_node == pytest.approx(1000.0 * 0.1 * 20.0 / 100.0)
+    # One allocator: the same figures as before shards existed, and no per-shard rows.
+    single = summarise_point(4, tmp_path, 100.0, 120.0, zero, busy, 0.0, 1024.0 * 20, {"allocator": 0.3})
+    assert single.nodes_per_s == pytest.approx(10.0) and single.shards == ()
+    assert single.schedule_cpu_p99_ms == 7.0 and single.open_nodes == pytest.approx(20.0)

@@ -102,6 +102,8 @@ def _record(node_id, parent, reward, done=True):
 
 def test_tree_batch_stats_counts_mixed_groups_and_turns():
     mixed = CompletedTree(
+        shard=0,
+        shard_count=1,
         run_id="r",
         tree_id="t1",
         task=TaskSpec("multihop", "a"),
@@ -115,6 +117,8 @@ def test_tree_batch_stats_counts_mixed_groups_and_turns():
         created_at=0.0,
     )
     all_fail = CompletedTree(
+        shard=0,
+        shard_count=1,
         run_id="r",
         tree_id="t2",
         task=TaskSpec("multihop", "b"),
