@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -56,7 +57,9 @@ def v_root_table(v: float | np.ndarray, max_m: int, strength: np.ndarray | None 
     return table
 
 
-ROOT_OBJECTIVES = ("mixed_groups", "informative_rollouts")
+#: What stage 1 maximises (``root_gain_table``); the config field is declared with this type.
+RootObjective = Literal["mixed_groups", "informative_rollouts"]
+ROOT_OBJECTIVES: tuple[str, ...] = get_args(RootObjective)
 
 
 def root_gain_table(

@@ -32,14 +32,16 @@ import functools
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+from msgspec import Meta
 
 from protocol import CompletedTree, SamplingSpec, TaskSpec, TurnNode, WorkItem, replace
+from tracerl.config import AtLeast0, AtLeast1, Config, Fraction, Positive
 from tracerl.logs import get_logger
 
-from .allocation import ROOT_OBJECTIVES
+from .allocation import RootObjective
 from .budget import BudgetLedger
 from .learning import OutcomeModel, Totals, TrainingBatch, allocator_metrics, default_prompt_text
 from .predictor import PredictorConfig
@@ -61,100 +63,66 @@ DropReason = Literal["late", "unknown_tree", "orphan_expired", "orphan_at_close"
 NodeOutcome = Literal["accepted", "duplicate", "unknown_tree", "buffered_orphan", "late"]
 
 
-@dataclass(frozen=True)
-class AllocatorCoreConfig:
+class AllocatorCoreConfig(Config, frozen=True):
     # A name in allocator.strategies.STRATEGIES.
     strategy: str = "trace"
     # Stage 2 paired with the gps or dps prompt selectors; ignored by the other strategies.
     stage2: str = "none"
     # Prompts per uniform batch and rollouts per prompt (GRPO's group size).
-    batch_prompts: int = 16
-    group_size: int = 4
+    batch_prompts: AtLeast1 = 16
+    # One rollout is never mixed.
+    group_size: Annotated[int, Meta(ge=2)] = 4
     # Candidate pool = pool_factor x the prompts a uniform batch would take.
-    pool_factor: int = 4
+    pool_factor: AtLeast1 = 4
     step_budget_turns: int = 256
     # Share of the step budget that stage 1 may reserve when a stage 2 follows.
-    root_fraction: float = 0.75
-    max_turns: int = 4
-    max_per_prompt: int = 8
+    root_fraction: Fraction = 0.75
+    max_turns: AtLeast1 = 4
+    max_per_prompt: Annotated[int, Meta(ge=2)] = 8
     # The smallest root group TRACE's stage 1 makes (2: any group that can be mixed).
     min_per_prompt: int = 2
     # What TRACE's stage 1 maximises: "mixed_groups" (the paper's sum of V_root) or
     # "informative_rollouts" (rollouts with a non-zero advantage; allocation.root_gain_table).
-    root_objective: str = "mixed_groups"
+    root_objective: RootObjective = "mixed_groups"
     # Most continuations from one prefix in one stage-2 round.
-    branch_k: int = 2
-    staleness_eta: int = 2
-    max_open_steps: int = 2
-    orphan_timeout_s: float = 60.0
-    step_timeout_s: float = 900.0
+    branch_k: AtLeast1 = 2
+    staleness_eta: AtLeast0 = 2
+    max_open_steps: AtLeast1 = 2
+    orphan_timeout_s: Positive = 60.0
+    step_timeout_s: Positive = 900.0
     # Exponential forgetting of per-prompt outcome counts at every observation.
-    prompt_stats_decay: float = 0.8
+    prompt_stats_decay: Fraction = 0.8
     entropy_rise: float = 0.0
     gps_diversity: float = 0.2
-    dps_stickiness: float = 0.8
-    tsr_width: int = 4
-    tsr_lookahead_turns: int = 1
+    dps_stickiness: Annotated[float, Meta(ge=0, le=1)] = 0.8
+    tsr_width: AtLeast1 = 4
+    tsr_lookahead_turns: AtLeast0 = 1
     # Bounds the work one schedule() call builds, so a large round is spread over calls.
     # With plan_units_per_call it keeps a call to about a millisecond on a small core
     # (bench/allocator_latency.py), so the shell's event loop is never held for long.
-    max_items_per_call: int = 32
+    max_items_per_call: AtLeast1 = 32
     # Bounds the planning one schedule() call does, in units of about a microsecond (see
     # allocator/strategies/base.py), so planning a round over 10^4 open nodes is spread
     # over calls too.
-    plan_units_per_call: int = 300
+    plan_units_per_call: AtLeast1 = 300
     # How many of a closed step's trees the predictor learns from per schedule() call; 0
     # learns from all of them in the call that closes the step. Learning costs milliseconds
     # a tree, so with hundreds of prompts a step that one call holds the shell for a second
     # (bench/scale.py); a bound spreads it over the following calls, which then plan with
     # the predictor as it was before those trees.
-    learn_trees_per_call: int = 0
-    sampling: SamplingSpec = field(default_factory=SamplingSpec)
-    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    learn_trees_per_call: AtLeast0 = 0
+    sampling: SamplingSpec = SamplingSpec()
+    predictor: PredictorConfig = PredictorConfig()
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"allocator.strategy must be one of {', '.join(STRATEGIES)}; got {self.strategy!r}")
-        if self.root_objective not in ROOT_OBJECTIVES:
-            raise ValueError(
-                f"allocator.root_objective must be one of {', '.join(ROOT_OBJECTIVES)}; got {self.root_objective!r}"
-            )
         if self.stage2 not in STAGE2_CHOICES:
             raise ValueError(f"allocator.stage2 must be one of {', '.join(STAGE2_CHOICES)}; got {self.stage2!r}")
-        for name in (
-            "batch_prompts",
-            "pool_factor",
-            "max_turns",
-            "branch_k",
-            "max_open_steps",
-            "tsr_width",
-            "max_items_per_call",
-            "plan_units_per_call",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"allocator.{name} must be >= 1")
-        if self.learn_trees_per_call < 0:
-            raise ValueError("allocator.learn_trees_per_call must be >= 0 (0: all at the step's close)")
-        if self.group_size < 2:
-            raise ValueError("allocator.group_size must be >= 2 (one rollout is never mixed)")
-        if self.max_per_prompt < 2:
-            raise ValueError("allocator.max_per_prompt must be >= 2")
         if not 2 <= self.min_per_prompt <= self.max_per_prompt:
             raise ValueError("allocator.min_per_prompt must be in [2, max_per_prompt]")
         if self.step_budget_turns < 2 * self.max_turns:
             raise ValueError("allocator.step_budget_turns must cover at least two full rollouts")
-        if not 0 < self.root_fraction <= 1:
-            raise ValueError("allocator.root_fraction must be in (0, 1]")
-        if self.staleness_eta < 0:
-            raise ValueError("allocator.staleness_eta must be >= 0")
-        if self.orphan_timeout_s <= 0 or self.step_timeout_s <= 0:
-            raise ValueError("allocator timeouts must be > 0")
-        if not 0 < self.prompt_stats_decay <= 1:
-            raise ValueError("allocator.prompt_stats_decay must be in (0, 1]")
-        if not 0 <= self.dps_stickiness <= 1:
-            raise ValueError("allocator.dps_stickiness must be in [0, 1]")
-        if self.tsr_lookahead_turns < 0:
-            raise ValueError("allocator.tsr_lookahead_turns must be >= 0")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from statistics import fmean
 
 from protocol import TaskSpec, TurnNode, WorkItem
+from tracerl.config import AtLeast0, Config
 
 from .tree import at_horizon
 
@@ -26,17 +27,12 @@ def is_probe_tree(tree_id: str) -> bool:
     return tree_id.startswith(PROBE_PREFIX)
 
 
-@dataclass(frozen=True)
-class HeldoutConfig:
-    tasks: int = 64
+class HeldoutConfig(Config, frozen=True):
+    tasks: AtLeast0 = 64
     # Probe at policy versions 0, every, 2*every, ...; 0 disables probing.
-    every_versions: int = 5
+    every_versions: AtLeast0 = 5
     max_tokens_per_turn: int = 48
     max_turns: int = 5
-
-    def __post_init__(self) -> None:
-        if self.tasks < 0 or self.every_versions < 0:
-            raise ValueError("heldout.tasks and heldout.every_versions must be >= 0")
 
 
 @dataclass

@@ -24,48 +24,35 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import numpy.typing as npt
+from msgspec import Meta
+
+from tracerl.config import AtLeast0, AtLeast1, Config, Fraction, Positive
 
 _WORD = re.compile(r"[a-z0-9_]+|[^\sa-z0-9_]")
 _ERROR = re.compile(r"error|invalid|not found|no result|unknown|malformed", re.IGNORECASE)
 
 
-@dataclass(frozen=True)
-class PredictorConfig:
-    hash_bits: int = 14
-    prior_precision: float = 1.0
+class PredictorConfig(Config, frozen=True):
+    hash_bits: Annotated[int, Meta(ge=8, le=22)] = 14
+    prior_precision: Positive = 1.0
     # Posterior precision is multiplied by this before each update so that the model keeps
     # adapting to the moving policy; 1.0 means never forget.
-    forgetting: float = 0.97
-    newton_steps: int = 12
+    forgetting: Fraction = 0.97
+    newton_steps: AtLeast1 = 12
     # Sample weight decay ** version_lag; samples lagging by more than max_lag are dropped.
-    decay: float = 0.7
-    max_lag: int = 4
+    decay: Fraction = 0.7
+    max_lag: AtLeast0 = 4
     use_bigrams: bool = True
     # Read the environment's progress score (TurnNode.env_score: e.g. the share of the needed
     # evidence found) when the environment has one. Off, the model sees text and structure only.
     use_env_score: bool = True
     # How many leaves' worth of weight a prior mean has before concentrations are fitted
     # (allocator/posterior.py fits them per depth from the allocator's own decisions).
-    initial_concentration: float = 4.0
-
-    def __post_init__(self) -> None:
-        if not 8 <= self.hash_bits <= 22:
-            raise ValueError("predictor.hash_bits must be in [8, 22]")
-        if self.prior_precision <= 0:
-            raise ValueError("predictor.prior_precision must be > 0")
-        if not 0 < self.forgetting <= 1:
-            raise ValueError("predictor.forgetting must be in (0, 1]")
-        if self.newton_steps < 1:
-            raise ValueError("predictor.newton_steps must be >= 1")
-        if not 0 < self.decay <= 1:
-            raise ValueError("predictor.decay must be in (0, 1]")
-        if self.max_lag < 0:
-            raise ValueError("predictor.max_lag must be >= 0")
-        if not self.initial_concentration > 0:
-            raise ValueError("predictor.initial_concentration must be > 0")
+    initial_concentration: Positive = 4.0
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from bus.client import BusClient, Delivery, PullConsumer
 from bus.permissions import ACTOR_MISMATCH
 from bus.streams import read_stream, read_work_queue, stream_extent
 from environments.registry import make_env, make_tasks
-from protocol import CompletedTree, Heartbeat, ProtocolError, Subjects, TaskSpec, TurnNode, WorkItem
+from protocol import CompletedTree, Heartbeat, ProtocolError, Subjects, TaskSpec, TurnNode, WorkItem, replace
 from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
@@ -196,7 +196,7 @@ class AllocatorService:
             config.shard_core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts(), shard=shard
         )
         # One shard probes the held-out set: K probes of one version would say nothing new.
-        probing = config.heldout if shard.index == 0 else dataclasses.replace(config.heldout, every_versions=0)
+        probing = config.heldout if shard.index == 0 else replace(config.heldout, every_versions=0)
         self.probes = HeldoutProbes(probing, heldout, config.run.run_id)
         self.metrics = role_metrics(config.run, config.log, shard.role_name, step_key="step")
         self.drops = MetricsWriter(config.run.run_dir, drops_metrics(shard))

@@ -10,13 +10,12 @@ single allocator, with its names and budgets unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from protocol import TaskSpec
+from protocol import TaskSpec, replace
+from tracerl.config import AtLeast0, AtLeast1, Config
 
 if TYPE_CHECKING:
     from allocator.core import AllocatorCoreConfig
@@ -26,17 +25,14 @@ if TYPE_CHECKING:
 TREE_PREFIX = "k"
 
 
-@dataclass(frozen=True)
-class ShardConfig:
+class ShardConfig(Config, frozen=True):
     """Which of ``count`` allocator shards this process is."""
 
-    index: int = 0
-    count: int = 1
+    index: AtLeast0 = 0
+    count: AtLeast1 = 1
 
     def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ValueError("allocator.shard.count must be >= 1")
-        if not 0 <= self.index < self.count:
+        if self.index >= self.count:
             raise ValueError(f"allocator.shard.index must be in [0, {self.count}); got {self.index}")
 
     @property
@@ -83,7 +79,7 @@ def shard_step(core: AllocatorCoreConfig, shard: ShardConfig) -> AllocatorCoreCo
     """
     if shard.count == 1:
         return core
-    return dataclasses.replace(
+    return replace(
         core,
         step_budget_turns=shard_share(core.step_budget_turns, shard),
         batch_prompts=max(1, shard_share(core.batch_prompts, shard)),

@@ -8,7 +8,6 @@ bench kills roles, the flood bench floods the bus, the join bench adds an actor.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 import queue
@@ -18,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from protocol import replace
 from tracerl.logs import configure_logging
 from tracerl.metrics import metrics_path, read_metrics
 
@@ -136,7 +136,7 @@ class BenchRun:
         """A new actor process ``name`` with the config of actor ``like`` under its own id."""
         from tracerl.up import start_role, write_role_config
 
-        self.configs[name] = dataclasses.replace(self.configs[like], actor_id=name)
+        self.configs[name] = replace(self.configs[like], actor_id=name)
         write_role_config(self.config_dir, name, self.configs[name])
         start_role(self.supervisor, self.up, name, self.config_dir)
 

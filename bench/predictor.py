@@ -28,7 +28,6 @@ rollouts from the same settings.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sys
 import time
@@ -433,7 +432,7 @@ def bench_settings(options: PredictorBenchOptions, up: Any, base_dir: Path) -> d
         "branch_k": core.branch_k,
         "max_turns": core.max_turns,
         "sampling": msgspec.structs.asdict(core.sampling) | {"seed": None},
-        "predictor": dataclasses.asdict(core.predictor),
+        "predictor": msgspec.structs.asdict(core.predictor),
     }
 
 

@@ -61,7 +61,7 @@ from actors.config import EngineSettings
 from actors.engine import Generation
 from bench.harness import BenchRun, bench_up_config, fresh_run_dir, last_record
 from environments import tags
-from protocol import SamplingSpec
+from protocol import SamplingSpec, replace
 from tracerl.logs import get_logger
 from tracerl.metrics import metrics_path, read_metrics
 
@@ -296,7 +296,7 @@ async def serve_simulated_actors(
         engine = SimulatedEngine(
             tokenizer, config.engine, turn_seconds, tokens_per_turn, answer_probability, seed=hash(actor_id) + index
         )
-        own = dataclasses.replace(config, actor_id=actor_id)
+        own = replace(config, actor_id=actor_id)
         services.append(ActorService(own, engine, client, actor_id))  # type: ignore[arg-type]
         clients.append(client)
 
@@ -403,7 +403,7 @@ class ScaleOptions:
         """The allocator shards' process (and metrics) names."""
         from allocator.shard import ShardConfig
 
-        return [ShardConfig(index, self.shards).role_name for index in range(self.shards)]
+        return [ShardConfig(index=index, count=self.shards).role_name for index in range(self.shards)]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -510,7 +510,7 @@ def measure_point(actors: int, options: ScaleOptions, overrides: Sequence[str]) 
         shard_pids = {name: run.supervisor.processes[name].popen.pid for name in names}
         base_rss = sum(rss_bytes(pid) for pid in shard_pids.values())
         sim_model = make_simulated_model_dir(run.model_dir, run.run_dir / "simulated-model")
-        actor_config = dataclasses.replace(
+        actor_config = replace(
             up.actor, bus=run.configs["allocator"].bus, model_dir=str(sim_model), run=up.run, log=up.log
         )
         actor_path = write_role_config(run.config_dir, "scale-actors", actor_config)

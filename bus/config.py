@@ -3,66 +3,56 @@
 from __future__ import annotations
 
 import ipaddress
-import re
-from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Annotated
 
+import msgspec
+from msgspec import Meta
+
+from protocol import replace
 from protocol.subjects import check_run_id
-from tracerl.config import LogConfig, RunConfig
+from tracerl.config import AtLeast0, AtLeast1, Config, LogConfig, Positive, RunConfig
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 MAX_REPLICAS = 5
 DEFAULT_CLUSTER_REPLICAS = 3
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A cluster, node or actor name; empty where the field is optional.
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+NameOrEmpty = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
+Port = Annotated[int, Meta(ge=0, le=65535)]
 
 
-@dataclass(frozen=True)
-class StreamLimits:
+class StreamLimits(Config, frozen=True):
     """Durable-consumer and retention settings applied by provisioning."""
 
     # A work item or node not acked within ack_wait goes back to another consumer.
-    ack_wait_s: float = 30.0
+    ack_wait_s: Positive = 30.0
     # After this many deliveries a message is treated as poisoned and moved to the DLQ.
-    max_deliver: int = 5
+    max_deliver: AtLeast1 = 5
     # Nodes, trees and DLQ copies are kept this long (they are also useful for replay).
-    max_age_s: float = 7 * 24 * 3600.0
+    max_age_s: Positive = 7 * 24 * 3600.0
     # Byte caps of the same streams (0: none); past a cap the oldest messages go. A restarted
     # allocator must never find a node whose tree is gone (it would reopen that tree), and a
     # tree holds copies of its nodes, so the trees' cap is at least twice the nodes'.
     # JetStream reserves each cap in the server's file-store budget when the stream is made,
     # so the caps also limit how many runs one server can hold.
-    nodes_max_bytes: int = 512 * MIB
-    trees_max_bytes: int = 1 * GIB
-    dead_letter_max_bytes: int = 64 * MIB
+    nodes_max_bytes: AtLeast0 = 512 * MIB
+    trees_max_bytes: AtLeast0 = 1 * GIB
+    dead_letter_max_bytes: AtLeast0 = 64 * MIB
     # Per-actor work consumers that see no actor for this long are removed by the server.
-    actor_consumer_inactive_s: float = 3600.0
-    duplicate_window_s: float = 120.0
+    actor_consumer_inactive_s: Positive = 3600.0
+    duplicate_window_s: Annotated[float, Meta(ge=0)] = 120.0
     # Copies of every stream and bucket (JetStream allows 1 to 5). 0 means "decided by the
     # bus": 3 on a cluster of at least 3 nodes, so losing any one node loses nothing, else 1.
-    replicas: int = 0
+    replicas: Annotated[int, Meta(ge=0, le=MAX_REPLICAS)] = 0
 
     def __post_init__(self) -> None:
-        if self.ack_wait_s <= 0:
-            raise ValueError("streams.ack_wait_s must be > 0")
-        if self.max_deliver < 1:
-            raise ValueError("streams.max_deliver must be >= 1")
-        if self.max_age_s <= 0:
-            raise ValueError("streams.max_age_s must be > 0")
-        for name in ("nodes_max_bytes", "trees_max_bytes", "dead_letter_max_bytes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"streams.{name} must be >= 0 (0: no cap)")
         if self.trees_max_bytes and not (self.nodes_max_bytes and self.trees_max_bytes >= 2 * self.nodes_max_bytes):
             raise ValueError(
                 "streams.trees_max_bytes needs a streams.nodes_max_bytes of at most half of it: "
                 "trees must outlive their nodes"
             )
-        if self.actor_consumer_inactive_s <= 0:
-            raise ValueError("streams.actor_consumer_inactive_s must be > 0")
-        if self.duplicate_window_s < 0:
-            raise ValueError("streams.duplicate_window_s must be >= 0")
-        if not 0 <= self.replicas <= MAX_REPLICAS:
-            raise ValueError(f"streams.replicas must be in [0, {MAX_REPLICAS}], got {self.replicas}")
 
     @property
     def num_replicas(self) -> int:
@@ -70,8 +60,7 @@ class StreamLimits:
         return self.replicas or 1
 
 
-@dataclass(frozen=True)
-class ClusterConfig:
+class ClusterConfig(Config, frozen=True):
     """Routes between nats-servers, so that JetStream replicates and clients can fail over.
 
     Two ways to use it:
@@ -84,34 +73,24 @@ class ClusterConfig:
     """
 
     # Empty means "not clustered": a single nats-server, as without this section.
-    name: str = ""
+    name: NameOrEmpty = ""
     # This node's JetStream server name, unique in the cluster (required with routes;
     # local nodes are named "<name>-n0", "<name>-n1", ...).
-    node_name: str = ""
+    node_name: NameOrEmpty = ""
     # Address this node's route listener binds, which its peers dial; empty means the bus's host.
     route_host: str = ""
-    route_port: int = 6222
+    route_port: Port = 6222
     # The other nodes' route URLs, e.g. nats-route://10.0.0.2:6222; their count sizes the cluster.
-    routes: list[str] = field(default_factory=list)
+    routes: list[str] = msgspec.field(default_factory=list)
     # Start this many nodes in this process (0: just this one node).
-    local_nodes: int = 0
+    local_nodes: AtLeast0 = 0
     # A joining node reuses the run's credentials and leaves provisioning to the first node.
     join: bool = False
     # How long the first node waits for enough peers to place replicated streams (time
     # enough to copy its credentials to the other hosts and start them there).
-    form_timeout_s: float = 300.0
+    form_timeout_s: Positive = 300.0
 
     def __post_init__(self) -> None:
-        if self.name and not _NAME.match(self.name):
-            raise ValueError(f"cluster.name {self.name!r} must be 1-64 characters of [A-Za-z0-9_-]")
-        if self.node_name and not _NAME.match(self.node_name):
-            raise ValueError(f"cluster.node_name {self.node_name!r} must be 1-64 characters of [A-Za-z0-9_-]")
-        if not 0 <= self.route_port <= 65535:
-            raise ValueError(f"cluster.route_port must be in [0, 65535], got {self.route_port}")
-        if self.local_nodes < 0:
-            raise ValueError("cluster.local_nodes must be >= 0")
-        if self.form_timeout_s <= 0:
-            raise ValueError("cluster.form_timeout_s must be > 0")
         for route in self.routes:
             if not route.startswith("nats-route://") or "@" in route:
                 raise ValueError(
@@ -142,54 +121,43 @@ class ClusterConfig:
         return 1 + len(set(self.routes))
 
 
-@dataclass(frozen=True)
-class BusServerConfig:
+class BusServerConfig(Config, frozen=True):
     """The nats-server (or cluster nodes) with JetStream for a run, plus its credentials and streams."""
 
-    run: RunConfig = field(default_factory=RunConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    streams: StreamLimits = field(default_factory=StreamLimits)
+    run: RunConfig = RunConfig()
+    log: LogConfig = LogConfig()
+    streams: StreamLimits = StreamLimits()
     host: str = "127.0.0.1"
-    port: int = 4222
+    port: Port = 4222
     # HTTP monitoring, used for readiness and reload checks; always on loopback.
     # For both ports, 0 means "a free port chosen at start".
-    monitor_port: int = 8222
+    monitor_port: Port = 8222
     # Empty means "<run_dir>/nats".
     store_dir: str = ""
-    max_payload: int = 8 * MIB
+    # nats-server refuses payloads above 64 MiB; below 1 MiB object-store chunks do not fit.
+    max_payload: Annotated[int, Meta(ge=MIB, le=64 * MIB)] = 8 * MIB
     # JetStream's file store limit on each node, in MiB; 0 leaves it to nats-server (a share of
     # the free disk). Publishes past it are refused rather than filling the disk.
-    max_store_mib: int = 0
+    max_store_mib: AtLeast0 = 0
     # Further run ids served by the same server (several runs may share one deployment).
-    extra_run_ids: list[str] = field(default_factory=list)
+    extra_run_ids: list[str] = msgspec.field(default_factory=list)
     # Empty means "<venv>/bin/nats-server next to this Python, else nats-server on PATH".
     server_binary: str = ""
-    startup_timeout_s: float = 15.0
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    startup_timeout_s: Positive = 15.0
+    cluster: ClusterConfig = ClusterConfig()
     # Serve TLS with a certificate from the run's own CA (clients verify it with the CA in
     # their credentials file). Unset means: on whenever the bus listens beyond loopback.
     tls: bool | None = None
     # Further names or addresses clients use to reach the bus (a DNS name, a public address),
     # added to the server certificate besides the listen and route hosts and this hostname.
-    tls_hosts: list[str] = field(default_factory=list)
+    tls_hosts: list[str] = msgspec.field(default_factory=list)
     # The one `actor` credential any actor may use, publishing as any actor id. Unset means:
     # only on loopback; beyond it each actor has its own (`actors`, `tracerl bus add-actor`).
     shared_actor_credential: bool | None = None
     # Actor ids given a credential of their own at start; more are added with `tracerl bus add-actor`.
-    actors: list[str] = field(default_factory=list)
+    actors: list[Name] = msgspec.field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        if not 0 <= self.monitor_port <= 65535:
-            raise ValueError(f"monitor_port must be in [0, 65535], got {self.monitor_port}")
-        # nats-server refuses payloads above 64 MiB; below 1 MiB object-store chunks do not fit.
-        if not MIB <= self.max_payload <= 64 * MIB:
-            raise ValueError(f"max_payload must be in [1 MiB, 64 MiB], got {self.max_payload}")
-        if self.startup_timeout_s <= 0:
-            raise ValueError("startup_timeout_s must be > 0")
-        if self.max_store_mib < 0:
-            raise ValueError(f"max_store_mib must be >= 0, got {self.max_store_mib}")
         # nats-server reserves every stream's byte cap from the store limit when it creates the
         # stream: caps past the limit would fail at provisioning with "insufficient storage".
         capped = self.streams.nodes_max_bytes + self.streams.trees_max_bytes + self.streams.dead_letter_max_bytes
@@ -201,9 +169,6 @@ class BusServerConfig:
         check_run_id(self.run.run_id)
         for run_id in self.extra_run_ids:
             check_run_id(run_id)
-        for actor_id in self.actors:
-            if not _NAME.match(actor_id):
-                raise ValueError(f"actors entry {actor_id!r} must be 1-64 characters of [A-Za-z0-9_-]")
         if self.streams.replicas > self.cluster.size:
             raise ValueError(
                 f"streams.replicas={self.streams.replicas} needs at least that many nodes; "

@@ -21,6 +21,7 @@ local node's config from them and hot-reloads it.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import datetime
 import json
 import os
@@ -35,12 +36,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from protocol import replace
 from tracerl.logs import get_logger
-from tracerl.typed import SchemaError, from_plain, to_plain
 
 from . import tls
 from .config import MIB, BusServerConfig
@@ -53,8 +56,7 @@ class BusServerError(RuntimeError):
     """nats-server could not be found, started, reloaded or stopped."""
 
 
-@dataclass(frozen=True)
-class RoleCredentials:
+class RoleCredentials(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What a role needs to connect; stored as ``<run_dir>/credentials/<role>.json`` (0600)."""
 
     role: str
@@ -68,14 +70,13 @@ class RoleCredentials:
     ca_pem: str = ""
 
     def write(self, path: Path) -> None:
-        _write_private_json(path, to_plain(self))
+        _write_private_json(path, msgspec.to_builtins(self))
 
     @classmethod
     def read(cls, path: Path) -> RoleCredentials:
         try:
-            data = json.loads(Path(path).read_text())
-            return from_plain(cls, data, allow_missing_defaults=True)
-        except (OSError, json.JSONDecodeError, SchemaError) as err:
+            return msgspec.json.decode(Path(path).read_bytes(), type=cls)
+        except (OSError, msgspec.DecodeError) as err:
             raise BusServerError(f"cannot read credentials {path}: {err}") from None
 
 
@@ -177,21 +178,20 @@ def ca_paths(run_dir: str | Path) -> tuple[Path, Path]:
     return directory / "ca.pem", directory / "ca-key.pem"
 
 
-@dataclass(frozen=True)
-class RouteCredentials:
+class RouteCredentials(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The user nodes of one cluster present to each other; stored as ``credentials/cluster-routes.json``."""
 
     user: str
     password: str
 
     def write(self, path: Path) -> None:
-        _write_private_json(path, to_plain(self))
+        _write_private_json(path, msgspec.to_builtins(self))
 
     @classmethod
     def read(cls, path: Path) -> RouteCredentials:
         try:
-            return from_plain(cls, json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, SchemaError) as err:
+            return msgspec.json.decode(Path(path).read_bytes(), type=cls)
+        except (OSError, msgspec.DecodeError) as err:
             raise BusServerError(f"cannot read route credentials {path}: {err}") from None
 
 
@@ -339,7 +339,10 @@ def plan_nodes(config: BusServerConfig, port_for: Callable[[str], int]) -> list[
         for index in range(cluster.local_nodes)
     ]
     # Each node routes to all the others; the full mesh forms without relying on gossip.
-    return [replace(node, routes=tuple(peer.route_url for peer in unrouted if peer is not node)) for node in unrouted]
+    return [
+        dataclasses.replace(node, routes=tuple(peer.route_url for peer in unrouted if peer is not node))
+        for node in unrouted
+    ]
 
 
 def route_url_with_credentials(route: str, credentials: RouteCredentials) -> str:

@@ -6,27 +6,24 @@ handle tied parameters, and the learner publishes new weights that actors reload
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from transformers import PreTrainedTokenizerBase, Qwen3Config
 
+from tracerl.config import AtLeast1, Config
 
-@dataclass(frozen=True)
-class ArchitectureConfig:
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: int = 32
-    intermediate_size: int = 512
+
+class ArchitectureConfig(Config, frozen=True):
+    hidden_size: AtLeast1 = 128
+    num_layers: AtLeast1 = 4
+    num_heads: AtLeast1 = 4
+    num_kv_heads: AtLeast1 = 2
+    head_dim: AtLeast1 = 32
+    intermediate_size: AtLeast1 = 512
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
-        if min(self.hidden_size, self.num_layers, self.head_dim, self.intermediate_size) < 1:
-            raise ValueError("architecture sizes must be positive")
         if self.head_dim not in VLLM_CPU_HEAD_SIZES:
             raise ValueError(f"head_dim must be one of {VLLM_CPU_HEAD_SIZES} (vLLM CPU attention), not {self.head_dim}")
 

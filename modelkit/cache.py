@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tracerl.typed import to_plain
+import msgspec
 
 CACHE_DIR_ENV = "TRACERL_CACHE_DIR"
 #: Written last inside a build; its presence marks a directory as complete.
@@ -34,9 +34,14 @@ def cache_root(override: str = "") -> Path:
 
 
 def content_key(payload: Any) -> str:
-    """A short stable hash of plain data or dataclasses (key order does not matter)."""
-    canonical = json.dumps(to_plain(payload), sort_keys=True, separators=(",", ":"), default=str)
+    """A short stable hash of plain data, structs or dataclasses (key order does not matter)."""
+    canonical = json.dumps(_builtins(payload), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _builtins(data: Any) -> Any:
+    # What JSON has no type for is named by its ``str`` (bytes too, as json's ``default=str`` did).
+    return msgspec.to_builtins(data, builtin_types=(bytes, bytearray), enc_hook=str)
 
 
 def cached_directory(root: Path, name: str, key: str, build: Callable[[Path], dict[str, Any]]) -> tuple[Path, bool]:
@@ -51,7 +56,7 @@ def cached_directory(root: Path, name: str, key: str, build: Callable[[Path], di
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{key}-", dir=root))
     try:
         info = build(tmp)
-        (tmp / COMPLETE_MARKER).write_text(json.dumps({"key": key, **to_plain(info)}, indent=2, sort_keys=True))
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"key": key, **_builtins(info)}, indent=2, sort_keys=True))
         if target.exists() and not (target / COMPLETE_MARKER).is_file():
             shutil.rmtree(target)  # debris of an interrupted build from an older layout
         try:

@@ -6,44 +6,47 @@ it logs) is part of the cache key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
 
 from environments.demos import DEFAULT_PROFILE, MistakeProfile
 from modelkit.architecture import ArchitectureConfig
-from tracerl.config import LogConfig
-from tracerl.typed import to_plain
+from protocol.messages import check_plain_data
+from tracerl.config import AtLeast1, Config, LogConfig, Positive
 
 
-@dataclass(frozen=True)
-class MistakeConfig:
+class MistakeConfig(Config, frozen=True):
     """The demonstrations' systematic mistakes (see ``environments.demos.MistakeProfile``)."""
 
-    relation_confusion: list[tuple[str, str]] = field(default_factory=lambda: list(DEFAULT_PROFILE.relation_confusion))
+    relation_confusion: list[tuple[str, str]] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_PROFILE.relation_confusion)
+    )
     confusion_rate: float = DEFAULT_PROFILE.confusion_rate
-    premature_answer_share: list[tuple[int, float]] = field(
+    premature_answer_share: list[tuple[int, float]] = msgspec.field(
         default_factory=lambda: list(DEFAULT_PROFILE.premature_answer_share)
     )
     premature_consistency: float = DEFAULT_PROFILE.premature_consistency
-    grid_move_confusion: list[tuple[str, str]] = field(
+    grid_move_confusion: list[tuple[str, str]] = msgspec.field(
         default_factory=lambda: list(DEFAULT_PROFILE.grid_move_confusion)
     )
     grid_confusion_rate: float = DEFAULT_PROFILE.grid_confusion_rate
-    math_operation_confusion: list[tuple[str, str]] = field(
+    math_operation_confusion: list[tuple[str, str]] = msgspec.field(
         default_factory=lambda: list(DEFAULT_PROFILE.math_operation_confusion)
     )
     math_confusion_rate: float = DEFAULT_PROFILE.math_confusion_rate
-    math_premature_share: list[tuple[int, float]] = field(
+    math_premature_share: list[tuple[int, float]] = msgspec.field(
         default_factory=lambda: list(DEFAULT_PROFILE.math_premature_share)
     )
-    toolcall_reason_confusion: list[tuple[str, str]] = field(
+    toolcall_reason_confusion: list[tuple[str, str]] = msgspec.field(
         default_factory=lambda: list(DEFAULT_PROFILE.toolcall_reason_confusion)
     )
     toolcall_confusion_rate: float = DEFAULT_PROFILE.toolcall_confusion_rate
-    toolcall_premature_share: list[tuple[int, float]] = field(
+    toolcall_premature_share: list[tuple[int, float]] = msgspec.field(
         default_factory=lambda: list(DEFAULT_PROFILE.toolcall_premature_share)
     )
-    webshop_option_confusion: list[tuple[str, str]] = field(
+    webshop_option_confusion: list[tuple[str, str]] = msgspec.field(
         default_factory=lambda: list(DEFAULT_PROFILE.webshop_option_confusion)
     )
     webshop_confusion_rate: float = DEFAULT_PROFILE.webshop_confusion_rate
@@ -81,30 +84,25 @@ ENVIRONMENT_MISTAKE_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Config, frozen=True):
     # The default run trains on multi-hop QA; one model per environment keeps the build within
     # 10 minutes on two cores (e.g. --set 'demos.environments=[sokoban]').
-    environments: list[str] = field(default_factory=lambda: ["multihop"])
-    demos_per_env: int = 20000
+    environments: Annotated[list[str], Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["multihop"])
+    demos_per_env: AtLeast1 = 20000
     # Per environment, keyword knobs of ``make_tasks`` (absent: the environment's defaults).
     # Held-out questions are about knowledge bases the demos never show. Demos over the
     # environment's default 4 training knowledge bases let the model answer partly from
     # memorised facts (27% / 28% held-out greedy / sampled on 400 tasks); over 16 it reads the
     # passages and fails almost only where the injected mistakes steer it (40% / 44%).
-    difficulty: dict[str, dict[str, Any]] = field(default_factory=lambda: {"multihop": {"num_kbs": 16}})
-    mistakes: MistakeConfig = field(default_factory=MistakeConfig)
+    difficulty: dict[str, dict[str, Any]] = msgspec.field(default_factory=lambda: {"multihop": {"num_kbs": 16}})
+    mistakes: MistakeConfig = MistakeConfig()
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.environments:
-            raise ValueError("demos.environments must name at least one environment")
-        if self.demos_per_env < 1:
-            raise ValueError("demos.demos_per_env must be >= 1")
+        check_plain_data(self.difficulty, "difficulty")
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Config, frozen=True):
     # On multi-hop QA the loss first sits on a plateau (names not yet copied from the context),
     # and when it leaves depends on the recipe and on the CPU's float rounding: with every space
     # its own token it took 385 steps on one machine and ~600 on another, where a fixed cosine
@@ -112,14 +110,14 @@ class TrainingConfig:
     # 100-200. So the peak rate is held until the loss drops below ``plateau_exit_loss`` and
     # the cosine decay then runs ``steps_after_plateau`` steps; ``steps`` caps the whole warm
     # start. plateau_exit_loss = 0 gives a plain cosine over ``steps``.
-    steps: int = 1800
-    plateau_exit_loss: float = 0.35
-    steps_after_plateau: int = 700
+    steps: AtLeast1 = 1800
+    plateau_exit_loss: Annotated[float, Meta(ge=0)] = 0.35
+    steps_after_plateau: AtLeast1 = 700
     # Sequences are grouped by length; a batch holds at most this many tokens (padding included).
     batch_tokens: int = 4096
     learning_rate: float = 3e-3
     # A low floor sharpens the policy: sampled success then tracks greedy success.
-    min_learning_rate: float = 3e-4
+    min_learning_rate: Positive = 3e-4
     warmup_steps: int = 30
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -127,19 +125,16 @@ class TrainingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_tokens < self.max_sequence_tokens:
-            raise ValueError("training.steps must be >= 1 and batch_tokens >= max_sequence_tokens")
-        if self.plateau_exit_loss < 0 or self.steps_after_plateau < 1:
-            raise ValueError("need training.plateau_exit_loss >= 0 and training.steps_after_plateau >= 1")
-        if not 0 < self.min_learning_rate <= self.learning_rate:
-            raise ValueError("need 0 < training.min_learning_rate <= training.learning_rate")
+        if self.batch_tokens < self.max_sequence_tokens:
+            raise ValueError("training.batch_tokens must be >= training.max_sequence_tokens")
+        if self.min_learning_rate > self.learning_rate:
+            raise ValueError("need training.min_learning_rate <= training.learning_rate")
 
 
-@dataclass(frozen=True)
-class ModelBuildConfig:
+class ModelBuildConfig(Config, frozen=True):
     """`tracerl model build`: tokenizer, architecture, demonstrations and warm start."""
 
-    log: LogConfig = field(default_factory=LogConfig)
+    log: LogConfig = LogConfig()
     # Where built models are cached; empty means $TRACERL_CACHE_DIR or ~/.cache/tracerl/models.
     cache_dir: str = ""
     # When set, the built directory is also copied here (e.g. a run's model directory).
@@ -152,9 +147,9 @@ class ModelBuildConfig:
     # rounding only as much as another CPU would (the plateau-held schedule absorbs both).
     # On a machine shared with other busy processes, 1 can be several times faster than 2.
     threads: int = 2
-    architecture: ArchitectureConfig = field(default_factory=ArchitectureConfig)
-    demos: DemoConfig = field(default_factory=DemoConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    architecture: ArchitectureConfig = ArchitectureConfig()
+    demos: DemoConfig = DemoConfig()
+    training: TrainingConfig = TrainingConfig()
     # Held-out episodes per environment scored (greedy and sampled, with transformers) after
     # the warm start and recorded in build-info.json; 0 skips it.
     eval_tasks: int = 0
@@ -169,7 +164,7 @@ class ModelBuildConfig:
 
     def recipe(self) -> dict[str, Any]:
         """The fields that determine the built weights: the cache key's content."""
-        demos = to_plain(self.demos)
+        demos = msgspec.to_builtins(self.demos)
         for env_name, names in ENVIRONMENT_MISTAKE_FIELDS.items():
             if env_name not in self.demos.environments:
                 for name in names:

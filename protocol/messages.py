@@ -410,9 +410,10 @@ MESSAGE_TYPES: dict[str, type[Any]] = {
     for cls in (TurnNode, WorkItem, CompletedTree, WeightsAnnouncement, Heartbeat, BroadcastJoin, BroadcastGroup)
 }
 
-M = TypeVar("M", bound=Message)
+S = TypeVar("S", bound=msgspec.Struct)
 
 
-def replace(message: M, **changes: Any) -> M:
-    """A copy of ``message`` with ``changes``, its cross-field rules checked again."""
-    return msgspec.structs.replace(message, **changes)
+def replace(struct: S, **changes: Any) -> S:
+    """A copy of a message (or a config, ``tracerl.config``) with ``changes``, its cross-field
+    rules (``__post_init__``) checked again; declared ranges are checked where data is decoded."""
+    return msgspec.structs.replace(struct, **changes)

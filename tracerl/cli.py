@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from bench.cli import bench_app
@@ -37,7 +38,8 @@ app = typer.Typer(
 def config_epilog(config_cls: type) -> str:
     rows = field_docs(config_cls)
     width = max(len(name) for name, _, _ in rows)
-    lines = [f"{name.ljust(width)}  {tp} = {default}" for name, tp, default in rows]
+    # Escaped: Rich would read "[str]" in "list[str]" as markup and drop it.
+    lines = [escape(f"{name.ljust(width)}  {tp} = {default}") for name, tp, default in rows]
     # Rich markup mode "rich" keeps single newlines, so the table stays one field per line.
     return "Config fields (file keys or --set):\n" + "\n".join(lines)
 

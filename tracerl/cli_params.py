@@ -30,7 +30,7 @@ def role_relative(overrides: list[str] | None, role: str, config_cls: type) -> l
     role accepts the keys of its section of `tracerl up`'s config, e.g. ``tracerl allocator
     --set allocator.shard.index=1``."""
     prefix = f"{role}."
-    if overrides is None or role in getattr(config_cls, "__dataclass_fields__", {}):
+    if overrides is None or role in getattr(config_cls, "__struct_fields__", ()):
         return overrides
     return [item[len(prefix) :] if item.startswith(prefix) else item for item in overrides]
 

@@ -4,7 +4,13 @@ Each role owns one typed config (``actors.config.ActorConfig`` and so on) built 
 shared parts below. A config is loaded from a YAML or TOML file and then overridden on
 the command line with ``--set section.field=value`` (values are parsed as YAML scalars,
 so ``--set learner.lr=1e-5`` gives a float and ``--set bus.servers=[a,b]`` a list).
-Validation is strict: an unknown or mistyped field is an error naming the file and field.
+
+Every config section is a frozen ``msgspec.Struct`` (``Config``): ``msgspec.convert`` builds
+it from the loaded data, refusing unknown fields and mistyped values, and checks each
+field's range as declared with ``msgspec.Meta``; ``__post_init__`` holds the rules that
+tie fields together. As for protocol messages, ranges are checked where data enters (this
+loader); a config built or ``replace``d in code runs its ``__post_init__`` only.
+A rejection is a ``ConfigError`` naming the file or ``--set``, the field and its value.
 
 A YAML file may take a whole section from another file: ``model: !include models/math.yaml``
 (the path is relative to the including file), so a run config can use a model recipe that
@@ -13,20 +19,20 @@ A YAML file may take a whole section from another file: ``model: !include models
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar
 
+import msgspec
+import msgspec.inspect as mi
 import yaml
+from msgspec import Meta
 
 from protocol.codec import DEFAULT_MAX_BYTES
-from tracerl.typed import SchemaError, from_plain, to_plain
 
 T = TypeVar("T")
 
@@ -35,11 +41,22 @@ class ConfigError(ValueError):
     """A config that cannot be used. The message is one line naming the source and field."""
 
 
-@dataclass(frozen=True)
-class BusConfig:
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The options every config section is declared with (a type checker wants ``frozen=True``
+    repeated on each)."""
+
+
+# Declared ranges shared by many fields; a field with a range of its own spells it out.
+Positive = Annotated[float, Meta(gt=0)]
+AtLeast0 = Annotated[int, Meta(ge=0)]
+AtLeast1 = Annotated[int, Meta(ge=1)]
+Fraction = Annotated[float, Meta(gt=0, le=1)]
+
+
+class BusConfig(Config, frozen=True):
     """How a role reaches NATS."""
 
-    servers: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     # Credentials file written by `tracerl bus` into the run directory; empty means
     # "<run_dir>/credentials/<role>.json".
     credentials: str = ""
@@ -51,15 +68,10 @@ class BusConfig:
     # Larger messages on a consumed subject are rejected unread ("oversized"). The server's
     # own limit (the bus's max_payload, 8 MiB by default) is the ceiling; a role can be
     # stricter, so a client allowed on its subjects cannot make it decode huge payloads.
-    max_message_bytes: int = DEFAULT_MAX_BYTES
-
-    def __post_init__(self) -> None:
-        if self.max_message_bytes < 1:
-            raise ValueError("max_message_bytes must be >= 1")
+    max_message_bytes: AtLeast1 = DEFAULT_MAX_BYTES
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Config, frozen=True):
     """Identity and location of a training run, shared by every role."""
 
     run_id: str = "default"
@@ -67,24 +79,17 @@ class RunConfig:
     seed: int = 0
     # A stopping role ends within this many seconds or exits with status 3, naming what hung.
     # Keep it above the longest planned stop step, such as a learner step on a large model.
-    stop_timeout_s: float = 90.0
-
-    def __post_init__(self) -> None:
-        if not self.stop_timeout_s > 0:
-            raise ValueError("run.stop_timeout_s must be > 0")
+    stop_timeout_s: Positive = 90.0
 
 
-@dataclass(frozen=True)
-class LogConfig:
-    level: str = "info"
+class LogConfig(Config, frozen=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
     json_file: bool = True
     # Metrics also go to W&B (one run per role, grouped by run id; offline unless WANDB_MODE
     # says otherwise). TensorBoard event files under <run_dir>/tb/ are always written.
     wandb: bool = False
 
     def __post_init__(self) -> None:
-        if self.level not in ("debug", "info", "warning", "error"):
-            raise ValueError(f"level must be debug, info, warning or error, not {self.level!r}")
         if self.wandb and not package_installed("wandb"):
             raise ValueError("wandb=true needs the wandb package, which is not installed (pip install wandb)")
 
@@ -92,8 +97,7 @@ class LogConfig:
 WeightsTransport = Literal["object_store", "broadcast"]
 
 
-@dataclass(frozen=True)
-class WeightsConfig:
+class WeightsConfig(Config, frozen=True):
     """How a policy version's bytes reach the actors; the learner and every actor set the same.
 
     ``object_store``: every actor reads every version from the bus's object store.
@@ -106,30 +110,19 @@ class WeightsConfig:
     # gloo moves host memory (CPU, or any machine); nccl moves GPU memory over the GPUs' network.
     backend: Literal["gloo", "nccl"] = "gloo"
     # The address the actors reach the learner's rendezvous store at, and its port (0: any free one).
-    host: str = "127.0.0.1"
-    port: int = 0
+    host: Annotated[str, Meta(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 0
     # A version is broadcast as flat byte buckets of this size.
-    bucket_mib: int = 128
+    bucket_mib: AtLeast1 = 128
     # How long the learner waits for the actors of a new group to check in, and then for the
     # group to connect; an actor that does not check in is left out until it asks again.
-    join_timeout_s: float = 30.0
+    join_timeout_s: Positive = 30.0
     # The learner's bound on one version's broadcast; past it the group is dissolved.
-    broadcast_timeout_s: float = 600.0
+    broadcast_timeout_s: Positive = 600.0
     # How long a member waits for the next version (a learner step) before it leaves the group.
-    idle_timeout_s: float = 3600.0
+    idle_timeout_s: Positive = 3600.0
     # How often an actor reads the group key while it is outside a group.
-    poll_interval_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError("weights.port must be in [0, 65535]")
-        if self.bucket_mib < 1:
-            raise ValueError("weights.bucket_mib must be >= 1")
-        for name in ("join_timeout_s", "broadcast_timeout_s", "idle_timeout_s", "poll_interval_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"weights.{name} must be > 0")
-        if not self.host:
-            raise ValueError("weights.host must be set")
+    poll_interval_s: Positive = 1.0
 
     @property
     def bucket_bytes(self) -> int:
@@ -142,31 +135,60 @@ def package_installed(name: str) -> bool:
 
 
 def field_docs(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted name, type, default) for every leaf field: the basis of ``--help`` text."""
+    """(dotted name, type with its declared range, default) for every leaf field: the basis of ``--help`` text."""
+    info = mi.type_info(cls)
+    if not isinstance(info, mi.StructType):
+        raise TypeError(f"{cls!r} is not a config struct")
+    return _field_rows(info, prefix)
+
+
+def _field_rows(struct: mi.StructType, prefix: str) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        name = f"{prefix}{f.name}"
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            rows.extend(field_docs(tp, name + "."))
+    for f in struct.fields:
+        name = f"{prefix}{f.encode_name}"
+        if isinstance(f.type, mi.StructType) and issubclass(f.type.cls, Config):
+            rows.extend(_field_rows(f.type, name + "."))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            default = "<required>"
-        rows.append((name, _type_label(tp), repr(to_plain(default))))
+        default = f.default_factory() if f.default is msgspec.NODEFAULT else f.default
+        rows.append((name, _type_label(f.type), "<required>" if f.required else repr(msgspec.to_builtins(default))))
     return rows
 
 
-def _type_label(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is None:
-        return getattr(tp, "__name__", str(tp))
-    args = ", ".join(_type_label(a) for a in get_args(tp))
-    return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+def _type_label(tp: mi.Type) -> str:
+    """``int >= 1``, ``float in (0, 1]``, ``list[str]``, ``'dense' | 'flex'``: a field's type as ``--help`` shows it."""
+    if isinstance(tp, mi.LiteralType):
+        return " | ".join(repr(v) for v in tp.values)
+    if isinstance(tp, mi.UnionType):
+        return " | ".join(_type_label(t) for t in tp.types)
+    if isinstance(tp, mi.StructType):
+        return tp.cls.__name__
+    if isinstance(tp, (mi.ListType, mi.VarTupleType)):
+        label = f"{'list' if isinstance(tp, mi.ListType) else 'tuple'}[{_type_label(tp.item_type)}]"
+    elif isinstance(tp, mi.TupleType):
+        label = f"tuple[{', '.join(_type_label(t) for t in tp.item_types)}]"
+    elif isinstance(tp, mi.DictType):
+        label = f"dict[{_type_label(tp.key_type)}, {_type_label(tp.value_type)}]"
+    else:
+        label = type(tp).__name__.removesuffix("Type").lower()
+    return label + _range_label(tp)
+
+
+def _range_label(tp: mi.Type) -> str:
+    """`` in (0, 1]``, `` >= 1``, `` matching ^...$``: the constraints ``msgspec.Meta`` declares."""
+    bound = {name: getattr(tp, name, None) for name in ("gt", "ge", "lt", "le")}
+    low, low_open = (bound["gt"], True) if bound["gt"] is not None else (bound["ge"], False)
+    high, high_open = (bound["lt"], True) if bound["lt"] is not None else (bound["le"], False)
+    parts = []
+    if low is not None and high is not None:
+        parts.append(f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+    elif low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low}")
+    elif high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high}")
+    for name, text in (("multiple_of", "multiple of"), ("min_length", "length >="), ("pattern", "matching")):
+        if getattr(tp, name, None):
+            parts.append(f"{text} {getattr(tp, name)}")
+    return "".join(f" {part}" if i == 0 else f", {part}" for i, part in enumerate(parts))
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
@@ -181,10 +203,56 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         key, value = parse_override(item)
         _assign(data, key.split("."), value)
         source = f"{source} + --set"
+    data = _strings_where_declared(mi.type_info(cls), data)
     try:
-        return from_plain(cls, data, allow_missing_defaults=True)
-    except SchemaError as err:
-        raise ConfigError(f"{source}: field {err.path}: {err.reason}") from None
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as err:
+        raise ConfigError(f"{source}: {_describe(err, data)}") from None
+
+
+def _describe(err: msgspec.ValidationError, data: Any) -> str:
+    """msgspec's ``Expected `int` >= 0 - at `$.training.max_steps``` as
+    ``field training.max_steps = -1: Expected `int` >= 0`` (the value shown when it is a scalar)."""
+    reason, at, where = str(err).rpartition(" - at `$")
+    if not at:
+        return reason or str(err)
+    path = where.rstrip("`").lstrip(".")
+    value = _value_at(data, path)
+    shown = "" if value is _ABSENT or isinstance(value, (dict, list)) else f" = {value!r}"
+    return f"field {path}{shown}: {reason}"
+
+
+_ABSENT = object()
+
+
+def _value_at(data: Any, path: str) -> Any:
+    """The value at msgspec's error path (``a.b[2].c``) in the loaded data, if it is there."""
+    node = data
+    for key, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path):
+        if key and isinstance(node, dict) and key in node:
+            node = node[key]
+        elif index and isinstance(node, list) and int(index) < len(node):
+            node = node[int(index)]
+        else:
+            return _ABSENT
+    return node
+
+
+def _strings_where_declared(tp: mi.Type, value: Any) -> Any:
+    """A number given where a string is declared, as that string: YAML reads ``--set cpus.actors=0``
+    or ``run_id: 7`` as numbers, but the field names a string."""
+    if isinstance(tp, mi.StrType):
+        return str(value) if type(value) in (int, float) else value
+    if isinstance(tp, mi.StructType) and isinstance(value, dict):
+        fields = {f.encode_name: f.type for f in tp.fields}
+        return {k: _strings_where_declared(fields[k], v) if k in fields else v for k, v in value.items()}
+    if isinstance(tp, (mi.ListType, mi.VarTupleType)) and isinstance(value, list):
+        return [_strings_where_declared(tp.item_type, v) for v in value]
+    if isinstance(tp, mi.TupleType) and isinstance(value, list) and len(value) == len(tp.item_types):
+        return [_strings_where_declared(t, v) for t, v in zip(tp.item_types, value, strict=True)]
+    if isinstance(tp, mi.DictType) and isinstance(value, dict):
+        return {k: _strings_where_declared(tp.value_type, v) for k, v in value.items()}
+    return value
 
 
 _FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)$")
@@ -267,8 +335,9 @@ def flatten_dotted(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def dump_config(config: Any) -> str:
-    """The resolved config as YAML, written into each run directory for reproducibility."""
-    return yaml.safe_dump(to_plain(config), sort_keys=False)
+    """The resolved config as YAML, written into each run directory for reproducibility; ``load_config``
+    reads it back as the same config. (``msgspec.to_builtins`` is the deep form of ``msgspec.structs.asdict``.)"""
+    return yaml.safe_dump(msgspec.to_builtins(config), sort_keys=False)
 
 
 def write_resolved_config(config: Any, role: str) -> Path:

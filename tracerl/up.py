@@ -8,7 +8,6 @@ ones to copy when running the roles on separate hosts.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from allocator.shard import ShardConfig
+from protocol import replace
 from tracerl.config import dump_config, write_resolved_config
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import metrics_path, read_metrics
@@ -44,27 +44,27 @@ def role_configs(up: UpConfig, model_dir: str, port: int, monitor_port: int) -> 
     """
     nodes = up.bus.cluster.local_nodes or 1
     servers = [f"nats://127.0.0.1:{port + i}" for i in range(nodes)]
-    client_bus = dataclasses.replace(up.actor.bus, servers=servers, credentials="")
+    client_bus = replace(up.actor.bus, servers=servers, credentials="")
     shared: dict[str, Any] = {"run": up.run, "log": up.log}
-    bus = dataclasses.replace(up.bus, port=port, monitor_port=monitor_port, **shared)
+    bus = replace(up.bus, port=port, monitor_port=monitor_port, **shared)
     if up.bus.cluster.local_nodes:
         # Free route ports: the fixed default would collide with another local cluster.
-        bus = dataclasses.replace(bus, cluster=dataclasses.replace(up.bus.cluster, route_port=0))
+        bus = replace(bus, cluster=replace(up.bus.cluster, route_port=0))
     configs: dict[str, Any] = {
         "bus": bus,
-        "learner": dataclasses.replace(
+        "learner": replace(
             up.learner,
             bus=client_bus,
-            model=dataclasses.replace(up.learner.model, model_dir=model_dir),
+            model=replace(up.learner.model, model_dir=model_dir),
             weights=up.weights,
             **shared,
         ),
     }
     # `allocator.shard.count` allocator processes, each its own shard (allocator.shard).
     for shard in allocator_shards(up.allocator.shard.count):
-        configs[shard.role_name] = dataclasses.replace(up.allocator, bus=client_bus, shard=shard, **shared)
+        configs[shard.role_name] = replace(up.allocator, bus=client_bus, shard=shard, **shared)
     for index in range(up.num_actors):
-        configs[f"actor-{index}"] = dataclasses.replace(
+        configs[f"actor-{index}"] = replace(
             up.actor, bus=client_bus, model_dir=model_dir, actor_id=f"actor-{index}", weights=up.weights, **shared
         )
     return configs
@@ -87,7 +87,7 @@ def write_role_config(config_dir: Path, name: str, config: Any) -> Path:
 
 
 def allocator_shards(count: int) -> list[ShardConfig]:
-    return [ShardConfig(index, count) for index in range(count)]
+    return [ShardConfig(index=index, count=count) for index in range(count)]
 
 
 def role_of(name: str) -> str:

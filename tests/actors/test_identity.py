@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from bus.client import BusClient, Delivery
 from bus.config import BusServerConfig, StreamLimits
 from bus.provision import provision_run
 from bus.server import BusServer, actor_credentials, credentials_path, generate_credentials
-from protocol import Subjects, TurnNode
+from protocol import Subjects, TurnNode, replace
 from tests.actors.doubles import CountingEnvironment, ReloadingEngine, make_item
 from tracerl.config import BusConfig, LogConfig, RunConfig
 
@@ -26,7 +25,7 @@ def test_an_actor_takes_its_id_from_its_own_credentials_file(tmp_path: Path) -> 
     config = ActorConfig(bus=BusConfig(credentials=str(own)))
     assert identity(config) == "a9"
     # A configured id is kept (and the client refuses a file of another actor's).
-    assert identity(dataclasses.replace(config, actor_id="a1")) == "a1"
+    assert identity(replace(config, actor_id="a1")) == "a1"
     # The shared credential names no actor: a fresh id, as without any file.
     shared = tmp_path / "actor.json"
     generate_credentials(["nats://127.0.0.1:4222"], lambda: "pw")["actor"].write(shared)
@@ -56,7 +55,7 @@ def test_the_actor_serves_over_tls_with_only_its_own_credential(tmp_path: Path, 
         client_bus = BusConfig(servers=[], connect_timeout_s=2.0, max_reconnect_attempts=2, request_timeout_s=3.0)
         config = ActorConfig(
             run=RunConfig(run_id="own", run_dir=str(tmp_path / "actor")),
-            bus=dataclasses.replace(client_bus, credentials=str(own_file)),
+            bus=replace(client_bus, credentials=str(own_file)),
             model_dir=str(random_model_dir),
             heartbeat_interval_s=0.2,
             metrics_interval_s=60.0,

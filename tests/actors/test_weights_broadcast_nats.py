@@ -9,7 +9,6 @@ good one. The engine is the test double that reads the weights file it is handed
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import time
 
@@ -18,6 +17,7 @@ import pytest
 from actors.config import ActorConfig
 from actors.service import ActorService
 from learner.weights_retention import weights_announcement
+from protocol import replace
 from tests.actors.doubles import CountingEnvironment, ReloadingEngine
 from tests.actors.test_weights_fetch_nats import until, weights_blob
 from tracerl.config import WeightsConfig
@@ -58,7 +58,7 @@ def test_the_actor_loads_broadcast_versions_and_refuses_one_that_fails_its_check
         actor_bus = await bus_run.connect("actor")
         bus = NoObjectReads(actor_bus)
         config = ActorConfig(
-            run=dataclasses.replace(bus_run.run, run_dir=str(tmp_path / "run")),
+            run=replace(bus_run.run, run_dir=str(tmp_path / "run")),
             bus=bus_run.bus,
             model_dir=str(random_model_dir),
             actor_id="bcast",

@@ -8,7 +8,6 @@ to that file (KV, object store, verification, version directory) is the actor's 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from safetensors.torch import load_file, save
 
 from actors.config import ActorConfig
 from actors.service import ActorService
-from protocol import TurnNode, WeightsAnnouncement
+from protocol import TurnNode, WeightsAnnouncement, replace
 from tests.actors.doubles import CountingEnvironment, ReloadingEngine, make_item
 from tracerl.metrics import metrics_path, read_metrics
 
@@ -114,7 +113,7 @@ def test_a_failed_weights_fetch_keeps_the_old_version_within_the_bound_until_the
         allocator = await bus_run.connect("allocator")
         actor_bus = await bus_run.connect("actor")
         config = ActorConfig(
-            run=dataclasses.replace(bus_run.run, run_dir=str(run_dir)),
+            run=replace(bus_run.run, run_dir=str(run_dir)),
             bus=bus_run.bus,
             model_dir=str(random_model_dir),
             actor_id="fetch",

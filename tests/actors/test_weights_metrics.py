@@ -195,8 +195,8 @@ def test_cpu_engine_environment_bounds_the_onednn_kernel_cache():
     }
     # 0 leaves oneDNN's own default in place.
     assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in cpu_engine_environment(EngineSettings(cpu_onednn_primitive_cache=0))
-    with pytest.raises(ValueError, match="cpu_onednn_primitive_cache"):
-        EngineSettings(cpu_onednn_primitive_cache=-1)
+    with pytest.raises(ConfigError, match=r"field engine.cpu_onednn_primitive_cache = -1: Expected `int` >= 0"):
+        load_config(ActorConfig, None, ["engine.cpu_onednn_primitive_cache=-1"])
 
 
 def test_turn_seeds_differ_per_sample_and_depth_and_are_reproducible():

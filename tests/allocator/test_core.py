@@ -1,11 +1,14 @@
 import itertools
 
+import msgspec.inspect as mi
 import numpy as np
 import pytest
 
+from allocator.allocation import ROOT_OBJECTIVES
 from allocator.core import STRATEGIES, ActorLoad, AllocatorCore, AllocatorCoreConfig
 from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 from protocol.messages import replace
+from tracerl.config import ConfigError, load_config
 
 ACTORS = [ActorLoad("a0", 0, 1000), ActorLoad("a1", 0, 1000)]
 
@@ -38,13 +41,19 @@ def _round(core, actor, rng, now, actors=ACTORS, version=None):
 
 def test_config_rejects_unknown_strategy_and_bad_ranges():
     with pytest.raises(ValueError, match="strategy"):
-        AllocatorCoreConfig(strategy="greedy")
-    with pytest.raises(ValueError, match="group_size"):
-        AllocatorCoreConfig(group_size=1)
-    with pytest.raises(ValueError, match="root_fraction"):
-        AllocatorCoreConfig(root_fraction=0.0)
-    with pytest.raises(ValueError, match="root_objective"):
-        AllocatorCoreConfig(root_objective="most_tokens")
+        AllocatorCoreConfig(strategy="greedy")  # a cross-field rule: checked however the config is built
+    with pytest.raises(ConfigError, match=r"field group_size = 1: Expected `int` >= 2"):
+        load_config(AllocatorCoreConfig, None, ["group_size=1"])
+    with pytest.raises(ConfigError, match=r"field root_fraction = 0\.0: Expected `float` > 0\.0"):
+        load_config(AllocatorCoreConfig, None, ["root_fraction=0.0"])
+    with pytest.raises(ConfigError, match=r"field root_objective = 'most_tokens': Invalid enum value 'most_tokens'"):
+        load_config(AllocatorCoreConfig, None, ["root_objective=most_tokens"])
+
+
+def test_the_root_objective_field_offers_exactly_the_objectives_root_gain_table_knows():
+    fields = {f.name: f.type for f in mi.type_info(AllocatorCoreConfig).fields}
+    assert isinstance(fields["root_objective"], mi.LiteralType)
+    assert set(fields["root_objective"].values) == set(ROOT_OBJECTIVES) == {"mixed_groups", "informative_rollouts"}
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

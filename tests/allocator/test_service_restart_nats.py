@@ -7,7 +7,6 @@ an actor that then disappears is sent to the shared queue again."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import re
 import signal
@@ -24,7 +23,7 @@ from allocator.heldout import HeldoutConfig
 from allocator.simulator import SimPrompt, SimulatedActor, SimulatorConfig
 from bench.chaos import read_drop_records, read_held, read_stream_ids, reconcile, wait_consumer_drained
 from environments.registry import make_tasks
-from protocol import CompletedTree, Heartbeat, WeightsAnnouncement, WorkItem, decode
+from protocol import CompletedTree, Heartbeat, WeightsAnnouncement, WorkItem, decode, replace
 from tests.processes import kill_groups, start_role, written
 from tracerl.config import LogConfig, RunConfig
 
@@ -39,7 +38,7 @@ def _allocator_config(bus_run, run_dir: Path, **overrides) -> AllocatorConfig:
     credentials = Path(bus_run.run.run_dir) / "credentials" / "allocator.json"
     return AllocatorConfig(
         run=RunConfig(run_id=bus_run.run.run_id, run_dir=str(run_dir)),
-        bus=dataclasses.replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
+        bus=replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
         log=LogConfig(level="info"),
         core=AllocatorCoreConfig(
             strategy="trace",
@@ -233,7 +232,7 @@ def test_work_routed_to_an_actor_that_is_gone_goes_back_to_the_shared_queue(bus_
     queue. Without rerouting the branches routed to a0 would wait for the step timeout."""
     run_dir = tmp_path / "run"
     config = _allocator_config(bus_run, run_dir, actor_timeout_s=2.0)
-    config = dataclasses.replace(config, core=dataclasses.replace(config.core, step_timeout_s=600.0))
+    config = replace(config, core=replace(config.core, step_timeout_s=600.0))
     config_path, log_path = written(config, "allocator", tmp_path)
 
     async def main() -> dict:

@@ -12,6 +12,7 @@ from allocator.shard import ShardConfig, prompt_key, shard_of_prompt, shard_pool
 from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 from protocol import SamplingSpec, TaskSpec, WorkItem
 from tests.allocator.helpers import drive
+from tracerl.config import ConfigError, load_config
 
 KEYS = [f"multihop/train-{i}" for i in range(4096)]
 
@@ -46,7 +47,7 @@ def test_the_partition_is_balanced_on_a_few_thousand_prompts(count):
 
 def test_shard_pools_partition_the_pool_in_order():
     pool = [TaskSpec("multihop", f"t{i}") for i in range(200)]
-    pools = [shard_pool(pool, ShardConfig(k, 3)) for k in range(3)]
+    pools = [shard_pool(pool, ShardConfig(index=k, count=3)) for k in range(3)]
     assert sorted((t.task_id for p in pools for t in p), key=lambda i: int(i[1:])) == [t.task_id for t in pool]
     for k, part in enumerate(pools):
         assert all(shard_of_prompt(prompt_key(t), 3) == k for t in part)
@@ -62,14 +63,14 @@ def test_prompt_key_names_the_environment_and_the_task():
     ("total", "count", "shares"), [(10, 3, [4, 3, 3]), (9, 3, [3, 3, 3]), (5, 1, [5]), (2, 4, [1, 1, 0, 0])]
 )
 def test_shard_share_splits_a_total_into_parts_that_differ_by_at_most_one(total, count, shares):
-    assert [shard_share(total, ShardConfig(k, count)) for k in range(count)] == shares
+    assert [shard_share(total, ShardConfig(index=k, count=count)) for k in range(count)] == shares
     assert sum(shares) == total
 
 
 def test_a_shard_step_has_its_share_of_the_budget_and_the_prompts():
     core = AllocatorCoreConfig(step_budget_turns=101, batch_prompts=7)
     assert shard_step(core, ShardConfig()) is core
-    halves = [shard_step(core, ShardConfig(k, 2)) for k in range(2)]
+    halves = [shard_step(core, ShardConfig(index=k, count=2)) for k in range(2)]
     assert [h.step_budget_turns for h in halves] == [51, 50]
     assert [h.batch_prompts for h in halves] == [4, 3]
     assert halves[0].strategy == core.strategy and halves[0].group_size == core.group_size
@@ -77,17 +78,25 @@ def test_a_shard_step_has_its_share_of_the_budget_and_the_prompts():
 
 def test_shard_config_is_checked_and_names_its_process():
     assert ShardConfig().role_name == "allocator" and ShardConfig().tree_prefix == ""
-    assert ShardConfig(2, 3).role_name == "allocator-2" and ShardConfig(2, 3).tree_prefix == "k2-"
-    for index, count in ((1, 1), (-1, 2), (0, 0)):
-        with pytest.raises(ValueError):
-            ShardConfig(index, count)
+    assert (
+        ShardConfig(index=2, count=3).role_name == "allocator-2" and ShardConfig(index=2, count=3).tree_prefix == "k2-"
+    )
+    for index, count in ((1, 1), (2, 2)):  # a cross-field rule: checked however the config is built
+        with pytest.raises(ValueError, match=rf"index must be in \[0, {count}\); got {index}"):
+            ShardConfig(index=index, count=count)
+    with pytest.raises(ConfigError, match=r"field shard.index = -1: Expected `int` >= 0"):
+        load_config(AllocatorConfig, None, ["shard.index=-1", "shard.count=2"])
+    with pytest.raises(ConfigError, match=r"field shard.count = 0: Expected `int` >= 1"):
+        load_config(AllocatorConfig, None, ["shard.count=0"])
+    with pytest.raises(ConfigError, match=r"index must be in \[0, 2\); got 2"):
+        load_config(AllocatorConfig, None, ["shard.index=2", "shard.count=2"])
 
 
 def test_a_budget_too_small_to_split_is_refused():
     core = AllocatorCoreConfig(step_budget_turns=12, max_turns=4)
     AllocatorConfig(core=core)
     with pytest.raises(ValueError, match="fewer than two full rollouts"):
-        AllocatorConfig(core=core, shard=ShardConfig(0, 2))
+        AllocatorConfig(core=core, shard=ShardConfig(index=0, count=2))
     assert AllocatorConfig(core=core).shard_core is core
 
 
@@ -114,7 +123,7 @@ def _sharded_run(shard: ShardConfig, steps: int = 3):
 
 
 def test_a_shard_issues_and_emits_only_its_own_prompts_under_its_own_ids():
-    shard = ShardConfig(1, 2)
+    shard = ShardConfig(index=1, count=2)
     core, issued, trees = _sharded_run(shard)
     assert trees and issued
     assert all(item.shard == 1 and item.tree_id.startswith("k1-s") for item in issued)
@@ -138,10 +147,10 @@ def test_shard_zero_of_one_is_the_single_allocator():
 
 
 def test_a_core_drops_nodes_of_another_shards_trees_as_unknown():
-    _, _, theirs = _sharded_run(ShardConfig(1, 2), steps=1)
+    _, _, theirs = _sharded_run(ShardConfig(index=1, count=2), steps=1)
     sim = SimulatorConfig(num_prompts=64)
     prompts = make_prompts(sim, np.random.default_rng(0))
-    mine = ShardConfig(0, 2)
+    mine = ShardConfig(index=0, count=2)
     core = AllocatorCore(
         AllocatorCoreConfig(step_budget_turns=48, batch_prompts=2),
         shard_pool([p.task for p in prompts], mine),

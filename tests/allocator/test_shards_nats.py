@@ -8,7 +8,6 @@ an open tree at its clean stop."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import signal
 import subprocess
 import time
@@ -28,7 +27,7 @@ from bench.scale import SimulatedEngine, make_simulated_model_dir, simulated_wei
 from bus.streams import read_stream
 from learner.batching import step_is_whole
 from learner.weights_retention import weights_announcement
-from protocol import CompletedTree, ProtocolError, TurnNode, decode
+from protocol import CompletedTree, ProtocolError, TurnNode, decode, replace
 from tests.processes import kill_groups, start_role, written
 from tracerl.config import LogConfig, RunConfig
 
@@ -43,7 +42,7 @@ def _shard_config(bus_run, run_dir: Path, shard: ShardConfig) -> AllocatorConfig
     credentials = Path(bus_run.run.run_dir) / "credentials" / "allocator.json"
     return AllocatorConfig(
         run=RunConfig(run_id=bus_run.run.run_id, run_dir=str(run_dir)),
-        bus=dataclasses.replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
+        bus=replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
         log=LogConfig(level="info"),
         core=AllocatorCoreConfig(
             strategy="trace",
@@ -105,7 +104,7 @@ async def _actors(bus_run, run_dir: Path, model_dir: Path) -> list[tuple[ActorSe
     credentials = Path(bus_run.run.run_dir) / "credentials" / "actor.json"
     config = ActorConfig(
         run=RunConfig(run_id=bus_run.run.run_id, run_dir=str(run_dir)),
-        bus=dataclasses.replace(bus_run.bus, credentials=str(credentials)),
+        bus=replace(bus_run.bus, credentials=str(credentials)),
         log=LogConfig(level="warning"),
         model_dir=str(model_dir),
         max_inflight_items=4,
@@ -118,7 +117,7 @@ async def _actors(bus_run, run_dir: Path, model_dir: Path) -> list[tuple[ActorSe
         actor_id = f"sim-{index}"
         client = await bus_run.connect("actor", actor_id=actor_id)
         engine = SimulatedEngine(tokenizer, EngineSettings(), 0.05, 16, 0.4, seed=index)
-        own = dataclasses.replace(config, actor_id=actor_id)
+        own = replace(config, actor_id=actor_id)
         out.append((ActorService(own, engine, client, actor_id), client))  # type: ignore[arg-type]
     return out
 
@@ -144,7 +143,7 @@ def _stop(process: subprocess.Popen, log_path: Path) -> None:
 @pytest.mark.timeout(300)
 def test_two_allocator_shards_share_the_streams_without_losing_or_stealing_nodes(bus_run, tmp_path, random_model_dir):
     run_dir = tmp_path / "run"
-    shards = [ShardConfig(index, SHARDS) for index in range(SHARDS)]
+    shards = [ShardConfig(index=index, count=SHARDS) for index in range(SHARDS)]
     written_configs = [written(_shard_config(bus_run, run_dir, shard), shard.role_name, tmp_path) for shard in shards]
     model_dir = make_simulated_model_dir(random_model_dir, tmp_path / "simulated-model")
     s = bus_run.subjects

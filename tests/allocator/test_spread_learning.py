@@ -8,6 +8,7 @@ import pytest
 from allocator.core import ActorLoad, AllocatorCore, AllocatorCoreConfig
 from allocator.simulator import SimulatedActor, SimulatorConfig, make_prompts
 from tests.allocator.helpers import drive
+from tracerl.config import ConfigError, load_config
 
 SMALL = {"batch_prompts": 3, "group_size": 2, "step_budget_turns": 36}
 
@@ -72,5 +73,5 @@ def test_by_default_a_step_is_learned_in_the_call_that_closes_it(monkeypatch):
 
 
 def test_a_negative_bound_is_refused():
-    with pytest.raises(ValueError, match="learn_trees_per_call"):
-        AllocatorCoreConfig(learn_trees_per_call=-1)
+    with pytest.raises(ConfigError, match=r"field learn_trees_per_call = -1: Expected `int` >= 0"):
+        load_config(AllocatorCoreConfig, None, ["learn_trees_per_call=-1"])

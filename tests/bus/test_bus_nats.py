@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 
@@ -225,7 +224,7 @@ def test_unauthenticated_and_wrong_password_clients_are_refused(bus_run: BusRun)
 def test_role_permissions_are_enforced(bus_run: BusRun) -> None:
     s = bus_run.subjects
     announcement = _by_type(s.run_id)[WeightsAnnouncement]
-    quick = dataclasses.replace(bus_run.bus, request_timeout_s=0.5)
+    quick = replace(bus_run.bus, request_timeout_s=0.5)
     actor: BusClient
 
     async def denied(client: BusClient, operation) -> None:
@@ -382,7 +381,7 @@ def test_pipelined_publish_acks_every_message_or_fails_the_batch(bus_run: BusRun
     nodes = [realistic_turn_node(s.run_id, i, action_tokens=20, observation_tokens=5) for i in range(50)]
     batch = [(s.nodes_from("actor-0"), n) for n in nodes]
     ids = [n.node_id for n in nodes]
-    quick = dataclasses.replace(bus_run.bus, request_timeout_s=0.5)
+    quick = replace(bus_run.bus, request_timeout_s=0.5)
 
     async def main() -> None:
         # A window much smaller than the batch.

@@ -17,7 +17,7 @@ from bus.server import (
     route_url_with_credentials,
 )
 from protocol import Subjects
-from tracerl.config import RunConfig, load_config
+from tracerl.config import ConfigError, RunConfig, load_config, override_args
 
 ROUTE = RouteCredentials(user="route", password="pw-route")
 
@@ -160,22 +160,25 @@ def test_bus_rejects_more_replicas_than_nodes(kwargs: dict, message: str) -> Non
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"name": "a.b", "local_nodes": 3}, "cluster.name"),
+        ({"name": "a.b", "local_nodes": 3}, r"field name = 'a\.b': Expected `str` matching regex"),
         ({"routes": ["nats-route://h:1"], "node_name": "n"}, "cluster.name is required"),
         ({"name": "c"}, "needs cluster.routes"),
         ({"name": "c", "routes": ["nats-route://h:1"]}, "node_name"),
         ({"name": "c", "node_name": "n", "routes": ["nats://h:1"]}, "nats-route://"),
         ({"name": "c", "node_name": "n", "routes": ["nats-route://u:p@h:1"]}, "route credentials"),
         ({"name": "c", "local_nodes": 3, "join": True}, "excludes"),
-        ({"name": "c", "local_nodes": -1}, "local_nodes"),
-        ({"name": "c", "local_nodes": 3, "route_port": 70000}, "route_port"),
+        ({"name": "c", "local_nodes": -1}, r"field local_nodes = -1: Expected `int` >= 0"),
+        (
+            {"name": "c", "local_nodes": 3, "route_port": 70000},
+            r"field route_port = 70000: Expected `int` <= 65535$",
+        ),
     ],
 )
 def test_cluster_config_is_validated(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        ClusterConfig(**kwargs)
-    with pytest.raises(ValueError, match="replicas"):
-        StreamLimits(replicas=7)
+    with pytest.raises(ConfigError, match=message):
+        load_config(ClusterConfig, None, override_args(kwargs))
+    with pytest.raises(ConfigError, match=r"field replicas = 7: Expected `int` <= 5$"):
+        load_config(StreamLimits, None, ["replicas=7"])
 
 
 def test_cluster_loads_from_command_line_overrides() -> None:

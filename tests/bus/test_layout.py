@@ -133,14 +133,14 @@ def test_run_layout_uses_work_queue_for_work_and_routes_advisories_to_the_dlq() 
 
 
 def test_bus_server_config_validates_and_loads(tmp_path) -> None:
-    with pytest.raises(ValueError, match="max_payload"):
-        BusServerConfig(max_payload=100)
+    with pytest.raises(ConfigError, match=r"field max_payload = 100: Expected `int` >= 1048576$"):
+        load_config(BusServerConfig, None, ["max_payload=100"])
     with pytest.raises(ValueError, match="run id"):
         BusServerConfig(run=RunConfig(run_id="a.b"))
-    with pytest.raises(ValueError, match="max_deliver"):
-        StreamLimits(max_deliver=0)
-    with pytest.raises(ValueError, match="max_store_mib"):
-        BusServerConfig(max_store_mib=-1)
+    with pytest.raises(ConfigError, match=r"field streams\.max_deliver = 0: Expected `int` >= 1"):
+        load_config(BusServerConfig, None, ["streams.max_deliver=0"])
+    with pytest.raises(ConfigError, match=r"field max_store_mib = -1: Expected `int` >= 0"):
+        load_config(BusServerConfig, None, ["max_store_mib=-1"])
     # The default caps (1.5 GiB and more) are reserved from a store limit they do not fit in.
     with pytest.raises(ValueError, match="must leave room within max_store_mib=64"):
         BusServerConfig(max_store_mib=64)
@@ -336,5 +336,5 @@ def test_nodes_trees_and_dead_letters_are_capped_in_bytes_and_trees_outlive_thei
     for nodes, trees in ((100, 199), (0, 200)):
         with pytest.raises(ValueError, match="trees must outlive their nodes"):
             StreamLimits(nodes_max_bytes=nodes, trees_max_bytes=trees)
-    with pytest.raises(ValueError, match=">= 0"):
-        StreamLimits(dead_letter_max_bytes=-1)
+    with pytest.raises(ConfigError, match=r"field dead_letter_max_bytes = -1: Expected `int` >= 0"):
+        load_config(StreamLimits, None, ["dead_letter_max_bytes=-1"])

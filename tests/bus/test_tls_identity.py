@@ -5,7 +5,6 @@ of a node that claims another actor."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import json
 import ssl
@@ -136,7 +135,7 @@ def test_a_client_without_the_runs_ca_is_refused(secure_bus: BusServer, tmp_path
     async def main() -> None:
         # Right password, but trusting the system's CAs, or another run's CA: the handshake fails.
         for ca_pem in ("", other_ca.cert_pem):
-            refused = await attempt(dataclasses.replace(good, ca_pem=ca_pem))
+            refused = await attempt(replace(good, ca_pem=ca_pem))
             assert "CERTIFICATE_VERIFY_FAILED" in refused or "certificate verify failed" in refused, refused
         # Without TLS at all nothing gets through either (the server requires it).
         try:
@@ -201,9 +200,7 @@ def test_an_actor_may_publish_pull_and_register_only_as_itself(secure_bus: BusSe
         with pytest.raises(ValueError, match="a1"):
             await BusClient.connect(
                 "actor",
-                dataclasses.replace(
-                    _client_bus(), credentials=str(credentials_path(secure_bus.config.run.run_dir, "actor", "a1"))
-                ),
+                replace(_client_bus(), credentials=str(credentials_path(secure_bus.config.run.run_dir, "actor", "a1"))),
                 secure_bus.config.run,
                 actor_id="a2",
             )

@@ -8,7 +8,6 @@ and had not checkpointed are trained by its successor, each exactly once."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import signal
 import subprocess
@@ -43,7 +42,7 @@ def _learner_config(bus_run, run_dir: Path, model_dir: Path) -> LearnerConfig:
     credentials = Path(bus_run.run.run_dir) / "credentials" / "learner.json"
     return LearnerConfig(
         run=RunConfig(run_id=bus_run.run.run_id, run_dir=str(run_dir)),
-        bus=dataclasses.replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
+        bus=replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
         log=LogConfig(level="info"),
         model=ModelSection(model_dir=str(model_dir)),
         optimiser=OptimiserSection(lr=1e-3),

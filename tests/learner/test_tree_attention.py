@@ -298,5 +298,7 @@ def test_flex_training_on_the_cpu_is_refused(tiny_model_dir):
 
 
 def test_an_unknown_lean_recompute_is_refused():
-    with pytest.raises(ValueError, match="lean_recompute must be one of"):
-        ModelSection(lean_recompute="attention")  # type: ignore[arg-type]
+    from tracerl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"field model\.lean_recompute = 'attention': Invalid enum value"):
+        load_config(LearnerConfig, None, ["model.lean_recompute=attention"])

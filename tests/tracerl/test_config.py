@@ -1,13 +1,16 @@
 """The one config loader: files, overrides, strict validation, one-line errors."""
 
-from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
+import msgspec
 import pytest
 
 from allocator.config import AllocatorConfig
 from learner.config import LearnerConfig
 from tracerl.config import (
+    Config,
     ConfigError,
+    dump_config,
     field_docs,
     flatten_dotted,
     load_config,
@@ -15,18 +18,17 @@ from tracerl.config import (
     override_args,
     parse_override,
 )
+from tracerl.upconfig import UpConfig
 
 
-@dataclass(frozen=True)
-class Inner:
+class Inner(Config, frozen=True):
     rate: float = 0.5
-    names: list[str] = field(default_factory=lambda: ["a"])
+    names: list[str] = msgspec.field(default_factory=lambda: ["a"])
 
 
-@dataclass(frozen=True)
-class Outer:
+class Outer(Config, frozen=True):
     count: int = 3
-    inner: Inner = field(default_factory=Inner)
+    inner: Inner = Inner()
 
 
 def test_defaults_file_and_overrides_apply_in_order(tmp_path):
@@ -45,10 +47,12 @@ def test_toml_files_load(tmp_path):
 @pytest.mark.parametrize(
     ("text", "overrides", "expected"),
     [
-        ("count: two\n", [], "field count: expected an integer"),
-        ("cuont: 2\n", [], "unknown field(s) ['cuont']"),
-        ("inner: 3\n", [], "field inner: expected a mapping"),
-        ("", ["count=true"], "expected an integer, got True"),
+        ("count: two\n", [], "field count = 'two': Expected `int`, got `str`"),
+        ("cuont: 2\n", [], "Object contains unknown field `cuont`"),
+        ("inner:\n  rate: 1\n  nmes: []\n", [], "field inner: Object contains unknown field `nmes`"),
+        ("inner: 3\n", [], "field inner = 3: Expected `object`, got `int`"),
+        ("inner:\n  names: [a, [b]]\n", [], "field inner.names[1]: Expected `str`, got `array`"),
+        ("", ["count=true"], "field count = True: Expected `int`, got `bool`"),
         ("", ["novalue"], "expected key=value"),
     ],
 )
@@ -147,20 +151,68 @@ def test_an_exponent_float_in_a_yaml_file_reaches_the_config_as_a_float(tmp_path
 def test_a_string_where_a_float_is_declared_is_refused_naming_the_field(tmp_path):
     path = tmp_path / "quoted.yaml"
     path.write_text("optimiser:\n  lr: '3e-4'\n")
-    with pytest.raises(ConfigError, match=r"field optimiser\.lr: expected a number, got '3e-4'"):
+    with pytest.raises(ConfigError, match=r"quoted\.yaml: field optimiser\.lr = '3e-4': Expected `float`, got `str`$"):
         load_config(LearnerConfig, path)
 
 
 def test_range_checks_surface_as_config_errors():
-    with pytest.raises(ConfigError, match="strategy must be one of"):
+    with pytest.raises(ConfigError, match=r"^defaults \+ --set: field core: allocator\.strategy must be one of"):
         load_config(AllocatorConfig, None, ["core.strategy=bogus"])
-    with pytest.raises(ConfigError, match="max_steps must be >= 0"):
+    with pytest.raises(ConfigError, match=r"^defaults \+ --set: field training\.max_steps = -1: Expected `int` >= 0$"):
         load_config(LearnerConfig, None, ["training.max_steps=-1"])
+    with pytest.raises(ConfigError, match=r"field optimiser\.betas\[1\] = 1\.0: Expected `float` < 1\.0$"):
+        load_config(LearnerConfig, None, ["optimiser.betas=[0.9, 1.0]"])
+    with pytest.raises(ConfigError, match=r"field optimiser\.lr = nan: Expected `float` > 0\.0$"):
+        load_config(LearnerConfig, None, ["optimiser.lr=.nan"])
 
 
 def test_field_docs_cover_every_leaf():
     rows = {name: (tp, default) for name, tp, default in field_docs(Outer)}
     assert rows == {"count": ("int", "3"), "inner.rate": ("float", "0.5"), "inner.names": ("list[str]", "['a']")}
+
+
+class Ranged(Config, frozen=True):
+    share: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    size: Annotated[int, msgspec.Meta(ge=16, multiple_of=16)] = 16
+    names: Annotated[list[str], msgspec.Meta(min_length=1)] = msgspec.field(default_factory=lambda: ["a"])
+    kind: Literal["x", "y"] = "x"
+    limit: int | None = None
+
+
+def test_field_docs_show_each_declared_range():
+    assert field_docs(Ranged) == [
+        ("share", "float in (0, 1]", "0.5"),
+        ("size", "int >= 16, multiple of 16", "16"),
+        ("names", "list[str] length >= 1", "['a']"),
+        ("kind", "'x' | 'y'", "'x'"),
+        ("limit", "int | none", "None"),
+    ]
+
+
+def test_a_number_where_a_string_is_declared_is_that_string(tmp_path):
+    # YAML reads these as numbers; the fields name strings (a core list, a run id).
+    up = load_config(UpConfig, None, ["cpus.actors=0", "run.run_id=7", "bus.extra_run_ids=[1, b]"])
+    assert (up.cpus.actors, up.run.run_id, up.bus.extra_run_ids) == ("0", "7", ["1", "b"])
+    # ...but not the other way round: a string never becomes a number.
+    with pytest.raises(ConfigError, match=r"field num_actors = '2': Expected `int`, got `str`"):
+        load_config(UpConfig, None, ['num_actors="2"'])
+
+
+@pytest.mark.parametrize("role", ["UpConfig", "LearnerConfig", "AllocatorConfig"])
+def test_a_dumped_config_loads_back_as_the_same_config(tmp_path, role):
+    from actors.config import ActorConfig
+    from bus.config import BusServerConfig
+
+    classes = {"UpConfig": UpConfig, "LearnerConfig": LearnerConfig, "AllocatorConfig": AllocatorConfig}
+    cls = classes[role]
+    config = load_config(cls, None, [])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(cls, path) == config
+    assert "optimiser:\n    lr: 1.0e-05\n" in dump_config(load_config(UpConfig))  # readable, nested YAML
+    for part in (ActorConfig(), BusServerConfig()):
+        path.write_text(dump_config(part))
+        assert load_config(type(part), path) == part
 
 
 def test_every_shipped_config_file_loads_into_its_role():

@@ -11,8 +11,9 @@ from allocator.config import AllocatorConfig
 from allocator.shard import ShardConfig
 from bench.learning import aggregate, check_results_name, markdown_table, recorded_outcomes, table_order
 from bench.runs import RunOutcome
+from protocol import replace
 from tracerl.cli_params import load_role_config, role_relative
-from tracerl.config import load_config
+from tracerl.config import ConfigError, load_config
 from tracerl.up import role_configs, role_of
 from tracerl.upconfig import UpConfig
 
@@ -45,12 +46,12 @@ def test_up_starts_one_allocator_process_per_shard():
         "allocator",
     ]
     single = role_configs(load_config(UpConfig, None, []), "/models/m", port=4555, monitor_port=8555)
-    assert single["allocator"] == dataclasses.replace(single["allocator"], shard=ShardConfig())
+    assert single["allocator"] == replace(single["allocator"], shard=ShardConfig())
 
 
 def test_a_role_takes_the_keys_of_its_section_of_the_up_config():
     config = load_role_config(AllocatorConfig, None, ["allocator.shard.index=1", "shard.count=2"], role="allocator")
-    assert config.shard == ShardConfig(1, 2)
+    assert config.shard == ShardConfig(index=1, count=2)
     assert role_relative(["allocator.x=1", "core.y=2"], "allocator", AllocatorConfig) == ["x=1", "core.y=2"]
     # A config with a field of the role's name keeps the key as it is.
     assert role_relative(["allocator.x=1"], "allocator", UpConfig) == ["allocator.x=1"]
@@ -66,6 +67,14 @@ def test_one_weights_section_reaches_the_learner_and_every_actor():
         assert configs[name].weights.transport == "broadcast" and configs[name].weights.bucket_bytes == 64 * 2**20
     with pytest.raises(ValueError, match="transport"):
         load_config(UpConfig, None, ["weights.transport=carrier-pigeon"])
+    for item, reason in (
+        ("weights.port=65536", r"field weights.port = 65536: Expected `int` <= 65535"),
+        ("weights.bucket_mib=0", r"field weights.bucket_mib = 0: Expected `int` >= 1"),
+        ("weights.join_timeout_s=0", r"field weights.join_timeout_s = 0: Expected `float` > 0\.0"),
+        ("weights.host=''", r"field weights.host = '': Expected `str` of length >= 1"),
+    ):
+        with pytest.raises(ConfigError, match=reason):
+            load_config(UpConfig, None, [item])
 
 
 def test_role_configs_list_every_node_of_a_local_cluster():
