@@ -65,8 +65,6 @@ def held_metrics(shard: ShardConfig) -> str:
     return f"{shard.role_name}_held"
 
 
-DROPS_METRICS = drops_metrics(ShardConfig())
-HELD_METRICS = held_metrics(ShardConfig())
 #: Why a node was recorded as dropped by the shell: it came on another allocator shard's subject.
 WRONG_SHARD = "wrong_shard"
 
