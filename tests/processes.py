@@ -36,3 +36,36 @@ def kill_groups(*processes: subprocess.Popen | None) -> None:
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def small_allocator_config(
+    bus_run: Any, run_dir: Path, *, batch_prompts: int, step_budget_turns: int, **overrides: Any
+):
+    """A real allocator process's config for the restart and shard tests: TRACE on 48 multi-hop
+    tasks in short steps (groups of 2, 3 turns), with the run's allocator credential."""
+    from allocator.config import AllocatorConfig, TaskPoolConfig
+    from allocator.core import AllocatorCoreConfig
+    from allocator.heldout import HeldoutConfig
+    from protocol import replace
+    from tracerl.config import LogConfig, RunConfig
+
+    credentials = Path(bus_run.run.run_dir) / "credentials" / "allocator.json"
+    return AllocatorConfig(
+        run=RunConfig(run_id=bus_run.run.run_id, run_dir=str(run_dir)),
+        bus=replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
+        log=LogConfig(level="info"),
+        core=AllocatorCoreConfig(
+            strategy="trace",
+            batch_prompts=batch_prompts,
+            group_size=2,
+            step_budget_turns=step_budget_turns,
+            max_turns=3,
+            staleness_eta=1,
+            max_open_steps=2,
+        ),
+        tasks=TaskPoolConfig(env="multihop", train_tasks=48),
+        heldout=HeldoutConfig(every_versions=0),
+        registry_interval_s=0.3,
+        metrics_interval_s=1.0,
+        **overrides,
+    )

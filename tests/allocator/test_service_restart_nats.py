@@ -17,15 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allocator.config import AllocatorConfig, TaskPoolConfig
-from allocator.core import AllocatorCoreConfig
-from allocator.heldout import HeldoutConfig
+from allocator.config import AllocatorConfig
 from allocator.simulator import SimPrompt, SimulatedActor, SimulatorConfig
 from bench.chaos import read_drop_records, read_held, read_stream_ids, reconcile, wait_consumer_drained
 from environments.registry import make_tasks
 from protocol import CompletedTree, Heartbeat, WeightsAnnouncement, WorkItem, decode, replace
-from tests.processes import kill_groups, start_role, written
-from tracerl.config import LogConfig, RunConfig
+from tests.processes import kill_groups, small_allocator_config, start_role, written
 
 pytestmark = [pytest.mark.nats]
 
@@ -35,26 +32,7 @@ STEPS_TOTAL = 5
 
 
 def _allocator_config(bus_run, run_dir: Path, **overrides) -> AllocatorConfig:
-    credentials = Path(bus_run.run.run_dir) / "credentials" / "allocator.json"
-    return AllocatorConfig(
-        run=RunConfig(run_id=bus_run.run.run_id, run_dir=str(run_dir)),
-        bus=replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
-        log=LogConfig(level="info"),
-        core=AllocatorCoreConfig(
-            strategy="trace",
-            batch_prompts=3,
-            group_size=2,
-            step_budget_turns=30,
-            max_turns=3,
-            staleness_eta=1,
-            max_open_steps=2,
-        ),
-        tasks=TaskPoolConfig(env="multihop", train_tasks=48),
-        heldout=HeldoutConfig(every_versions=0),
-        registry_interval_s=0.3,
-        metrics_interval_s=1.0,
-        **overrides,
-    )
+    return small_allocator_config(bus_run, run_dir, batch_prompts=3, step_budget_turns=30, **overrides)
 
 
 async def _drain_then_stop(bus_run, allocator: subprocess.Popen, log_path: Path) -> None:

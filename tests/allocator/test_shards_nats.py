@@ -18,9 +18,7 @@ import pytest
 
 from actors.config import ActorConfig, EngineSettings
 from actors.service import ActorService
-from allocator.config import AllocatorConfig, TaskPoolConfig
-from allocator.core import AllocatorCoreConfig
-from allocator.heldout import HeldoutConfig
+from allocator.config import AllocatorConfig
 from allocator.shard import ShardConfig, prompt_key, shard_of_prompt
 from bench.chaos import read_drop_records, read_held, reconcile, wait_consumer_drained
 from bench.scale import SimulatedEngine, make_simulated_model_dir, simulated_weights
@@ -28,7 +26,7 @@ from bus.streams import read_stream
 from learner.batching import step_is_whole
 from learner.weights_retention import weights_announcement
 from protocol import CompletedTree, ProtocolError, TurnNode, decode, replace
-from tests.processes import kill_groups, start_role, written
+from tests.processes import kill_groups, small_allocator_config, start_role, written
 from tracerl.config import LogConfig, RunConfig
 
 pytestmark = [pytest.mark.nats]
@@ -39,26 +37,7 @@ STEPS = 4
 
 
 def _shard_config(bus_run, run_dir: Path, shard: ShardConfig) -> AllocatorConfig:
-    credentials = Path(bus_run.run.run_dir) / "credentials" / "allocator.json"
-    return AllocatorConfig(
-        run=RunConfig(run_id=bus_run.run.run_id, run_dir=str(run_dir)),
-        bus=replace(bus_run.bus, credentials=str(credentials), max_reconnect_attempts=10),
-        log=LogConfig(level="info"),
-        core=AllocatorCoreConfig(
-            strategy="trace",
-            batch_prompts=4,
-            group_size=2,
-            step_budget_turns=48,
-            max_turns=3,
-            staleness_eta=1,
-            max_open_steps=2,
-        ),
-        tasks=TaskPoolConfig(env="multihop", train_tasks=48),
-        heldout=HeldoutConfig(every_versions=0),
-        registry_interval_s=0.3,
-        metrics_interval_s=1.0,
-        shard=shard,
-    )
+    return small_allocator_config(bus_run, run_dir, batch_prompts=4, step_budget_turns=48, shard=shard)
 
 
 class Learner:
