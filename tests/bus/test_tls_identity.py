@@ -31,6 +31,7 @@ from bus.provision import provision_run
 from bus.server import BusServer, BusServerError, RoleCredentials, credentials_path
 from protocol import Heartbeat, Subjects, TurnNode, encode
 from protocol.messages import replace
+from tests.heartbeats import idle_heartbeat
 from tests.protocol.strategies import realistic_turn_node
 from tracerl.config import BusConfig, LogConfig, RunConfig
 
@@ -299,17 +300,7 @@ def test_the_allocator_drops_and_counts_a_node_claiming_another_actor(secure_bus
 
 def test_a_heartbeat_under_an_actors_own_key_naming_another_actor_is_not_registered(secure_bus: BusServer) -> None:
     def beat(actor_id: str) -> Heartbeat:
-        return Heartbeat(
-            run_id=RUN_ID,
-            actor_id=actor_id,
-            policy_version=0,
-            inflight=0,
-            capacity=4,
-            tokens_generated=0,
-            turns_generated=0,
-            started_at=0.0,
-            sent_at=0.0,
-        )
+        return idle_heartbeat(RUN_ID, actor_id, 0.0, capacity=4)
 
     async def main() -> None:
         secure_bus.add_actor("a2")

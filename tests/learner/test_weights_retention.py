@@ -18,20 +18,11 @@ from learner.weights_retention import (
 )
 from protocol import Heartbeat
 from tests.fixtures.nats import BusRun
+from tests.heartbeats import idle_heartbeat
 
 
 def beat(actor_id: str, version: int, sent_at: float, run_id: str = "r") -> Heartbeat:
-    return Heartbeat(
-        run_id=run_id,
-        actor_id=actor_id,
-        policy_version=version,
-        inflight=0,
-        capacity=4,
-        tokens_generated=0,
-        turns_generated=0,
-        started_at=sent_at - 10,
-        sent_at=sent_at,
-    )
+    return idle_heartbeat(run_id, actor_id, sent_at, policy_version=version, started_at=sent_at - 10, capacity=4)
 
 
 def test_object_names_carry_their_version_and_other_names_none() -> None:

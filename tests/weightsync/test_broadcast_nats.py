@@ -27,7 +27,8 @@ from safetensors.torch import save
 from actors.weights import TensorSignature, fetch_verified, safetensors_signature, verify_blob
 from bus.client import BusClient
 from learner.weights_retention import weights_announcement
-from protocol import BroadcastJoin, Heartbeat, WeightsAnnouncement
+from protocol import BroadcastJoin, WeightsAnnouncement
+from tests.heartbeats import idle_heartbeat
 from tracerl.config import BusConfig, RunConfig, WeightsConfig
 from tracerl.logs import configure_logging
 from weightsync.broadcast import BroadcastReceiver
@@ -53,19 +54,7 @@ def version_blob(version: int) -> bytes:
 
 async def _beat(client: BusClient, run_id: str, actor_id: str) -> None:
     now = time.time()
-    await client.put_actor(
-        Heartbeat(
-            run_id=run_id,
-            actor_id=actor_id,
-            policy_version=0,
-            inflight=0,
-            capacity=1,
-            tokens_generated=0,
-            turns_generated=0,
-            started_at=now,
-            sent_at=now,
-        )
-    )
+    await client.put_actor(idle_heartbeat(run_id, actor_id, now, started_at=now))
 
 
 def _actor_process(

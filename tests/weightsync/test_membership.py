@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protocol import BroadcastJoin, Heartbeat
+from tests.heartbeats import idle_heartbeat
 from weightsync.membership import EpochPlan, plan_epoch, split_check_ins, wanted_members
 
 RUN = "r1"
@@ -14,17 +15,7 @@ def join(actor_id: str, at: float) -> BroadcastJoin:
 
 
 def beat(actor_id: str, at: float) -> Heartbeat:
-    return Heartbeat(
-        run_id=RUN,
-        actor_id=actor_id,
-        policy_version=0,
-        inflight=0,
-        capacity=1,
-        tokens_generated=0,
-        turns_generated=0,
-        started_at=0.0,
-        sent_at=at,
-    )
+    return idle_heartbeat(RUN, actor_id, at)
 
 
 def test_wanted_are_the_live_actors_that_asked_sorted_by_id():
