@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from allocator.core import AllocatorCoreConfig
 from allocator.heldout import HeldoutConfig
 from allocator.shard import ShardConfig, shard_share, shard_step
+from environments.registry import check_task_options
 from tracerl.config import AtLeast0, AtLeast1, BusConfig, Config, LogConfig, Positive, RunConfig
 
 
@@ -14,6 +17,14 @@ class TaskPoolConfig(Config, frozen=True):
     env: str = "multihop"
     train_tasks: AtLeast1 = 2048
     seed: int = 0
+    # Keywords of the environment's task generator for the training pool
+    # (``environments.registry.task_options``): difficulty knobs (multihop's ``min_hops``,
+    # say, for a harder training mix) or a real dataset's files. Held-out tasks take theirs
+    # from ``heldout.options``, so a harder mix can still be scored on the standard one.
+    options: dict[str, int | float | str | bool] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_task_options(self.env, self.options)
 
 
 class AllocatorConfig(Config, frozen=True):
@@ -36,6 +47,7 @@ class AllocatorConfig(Config, frozen=True):
     max_steps: AtLeast0 = 0
 
     def __post_init__(self) -> None:
+        check_task_options(self.tasks.env, self.heldout.options)
         for index in range(self.shard.count):
             share = shard_share(self.core.step_budget_turns, ShardConfig(index=index, count=self.shard.count))
             if share < 2 * self.core.max_turns:

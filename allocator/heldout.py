@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from statistics import fmean
 
+import msgspec
+
 from protocol import TaskSpec, TurnNode, WorkItem
 from tracerl.config import AtLeast0, Config
 
@@ -33,6 +35,9 @@ class HeldoutConfig(Config, frozen=True):
     every_versions: AtLeast0 = 5
     max_tokens_per_turn: int = 48
     max_turns: int = 5
+    # Keywords of the environment's task generator for the held-out tasks: its difficulty
+    # knobs, or a real dataset's held-out file.
+    options: dict[str, int | float | str | bool] = msgspec.field(default_factory=dict)
 
 
 @dataclass

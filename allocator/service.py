@@ -188,8 +188,9 @@ class AllocatorService:
         self.config = config
         self.bus = bus
         shard = config.shard
-        pool = shard_pool(make_tasks(config.tasks.env, "train", config.tasks.train_tasks, config.tasks.seed), shard)
-        heldout = make_tasks(config.tasks.env, "heldout", config.heldout.tasks, config.tasks.seed)
+        tasks = config.tasks
+        pool = shard_pool(make_tasks(tasks.env, "train", tasks.train_tasks, tasks.seed, **tasks.options), shard)
+        heldout = make_tasks(tasks.env, "heldout", config.heldout.tasks, tasks.seed, **config.heldout.options)
         self.core = AllocatorCore(
             config.shard_core, pool, config.run.seed, run_id=config.run.run_id, prompt_text=PromptTexts(), shard=shard
         )

@@ -495,7 +495,7 @@ def run_predictor_bench(options: PredictorBenchOptions, up: Any) -> dict[str, An
     for directory in later:
         check_later_version(base_dir, directory)
     tasks_config = up.allocator.tasks
-    pool = make_tasks(tasks_config.env, "train", tasks_config.train_tasks, tasks_config.seed)
+    pool = make_tasks(tasks_config.env, "train", tasks_config.train_tasks, tasks_config.seed, **tasks_config.options)
     tasks = draw_prompts(pool, options.prompts, options.seed)
     versions = [(0, f"base model ({base_dir})", base_dir)]
     versions += [(i, str(directory), directory) for i, directory in enumerate(later, start=1)]

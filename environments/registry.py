@@ -7,7 +7,8 @@ regenerated from seeds carried in ``task.params``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from protocol import TaskSpec
@@ -56,6 +57,24 @@ def env_special_tokens(names: Sequence[str]) -> tuple[str, ...]:
     environments gets exactly their tags, so adding an environment never changes it."""
     used = {tag for name in names for tag in make_env(name).special_tokens}
     return tuple(tag for tag in ALL_TAGS if tag in used)
+
+
+def task_options(name: str) -> list[str]:
+    """The keywords env ``name``'s task generator takes beyond split, count and seed: its
+    difficulty knobs, and for the environments with real data the files to read."""
+    parameters = inspect.signature(_entry(name).generate_tasks).parameters.values()
+    return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def check_task_options(name: str, options: Iterable[str]) -> None:
+    """Refuse, before any task is generated, an option env ``name`` does not take."""
+    known = task_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"environment {name!r} takes no task option {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(known) or 'none'}"
+        )
 
 
 def make_tasks(name: str, split: str, count: int, seed: int, **difficulty: object) -> list[TaskSpec]:

@@ -127,3 +127,21 @@ def test_task_for_other_env_is_refused():
     task = make_tasks("frozenlake", "train", 1, 0)[0]
     with pytest.raises(EnvironmentError_, match="is for env 'frozenlake', not 'sokoban'"):
         make_env("sokoban").reset(task)
+
+
+def test_task_options_are_the_generators_keywords_and_unknown_ones_are_refused_by_name():
+    from environments.registry import check_task_options, task_options
+
+    assert task_options("multihop") == [
+        "min_hops",
+        "max_hops",
+        "num_people",
+        "num_relations",
+        "distractors",
+        "top_k",
+        "num_kbs",
+    ]
+    assert "train_file" in task_options("math")
+    check_task_options("multihop", ["min_hops", "distractors"])
+    with pytest.raises(ValueError, match=r"no task option 'num_hops'.*min_hops, max_hops"):
+        check_task_options("multihop", ["min_hops", "num_hops"])
