@@ -45,6 +45,8 @@ SIGNAL_AND_COST = (
     "mixed_branch_groups_per_100_turns",
     "informative_token_share",
     "effective_ratio",
+    "mean_grad_norm",
+    "weight_drift",
     "generated_turns",
     "wall_seconds",
     "training_seconds",
@@ -172,6 +174,8 @@ def aggregate(
             "mixed_root_groups_per_100_turns",
             "mixed_groups_per_100_turns",
             "informative_token_share",
+            "mean_grad_norm",
+            "weight_drift",
             "generated_turns",
             "generated_tokens",
             "wall_seconds",
@@ -196,12 +200,13 @@ def markdown_table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
         "",
         "Mean ± std over completed seeds. Held-out success: the curve mean (trapezoid over policy versions) and "
         "the last point, greedy and sampled; mixed groups per 100 generated turns: root groups, and root plus "
-        "branch groups.",
+        "branch groups. Grad norm: the learner's mean per step; weight drift: ‖final − initial weights‖₂ "
+        "(bench/drift.py), which Adam keeps nearly equal across strategies whatever their grad norm.",
         "",
         "| strategy | seeds (failed) | greedy curve mean | greedy final | sampled curve mean | sampled final "
         "| effective ratio | mixed roots / 100 turns | mixed roots + branches / 100 turns | informative tokens "
-        "| generated turns | generated tokens | training s | eval s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| grad norm | weight drift | generated turns | generated tokens | training s | eval s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
@@ -209,7 +214,8 @@ def markdown_table(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
             f"| {_cell(row['heldout_greedy_after'])} | {_cell(row['heldout_sampled_curve_mean'])} "
             f"| {_cell(row['heldout_sampled_after'])} | {_cell(row['effective_ratio'])} "
             f"| {_cell(row['mixed_root_groups_per_100_turns'], 2)} | {_cell(row['mixed_groups_per_100_turns'], 2)} "
-            f"| {_cell(row['informative_token_share'])} | {_cell(row['generated_turns'], 0)} "
+            f"| {_cell(row['informative_token_share'])} | {_cell(row['mean_grad_norm'])} "
+            f"| {_cell(row['weight_drift'])} | {_cell(row['generated_turns'], 0)} "
             f"| {_cell(row['generated_tokens'], 0)} | {_cell(row['training_seconds'], 0)} "
             f"| {_cell(row['eval_seconds'], 0)} |"
         )

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from bench.drift import weight_distance
 from bench.harness import fresh_run_dir
 from bench.stats import curve_mean
 from tracerl.config import nest_dotted
@@ -65,6 +66,10 @@ class RunOutcome:
     # Held-out success at the run's kept checkpoints, oldest first, and what scoring them cost.
     heldout_curve: tuple[CurvePoint, ...] = ()
     eval_seconds: float | None = None
+    # The learner's mean gradient norm per step, and how far training moved the weights
+    # (‖final − initial‖₂, bench/drift.py): Adam makes the second nearly independent of the first.
+    mean_grad_norm: float | None = None
+    weight_drift: float | None = None
 
     @property
     def training_seconds(self) -> float | None:
@@ -151,7 +156,22 @@ def summarise_run(name: str, run_dir: Path, returncode: int, wall_seconds: float
         generated_tokens=float(core.get("core.budget_tokens_used") or 0.0),
         first_step_at=steps[0]["time"] - float(steps[0].get("step_seconds", 0)) if steps else None,
         last_step_at=steps[-1]["time"] if steps else None,
+        mean_grad_norm=fmean(float(r["train.grad_norm"]) for r in steps if r.get("train.grad_norm") is not None)
+        if any(r.get("train.grad_norm") is not None for r in steps)
+        else None,
+        weight_drift=run_weight_drift(run_dir),
     )
+
+
+def run_weight_drift(run_dir: Path) -> float | None:
+    """‖final − initial weights‖ of a finished run; None when either model is not there."""
+    config = run_dir / "config" / "learner.yaml"
+    final = run_dir / "final_model"
+    try:
+        initial = Path(yaml.safe_load(config.read_text())["model"]["model_dir"])
+        return weight_distance(initial, final)
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None  # a run that failed before writing its config or its final model
 
 
 def json_safe(value: Any) -> Any:
