@@ -21,12 +21,12 @@ import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.learning import BASELINE, run_scores
-from bench.runs import RESULTS_DIR, RunOutcome, json_safe
+from bench.runs import RESULTS_DIR, RunOutcome, json_safe, run_weight_drift
 from bench.stats import mean_se, paired_difference
 
 #: Settings that make runs comparable at equal cost: a study refuses files that differ here.
@@ -53,6 +53,9 @@ class RunSignals:
     leaves_per_step: float | None = None
     nonzero_advantage_token_share: float | None = None
     root_turn_share: float | None = None
+    grad_norm: float | None = None
+    # ‖final − initial weights‖₂ (bench/drift.py), where both models are still on disk.
+    weight_drift: float | None = None
     # depth -> (predictor AUC, predictor Brier, Beta baseline Brier), where recorded.
     predictor_by_depth: dict[int, tuple[float | None, float | None, float | None]] = field(default_factory=dict)
 
@@ -119,7 +122,7 @@ def decomposition_rows(
                 row[f"{score}_vs_grpo"] = {"mean": diff.mean, "se": diff.se, "seeds": len(diff.seeds)}
         row["mixed_root_groups_per_100_turns"] = _mean([r.mixed_root_groups_per_100_turns for r in runs])
         row["mixed_groups_per_100_turns"] = _mean([r.mixed_groups_per_100_turns for r in runs])
-        for name in ("prompts_per_step", "leaves_per_step", "nonzero_advantage_token_share", "root_turn_share"):
+        for name in SIGNALS:
             row[name] = _mean([getattr(s, name) for s in run_signals])
         depths: dict[int, dict[str, float | None]] = {}
         for depth in range(MAX_DEPTH + 1):
@@ -130,6 +133,39 @@ def decomposition_rows(
         row["predictor_by_depth"] = depths
         rows.append(row)
     return rows
+
+
+#: Per-run signals averaged over a variant's runs.
+SIGNALS = (
+    "prompts_per_step",
+    "leaves_per_step",
+    "nonzero_advantage_token_share",
+    "root_turn_share",
+    "grad_norm",
+    "weight_drift",
+)
+
+
+def drift_curve_correlation(
+    variants: Mapping[str, Sequence[RunOutcome]], signals: Mapping[tuple[str, int], RunSignals]
+) -> tuple[float, int]:
+    """Pearson's r between weight drift and the greedy curve mean over every run that has
+    both, and how many runs that is (r is NaN below three)."""
+    pairs = [
+        (drift, run.heldout_greedy_curve_mean)
+        for label, runs in variants.items()
+        for run in runs
+        if run.seed is not None and run.heldout_curve
+        for drift in [signals.get((label, run.seed), RunSignals()).weight_drift]
+        if drift is not None and not math.isnan(drift)
+    ]
+    if len(pairs) < 3:
+        return math.nan, len(pairs)
+    xs, ys = zip(*pairs, strict=True)
+    try:
+        return statistics.correlation(xs, ys), len(pairs)
+    except statistics.StatisticsError:  # every drift (or every score) the same
+        return math.nan, len(pairs)
 
 
 def signals_from_metrics(learner_rows: Sequence[Mapping[str, Any]], allocator_last: Mapping[str, Any]) -> RunSignals:
@@ -153,6 +189,7 @@ def signals_from_metrics(learner_rows: Sequence[Mapping[str, Any]], allocator_la
         leaves_per_step=per_step("batch.leaves"),
         nonzero_advantage_token_share=per_step("train.nonzero_advantage_token_share"),
         root_turn_share=allocator_last.get("core.root_turn_share"),
+        grad_norm=per_step("train.grad_norm"),
         predictor_by_depth=depths,
     )
 
@@ -166,7 +203,7 @@ def read_run_signals(run_dir: Path | None) -> RunSignals:
     allocator_path = metrics / "allocator.jsonl"
     lines = allocator_path.read_text().splitlines() if allocator_path.is_file() else []
     allocator_last = json.loads(lines[-1]) if lines else {}
-    return signals_from_metrics(learner, allocator_last)
+    return replace(signals_from_metrics(learner, allocator_last), weight_drift=run_weight_drift(Path(run_dir)))
 
 
 def _pm(block: Mapping[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
@@ -182,7 +219,9 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def decomposition_markdown(rows: Sequence[Mapping[str, Any]], sources: Sequence[str]) -> str:
+def decomposition_markdown(
+    rows: Sequence[Mapping[str, Any]], sources: Sequence[str], drift_correlation: tuple[float, int] = (math.nan, 0)
+) -> str:
     lines = [
         "# Decomposition: what each stage adds, where the budget went, what the predictor knew",
         "",
@@ -191,8 +230,8 @@ def decomposition_markdown(rows: Sequence[Mapping[str, Any]], sources: Sequence[
         "",
         "| variant | seeds | greedy curve mean | Δ curve mean vs grpo | Δ final vs grpo | mixed roots / 100 turns "
         "| mixed roots + branches / 100 turns | prompts / step | leaves / step | root turn share "
-        "| non-zero-advantage tokens |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| non-zero-advantage tokens | grad norm | weight drift |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
@@ -201,8 +240,18 @@ def decomposition_markdown(rows: Sequence[Mapping[str, Any]], sources: Sequence[
             f"| {_pm(row.get('heldout_greedy_final_vs_grpo'), signed=True)} "
             f"| {_num(row['mixed_root_groups_per_100_turns'])} | {_num(row['mixed_groups_per_100_turns'])} "
             f"| {_num(row['prompts_per_step'], 1)} | {_num(row['leaves_per_step'], 1)} "
-            f"| {_num(row['root_turn_share'])} | {_num(row['nonzero_advantage_token_share'])} |"
+            f"| {_num(row['root_turn_share'])} | {_num(row['nonzero_advantage_token_share'])} "
+            f"| {_num(row['grad_norm'], 3)} | {_num(row['weight_drift'], 3)} |"
         )
+    r, runs = drift_correlation
+    if runs:
+        lines += [
+            "",
+            f"Weight drift is ‖final − initial weights‖₂. Adam sizes each update by the gradient's own history, so "
+            f"a larger gradient does not move the weights further; how far they move depends on how consistently "
+            f"the steps point the same way. Across the {runs} runs with both, Pearson's r between weight drift and "
+            f"the greedy curve mean is {_num(r, 2)}.",
+        ]
     with_predictor = [row for row in rows if row["predictor_by_depth"]]
     if with_predictor:
         lines += [
@@ -239,7 +288,9 @@ def run_decomposition(sources: Sequence[str], results_dir: Path = RESULTS_DIR) -
         if run.seed is not None
     }
     rows = decomposition_rows(variants, signals, steps)
+    r, runs = drift_curve_correlation(variants, signals)
     md, js = results_dir / "decomposition.md", results_dir / "decomposition.json"
-    md.write_text(decomposition_markdown(rows, sources))
-    js.write_text(json.dumps(json_safe({"sources": list(sources), "rows": rows}), indent=2) + "\n")
+    md.write_text(decomposition_markdown(rows, sources, (r, runs)))
+    payload = {"sources": list(sources), "rows": rows, "drift_curve_correlation": {"r": r, "runs": runs}}
+    js.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
     return md, js

@@ -1,6 +1,7 @@
 """The decomposition study's reading of learning results, against hand-computed cases."""
 
 import json
+import math
 
 import pytest
 
@@ -10,6 +11,7 @@ from bench.decomposition import (
     collect_variants,
     decomposition_markdown,
     decomposition_rows,
+    drift_curve_correlation,
     run_decomposition,
     signals_from_metrics,
     variant_label,
@@ -128,3 +130,30 @@ def test_the_command_names_a_missing_results_file():
     result = CliRunner().invoke(app, ["bench", "decomposition", "no-such-study"])
     assert result.exit_code == 2
     assert "no learning results at" in result.output
+
+
+def test_grad_norm_and_weight_drift_are_averaged_and_drift_is_correlated_with_the_curve():
+    variants = {
+        "grpo": [_run("grpo", 0, 0.6, 0.6), _run("grpo", 1, 0.5, 0.7)],
+        "trace": [_run("trace", 0, 0.8, 0.8), _run("trace", 1, 0.6, 0.6)],
+    }
+    signals = {
+        ("grpo", 0): RunSignals(grad_norm=0.1, weight_drift=1.5),
+        ("grpo", 1): RunSignals(grad_norm=0.2, weight_drift=1.4),
+        ("trace", 0): RunSignals(grad_norm=0.3, weight_drift=1.9),
+        ("trace", 1): RunSignals(grad_norm=0.5),  # its final model is gone: no drift
+    }
+    rows = {row["variant"]: row for row in decomposition_rows(variants, signals, steps=10)}
+    assert rows["grpo"]["grad_norm"] == pytest.approx(0.15) and rows["grpo"]["weight_drift"] == pytest.approx(1.45)
+    assert rows["trace"]["grad_norm"] == pytest.approx(0.4) and rows["trace"]["weight_drift"] == pytest.approx(1.9)
+    # Curve means (0.4 + 2 g5 + g10) / 4: grpo 0.55, 0.525; trace 0.7. Drifts 1.5, 1.4, 1.9.
+    xs, ys = [1.5, 1.4, 1.9], [0.55, 0.525, 0.7]
+    mx, my = sum(xs) / 3, sum(ys) / 3
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    r, runs = drift_curve_correlation(variants, signals)
+    assert runs == 3 and r == pytest.approx(sxy / (sxx * syy) ** 0.5)
+    text = decomposition_markdown(list(rows.values()), ["main"], (r, runs))
+    assert "| 0.150 | 1.450 |" in text and "Across the 3 runs with both, Pearson's r between weight drift" in text
+    assert math.isnan(drift_curve_correlation({"grpo": variants["grpo"]}, signals)[0])  # two runs: no r
