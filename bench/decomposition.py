@@ -203,7 +203,7 @@ def read_run_signals(run_dir: Path | None) -> RunSignals:
     allocator_path = metrics / "allocator.jsonl"
     lines = allocator_path.read_text().splitlines() if allocator_path.is_file() else []
     allocator_last = json.loads(lines[-1]) if lines else {}
-    return replace(signals_from_metrics(learner, allocator_last), weight_drift=run_weight_drift(Path(run_dir)))
+    return replace(signals_from_metrics(learner, allocator_last), weight_drift=run_weight_drift(metrics.parent))
 
 
 def _pm(block: Mapping[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
