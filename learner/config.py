@@ -60,6 +60,11 @@ class AdvantageSection(Config, frozen=True):
 
 class LossSection(Config, frozen=True):
     kind: LossKind = "decoupled_ppo"
+    # How token losses are averaged over a batch. "token": every trained token (counted once
+    # per path through it) weighs the same, so a tree with many branch leaves outweighs a
+    # root group of four. "tree": each tree is averaged over its own tokens first and trees
+    # weigh the same, so every prompt of the step pulls equally (learner.losses).
+    normalization: Literal["token", "tree"] = "token"
     clip_eps: Annotated[float, Meta(gt=0, lt=1)] = 0.2
     # Cap C on the truncated importance weight proximal/behaviour (decoupled PPO).
     importance_cap: Annotated[float, Meta(ge=1)] = 2.0

@@ -31,6 +31,20 @@ class LossSettings(Protocol):
     def lpo_divergence(self) -> str: ...
     @property
     def kl_coef(self) -> float: ...
+    @property
+    def normalization(self) -> str: ...
+
+
+def loss_token_weights(token_weights: torch.Tensor, normalization: str) -> torch.Tensor:
+    """One tree's token weights as the loss uses them: as they are ("token"), or scaled to sum
+    to one ("tree"), so that dividing the batch's sum by its tree count averages the trees'
+    own token means."""
+    if normalization == "token":
+        return token_weights
+    if normalization == "tree":
+        total = token_weights.sum()
+        return token_weights / total if float(total) > 0 else token_weights
+    raise ValueError(f"unknown loss normalization {normalization!r}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,8 @@ class PolicyLossInputs:
     path_advantages: torch.Tensor
     # Paths per tree when one forward packs several trees: each tree is its own LPO group.
     tree_paths: tuple[int, ...] | None = None
+    # The token losses' weights (``loss_token_weights`` of each tree); None: ``token_weights``.
+    loss_weights: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -150,25 +166,28 @@ def policy_loss(
 ) -> tuple[torch.Tensor, PolicyLossStats]:
     """One tree's share of the batch loss, and its diagnostic sums.
 
-    Token losses (``ppo_clip``, ``decoupled_ppo``) are weighted by ``token_weights`` and
-    divided by ``token_weight``, the batch's total; the group loss (``lpo``) is divided by
-    ``groups``, the batch's tree count. The k3 KL to the reference policy, when given, is
-    added as a token mean scaled by ``kl_coef``.
+    Token losses (``ppo_clip``, ``decoupled_ppo``) are weighted by ``loss_weights`` and
+    divided by ``token_weight``, the batch's total, under "token" normalization, or by
+    ``groups``, the batch's tree count, under "tree"; the group loss (``lpo``) is divided by
+    ``groups``. The k3 KL to the reference policy, when given, is added the same way, scaled
+    by ``kl_coef``. The diagnostic sums are weighted by ``token_weights`` either way.
     """
     current, behaviour = inputs.current_logprobs, inputs.behaviour_logprobs
     weight = inputs.token_weights
+    loss_weight = weight if inputs.loss_weights is None else inputs.loss_weights
+    denominator = groups if settings.normalization == "tree" else token_weight
     proximal = current.detach() if inputs.proximal_logprobs is None else inputs.proximal_logprobs
     clipped = torch.zeros_like(current, dtype=torch.bool)
     importance_weight = torch.ones_like(current)
     if settings.kind == "ppo_clip":
         token_loss, clipped = ppo_clip_token_loss(current, behaviour, inputs.advantages, settings.clip_eps)
-        loss = (token_loss * weight).sum() / token_weight
+        loss = (token_loss * loss_weight).sum() / denominator
         importance_weight = torch.exp(proximal - behaviour)
     elif settings.kind == "decoupled_ppo":
         token_loss, clipped = decoupled_ppo_token_loss(
             current, proximal, behaviour, inputs.advantages, settings.clip_eps, settings.importance_cap
         )
-        loss = (token_loss * weight).sum() / token_weight
+        loss = (token_loss * loss_weight).sum() / denominator
         importance_weight = truncated_importance_weight(proximal, behaviour, settings.importance_cap)
     elif settings.kind == "lpo":
         path_logprobs = path_sums(current, inputs.path_of_pair, inputs.target_of_pair, len(inputs.path_advantages))
@@ -185,7 +204,7 @@ def policy_loss(
     reference_kl = torch.zeros_like(current)
     if inputs.reference_logprobs is not None:
         reference_kl = k3_kl(current, inputs.reference_logprobs)
-        loss = loss + settings.kl_coef * (reference_kl * weight).sum() / token_weight
+        loss = loss + settings.kl_coef * (reference_kl * loss_weight).sum() / denominator
     stats = PolicyLossStats(
         loss=loss.detach().double(),
         clipped=(clipped.double() * weight).sum(),

@@ -43,7 +43,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from learner.advantages import node_advantages
 from learner.config import LearnerConfig
 from learner.ledger import TrainedTrees
-from learner.losses import PolicyLossInputs, policy_loss
+from learner.losses import PolicyLossInputs, loss_token_weights, policy_loss
 from learner.packing import ForwardBatch, forward_batch, forward_groups, merge_packed, target_logprobs, to_device
 from learner.recompute import recompute_in_backward
 from learner.sequences import TrainingTree, TreeRejected, prepare_tree
@@ -86,6 +86,8 @@ class _PreparedTree:
     batch: ForwardBatch
     target_advantage: torch.Tensor
     path_advantage: torch.Tensor
+    # The targets' weights in the loss (learner.losses.loss_token_weights).
+    loss_weight: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class _Forward:
     batch: ForwardBatch
     target_advantage: torch.Tensor
     path_advantage: torch.Tensor
+    loss_weight: torch.Tensor
 
 
 def _forwards(prepared: list[_PreparedTree], packing: bool, max_tokens: int) -> list[_Forward]:
@@ -107,6 +110,7 @@ def _forwards(prepared: list[_PreparedTree], packing: bool, max_tokens: int) -> 
                 merge_packed([p.batch for p in members]) if len(members) > 1 else members[0].batch,
                 torch.cat([p.target_advantage for p in members]),
                 torch.cat([p.path_advantage for p in members]),
+                torch.cat([p.loss_weight for p in members]),
             )
         )
     return out
@@ -243,7 +247,13 @@ class Trainer:
         )
         node_adv = torch.tensor(adv, dtype=torch.float32)
         batch = forward_batch(training_tree, cfg.model.packing)
-        return _PreparedTree(training_tree, batch, node_adv[batch.target_node], node_adv[batch.path_leaf])
+        return _PreparedTree(
+            training_tree,
+            batch,
+            node_adv[batch.target_node],
+            node_adv[batch.path_leaf],
+            loss_token_weights(batch.target_weight, cfg.loss.normalization),
+        )
 
     # ------------------------------------------------------------------ update
 
@@ -411,6 +421,7 @@ class Trainer:
             target_of_pair=batch.target_of_pair,
             path_advantages=item.path_advantage.to(device),
             tree_paths=batch.tree_paths,
+            loss_weights=item.loss_weight.to(device),
         )
         loss, stats = policy_loss(self.config.loss, inputs, token_weight, groups)
         input_tokens = torch.tensor([float(batch.input_tokens)], dtype=torch.float64, device=device)

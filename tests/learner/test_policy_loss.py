@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from learner.config import LossSection
-from learner.losses import PolicyLossInputs, policy_loss
+from learner.losses import PolicyLossInputs, loss_token_weights, policy_loss
 
 LOG = math.log
 
@@ -186,9 +186,39 @@ def test_a_zero_weight_token_is_masked_out_of_loss_gradient_and_stats():
 def test_an_unknown_loss_kind_is_refused():
     class Settings:
         kind, clip_eps, importance_cap, lpo_beta, lpo_divergence, kl_coef = "reinforce", 0.2, 2.0, 1.0, "forward_kl", 0
+        normalization = "token"
 
     with pytest.raises(ValueError, match="unknown loss kind"):
         policy_loss(Settings(), inputs(t(-1.0), t(-1.0), t(1), t(1)), 1.0, 1.0)
+
+
+def test_tree_weights_sum_to_one_and_token_weights_are_left_as_they_are():
+    weights = t(1, 2, 1)  # the middle token lies on two paths
+    assert loss_token_weights(weights, "token") is weights
+    assert loss_token_weights(weights, "tree").tolist() == pytest.approx([0.25, 0.5, 0.25])
+    assert loss_token_weights(t(0, 0), "tree").tolist() == [0.0, 0.0]  # a tree with no trained token
+    with pytest.raises(ValueError, match="unknown loss normalization"):
+        loss_token_weights(weights, "sequence")
+
+
+def test_tree_normalization_averages_each_trees_own_token_mean():
+    # Two trees packed in one forward, all ratios 1 (no clipping): the token loss is -A.
+    # Tree 1: three tokens, A = +1; tree 2: one token, A = -1.
+    behaviour = t(LOG(0.5), LOG(0.5), LOG(0.5), LOG(0.5))
+    current = behaviour.clone().requires_grad_()
+    advantages, weights = t(1, 1, 1, -1), t(1, 1, 1, 1)
+    by_token = LossSection(kind="ppo_clip")
+    loss, _ = policy_loss(by_token, inputs(current, behaviour, advantages, weights), 4.0, 2.0)
+    assert loss.item() == pytest.approx((-3 + 1) / 4)  # the longer tree dominates
+    by_tree = LossSection(kind="ppo_clip", normalization="tree")
+    tree_weights = torch.cat([loss_token_weights(weights[:3], "tree"), loss_token_weights(weights[3:], "tree")])
+    packed = dataclasses.replace(inputs(current, behaviour, advantages, weights), loss_weights=tree_weights)
+    loss, stats = policy_loss(by_tree, packed, 4.0, 2.0)
+    assert loss.item() == pytest.approx((-1 + 1) / 2)  # each tree's mean, then the trees' mean
+    loss.backward()
+    # d(-ρA)/d log π = -A ρ, weighted 1/3 per token of tree 1 and 1 for tree 2, over 2 trees.
+    assert current.grad.tolist() == pytest.approx([-1 / 6, -1 / 6, -1 / 6, 1 / 2])
+    assert stats_dict(stats)["importance_weight"] == pytest.approx(4.0)  # diagnostics keep token weights
 
 
 # ---------------------------------------------------------------- the loop reference

@@ -252,3 +252,17 @@ def test_decoupled_ppo_clips_against_the_frozen_proximal_policy(tiny_model_dir):
     metrics = Trainer(cfg).train_step(batch)
     assert metrics["clip_fraction"] == 0.0  # first update: current == proximal
     assert metrics["clip_fraction_last_update"] > 0.0  # the policy moved, the proximal did not
+
+
+def test_tree_normalization_makes_the_batch_loss_the_mean_of_each_trees_own(tiny_model_dir):
+    batch = batches(seed=3, steps=1)[0]
+    alone = [Trainer(learner_config(tiny_model_dir, normalization="tree")).train_step([tree])["loss"] for tree in batch]
+    packed = learner_config(tiny_model_dir, normalization="tree", max_tokens_per_forward=1 << 16)
+    together = Trainer(packed).train_step(batch)["loss"]
+    assert together == pytest.approx(sum(alone) / len(alone), abs=1e-6)
+    by_token = Trainer(learner_config(tiny_model_dir)).train_step(batch)
+    token_counts = [Trainer(learner_config(tiny_model_dir)).train_step([tree])["trained_tokens"] for tree in batch]
+    # Token normalization weighs each tree's mean by its share of the tokens instead.
+    weighted = sum(a * n for a, n in zip(alone, token_counts, strict=True)) / sum(token_counts)
+    assert by_token["loss"] == pytest.approx(weighted, abs=1e-6)
+    assert len(set(token_counts)) > 1 and abs(weighted - together) > 1e-6
