@@ -60,7 +60,8 @@ def run_model_dir(run_dir: Path) -> str:
 
 
 def evaluate_curve(run_dir: Path, tasks: int, timeout_s: float) -> tuple[tuple[CurvePoint, ...], float]:
-    """Score a finished run's checkpoints on ``tasks`` held-out tasks; (the curve, seconds spent).
+    """Score a finished run's checkpoints on ``tasks`` held-out tasks (drawn with the run's
+    ``allocator.heldout.options``); (the curve, seconds spent).
 
     A failed evaluation leaves the curve short (the log is ``<run_dir>/eval_checkpoints.log``),
     which the benchmark counts as a failed run."""
@@ -69,10 +70,11 @@ def evaluate_curve(run_dir: Path, tasks: int, timeout_s: float) -> tuple[tuple[C
     started = time.time()
     up = read_run_config(run_dir)
     model_dir, env, cpus = run_model_dir(run_dir), up.allocator.tasks.env, eval_cpus(up)
-    initial = cached_eval(model_dir, env, tasks, run_dir / "eval_initial.json", cpus)
+    options = up.allocator.heldout.options
+    initial = cached_eval(model_dir, env, tasks, options, run_dir / "eval_initial.json", cpus)
     out = run_dir / CHECKPOINT_EVAL_FILE
     out.unlink(missing_ok=True)
-    argv = eval_argv(model_dir, env, tasks, out, cpus, "--checkpoints", str(run_dir / "checkpoints"))
+    argv = eval_argv(model_dir, env, tasks, options, out, cpus, "--checkpoints", str(run_dir / "checkpoints"))
     with (run_dir / CHECKPOINT_EVAL_LOG).open("w") as log:
         # Its own process group: on a timeout the engine process it started goes too.
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

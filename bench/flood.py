@@ -606,7 +606,10 @@ def _run_one(name: str, options: FloodOptions, overrides: Sequence[str], flooded
             trees = asyncio.run(read_trees(run_dir, up.run.run_id, run.servers, up.actor.bus.max_message_bytes))
         exit_codes.update(run.stop_each(["bus"]))
     flood = _reconcile(delivery, run_dir, run.actor_names, trees) if delivery is not None else None
-    summary = _summarise(name, run_dir, flooded, options, started, trees, up.allocator.tasks.env)
+    allocator = up.allocator
+    summary = _summarise(
+        name, run_dir, flooded, options, started, trees, allocator.tasks.env, allocator.heldout.options
+    )
     if summary.steps < options.steps:
         failures.append(f"the learner took {summary.steps} of {options.steps} steps")
     return RunOutcome(summary, alive_after_flood, alive_at_end, exit_codes, failures, flood)
@@ -719,6 +722,7 @@ def _summarise(
     started: float,
     trees: dict[str, Any] | None,
     env: str,
+    heldout_options: Mapping[str, object],
 ) -> RunSummary:
     from tracerl.up import run_eval
 
@@ -728,7 +732,8 @@ def _summarise(
     heldout = None
     if options.eval_tasks and (final_model / "config.json").is_file():
         print(f"[flood] evaluating {name}'s final policy on {options.eval_tasks} held-out {env} tasks ...", flush=True)
-        heldout = run_eval(str(final_model), env, options.eval_tasks, run_dir / "eval_after.json", [])
+        out = run_dir / "eval_after.json"
+        heldout = run_eval(str(final_model), env, options.eval_tasks, heldout_options, out, [])
     return RunSummary(
         name=name,
         run_dir=str(run_dir),

@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -62,7 +62,7 @@ class EpisodeSummary:
 
 
 class EvalInputError(ValueError):
-    """A bad model directory or environment name; the message is one line."""
+    """A bad model directory, environment name, task count or task option; the message is one line."""
 
 
 def check_env_name(env_name: str) -> str:
@@ -73,8 +73,50 @@ def check_env_name(env_name: str) -> str:
     return env_name
 
 
-def check_inputs(model_dir: str | Path, env_name: str, num_tasks: int) -> Path:
-    """The model directory, or an ``EvalInputError`` for a bad directory, environment or count."""
+def parse_task_options(items: Sequence[str]) -> dict[str, Any]:
+    """`tracerl eval --option KEY=VALUE` arguments as the task generator's keywords; values
+    read as ``--set`` values do (``tracerl.config.parse_override``), and a later key wins."""
+    from tracerl.config import ConfigError, parse_override
+
+    try:
+        return dict(parse_override(item, "--option") for item in items)
+    except ConfigError as err:
+        raise EvalInputError(str(err)) from None
+
+
+def eval_tasks(
+    env_name: str, split: str, num_tasks: int, seed: int, options: Mapping[str, object] | None = None
+) -> list[TaskSpec]:
+    """The tasks an eval scores: ``num_tasks`` of ``split`` drawn with ``seed``, from the task
+    generator given ``options`` (a run's ``allocator.heldout.options``: difficulty knobs, or a
+    real dataset's files). An option the generator does not take or refuses (a value out of
+    range, a missing file) is an ``EvalInputError``."""
+    from environments import make_tasks
+    from environments.registry import check_task_options
+
+    options = options or {}
+    try:
+        check_task_options(env_name, options)
+    except ValueError as err:
+        raise EvalInputError(str(err)) from None
+    try:
+        return make_tasks(env_name, split, num_tasks, seed, **options)
+    except (ValueError, TypeError, OSError) as err:
+        shown = " ".join(f"{key}={value!r}" for key, value in options.items()) or "none"
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise EvalInputError(f"task options ({shown}): {first_line}") from None
+
+
+def check_inputs(
+    model_dir: str | Path,
+    env_name: str,
+    num_tasks: int,
+    options: Mapping[str, object] | None = None,
+    split: str = "heldout",
+    seed: int = 0,
+) -> Path:
+    """The model directory, or an ``EvalInputError`` for a bad directory, environment, count or
+    task option (the tasks are drawn once here, before any engine starts)."""
     from modelkit.export import ModelDirError, check_model_dir
 
     try:
@@ -84,6 +126,7 @@ def check_inputs(model_dir: str | Path, env_name: str, num_tasks: int) -> Path:
     check_env_name(env_name)
     if num_tasks < 1:
         raise EvalInputError(f"number of tasks must be >= 1, got {num_tasks}")
+    eval_tasks(env_name, split, num_tasks, seed, options)
     return directory
 
 
@@ -180,11 +223,11 @@ async def evaluate_modes_async(
     modes: Sequence[bool],
     seed: int,
     on_episode: Callable[[], None] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> list[EvalResult]:
-    """One result per entry of ``modes`` (True = greedy), all on the same held-out tasks."""
-    from environments import make_tasks
-
-    tasks = make_tasks(env_name, split, num_tasks, seed)
+    """One result per entry of ``modes`` (True = greedy), all on the same held-out tasks
+    (``eval_tasks``: ``options`` are the task generator's keywords)."""
+    tasks = eval_tasks(env_name, split, num_tasks, seed, options)
     results = []
     for greedy in modes:
         started = time.monotonic()
@@ -217,14 +260,17 @@ def evaluate_modes(
     seed: int = 0,
     backend: Backend = "vllm",
     on_episode: Callable[[], None] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> list[EvalResult]:
     """Several decoding modes with one engine start-up."""
-    directory = check_inputs(model_dir, env_name, num_tasks)
+    directory = check_inputs(model_dir, env_name, num_tasks, options, split, seed)
     return asyncio.run(
         _with_backend(
             directory,
             backend,
-            lambda generator: evaluate_modes_async(generator, env_name, num_tasks, split, modes, seed, on_episode),
+            lambda generator: evaluate_modes_async(
+                generator, env_name, num_tasks, split, modes, seed, on_episode, options
+            ),
         )
     )
 
@@ -269,12 +315,15 @@ async def evaluate_checkpoints_async(
     split: str,
     seed: int,
     on_episode: Callable[[], None] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> list[CheckpointResult]:
     scored = []
     for version, directory in checkpoints:
         started = time.monotonic()
         await engine.reload_weights(directory, version)
-        results = await evaluate_modes_async(engine, env_name, num_tasks, split, (True, False), seed, on_episode)
+        results = await evaluate_modes_async(
+            engine, env_name, num_tasks, split, (True, False), seed, on_episode, options
+        )
         scored.append(CheckpointResult(version, str(directory), results, round(time.monotonic() - started, 2)))
     return scored
 
@@ -287,16 +336,17 @@ def evaluate_checkpoints(
     split: str = "heldout",
     seed: int = 0,
     on_episode: Callable[[], None] | None = None,
+    options: Mapping[str, object] | None = None,
 ) -> list[CheckpointResult]:
     """Greedy and sampled success of each checkpoint on the same held-out tasks. The engine starts
     on ``model_dir``, which gives the architecture and tokenizer the checkpoints' weights fit."""
-    directory = check_inputs(model_dir, env_name, num_tasks)
+    directory = check_inputs(model_dir, env_name, num_tasks, options, split, seed)
     return asyncio.run(
         _with_backend(
             directory,
             "vllm",
             lambda engine: evaluate_checkpoints_async(
-                engine, checkpoints, env_name, num_tasks, split, seed, on_episode
+                engine, checkpoints, env_name, num_tasks, split, seed, on_episode, options
             ),
         )
     )
@@ -337,19 +387,23 @@ def eval_command(
     json_file: str | None = None,
     checkpoints: str | None = None,
     log_file: str | None = None,
+    option_args: Sequence[str] = (),
 ) -> int:
     """`tracerl eval`: greedy and sampled held-out success side by side; exit code 2 on bad input.
 
     With ``checkpoints`` (a learner checkpoint directory), every checkpoint in it is scored
-    instead of ``model`` itself, one record per policy version. The console shows progress and
-    results; the engine's logs go to ``log_file`` (by default a new file in the temp directory)."""
+    instead of ``model`` itself, one record per policy version. ``option_args`` (``KEY=VALUE``)
+    are the task generator's keywords, as a run's ``allocator.heldout.options``. The console
+    shows progress and results; the engine's logs go to ``log_file`` (by default a new file in
+    the temp directory)."""
     from tqdm import tqdm
 
     from actors.engine import route_engine_logs
     from tracerl.logs import configure_logging
 
     try:
-        check_inputs(model, env, tasks)
+        options = parse_task_options(option_args)
+        check_inputs(model, env, tasks, options, "heldout", seed)
         found = find_checkpoints(checkpoints) if checkpoints else []
         configure_logging("eval", level="info", json_file=False)
         engine_log = route_engine_logs(log_file or default_engine_log())
@@ -358,9 +412,9 @@ def eval_command(
         bar = tqdm(total=episodes, desc=f"eval {env}", unit="episode", file=sys.stderr, disable=json_output)
         with bar:  # one tick per episode (tqdm's update counts 1 by default)
             if found:
-                scored = evaluate_checkpoints(model, found, env, tasks, "heldout", seed, bar.update)
+                scored = evaluate_checkpoints(model, found, env, tasks, "heldout", seed, bar.update, options)
             else:
-                results = evaluate_modes(model, env, tasks, "heldout", (True, False), seed, "vllm", bar.update)
+                results = evaluate_modes(model, env, tasks, "heldout", (True, False), seed, "vllm", bar.update, options)
     except EvalInputError as err:
         print(f"tracerl eval: {err}", file=sys.stderr)
         return 2

@@ -230,6 +230,17 @@ def eval_command(
             show_default=False,
         ),
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            help="A keyword of the environment's task generator for the held-out tasks, as a run's "
+            "allocator.heldout.options: a difficulty knob or a real dataset's file, e.g. --option min_hops=3, or "
+            "--option train_file=a.jsonl --option heldout_file=b.jsonl for --env math (repeatable; values parse "
+            "as --set values do).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Held-out success with vLLM, greedy and sampled (temperature 1) side by side."""
     from modelkit.eval import eval_command as run_eval
@@ -244,6 +255,7 @@ def eval_command(
             str(json_file) if json_file else None,
             str(checkpoints) if checkpoints else None,
             str(log_file) if log_file else None,
+            list(option or []),
         )
     )
 

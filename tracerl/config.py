@@ -289,22 +289,23 @@ def _yaml_load(text: str, including: tuple[Path, ...] = ()) -> Any:
         loader.dispose()
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    """``section.field=value`` as (dotted key, value): the one reading of a ``--set`` override.
+def parse_override(item: str, flag: str = "--set") -> tuple[str, Any]:
+    """``section.field=value`` as (dotted key, value): the one reading of a ``--set`` override,
+    and of the other ``key=value`` flags (`tracerl eval --option`), whose name ``flag`` errors quote.
 
     The key ends at the first ``=``, so a value may contain ``=``. The value parses as YAML,
     plus exponent floats such as 1e-5 that YAML 1.1 would leave as strings.
     """
     key, sep, raw = item.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value")
+        raise ConfigError(f"{flag} {item!r}: expected key=value")
     if not all(key.split(".")):
-        raise ConfigError(f"--set {item!r}: key {key!r} has an empty part; expected section.field=value")
+        raise ConfigError(f"{flag} {item!r}: key {key!r} has an empty part; expected section.field=value")
     try:
         return key, _yaml_load(raw) if raw else ""
     except yaml.YAMLError as err:
         first_line = str(err).strip().splitlines()[0]
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {first_line}") from None
+        raise ConfigError(f"{flag} {key}: cannot parse value {raw!r}: {first_line}") from None
 
 
 def override_args(settings: Mapping[str, Any]) -> list[str]:

@@ -15,12 +15,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from allocator.shard import ShardConfig
 from protocol import replace
-from tracerl.config import dump_config, write_resolved_config
+from tracerl.config import dump_config, override_args, write_resolved_config
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import metrics_path, read_metrics
 from tracerl.report import plot_report, predictor_summary
@@ -173,9 +174,12 @@ def eval_engine_log(json_file: Path) -> Path:
     return json_file.parent / "logs" / f"{json_file.name.split('.')[0]}.engine.log"
 
 
-def eval_argv(model_dir: str, env: str, tasks: int, json_file: Path, cpus: list[int], *extra: str) -> list[str]:
-    """`tracerl eval` writing its JSON to ``json_file``, pinned to ``cpus``; run it as a child
-    process, so that its vLLM engine is gone when it returns."""
+def eval_argv(
+    model_dir: str, env: str, tasks: int, options: Mapping[str, object], json_file: Path, cpus: list[int], *extra: str
+) -> list[str]:
+    """`tracerl eval` on ``tasks`` held-out tasks that the task generator draws with ``options``
+    (a run's ``allocator.heldout.options``), writing its JSON to ``json_file``, pinned to
+    ``cpus``; run it as a child process, so that its vLLM engine is gone when it returns."""
     argv = [
         sys.executable,
         "-m",
@@ -191,15 +195,20 @@ def eval_argv(model_dir: str, env: str, tasks: int, json_file: Path, cpus: list[
         str(json_file),
         "--log-file",
         str(eval_engine_log(json_file)),
+        *(arg for setting in override_args(options) for arg in ("--option", setting)),
         *extra,
     ]
     return ["taskset", "-c", ",".join(map(str, cpus)), *argv] if cpus else argv
 
 
-def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -> dict | None:
-    """Greedy and sampled success of ``model_dir``, also written to ``out``; None if the eval failed."""
+def run_eval(
+    model_dir: str, env: str, tasks: int, options: Mapping[str, object], out: Path, cpus: list[int]
+) -> dict | None:
+    """Greedy and sampled success of ``model_dir`` (on the held-out tasks of ``options``, as
+    ``eval_argv``), also written to ``out``; None if the eval failed."""
     raw = out.with_suffix(".raw.json")
-    result = subprocess.run(eval_argv(model_dir, env, tasks, raw, cpus), capture_output=True, text=True, check=False)
+    argv = eval_argv(model_dir, env, tasks, options, raw, cpus)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not raw.is_file():
         log.error(
             "eval_failed", model_dir=model_dir, stderr=result.stderr[-2000:], engine_log=str(eval_engine_log(raw))
@@ -208,15 +217,16 @@ def run_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -
     results = json.loads(raw.read_text())
     raw.unlink()
     data = {f"{r['mode']}_success": r["success_rate"] for r in results}
-    data.update(env=env, tasks=tasks, model_dir=model_dir, results=results)
+    data.update(env=env, tasks=tasks, options=dict(options), model_dir=model_dir, results=results)
     out.write_text(json.dumps(data, indent=2))
     return data
 
 
-def eval_cache_key(model_dir: str, env: str, tasks: int) -> str:
-    """What a held-out eval's result depends on: the model's files, the task draw and the code
-    that runs episodes (its seeds are fixed: the same key gives the same numbers, up to the
-    noise of vLLM's batching in sampled mode)."""
+def eval_cache_key(model_dir: str, env: str, tasks: int, options: Mapping[str, object]) -> str:
+    """What a held-out eval's result depends on: the model's files, the task draw (with the
+    generator's ``options``, and the size and modification time of each data file they name)
+    and the code that runs episodes (its seeds are fixed: the same key gives the same numbers,
+    up to the noise of vLLM's batching in sampled mode)."""
     from modelkit.cache import content_key, model_fingerprint, source_fingerprint
 
     root = Path(__file__).resolve().parent.parent
@@ -226,17 +236,31 @@ def eval_cache_key(model_dir: str, env: str, tasks: int) -> str:
         root / "actors" / "engine.py",
         *sorted((root / "environments").glob("*.py")),
     ]
+    data_files = {
+        key: [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+        for key, value in options.items()
+        if isinstance(value, str) and (path := Path(value)).is_file() and (stat := path.stat())
+    }
     return content_key(
-        {"model": model_fingerprint(Path(model_dir)), "env": env, "tasks": tasks, "code": source_fingerprint(code)}
+        {
+            "model": model_fingerprint(Path(model_dir)),
+            "env": env,
+            "tasks": tasks,
+            "options": dict(options),
+            "data_files": data_files,
+            "code": source_fingerprint(code),
+        }
     )
 
 
-def cached_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]) -> dict | None:
-    """``run_eval``, reusing an earlier result for the same unchanged model: every run of a
-    benchmark starts from the same model, and its before-training eval costs a minute each time."""
+def cached_eval(
+    model_dir: str, env: str, tasks: int, options: Mapping[str, object], out: Path, cpus: list[int]
+) -> dict | None:
+    """``run_eval``, reusing an earlier result for the same unchanged model and task set: every
+    run of a benchmark starts from the same model, and its before-training eval costs a minute each time."""
     from modelkit.cache import cache_root
 
-    cached = cache_root() / ".evals" / f"{eval_cache_key(model_dir, env, tasks)}.json"
+    cached = cache_root() / ".evals" / f"{eval_cache_key(model_dir, env, tasks, options)}.json"
     try:
         data = json.loads(cached.read_text())
         out.write_text(json.dumps(data, indent=2))
@@ -244,7 +268,7 @@ def cached_eval(model_dir: str, env: str, tasks: int, out: Path, cpus: list[int]
         return data
     except (OSError, json.JSONDecodeError):
         pass  # not cached yet, or unreadable: evaluate again
-    data = run_eval(model_dir, env, tasks, out, cpus)
+    data = run_eval(model_dir, env, tasks, options, out, cpus)
     if data:
         cached.parent.mkdir(parents=True, exist_ok=True)
         partial = cached.with_suffix(f".{os.getpid()}.tmp")
@@ -275,6 +299,8 @@ def run(up: UpConfig) -> int:
     write_resolved_config(up, "up")
     model_dir = resolve_model_dir(up)
     env = up.allocator.tasks.env
+    # Every held-out eval of the run scores the tasks its allocator's probes do.
+    heldout_options = up.allocator.heldout.options
     all_cpus = eval_cpus(up)
     supervisor = Supervisor(run_dir)
     # What a child leaves of its process tree (an engine core, a server) is reaped here
@@ -284,7 +310,7 @@ def run(up: UpConfig) -> int:
     before = None
     if up.eval_tasks:
         print(f"[up] evaluating the initial policy on {up.eval_tasks} held-out {env} tasks ...", flush=True)
-        before = cached_eval(model_dir, env, up.eval_tasks, run_dir / "eval_before.json", all_cpus)
+        before = cached_eval(model_dir, env, up.eval_tasks, heldout_options, run_dir / "eval_before.json", all_cpus)
         supervisor.reap_orphans(kill=True)
         if before:
             print(f"[up] before: greedy {before['greedy_success']:.3f}  sampled {before['sampled_success']:.3f}")
@@ -329,7 +355,7 @@ def run(up: UpConfig) -> int:
     after = None
     if up.eval_tasks and (final_model / "config.json").is_file():
         print(f"[up] evaluating the trained policy on {up.eval_tasks} held-out {env} tasks ...", flush=True)
-        after = run_eval(str(final_model), env, up.eval_tasks, run_dir / "eval_after.json", all_cpus)
+        after = run_eval(str(final_model), env, up.eval_tasks, heldout_options, run_dir / "eval_after.json", all_cpus)
         supervisor.reap_orphans(kill=True)
     report = plot_report(run_dir, title=f"{up.run.run_id}: {up.allocator.core.strategy} on {env}")
     summary: dict[str, Any] = {

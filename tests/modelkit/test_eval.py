@@ -2,24 +2,32 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 import safetensors.torch
+from transformers import AutoTokenizer
 
 import modelkit.eval as eval_module
+from environments import make_tasks
 from modelkit.eval import (
     MAX_TOKENS_PER_TURN,
     EpisodeSummary,
+    EvalInputError,
     difficulty_label,
     eval_command,
+    eval_tasks,
     evaluate_checkpoints,
     evaluate_checkpoints_async,
     evaluate_modes,
+    evaluate_modes_async,
     find_checkpoints,
     format_table,
+    parse_task_options,
     summarise,
 )
 from protocol.messages import TaskSpec
+from tests.actors.doubles import ScriptedEngine
 
 
 def _one_line_error(capsys) -> str:
@@ -42,6 +50,59 @@ def test_unknown_environment_lists_the_valid_names(random_model_dir, capsys):
     assert eval_command(str(random_model_dir), "chess", 2, False, 0) == 2
     err = _one_line_error(capsys)
     assert "'chess'" in err and "multihop" in err and "sokoban" in err
+
+
+def test_task_options_read_their_values_as_set_values_do():
+    options = parse_task_options(["min_hops=3", "distractors=false", 'heldout_file="2024.jsonl"', "top_k=2", "top_k=5"])
+    assert options == {"min_hops": 3, "distractors": False, "heldout_file": "2024.jsonl", "top_k": 5}
+    assert type(options["min_hops"]) is int
+    assert parse_task_options([]) == {}
+    with pytest.raises(EvalInputError, match=r"^--option 'min_hops': expected key=value"):
+        parse_task_options(["min_hops"])
+
+
+@pytest.mark.parametrize(
+    ("env_name", "options", "message"),
+    [
+        ("multihop", ["num_hops=3"], r"takes no task option 'num_hops'; its options are: min_hops, max_hops"),
+        ("multihop", ["min_hops=9"], r"task options \(min_hops=9\): "),
+        ("math", ["train_file=missing.jsonl", "heldout_file=missing.jsonl"], r"missing\.jsonl"),
+        ("multihop", ["min_hops=[3"], r"--option min_hops: cannot parse value '\[3'"),
+    ],
+)
+def test_a_bad_task_option_is_a_one_line_error_before_any_engine_starts(
+    random_model_dir, capsys, env_name, options, message
+):
+    assert eval_command(str(random_model_dir), env_name, 2, False, 0, option_args=options) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("tracerl eval: ") and re.search(message, err), err
+
+
+def test_the_held_out_tasks_are_those_the_options_draw():
+    harder = eval_tasks("multihop", "heldout", 16, 0, {"min_hops": 3})
+    assert harder == make_tasks("multihop", "heldout", 16, 0, min_hops=3)
+    assert {difficulty_label(task) for task in harder} == {"hops=3", "hops=4"}
+    assert eval_tasks("multihop", "heldout", 16, 0) == make_tasks("multihop", "heldout", 16, 0)
+
+
+def test_episodes_are_scored_on_the_tasks_of_the_options(random_model_dir):
+    """Through the episode loop with a scripted generator: every episode scored is one of the
+    3-4 hop tasks ``min_hops: 3`` draws, in the same numbers per hop count."""
+    tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
+    expected = make_tasks("multihop", "heldout", 12, 0, min_hops=3)
+    counts = {label: sum(difficulty_label(t) == label for t in expected) for label in ("hops=3", "hops=4")}
+
+    async def score(options):
+        engine = ScriptedEngine(tokenizer, answer_after=1)
+        return await evaluate_modes_async(engine, "multihop", 12, "heldout", (True,), 0, None, options)
+
+    (harder,) = asyncio.run(score({"min_hops": 3}))
+    assert harder.num_tasks == 12
+    assert {label: stats.episodes for label, stats in harder.by_difficulty.items()} == {
+        label: n for label, n in counts.items() if n
+    }
+    (standard,) = asyncio.run(score(None))
+    assert {"hops=1", "hops=2"} & set(standard.by_difficulty)
 
 
 def test_summary_counts_success_per_difficulty():
@@ -129,7 +190,8 @@ class _ReloadingEngine:
 
 
 def test_each_checkpoint_is_scored_with_its_own_weights(monkeypatch, tmp_path):
-    async def score_loaded_version(engine, env_name, num_tasks, split, modes, seed, on_episode=None):
+    async def score_loaded_version(engine, env_name, num_tasks, split, modes, seed, on_episode=None, options=None):
+        assert options == {"min_hops": 2}  # every checkpoint is scored on the run's held-out tasks
         # success 1 only when version 5 is loaded: a result filed under the wrong version shows
         episodes = [EpisodeSummary("all", float(engine.loaded[-1] == 5), 1, 3)] * num_tasks
         return [summarise(env_name, split, greedy, episodes, 0.0) for greedy in modes]
@@ -137,7 +199,9 @@ def test_each_checkpoint_is_scored_with_its_own_weights(monkeypatch, tmp_path):
     monkeypatch.setattr(eval_module, "evaluate_modes_async", score_loaded_version)
     engine = _ReloadingEngine()
     checkpoints = [(0, tmp_path / "v0"), (5, tmp_path / "v5"), (10, tmp_path / "v10")]
-    scored = asyncio.run(evaluate_checkpoints_async(engine, checkpoints, "multihop", 4, "heldout", 0))
+    scored = asyncio.run(
+        evaluate_checkpoints_async(engine, checkpoints, "multihop", 4, "heldout", 0, None, {"min_hops": 2})
+    )
     assert engine.loaded == [0, 5, 10]
     assert [(c.policy_version, c.checkpoint) for c in scored] == [(v, str(d)) for v, d in checkpoints]
     assert [[r.success_rate for r in c.results] for c in scored] == [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]

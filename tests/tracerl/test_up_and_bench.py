@@ -200,21 +200,71 @@ def test_before_eval_is_reused_until_the_model_changes(tmp_path, monkeypatch):
     (model / "model.safetensors").write_bytes(b"v1")
     calls = []
 
-    def fake_eval(model_dir, env, tasks, out, cpus):
-        calls.append(model_dir)
+    def fake_eval(model_dir, env, tasks, options, out, cpus):
+        calls.append((model_dir, dict(options)))
         data = {"greedy_success": 0.25 * len(calls), "sampled_success": 0.1, "env": env, "tasks": tasks}
         out.write_text(str(data))
         return data
 
     monkeypatch.setattr(up_module, "run_eval", fake_eval)
-    first = up_module.cached_eval(str(model), "multihop", 10, tmp_path / "a.json", [])
-    again = up_module.cached_eval(str(model), "multihop", 10, tmp_path / "b.json", [])
+    first = up_module.cached_eval(str(model), "multihop", 10, {}, tmp_path / "a.json", [])
+    again = up_module.cached_eval(str(model), "multihop", 10, {}, tmp_path / "b.json", [])
     assert len(calls) == 1 and again == first and (tmp_path / "b.json").is_file()
-    up_module.cached_eval(str(model), "multihop", 20, tmp_path / "c.json", [])  # another task count
+    up_module.cached_eval(str(model), "multihop", 20, {}, tmp_path / "c.json", [])  # another task count
     assert len(calls) == 2
+    # Another task set: a default-difficulty result is not reused for the harder one.
+    harder = up_module.cached_eval(str(model), "multihop", 10, {"min_hops": 3}, tmp_path / "e.json", [])
+    assert len(calls) == 3 and calls[-1][1] == {"min_hops": 3} and harder["greedy_success"] == 0.75
     (model / "model.safetensors").write_bytes(b"v2, trained")  # same path, new weights
-    changed = up_module.cached_eval(str(model), "multihop", 10, tmp_path / "d.json", [])
-    assert len(calls) == 3 and changed["greedy_success"] == 0.75
+    changed = up_module.cached_eval(str(model), "multihop", 10, {}, tmp_path / "d.json", [])
+    assert len(calls) == 4 and changed["greedy_success"] == 1.0
+
+
+def test_the_eval_cache_key_names_the_task_set(tmp_path):
+    from tracerl.up import eval_cache_key
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "heldout.jsonl"
+    data.write_text('{"question": "q", "answer": "#### 1"}\n')
+    files = {"train_file": str(tmp_path / "train.jsonl"), "heldout_file": str(data)}
+
+    def key(options):
+        return eval_cache_key(str(model), "math", 10, options)
+
+    assert key({}) == key({}) != key({"min_ops": 2}) != key({"min_ops": 3})
+    assert key({"min_ops": 2, "max_ops": 3}) == key({"max_ops": 3, "min_ops": 2})  # order does not matter
+    before = key(files)
+    assert before != key({})
+    data.write_text('{"question": "q", "answer": "#### 1"}\n{"question": "r", "answer": "#### 2"}\n')
+    assert key(files) != before  # the held-out file changed: its earlier result is not reused
+
+
+def test_eval_argv_carries_the_options_as_tracerl_eval_reads_them(tmp_path):
+    from modelkit.eval import parse_task_options
+    from tracerl.up import eval_argv
+
+    options = {"min_hops": 3, "distractors": False, "heldout_file": "2024", "slack": 1.5}
+    argv = eval_argv("m", "multihop", 8, options, tmp_path / "out.json", [], "--checkpoints", "c")
+    assert argv[-2:] == ["--checkpoints", "c"]
+    given = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--option"]
+    assert given == ["min_hops=3", "distractors=false", 'heldout_file="2024"', "slack=1.5"]
+    assert parse_task_options(given) == options  # the string "2024" stays a string
+    assert "--option" not in eval_argv("m", "multihop", 8, {}, tmp_path / "out.json", [])
+
+
+def test_tracerl_eval_explains_and_checks_its_task_options(random_model_dir):
+    def tracerl_eval(*args):
+        argv = [sys.executable, "-m", "tracerl", "eval", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+
+    shown = tracerl_eval("--help")
+    assert shown.returncode == 0 and "--option" in shown.stdout and "min_hops=3" in shown.stdout
+    refused = tracerl_eval("--model", str(random_model_dir), "--env", "multihop", "--option", "num_hops=3")
+    assert refused.returncode == 2
+    assert "tracerl eval: environment 'multihop' takes no task option 'num_hops'" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def test_a_bench_run_never_resumes_an_earlier_sample(tmp_path):
@@ -249,3 +299,37 @@ def test_a_config_files_exponent_float_reaches_the_learning_bench_as_a_float(tmp
     overrides = bench_overrides(_exponent_lr_config(tmp_path), None, steps=5)
     assert overrides == {"learner.optimiser.lr": 3e-5, "learner.training.max_steps": 5}
     assert type(overrides["learner.optimiser.lr"]) is float
+
+
+def test_a_runs_learning_curve_is_scored_on_its_held_out_options(tmp_path, monkeypatch):
+    import bench.curve as curve_module
+    import tracerl.up as up_module
+    from tracerl.config import dump_config
+
+    run_dir = tmp_path / "run"
+    (run_dir / "config").mkdir(parents=True)
+    up = load_config(UpConfig, None, ["allocator.heldout.options.min_hops=3", "allocator.tasks.options.max_hops=2"])
+    (run_dir / "config" / "up.yaml").write_text(dump_config(up))
+    (run_dir / "config" / "learner.yaml").write_text("model:\n  model_dir: /models/base\n")
+    seen = []
+
+    def fake_cached_eval(model_dir, env, tasks, options, out, cpus):
+        seen.append(("initial", model_dir, dict(options)))
+        return {"greedy_success": 0.1, "sampled_success": 0.2}
+
+    class FakeEval:
+        def __init__(self, argv, **kwargs):
+            seen.append(("checkpoints", argv[argv.index("--model") + 1], argv))
+            self.pid = 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(up_module, "cached_eval", fake_cached_eval)
+    monkeypatch.setattr(curve_module.subprocess, "Popen", FakeEval)
+    points, _ = curve_module.evaluate_curve(run_dir, 16, timeout_s=5)
+    assert [(p.policy_version, p.greedy_success) for p in points] == [(0, 0.1)]
+    assert seen[0] == ("initial", "/models/base", {"min_hops": 3})  # the held-out options, not the pool's
+    argv = seen[1][2]
+    assert seen[1][1] == "/models/base" and argv[argv.index("--option") + 1] == "min_hops=3"
+    assert argv.count("--option") == 1
