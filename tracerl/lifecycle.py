@@ -107,6 +107,24 @@ def _overran(loop: asyncio.AbstractEventLoop, bound_s: float) -> None:
     os._exit(EXIT_STOP_OVERRAN)
 
 
+def _arm_backstop_when_set(stop: asyncio.Event, seconds: float) -> None:
+    """Arm the C-level backstop at the moment ``stop`` is set, not when the loop next runs.
+
+    It covers a hang the loop cannot see (a blocked loop, a thread joined at exit), and the
+    loop may be blocked already: a role that sets its own stop from a failing handler may
+    have more such handlers queued behind it, each holding the loop (an actor whose engine
+    died logged one traceback per item in flight), and a watchdog task would only run after them.
+    """
+    set_event = stop.set
+
+    def set_and_arm() -> None:
+        if not stop.is_set():
+            faulthandler.dump_traceback_later(seconds, repeat=False, file=sys.stderr, exit=True)
+        set_event()
+
+    stop.set = set_and_arm  # type: ignore[method-assign]
+
+
 def stop_on_signals(
     stop: asyncio.Event, bound_s: float = STOP_BOUND_S, backstop_after_s: float = BACKSTOP_AFTER_S
 ) -> None:
@@ -115,14 +133,13 @@ def stop_on_signals(
     For process entry points only: the watchdog exits the whole process.
     """
     loop = asyncio.get_running_loop()
+    _arm_backstop_when_set(stop, bound_s + backstop_after_s)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
     async def arm_when_stopping() -> None:
         await stop.wait()
         loop.call_later(bound_s, _overran, loop, bound_s)
-        # Also covers a hang the loop cannot see: a blocked loop, or a thread joined at exit.
-        faulthandler.dump_traceback_later(bound_s + backstop_after_s, repeat=False, file=sys.stderr, exit=True)
 
     # The loop keeps only weak references to tasks; a set event arms at most once.
     watchdog = loop.create_task(arm_when_stopping(), name="stop-watchdog")

@@ -31,6 +31,9 @@ ROLE = textwrap.dedent(
         configure_logging("stop-test")
         stop = asyncio.Event()
         stop_on_signals(stop, bound_s=BOUND_S, backstop_after_s=1.0)
+        if MODE == "set_then_block":
+            stop.set()  # the role stops itself (an actor whose engine died) ...
+            time.sleep(3600)  # ... and the loop is held before any task sees the event
         stuck = asyncio.create_task(swallow_forever(), name="swallows_cancel")
         os.kill(os.getpid(), signal.SIGTERM)
         await asyncio.wait_for(stop.wait(), timeout=5)
@@ -96,6 +99,13 @@ def test_a_blocked_event_loop_is_ended_by_the_backstop():
     result, seconds = run_role_process("blocked_loop")
     assert result.returncode != 0
     assert "Timeout (0:00:02" in result.stderr  # faulthandler's dump at bound + backstop
+    assert seconds < 30
+
+
+def test_a_role_that_stops_itself_on_a_loop_that_never_runs_again_is_ended_by_the_backstop():
+    result, seconds = run_role_process("set_then_block")
+    assert result.returncode != 0
+    assert "Timeout (0:00:02" in result.stderr, result.stderr
     assert seconds < 30
 
 
