@@ -31,6 +31,11 @@ class EngineSettings(Config, frozen=True):
     # and levelled off within about 80 varied batches under 16, at the same speed
     # (README, "Soak"). 0 keeps oneDNN's default.
     cpu_onednn_primitive_cache: AtLeast0 = 16
+    # How long the CPU engine waits for its worker's step before declaring the engine dead
+    # (vLLM's VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS, 300 by default). A step takes milliseconds,
+    # but on a loaded 2-core machine a worker's first step was seen to pass 300 s and fail a
+    # run; a worker that truly hangs is still caught, later.
+    cpu_step_timeout_s: AtLeast1 = 1800
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.85
     # GPUs one engine shards the model over (vLLM's tensor parallelism); GPU only.
     tensor_parallel_size: AtLeast1 = 1

@@ -129,7 +129,10 @@ def on_gpu() -> bool:
 
 def cpu_engine_environment(settings: EngineSettings) -> dict[str, str]:
     """Environment variables the CPU engine's processes read at start-up."""
-    env = {"VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kv_cache_gib)}
+    env = {
+        "VLLM_CPU_KVCACHE_SPACE": str(settings.cpu_kv_cache_gib),
+        "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": str(settings.cpu_step_timeout_s),
+    }
     if settings.cpu_onednn_primitive_cache:
         env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = str(settings.cpu_onednn_primitive_cache)
     return env

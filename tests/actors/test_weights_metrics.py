@@ -189,10 +189,14 @@ def test_engine_kwargs_pick_cpu_and_gpu_defaults():
 def test_cpu_engine_environment_bounds_the_onednn_kernel_cache():
     from actors.engine import cpu_engine_environment
 
-    assert cpu_engine_environment(EngineSettings(cpu_kv_cache_gib=2, cpu_onednn_primitive_cache=16)) == {
+    settings = EngineSettings(cpu_kv_cache_gib=2, cpu_onednn_primitive_cache=16, cpu_step_timeout_s=900)
+    assert cpu_engine_environment(settings) == {
         "VLLM_CPU_KVCACHE_SPACE": "2",
+        "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "900",
         "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16",
     }
+    # Far past vLLM's 300 s by default: a loaded machine's first step was seen to pass it.
+    assert cpu_engine_environment(EngineSettings())["VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS"] == "1800"
     # 0 leaves oneDNN's own default in place.
     assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in cpu_engine_environment(EngineSettings(cpu_onednn_primitive_cache=0))
     with pytest.raises(ConfigError, match=r"field engine.cpu_onednn_primitive_cache = -1: Expected `int` >= 0"):
