@@ -780,6 +780,7 @@ class ClusterNodes:
         cluster = bus_config.cluster
         self.run_dir = run_dir
         self.server_binary = bus_config.server_binary
+        self.memory_limit_mib = bus_config.memory_limit_mib
         self.stems = [f"nats-server-{cluster.name}-n{i}" for i in range(cluster.local_nodes)]
         self.down: set[str] = set()
         self.restarted: dict[str, subprocess.Popen[bytes]] = {}
@@ -800,7 +801,7 @@ class ClusterNodes:
 
     def start_again(self, stem: str) -> bool:
         """Start a killed node again; False if a restart of the whole bus already did."""
-        from bus.server import find_server_binary
+        from bus.server import find_server_binary, server_environment
 
         if stem not in self.down:
             return False
@@ -810,6 +811,7 @@ class ClusterNodes:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=server_environment(os.environ, self.memory_limit_mib),
                 start_new_session=True,
             )
         self.down.discard(stem)

@@ -219,6 +219,28 @@ def bench_soak(
     raise typer.Exit(soak_command(options, up_set_args(config, set_)))
 
 
+@bench_app.command("bus-memory")
+def bench_bus_memory(
+    cycles: Annotated[int, typer.Option(help="Policy versions published, read back and retired.")] = 1000,
+    object_mib: Annotated[float, typer.Option(help="Size of one version.")] = 1.0,
+    memory_limits_mib: Annotated[
+        str, typer.Option(help="Comma-separated bus.memory_limit_mib to compare, one fresh bus each (0: none).")
+    ] = "0,128",
+    work_dir: Annotated[Path, typer.Option(help="Where the buses' run directories go.")] = Path(
+        "runs/bench-bus-memory"
+    ),
+    results_dir: Annotated[Path, typer.Option(help="Where bus_memory.json and bus_memory.md go.")] = Path(
+        "bench/results"
+    ),
+) -> None:
+    """nats-server's resident memory across --cycles weights versions (put, read back, retention delete) through
+    the project's own calls, once per memory limit. Writes bench/results/bus_memory.{md,json}."""
+    from bench.bus_memory import bus_memory_command
+
+    limits = [int(part) for part in memory_limits_mib.split(",") if part.strip()]
+    raise typer.Exit(bus_memory_command(work_dir, results_dir, cycles, object_mib, limits))
+
+
 @bench_app.command("scale")
 def bench_scale(
     actors: Annotated[str, typer.Option(help="Comma-separated simulated actor counts to sweep.")] = "8,32,128,512",

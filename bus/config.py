@@ -132,6 +132,15 @@ class BusServerConfig(Config, frozen=True):
     # HTTP monitoring, used for readiness and reload checks; always on loopback.
     # For both ports, 0 means "a free port chosen at start".
     monitor_port: Port = 8222
+    # Soft memory limit (GOMEMLIMIT) of each nats-server node, in MiB; 0 leaves it unbounded.
+    # Most of nats-server's heap is the file store's block caches (up to 8 MiB per block written
+    # or read in the last seconds), which its GC may drop under this limit; without it the heap
+    # target is twice that working set and resident memory ratchets up with the largest bursts
+    # (weights publications and fetches). Raise it with the weights: it must stay above what
+    # nats-server cannot drop, or its GC runs all the time.
+    memory_limit_mib: AtLeast0 = 128
+    # nats-server's Go profiler (/debug/pprof, e.g. heap?debug=1) on this port, first node only; 0 is off.
+    profile_port: Port = 0
     # Empty means "<run_dir>/nats".
     store_dir: str = ""
     # nats-server refuses payloads above 64 MiB; below 1 MiB object-store chunks do not fit.

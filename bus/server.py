@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -367,6 +367,7 @@ def render_server_config(
     actors: dict[str, RoleCredentials] | None = None,
     tls_files: TlsFiles | None = None,
     max_file_store: int = 0,
+    profile_port: int = 0,
 ) -> dict[str, Any]:
     """The nats-server config of one node; ``tls_files`` turns on TLS for clients and routes."""
     users = [user_entry(cred, run_ids) for cred in [*credentials.values(), *(actors or {}).values()]]
@@ -383,6 +384,8 @@ def render_server_config(
         rendered["tls"] = {"cert_file": tls_files.cert_file, "key_file": tls_files.key_file, "timeout": 5}
     if max_file_store:
         rendered["jetstream"]["max_file_store"] = max_file_store
+    if profile_port:
+        rendered["prof_port"] = profile_port
     if node is not None and node.cluster_name:
         if route_credentials is None:
             raise ValueError("a clustered node needs route credentials")
@@ -421,6 +424,15 @@ def jetstream_cluster_ready(jsz: dict[str, Any], replicas: int) -> bool:
     peers = meta.get("replicas") or []
     reachable = 1 + sum(1 for peer in peers if not peer.get("offline"))
     return reachable >= replicas
+
+
+def server_environment(base: Mapping[str, str], memory_limit_mib: int) -> dict[str, str]:
+    """The environment nats-server runs with: ``base``, plus the Go runtime's soft memory limit
+    when one is configured (it then replaces any GOMEMLIMIT inherited from ``base``)."""
+    environment = dict(base)
+    if memory_limit_mib:
+        environment["GOMEMLIMIT"] = f"{memory_limit_mib}MiB"
+    return environment
 
 
 def find_server_binary(configured: str = "") -> str:
@@ -616,6 +628,8 @@ class BusServer:
             actors=self.actor_credentials(),
             tls_files=self._tls_files(node),
             max_file_store=self.config.max_store_mib * MIB,
+            # One port per host: with several local nodes only the first one profiles.
+            profile_port=self.config.profile_port if node is self.nodes[0] else 0,
         )
         path = self._config_path(node)
         _write_private_json(path, rendered)
@@ -642,6 +656,7 @@ class BusServer:
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
+                        env=server_environment(os.environ, self.config.memory_limit_mib),
                         preexec_fn=_terminate_with_parent,
                     )
             for node in self.nodes:
@@ -654,6 +669,7 @@ class BusServer:
             url=self.url,
             nodes=[node.name for node in self.nodes if node.name],
             pid=self.pid,
+            memory_limit_mib=self.config.memory_limit_mib or None,
             seconds=round(time.monotonic() - started, 3),
         )
         return self
