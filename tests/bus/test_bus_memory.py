@@ -75,27 +75,19 @@ def _environ(pid: int) -> dict[str, str]:
 def test_the_bus_starts_nats_server_with_its_memory_limit_and_profiler(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("GOMEMLIMIT", raising=False)
     profile_port = free_port()
-    config = BusServerConfig(
-        run=RunConfig(run_id="memlimit", run_dir=str(tmp_path / "limited")),
-        log=LogConfig(level="warning", json_file=False),
-        port=0,
-        monitor_port=0,
-        memory_limit_mib=96,
-        profile_port=profile_port,
-    )
-    with BusServer(config) as server:
+
+    def server_config(directory: str, **memory) -> BusServerConfig:
+        run = RunConfig(run_id="memlimit", run_dir=str(tmp_path / directory))
+        return BusServerConfig(
+            run=run, log=LogConfig(level="warning", json_file=False), port=0, monitor_port=0, **memory
+        )
+
+    with BusServer(server_config("limited", memory_limit_mib=96, profile_port=profile_port)) as server:
         assert server.pid is not None
         assert _environ(server.pid)["GOMEMLIMIT"] == "96MiB"
         with urllib.request.urlopen(f"http://127.0.0.1:{profile_port}/debug/pprof/heap?debug=1", timeout=5) as resp:
             assert b"# HeapAlloc = " in resp.read()
-    unlimited = BusServerConfig(
-        run=RunConfig(run_id="memlimit", run_dir=str(tmp_path / "unlimited")),
-        log=LogConfig(level="warning", json_file=False),
-        port=0,
-        monitor_port=0,
-        memory_limit_mib=0,
-    )
-    with BusServer(unlimited) as server:
+    with BusServer(server_config("unlimited", memory_limit_mib=0)) as server:
         assert server.pid is not None
         assert "GOMEMLIMIT" not in _environ(server.pid)
         with urllib.request.urlopen(f"{server.monitor_url}/varz", timeout=5) as resp:
