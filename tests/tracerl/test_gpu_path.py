@@ -55,3 +55,22 @@ def test_gpu_check_stops_with_no_cuda_when_the_driver_finds_no_gpu(tmp_path):
     done = _no_cuda_run(tmp_path, fake_nvidia_smi=True)
     assert done.returncode == 3, done.stderr
     assert "no CUDA" in done.stderr and "==" not in done.stderr
+
+
+def test_the_bfcl_run_config_covers_every_training_conversation_and_its_turn_cap():
+    import importlib.util
+
+    import pytest
+
+    from environments import make_tasks
+
+    up = load_config(UpConfig, REPO / "configs/gpu/up-qwen3-bfcl.yaml")
+    assert up.allocator.tasks.env == "bfcl" and up.model_dir and up.learner.model.attention == "flex"
+    if importlib.util.find_spec("bfcl_eval") is None:
+        pytest.skip("bfcl-eval is not installed: run make data-bfcl")
+    # A pool larger than the split would fail at the allocator's start.
+    pool = make_tasks("bfcl", "train", up.allocator.tasks.train_tasks, up.allocator.tasks.seed)
+    assert len(pool) == up.allocator.tasks.train_tasks
+    heldout = make_tasks("bfcl", "heldout", up.eval_tasks, up.allocator.tasks.seed)
+    longest = max(task.params["max_turns"] for task in [*pool, *heldout])
+    assert up.allocator.core.max_turns >= longest and up.allocator.heldout.max_turns >= longest
