@@ -98,8 +98,10 @@ class FloodOptions:
     # Raw publishes announcing more than the server's max_payload.
     server_oversized: int = 3
     flood_after_step: int = 2
-    # Learner steps of each run (the flooded one and the undisturbed one). The learner must
-    # still be training when the flood arrives: it reads (and refuses) messages only then.
+    # Learner steps of each run (the flooded one and the undisturbed one), at least: the
+    # learner trains until the bench stops it, which is once it has taken these steps and,
+    # in the flooded run, read the whole flood (it reads, and refuses, messages only while
+    # it trains; a learner that ends on its own may end before the flood is sent).
     steps: int = 10
     baseline: bool = True
     # Held-out tasks per decoding mode for each final policy; 0 skips the evaluations.
@@ -567,7 +569,8 @@ def _run_one(name: str, options: FloodOptions, overrides: Sequence[str], flooded
     up = bench_up_config(
         FLOOD_RUN,
         [f"run.run_id={name}", f"run.run_dir={run_dir}", *overrides],
-        [f"learner.training.max_steps={options.steps}", "eval_tasks=0"],
+        # No step limit: the bench stops the learner (see FloodOptions.steps).
+        ["learner.training.max_steps=0", "eval_tasks=0"],
     )
     fresh_run_dir(run_dir, RUN_MARKER, "flood")
     failures: list[str] = []
@@ -589,16 +592,16 @@ def _run_one(name: str, options: FloodOptions, overrides: Sequence[str], flooded
         failure = failure or wait_actors_serving(run, deadline - time.time())
         if failure is None and flooded:
             delivery, alive_after_flood, failure = _flood(run, options)
-        learner = run.supervisor.processes["learner"]
         failure = failure or run.wait_until(
-            lambda: not learner.alive, deadline - time.time(), "the learner's last step"
+            lambda: run.step() >= options.steps, deadline - time.time(), f"learner step {options.steps}"
         )
         if failure:
             failures.append(failure.splitlines()[0])
         alive_at_end = run.alive()
-        exit_codes = {"learner": learner.popen.returncode}
-        if learner.popen.returncode not in (0, None):
-            failures.append(f"the learner exited with code {learner.popen.returncode}")
+        # Its stop ends the step it is in and writes a final record with every count.
+        exit_codes = run.stop_each(["learner"], timeout_s=up.run.stop_timeout_s + 30)
+        if exit_codes.get("learner") not in (0, None):
+            failures.append(f"the learner exited with code {exit_codes['learner']}")
         # Actors and the allocator stop cleanly so their final records hold every count.
         exit_codes.update(run.stop_each([*run.actor_names, "allocator"]))
         trees = None
@@ -917,7 +920,7 @@ def flood_markdown(result: FloodResult) -> str:
     )
     still = {n: a for n, a in run.alive_at_learner_end.items() if n != "learner"}
     lines.append(
-        f"| other processes alive when the learner finished its {run.summary.steps} steps | "
+        f"| other processes alive when the learner had taken its {run.summary.steps} steps | "
         f"{sum(still.values())}/{len(still)} | {'yes' if all(still.values()) else '**NO**'} |"
     )
     lines.append(f"| exit codes at the clean stop | {', '.join(f'{n} {c}' for n, c in run.exit_codes.items())} | |")
