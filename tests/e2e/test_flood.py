@@ -58,7 +58,8 @@ def test_a_flooded_run_survives_and_counts_every_reject(tmp_path, embedded_model
     run = result["flooded"]
     assert run["alive_after_flood"] == dict.fromkeys(["actor-0", "actor-1", "allocator", "bus", "learner"], True)
     assert all(alive for name, alive in run["alive_at_learner_end"].items() if name != "learner")
-    assert run["summary"]["steps"] == 5 and run["exit_codes"]["learner"] == 0
+    # The bench stops the learner after its 5 steps; the step it is in then still ends.
+    assert run["summary"]["steps"] >= 5 and run["exit_codes"]["learner"] == 0
 
     flood = run["flood"]
     assert flood["sent"]["messages"] == MESSAGES
