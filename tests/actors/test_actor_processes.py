@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.nats, pytest.mark.vllm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_ROOTS_EARLY, NUM_BRANCHES, NUM_ROOTS_LATE = 25, 10, 15
+# Roots added, a few at a time, when the actor to be frozen mid-item finished everything first.
+MAX_EXTRA_ROOTS, EXTRA_ROOTS_PER_REFILL = 20, 4
 
 
 def start_actor(bus_run, model_dir: Path, actor_id: str, tmp_path: Path) -> subprocess.Popen:
@@ -133,13 +135,14 @@ class NodeWatch:
         while time.monotonic() < until:
             await self._round(0.2)
 
-    async def freeze_mid_item(self, proc: subprocess.Popen, actor_id: str) -> set[str]:
+    async def freeze_mid_item(self, proc: subprocess.Popen, actor_id: str, refill=None) -> set[str]:
         """Stop an actor (SIGSTOP) at a moment it holds an item whose nodes are partly out.
 
         Sampled, not triggered by what the consumer has seen: the consumer lags the stream,
         and the random model can finish an item (or all of its work) within that lag. So the
         actor is frozen, the stream drained, and the actor resumed for a moment if it holds no
-        partial item.
+        partial item. When every item has finished first (the actors raced through them, as
+        on a loaded machine), ``refill`` publishes more work and returns whether it could.
         """
         await self.pump(lambda: any(n.actor_id == actor_id for n in self.nodes.values()), 600)
         while True:
@@ -148,7 +151,8 @@ class NodeWatch:
             partial = {n.work_id for n in self.nodes.values() if n.actor_id == actor_id} - set(self.completed())
             if partial:
                 return partial
-            assert len(self.completed()) < len(self.expected), f"every item finished before {actor_id} was caught"
+            if len(self.completed()) == len(self.expected):
+                assert refill is not None and await refill(), f"every item finished before {actor_id} was caught"
             os.killpg(proc.pid, signal.SIGCONT)
             await asyncio.sleep(0.2)
 
@@ -201,21 +205,34 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
 
         watch = NodeWatch(consumer, issue_branches)
         await wait_registered(allocator, processes, {"a1", "a2"}, 600)
-        tasks = make_tasks("multihop", "train", NUM_ROOTS_EARLY + NUM_ROOTS_LATE, seed=5)
-        for i, task in enumerate(tasks[:NUM_ROOTS_EARLY]):
-            item = root_item(run_id, f"r{i}", task)
+        tasks = make_tasks("multihop", "train", NUM_ROOTS_EARLY + NUM_ROOTS_LATE + MAX_EXTRA_ROOTS, seed=5)
+        late_tasks = tasks[NUM_ROOTS_EARLY : NUM_ROOTS_EARLY + NUM_ROOTS_LATE]
+        extra_tasks = tasks[NUM_ROOTS_EARLY + NUM_ROOTS_LATE :]
+        extra_roots: list[str] = []
+
+        async def publish_root(work_id: str, task) -> None:
+            item = root_item(run_id, work_id, task)
             watch.expected[item.work_id] = item.num_samples
             await allocator.publish(subjects.work_shared, item)
 
-        left_partial = await watch.freeze_mid_item(processes["a1"], "a1")
+        async def refill() -> bool:
+            if len(extra_roots) >= MAX_EXTRA_ROOTS:
+                return False
+            for task in extra_tasks[len(extra_roots) : len(extra_roots) + EXTRA_ROOTS_PER_REFILL]:
+                extra_roots.append(f"x{len(extra_roots)}")
+                await publish_root(extra_roots[-1], task)
+            return True
+
+        for i, task in enumerate(tasks[:NUM_ROOTS_EARLY]):
+            await publish_root(f"r{i}", task)
+
+        left_partial = await watch.freeze_mid_item(processes["a1"], "a1", refill)
         first_samplings = {sampling_of(n.node_id) for n in watch.nodes.values() if n.actor_id == "a1"}
         kill_group(processes["a1"])
         processes["a3"] = start_actor(bus_run, random_model_dir, "a3", tmp_path)
         await wait_registered(allocator, processes, {"a3"}, 600)
-        for i, task in enumerate(tasks[NUM_ROOTS_EARLY:], start=NUM_ROOTS_EARLY):
-            item = root_item(run_id, f"r{i}", task)
-            watch.expected[item.work_id] = item.num_samples
-            await allocator.publish(subjects.work_shared, item)
+        for i, task in enumerate(late_tasks, start=NUM_ROOTS_EARLY):
+            await publish_root(f"r{i}", task)
         await watch.pump(
             lambda: (
                 len(branched_parents) == NUM_BRANCHES
@@ -225,7 +242,7 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
             600,
         )
 
-        assert len(watch.expected) == NUM_ROOTS_EARLY + NUM_BRANCHES + NUM_ROOTS_LATE == 50
+        assert len(watch.expected) == NUM_ROOTS_EARLY + NUM_BRANCHES + NUM_ROOTS_LATE + len(extra_roots)
         for work_id, k in watch.expected.items():
             # Every chain slot ended, and no path mixes two runs of the item.
             ids = sorted(n.node_id for n in watch.item_nodes(work_id))
@@ -271,12 +288,18 @@ def test_a_restarted_actor_runs_its_predecessors_items_again_under_new_node_ids(
         consumer = await allocator.pull_consumer(subjects.nodes_stream, subjects.allocator_consumer, TurnNode)
         watch = NodeWatch(consumer)
         await wait_registered(allocator, {"a1": processes["first"]}, {"a1"}, 600)
-        for i, task in enumerate(make_tasks("multihop", "train", 6, seed=17)):
-            item = root_item(run_id, f"x{i}", task, num_samples=3)
-            watch.expected[item.work_id] = item.num_samples
-            await allocator.publish(subjects.work_shared, item)
+        tasks = make_tasks("multihop", "train", 6 + MAX_EXTRA_ROOTS, seed=17)
 
-        partial = await watch.freeze_mid_item(processes["first"], "a1")
+        async def publish_next(count: int) -> bool:
+            start = len(watch.expected)
+            for i, task in enumerate(tasks[start : start + count], start=start):
+                item = root_item(run_id, f"x{i}", task, num_samples=3)
+                watch.expected[item.work_id] = item.num_samples
+                await allocator.publish(subjects.work_shared, item)
+            return len(watch.expected) > start
+
+        await publish_next(6)
+        partial = await watch.freeze_mid_item(processes["first"], "a1", lambda: publish_next(EXTRA_ROOTS_PER_REFILL))
         before = {n.node_id: n for n in watch.nodes.values()}
         kill_group(processes["first"])
         # The same actor id again: what a supervisor restarting a crashed actor does.
