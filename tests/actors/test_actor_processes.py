@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import re
 import signal
 import subprocess
@@ -135,26 +136,39 @@ class NodeWatch:
         while time.monotonic() < until:
             await self._round(0.2)
 
-    async def freeze_mid_item(self, proc: subprocess.Popen, actor_id: str, refill=None) -> set[str]:
+    async def freeze_mid_item(
+        self, proc: subprocess.Popen, actor_id: str, refill=None, others: tuple[subprocess.Popen, ...] = ()
+    ) -> set[str]:
         """Stop an actor (SIGSTOP) at a moment it holds an item whose nodes are partly out.
 
         Sampled, not triggered by what the consumer has seen: the consumer lags the stream,
         and the random model can finish an item (or all of its work) within that lag. So the
         actor is frozen, the stream drained, and the actor resumed for a moment if it holds no
-        partial item. When every item has finished first (the actors raced through them, as
-        on a loaded machine), ``refill`` publishes more work and returns whether it could.
+        partial item. When every item has finished first (on a loaded machine the ``others``
+        took the work while this actor was frozen), ``refill`` publishes more work and returns
+        whether it could, and the others are frozen until this actor is caught.
         """
         await self.pump(lambda: any(n.actor_id == actor_id for n in self.nodes.values()), 600)
-        while True:
-            os.killpg(proc.pid, signal.SIGSTOP)
-            await self.drain(1.0)
-            partial = {n.work_id for n in self.nodes.values() if n.actor_id == actor_id} - set(self.completed())
-            if partial:
-                return partial
-            if len(self.completed()) == len(self.expected):
-                assert refill is not None and await refill(), f"every item finished before {actor_id} was caught"
-            os.killpg(proc.pid, signal.SIGCONT)
-            await asyncio.sleep(0.2)
+        others_frozen = False
+        try:
+            while True:
+                os.killpg(proc.pid, signal.SIGSTOP)
+                await self.drain(1.0)
+                partial = {n.work_id for n in self.nodes.values() if n.actor_id == actor_id} - set(self.completed())
+                if partial:
+                    return partial
+                if len(self.completed()) == len(self.expected):
+                    assert refill is not None and await refill(), f"every item finished before {actor_id} was caught"
+                    for other in others:
+                        os.killpg(other.pid, signal.SIGSTOP)
+                    others_frozen = True
+                os.killpg(proc.pid, signal.SIGCONT)
+                # A window of varying length, so the freeze falls at other points of an item.
+                await asyncio.sleep(random.uniform(0.02, 0.2))
+        finally:
+            if others_frozen:
+                for other in others:
+                    os.killpg(other.pid, signal.SIGCONT)
 
     def assert_paths_within_samplings(self, work_id: str) -> None:
         """Every chain's first node hangs under the item's parent, every later one under a node
@@ -226,7 +240,7 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
         for i, task in enumerate(tasks[:NUM_ROOTS_EARLY]):
             await publish_root(f"r{i}", task)
 
-        left_partial = await watch.freeze_mid_item(processes["a1"], "a1", refill)
+        left_partial = await watch.freeze_mid_item(processes["a1"], "a1", refill, others=(processes["a2"],))
         first_samplings = {sampling_of(n.node_id) for n in watch.nodes.values() if n.actor_id == "a1"}
         kill_group(processes["a1"])
         processes["a3"] = start_actor(bus_run, random_model_dir, "a3", tmp_path)
