@@ -665,8 +665,9 @@ def _flood(run: BenchRun, options: FloodOptions) -> tuple[FloodDelivery, dict[st
     learner = run.supervisor.processes["learner"]
 
     def learner_read_all() -> bool:
-        # The learner counts its rejects in its step records only; its durable's backlog shows it
-        # has read everything. A learner that ends its last step first leaves the rest unread.
+        # The learner writes its reject counts in its step and final records only; its durable's
+        # backlog shows it has read everything (the bench stops it only after that). A learner
+        # that has died leaves the rest unread, and the reconciliation shows it.
         return not learner.alive or asyncio.run(
             wait_consumer_drained(
                 run.run_dir, run_id, run.servers, subjects.learner_consumer, 1.0, stream=subjects.trees_stream

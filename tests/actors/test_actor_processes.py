@@ -83,6 +83,25 @@ def sampling_of(node_id: str) -> str:
     return node_id.rsplit("/", 3)[1]
 
 
+class RootFeeder:
+    """Publishes root items for a list of tasks, a few at a time, and records what it expects."""
+
+    def __init__(self, allocator, subjects, run_id: str, watch: NodeWatch, tasks, prefix: str, num_samples: int = 2):
+        self.allocator, self.subjects, self.run_id, self.watch = allocator, subjects, run_id, watch
+        self.tasks, self.prefix, self.num_samples = tasks, prefix, num_samples
+        self.published = 0
+
+    async def publish(self, count: int) -> bool:
+        """Publish the next ``count`` roots; whether any task was left to publish."""
+        start = self.published
+        for task in self.tasks[start : start + count]:
+            item = root_item(self.run_id, f"{self.prefix}{self.published}", task, num_samples=self.num_samples)
+            self.watch.expected[item.work_id] = item.num_samples
+            await self.allocator.publish(self.subjects.work_shared, item)
+            self.published += 1
+        return self.published > start
+
+
 class NodeWatch:
     """The nodes stream as an allocator sees it, and which chain slots of each item have ended."""
 
@@ -220,33 +239,18 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
         watch = NodeWatch(consumer, issue_branches)
         await wait_registered(allocator, processes, {"a1", "a2"}, 600)
         tasks = make_tasks("multihop", "train", NUM_ROOTS_EARLY + NUM_ROOTS_LATE + MAX_EXTRA_ROOTS, seed=5)
-        late_tasks = tasks[NUM_ROOTS_EARLY : NUM_ROOTS_EARLY + NUM_ROOTS_LATE]
-        extra_tasks = tasks[NUM_ROOTS_EARLY + NUM_ROOTS_LATE :]
-        extra_roots: list[str] = []
+        roots = RootFeeder(allocator, subjects, run_id, watch, tasks[: NUM_ROOTS_EARLY + NUM_ROOTS_LATE], "r")
+        extra = RootFeeder(allocator, subjects, run_id, watch, tasks[NUM_ROOTS_EARLY + NUM_ROOTS_LATE :], "x")
+        await roots.publish(NUM_ROOTS_EARLY)
 
-        async def publish_root(work_id: str, task) -> None:
-            item = root_item(run_id, work_id, task)
-            watch.expected[item.work_id] = item.num_samples
-            await allocator.publish(subjects.work_shared, item)
-
-        async def refill() -> bool:
-            if len(extra_roots) >= MAX_EXTRA_ROOTS:
-                return False
-            for task in extra_tasks[len(extra_roots) : len(extra_roots) + EXTRA_ROOTS_PER_REFILL]:
-                extra_roots.append(f"x{len(extra_roots)}")
-                await publish_root(extra_roots[-1], task)
-            return True
-
-        for i, task in enumerate(tasks[:NUM_ROOTS_EARLY]):
-            await publish_root(f"r{i}", task)
-
-        left_partial = await watch.freeze_mid_item(processes["a1"], "a1", refill, others=(processes["a2"],))
+        left_partial = await watch.freeze_mid_item(
+            processes["a1"], "a1", lambda: extra.publish(EXTRA_ROOTS_PER_REFILL), others=(processes["a2"],)
+        )
         first_samplings = {sampling_of(n.node_id) for n in watch.nodes.values() if n.actor_id == "a1"}
         kill_group(processes["a1"])
         processes["a3"] = start_actor(bus_run, random_model_dir, "a3", tmp_path)
         await wait_registered(allocator, processes, {"a3"}, 600)
-        for i, task in enumerate(late_tasks, start=NUM_ROOTS_EARLY):
-            await publish_root(f"r{i}", task)
+        await roots.publish(NUM_ROOTS_LATE)
         await watch.pump(
             lambda: (
                 len(branched_parents) == NUM_BRANCHES
@@ -256,7 +260,7 @@ def test_fifty_items_survive_a_sigkill_and_a_late_joiner_takes_work(random_model
             600,
         )
 
-        assert len(watch.expected) == NUM_ROOTS_EARLY + NUM_BRANCHES + NUM_ROOTS_LATE + len(extra_roots)
+        assert len(watch.expected) == NUM_ROOTS_EARLY + NUM_BRANCHES + NUM_ROOTS_LATE + extra.published
         for work_id, k in watch.expected.items():
             # Every chain slot ended, and no path mixes two runs of the item.
             ids = sorted(n.node_id for n in watch.item_nodes(work_id))
@@ -303,17 +307,9 @@ def test_a_restarted_actor_runs_its_predecessors_items_again_under_new_node_ids(
         watch = NodeWatch(consumer)
         await wait_registered(allocator, {"a1": processes["first"]}, {"a1"}, 600)
         tasks = make_tasks("multihop", "train", 6 + MAX_EXTRA_ROOTS, seed=17)
-
-        async def publish_next(count: int) -> bool:
-            start = len(watch.expected)
-            for i, task in enumerate(tasks[start : start + count], start=start):
-                item = root_item(run_id, f"x{i}", task, num_samples=3)
-                watch.expected[item.work_id] = item.num_samples
-                await allocator.publish(subjects.work_shared, item)
-            return len(watch.expected) > start
-
-        await publish_next(6)
-        partial = await watch.freeze_mid_item(processes["first"], "a1", lambda: publish_next(EXTRA_ROOTS_PER_REFILL))
+        roots = RootFeeder(allocator, subjects, run_id, watch, tasks, "x", num_samples=3)
+        await roots.publish(6)
+        partial = await watch.freeze_mid_item(processes["first"], "a1", lambda: roots.publish(EXTRA_ROOTS_PER_REFILL))
         before = {n.node_id: n for n in watch.nodes.values()}
         kill_group(processes["first"])
         # The same actor id again: what a supervisor restarting a crashed actor does.
