@@ -163,8 +163,9 @@ def bench_decomposition(
     """Why the strategies learn as they do: for every strategy (and setting) in the recorded learning results, the
     paired difference to grpo of the held-out greedy curve mean and final point, mixed root and branch groups per
     100 turns, prompts and leaves trained per step, the share of turns spent on roots, the share of trained tokens
-    with a non-zero advantage, and the predictor's AUC and Brier per prefix depth (from the runs' own metrics when
-    their directories are still here). Writes bench/results/decomposition.{md,json}."""
+    with a non-zero advantage, and the predictor's AUC and Brier per prefix depth (from the runs' own metrics while
+    their directories are still here, and after that from the per-run record the previous decomposition.json kept).
+    Writes bench/results/decomposition.{md,json}."""
     from bench.decomposition import run_decomposition
 
     try:

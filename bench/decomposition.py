@@ -12,7 +12,9 @@ Per variant: the paired difference to grpo of the held-out greedy curve mean and
 (trees) and leaves trained per step, the share of settled turns spent on root rollouts, and
 the share of trained tokens with a non-zero advantage. Per prefix depth, for strategies with
 a predictor: its prequential AUC and Brier score against the per-prompt Beta baseline's.
-The last three come from the runs' own metrics files, when their directories are still here.
+The signals after the mixed-group counts come from the runs' own directories. Run directories
+are scratch and get deleted, so ``decomposition.json`` also keeps each run's signals, and a
+later decomposition reads a run's signals back from there once its directory is gone.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench.learning import BASELINE, run_scores
+from bench.outcome_variance import DepthVariance, variance_by_depth
 from bench.runs import RESULTS_DIR, RunOutcome, json_safe, run_weight_drift
 from bench.stats import mean_se, paired_difference
 
@@ -43,6 +46,8 @@ EQUAL_COST_KEYS = (
 #: finished, and a run that did not is left out).
 IGNORED_KEYS = ("seeds", "run.run_id", "run.run_dir", "timeout_s")
 MAX_DEPTH = 5
+#: How a row or the drift-curve correlation says it was taken over from the previous file.
+CARRIED_FROM_PREVIOUS = "previous decomposition (run directories gone)"
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,39 @@ class RunSignals:
     weight_drift: float | None = None
     # depth -> (predictor AUC, predictor Brier, Beta baseline Brier), where recorded.
     predictor_by_depth: dict[int, tuple[float | None, float | None, float | None]] = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        return self == RunSignals()
+
+    def filled_from(self, other: RunSignals) -> RunSignals:
+        """These signals, with those missing here taken from ``other``, an older reading of the
+        same run (a directory may have lost its final model but kept its metrics)."""
+        kept = {name: getattr(self, name) for name in SIGNALS if getattr(self, name) is not None}
+        return replace(other, **kept, predictor_by_depth=self.predictor_by_depth or other.predictor_by_depth)
+
+    def as_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {name: getattr(self, name) for name in SIGNALS}
+        record["predictor_by_depth"] = {
+            str(depth): {"auc": auc, "brier": brier, "beta_brier": beta}
+            for depth, (auc, brier, beta) in sorted(self.predictor_by_depth.items())
+        }
+        return record
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> RunSignals:
+        """Inverse of ``as_record``."""
+        depths = {
+            int(depth): (scores.get("auc"), scores.get("brier"), scores.get("beta_brier"))
+            for depth, scores in record.get("predictor_by_depth", {}).items()
+        }
+        return cls(**{name: record.get(name) for name in SIGNALS}, predictor_by_depth=depths)
+
+
+def run_identity(run: RunOutcome) -> dict[str, Any]:
+    """What tells one run from a later one at the same seed: a re-run reuses its directory's
+    name, but not the time its learner first stepped."""
+    return {"run_dir": None if run.run_dir is None else str(run.run_dir), "first_step_at": run.first_step_at}
 
 
 def variant_label(strategy: str, settings: Mapping[str, Any], base: Mapping[str, Any]) -> str:
@@ -112,6 +150,7 @@ def decomposition_rows(
         ours = {r.seed: run_scores(r) for r in runs if r.seed is not None}
         run_signals = [signals.get((label, r.seed), RunSignals()) for r in runs if r.seed is not None]
         row: dict[str, Any] = {"variant": label, "seeds": len(runs)}
+        row["signal_runs"] = sum(not s.is_empty for s in run_signals)
         for score in ("heldout_greedy_curve_mean", "heldout_greedy_final"):
             summary = mean_se([s[score] for s in ours.values()])
             row[score] = {"mean": summary.mean, "se": summary.se}
@@ -144,6 +183,81 @@ SIGNALS = (
     "grad_norm",
     "weight_drift",
 )
+
+
+def resolve_run_signals(
+    variants: Mapping[str, Sequence[RunOutcome]],
+    from_directories: Mapping[tuple[str, int], RunSignals],
+    previous: Mapping[str, Any],
+) -> dict[tuple[str, int], RunSignals]:
+    """Each run's signals: what its directory says, and whatever it no longer says (all of it
+    once the directory is gone) from the previous decomposition's record of the same run."""
+    records = previous.get("run_signals", {})
+    signals = {}
+    for label, runs in variants.items():
+        for run in runs:
+            if run.seed is None:
+                continue
+            record = records.get(label, {}).get(str(run.seed))
+            # A record of an earlier run at this seed says nothing about this one.
+            same_run = record is not None and record.get("run") == run_identity(run)
+            recorded = RunSignals.from_record(record) if same_run else RunSignals()
+            signals[(label, run.seed)] = from_directories.get((label, run.seed), RunSignals()).filled_from(recorded)
+    return signals
+
+
+def run_signals_records(
+    variants: Mapping[str, Sequence[RunOutcome]], signals: Mapping[tuple[str, int], RunSignals]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """The per-run record ``decomposition.json`` keeps: variant -> seed -> the run and its signals."""
+    records: dict[str, dict[str, dict[str, Any]]] = {}
+    for label, runs in variants.items():
+        for run in runs:
+            run_signals = signals.get((label, run.seed)) if run.seed is not None else None
+            if run_signals is not None and not run_signals.is_empty:
+                record = {"run": run_identity(run), **run_signals.as_record()}
+                records.setdefault(label, {})[str(run.seed)] = record
+    return records
+
+
+def _has_signals(row: Mapping[str, Any]) -> bool:
+    return bool(row.get("predictor_by_depth")) or any(row.get(name) is not None for name in SIGNALS)
+
+
+def carry_previous_signal_means(rows: Sequence[Mapping[str, Any]], previous: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows where no run has signals take the previous decomposition's signal means for the
+    same variant, when those were over as many seeds: a file written before per-run records
+    were kept holds only the means, and the runs they came from may be gone. Over another
+    number of seeds they would describe other runs, so they are not taken."""
+    before = {row["variant"]: row for row in previous.get("rows", [])}
+    carried = []
+    for row in rows:
+        old = before.get(row["variant"])
+        if row["signal_runs"] or old is None or old.get("seeds") != row["seeds"] or not _has_signals(old):
+            carried.append(dict(row))
+            continue
+        means = {name: old.get(name) for name in SIGNALS}
+        carried.append(
+            {
+                **row,
+                **means,
+                "predictor_by_depth": old.get("predictor_by_depth", {}),
+                # How many runs the carried means cover, where the previous file said.
+                "signal_runs": old.get("signal_runs"),
+                "signals_from": CARRIED_FROM_PREVIOUS,
+            }
+        )
+    return carried
+
+
+def correlation_or_carried(current: tuple[float, int], previous: Mapping[str, Any]) -> dict[str, Any]:
+    """The drift-curve correlation over the current runs, or, where too few of them (fewer than
+    three) still have a weight drift for one, the previous decomposition's, marked as carried."""
+    r, runs = current
+    old = previous.get("drift_curve_correlation") or {}
+    if runs < 3 and old.get("r") is not None and old.get("runs"):
+        return {"r": old["r"], "runs": old["runs"], "from": CARRIED_FROM_PREVIOUS}
+    return {"r": r, "runs": runs}
 
 
 def drift_curve_correlation(
@@ -219,8 +333,23 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _variant_cell(row: Mapping[str, Any]) -> str:
+    return f"{row['variant']} †" if row.get("signals_from") else row["variant"]
+
+
+def _seeds_cell(row: Mapping[str, Any]) -> str:
+    covered = row.get("signal_runs")
+    if covered is not None and covered < row["seeds"]:
+        return f"{row['seeds']} ({covered} with signals)"
+    return str(row["seeds"])
+
+
 def decomposition_markdown(
-    rows: Sequence[Mapping[str, Any]], sources: Sequence[str], drift_correlation: tuple[float, int] = (math.nan, 0)
+    rows: Sequence[Mapping[str, Any]],
+    sources: Sequence[str],
+    drift_correlation: tuple[float, int] = (math.nan, 0),
+    drift_correlation_carried: bool = False,
+    ground_truth: Sequence[tuple[str, Sequence[DepthVariance]]] = (),
 ) -> str:
     lines = [
         "# Decomposition: what each stage adds, where the budget went, what the predictor knew",
@@ -235,7 +364,7 @@ def decomposition_markdown(
     ]
     for row in rows:
         lines.append(
-            f"| {row['variant']} | {row['seeds']} | {_pm(row['heldout_greedy_curve_mean'])} "
+            f"| {_variant_cell(row)} | {_seeds_cell(row)} | {_pm(row['heldout_greedy_curve_mean'])} "
             f"| {_pm(row.get('heldout_greedy_curve_mean_vs_grpo'), signed=True)} "
             f"| {_pm(row.get('heldout_greedy_final_vs_grpo'), signed=True)} "
             f"| {_num(row['mixed_root_groups_per_100_turns'])} | {_num(row['mixed_groups_per_100_turns'])} "
@@ -243,14 +372,33 @@ def decomposition_markdown(
             f"| {_num(row['root_turn_share'])} | {_num(row['nonzero_advantage_token_share'])} "
             f"| {_num(row['grad_norm'], 3)} | {_num(row['weight_drift'], 3)} |"
         )
+    notes = []
+    if any(row.get("signals_from") for row in rows):
+        notes.append(
+            "† Signal columns and predictor scores carried unchanged from the previous decomposition: these "
+            "variants' run directories are gone and it kept only their means, over the same number of seeds."
+        )
+    if any(_seeds_cell(row) != str(row["seeds"]) for row in rows):
+        notes.append(
+            'Where the seeds read "n (k with signals)", the columns from prompts / step on (and the predictor '
+            "scores) are the means over the k runs whose directory or recorded signals are still here."
+        )
+    if notes:
+        lines += ["", " ".join(notes)]
     r, runs = drift_correlation
-    if runs:
+    if runs and not math.isnan(r):
+        over = (
+            f"Across the {runs} runs with both in the previous decomposition (carried: too few of the current "
+            f"runs still have a weight drift)"
+            if drift_correlation_carried
+            else f"Across the {runs} runs with both"
+        )
         lines += [
             "",
             f"Weight drift is ‖final − initial weights‖₂. Adam sizes each update by the gradient's own history, so "
             f"a larger gradient does not move the weights further; how far they move depends on how consistently "
-            f"the steps point the same way. Across the {runs} runs with both, Pearson's r between weight drift and "
-            f"the greedy curve mean is {_num(r, 2)}.",
+            f"the steps point the same way. {over}, Pearson's r between weight drift and the greedy curve mean "
+            f"is {_num(r, 2)}.",
         ]
     with_predictor = [row for row in rows if row["predictor_by_depth"]]
     if with_predictor:
@@ -265,14 +413,64 @@ def decomposition_markdown(
         for row in with_predictor:
             for depth, scores in sorted(row["predictor_by_depth"].items()):
                 lines.append(
-                    f"| {row['variant']} | {depth} | {_num(scores['auc'], 3)} | {_num(scores['brier'], 3)} "
+                    f"| {_variant_cell(row)} | {depth} | {_num(scores['auc'], 3)} | {_num(scores['brier'], 3)} "
                     f"| {_num(scores['beta_brier'], 3)} |"
                 )
+    if ground_truth:
+        lines += ["", *ground_truth_markdown(ground_truth)]
     return "\n".join(lines) + "\n"
 
 
+def ground_truth_markdown(ground_truth: Sequence[tuple[str, Sequence[DepthVariance]]]) -> list[str]:
+    """Where the learnable signal is, per policy and depth, from the predictor bench's Monte-Carlo
+    continuations (bench/outcome_variance.py)."""
+    groups = sorted({y.group for _, rows in ground_truth for row in rows for y in row.yields})
+    lines = [
+        "Where the signal is, from Monte-Carlo ground truth (`bench/results/predictor.json`: each diagnostic "
+        "prefix continued n times). A leaf's outcome variance V̄(1 − V̄) splits into what lies between prefixes "
+        "and what lies within one, E[V(1 − V)], the only part a group-relative advantage can learn from. For a "
+        "group of m rollouts on a random prefix of that depth: the chance it is mixed, which is also its "
+        "informative rollouts per rollout, and its mixed groups per rollout (unbiased estimates from the n "
+        "continuations).",
+        "",
+        "| policy | depth | prefixes | mean success | V̄(1 − V̄) | E[V(1 − V)] | within share | "
+        + " | ".join(f"P(mixed), m={m}" for m in groups)
+        + " | "
+        + " | ".join(f"mixed groups / rollout, m={m}" for m in groups)
+        + " |",
+        "|" + "---|" * (7 + 2 * len(groups)),
+    ]
+    for label, rows in ground_truth:
+        for row in rows:
+            by_group = {y.group: y for y in row.yields}
+            mixed = [_num(by_group[m].mixed_probability, 3) if m in by_group else "-" for m in groups]
+            per_rollout = [_num(by_group[m].mixed_groups_per_rollout, 3) if m in by_group else "-" for m in groups]
+            lines.append(
+                f"| {label} | {row.depth} | {row.prefixes} | {_num(row.mean_success, 3)} "
+                f"| {_num(row.total_variance, 3)} | {_num(row.within_variance, 3)} | {_num(row.within_share, 2)} "
+                f"| {' | '.join(mixed)} | {' | '.join(per_rollout)} |"
+            )
+    return lines
+
+
+def read_ground_truth(path: Path) -> list[tuple[str, list[DepthVariance]]]:
+    """Per policy version of a `tracerl bench predictor` result, its variance split by depth;
+    empty when there is no such file."""
+    if not path.is_file():
+        return []
+    return [
+        (
+            str(version.get("label", version.get("policy_version"))).split(" (")[0],
+            variance_by_depth(version["prefixes"]),
+        )
+        for version in json.loads(path.read_text()).get("versions", [])
+        if version.get("prefixes")
+    ]
+
+
 def run_decomposition(sources: Sequence[str], results_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """Read the named results files, write ``decomposition.{md,json}`` beside them."""
+    """Read the named results files, write ``decomposition.{md,json}`` beside them. Signals of
+    runs whose directories are gone come from the ``decomposition.json`` already there."""
     payloads = []
     for name in sources:
         path = results_dir / f"{name}.json"
@@ -281,16 +479,33 @@ def run_decomposition(sources: Sequence[str], results_dir: Path = RESULTS_DIR) -
         payloads.append((name, json.loads(path.read_text())))
     variants = collect_variants(payloads)
     steps = int(payloads[0][1]["settings"]["learner.training.max_steps"])
-    signals = {
+    md, js = results_dir / "decomposition.md", results_dir / "decomposition.json"
+    previous = json.loads(js.read_text()) if js.is_file() else {}
+    from_directories = {
         (label, run.seed): read_run_signals(run.run_dir)
         for label, runs in variants.items()
         for run in runs
         if run.seed is not None
     }
-    rows = decomposition_rows(variants, signals, steps)
-    r, runs = drift_curve_correlation(variants, signals)
-    md, js = results_dir / "decomposition.md", results_dir / "decomposition.json"
-    md.write_text(decomposition_markdown(rows, sources, (r, runs)))
-    payload = {"sources": list(sources), "rows": rows, "drift_curve_correlation": {"r": r, "runs": runs}}
+    signals = resolve_run_signals(variants, from_directories, previous)
+    rows = carry_previous_signal_means(decomposition_rows(variants, signals, steps), previous)
+    correlation = correlation_or_carried(drift_curve_correlation(variants, signals), previous)
+    ground_truth = read_ground_truth(results_dir / "predictor.json")
+    md.write_text(
+        decomposition_markdown(
+            rows,
+            sources,
+            (correlation["r"], correlation["runs"]),
+            drift_correlation_carried="from" in correlation,
+            ground_truth=ground_truth,
+        )
+    )
+    payload = {
+        "sources": list(sources),
+        "rows": rows,
+        "drift_curve_correlation": correlation,
+        "run_signals": run_signals_records(variants, signals),
+        "ground_truth_by_depth": {label: [asdict(r) for r in rows_] for label, rows_ in ground_truth},
+    }
     js.write_text(json.dumps(json_safe(payload), indent=2) + "\n")
     return md, js

@@ -2,13 +2,17 @@
 
 import json
 import math
+import shutil
+from dataclasses import replace
 
 import pytest
 
 from bench.decomposition import (
+    SIGNALS,
     RunSignals,
     check_equal_cost,
     collect_variants,
+    correlation_or_carried,
     decomposition_markdown,
     decomposition_rows,
     drift_curve_correlation,
@@ -157,3 +161,154 @@ def test_grad_norm_and_weight_drift_are_averaged_and_drift_is_correlated_with_th
     text = decomposition_markdown(list(rows.values()), ["main"], (r, runs))
     assert "| 0.150 | 1.450 |" in text and "Across the 3 runs with both, Pearson's r between weight drift" in text
     assert math.isnan(drift_curve_correlation({"grpo": variants["grpo"]}, signals)[0])  # two runs: no r
+
+
+def _run_with_dir(run, run_dir, trees, leaves, root_share, depth0=None):
+    """``run`` with a directory whose metrics say ``trees`` prompts and ``leaves`` leaves per step."""
+    (run_dir / "metrics").mkdir(parents=True)
+    (run_dir / "metrics" / "learner.jsonl").write_text(
+        json.dumps({"train.trees": trees, "batch.leaves": leaves}) + "\n"
+    )
+    allocator = {"core.root_turn_share": root_share}
+    if depth0 is not None:
+        allocator |= {"core.predictor_depth0_auc": depth0[0], "core.predictor_depth0_brier": depth0[1]}
+    (run_dir / "metrics" / "allocator.jsonl").write_text(json.dumps(allocator) + "\n")
+    return type(run)(**{**run.__dict__, "run_dir": run_dir})
+
+
+def _write_results(tmp_path, runs, name="main"):
+    (tmp_path / f"{name}.json").write_text(json.dumps(_payload(BASE, runs)))
+
+
+def test_a_run_whose_directory_is_gone_keeps_its_signals_from_the_last_decomposition(tmp_path):
+    s0 = _run_with_dir(_run("trace", 0, 0.8, 0.8), tmp_path / "trace-s0", 4, 40, 0.5, depth0=(0.7, 0.2))
+    s1 = _run_with_dir(_run("trace", 1, 0.6, 0.6), tmp_path / "trace-s1", 6, 60, 0.7)
+    _write_results(tmp_path, {"grpo": [_run("grpo", 0, 0.6, 0.6)], "trace": [s0, s1]})
+    _, js = run_decomposition(["main"], results_dir=tmp_path)
+    first = json.loads(js.read_text())
+    assert first["run_signals"]["trace"]["0"]["prompts_per_step"] == 4.0
+    assert "grpo" not in first["run_signals"]  # a run with nothing to say leaves no record
+
+    shutil.rmtree(tmp_path / "trace-s0")
+    md, js = run_decomposition(["main"], results_dir=tmp_path)
+    second = json.loads(js.read_text())
+    assert second["run_signals"]["trace"] == first["run_signals"]["trace"]
+    trace = next(row for row in second["rows"] if row["variant"] == "trace")
+    assert trace["prompts_per_step"] == 5.0 and trace["root_turn_share"] == pytest.approx(0.6)
+    assert trace["predictor_by_depth"] == {"0": {"auc": 0.7, "brier": 0.2, "beta_brier": None}}
+    assert trace["signal_runs"] == 2 and "signals_from" not in trace
+    # Its signals survive a third decomposition too, read back from the record alone.
+    shutil.rmtree(tmp_path / "trace-s1")
+    _, js = run_decomposition(["main"], results_dir=tmp_path)
+    assert json.loads(js.read_text())["run_signals"]["trace"] == first["run_signals"]["trace"]
+
+    # A later run at the same seed is another run: the old record is not its signals.
+    rerun = type(s0)(**{**_run("trace", 0, 0.9, 0.9).__dict__, "run_dir": tmp_path / "trace-s0", "first_step_at": 99.0})
+    _write_results(tmp_path, {"grpo": [_run("grpo", 0, 0.6, 0.6)], "trace": [rerun, s1]})
+    md, js = run_decomposition(["main"], results_dir=tmp_path)
+    third = json.loads(js.read_text())
+    assert set(third["run_signals"]["trace"]) == {"1"}
+    trace = next(row for row in third["rows"] if row["variant"] == "trace")
+    assert trace["prompts_per_step"] == 6.0 and trace["signal_runs"] == 1
+    assert "| trace | 2 (1 with signals) |" in md.read_text()
+
+
+def _previous_file(tmp_path, rows, correlation=None):
+    """A decomposition.json as written before per-run records were kept: only the means."""
+    payload = {"sources": ["main"], "rows": rows, "drift_curve_correlation": correlation or {"r": None, "runs": 0}}
+    (tmp_path / "decomposition.json").write_text(json.dumps(payload))
+
+
+def _old_row(variant, seeds, prompts):
+    means = dict.fromkeys(SIGNALS) | {"prompts_per_step": prompts, "weight_drift": 1.3}
+    return {
+        "variant": variant,
+        "seeds": seeds,
+        **means,
+        "predictor_by_depth": {"0": {"auc": 0.6, "brier": 0.24, "beta_brier": None}},
+    }
+
+
+def test_means_are_carried_from_a_previous_file_only_for_the_same_number_of_seeds(tmp_path):
+    _write_results(
+        tmp_path,
+        {
+            "grpo": [_run("grpo", 0, 0.6, 0.6), _run("grpo", 1, 0.5, 0.7)],
+            "trace": [_run("trace", 0, 0.8, 0.8), _run("trace", 1, 0.6, 0.6), _run("trace", 2, 0.9, 0.9)],
+        },
+    )
+    # grpo was recorded over its 2 seeds; trace over 2 of the 3 it has now.
+    _previous_file(tmp_path, [_old_row("grpo", 2, 6.4), _old_row("trace", 2, 5.0)])
+    md, js = run_decomposition(["main"], results_dir=tmp_path)
+    rows = {row["variant"]: row for row in json.loads(js.read_text())["rows"]}
+    grpo, trace = rows["grpo"], rows["trace"]
+    assert grpo["prompts_per_step"] == 6.4 and grpo["weight_drift"] == 1.3 and grpo["leaves_per_step"] is None
+    assert grpo["predictor_by_depth"] == {"0": {"auc": 0.6, "brier": 0.24, "beta_brier": None}}
+    assert grpo["signals_from"] == "previous decomposition (run directories gone)"
+    assert trace["prompts_per_step"] is None and trace["predictor_by_depth"] == {} and "signals_from" not in trace
+    text = md.read_text()
+    assert "| grpo † | 2 |" in text and "| grpo † | 0 | 0.600 | 0.240 | - |" in text
+    assert "| trace | 3 (0 with signals) |" in text and "† Signal columns and predictor scores carried" in text
+
+    # Carried rows stay carried while nothing newer is known about the variant's runs.
+    _, js = run_decomposition(["main"], results_dir=tmp_path)
+    again = {row["variant"]: row for row in json.loads(js.read_text())["rows"]}
+    assert again["grpo"]["prompts_per_step"] == 6.4 and again["grpo"]["signals_from"]
+
+
+def test_the_drift_correlation_is_carried_when_no_run_has_a_drift(tmp_path):
+    _write_results(tmp_path, {"grpo": [_run("grpo", 0, 0.6, 0.6)], "trace": [_run("trace", 0, 0.8, 0.8)]})
+    _previous_file(tmp_path, [], correlation={"r": 0.87, "runs": 47})
+    md, js = run_decomposition(["main"], results_dir=tmp_path)
+    assert json.loads(js.read_text())["drift_curve_correlation"] == {
+        "r": 0.87,
+        "runs": 47,
+        "from": "previous decomposition (run directories gone)",
+    }
+    assert "Across the 47 runs with both in the previous decomposition (carried" in md.read_text()
+    assert "is 0.87." in md.read_text()
+    # Without a previous correlation there is nothing to say, and no r is made up.
+    (tmp_path / "decomposition.json").unlink()
+    md, js = run_decomposition(["main"], results_dir=tmp_path)
+    assert json.loads(js.read_text())["drift_curve_correlation"] == {"r": None, "runs": 0}
+    assert "Pearson" not in md.read_text()
+
+
+def test_current_drifts_replace_a_previous_correlation():
+    previous = {"drift_curve_correlation": {"r": 0.87, "runs": 47}}
+    assert correlation_or_carried((0.5, 3), previous) == {"r": 0.5, "runs": 3}
+    assert correlation_or_carried((math.nan, 2), previous)["r"] == 0.87
+    assert correlation_or_carried((math.nan, 1), {"drift_curve_correlation": {"r": None, "runs": 0}})["runs"] == 1
+
+
+def test_signals_round_trip_through_their_record_and_fill_only_gaps():
+    signals = RunSignals(prompts_per_step=4.0, weight_drift=1.2, predictor_by_depth={0: (0.6, 0.2, None)})
+    assert RunSignals.from_record(json.loads(json.dumps(signals.as_record()))) == signals
+    fresh = RunSignals(prompts_per_step=5.0)  # the final model was deleted: no drift any more
+    assert fresh.filled_from(signals) == replace(signals, prompts_per_step=5.0)
+    assert RunSignals().is_empty and not fresh.is_empty
+
+
+def test_the_study_adds_where_the_signal_is_from_the_predictor_bench(tmp_path):
+    (tmp_path / "main.json").write_text(
+        json.dumps(_payload(BASE, {"grpo": [_run("grpo", 0, 0.6, 0.6)], "trace": [_run("trace", 0, 0.8, 0.8)]}))
+    )
+    md, js = run_decomposition(["main"], results_dir=tmp_path)
+    assert "Where the signal is" not in md.read_text()  # no predictor bench result here
+    prefixes = [
+        {"depth": 0, "outcomes": [1, 1, 0, 0]},  # V(1 - V) estimated at 2*2/(4*3) = 1/3
+        {"depth": 0, "outcomes": [1, 1, 1, 1]},
+    ]
+    (tmp_path / "predictor.json").write_text(
+        json.dumps({"versions": [{"label": "base model (/models/x)", "policy_version": 0, "prefixes": prefixes}]})
+    )
+    md, js = run_decomposition(["main"], results_dir=tmp_path)
+    (row,) = json.loads(js.read_text())["ground_truth_by_depth"]["base model"]
+    assert row["within_variance"] == pytest.approx(1 / 6) and row["total_variance"] == pytest.approx(0.1875)
+    # A pair on the first prefix is mixed with chance 4/6, on the second never.
+    assert row["yields"][0] == {
+        "group": 2,
+        "mixed_probability": pytest.approx(1 / 3),
+        "mixed_groups_per_rollout": pytest.approx(1 / 6),
+    }
+    assert "| base model | 0 | 2 | 0.750 | 0.188 | 0.167 | 0.89 | 0.333 |" in md.read_text()
