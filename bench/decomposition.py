@@ -347,8 +347,7 @@ def _seeds_cell(row: Mapping[str, Any]) -> str:
 def decomposition_markdown(
     rows: Sequence[Mapping[str, Any]],
     sources: Sequence[str],
-    drift_correlation: tuple[float, int] = (math.nan, 0),
-    drift_correlation_carried: bool = False,
+    drift_correlation: Mapping[str, Any] | None = None,
     ground_truth: Sequence[tuple[str, Sequence[DepthVariance]]] = (),
 ) -> str:
     lines = [
@@ -385,12 +384,13 @@ def decomposition_markdown(
         )
     if notes:
         lines += ["", " ".join(notes)]
-    r, runs = drift_correlation
-    if runs and not math.isnan(r):
+    correlation = drift_correlation or {}
+    r, runs = correlation.get("r", math.nan), correlation.get("runs", 0)
+    if runs and r is not None and not math.isnan(r):
         over = (
             f"Across the {runs} runs with both in the previous decomposition (carried: too few of the current "
             f"runs still have a weight drift)"
-            if drift_correlation_carried
+            if "from" in correlation
             else f"Across the {runs} runs with both"
         )
         lines += [
@@ -491,15 +491,7 @@ def run_decomposition(sources: Sequence[str], results_dir: Path = RESULTS_DIR) -
     rows = carry_previous_signal_means(decomposition_rows(variants, signals, steps), previous)
     correlation = correlation_or_carried(drift_curve_correlation(variants, signals), previous)
     ground_truth = read_ground_truth(results_dir / "predictor.json")
-    md.write_text(
-        decomposition_markdown(
-            rows,
-            sources,
-            (correlation["r"], correlation["runs"]),
-            drift_correlation_carried="from" in correlation,
-            ground_truth=ground_truth,
-        )
-    )
+    md.write_text(decomposition_markdown(rows, sources, correlation, ground_truth))
     payload = {
         "sources": list(sources),
         "rows": rows,

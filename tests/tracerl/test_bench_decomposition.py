@@ -158,7 +158,7 @@ def test_grad_norm_and_weight_drift_are_averaged_and_drift_is_correlated_with_th
     syy = sum((y - my) ** 2 for y in ys)
     r, runs = drift_curve_correlation(variants, signals)
     assert runs == 3 and r == pytest.approx(sxy / (sxx * syy) ** 0.5)
-    text = decomposition_markdown(list(rows.values()), ["main"], (r, runs))
+    text = decomposition_markdown(list(rows.values()), ["main"], {"r": r, "runs": runs})
     assert "| 0.150 | 1.450 |" in text and "Across the 3 runs with both, Pearson's r between weight drift" in text
     assert math.isnan(drift_curve_correlation({"grpo": variants["grpo"]}, signals)[0])  # two runs: no r
 
