@@ -197,14 +197,28 @@ def bench_soak(
     results_dir: Annotated[
         Path | None, typer.Option(help="Where soak.json and soak.md go (default bench/results).", show_default=False)
     ] = None,
+    rejudge: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run nothing: judge a recorded soak.json again from its samples and rewrite it and its markdown.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """The whole system (bus, learner, allocator, 2 actors) for --minutes, sampling each role's memory, open
     descriptors and processes and the JetStream store per stream every --interval-s; each series' growth per hour
-    is its least-squares slope after the warm-up. Writes bench/results/soak.{md,json}; exits 1 if memory,
-    descriptors or a retention-bounded stream grow faster than allowed relative to their level, a capped stream
-    passes its cap, the learner stalls or a role exits."""
-    from bench.soak import SoakOptions, soak_command
+    is its Theil-Sen slope (the median of pairwise slopes) after the warm-up, over the whole window and over its
+    later half. Writes bench/results/soak.{md,json}; exits 1 if memory, descriptors or a retention-bounded stream
+    grow faster than allowed relative to their level over both, a capped stream passes its cap, the learner stalls
+    or a role exits."""
+    from bench.soak import SoakOptions, rejudge_command, soak_command
 
+    if rejudge is not None:
+        try:
+            raise typer.Exit(rejudge_command(rejudge))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            typer.echo(f"tracerl bench soak: cannot rejudge {rejudge}: {err!r}", err=True)
+            raise typer.Exit(2) from None
     try:
         options = SoakOptions(
             minutes=minutes,

@@ -11,7 +11,13 @@ while the harness samples, every ``interval_s``:
 
 The soak's minutes and its warm-up count from the learner's first step, so a slow start-up
 (engines compiling on a loaded machine) is neither soak time nor growth. After the warm-up,
-each series' growth per hour is the least-squares slope of its samples.
+each series' growth per hour is the Theil-Sen slope of its samples: the median of the slopes
+between every pair of them, over the whole window and over its later half; the smaller of the
+two, the growth still going at the end, is what is judged. Memory that settles in one step (an allocator's arena growing
+once, an engine warming a cache, minutes into a run on a loaded machine) moves the
+least-squares line by the whole step over a short window; it moves the median of the
+pairwise slopes hardly at all, while a steady leak, smooth or one step per learner step,
+moves both alike.
 The verdict, judged by slope relative to level and never by an absolute figure:
 
 - memory and descriptors: no role grows by more than ``max_relative_growth_per_hour`` of
@@ -38,7 +44,7 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import fmean
+from statistics import fmean, median
 from typing import Any
 
 from bench.harness import SMALL_RUN, BenchRun, bench_up_config, fresh_run_dir
@@ -75,33 +81,52 @@ FORCED = ("learner.training.max_steps=0", "allocator.max_steps=0", "eval_tasks=0
 # ---------------------------------------------------------------------------- growth
 
 
-def least_squares_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """The slope of the least-squares line through ``(xs, ys)``."""
+#: Above this many points the pairwise slopes are taken over every k-th one (k as small as fits).
+MAX_SLOPE_POINTS = 1500
+
+
+def theil_sen_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The median of the slopes between every pair of points with distinct xs (Theil-Sen)."""
     if len(xs) != len(ys) or len(xs) < 2:
         raise ValueError("a slope needs at least two points, as many xs as ys")
-    mean_x, mean_y = fmean(xs), fmean(ys)
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    if spread == 0:
+    stride = math.ceil(len(xs) / MAX_SLOPE_POINTS)
+    points = sorted(zip(xs[::stride], ys[::stride], strict=True))
+    slopes = [
+        (y_j - y_i) / (x_j - x_i) for i, (x_i, y_i) in enumerate(points) for x_j, y_j in points[i + 1 :] if x_j != x_i
+    ]
+    if not slopes:
         raise ValueError("a slope needs at least two distinct xs")
-    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread
+    return median(slopes)
 
 
 @dataclass(frozen=True)
 class Growth:
-    """One series after the warm-up: its mean level and its least-squares growth per hour."""
+    """One series after the warm-up: its mean level and its Theil-Sen growth per hour, over the
+    whole window and over its later half."""
 
     series: str
     points: int
     level: float
     last: float
     per_hour: float
+    # None: too few points in the later half to say.
+    later_half_per_hour: float | None = None
+
+    @property
+    def lasting_per_hour(self) -> float:
+        """The growth that is still going at the end: the smaller of the whole window's and the
+        later half's. A leak reads the same over both; memory that settled inside the window
+        reads lower over the later half; growth that began late reads lower over the whole."""
+        if self.later_half_per_hour is None:
+            return self.per_hour
+        return min(self.per_hour, self.later_half_per_hour)
 
     @property
     def relative_per_hour(self) -> float:
-        """Growth per hour as a fraction of the level (infinite for growth from nothing)."""
+        """Lasting growth per hour as a fraction of the level (infinite for growth from nothing)."""
         if self.level > 0:
-            return self.per_hour / self.level
-        return 0.0 if self.per_hour == 0 else math.copysign(math.inf, self.per_hour)
+            return self.lasting_per_hour / self.level
+        return 0.0 if self.lasting_per_hour == 0 else math.copysign(math.inf, self.lasting_per_hour)
 
 
 def growth_after_warmup(series: str, points: Sequence[tuple[float, float]], warmup_s: float) -> Growth | None:
@@ -110,19 +135,25 @@ def growth_after_warmup(series: str, points: Sequence[tuple[float, float]], warm
     if len(kept) < MIN_POINTS or len({t for t, _ in kept}) < 2:
         return None
     ts, vs = [t for t, _ in kept], [v for _, v in kept]
+    later = kept[len(kept) // 2 :]
     return Growth(
         series=series,
         points=len(kept),
         level=fmean(vs),
         last=vs[-1],
-        per_hour=least_squares_slope(ts, vs) * SECONDS_PER_HOUR,
+        per_hour=theil_sen_slope(ts, vs) * SECONDS_PER_HOUR,
+        later_half_per_hour=(
+            theil_sen_slope([t for t, _ in later], [v for _, v in later]) * SECONDS_PER_HOUR
+            if len({t for t, _ in later}) >= 2
+            else None
+        ),
     )
 
 
 def relative_growth(growth: Growth, level_floor: float = 0.0) -> float:
     """Growth per hour relative to the level, or to ``level_floor`` when the level is below it."""
     if level_floor > growth.level:
-        return growth.per_hour / level_floor
+        return growth.lasting_per_hour / level_floor
     return growth.relative_per_hour
 
 
@@ -304,6 +335,10 @@ def _quantity(kind: str, value: float) -> str:
     return f"{value:.1f}"
 
 
+def _signed_quantity(kind: str, value: float) -> str:
+    return f"{'+' if value >= 0 else '-'}{_quantity(kind, abs(value))}"
+
+
 def soak_markdown(result: SoakResult) -> str:
     o = result.options
     lines = [
@@ -311,7 +346,7 @@ def soak_markdown(result: SoakResult) -> str:
         "",
         (
             f"{o.minutes:g} minutes of the whole system (bus, learner, allocator, actors), sampled every "
-            f"{o.interval_s:g} s; growth is the least-squares slope of the samples after a "
+            f"{o.interval_s:g} s; growth is the Theil-Sen slope (the median of pairwise slopes) of the samples after a "
             f"{o.warmup_s / 60:g}-minute warm-up, both counted from the learner's first step "
             f"({'never taken' if result.first_step_s is None else f'{result.first_step_s:.0f} s after start'}). "
             f"Run directory `{result.run_dir}`; "
@@ -319,7 +354,9 @@ def soak_markdown(result: SoakResult) -> str:
         ),
         "",
         (
-            "Judged by slope relative to level: memory, descriptors and the stored bytes of the streams that only "
+            "Judged by lasting slope relative to level (the smaller of the slope over the whole window and over its "
+            "later half, so that memory which settled inside the window is not read as growth): memory, descriptors "
+            "and the stored bytes of the streams that only "
             f"retention bounds (work, weights, state) must grow by at most {o.max_relative_growth_per_hour:.0%} of "
             f"their level per hour (a stream's level counted as at least {STREAM_LEVEL_FLOOR / 2**20:.0f} MiB, one "
             "file-store block). Streams with a byte cap (nodes, trees, dead letters) must stay within it; the hours "
@@ -327,8 +364,9 @@ def soak_markdown(result: SoakResult) -> str:
             "until their block empties, and are reported only."
         ),
         "",
-        "| series | level after warm-up | last | growth per hour | relative per hour | judged by | ok |",
-        "|---|---|---|---|---|---|---|",
+        "| series | level after warm-up | last | growth per hour | later half per hour | lasting, relative per hour "
+        "| judged by | ok |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for v in result.verdicts:
         g = v.growth
@@ -338,9 +376,10 @@ def soak_markdown(result: SoakResult) -> str:
             until = "not growing" if v.hours_to_cap is None else f"{v.hours_to_cap:,.0f} h to cap"
             judged = f"cap {_quantity(kind, v.cap)} ({until})"
         relative = "" if v.relative_per_hour is None else f"{v.relative_per_hour:+.1%}"
+        later = "" if g.later_half_per_hour is None else _signed_quantity(kind, g.later_half_per_hour)
         lines.append(
             f"| {g.series} | {_quantity(kind, g.level)} | {_quantity(kind, g.last)} | "
-            f"{'+' if g.per_hour >= 0 else '-'}{_quantity(kind, abs(g.per_hour))} | {relative} | "
+            f"{_signed_quantity(kind, g.per_hour)} | {later} | {relative} | "
             f"{judged or 'reported'} | {'' if not v.judged_by else ('yes' if v.ok else '**NO**')} |"
         )
     for note in result.notes:
@@ -531,6 +570,32 @@ def run_soak(options: SoakOptions, overrides: Sequence[str]) -> SoakResult:
     result = summarise(options, str(run_dir), round(wall, 1), samples, first_step_s, caps, exited, notes)
     write_soak_results(result)
     return result
+
+
+def rejudged(payload: Mapping[str, Any], results_path: Path) -> SoakResult:
+    """A recorded soak judged again from its samples by this version's rules, to be written back
+    where it was read from (the samples, not the verdicts, are the record)."""
+    recorded = payload["options"]
+    stored = {f.name: recorded[f.name] for f in dataclasses.fields(SoakOptions) if f.name in recorded}
+    options = SoakOptions(**{**stored, "results_dir": str(results_path.parent), "results_name": results_path.stem})
+    return summarise(
+        options,
+        payload["run_dir"],
+        payload["wall_seconds"],
+        [Sample(at_s=s["at_s"], values=dict(s["values"])) for s in payload["samples"]],
+        payload["first_step_s"],
+        {name: int(cap) for name, cap in payload["caps"].items()},
+        payload.get("exited", ()),
+        payload.get("notes", ()),
+    )
+
+
+def rejudge_command(results_path: Path) -> int:
+    """`tracerl bench soak --rejudge FILE`: judge a recorded soak again, rewrite its json and markdown."""
+    result = rejudged(json.loads(results_path.read_text()), results_path)
+    write_soak_results(result)
+    print(soak_markdown(result), flush=True)
+    return 0 if result.ok else 1
 
 
 def soak_command(options: SoakOptions, overrides: Sequence[str]) -> int:

@@ -1,8 +1,9 @@
-"""The soak bench's pure core: least-squares growth after a warm-up, checked against hand-computed
+"""The soak bench's pure core: Theil-Sen growth after a warm-up, checked against hand-computed
 slopes, and a leak judge that flags a leaking series and passes a flat noisy one."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -15,30 +16,76 @@ from bench.soak import (
     growth_after_warmup,
     hours_to_cap,
     judge_series,
-    least_squares_slope,
+    rejudged,
     stream_bytes,
     summarise,
+    theil_sen_slope,
     verdict_failures,
+    write_soak_results,
 )
 
 
-def test_least_squares_slope_matches_hand_computed_lines() -> None:
-    assert least_squares_slope([0, 1, 2, 3], [1, 3, 5, 7]) == pytest.approx(2.0)
-    # mean (1, 1): sum (x-1)(y-1) = 1 + 0 + 2 = 3 over sum (x-1)^2 = 2.
-    assert least_squares_slope([0, 1, 2], [0, 0, 3]) == pytest.approx(1.5)
-    assert least_squares_slope([5, 10], [4, 4]) == 0.0
+def test_theil_sen_slope_matches_hand_computed_medians() -> None:
+    assert theil_sen_slope([0, 1, 2, 3], [1, 3, 5, 7]) == pytest.approx(2.0)
+    # Pairs (0,1): 0, (0,2): 1.5, (1,2): 3; the median is 1.5.
+    assert theil_sen_slope([0, 1, 2], [0, 0, 3]) == pytest.approx(1.5)
+    # Order of the points does not matter; pairs with the same x are left out.
+    assert theil_sen_slope([2, 0, 1, 1], [3, 0, 0, 9]) == pytest.approx(theil_sen_slope([0, 1, 2, 1], [0, 0, 3, 9]))
+    assert theil_sen_slope([5, 10], [4, 4]) == 0.0
     with pytest.raises(ValueError):
-        least_squares_slope([1], [1])
+        theil_sen_slope([1], [1])
     with pytest.raises(ValueError):
-        least_squares_slope([2, 2, 2], [1, 2, 3])
+        theil_sen_slope([2, 2, 2], [1, 2, 3])
     with pytest.raises(ValueError):
-        least_squares_slope([1, 2], [1])
+        theil_sen_slope([1, 2], [1])
+
+
+@pytest.mark.parametrize("step_at", [1, 10, 20, 29])
+def test_one_step_up_away_from_the_middle_of_the_window_is_no_growth(step_at: int) -> None:
+    # 31 samples, one step of 50 at ``step_at``: away from the middle fewer than half the pairs
+    # cross the step (220 of 465 at 20, 30 at 1), so the median pairwise slope is 0; right in the
+    # middle 240 of 465 would. Least squares reads the same steps as 0.3-2.2 a sample.
+    xs = list(range(31))
+    ys = [100.0 if x < step_at else 150.0 for x in xs]
+    assert theil_sen_slope(xs, ys) == 0.0
+    # A steady leak of the same total, a step every sample, reads as itself.
+    leak = [100.0 + 50.0 * x / 30 for x in xs]
+    assert theil_sen_slope(xs, leak) == pytest.approx(50.0 / 30)
+
+
+def test_memory_that_settles_inside_the_window_is_not_judged_as_growth_but_a_leak_and_a_late_leak_are() -> None:
+    minutes = range(31)
+    # 3,000 rising to a plateau of 3,500 by minute 12 (as a vLLM actor's caches fill on a loaded
+    # machine), then flat: the whole window rises, the later half (minutes 15-30) does not.
+    settling = [(60.0 * m, 3000 + 500 * min(m, 12) / 12) for m in minutes]
+    growth = growth_after_warmup("rss_bytes.actor-0", settling, 0)
+    assert growth is not None and growth.per_hour > 0
+    assert growth.later_half_per_hour == 0.0 and growth.lasting_per_hour == 0.0
+    assert judge_series(growth, 0.10, {}).ok
+    # A steady leak of 1,000 an hour reads the same over both.
+    leak = growth_after_warmup("rss_bytes.actor-0", [(60.0 * m, 3000 + 1000 * m / 60) for m in minutes], 0)
+    assert leak is not None
+    assert leak.per_hour == pytest.approx(1000.0) and leak.later_half_per_hour == pytest.approx(1000.0)
+    assert leak.relative_per_hour == pytest.approx(1000.0 / leak.level)
+    # A leak that starts at minute 15: the later half reads all of it, the whole window less, and
+    # the smaller (1,800 an hour, 0.56 of the level) still fails a bound of a tenth of the level.
+    late = growth_after_warmup("rss_bytes.actor-0", [(60.0 * m, 3000 + 60 * max(0, m - 15)) for m in minutes], 0)
+    assert late is not None and late.later_half_per_hour == pytest.approx(3600.0)
+    assert 0 < late.per_hour < 3600.0 and late.lasting_per_hour == late.per_hour
+    assert late.relative_per_hour == pytest.approx(1800.0 / late.level) and not judge_series(late, 0.10, {}).ok
+    # Too few later points to take a slope: the whole window's alone.
+    assert Growth("s", 3, 10.0, 10.0, 5.0).lasting_per_hour == 5.0
+
+
+def test_a_long_series_is_thinned_before_its_pairs_are_taken() -> None:
+    xs = [float(x) for x in range(4000)]
+    assert theil_sen_slope(xs, [3.0 * x + 7 for x in xs]) == pytest.approx(3.0)
 
 
 def test_growth_leaves_the_warm_up_out_and_is_per_hour_relative_to_the_level() -> None:
     # A start-up climb, then flat: no growth after a 60 s warm-up.
     flat = growth_after_warmup("rss_bytes.learner", [(0, 100), (60, 200), (120, 200), (180, 200)], 60)
-    assert flat == Growth("rss_bytes.learner", 3, 200.0, 200.0, 0.0)
+    assert flat == Growth("rss_bytes.learner", 3, 200.0, 200.0, 0.0, later_half_per_hour=0.0)
     assert flat.relative_per_hour == 0.0
     # 1000 + t/3.6: 1000 per hour; level at t = 600..2400 is 1000 + 1500/3.6.
     points = [(t, 1000 + t / 3.6) for t in (0, 600, 1200, 1800, 2400)]
@@ -67,7 +114,8 @@ def test_the_judge_flags_a_leaking_series_and_passes_a_flat_noisy_one() -> None:
     flat = growth_after_warmup("rss_bytes.allocator", _series(rng, 60, 3e8, 0.0, 0.02), 600)
     assert leaking is not None and flat is not None
     assert not judge_series(leaking, 0.10, {}).ok and leaking.relative_per_hour == pytest.approx(0.26, abs=0.05)
-    assert judge_series(flat, 0.10, {}).ok and abs(flat.relative_per_hour) < 0.03
+    # The later half has half the points: its slope wobbles twice as far, and the smaller of the two can too.
+    assert judge_series(flat, 0.10, {}).ok and abs(flat.relative_per_hour) < 0.06
     # The same: a leak of 1 descriptor a minute on 100 is caught; a flat count that wobbles by one is not.
     fds_leak = growth_after_warmup("open_fds.actor-0", [(60.0 * m, 100 + m) for m in range(31)], 300)
     fds_flat = growth_after_warmup("open_fds.actor-0", [(60.0 * m, 100 + m % 2) for m in range(31)], 300)
@@ -129,6 +177,25 @@ def test_summarise_turns_samples_into_verdicts() -> None:
     # A learner that never stepped leaves nothing to judge, and the soak fails.
     never = summarise(options, "run", 240.0, samples, None, {"nodes": 10**6})
     assert never.verdicts == [] and never.steps_after_warmup == 0 and not never.ok
+
+
+def test_a_recorded_soak_rejudged_from_its_samples_gives_the_same_verdicts(tmp_path) -> None:
+    options = SoakOptions(minutes=4, interval_s=30, warmup_minutes=1, results_dir=str(tmp_path), results_name="old")
+    samples = [
+        Sample(at_s=30.0 * i, values={"open_fds.learner": 40.0 + i, "learner_step": float(2 * i)}) for i in range(9)
+    ]
+    recorded = summarise(options, "run", 240.0, samples, 30.0, {"nodes": 10**6}, ["actor-0 exited"], ["a note"])
+    json_path, _ = write_soak_results(recorded)
+    again = rejudged(json.loads(json_path.read_text()), tmp_path / "soak-again.json")
+    assert again.verdicts == recorded.verdicts and again.failures() == recorded.failures()
+    assert (again.samples, again.caps, again.exited, again.notes) == (
+        samples,
+        {"nodes": 10**6},
+        ["actor-0 exited"],
+        ["a note"],
+    )
+    assert (again.options.results_dir, again.options.results_name) == (str(tmp_path), "soak-again")
+    assert again.options.warmup_s == options.warmup_s and again.first_step_s == 30.0
 
 
 def test_options_need_enough_samples_after_the_warm_up() -> None:
