@@ -39,6 +39,8 @@ T = TypeVar("T")
 GO, ABANDON = b"go", b"abandon"
 _CHECK_IN_POLL_S = 0.05
 REJOIN_BACKOFF_MAX_S = 600.0
+#: A group's shutdown aborts its pending work at once; this only bounds a library that does not.
+SHUTDOWN_TIMEOUT_S = 10.0
 
 
 async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
@@ -81,6 +83,25 @@ def make_process_group(store: Any, prefix: str, rank: int, size: int, backend: s
     options = dist.ProcessGroupNCCL.Options()
     options._timeout = timeout
     return dist.ProcessGroupNCCL(prefixed, rank, size, options)
+
+
+def shut_down_group(group: Any) -> None:
+    """End ``group``'s worker threads now, while the interpreter is whole. Left to the garbage
+    collector, a gloo group's workers can outlive the interpreter holding finished work whose
+    tensors view Python buffers (every bucket here does); releasing them then needs the GIL
+    and aborts the process (SIGABRT at exit, after a clean stop)."""
+    try:
+        group.shutdown()
+    except Exception as err:  # noqa: BLE001 - a broken group is being left anyway
+        log.debug("weights_broadcast_shutdown_failed", error=repr(err))
+
+
+async def leave_group(group: Any, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """``shut_down_group`` off the event loop, bounded: a stop is never held by it."""
+    try:
+        await asyncio.wait_for(in_daemon_thread(shut_down_group, group), timeout_s)
+    except TimeoutError:
+        log.warning("weights_broadcast_shutdown_timed_out", timeout_s=timeout_s)
 
 
 def _broadcast(group: Any, tensor: torch.Tensor) -> Any:
@@ -198,7 +219,8 @@ class BroadcastSender:
                 epoch=self.epoch,
                 error=repr(err),
             )
-            self.group, self.members = None, ()
+            group, self.group, self.members = self.group, None, ()
+            await leave_group(group)
             return ()
         seconds = time.perf_counter() - began
         self.counts["broadcast_versions"] += 1
@@ -277,6 +299,7 @@ class BroadcastSender:
             )
         except Exception as err:  # noqa: BLE001 - the members find out when the connection goes
             log.info("weights_broadcast_close_failed", epoch=self.epoch, error=repr(err))
+        await leave_group(group)
 
 
 Deliver = Callable[[WeightsAnnouncement, bytearray], Awaitable[None]]
@@ -346,16 +369,19 @@ class BroadcastReceiver:
         self.counts["epochs_joined"] += 1
         log.info("weights_broadcast_joined", epoch=group.epoch, rank=group.members.index(self.actor_id) + 1)
         device = device_for(group.backend)
-        while not stop.is_set():
-            header = decode_header(await in_daemon_thread(receive_header, process_group, device), self.run_id)
-            if header.kind is FrameKind.CLOSE or header.announcement is None:
-                log.info("weights_broadcast_closed", epoch=group.epoch)
-                return
-            blob = await in_daemon_thread(
-                receive_blob, process_group, header.announcement.num_bytes, group.bucket_bytes, device
-            )
-            self.counts["versions_received"] += 1
-            await deliver(header.announcement, blob)
+        try:
+            while not stop.is_set():
+                header = decode_header(await in_daemon_thread(receive_header, process_group, device), self.run_id)
+                if header.kind is FrameKind.CLOSE or header.announcement is None:
+                    log.info("weights_broadcast_closed", epoch=group.epoch)
+                    return
+                blob = await in_daemon_thread(
+                    receive_blob, process_group, header.announcement.num_bytes, group.bucket_bytes, device
+                )
+                self.counts["versions_received"] += 1
+                await deliver(header.announcement, blob)
+        finally:
+            await leave_group(process_group)
 
     def _join(self, group: BroadcastGroup) -> Any:
         """Check in at the learner's store and connect, or None if the learner abandoned the epoch."""

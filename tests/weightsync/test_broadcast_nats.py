@@ -14,10 +14,13 @@ it, and version 5 in the same epoch (it is not tried again until it asks again).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import hashlib
 import multiprocessing
+import os
 import queue
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,8 +68,14 @@ def _actor_process(
     broadcasts_wanted: int,
     fetch_first: bool,
     events: Any,
+    output_path: str,
 ) -> None:
     """One actor's weights path: optionally the object store first (a late joiner), then the broadcast."""
+    # Into a file of its own, C++ included (gloo's aborts): pytest shows a child's output only in part.
+    output = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    faulthandler.enable()
 
     async def main() -> None:
         client = await BusClient.connect("actor", bus, run)
@@ -112,14 +121,19 @@ def _next_event(events: Any, deadline: float) -> tuple[str, str, int, str]:
     return event
 
 
-def test_two_actors_get_versions_by_broadcast_and_a_late_joiner_from_the_object_store(bus_run):
+def _output_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-3000:] if path.exists() else "(no output)"
+
+
+def test_two_actors_get_versions_by_broadcast_and_a_late_joiner_from_the_object_store(bus_run, tmp_path):
     context = multiprocessing.get_context("spawn")
     events = context.Queue()
     reference = safetensors_signature(version_blob(1))
     processes: list[Any] = []
 
     def start(actor_id: str, broadcasts: int, fetch_first: bool) -> None:
-        args = (bus_run.bus, bus_run.run, actor_id, reference, broadcasts, fetch_first, events)
+        output = str(tmp_path / f"{actor_id}.log")
+        args = (bus_run.bus, bus_run.run, actor_id, reference, broadcasts, fetch_first, events, output)
         process = context.Process(target=_actor_process, args=args, name=actor_id)
         process.start()
         processes.append(process)
@@ -204,7 +218,11 @@ def test_two_actors_get_versions_by_broadcast_and_a_late_joiner_from_the_object_
         asyncio.run(main())
         for process in processes:
             process.join(timeout=60)
-            assert process.exitcode == 0, (process.name, process.exitcode)
+            assert process.exitcode == 0, (
+                process.name,
+                process.exitcode,
+                _output_tail(tmp_path / f"{process.name}.log"),
+            )
     finally:
         for process in processes:
             if process.is_alive():
