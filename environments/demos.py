@@ -60,6 +60,11 @@ from .multihop import MultihopEnvironment, answer_turn, search_turn
 from .registry import make_env
 from .storeapi import REASONS, TOOLS
 
+#: An environment's entry goes up whenever the text of its demonstrations changes in a way no
+#: recipe field captures; the embedded model's cache key includes it. toolcall 2: the thought
+#: before a call says the call's argument values.
+DEMO_FORMAT_REVISIONS: dict[str, int] = {"toolcall": 2}
+
 
 @dataclass(frozen=True)
 class MistakeProfile:

@@ -5,7 +5,8 @@ The task states a customer's request in words; the policy calls the store's func
 request is done::
 
     request : i am Ana Ruiz . cancel my pending lamp order , i ordered it by mistake .
-    <think> step 1 find_user </think> <tool_call> {"name": "find_user", "arguments": {"name": "Ana Ruiz"}} </tool_call>
+    <think> step 1 find_user Ana Ruiz </think>
+    <tool_call> {"name": "find_user", "arguments": {"name": "Ana Ruiz"}} </tool_call>
     <tool_response> {"user_id": "u2", "name": "Ana Ruiz", "balance": 40, "orders": ["o3", "o5"]} </tool_response>
     ... get_order o3, o5, cancel_order o5 ...
     <think> the request is done </think> <answer> done </answer>
@@ -224,7 +225,13 @@ def _cached_task(params_json: str) -> ToolTask:
 
 
 def call_turn(index: int, call: Call) -> str:
-    return f"{tags.think(f'step {index + 1} {call.name}')} {tags.tool_call(call.text())}"
+    # The thought says the argument values before the call writes them. In the call's JSON a
+    # value's first word follows a quote and is another token than in the request (`Ben` for
+    # ` Ben`), so a tiny model cannot find the next word by looking its own token up there: it
+    # copied the first name and guessed the surname. In the thought both words are the
+    # request's own tokens, and the call copies the thought's last words.
+    values = " ".join(str(value) for value in call.arguments.values())
+    return f"{tags.think(f'step {index + 1} {call.name} {values}'.rstrip())} {tags.tool_call(call.text())}"
 
 
 def answer_turn() -> str:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from environments.demos import DEFAULT_PROFILE, MistakeProfile
+from environments.demos import DEFAULT_PROFILE, DEMO_FORMAT_REVISIONS, MistakeProfile
 from modelkit.architecture import ArchitectureConfig
 from protocol.messages import check_plain_data
 from tracerl.config import AtLeast1, Config, LogConfig, Positive
@@ -169,10 +169,17 @@ class ModelBuildConfig(Config, frozen=True):
             if env_name not in self.demos.environments:
                 for name in names:
                     del demos["mistakes"][name]
-        return {
+        recipe = {
             "tokenizer_vocab_size": self.tokenizer_vocab_size,
             "tokenizer_whitespace": self.tokenizer_whitespace,
             "architecture": self.architecture,
             "demos": demos,
             "training": self.training,
         }
+        # Only revised formats enter the key, so a revision leaves every other model's cache valid.
+        revised = {
+            name: DEMO_FORMAT_REVISIONS[name] for name in self.demos.environments if name in DEMO_FORMAT_REVISIONS
+        }
+        if revised:
+            recipe["demo_format_revisions"] = revised
+        return recipe

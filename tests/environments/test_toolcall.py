@@ -121,7 +121,7 @@ def test_the_expert_follows_the_solution_and_reaches_the_goal():
     env = make_env("toolcall")
     env.reset(hand_task())
     assert env.expert_action() == (
-        "<think> step 1 find_user </think> "
+        "<think> step 1 find_user Ana Ruiz </think> "
         '<tool_call> {"name": "find_user", "arguments": {"name": "Ana Ruiz"}} </tool_call>'
     )
     first = env.step(env.expert_action())

@@ -25,6 +25,7 @@ def test_an_unknown_tokenizer_whitespace_mode_is_reported_before_any_work(capsys
 def test_adding_an_environment_renames_no_other_model():
     """The shipped recipes keep the cache keys they had before the math environment existed:
     its mistake fields and tags stay out of recipes whose demos do not include it."""
+    from environments.demos import DEMO_FORMAT_REVISIONS
     from environments.tags import SEARCH_R1_TAGS
     from modelkit.build import recipe_key
     from modelkit.config import ModelBuildConfig
@@ -50,6 +51,11 @@ def test_adding_an_environment_renames_no_other_model():
         assert key(None, [f"demos.mistakes.{field}=0.5"]) == key(None)
         recipe = configs / f"{env_name}.yaml"
         assert key(recipe, [f"demos.mistakes.{field}=0.5"]) != key(recipe)
+    # A demonstration format revision renames the models of its environment only.
+    revised = load_config(ModelBuildConfig, configs / "toolcall.yaml", []).recipe()
+    assert revised["demo_format_revisions"] == {"toolcall": DEMO_FORMAT_REVISIONS["toolcall"]}
+    assert "demo_format_revisions" not in load_config(ModelBuildConfig, configs / "webshop.yaml", []).recipe()
+    assert key(configs / "webshop.yaml") == "f57535af69c3b56e"
 
 
 def test_missing_config_file_is_reported(tmp_path, capsys):
