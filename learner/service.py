@@ -444,8 +444,11 @@ def run(config: LearnerConfig) -> int:
         print(f"tracerl learner: model.model_dir {config.model.model_dir!r} is not a model directory (no config.json)")
         return 2
     trainer = build_trainer(config)
-    if trainer.rank == 0:
-        write_resolved_config(config, "learner")
-        return run_role(serve(config, trainer))
-    follow_rank_zero(trainer)
-    return 0
+    try:
+        if trainer.rank == 0:
+            write_resolved_config(config, "learner")
+            return run_role(serve(config, trainer))
+        follow_rank_zero(trainer)
+        return 0
+    finally:
+        trainer.close()

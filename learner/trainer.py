@@ -571,3 +571,10 @@ class Trainer:
                 shutil.copy2(source / name, tmp / name)
         _commit_dir(tmp, target)
         return target
+
+    def close(self) -> None:
+        """Destroy the process groups while the interpreter is whole. Left to exit, a gloo
+        group's threads are torn down with the interpreter and one still joinable aborts the
+        process (``terminate called without an active exception``, SIGABRT after a finished
+        run). Single-process runs have no group and this does nothing."""
+        self.accelerator.end_training()

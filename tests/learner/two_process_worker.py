@@ -54,6 +54,7 @@ def main(model_dir: str, out_dir: str, layout: str) -> None:
             }
         )
     )
+    trainer.close()
 
 
 if __name__ == "__main__":
