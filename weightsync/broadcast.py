@@ -39,7 +39,8 @@ T = TypeVar("T")
 GO, ABANDON = b"go", b"abandon"
 _CHECK_IN_POLL_S = 0.05
 REJOIN_BACKOFF_MAX_S = 600.0
-#: A group's shutdown aborts its pending work at once; this only bounds a library that does not.
+#: gloo's shutdown returned at once here, even with a receive pending in another thread; this
+#: only bounds a backend that blocks.
 SHUTDOWN_TIMEOUT_S = 10.0
 
 
@@ -86,10 +87,10 @@ def make_process_group(store: Any, prefix: str, rank: int, size: int, backend: s
 
 
 def shut_down_group(group: Any) -> None:
-    """End ``group``'s worker threads now, while the interpreter is whole. Left to the garbage
-    collector, a gloo group's workers can outlive the interpreter holding finished work whose
-    tensors view Python buffers (every bucket here does); releasing them then needs the GIL
-    and aborts the process (SIGABRT at exit, after a clean stop)."""
+    """Shut ``group`` down now, while the interpreter is whole, rather than leave it to the
+    garbage collector: a gloo group's workers can outlive the interpreter holding finished work
+    whose tensors view Python buffers (every bucket here does), and releasing them then needs
+    the GIL and aborts the process (SIGABRT at exit, after a clean stop)."""
     try:
         group.shutdown()
     except Exception as err:  # noqa: BLE001 - a broken group is being left anyway
