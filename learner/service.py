@@ -42,6 +42,7 @@ from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter, role_metrics
+from weightsync.broadcast import exit_without_teardown
 from weightsync.transport import WeightsPublisher, make_publisher
 
 log = get_logger(__name__)
@@ -447,8 +448,12 @@ def run(config: LearnerConfig) -> int:
     try:
         if trainer.rank == 0:
             write_resolved_config(config, "learner")
-            return run_role(serve(config, trainer))
-        follow_rank_zero(trainer)
-        return 0
+            status = run_role(serve(config, trainer))
+        else:
+            follow_rank_zero(trainer)
+            status = 0
     finally:
         trainer.close()
+    if config.weights.transport == "broadcast":
+        exit_without_teardown(status)
+    return status
