@@ -42,7 +42,7 @@ from protocol import Heartbeat, Subjects, WeightsAnnouncement, WorkItem
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import role_metrics
-from weightsync.broadcast import BroadcastReceiver, exit_without_teardown
+from weightsync.broadcast import BroadcastReceiver, end_role
 
 log = get_logger(__name__)
 
@@ -454,7 +454,4 @@ def run(config: ActorConfig) -> int:
     configure_logging(f"{ROLE}-{actor_id}", config.run.run_dir, config.log.level, config.log.json_file)
     route_engine_logs(Path(config.run.run_dir) / "logs" / f"{ROLE}-{actor_id}.engine.log", config.log.level)
     log.info("actor_starting", actor_id=actor_id, model_dir=config.model_dir, run_id=config.run.run_id)
-    status = run_role(serve(config, actor_id))
-    if config.weights.transport == "broadcast":
-        exit_without_teardown(status)
-    return status
+    return end_role(run_role(serve(config, actor_id)), config.weights)

@@ -42,7 +42,7 @@ from tracerl.config import write_resolved_config
 from tracerl.lifecycle import EXIT_STOP_OVERRAN, end_tasks, run_role, sleep_or_stop, stop_on_signals
 from tracerl.logs import configure_logging, get_logger
 from tracerl.metrics import MetricsWriter, role_metrics
-from weightsync.broadcast import exit_without_teardown
+from weightsync.broadcast import end_role
 from weightsync.transport import WeightsPublisher, make_publisher
 
 log = get_logger(__name__)
@@ -454,6 +454,4 @@ def run(config: LearnerConfig) -> int:
             status = 0
     finally:
         trainer.close()
-    if config.weights.transport == "broadcast":
-        exit_without_teardown(status)
-    return status
+    return end_role(status, config.weights)

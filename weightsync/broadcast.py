@@ -23,7 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -108,12 +108,15 @@ async def leave_group(group: Any, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> None
         log.warning("weights_broadcast_shutdown_timed_out", timeout_s=timeout_s)
 
 
-def exit_without_teardown(status: int) -> NoReturn:
-    """End a process that took part in broadcast groups once its own clean-up is done, without
-    the interpreter's and the C++ runtime's teardown. Even with every group shut down, an actor
-    that had received all its versions and stopped cleanly aborted in that teardown
-    (``terminate called without an active exception``, no Python frame left) twice in full
-    test-suite runs under load; nothing is left for the teardown to do."""
+def end_role(status: int, weights: WeightsConfig) -> int:
+    """A role's exit status, or, for a process that took part in broadcast groups, an exit with
+    it now that its own clean-up is done, without the interpreter's and the C++ runtime's
+    teardown. Even with every group shut down, an actor that had received all its versions and
+    stopped cleanly aborted in that teardown (``terminate called without an active exception``,
+    no Python frame left) twice in full test-suite runs under load; nothing is left for the
+    teardown to do."""
+    if weights.transport != "broadcast":
+        return status
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

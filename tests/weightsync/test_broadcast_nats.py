@@ -34,7 +34,7 @@ from protocol import BroadcastJoin, WeightsAnnouncement
 from tests.heartbeats import idle_heartbeat
 from tracerl.config import BusConfig, RunConfig, WeightsConfig
 from tracerl.logs import configure_logging
-from weightsync.broadcast import BroadcastReceiver, exit_without_teardown
+from weightsync.broadcast import BroadcastReceiver, end_role
 from weightsync.transport import BroadcastPublisher, make_publisher
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(600)]
@@ -113,7 +113,7 @@ def _actor_process(
     # As the actor role ends (actors.service.run): the events are flushed first.
     events.close()
     events.join_thread()
-    exit_without_teardown(0)
+    end_role(0, WEIGHTS)
 
 
 def _next_event(events: Any, deadline: float) -> tuple[str, str, int, str]:
