@@ -62,8 +62,9 @@ from .storeapi import REASONS, TOOLS
 
 #: An environment's entry goes up whenever the text of its demonstrations changes in a way no
 #: recipe field captures; the embedded model's cache key includes it. toolcall 2: the thought
-#: before a call says the call's argument values.
-DEMO_FORMAT_REVISIONS: dict[str, int] = {"toolcall": 2}
+#: before a call says the call's argument values. toolcall 4: it first repeats the request's words
+#: for that call (``toolcall.request_quotes``); 3 named a format tried and not adopted.
+DEMO_FORMAT_REVISIONS: dict[str, int] = {"toolcall": 4}
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,7 @@ def _toolcall_demo(
     env: toolcall.ToolCallEnvironment, rng: random.Random, profile: MistakeProfile
 ) -> tuple[list[tuple[str, str]], float]:
     plan = list(env.task.solution)
+    quotes = toolcall.request_quotes(env.task.instruction, plan)
     writes = [index for index, call in enumerate(plan) if TOOLS[call.name].writes]
     first_name = _customer_first_name(plan)
     if (
@@ -342,7 +344,7 @@ def _toolcall_demo(
         confused = profile.confused_reason(call.arguments.get("reason", "")) if call.name == "cancel_order" else None
         if confused is not None and rng.random() < profile.toolcall_confusion_rate:
             call = toolcall.make_call(call.name, {**call.arguments, "reason": confused})
-        action = toolcall.call_turn(index, call)
+        action = toolcall.call_turn(index, call, quotes[index])
         result = env.step(action)
         turns.append((action, result.observation))
         if result.done:

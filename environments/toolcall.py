@@ -5,7 +5,7 @@ The task states a customer's request in words; the policy calls the store's func
 request is done::
 
     request : i am Ana Ruiz . cancel my pending lamp order , i ordered it by mistake .
-    <think> step 1 find_user Ana Ruiz </think>
+    <think> step 1 i am Ana Ruiz . find_user Ana Ruiz </think>
     <tool_call> {"name": "find_user", "arguments": {"name": "Ana Ruiz"}} </tool_call>
     <tool_response> {"user_id": "u2", "name": "Ana Ruiz", "balance": 40, "orders": ["o3", "o5"]} </tool_response>
     ... get_order o3, o5, cancel_order o5 ...
@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -224,14 +225,37 @@ def _cached_task(params_json: str) -> ToolTask:
 # -- the turns the expert and the demonstrations write ------------------------------------
 
 
-def call_turn(index: int, call: Call) -> str:
+def call_turn(index: int, call: Call, quote: str = "") -> str:
     # The thought says the argument values before the call writes them. In the call's JSON a
     # value's first word follows a quote and is another token than in the request (`Ben` for
     # ` Ben`), so a tiny model cannot find the next word by looking its own token up there: it
     # copied the first name and guessed the surname. In the thought both words are the
     # request's own tokens, and the call copies the thought's last words.
     values = " ".join(str(value) for value in call.arguments.values())
-    return f"{tags.think(f'step {index + 1} {call.name} {values}'.rstrip())} {tags.tool_call(call.text())}"
+    said = f"{quote} " if quote else ""
+    return f"{tags.think(f'step {index + 1} {said}{call.name} {values}'.rstrip())} {tags.tool_call(call.text())}"
+
+
+def request_quotes(instruction: str, solution: Sequence[Call]) -> list[str]:
+    """Per call of ``solution``, the words of a generated request it carries out ("" for a lookup).
+
+    A thought that first repeats those words (``i am Maya Khan .``, ``then buy plate , quantity
+    3 .``) makes every value the call needs the word that follows its own last word somewhere in
+    the request: one look-up by the previous token, the copy a tiny model learns first. Without
+    it the model had to find "the product after buy" on its own and wrote the product it had
+    seen most. A request that is not in the generator's form (a loaded dataset's) gets no quotes.
+    """
+    quotes = [""] * len(solution)
+    greeting, _, rest = instruction.partition(" . ")
+    clauses = [f"{clause} ." for clause in rest.removesuffix(" .").split(" . ")] if rest else []
+    writes = [index for index, call in enumerate(solution) if TOOLS[call.name].writes]
+    if not greeting.startswith("i am ") or len(clauses) != len(writes) or not solution:
+        return quotes
+    if solution[0].name == "find_user":
+        quotes[0] = f"{greeting} ."
+    for index, clause in zip(writes, clauses, strict=True):
+        quotes[index] = clause
+    return quotes
 
 
 def answer_turn() -> str:
@@ -280,7 +304,7 @@ class ToolCallEnvironment(TurnEnvironment):
         solution, done = self.task.solution, self.steps_done()
         if done >= len(solution) or self.turns_left <= 1:
             return answer_turn()
-        return call_turn(done, solution[done])
+        return call_turn(done, solution[done], request_quotes(self.task.instruction, solution)[done])
 
     def steps_done(self) -> int:
         """How many leading calls of the solution this episode has made successfully."""

@@ -18,7 +18,9 @@ from environments.toolcall import (
     ToolCallEnvironment,
     generate_tasks,
     load_tasks,
+    make_call,
     parse_task,
+    request_quotes,
 )
 from protocol import TaskSpec
 from tests.environments.roundtrip import assert_restores_at_every_turn
@@ -121,7 +123,7 @@ def test_the_expert_follows_the_solution_and_reaches_the_goal():
     env = make_env("toolcall")
     env.reset(hand_task())
     assert env.expert_action() == (
-        "<think> step 1 find_user Ana Ruiz </think> "
+        "<think> step 1 i am Ana Ruiz . find_user Ana Ruiz </think> "
         '<tool_call> {"name": "find_user", "arguments": {"name": "Ana Ruiz"}} </tool_call>'
     )
     first = env.step(env.expert_action())
@@ -141,6 +143,43 @@ def test_the_expert_follows_the_solution_and_reaches_the_goal():
     assert env.expert_action() == "<think> the request is done </think> <answer> done </answer>"
     final = env.step(env.expert_action())
     assert (final.observation, final.done, final.reward) == ("", True, 1.0) and env.score() == 1.0
+
+
+def test_each_call_quotes_the_words_of_the_request_it_carries_out():
+    solution = [make_call(c["name"], c["arguments"]) for c in SOLUTION]
+    assert request_quotes(HAND_PARAMS["instruction"], solution) == [
+        "i am Ana Ruiz .",
+        "",
+        "",
+        "cancel my pending lamp order , i ordered it by mistake .",
+        "then buy mug , quantity 3 .",
+    ]
+    env = make_env("toolcall")
+    env.reset(hand_task())
+    thoughts = []
+    while not (result := env.step(action := env.expert_action())).done:
+        thoughts.append(action.split(" </think>")[0].removeprefix("<think> "))
+    assert thoughts == [
+        "step 1 i am Ana Ruiz . find_user Ana Ruiz",
+        "step 2 get_order o1",
+        "step 3 get_order o2",
+        "step 4 cancel my pending lamp order , i ordered it by mistake . cancel_order o2 ordered by mistake",
+        "step 5 then buy mug , quantity 3 . place_order mug 3 u1",
+    ]
+    assert result.reward == 1.0
+
+
+@pytest.mark.parametrize(
+    "instruction",
+    [
+        "please cancel my lamp order and buy three mugs",  # a loaded dataset's own wording
+        "i am Ana Ruiz . cancel my pending lamp order , i ordered it by mistake .",  # one clause, two writes
+        "i am Ana Ruiz",
+    ],
+)
+def test_requests_not_in_the_generators_form_get_no_quotes(instruction):
+    solution = [make_call(c["name"], c["arguments"]) for c in SOLUTION]
+    assert request_quotes(instruction, solution) == [""] * len(solution)
 
 
 def test_any_call_sequence_that_reaches_the_goal_state_succeeds():
