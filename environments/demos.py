@@ -63,8 +63,10 @@ from .storeapi import REASONS, TOOLS
 #: An environment's entry goes up whenever the text of its demonstrations changes in a way no
 #: recipe field captures; the embedded model's cache key includes it. toolcall 2: the thought
 #: before a call says the call's argument values. toolcall 4: it first repeats the request's words
-#: for that call (``toolcall.request_quotes``); 3 named a format tried and not adopted.
-DEMO_FORMAT_REVISIONS: dict[str, int] = {"toolcall": 4}
+#: for that call (``toolcall.request_quotes``); 3 named a format tried and not adopted. webshop 3:
+#: the thought before an option repeats the instruction's words for it (``webshop.option_thought``);
+#: 1 and 2 named formats tried and not adopted.
+DEMO_FORMAT_REVISIONS: dict[str, int] = {"toolcall": 4, "webshop": 3}
 
 
 @dataclass(frozen=True)
@@ -388,8 +390,10 @@ def _webshop_demo(
             value = command[1]
             confused = profile.confused_option(value)
             if confused in product.option_values and rng.random() < profile.webshop_confusion_rate:
+                # The thought still quotes the instruction; only the click goes wrong.
+                thought = webshop.option_thought(env.shop.instruction, env.shop.goal.options, value)
                 value = confused
-                action = webshop.command_turn("click", value, f"choose {value}")
+                action = webshop.command_turn("click", value, thought)
             decided.add(product.option_values[value])
         result = env.step(action)
         turns.append((action, result.observation))

@@ -10,7 +10,7 @@ WebShop's actions inside ``<answer>``; each page comes back inside ``<informatio
     <think> open p017 </think> <answer> click[ p017 ] </answer>
     <information> [ p017 ] trailco waterproof padded backpack ; price : $ 34.99 ; attributes : waterproof , padded ,
                   usb port ; color : black , navy ; selected : none </information>
-    <think> choose navy </think> <answer> click[ navy ] </answer>
+    <think> with color navy </think> <answer> click[ navy ] </answer>
     <think> buy it </think> <answer> buy </answer>
 
 ``search[ query ]`` (BM25 over the catalogue) works from any page and shows the top ``top_k``
@@ -35,6 +35,7 @@ import math
 import os
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -94,6 +95,20 @@ def parse_command(action_text: str) -> tuple[str, str] | str:
     if not argument:
         return f"{verb}[ ] needs something inside the brackets"
     return verb, argument
+
+
+def option_thought(instruction: str, options: Sequence[tuple[str, str]], value: str) -> str:
+    """The thought before selecting ``value``: the instruction's own words for it, when it has them.
+
+    ``with color navy`` (``and size large`` for a second option) makes the value the word that
+    follows the thought's last word in the instruction, where a tiny model finds it by the
+    previous token; ``choose navy`` asked it to pick the value out of the page's list.
+    """
+    for index, (dim, wanted) in enumerate(options):
+        phrase = f"{'with' if index == 0 else 'and'} {dim} {wanted}"
+        if wanted == value and f" {phrase} " in f" {instruction} ":
+            return phrase
+    return f"choose {value}"
 
 
 def command_turn(verb: str, argument: str = "", thought: str = "") -> str:
@@ -286,7 +301,8 @@ class WebShopEnvironment(TurnEnvironment):
                 offered_dim = product.option_values.get(value)
                 if offered_dim is None or offered_dim in skip_dims or self._selected.get(offered_dim) == value:
                     continue
-                return command_turn("click", value, f"choose {value}")
+                thought = option_thought(self.shop.instruction, self.shop.goal.options, value)
+                return command_turn("click", value, thought)
         return command_turn("buy", thought="buy it")
 
     # -- TurnEnvironment ---------------------------------------------------------------

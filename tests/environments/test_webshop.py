@@ -24,6 +24,7 @@ from environments.webshop import (
     WebShopEnvironment,
     generate_tasks,
     load_instructions,
+    option_thought,
     parse_command,
 )
 from protocol import TaskSpec
@@ -164,6 +165,27 @@ def test_search_open_select_and_buy_with_the_pages_they_show():
     assert env.expert_action() == "<think> buy it </think> <answer> buy </answer>"
     final = env.step(env.expert_action())
     assert (final.observation, final.done, final.reward) == ("", True, 1.0) and env.score() == 1.0
+
+
+def test_the_thought_before_an_option_quotes_the_instruction_when_it_can():
+    instruction = "i am looking for a padded backpack with color navy and size large , price lower than 40.00 dollars"
+    options = (("color", "navy"), ("size", "large"))
+    assert option_thought(instruction, options, "navy") == "with color navy"
+    assert option_thought(instruction, options, "large") == "and size large"
+    # A value the instruction does not ask for, or an instruction in other words, is chosen by name.
+    assert option_thought(instruction, options, "blue") == "choose blue"
+    assert option_thought("a padded backpack in grey", (("color", "grey"),), "grey") == "choose grey"
+
+
+def test_generated_demonstrations_quote_each_option_they_select():
+    thoughts = [
+        action.split(" </think>")[0].removeprefix("<think> ")
+        for task in make_tasks("webshop", "train", 40, 0, min_options=2)
+        for action, _ in demo_episode("webshop", task, random.Random(0), MistakeProfile.none()).turns
+        if "click[ p" not in action and "click[" in action
+    ]
+    assert thoughts and all(t.startswith(("with ", "and ")) for t in thoughts)
+    assert {t.split()[0] for t in thoughts} == {"with", "and"}
 
 
 def test_back_leaves_the_product_then_the_results():

@@ -54,8 +54,10 @@ def test_adding_an_environment_renames_no_other_model():
     # A demonstration format revision renames the models of its environment only.
     revised = load_config(ModelBuildConfig, configs / "toolcall.yaml", []).recipe()
     assert revised["demo_format_revisions"] == {"toolcall": DEMO_FORMAT_REVISIONS["toolcall"]}
-    assert "demo_format_revisions" not in load_config(ModelBuildConfig, configs / "webshop.yaml", []).recipe()
-    assert key(configs / "webshop.yaml") == "f57535af69c3b56e"
+    assert "demo_format_revisions" not in load_config(ModelBuildConfig, configs / "math.yaml", []).recipe()
+    webshop = load_config(ModelBuildConfig, configs / "webshop.yaml", []).recipe()
+    assert webshop["demo_format_revisions"] == {"webshop": DEMO_FORMAT_REVISIONS["webshop"]}
+    assert key(configs / "webshop.yaml") == "9484c58c12d051a5"
 
 
 def test_missing_config_file_is_reported(tmp_path, capsys):
