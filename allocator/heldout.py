@@ -16,6 +16,7 @@ from statistics import fmean
 
 import msgspec
 
+from environments.base import solved
 from protocol import TaskSpec, TurnNode, WorkItem
 from tracerl.config import AtLeast0, Config
 
@@ -105,11 +106,14 @@ class HeldoutProbes:
         mode = probe.outstanding.pop(node.tree_id)
         probe.rewards[mode].append(float(node.reward or 0.0))
         if not probe.outstanding:
+            # Success as `tracerl eval` counts it, so the live curve and the before/after
+            # evaluations agree on graded environments too (a mean webshop reward ran ~0.4 above).
+            greedy, sampled = ([float(solved(r)) for r in probe.rewards[m]] for m in ("greedy", "sampled"))
             self._results.append(
                 HeldoutResult(
                     policy_version=probe.version,
-                    greedy_success=fmean(probe.rewards["greedy"]) if probe.rewards["greedy"] else 0.0,
-                    sampled_success=fmean(probe.rewards["sampled"]) if probe.rewards["sampled"] else 0.0,
+                    greedy_success=fmean(greedy) if greedy else 0.0,
+                    sampled_success=fmean(sampled) if sampled else 0.0,
                     tasks=len(self.tasks),
                     seconds=now - probe.issued_at,
                 )

@@ -25,6 +25,11 @@ class StepResult:
     reward: float
 
 
+def solved(reward: float) -> bool:
+    """An episode succeeds only with the full reward: partial credit (webshop's) is not success."""
+    return reward >= 1.0
+
+
 class EnvironmentError_(ValueError):
     """Bad input to an environment: unknown task, corrupt snapshot, malformed dataset line."""
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from environments.base import solved
 from protocol.messages import TaskSpec, WorkItem
 from tracerl.logs import get_logger
 
@@ -154,10 +155,10 @@ def summarise(
         split=split,
         mode="greedy" if greedy else "sampled",
         num_tasks=n,
-        success_rate=sum(e.reward >= 1.0 for e in episodes) / n if n else 0.0,
+        success_rate=sum(solved(e.reward) for e in episodes) / n if n else 0.0,
         mean_reward=sum(e.reward for e in episodes) / n if n else 0.0,
         by_difficulty={
-            label: DifficultyStats(len(rewards), sum(r >= 1.0 for r in rewards) / len(rewards))
+            label: DifficultyStats(len(rewards), sum(solved(r) for r in rewards) / len(rewards))
             for label, rewards in sorted(groups.items())
         },
         mean_turns=sum(e.turns for e in episodes) / n if n else 0.0,

@@ -58,6 +58,17 @@ def test_heldout_probe_tallies_greedy_and_sampled_separately():
     assert probes.pop_results() == []
 
 
+def test_heldout_probe_counts_only_full_rewards_as_success():
+    tasks = [TaskSpec("webshop", f"t{i}") for i in range(2)]
+    probes = HeldoutProbes(HeldoutConfig(tasks=2, every_versions=1), tasks, "r")
+    rewards = {"greedy": [1.0, 0.9], "sampled": [0.5, 0.0]}
+    for item in probes.plan(0, now=0.0):
+        mode = "greedy" if item.sampling.temperature == 0.0 else "sampled"
+        probes.on_node(_terminal(item.tree_id, rewards[mode][int(item.tree_id.rsplit("-", 1)[1])]), now=1.0)
+    [result] = probes.pop_results()
+    assert (result.greedy_success, result.sampled_success) == (0.5, 0.0)
+
+
 def test_live_actor_loads_drop_silent_actors():
     beat = {
         "run_id": "r",
