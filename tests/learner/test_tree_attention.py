@@ -288,7 +288,11 @@ def test_trainer_with_lean_attention_and_packed_forwards_matches_dense(tiny_mode
     assert lean_metrics["input_tokens"] == dense_metrics["input_tokens"]
     for key in ("loss", "grad_norm", "reference_kl", "importance_weight_mean"):
         assert lean_metrics[key] == pytest.approx(dense_metrics[key], abs=1e-5), key
-    assert (lean_weights - dense_weights).abs().max().item() < 1e-5
+    # Adam divides by the gradient's root mean square, so where a gradient is near zero a
+    # rounding difference between chunked and dense attention moves a weight by a visible part
+    # of the learning rate (1.9e-5 on an AVX-512 Xeon, under 1e-5 on an EPYC). A wrong mask or
+    # chunk moves many weights by the whole rate; a tenth of it separates the two.
+    assert (lean_weights - dense_weights).abs().max().item() < 0.1 * config.optimiser.lr
 
 
 def test_flex_training_on_the_cpu_is_refused(tiny_model_dir):
