@@ -108,12 +108,12 @@ class HeldoutProbes:
         if not probe.outstanding:
             # Success as `tracerl eval` counts it, so the live curve and the before/after
             # evaluations agree on graded environments too (a mean webshop reward ran ~0.4 above).
-            greedy, sampled = ([float(solved(r)) for r in probe.rewards[m]] for m in ("greedy", "sampled"))
+            success = {m: fmean(solved(r) for r in rewards) if rewards else 0.0 for m, rewards in probe.rewards.items()}
             self._results.append(
                 HeldoutResult(
                     policy_version=probe.version,
-                    greedy_success=fmean(greedy) if greedy else 0.0,
-                    sampled_success=fmean(sampled) if sampled else 0.0,
+                    greedy_success=success["greedy"],
+                    sampled_success=success["sampled"],
                     tasks=len(self.tasks),
                     seconds=now - probe.issued_at,
                 )

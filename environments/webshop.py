@@ -97,6 +97,11 @@ def parse_command(action_text: str) -> tuple[str, str] | str:
     return verb, argument
 
 
+def option_phrases(options: Sequence[tuple[str, str]]) -> list[str]:
+    """How an instruction words its wanted options: ``with color navy``, ``and size large``."""
+    return [f"{'with' if index == 0 else 'and'} {dim} {value}" for index, (dim, value) in enumerate(options)]
+
+
 def option_thought(instruction: str, options: Sequence[tuple[str, str]], value: str) -> str:
     """The thought before selecting ``value``: the instruction's own words for it, when it has them.
 
@@ -104,8 +109,7 @@ def option_thought(instruction: str, options: Sequence[tuple[str, str]], value: 
     follows the thought's last word in the instruction, where a tiny model finds it by the
     previous token; ``choose navy`` asked it to pick the value out of the page's list.
     """
-    for index, (dim, wanted) in enumerate(options):
-        phrase = f"{'with' if index == 0 else 'and'} {dim} {wanted}"
+    for (_dim, wanted), phrase in zip(options, option_phrases(options), strict=True):
         if wanted == value and f" {phrase} " in f" {instruction} ":
             return phrase
     return f"choose {value}"
@@ -173,7 +177,7 @@ def goal_params(goal: Goal) -> dict[str, Any]:
 def instruction_text(goal: Goal) -> str:
     wanted = f"i am looking for a {' and '.join(goal.attributes)} {goal.type}"
     if goal.options:
-        wanted += " with " + " and ".join(f"{dim} {value}" for dim, value in goal.options)
+        wanted += " " + " ".join(option_phrases(goal.options))
     return f"{wanted} , price lower than {goal.price_upper:.2f} dollars"
 
 
