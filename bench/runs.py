@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +30,8 @@ from tracerl.metrics import metrics_path, read_metrics
 RESULTS_DIR = Path(__file__).parent / "results"
 #: Marks a directory made by ``run_up``, so a rerun may delete it.
 RUN_MARKER = ".bench-run"
+#: The exit code recorded for a run stopped at its time limit (as GNU ``timeout`` reports it).
+TIMED_OUT = 124
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,46 @@ def run_up(name: str, run_dir: Path, overrides: dict[str, Any], timeout_s: float
     started = time.time()
     log_path = run_dir.parent / f"{name}.up.log"
     with log_path.open("w") as log:
-        code = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, timeout=timeout_s, check=False).returncode
+        code = run_until_stopped(argv, log, timeout_s)
     return summarise_run(name, run_dir, code, time.time() - started)
+
+
+def run_until_stopped(argv: list[str], log: Any, timeout_s: float, stop_grace_s: float = 300.0) -> int:
+    """Run ``argv`` to its end; its exit code, or ``TIMED_OUT`` after ``timeout_s``.
+
+    At the time limit, and when the benchmark itself is interrupted (Ctrl-C), the child gets
+    SIGTERM and up to ``stop_grace_s`` to stop the processes it started: `tracerl up` starts
+    every role in a session of its own, so killing `up` outright would leave a whole cluster
+    running. Only a child still there after the grace is killed.
+    """
+    # Its own session: a Ctrl-C in the terminal reaches the benchmark, which stops the child.
+    child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return child.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log.write(f"\n[bench] not done within {timeout_s:.0f} s: stopping it\n")
+        log.flush()
+        stop_child(child, stop_grace_s)
+        return TIMED_OUT
+    except BaseException:
+        stop_child(child, stop_grace_s)
+        raise
+
+
+def stop_child(child: subprocess.Popen[Any], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL to the child's process group once ``grace_s`` has passed."""
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    child.wait()
 
 
 def summarise_run(name: str, run_dir: Path, returncode: int, wall_seconds: float) -> RunOutcome:
