@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -142,6 +143,8 @@ def run_until_stopped(argv: list[str], log: Any, timeout_s: float, stop_grace_s:
     """
     # Its own session: a Ctrl-C in the terminal reaches the benchmark, which stops the child.
     child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # SIGTERM's default would end the benchmark at once, with the child left running.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
     try:
         return child.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -152,6 +155,17 @@ def run_until_stopped(argv: list[str], log: Any, timeout_s: float, stop_grace_s:
     except BaseException:
         stop_child(child, stop_grace_s)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stop_child(child: subprocess.Popen[Any], grace_s: float) -> None:

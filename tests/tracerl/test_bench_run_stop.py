@@ -1,4 +1,4 @@
-"""A benchmark run that is stopped (time limit, Ctrl-C) lets its `tracerl up` stop the roles it
+"""A benchmark run that is stopped (time limit, Ctrl-C, SIGTERM) lets its `tracerl up` stop the roles it
 started: `up` gets SIGTERM and a grace period, and is killed only after it."""
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 from bench.runs import TIMED_OUT, run_until_stopped
 
@@ -53,12 +55,15 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path):
     assert time.monotonic() - started < 60
 
 
-def test_ctrl_c_on_the_benchmark_reaches_its_run_as_sigterm(tmp_path):
+@pytest.mark.parametrize("interrupt", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stopping_the_benchmark_reaches_its_run_as_sigterm(tmp_path, interrupt):
     marker, log_path = tmp_path / "stopped", tmp_path / "up.log"
     bench = textwrap.dedent(
         f"""
-        import sys
+        import signal, sys
         from bench.runs import run_until_stopped
+        # As in a terminal: a shell's background job would start with Ctrl-C ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         with open({str(log_path)!r}, "w") as log:
             run_until_stopped([sys.executable, "-c", {POLITE_CHILD!r}, {str(marker)!r}], log, timeout_s=600)
         """
@@ -66,8 +71,8 @@ def test_ctrl_c_on_the_benchmark_reaches_its_run_as_sigterm(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", bench])
     try:
         _wait_for_line(log_path, "ready")
-        parent.send_signal(signal.SIGINT)
-        assert parent.wait(timeout=60) != 0  # the interrupt still ends the benchmark
+        parent.send_signal(interrupt)
+        assert parent.wait(timeout=60) != 0  # the signal still ends the benchmark
     finally:
         if parent.poll() is None:
             parent.kill()
