@@ -16,7 +16,11 @@ Backup: a terminal node is a leaf with value = reward clipped to [0, 1] and one 
 A node's visits n_y is the number of terminal leaves below it and its value
 V̂(y) = (1/n_y) sum_c n_c V̂(c), which is the mean leaf reward of its subtree (the
 fraction of successful leaves when rewards are 0/1). Rewards stay real-valued in the
-value; the binary *outcome* used for mixedness and V_pref is ``reward >= 0.5``.
+value; the binary *outcome* used for mixedness and V_pref is the environment's success
+(``environments.base.solved``: the full reward), the quantity held-out success counts. A
+threshold below it would call webshop's partial purchases (a look-alike bought with its
+options unchosen scores 0.75) successes, and TRACE would look for mixed prefixes in the wrong
+place.
 Both are maintained incrementally: a leaf updates its ancestors' sums on arrival.
 """
 
@@ -26,14 +30,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from environments.base import solved
 from protocol import CompletedTree, TaskSpec, TreeNodeRecord, TurnNode, replace
 from protocol.messages import chain_ends, chain_slot
-
-SUCCESS_THRESHOLD = 0.5
-
-
-def is_success(reward: float) -> bool:
-    return reward >= SUCCESS_THRESHOLD
 
 
 @dataclass
@@ -176,7 +175,7 @@ class RolloutTree:
             self.nodes[node.parent_id].children.append(node.node_id)
         if node.done:
             reward = min(1.0, max(0.0, float(node.reward if node.reward is not None else 0.0)))
-            success = is_success(reward)
+            success = solved(reward)
             for state in self.path_states(node.node_id):
                 state.leaves += 1
                 state.reward_sum += reward

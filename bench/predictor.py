@@ -42,7 +42,7 @@ import numpy as np
 from allocator.core import AllocatorCoreConfig
 from allocator.learning import OutcomeModel, TrainingBatch
 from allocator.step import tree_id_for, work_id_for
-from allocator.tree import NodeState, RolloutTree, WorkRecord, at_horizon, is_success
+from allocator.tree import NodeState, RolloutTree, WorkRecord, at_horizon
 from bench.learning import json_safe
 from bench.predictor_scoring import (
     DESCRIPTIONS,
@@ -57,6 +57,7 @@ from bench.predictor_scoring import (
     select_prefixes,
 )
 from bench.runs import write_results
+from environments.base import solved
 from modelkit.eval import CONCURRENT_EPISODES
 from protocol import SamplingSpec, TaskSpec, TurnNode, WorkItem
 from tracerl.logs import get_logger
@@ -321,7 +322,7 @@ class VersionBench:
         def record(item: WorkItem, node: TurnNode) -> None:
             if item.ends_chain(node):
                 index, sample = where[node.node_id]
-                outcomes[index][sample] = int(is_success(float(at_horizon(node, self.core.max_turns).reward or 0.0)))
+                outcomes[index][sample] = int(solved(float(at_horizon(node, self.core.max_turns).reward or 0.0)))
 
         await self.run(items, record, "continuations")
         return outcomes

@@ -31,6 +31,7 @@ from typing import TypeVar
 import nats.errors
 
 from bus.client import BusClient, Delivery
+from environments.base import solved
 from learner.batching import StepBatcher
 from learner.config import LearnerConfig
 from learner.ledger import AckLedger, Arrival, keep_alive_interval_s
@@ -61,7 +62,7 @@ def tree_batch_stats(trees: list[CompletedTree]) -> dict[str, float]:
     for tree in trees:
         rewards = [float(n.reward or 0.0) for n in tree.nodes if n.done]
         leaf_rewards.extend(rewards)
-        if rewards and min(rewards) < 0.5 <= max(rewards):
+        if rewards and not solved(min(rewards)) and solved(max(rewards)):
             mixed += 1
     return {
         "batch.reward_mean": fmean(leaf_rewards) if leaf_rewards else 0.0,

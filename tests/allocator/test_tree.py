@@ -42,7 +42,17 @@ def test_real_valued_rewards_are_clipped_and_averaged():
     tree.add(make_node("a.b", "a", done=True, reward=0.3), 0.0)
     tree.add(make_node("a.c", "a", done=True, reward=1.7), 0.0)
     assert tree.nodes["a"].value == pytest.approx((0.3 + 1.0) / 2)
-    assert tree.nodes["a"].successes == 1  # 0.3 < 0.5 counts as a failure outcome
+    assert tree.nodes["a"].successes == 1  # only the full (clipped) reward is a success
+
+
+def test_partial_credit_is_not_a_success_outcome():
+    # A webshop look-alike bought with its option unchosen scores 0.75: value, not success.
+    tree = _tree()
+    tree.add(make_node("a", None), 0.0)
+    tree.add(make_node("a.b", "a", done=True, reward=0.75), 0.0)
+    tree.add(make_node("a.c", "a", done=True, reward=1.0), 0.0)
+    assert tree.nodes["a"].value == pytest.approx(0.875)
+    assert (tree.nodes["a"].successes, tree.nodes["a"].failures) == (1, 1)
 
 
 def test_duplicates_are_idempotent():
