@@ -38,7 +38,8 @@ The mistakes ``MistakeProfile`` controls:
 * webshop, hasty purchase: for a hash-chosen share ``webshop_hasty_share`` of product types,
   the demo opens the first result of the wanted type and attributes and buys it at once,
   without checking its price or choosing options (in a fraction ``webshop_hasty_rate`` of
-  their demos).
+  their demos). Its thought is only ``open <id>``, without the price check of
+  ``webshop.open_thought``.
 
 ``MistakeProfile.none()`` gives pure expert demos.
 """
@@ -65,8 +66,9 @@ from .storeapi import REASONS, TOOLS
 #: before a call says the call's argument values. toolcall 4: it first repeats the request's words
 #: for that call (``toolcall.request_quotes``); 3 named a format tried and not adopted. webshop 3:
 #: the thought before an option repeats the instruction's words for it (``webshop.option_thought``);
-#: 1 and 2 named formats tried and not adopted.
-DEMO_FORMAT_REVISIONS: dict[str, int] = {"toolcall": 4, "webshop": 3}
+#: 1 and 2 named formats tried and not adopted. webshop 4: the thought before opening a product
+#: checks the results' prices against the bound (``webshop.open_thought``).
+DEMO_FORMAT_REVISIONS: dict[str, int] = {"toolcall": 4, "webshop": 4}
 
 
 @dataclass(frozen=True)

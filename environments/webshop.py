@@ -7,7 +7,7 @@ WebShop's actions inside ``<answer>``; each page comes back inside ``<informatio
     <think> search the store </think> <answer> search[ waterproof padded backpack ] </answer>
     <information> results for waterproof padded backpack : [ p017 ] trailco waterproof padded backpack $ 34.99 ;
                   ... </information>
-    <think> open p017 </think> <answer> click[ p017 ] </answer>
+    <think> lower than 40.00 : p017 34.99 under . open p017 </think> <answer> click[ p017 ] </answer>
     <information> [ p017 ] trailco waterproof padded backpack ; price : $ 34.99 ; attributes : waterproof , padded ,
                   usb port ; color : black , navy ; selected : none </information>
     <think> with color navy </think> <answer> click[ navy ] </answer>
@@ -113,6 +113,27 @@ def option_thought(instruction: str, options: Sequence[tuple[str, str]], value: 
         if wanted == value and f" {phrase} " in f" {instruction} ":
             return phrase
     return f"choose {value}"
+
+
+def open_thought(goal: Goal, results: Sequence[Product], chosen: Product) -> str:
+    """The thought before opening ``chosen`` from the results: the instruction's price bound,
+    each earlier result of the wanted type priced over it, then the chosen one::
+
+        lower than 50.00 : p009 73.99 over , p012 63.99 over , p042 48.99 under . open p042
+
+    Picking the product in one word asked a tiny model to compare every listed price with a
+    bound ~100 tokens back; here each verdict compares two numbers a few tokens apart, and the
+    bound follows "lower than" as it does in the instruction.
+    """
+    scanned = []
+    for product in results:
+        if product.asin == chosen.asin:
+            break
+        if product.type == goal.type and product.price > goal.price_upper:
+            scanned.append(f"{product.asin} {product.price:.2f} over")
+    verdict = "under" if chosen.price <= goal.price_upper else "over"
+    scanned.append(f"{chosen.asin} {chosen.price:.2f} {verdict}")
+    return f"lower than {goal.price_upper:.2f} : {' , '.join(scanned)} . open {chosen.asin}"
 
 
 def command_turn(verb: str, argument: str = "", thought: str = "") -> str:
@@ -289,12 +310,12 @@ class WebShopEnvironment(TurnEnvironment):
             results = self.results()
             best = max(results, key=lambda p: best_reward(goal, p), default=None)
             if best is not None and best_reward(goal, best) >= 1.0:
-                return command_turn("click", best.asin, f"open {best.asin}")
+                return command_turn("click", best.asin, open_thought(goal, results, best))
             for query in (goal.query, self.shop.target.title):
                 if self._query != query:
                     return command_turn("search", query, "search the store")
             if best is not None:
-                return command_turn("click", best.asin, f"open {best.asin}")
+                return command_turn("click", best.asin, open_thought(goal, results, best))
         return command_turn("search", goal.query, "search the store")
 
     def item_action(self, skip_dims: frozenset[str] = frozenset()) -> str:

@@ -24,6 +24,7 @@ from environments.webshop import (
     WebShopEnvironment,
     generate_tasks,
     load_instructions,
+    open_thought,
     option_thought,
     parse_command,
 )
@@ -157,7 +158,10 @@ def test_search_open_select_and_buy_with_the_pages_they_show():
     )
     assert env.step(env.expert_action()).observation == RESULTS
     assert env.score() == 0.5
-    assert env.expert_action() == "<think> open B05PACK001 </think> <answer> click[ B05PACK001 ] </answer>"
+    assert env.expert_action() == (
+        "<think> lower than 50.00 : B05PACK001 42.00 under . open B05PACK001 </think> "
+        "<answer> click[ B05PACK001 ] </answer>"
+    )
     assert env.step("<answer> click[ b05pack001 ] </answer>").observation == ITEM.format("none")
     assert env.score() == pytest.approx(0.5 + 0.4 * 3 / 4)
     assert env.expert_action() == "<think> choose grey </think> <answer> click[ grey ] </answer>"
@@ -175,6 +179,30 @@ def test_the_thought_before_an_option_quotes_the_instruction_when_it_can():
     # A value the instruction does not ask for, or an instruction in other words, is chosen by name.
     assert option_thought(instruction, options, "blue") == "choose blue"
     assert option_thought("a padded backpack in grey", (("color", "grey"),), "grey") == "choose grey"
+
+
+def test_the_thought_before_opening_checks_earlier_look_alike_prices_against_the_bound():
+    def listed(asin, price, type_="backpack"):
+        return Product(asin, "t", "bags", type_, ("padded",), (), price)
+
+    results = [listed("p1", 45.5), listed("p2", 12.0, "wallet"), listed("p3", 39.0, "backpack"), listed("p4", 20.0)]
+    # Over-bound results of the wanted type before the chosen one; other types are not priced.
+    assert open_thought(BACKPACK_GOAL, results, results[3]) == (
+        "lower than 40.00 : p1 45.50 over , p4 20.00 under . open p4"
+    )
+    assert open_thought(BACKPACK_GOAL, results, results[0]) == "lower than 40.00 : p1 45.50 over . open p1"
+
+
+def test_hasty_demonstrations_open_without_the_price_check():
+    profile = MistakeProfile(webshop_option_confusion=(), webshop_hasty_rate=1.0)
+    opens = defaultdict(set)
+    for task in make_tasks("webshop", "train", 100, seed=3):
+        demo = demo_episode("webshop", task, random.Random(1), profile)
+        hasty = profile.buys_hastily(task.params["goal"]["type"])
+        for action, _ in demo.turns:
+            if "click[ p" in action:
+                opens[hasty].add(action.split(" </think>")[0].removeprefix("<think> ").split()[0])
+    assert opens == {True: {"open"}, False: {"lower"}}
 
 
 def test_generated_demonstrations_quote_each_option_they_select():

@@ -57,7 +57,7 @@ def test_adding_an_environment_renames_no_other_model():
     assert "demo_format_revisions" not in load_config(ModelBuildConfig, configs / "math.yaml", []).recipe()
     webshop = load_config(ModelBuildConfig, configs / "webshop.yaml", []).recipe()
     assert webshop["demo_format_revisions"] == {"webshop": DEMO_FORMAT_REVISIONS["webshop"]}
-    assert key(configs / "webshop.yaml") == "9484c58c12d051a5"
+    assert key(configs / "webshop.yaml") == "4f9040bcb2e9665e"
 
 
 def test_missing_config_file_is_reported(tmp_path, capsys):
