@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -459,7 +460,37 @@ def _terminate_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+#: Where ``free_port`` looks first: below the kernel's ephemeral range (Linux's default starts at 32768).
+LISTEN_PORTS_LOW = 20000
+
+
+def ephemeral_port_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The range the kernel draws ports from for outgoing connections and for binds to port 0."""
+    try:
+        low, high = (int(part) for part in Path(path).read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing is bound to now, for a server started a moment later.
+
+    Picked below the ephemeral range: a port from a bind to 0 lies inside it, where any outgoing
+    connection may take it before nats-server binds it ("address already in use" once in a full
+    test run). Falls back to a bind to 0 when no port below the range is free.
+    """
+    low, _high = ephemeral_port_range()
+    candidates = range(LISTEN_PORTS_LOW, low)
+    rng = random.SystemRandom()
+    for _ in range(min(64, len(candidates))):
+        port = rng.choice(candidates)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

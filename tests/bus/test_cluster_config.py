@@ -215,3 +215,19 @@ def test_a_joining_node_refuses_to_invent_credentials(tmp_path) -> None:
     )
     with pytest.raises(BusServerError, match="credentials of the first node"):
         BusServer(config)
+
+
+def test_free_ports_are_picked_below_the_ephemeral_range(tmp_path):
+    from bus.server import LISTEN_PORTS_LOW, ephemeral_port_range, free_port
+
+    low, _ = ephemeral_port_range()
+    ports = {free_port() for _ in range(20)}
+    # Outgoing connections draw from the ephemeral range, so a port there can be taken before
+    # nats-server binds it.
+    assert all(LISTEN_PORTS_LOW <= port < low for port in ports)
+    assert len(ports) > 1
+    ranges = tmp_path / "ip_local_port_range"
+    ranges.write_text("40000\t50000\n")
+    assert ephemeral_port_range(str(ranges)) == (40000, 50000)
+    ranges.write_text("garbage")
+    assert ephemeral_port_range(str(ranges)) == (32768, 60999)
